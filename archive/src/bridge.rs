@@ -1,0 +1,144 @@
+//! The single bridge between blocking archive I/O (`Read`/`Write`, tar, flate2) and
+//! the async gRPC streams: a `Write` that hands out fixed-size chunks through a
+//! bounded channel, and a `Read` that consumes chunks from one. The channel bound is
+//! what keeps memory flat however large the archive is.
+
+use std::io::{self, Read, Write};
+
+use tokio::sync::mpsc;
+
+/// A chunk travelling from the network to a [`ChunkReader`]; an `Err` ends the
+/// stream with the network's error instead of a clean end of file.
+pub type IncomingChunk = Result<Vec<u8>, io::Error>;
+
+/// How many chunks may wait in a channel: a few MiB in flight at most.
+pub const CHANNEL_CHUNKS: usize = 4;
+
+/// A `Write` that cuts its bytes into chunks of `chunk_size` and sends each through a
+/// bounded channel, blocking while the channel is full. Must be used off the async
+/// runtime (`spawn_blocking`). Call [`ChunkWriter::finish`] to send the last chunk.
+pub struct ChunkWriter {
+    sender: mpsc::Sender<Vec<u8>>,
+    pending: Vec<u8>,
+    chunk_size: usize,
+    bytes_sent: u64,
+}
+
+impl ChunkWriter {
+    pub fn new(sender: mpsc::Sender<Vec<u8>>, chunk_size: usize) -> Self {
+        assert!(chunk_size > 0, "chunk size must be positive");
+        Self { sender, pending: Vec::with_capacity(chunk_size), chunk_size, bytes_sent: 0 }
+    }
+
+    /// Sends what is left and returns the number of bytes sent in all.
+    pub fn finish(mut self) -> io::Result<u64> {
+        if !self.pending.is_empty() {
+            let last = std::mem::take(&mut self.pending);
+            self.send(last)?;
+        }
+        Ok(self.bytes_sent)
+    }
+
+    fn send(&mut self, chunk: Vec<u8>) -> io::Result<()> {
+        self.bytes_sent += chunk.len() as u64;
+        self.sender
+            .blocking_send(chunk)
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the stream was closed"))
+    }
+}
+
+impl Write for ChunkWriter {
+    fn write(&mut self, mut data: &[u8]) -> io::Result<usize> {
+        let written = data.len();
+        while !data.is_empty() {
+            let room = self.chunk_size - self.pending.len();
+            let (now, later) = data.split_at(room.min(data.len()));
+            self.pending.extend_from_slice(now);
+            data = later;
+            if self.pending.len() == self.chunk_size {
+                let full = std::mem::replace(&mut self.pending, Vec::with_capacity(self.chunk_size));
+                self.send(full)?;
+            }
+        }
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        // Chunks leave when full or at `finish`; a flush must not send tiny messages.
+        Ok(())
+    }
+}
+
+/// A `Read` over chunks arriving through a channel. Must be used off the async
+/// runtime. A sender that is dropped ends the stream; an `Err` chunk fails the read.
+pub struct ChunkReader {
+    receiver: mpsc::Receiver<IncomingChunk>,
+    current: Vec<u8>,
+    offset: usize,
+}
+
+impl ChunkReader {
+    pub fn new(receiver: mpsc::Receiver<IncomingChunk>) -> Self {
+        Self { receiver, current: Vec::new(), offset: 0 }
+    }
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.offset == self.current.len() {
+            match self.receiver.blocking_recv() {
+                None => return Ok(0),
+                Some(Err(error)) => return Err(error),
+                Some(Ok(chunk)) => {
+                    self.current = chunk;
+                    self.offset = 0;
+                }
+            }
+        }
+        let n = buf.len().min(self.current.len() - self.offset);
+        buf[..n].copy_from_slice(&self.current[self.offset..self.offset + n]);
+        self.offset += n;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writer_cuts_exact_chunks_and_sends_the_rest_on_finish() {
+        let (tx, mut rx) = mpsc::channel(16);
+        let mut writer = ChunkWriter::new(tx, 4);
+        writer.write_all(b"abcdefghij").unwrap();
+        assert_eq!(writer.finish().unwrap(), 10);
+        let mut chunks = Vec::new();
+        while let Ok(chunk) = rx.try_recv() {
+            chunks.push(chunk);
+        }
+        assert_eq!(chunks, vec![b"abcd".to_vec(), b"efgh".to_vec(), b"ij".to_vec()]);
+    }
+
+    #[test]
+    fn writer_reports_a_closed_stream() {
+        let (tx, rx) = mpsc::channel(1);
+        drop(rx);
+        let mut writer = ChunkWriter::new(tx, 2);
+        let error = writer.write_all(b"abcd").unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::BrokenPipe);
+    }
+
+    #[test]
+    fn reader_joins_chunks_and_surfaces_network_errors() {
+        let (tx, rx) = mpsc::channel(16);
+        tx.try_send(Ok(b"ab".to_vec())).unwrap();
+        tx.try_send(Ok(Vec::new())).unwrap();
+        tx.try_send(Ok(b"c".to_vec())).unwrap();
+        tx.try_send(Err(io::Error::other("connection reset"))).unwrap();
+        let mut reader = ChunkReader::new(rx);
+        let mut got = Vec::new();
+        let error = reader.read_to_end(&mut got).unwrap_err();
+        assert_eq!(got, b"abc");
+        assert_eq!(error.to_string(), "connection reset");
+    }
+}

@@ -1,0 +1,218 @@
+//! Packs files into a gzip-compressed tar stream written to any `Write`, entry by
+//! entry, so that an archive is never built whole in memory or in a temporary file.
+
+use std::collections::HashSet;
+use std::fs::{self, File, Metadata};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use flate2::Compression;
+use flate2::write::GzEncoder;
+use tar::{EntryType, Header};
+
+/// One path to pack: where it is on disk and the name it gets in the archive
+/// (an empty name puts a directory's contents at the top of the archive).
+#[derive(Debug, Clone)]
+pub struct PackRoot {
+    pub disk: PathBuf,
+    pub name: PathBuf,
+}
+
+/// How to pack.
+pub struct PackOptions<'a> {
+    /// Store what symbolic links point to (the client's uploads) or the links
+    /// themselves (the server's results, so a link to `/etc/shadow` ships no bytes).
+    pub follow_symlinks: bool,
+    /// Keeps a regular file when it returns true for the file's archive name.
+    /// Directories always pass, so empty directories arrive.
+    pub keep_file: &'a dyn Fn(&Path) -> bool,
+    /// gzip level, 0 to 9.
+    pub level: u32,
+}
+
+/// What was packed, and what was passed over and why.
+#[derive(Debug, Default)]
+pub struct PackReport {
+    pub files: u64,
+    pub directories: u64,
+    pub links: u64,
+    /// Bytes of file content before compression.
+    pub content_bytes: u64,
+    pub skipped: Vec<(PathBuf, String)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PackError {
+    #[error("cannot read `{path}`: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("`{path}` changed size while it was being packed")]
+    Changed { path: PathBuf },
+    #[error("cannot send the archive: {0}")]
+    Write(io::Error),
+}
+
+/// Writes `roots` as one tar.gz stream into `out` and returns what went in.
+pub fn pack_tar_gz<W: Write>(
+    roots: &[PackRoot],
+    options: &PackOptions<'_>,
+    out: W,
+) -> Result<(PackReport, W), PackError> {
+    let encoder = GzEncoder::new(out, Compression::new(options.level.min(9)));
+    let mut packer = Packer {
+        builder: tar::Builder::new(encoder),
+        options,
+        report: PackReport::default(),
+        ancestors: HashSet::new(),
+    };
+    for root in roots {
+        packer.add(&root.disk, &root.name)?;
+    }
+    let Packer { builder, report, .. } = packer;
+    // `into_inner` writes the end-of-archive blocks; `finish` the gzip trailer. Both
+    // can fail, and a stream that silently lacks them is a truncated archive.
+    let encoder = builder.into_inner().map_err(PackError::Write)?;
+    let out = encoder.finish().map_err(PackError::Write)?;
+    Ok((report, out))
+}
+
+struct Packer<'a, W: Write> {
+    builder: tar::Builder<GzEncoder<W>>,
+    options: &'a PackOptions<'a>,
+    report: PackReport,
+    /// (device, inode) of the directories being walked, to stop symbolic-link loops.
+    ancestors: HashSet<(u64, u64)>,
+}
+
+impl<W: Write> Packer<'_, W> {
+    fn add(&mut self, disk: &Path, name: &Path) -> Result<(), PackError> {
+        let link_meta = fs::symlink_metadata(disk).map_err(|e| read_error(disk, e))?;
+        let meta = if link_meta.file_type().is_symlink() && self.options.follow_symlinks {
+            match fs::metadata(disk) {
+                Ok(meta) => meta,
+                Err(error) => {
+                    self.skip(disk, format!("broken symbolic link ({error})"));
+                    return Ok(());
+                }
+            }
+        } else {
+            link_meta
+        };
+        let file_type = meta.file_type();
+        if file_type.is_dir() {
+            self.add_directory(disk, name, &meta)
+        } else if file_type.is_file() {
+            if (self.options.keep_file)(name) {
+                self.add_file(disk, name, &meta)?;
+            }
+            Ok(())
+        } else if file_type.is_symlink() {
+            self.add_symlink(disk, name, &meta)
+        } else {
+            self.skip(disk, "not a regular file, directory or link".into());
+            Ok(())
+        }
+    }
+
+    fn add_directory(&mut self, disk: &Path, name: &Path, meta: &Metadata) -> Result<(), PackError> {
+        let identity = (meta.dev(), meta.ino());
+        if !self.ancestors.insert(identity) {
+            self.skip(disk, "symbolic link loop".into());
+            return Ok(());
+        }
+        if !name.as_os_str().is_empty() {
+            let mut header = header_for(EntryType::Directory, meta, 0);
+            self.builder
+                .append_data(&mut header, name, io::empty())
+                .map_err(PackError::Write)?;
+            self.report.directories += 1;
+        }
+        let mut children: Vec<_> = fs::read_dir(disk)
+            .map_err(|e| read_error(disk, e))?
+            .map(|entry| entry.map(|e| e.file_name()))
+            .collect::<Result<_, _>>()
+            .map_err(|e| read_error(disk, e))?;
+        // Sorted, so the same tree always makes the same archive.
+        children.sort();
+        for child in children {
+            self.add(&disk.join(&child), &name.join(&child))?;
+        }
+        self.ancestors.remove(&identity);
+        Ok(())
+    }
+
+    fn add_file(&mut self, disk: &Path, name: &Path, meta: &Metadata) -> Result<(), PackError> {
+        let file = match File::open(disk) {
+            Ok(file) => file,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                self.skip(disk, "removed while packing".into());
+                return Ok(());
+            }
+            Err(error) => return Err(read_error(disk, error)),
+        };
+        let size = meta.len();
+        let mut header = header_for(EntryType::Regular, meta, size);
+        let mut content = ExactSize { inner: file.take(size), remaining: size };
+        match self.builder.append_data(&mut header, name, &mut content) {
+            Ok(()) => {}
+            Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => {
+                return Err(PackError::Changed { path: disk.to_path_buf() });
+            }
+            Err(error) if content.remaining > 0 => return Err(read_error(disk, error)),
+            Err(error) => return Err(PackError::Write(error)),
+        }
+        self.report.files += 1;
+        self.report.content_bytes += size;
+        Ok(())
+    }
+
+    fn add_symlink(&mut self, disk: &Path, name: &Path, meta: &Metadata) -> Result<(), PackError> {
+        let target = fs::read_link(disk).map_err(|e| read_error(disk, e))?;
+        let mut header = header_for(EntryType::Symlink, meta, 0);
+        self.builder
+            .append_link(&mut header, name, &target)
+            .map_err(PackError::Write)?;
+        self.report.links += 1;
+        Ok(())
+    }
+
+    fn skip(&mut self, disk: &Path, why: String) {
+        self.report.skipped.push((disk.to_path_buf(), why));
+    }
+}
+
+/// A header carrying only what the peer needs: type, permission bits (never
+/// setuid, setgid or sticky), size and modification time. No owner names or ids.
+fn header_for(kind: EntryType, meta: &Metadata, size: u64) -> Header {
+    let mut header = Header::new_gnu();
+    header.set_entry_type(kind);
+    header.set_mode(meta.permissions().mode() & 0o777);
+    header.set_size(size);
+    header.set_mtime(meta.mtime().max(0) as u64);
+    header
+}
+
+fn read_error(path: &Path, source: io::Error) -> PackError {
+    PackError::Read { path: path.to_path_buf(), source }
+}
+
+/// Reads exactly the size written in the header: a file that shrank while being
+/// packed must fail rather than produce an entry shorter than its header says.
+struct ExactSize<R> {
+    inner: R,
+    remaining: u64,
+}
+
+impl<R: Read> Read for ExactSize<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.remaining == 0 {
+            return Ok(0);
+        }
+        let n = self.inner.read(buf)?;
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "file shrank"));
+        }
+        self.remaining -= n as u64;
+        Ok(n)
+    }
+}

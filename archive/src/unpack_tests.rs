@@ -1,0 +1,430 @@
+//! The hostile-archive cases of SECURITY.md against the unpack policy: each asserts a
+//! refusal naming the entry and an untouched canary directory beside the destination.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use flate2::Compression;
+use flate2::write::GzEncoder;
+use tar::{EntryType, Header};
+
+use super::*;
+
+/// A raw entry: the name and link bytes go into the header as they are, bypassing
+/// tar-rs's own checks, as an attacker's tool would write them.
+struct Raw<'a> {
+    name: &'a [u8],
+    kind: EntryType,
+    link: &'a [u8],
+    data: &'a [u8],
+    mode: u32,
+}
+
+fn file<'a>(name: &'a str, data: &'a str) -> Raw<'a> {
+    Raw { name: name.as_bytes(), kind: EntryType::Regular, link: b"", data: data.as_bytes(), mode: 0o644 }
+}
+fn dir(name: &str) -> Raw<'_> {
+    Raw { name: name.as_bytes(), kind: EntryType::Directory, link: b"", data: b"", mode: 0o755 }
+}
+fn symlink<'a>(name: &'a str, target: &'a str) -> Raw<'a> {
+    Raw { name: name.as_bytes(), kind: EntryType::Symlink, link: target.as_bytes(), data: b"", mode: 0o777 }
+}
+fn hardlink<'a>(name: &'a str, target: &'a str) -> Raw<'a> {
+    Raw { name: name.as_bytes(), kind: EntryType::Link, link: target.as_bytes(), data: b"", mode: 0o644 }
+}
+fn special(name: &str, kind: EntryType) -> Raw<'_> {
+    Raw { name: name.as_bytes(), kind, link: b"", data: b"", mode: 0o644 }
+}
+
+fn tar_bytes(entries: &[Raw<'_>]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for entry in entries {
+        let mut header = Header::new_old();
+        header.as_old_mut().name[..entry.name.len()].copy_from_slice(entry.name);
+        header.as_old_mut().linkname[..entry.link.len()].copy_from_slice(entry.link);
+        header.set_entry_type(entry.kind);
+        header.set_mode(entry.mode);
+        header.set_size(entry.data.len() as u64);
+        header.set_mtime(1_700_000_000);
+        header.set_cksum();
+        out.extend_from_slice(header.as_bytes());
+        out.extend_from_slice(entry.data);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+    }
+    out.resize(out.len() + 1024, 0);
+    out
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut encoder = GzEncoder::new(Vec::new(), Compression::fast());
+    encoder.write_all(bytes).unwrap();
+    encoder.finish().unwrap()
+}
+
+/// A destination with a canary directory beside it holding one file.
+struct Scene {
+    _root: tempfile::TempDir,
+    dest: PathBuf,
+    canary: PathBuf,
+}
+
+impl Scene {
+    fn new() -> Scene {
+        let root = tempfile::tempdir().unwrap();
+        let dest = root.path().join("dest");
+        let canary = root.path().join("canary");
+        fs::create_dir(&dest).unwrap();
+        fs::create_dir(&canary).unwrap();
+        fs::write(canary.join("keep"), "untouched").unwrap();
+        Scene { dest, canary, _root: root }
+    }
+
+    fn unpack(&self, archive: &[u8]) -> Result<UnpackReport, UnpackError> {
+        self.unpack_with(archive, Limits::DEFAULT)
+    }
+
+    fn unpack_with(&self, archive: &[u8], limits: Limits) -> Result<UnpackReport, UnpackError> {
+        let options = UnpackOptions { limits, mtime: MtimePolicy::FromArchive };
+        unpack_tar_gz(archive, &self.dest, &options)
+    }
+
+    /// The canary directory and everything beside the destination are as they were.
+    fn assert_outside_untouched(&self) {
+        let mut names: Vec<_> = fs::read_dir(self.dest.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["canary", "dest"]);
+        let canary: Vec<_> = fs::read_dir(&self.canary).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(canary, ["keep"]);
+        assert_eq!(fs::read_to_string(self.canary.join("keep")).unwrap(), "untouched");
+        let meta = fs::metadata(&self.canary).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o755, "canary directory was chmod-ed");
+    }
+}
+
+fn assert_refused(result: Result<UnpackReport, UnpackError>, entry: &str) {
+    match result {
+        Err(UnpackError::Refused { entry: got, reason }) => {
+            assert_eq!(got, entry, "refused the wrong entry ({reason})");
+        }
+        other => panic!("expected entry `{entry}` to be refused, got {other:?}"),
+    }
+}
+
+#[test]
+fn unpacks_files_directories_and_safe_links() {
+    let scene = Scene::new();
+    let archive = gzip(&tar_bytes(&[
+        dir("out"),
+        file("out/a.txt", "alpha"),
+        symlink("out/b.txt", "a.txt"),
+        dir("out/sub"),
+        symlink("out/sub/up.txt", "../a.txt"),
+        hardlink("out/c.txt", "out/a.txt"),
+        file("empty", ""),
+    ]));
+    let report = scene.unpack(&archive).unwrap();
+    assert_eq!((report.files, report.directories, report.links), (2, 2, 3));
+    assert_eq!(fs::read_to_string(scene.dest.join("out/b.txt")).unwrap(), "alpha");
+    assert_eq!(fs::read_to_string(scene.dest.join("out/sub/up.txt")).unwrap(), "alpha");
+    assert_eq!(fs::read_to_string(scene.dest.join("out/c.txt")).unwrap(), "alpha");
+    scene.assert_outside_untouched();
+}
+
+#[test]
+fn refuses_absolute_names() {
+    for name in ["/x", "//x", "///./x", "C:/x", "C:\\x"] {
+        let scene = Scene::new();
+        assert_refused(scene.unpack(&gzip(&tar_bytes(&[file(name, "evil")]))), name);
+        scene.assert_outside_untouched();
+    }
+}
+
+#[test]
+fn refuses_traversal() {
+    for name in ["../x", "./../x", "a/../../x", "..", "/////..", "../canary/keep"] {
+        let scene = Scene::new();
+        assert_refused(scene.unpack(&gzip(&tar_bytes(&[file(name, "evil")]))), name);
+        scene.assert_outside_untouched();
+    }
+}
+
+#[test]
+fn refuses_empty_and_dot_names_for_files() {
+    for name in ["", "."] {
+        let scene = Scene::new();
+        assert_refused(scene.unpack(&gzip(&tar_bytes(&[file(name, "x")]))), name);
+    }
+}
+
+#[test]
+fn refuses_writing_through_an_absolute_symlink() {
+    let scene = Scene::new();
+    let outside = scene.canary.to_str().unwrap();
+    let archive = gzip(&tar_bytes(&[symlink("l", outside), file("l/keep", "evil")]));
+    assert_refused(scene.unpack(&archive), "l");
+    scene.assert_outside_untouched();
+}
+
+#[test]
+fn refuses_escaping_relative_symlinks_and_directories_below_them() {
+    let scene = Scene::new();
+    let archive = gzip(&tar_bytes(&[symlink("l", ".."), dir("l/x/y")]));
+    assert_refused(scene.unpack(&archive), "l");
+    scene.assert_outside_untouched();
+}
+
+#[test]
+fn refuses_a_directory_entry_over_a_planted_link() {
+    // CVE-2026-33056: a link, then a directory of the same name that would be chmod-ed.
+    let scene = Scene::new();
+    let archive = gzip(&tar_bytes(&[symlink("sub/l", "../x"), dir("sub/x"), dir("sub/l")]));
+    assert_refused(scene.unpack(&archive), "sub/l");
+    scene.assert_outside_untouched();
+}
+
+#[test]
+fn refuses_chained_links_that_climb_out() {
+    let scene = Scene::new();
+    let archive = gzip(&tar_bytes(&[
+        dir("d"),
+        symlink("d/cur", "."),
+        symlink("d/par", "cur/.."),
+        file("d/par/x", "evil"),
+    ]));
+    assert_refused(scene.unpack(&archive), "d/par");
+    scene.assert_outside_untouched();
+}
+
+#[test]
+fn refuses_a_link_to_the_destination_itself() {
+    let scene = Scene::new();
+    assert_refused(scene.unpack(&gzip(&tar_bytes(&[symlink("self", ".")]))), "self");
+    let scene = Scene::new();
+    assert_refused(scene.unpack(&gzip(&tar_bytes(&[dir("a"), symlink("a/top", "..")]))), "a/top");
+}
+
+#[test]
+fn a_file_over_a_planted_link_replaces_the_link_and_writes_nothing_outside() {
+    // "l -> /outside, then a file l": the file replaces the (refused) link; here the
+    // link points inside, then a file of the same name must not write through it.
+    let scene = Scene::new();
+    let archive = gzip(&tar_bytes(&[file("real", "inside"), symlink("l", "real"), file("l", "new")]));
+    scene.unpack(&archive).unwrap();
+    assert_eq!(fs::read_to_string(scene.dest.join("real")).unwrap(), "inside");
+    assert_eq!(fs::read_to_string(scene.dest.join("l")).unwrap(), "new");
+    assert!(!fs::symlink_metadata(scene.dest.join("l")).unwrap().file_type().is_symlink());
+    scene.assert_outside_untouched();
+}
+
+#[test]
+fn refuses_hard_links_that_escape_or_precede_their_target() {
+    let outside = format!("{}/keep", Scene::new().canary.display());
+    for target in [outside.as_str(), "../canary/keep", "missing"] {
+        let scene = Scene::new();
+        assert_refused(scene.unpack(&gzip(&tar_bytes(&[hardlink("h", target)]))), "h");
+        scene.assert_outside_untouched();
+    }
+}
+
+#[test]
+fn a_file_after_a_same_named_hard_link_does_not_write_through_it() {
+    // CVE-2018-20990.
+    let scene = Scene::new();
+    let archive = gzip(&tar_bytes(&[file("a", "original"), hardlink("h", "a"), file("h", "replaced")]));
+    scene.unpack(&archive).unwrap();
+    assert_eq!(fs::read_to_string(scene.dest.join("a")).unwrap(), "original");
+    assert_eq!(fs::read_to_string(scene.dest.join("h")).unwrap(), "replaced");
+}
+
+#[test]
+fn refuses_devices_fifos_and_unknown_types() {
+    for (kind, name) in [
+        (EntryType::Char, "tty"),
+        (EntryType::Block, "disk"),
+        (EntryType::Fifo, "pipe"),
+        (EntryType::new(b'Z'), "odd"),
+    ] {
+        let scene = Scene::new();
+        assert_refused(scene.unpack(&gzip(&tar_bytes(&[special(name, kind)]))), name);
+    }
+}
+
+#[test]
+fn strips_setuid_setgid_and_sticky_bits() {
+    use std::os::unix::fs::PermissionsExt;
+    let scene = Scene::new();
+    let mut entry = file("tool", "#!/bin/sh\n");
+    entry.mode = 0o6755;
+    let mut sticky = dir("shared");
+    sticky.mode = 0o1777;
+    scene.unpack(&gzip(&tar_bytes(&[entry, sticky]))).unwrap();
+    assert_eq!(fs::metadata(scene.dest.join("tool")).unwrap().permissions().mode() & 0o7000, 0);
+    assert_eq!(fs::metadata(scene.dest.join("shared")).unwrap().permissions().mode() & 0o7000, 0);
+}
+
+#[test]
+fn refuses_truncated_archives_and_trailing_garbage() {
+    let whole = gzip(&tar_bytes(&[file("a", &"x".repeat(10_000))]));
+    let scene = Scene::new();
+    assert!(matches!(scene.unpack(&whole[..whole.len() / 2]), Err(UnpackError::Malformed(_))));
+
+    let mut tar = tar_bytes(&[file("a", "x")]);
+    tar.extend_from_slice(b"garbage after the end");
+    let scene = Scene::new();
+    assert!(matches!(scene.unpack(&gzip(&tar)), Err(UnpackError::Malformed(_))));
+
+    let scene = Scene::new();
+    assert!(matches!(scene.unpack(b"not gzip at all"), Err(UnpackError::Malformed(_))));
+}
+
+#[test]
+fn cuts_a_gzip_bomb_at_the_decompressed_limit() {
+    let bomb = gzip(&tar_bytes(&[file("big", &"\0".repeat(4 << 20))]));
+    assert!(bomb.len() < 64 << 10, "the bomb must be small compressed");
+    let scene = Scene::new();
+    let limits = Limits { max_bytes: 1 << 20, ..Limits::DEFAULT };
+    assert!(matches!(scene.unpack_with(&bomb, limits), Err(UnpackError::TooLarge { .. })));
+}
+
+#[test]
+fn caps_entry_count_and_depth() {
+    let many: Vec<String> = (0..20).map(|i| format!("f{i}")).collect();
+    let entries: Vec<_> = many.iter().map(|n| file(n, "")).collect();
+    let scene = Scene::new();
+    let limits = Limits { max_entries: 10, ..Limits::DEFAULT };
+    assert!(matches!(
+        scene.unpack_with(&gzip(&tar_bytes(&entries)), limits),
+        Err(UnpackError::TooManyEntries { .. })
+    ));
+
+    let deep = "d/".repeat(20) + "f";
+    let scene = Scene::new();
+    let limits = Limits { max_depth: 8, ..Limits::DEFAULT };
+    assert_refused(scene.unpack_with(&gzip(&tar_bytes(&[file(&deep, "")])), limits), &deep);
+}
+
+#[test]
+fn reads_gnu_long_names_and_refuses_hostile_ones() {
+    let long = format!("{}/file", "n".repeat(200));
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut header = Header::new_gnu();
+    header.set_size(2);
+    header.set_mode(0o644);
+    builder.append_data(&mut header, &long, &b"ok"[..]).unwrap();
+    let scene = Scene::new();
+    scene.unpack(&gzip(&builder.into_inner().unwrap())).unwrap();
+    assert_eq!(fs::read_to_string(scene.dest.join(&long)).unwrap(), "ok");
+
+    // A GNU long-name entry ('L') whose name climbs out.
+    let evil = format!("{}../../x", "./".repeat(60));
+    let mut raw = Vec::new();
+    let mut longname = Header::new_gnu();
+    longname.as_gnu_mut().unwrap().name[..13].copy_from_slice(b"././@LongLink");
+    longname.set_entry_type(EntryType::GNULongName);
+    longname.set_size(evil.len() as u64 + 1);
+    longname.set_cksum();
+    raw.extend_from_slice(longname.as_bytes());
+    raw.extend_from_slice(evil.as_bytes());
+    raw.push(0);
+    raw.resize(raw.len().div_ceil(512) * 512, 0);
+    raw.extend_from_slice(&tar_bytes(&[file("placeholder", "evil")]));
+    let scene = Scene::new();
+    assert_refused(scene.unpack(&gzip(&raw)), &evil);
+    scene.assert_outside_untouched();
+}
+
+#[test]
+fn pax_path_overrides_are_checked_too() {
+    let mut raw = Vec::new();
+    let record = "23 path=../escaped.txt\n";
+    let mut pax = Header::new_ustar();
+    pax.set_path("PaxHeaders/x").unwrap();
+    pax.set_entry_type(EntryType::XHeader);
+    pax.set_size(record.len() as u64);
+    pax.set_cksum();
+    raw.extend_from_slice(pax.as_bytes());
+    raw.extend_from_slice(record.as_bytes());
+    raw.resize(raw.len().div_ceil(512) * 512, 0);
+    raw.extend_from_slice(&tar_bytes(&[file("innocent", "evil")]));
+    let scene = Scene::new();
+    assert_refused(scene.unpack(&gzip(&raw)), "../escaped.txt");
+    scene.assert_outside_untouched();
+}
+
+#[test]
+fn two_archives_cannot_cooperate_to_escape() {
+    // The first plants a link (inside, so allowed); the second cannot write through it.
+    let scene = Scene::new();
+    scene.unpack(&gzip(&tar_bytes(&[dir("d"), symlink("l", "d")]))).unwrap();
+    assert_refused(scene.unpack(&gzip(&tar_bytes(&[file("l/x", "through")]))), "l/x");
+    assert!(!scene.dest.join("d/x").exists());
+    scene.assert_outside_untouched();
+}
+
+#[test]
+fn pack_then_unpack_round_trips_a_tree() {
+    use crate::pack::{PackOptions, PackRoot, pack_tar_gz};
+    let source = tempfile::tempdir().unwrap();
+    let tree = source.path().join("tree");
+    fs::create_dir_all(tree.join("deep/er")).unwrap();
+    fs::create_dir_all(tree.join("empty")).unwrap();
+    fs::write(tree.join("deep/er/data.bin"), vec![7u8; 100_000]).unwrap();
+    fs::write(tree.join("top.txt"), "top").unwrap();
+    std::os::unix::fs::symlink("top.txt", tree.join("alias")).unwrap();
+    let keep = |_: &Path| true;
+    let options = PackOptions { follow_symlinks: true, keep_file: &keep, level: 1 };
+    let roots = [PackRoot { disk: tree.clone(), name: "tree".into() }];
+    let (report, bytes) = pack_tar_gz(&roots, &options, Vec::new()).unwrap();
+    assert_eq!((report.files, report.directories), (3, 4));
+
+    let scene = Scene::new();
+    scene.unpack(&bytes).unwrap();
+    let out = scene.dest.join("tree");
+    assert_eq!(fs::read(out.join("deep/er/data.bin")).unwrap(), vec![7u8; 100_000]);
+    assert!(out.join("empty").is_dir());
+    // Followed: the link arrives as a file with the target's content.
+    assert!(fs::symlink_metadata(out.join("alias")).unwrap().is_file());
+    assert_eq!(fs::read_to_string(out.join("alias")).unwrap(), "top");
+}
+
+#[test]
+fn packing_without_following_ships_links_not_their_targets() {
+    use crate::pack::{PackOptions, PackRoot, pack_tar_gz};
+    let source = tempfile::tempdir().unwrap();
+    fs::write(source.path().join("secret"), "do not ship").unwrap();
+    let job = source.path().join("job");
+    fs::create_dir(&job).unwrap();
+    std::os::unix::fs::symlink(source.path().join("secret"), job.join("leak")).unwrap();
+    let keep = |_: &Path| true;
+    let options = PackOptions { follow_symlinks: false, keep_file: &keep, level: 1 };
+    let roots = [PackRoot { disk: job.join("leak"), name: "leak".into() }];
+    let (_, bytes) = pack_tar_gz(&roots, &options, Vec::new()).unwrap();
+    let mut plain = Vec::new();
+    flate2::read::GzDecoder::new(&bytes[..]).read_to_end(&mut plain).unwrap();
+    assert!(!plain.windows(11).any(|w| w == b"do not ship"));
+    let scene = Scene::new();
+    assert_refused(scene.unpack(&bytes), "leak");
+}
+
+#[test]
+fn merge_replaces_files_and_merges_directories() {
+    use crate::merge::merge_tree;
+    let root = tempfile::tempdir().unwrap();
+    let (staging, dest) = (root.path().join("s"), root.path().join("d"));
+    fs::create_dir_all(staging.join("out/new")).unwrap();
+    fs::write(staging.join("out/a"), "fresh").unwrap();
+    fs::write(staging.join("out/new/b"), "b").unwrap();
+    fs::create_dir_all(dest.join("out")).unwrap();
+    fs::write(dest.join("out/a"), "stale").unwrap();
+    fs::write(dest.join("out/other"), "kept").unwrap();
+    merge_tree(&staging, &dest).unwrap();
+    assert_eq!(fs::read_to_string(dest.join("out/a")).unwrap(), "fresh");
+    assert_eq!(fs::read_to_string(dest.join("out/other")).unwrap(), "kept");
+    assert_eq!(fs::read_to_string(dest.join("out/new/b")).unwrap(), "b");
+}
+

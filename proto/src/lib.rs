@@ -1,0 +1,51 @@
+//! The lrPymRPC wire contract: the messages and the `FileService` client and server
+//! generated from `file_service.proto`, which has no `package` line so that the
+//! service is `/FileService/...` exactly as the deployed Python peers expect.
+
+#![allow(clippy::all, missing_docs)]
+
+include!(concat!(env!("OUT_DIR"), "/_.rs"));
+
+/// The largest gRPC message the peers accept by default (4 MiB); no chunk may exceed it.
+pub const GRPC_DEFAULT_MESSAGE_LIMIT: usize = 4 * 1024 * 1024;
+
+/// The chunk size the Python client uses for uploads, and ours for both directions.
+pub const CHUNK_SIZE: usize = 1024 * 1024;
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+
+    use super::*;
+
+    // Field numbers are the contract: these bytes are what the Python peers send.
+    #[test]
+    fn execute_request_encodes_with_the_deployed_field_numbers() {
+        let request = ExecuteRequest {
+            unique_id: "u".into(),
+            tool: "t".into(),
+            command_opt: "c".into(),
+        };
+        assert_eq!(request.encode_to_vec(), b"\x0a\x01u\x12\x01t\x1a\x01c");
+    }
+
+    #[test]
+    fn check_and_download_requests_share_their_field_numbers() {
+        let check = CheckRequest { unique_id: "u".into(), result_dir: "a b".into() };
+        let download = DownloadRequest { unique_id: "u".into(), result_dir: "a b".into() };
+        assert_eq!(check.encode_to_vec(), b"\x0a\x01u\x12\x03a b");
+        assert_eq!(check.encode_to_vec(), download.encode_to_vec());
+        assert_eq!(CheckResponse { has_stream: true }.encode_to_vec(), b"\x08\x01");
+        assert_eq!(DataChunk { data: b"z".to_vec() }.encode_to_vec(), b"\x0a\x01z");
+        assert_eq!(UploadResponse { unique_id: "u".into() }.encode_to_vec(), b"\x0a\x01u");
+        assert_eq!(ExecuteResponse { message: "m".into() }.encode_to_vec(), b"\x0a\x01m");
+    }
+
+    #[test]
+    fn service_path_has_no_package_prefix() {
+        assert_eq!(
+            <file_service_server::FileServiceServer<()> as tonic::server::NamedService>::NAME,
+            "FileService"
+        );
+    }
+}
