@@ -62,6 +62,28 @@ fn has_drive_prefix(name: &[u8]) -> bool {
     name.len() >= 2 && name[0].is_ascii_alphabetic() && name[1] == b':'
 }
 
+/// Finds `rel` (already sanitized) below `root` without following any symbolic link
+/// on the way: `Ok(None)` when it does not exist, an error when a parent component
+/// is a link or a file. The last component itself may be a link (it is not followed).
+pub fn find_below(root: &Path, rel: &Path) -> std::io::Result<Option<PathBuf>> {
+    use std::io::{Error, ErrorKind};
+    let mut path = root.to_path_buf();
+    let count = rel.components().count();
+    for (index, component) in rel.components().enumerate() {
+        path.push(component);
+        let meta = match std::fs::symlink_metadata(&path) {
+            Ok(meta) => meta,
+            Err(error) if error.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(error) => return Err(error),
+        };
+        if index + 1 < count && !meta.is_dir() {
+            let what = if meta.file_type().is_symlink() { "a symbolic link" } else { "not a directory" };
+            return Err(Error::new(ErrorKind::InvalidInput, format!("`{}` is {what}", path.display())));
+        }
+    }
+    Ok(Some(path))
+}
+
 /// The number of components of a relative path, for depth limits.
 pub fn depth(path: &Path) -> usize {
     path.components().count()
@@ -95,6 +117,19 @@ mod tests {
         assert_eq!(sanitize_relative(b"a\0b"), Err(NameError::Nul));
         let long = vec![b'a'; MAX_NAME_BYTES + 1];
         assert!(matches!(sanitize_relative(&long), Err(NameError::TooLong { .. })));
+    }
+
+    #[test]
+    fn find_below_never_follows_links_on_the_way() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join("d")).unwrap();
+        std::fs::write(root.path().join("d/f"), "").unwrap();
+        std::os::unix::fs::symlink("/etc", root.path().join("l")).unwrap();
+        assert!(find_below(root.path(), Path::new("d/f")).unwrap().is_some());
+        assert!(find_below(root.path(), Path::new("d/missing")).unwrap().is_none());
+        assert!(find_below(root.path(), Path::new("l")).unwrap().is_some());
+        assert!(find_below(root.path(), Path::new("l/passwd")).is_err());
+        assert!(find_below(root.path(), Path::new("d/f/x")).is_err());
     }
 
     #[test]

@@ -1,0 +1,43 @@
+//! Where certificate files live in a TLS directory. Two client layouts exist in the
+//! wild (PROTOCOL.md section 3): nested (`client/client.key`, `ca/ca.crt`), looked
+//! for first, and flat (`client.key`, `ca.crt`). The server reads `server/` and `ca/`.
+
+use std::path::{Path, PathBuf};
+
+/// The three files a client needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientFiles {
+    pub key: PathBuf,
+    pub cert: PathBuf,
+    pub ca: PathBuf,
+}
+
+/// `DIR/client/client.key`, `DIR/client/client.crt`, `DIR/ca/ca.crt` (0.2.x README).
+pub fn client_nested(dir: &Path) -> ClientFiles {
+    ClientFiles {
+        key: dir.join("client").join("client.key"),
+        cert: dir.join("client").join("client.crt"),
+        ca: ca_cert(dir),
+    }
+}
+
+/// `DIR/client.key`, `DIR/client.crt`, `DIR/ca.crt` (the seed README).
+pub fn client_flat(dir: &Path) -> ClientFiles {
+    ClientFiles { key: dir.join("client.key"), cert: dir.join("client.crt"), ca: dir.join("ca.crt") }
+}
+
+pub fn ca_cert(dir: &Path) -> PathBuf {
+    dir.join("ca").join("ca.crt")
+}
+
+pub fn ca_key(dir: &Path) -> PathBuf {
+    dir.join("ca").join("ca.key")
+}
+
+pub fn server_cert(dir: &Path) -> PathBuf {
+    dir.join("server").join("server.crt")
+}
+
+pub fn server_key(dir: &Path) -> PathBuf {
+    dir.join("server").join("server.key")
+}

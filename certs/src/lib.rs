@@ -1,0 +1,165 @@
+//! Certificate material for lrpymrpc in one place: a CA that issues server and
+//! client certificates (rcgen, no openssl), private keys written with mode 0600, and
+//! the TLS directory layouts that the client, the server and `cargo xtask certs` share.
+
+pub mod layout;
+
+use std::fs::{self, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    #[error("cannot make a certificate: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("cannot write `{path}`: {source}")]
+    Write { path: PathBuf, source: io::Error },
+}
+
+/// A PEM certificate and its PEM private key.
+#[derive(Debug, Clone)]
+pub struct Pair {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// A certificate authority able to issue server and client certificates.
+pub struct Ca {
+    pub pair: Pair,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl Ca {
+    /// A new self-signed CA named `cn`.
+    pub fn new(cn: &str) -> Result<Ca, CertError> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name = name(cn);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        let cert = params.self_signed(&key)?;
+        let pair = Pair { cert_pem: cert.pem(), key_pem: key.serialize_pem() };
+        Ok(Ca { pair, issuer: Issuer::new(params, key) })
+    }
+
+    /// A server certificate for `names` (DNS names or IP addresses, as dialled).
+    pub fn issue_server(&self, names: &[String]) -> Result<Pair, CertError> {
+        let mut params = CertificateParams::new(names.to_vec())?;
+        params.distinguished_name = name(names.first().map_or("lrpymrpc server", String::as_str));
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        self.issue(params)
+    }
+
+    /// A client certificate whose subject is `CN=cn`, as the seed README's CSR asks.
+    pub fn issue_client(&self, cn: &str) -> Result<Pair, CertError> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name = name(cn);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        self.issue(params)
+    }
+
+    /// Issues a leaf from arbitrary parameters (tests use this for expired ones).
+    pub fn issue(&self, mut params: CertificateParams) -> Result<Pair, CertError> {
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        params.use_authority_key_identifier_extension = true;
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(Pair { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+    }
+}
+
+fn name(cn: &str) -> DistinguishedName {
+    let mut name = DistinguishedName::new();
+    name.push(DnType::CommonName, cn);
+    name
+}
+
+/// Everything a throwaway deployment needs: CA, server and one client.
+pub struct Throwaway {
+    pub ca: Ca,
+    pub server: Pair,
+    pub client: Pair,
+}
+
+/// The server names a loopback test or demo dials.
+pub fn loopback_names() -> Vec<String> {
+    vec!["localhost".into(), "127.0.0.1".into(), "::1".into()]
+}
+
+impl Throwaway {
+    pub fn new(client_cn: &str, server_names: &[String]) -> Result<Throwaway, CertError> {
+        let ca = Ca::new("lrpymrpc throwaway CA")?;
+        let server = ca.issue_server(server_names)?;
+        let client = ca.issue_client(client_cn)?;
+        Ok(Throwaway { ca, server, client })
+    }
+
+    /// Writes the whole set under `dir` in [`layout`]'s nested form: readable as a
+    /// client TLS directory and as a server one.
+    pub fn write(&self, dir: &Path) -> Result<(), CertError> {
+        write_public(&layout::ca_cert(dir), &self.ca.pair.cert_pem)?;
+        write_private(&layout::ca_key(dir), &self.ca.pair.key_pem)?;
+        write_pair(&self.server, &layout::server_cert(dir), &layout::server_key(dir))?;
+        let client = layout::client_nested(dir);
+        write_pair(&self.client, &client.cert, &client.key)
+    }
+}
+
+/// Writes a certificate and its key; the key with mode 0600.
+pub fn write_pair(pair: &Pair, cert: &Path, key: &Path) -> Result<(), CertError> {
+    write_public(cert, &pair.cert_pem)?;
+    write_private(key, &pair.key_pem)
+}
+
+/// Writes `contents` to `path` (creating parent directories), mode 0644.
+pub fn write_public(path: &Path, contents: &str) -> Result<(), CertError> {
+    write_with_mode(path, contents, 0o644)
+}
+
+/// Writes key material: created with mode 0600 from the start, never wider.
+pub fn write_private(path: &Path, contents: &str) -> Result<(), CertError> {
+    write_with_mode(path, contents, 0o600)
+}
+
+fn write_with_mode(path: &Path, contents: &str, mode: u32) -> Result<(), CertError> {
+    let error = |source| CertError::Write { path: path.to_path_buf(), source };
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).map_err(error)?;
+    }
+    // Replace rather than truncate, so an existing file's wider mode is not kept.
+    match fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(error(e)),
+    }
+    let mut file = OpenOptions::new().write(true).create_new(true).mode(mode).open(path).map_err(error)?;
+    file.write_all(contents.as_bytes()).map_err(error)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn throwaway_set_is_laid_out_for_both_sides_with_private_keys_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        Throwaway::new("alice", &loopback_names()).unwrap().write(dir.path()).unwrap();
+        let client = layout::client_nested(dir.path());
+        for key in [layout::ca_key(dir.path()), layout::server_key(dir.path()), client.key.clone()] {
+            let mode = fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", key.display());
+        }
+        for cert in [layout::ca_cert(dir.path()), layout::server_cert(dir.path()), client.cert, client.ca] {
+            assert!(fs::read_to_string(&cert).unwrap().starts_with("-----BEGIN CERTIFICATE-----"));
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! Opens the gRPC channel, mutual TLS included, before anything is packed, so an
+//! unreachable server or a refused certificate fails in about a second; and turns
+//! transport and status errors into messages that name the peer and the reason.
+
+use std::error::Error as _;
+use std::time::Duration;
+
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::{Code, Status};
+
+use crate::exit::{ClientError, Step};
+use crate::job::Job;
+
+/// How long a TCP connect plus TLS handshake may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// TCP keepalive keeps NAT and firewall state alive through an hour-long silent job.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+
+/// HTTP/2 pings detect a dead server. gRPC C-core servers (the Python server) treat
+/// pings more frequent than every 5 minutes without data as abuse and hang up.
+const HTTP2_PING_INTERVAL: Duration = Duration::from_secs(300);
+
+/// `host:port` as dialled, with brackets around IPv6 literals.
+pub fn authority(job: &Job) -> String {
+    if job.host.contains(':') { format!("[{}]:{}", job.host, job.port) } else { format!("{}:{}", job.host, job.port) }
+}
+
+pub async fn connect(job: &Job) -> Result<Channel, ClientError> {
+    let peer = authority(job);
+    let scheme = if job.tls.is_some() { "https" } else { "http" };
+    let endpoint = Endpoint::from_shared(format!("{scheme}://{peer}"))
+        .map_err(|e| ClientError::local(format!("--SERVER_IP `{}` is not a host name or address: {e}", job.host)))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_keepalive(Some(TCP_KEEPALIVE))
+        .http2_keep_alive_interval(HTTP2_PING_INTERVAL)
+        .keep_alive_timeout(Duration::from_secs(20));
+    let endpoint = match &job.tls {
+        None => endpoint,
+        Some(tls) => {
+            let config = ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(&tls.ca_pem))
+                .identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem))
+                // The name or IP address the certificate must hold: what was dialled.
+                .domain_name(job.host.clone());
+            endpoint.tls_config(config).map_err(|e| ClientError::Local {
+                message: format!("TLS files in `{}` are not usable: {}", tls.files.ca.display(), chain(&e)),
+                hint: None,
+            })?
+        }
+    };
+    endpoint.connect().await.map_err(|error| {
+        let reason = chain(&error);
+        let hint = hint_for(&reason, job);
+        ClientError::Connect { peer, reason, hint }
+    })
+}
+
+/// Turns a failed RPC into an error: transport failures are a lost connection (or a
+/// refused handshake), statuses the server chose are the server's answer.
+pub fn classify(step: Step, job: &Job, status: Status) -> ClientError {
+    let peer = authority(job);
+    let transport = status.source().is_some();
+    let reason = if transport { format!("{}: {}", status.message(), chain(&status)) } else { status.message().into() };
+    if transport && (reason.contains("alert") || reason.contains("certificate")) {
+        let hint = hint_for(&reason, job);
+        return ClientError::Connect { peer, reason, hint };
+    }
+    match status.code() {
+        Code::Unavailable | Code::Unknown | Code::Cancelled if transport || status.message().contains("transport") => {
+            ClientError::Lost { step, peer, reason }
+        }
+        Code::Unavailable => ClientError::Lost { step, peer, reason },
+        code => ClientError::Server { step, peer, code: code_name(code), message: reason },
+    }
+}
+
+/// `NotFound` -> `NOT_FOUND`, the spelling gRPC users know.
+fn code_name(code: Code) -> String {
+    let mut name = String::new();
+    for (index, c) in format!("{code:?}").chars().enumerate() {
+        if c.is_uppercase() && index > 0 {
+            name.push('_');
+        }
+        name.push(c.to_ascii_uppercase());
+    }
+    name
+}
+
+/// The messages of an error and its sources, generic wrappers dropped, joined by `: `.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next: Option<&dyn std::error::Error> = Some(error);
+    while let Some(current) = next {
+        let text = current.to_string();
+        if !text.is_empty() && text != "transport error" && !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = current.source();
+    }
+    if parts.is_empty() { "unknown transport error".into() } else { parts.join(": ") }
+}
+
+fn hint_for(reason: &str, job: &Job) -> Option<String> {
+    let lower = reason.to_lowercase();
+    let text = if lower.contains("connection refused") {
+        format!("is the server running at {}? check --SERVER_IP and --SERVER_PORT", authority(job))
+    } else if lower.contains("notvalidforname") || lower.contains("not valid for name") {
+        format!(
+            "the server's certificate does not name `{}`; connect with --SERVER_IP set to a name or address the certificate holds",
+            job.host
+        )
+    } else if lower.contains("unknownissuer") || lower.contains("unknown issuer") {
+        "the server's certificate is not signed by the CA in your TLS directory's ca.crt".into()
+    } else if lower.contains("alert") && job.tls.is_some() {
+        "the server refused this client certificate: is it signed by the server's CA and still valid?".into()
+    } else if job.tls.is_none() && (lower.contains("frame") || lower.contains("connection closed") || lower.contains("reset")) {
+        "if the server uses mutual TLS, give --TLS_CONFIG_DIR".into()
+    } else if lower.contains("timed out") || lower.contains("deadline") {
+        format!("nothing answered at {} in time; check the address and any firewall", authority(job))
+    } else {
+        return None;
+    };
+    Some(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn code_names_are_grpc_spellings() {
+        assert_eq!(code_name(Code::NotFound), "NOT_FOUND");
+        assert_eq!(code_name(Code::InvalidArgument), "INVALID_ARGUMENT");
+        assert_eq!(code_name(Code::Internal), "INTERNAL");
+    }
+}

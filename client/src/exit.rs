@@ -1,0 +1,86 @@
+//! Every way the client can fail, and the one place where each becomes an exit code.
+//!
+//! | code | meaning |
+//! |---|---|
+//! | 0 | the job ran and its results (if any) are in place |
+//! | 2 | the command line is wrong |
+//! | 101 | a local input is wrong: TLS files, `--RUN_NAME`, sources that cannot be read |
+//! | 102 | the server could not be reached, or the TLS handshake was refused |
+//! | 103 | the server refused or failed a step (a gRPC error status) |
+//! | 104 | the connection was lost in the middle of a step |
+//! | 105 | the results were refused (a hostile or malformed archive) or could not be written |
+//!
+//! Numbers start at 101, like distcc's, to stay clear of the small codes that remote
+//! commands use.
+
+use std::fmt;
+use std::process::ExitCode;
+
+/// The step of a job, for messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Connect,
+    Upload,
+    Execute,
+    Check,
+    Download,
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Step::Connect => "connect",
+            Step::Upload => "upload",
+            Step::Execute => "execute",
+            Step::Check => "check",
+            Step::Download => "download",
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{message}")]
+    Local { message: String, hint: Option<String> },
+    #[error("cannot connect to {peer}: {reason}")]
+    Connect { peer: String, reason: String, hint: Option<String> },
+    #[error("{step} failed: {peer} answered {code}: {message}")]
+    Server { step: Step, peer: String, code: String, message: String },
+    #[error("{step} failed: lost the connection to {peer}: {reason}")]
+    Lost { step: Step, peer: String, reason: String },
+    #[error("results not unpacked: {message}")]
+    Results { message: String },
+}
+
+impl ClientError {
+    pub fn local(message: impl Into<String>) -> ClientError {
+        ClientError::Local { message: message.into(), hint: None }
+    }
+
+    /// The fix, when one is known.
+    pub fn hint(&self) -> Option<&str> {
+        match self {
+            ClientError::Local { hint, .. } | ClientError::Connect { hint, .. } => hint.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+/// The exit code for a failure: the table at the top of this module.
+pub fn for_error(error: &ClientError) -> ExitCode {
+    ExitCode::from(match error {
+        ClientError::Local { .. } => 101,
+        ClientError::Connect { .. } => 102,
+        ClientError::Server { .. } => 103,
+        ClientError::Lost { .. } => 104,
+        ClientError::Results { .. } => 105,
+    })
+}
+
+/// The exit code after clap printed help, the version, or a usage error.
+pub fn for_usage(error: &clap::Error) -> ExitCode {
+    ExitCode::from(match error.use_stderr() {
+        false => 0,
+        true => 2,
+    })
+}

@@ -1,0 +1,102 @@
+//! A validated job: everything the command line said, checked once, in the types the
+//! rest of the client works with. Nothing downstream re-parses option strings.
+
+use std::path::PathBuf;
+
+use crate::cli::{Args, split_paths};
+use crate::exit::ClientError;
+use crate::source::SourceFilter;
+use crate::tls::{self, ClientTls};
+
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// As given, for the `[host:port]:` prefix and messages.
+    pub host: String,
+    pub port_text: String,
+    pub port: u16,
+    pub tls: Option<ClientTls>,
+    pub repo_url: String,
+    pub command: String,
+    pub sources: Vec<String>,
+    pub results: Vec<String>,
+    pub filter: SourceFilter,
+    /// Where results land: the working directory, or `./RUN_NAME/`.
+    pub result_dir: PathBuf,
+    pub workdir: PathBuf,
+}
+
+impl Job {
+    pub fn from_args(args: Args) -> Result<Job, ClientError> {
+        let port = args.server_port.trim().parse::<u16>().ok().filter(|&p| p != 0).ok_or_else(|| ClientError::Local {
+            message: format!("--SERVER_PORT `{}` is not a TCP port", args.server_port),
+            hint: Some("give a number from 1 to 65535".into()),
+        })?;
+        let host = args.server_ip.trim().trim_start_matches('[').trim_end_matches(']').to_string();
+        if host.is_empty() {
+            return Err(ClientError::local("--SERVER_IP is empty"));
+        }
+        validate_run_name(&args.run_name)?;
+        let tls = match args.tls_config_dir.trim() {
+            "" => None,
+            dir => Some(tls::load(dir)?),
+        };
+        let workdir = std::env::current_dir()
+            .map_err(|e| ClientError::local(format!("cannot read the working directory: {e}")))?;
+        let result_dir = match args.run_name.as_str() {
+            "" => workdir.clone(),
+            name => workdir.join(name),
+        };
+        Ok(Job {
+            host,
+            port_text: args.server_port,
+            port,
+            tls,
+            repo_url: args.repo_url,
+            command: args.cmd,
+            sources: split_paths(&args.source),
+            results: split_paths(&args.result),
+            filter: SourceFilter {
+                include: args.source_include,
+                exclude: args.source_exclude,
+                matches: args.source_match,
+            },
+            result_dir,
+            workdir,
+        })
+    }
+}
+
+/// One directory name: no `/`, no `\`, not `.` or `..` (PROTOCOL.md section 3).
+fn validate_run_name(name: &str) -> Result<(), ClientError> {
+    let reason = if name.contains('/') || name.contains('\\') {
+        Some("it must be one directory name, without `/` or `\\`")
+    } else if name == "." || name == ".." {
+        Some("`.` and `..` are not run names")
+    } else if name.contains('\0') {
+        Some("it contains a NUL byte")
+    } else {
+        None
+    };
+    match reason {
+        None => Ok(()),
+        Some(reason) => Err(ClientError::Local {
+            message: format!("--RUN_NAME `{name}` refused: {reason}"),
+            hint: Some("use a plain name such as `run1`; results then land in `./run1/`".into()),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_names_are_single_directory_names() {
+        for good in ["", "run1", "a.b", "..x"] {
+            assert!(validate_run_name(good).is_ok(), "{good}");
+        }
+        for bad in ["a/b", "/abs", "a\\b", ".", ".."] {
+            assert!(validate_run_name(bad).is_err(), "{bad}");
+        }
+    }
+}

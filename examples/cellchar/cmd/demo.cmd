@@ -1,0 +1,3 @@
+library = DEMO130
+cells = cells
+out = lib

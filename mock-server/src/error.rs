@@ -1,0 +1,49 @@
+//! Every way a job step fails, and the one place where each becomes a gRPC status.
+
+use lrpymrpc_archive::{PackError, UnpackError};
+use tonic::Status;
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("`{0}` is not a job id (a UUID is expected)")]
+    BadJobId(String),
+    #[error("no job `{0}` on this server (it may have expired)")]
+    UnknownJob(String),
+    #[error("upload refused: {0}")]
+    Unpack(#[from] UnpackError),
+    #[error("upload interrupted: {0}")]
+    UploadInterrupted(String),
+    #[error("result path `{path}` refused: {reason}")]
+    BadResultPath { path: String, reason: String },
+    #[error("REPO_URL item `{item}` refused: {reason}")]
+    BadTool { item: String, reason: String },
+    #[error("no Python interpreter (`python3` or `python`) on the server's PATH")]
+    NoPython,
+    #[error("{step} failed with {status}")]
+    SetupFailed { step: String, status: String },
+    #[error("cannot pack the results: {0}")]
+    Pack(#[from] PackError),
+    #[error("server-side I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl From<JobError> for Status {
+    fn from(error: JobError) -> Status {
+        let message = error.to_string();
+        match &error {
+            JobError::BadJobId(_) | JobError::BadResultPath { .. } | JobError::BadTool { .. } => {
+                Status::invalid_argument(message)
+            }
+            JobError::UnknownJob(_) => Status::not_found(message),
+            JobError::Unpack(unpack) if unpack.is_out_of_space() => Status::resource_exhausted(message),
+            JobError::Unpack(UnpackError::TooLarge { .. } | UnpackError::TooManyEntries { .. }) => {
+                Status::resource_exhausted(message)
+            }
+            JobError::Unpack(UnpackError::Write { .. }) => Status::internal(message),
+            JobError::Unpack(_) => Status::invalid_argument(message),
+            JobError::UploadInterrupted(_) => Status::cancelled(message),
+            JobError::NoPython | JobError::SetupFailed { .. } => Status::failed_precondition(message),
+            JobError::Pack(_) | JobError::Io(_) => Status::internal(message),
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! `cargo xtask demo`: the README's "run it" command. Builds the binaries, makes
+//! throwaway certificates, starts the mock server with mutual TLS on a free loopback
+//! port, runs the client on a copy of `examples/cellchar`, and shows the results.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use duct::cmd;
+
+use crate::workspace_root;
+
+pub fn run() -> anyhow::Result<()> {
+    let root = workspace_root();
+    eprintln!("xtask demo: building the client and the mock server");
+    cmd!("cargo", "build", "--quiet", "--bin", "lrpymrpc", "--bin", "lrpymrpc-mock-server")
+        .dir(&root)
+        .run()
+        .context("cargo build failed")?;
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), Into::into);
+    let client = target.join("debug").join("lrpymrpc");
+    let server = target.join("debug").join("lrpymrpc-mock-server");
+
+    let scratch = tempfile::Builder::new().prefix("lrpymrpc-demo-").tempdir()?;
+    let tls = scratch.path().join("tls");
+    let jobs = scratch.path().join("jobs");
+    let work = scratch.path().join("work");
+    std::fs::create_dir_all(&jobs)?;
+    lrpymrpc_certs::Throwaway::new("demo-user", &lrpymrpc_certs::loopback_names())?.write(&tls)?;
+
+    let example = root.join("examples").join("cellchar");
+    copy_dir(&example.join("cells"), &work.join("cells"))?;
+    copy_dir(&example.join("cmd"), &work.join("cmd"))?;
+    let python = which_python()?;
+    cmd!(&python, example.join("make_wheel.py"), example.join("tool/cellchar"), "cellchar", "0.1.0", work.join("dist"))
+        .stdout_null()
+        .run()
+        .context("building the example wheel failed")?;
+
+    let handle = cmd!(&server, "--listen", "127.0.0.1:0", "--root", &jobs, "--tls-dir", &tls)
+        .stderr_null()
+        .reader()
+        .context("starting the mock server failed")?;
+    let mut first_line = String::new();
+    BufReader::new(&handle).read_line(&mut first_line)?;
+    let Some(address) = first_line.trim().strip_prefix("listening on ") else {
+        bail!("the mock server did not say where it listens (got `{}`)", first_line.trim());
+    };
+    let (host, port) = address.rsplit_once(':').context("listening address without a port")?;
+    eprintln!("xtask demo: mock server listening on {address} (mutual TLS)\n");
+
+    let status = cmd!(
+        &client,
+        "--SERVER_IP", host,
+        "--SERVER_PORT", port,
+        "--TLS_CONFIG_DIR", &tls,
+        "--REPO_URL", "cellchar=./dist/cellchar-0.1.0-py3-none-any.whl",
+        "--SOURCE", "cells cmd dist",
+        "--RESULT", "lib",
+        "--CMD", "python -m cellchar -b cmd/demo.cmd"
+    )
+    .dir(&work)
+    .unchecked()
+    .run()?;
+    handle.kill()?;
+    if !status.status.success() {
+        bail!("the client failed ({})", status.status);
+    }
+    let lib = work.join("lib");
+    println!("\nxtask demo: results landed in `{}`:", lib.display());
+    for entry in std::fs::read_dir(&lib)? {
+        println!("  {}", entry?.file_name().to_string_lossy());
+    }
+    println!("\n{}", std::fs::read_to_string(lib.join("DEMO130.lib"))?);
+    println!("xtask demo: done (the scratch directory is removed now)");
+    Ok(())
+}
+
+fn which_python() -> anyhow::Result<String> {
+    for name in ["python3", "python"] {
+        if cmd!(name, "--version").stdout_null().stderr_null().run().is_ok() {
+            return Ok(name.to_string());
+        }
+    }
+    bail!("the demo needs python3 on PATH (the example tool is a Python package)")
+}
+
+fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
+}
