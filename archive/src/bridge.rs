@@ -41,9 +41,7 @@ impl ChunkWriter {
 
     fn send(&mut self, chunk: Vec<u8>) -> io::Result<()> {
         self.bytes_sent += chunk.len() as u64;
-        self.sender
-            .blocking_send(chunk)
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the stream was closed"))
+        self.sender.blocking_send(chunk).map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the stream was closed"))
     }
 }
 

@@ -8,6 +8,8 @@ pub mod bridge;
 pub mod merge;
 pub mod pack;
 pub mod paths;
+#[doc(hidden)]
+pub mod testing;
 pub mod unpack;
 
 pub use merge::{MergeError, merge_tree};

@@ -122,9 +122,7 @@ impl<W: Write> Packer<'_, W> {
         }
         if !name.as_os_str().is_empty() {
             let mut header = header_for(EntryType::Directory, meta, 0);
-            self.builder
-                .append_data(&mut header, name, io::empty())
-                .map_err(PackError::Write)?;
+            self.builder.append_data(&mut header, name, io::empty()).map_err(PackError::Write)?;
             self.report.directories += 1;
         }
         let mut children: Vec<_> = fs::read_dir(disk)
@@ -169,9 +167,7 @@ impl<W: Write> Packer<'_, W> {
     fn add_symlink(&mut self, disk: &Path, name: &Path, meta: &Metadata) -> Result<(), PackError> {
         let target = fs::read_link(disk).map_err(|e| read_error(disk, e))?;
         let mut header = header_for(EntryType::Symlink, meta, 0);
-        self.builder
-            .append_link(&mut header, name, &target)
-            .map_err(PackError::Write)?;
+        self.builder.append_link(&mut header, name, &target).map_err(PackError::Write)?;
         self.report.links += 1;
         Ok(())
     }

@@ -40,11 +40,7 @@ pub struct Limits {
 
 impl Limits {
     /// Large enough for real cell libraries, small enough to stop a gzip bomb.
-    pub const DEFAULT: Limits = Limits {
-        max_bytes: 64 * 1024 * 1024 * 1024,
-        max_entries: 1_000_000,
-        max_depth: 64,
-    };
+    pub const DEFAULT: Limits = Limits { max_bytes: 64 * 1024 * 1024 * 1024, max_entries: 1_000_000, max_depth: 64 };
 }
 
 /// Which modification time unpacked files get.
@@ -99,20 +95,11 @@ impl UnpackError {
 /// Unpacks the tar.gz read from `input` into `dest`, which must be an existing
 /// directory, normally a fresh empty one (a job directory, a staging directory).
 /// On error, what was already written stays: the caller removes `dest`.
-pub fn unpack_tar_gz<R: Read>(
-    input: R,
-    dest: &Path,
-    options: &UnpackOptions,
-) -> Result<UnpackReport, UnpackError> {
+pub fn unpack_tar_gz<R: Read>(input: R, dest: &Path, options: &UnpackOptions) -> Result<UnpackReport, UnpackError> {
     let capped = CappedReader { inner: GzDecoder::new(input), remaining: options.limits.max_bytes };
     let mut archive = tar::Archive::new(capped);
-    let mut unpacker = Unpacker {
-        dest,
-        options,
-        report: UnpackReport::default(),
-        real_dirs: HashSet::new(),
-        entries: 0,
-    };
+    let mut unpacker =
+        Unpacker { dest, options, report: UnpackReport::default(), real_dirs: HashSet::new(), entries: 0 };
     let entries = archive.entries().map_err(|e| malformed(e, options))?;
     for entry in entries {
         let entry = entry.map_err(|e| malformed(e, options))?;
@@ -185,23 +172,19 @@ impl Unpacker<'_> {
         };
         match kind {
             EntryType::Regular | EntryType::Continuous => {
-                let parent = self.real_parent(&rel).map_err(|r| refuse(r))?;
-                let path = parent.join(rel.file_name().expect("normal last component"));
-                self.clear_for_non_directory(&path).map_err(|r| refuse(r))?;
+                let path = self.slot_for_non_directory(&rel).map_err(&refuse)?;
                 let written = self.write_file(&path, &mut entry, mode, mtime)?;
                 self.report.files += 1;
                 self.report.content_bytes += written;
             }
             EntryType::Directory => {
-                self.real_dir(&rel, mode).map_err(|r| refuse(r))?;
+                self.real_dir(&rel, mode).map_err(&refuse)?;
                 self.report.directories += 1;
             }
             EntryType::Symlink => {
                 let target = entry.link_name_bytes().ok_or_else(|| refuse("symbolic link without a target".into()))?;
-                self.check_symlink_target(&rel, &target).map_err(|r| refuse(r))?;
-                let parent = self.real_parent(&rel).map_err(|r| refuse(r))?;
-                let path = parent.join(rel.file_name().expect("normal last component"));
-                self.clear_for_non_directory(&path).map_err(|r| refuse(r))?;
+                self.check_symlink_target(&rel, &target).map_err(&refuse)?;
+                let path = self.slot_for_non_directory(&rel).map_err(&refuse)?;
                 std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&target), &path)
                     .map_err(|source| UnpackError::Write { path, source })?;
                 self.report.links += 1;
@@ -210,13 +193,11 @@ impl Unpacker<'_> {
                 let target = entry.link_name_bytes().ok_or_else(|| refuse("hard link without a target".into()))?;
                 let target_rel = sanitize_relative(&target)
                     .map_err(|e| refuse(format!("hard link target `{}`: {e}", String::from_utf8_lossy(&target))))?;
-                let target_path = self.existing_regular_file(&target_rel).map_err(|r| refuse(r))?;
-                let parent = self.real_parent(&rel).map_err(|r| refuse(r))?;
-                let path = parent.join(rel.file_name().expect("normal last component"));
-                if path == target_path {
+                let target_path = self.existing_regular_file(&target_rel).map_err(&refuse)?;
+                if target_rel == rel {
                     return Err(refuse("hard link to itself".into()));
                 }
-                self.clear_for_non_directory(&path).map_err(|r| refuse(r))?;
+                let path = self.slot_for_non_directory(&rel).map_err(&refuse)?;
                 fs::hard_link(&target_path, &path).map_err(|source| UnpackError::Write { path, source })?;
                 self.report.links += 1;
             }
@@ -229,12 +210,23 @@ impl Unpacker<'_> {
         Ok(())
     }
 
-    /// Makes sure every directory above `rel` exists below `dest` as a real directory
-    /// (creating missing ones) and returns the full path of `rel`'s parent.
-    fn real_parent(&mut self, rel: &Path) -> Result<PathBuf, String> {
-        match rel.parent() {
-            Some(parent) if !parent.as_os_str().is_empty() => self.real_dir(parent, 0o755),
-            _ => Ok(self.dest.to_path_buf()),
+    /// The full path where a file or link `rel` goes: every directory above it made a
+    /// real directory below `dest` (created when missing), and an earlier file or link
+    /// of the same name (a duplicate entry) removed, so nothing is written through it.
+    /// A directory in the way is an error.
+    fn slot_for_non_directory(&mut self, rel: &Path) -> Result<PathBuf, String> {
+        let parent = match rel.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => self.real_dir(parent, 0o755)?,
+            _ => self.dest.to_path_buf(),
+        };
+        let path = parent.join(rel.file_name().ok_or("the name has no last component")?);
+        match fs::symlink_metadata(&path) {
+            Ok(meta) if meta.is_dir() => Err("a directory of the same name is in the way".into()),
+            Ok(_) => {
+                fs::remove_file(&path).map(|()| path).map_err(|e| format!("cannot replace the earlier entry: {e}"))
+            }
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(path),
+            Err(error) => Err(format!("cannot inspect the destination: {error}")),
         }
     }
 
@@ -271,18 +263,6 @@ impl Unpacker<'_> {
         Ok(path)
     }
 
-    /// A file or link is about to be created at `path`: an earlier file or link of the
-    /// same name (a duplicate entry) is removed first, so nothing is written through
-    /// it; a directory in the way is an error.
-    fn clear_for_non_directory(&self, path: &Path) -> Result<(), String> {
-        match fs::symlink_metadata(path) {
-            Ok(meta) if meta.is_dir() => Err("a directory of the same name is in the way".into()),
-            Ok(_) => fs::remove_file(path).map_err(|e| format!("cannot replace the earlier entry: {e}")),
-            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(error) => Err(format!("cannot inspect the destination: {error}")),
-        }
-    }
-
     fn write_file<R: Read>(
         &self,
         path: &Path,
@@ -292,12 +272,8 @@ impl Unpacker<'_> {
     ) -> Result<u64, UnpackError> {
         let write_error = |source| UnpackError::Write { path: path.to_path_buf(), source };
         // `create_new` (O_EXCL) never follows a link that might have appeared meanwhile.
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode | 0o600)
-            .open(path)
-            .map_err(write_error)?;
+        let mut file =
+            OpenOptions::new().write(true).create_new(true).mode(mode | 0o600).open(path).map_err(write_error)?;
         let written = io::copy(content, &mut file).map_err(|e| match e.kind() {
             io::ErrorKind::FileTooLarge => UnpackError::TooLarge { max_bytes: self.options.limits.max_bytes },
             io::ErrorKind::UnexpectedEof | io::ErrorKind::InvalidData | io::ErrorKind::InvalidInput => {
@@ -323,7 +299,8 @@ impl Unpacker<'_> {
             return Err("symbolic link target contains a NUL byte".into());
         }
         let target = Path::new(std::ffi::OsStr::from_bytes(target));
-        if target.is_absolute() || matches!(sanitize_relative(target.as_os_str().as_bytes()), Err(NameError::Absolute)) {
+        if target.is_absolute() || matches!(sanitize_relative(target.as_os_str().as_bytes()), Err(NameError::Absolute))
+        {
             return Err(format!("symbolic link to the absolute path `{shown}`"));
         }
         let mut resolved: Vec<Component<'_>> = link.parent().map(|p| p.components().collect()).unwrap_or_default();
@@ -364,7 +341,10 @@ impl Unpacker<'_> {
                 .map_err(|_| format!("hard link target `{}` is not in the archive before it", rel.display()))?;
             let wanted = if index + 1 == count { meta.is_file() } else { meta.is_dir() };
             if !wanted {
-                return Err(format!("hard link target `{}` is not a regular file inside the destination", rel.display()));
+                return Err(format!(
+                    "hard link target `{}` is not a regular file inside the destination",
+                    rel.display()
+                ));
             }
         }
         Ok(path)

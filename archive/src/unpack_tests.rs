@@ -2,65 +2,12 @@
 //! refusal naming the entry and an untouched canary directory beside the destination.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use flate2::Compression;
-use flate2::write::GzEncoder;
 use tar::{EntryType, Header};
 
 use super::*;
-
-/// A raw entry: the name and link bytes go into the header as they are, bypassing
-/// tar-rs's own checks, as an attacker's tool would write them.
-struct Raw<'a> {
-    name: &'a [u8],
-    kind: EntryType,
-    link: &'a [u8],
-    data: &'a [u8],
-    mode: u32,
-}
-
-fn file<'a>(name: &'a str, data: &'a str) -> Raw<'a> {
-    Raw { name: name.as_bytes(), kind: EntryType::Regular, link: b"", data: data.as_bytes(), mode: 0o644 }
-}
-fn dir(name: &str) -> Raw<'_> {
-    Raw { name: name.as_bytes(), kind: EntryType::Directory, link: b"", data: b"", mode: 0o755 }
-}
-fn symlink<'a>(name: &'a str, target: &'a str) -> Raw<'a> {
-    Raw { name: name.as_bytes(), kind: EntryType::Symlink, link: target.as_bytes(), data: b"", mode: 0o777 }
-}
-fn hardlink<'a>(name: &'a str, target: &'a str) -> Raw<'a> {
-    Raw { name: name.as_bytes(), kind: EntryType::Link, link: target.as_bytes(), data: b"", mode: 0o644 }
-}
-fn special(name: &str, kind: EntryType) -> Raw<'_> {
-    Raw { name: name.as_bytes(), kind, link: b"", data: b"", mode: 0o644 }
-}
-
-fn tar_bytes(entries: &[Raw<'_>]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for entry in entries {
-        let mut header = Header::new_old();
-        header.as_old_mut().name[..entry.name.len()].copy_from_slice(entry.name);
-        header.as_old_mut().linkname[..entry.link.len()].copy_from_slice(entry.link);
-        header.set_entry_type(entry.kind);
-        header.set_mode(entry.mode);
-        header.set_size(entry.data.len() as u64);
-        header.set_mtime(1_700_000_000);
-        header.set_cksum();
-        out.extend_from_slice(header.as_bytes());
-        out.extend_from_slice(entry.data);
-        out.resize(out.len().div_ceil(512) * 512, 0);
-    }
-    out.resize(out.len() + 1024, 0);
-    out
-}
-
-fn gzip(bytes: &[u8]) -> Vec<u8> {
-    let mut encoder = GzEncoder::new(Vec::new(), Compression::fast());
-    encoder.write_all(bytes).unwrap();
-    encoder.finish().unwrap()
-}
+use crate::testing::{dir, file, gzip, hardlink, special, symlink, tar_bytes};
 
 /// A destination with a canary directory beside it holding one file.
 struct Scene {
@@ -190,12 +137,8 @@ fn refuses_a_directory_entry_over_a_planted_link() {
 #[test]
 fn refuses_chained_links_that_climb_out() {
     let scene = Scene::new();
-    let archive = gzip(&tar_bytes(&[
-        dir("d"),
-        symlink("d/cur", "."),
-        symlink("d/par", "cur/.."),
-        file("d/par/x", "evil"),
-    ]));
+    let archive =
+        gzip(&tar_bytes(&[dir("d"), symlink("d/cur", "."), symlink("d/par", "cur/.."), file("d/par/x", "evil")]));
     assert_refused(scene.unpack(&archive), "d/par");
     scene.assert_outside_untouched();
 }
@@ -243,12 +186,9 @@ fn a_file_after_a_same_named_hard_link_does_not_write_through_it() {
 
 #[test]
 fn refuses_devices_fifos_and_unknown_types() {
-    for (kind, name) in [
-        (EntryType::Char, "tty"),
-        (EntryType::Block, "disk"),
-        (EntryType::Fifo, "pipe"),
-        (EntryType::new(b'Z'), "odd"),
-    ] {
+    for (kind, name) in
+        [(EntryType::Char, "tty"), (EntryType::Block, "disk"), (EntryType::Fifo, "pipe"), (EntryType::new(b'Z'), "odd")]
+    {
         let scene = Scene::new();
         assert_refused(scene.unpack(&gzip(&tar_bytes(&[special(name, kind)]))), name);
     }
@@ -297,10 +237,7 @@ fn caps_entry_count_and_depth() {
     let entries: Vec<_> = many.iter().map(|n| file(n, "")).collect();
     let scene = Scene::new();
     let limits = Limits { max_entries: 10, ..Limits::DEFAULT };
-    assert!(matches!(
-        scene.unpack_with(&gzip(&tar_bytes(&entries)), limits),
-        Err(UnpackError::TooManyEntries { .. })
-    ));
+    assert!(matches!(scene.unpack_with(&gzip(&tar_bytes(&entries)), limits), Err(UnpackError::TooManyEntries { .. })));
 
     let deep = "d/".repeat(20) + "f";
     let scene = Scene::new();
@@ -427,4 +364,3 @@ fn merge_replaces_files_and_merges_directories() {
     assert_eq!(fs::read_to_string(dest.join("out/other")).unwrap(), "kept");
     assert_eq!(fs::read_to_string(dest.join("out/new/b")).unwrap(), "b");
 }
-

@@ -109,12 +109,18 @@ mod tests {
     #[test]
     fn accepts_the_seed_readme_recipe() {
         let args = parse(&[
-            "--SERVER_IP", "127.0.0.1",
-            "--REPO_URL", "numpy=numpy",
-            "--TLS_CONFIG_DIR", "~/.tls/tls_lrPymRPC",
-            "--CMD", "python libretto.py -b cmd/x.cmd",
-            "--SOURCE", "IHP130 cmd script work",
-            "--RESULT", "IHP130.lib IHP130.md IHP130.v",
+            "--SERVER_IP",
+            "127.0.0.1",
+            "--REPO_URL",
+            "numpy=numpy",
+            "--TLS_CONFIG_DIR",
+            "~/.tls/tls_lrPymRPC",
+            "--CMD",
+            "python libretto.py -b cmd/x.cmd",
+            "--SOURCE",
+            "IHP130 cmd script work",
+            "--RESULT",
+            "IHP130.lib IHP130.md IHP130.v",
         ]);
         assert_eq!(split_paths(&args.source), ["IHP130", "cmd", "script", "work"]);
         assert_eq!(split_paths(&args.result), ["IHP130.lib", "IHP130.md", "IHP130.v"]);
@@ -124,13 +130,24 @@ mod tests {
     #[test]
     fn accepts_multi_value_forms_and_empty_filter_lists() {
         let args = parse(&[
-            "--SOURCE", "sample", "extra",
-            "--SOURCE_INCLUDE", ".spice", ".sp", ".jsonc", ".py",
-            "--SOURCE_MATCH", "gf180",
+            "--SOURCE",
+            "sample",
+            "extra",
+            "--SOURCE_INCLUDE",
+            ".spice",
+            ".sp",
+            ".jsonc",
+            ".py",
+            "--SOURCE_MATCH",
+            "gf180",
             "--SOURCE_EXCLUDE",
-            "--RESULT", "rslt", "work",
-            "--RUN_NAME", "run1",
-            "--CMD", "python3 -m charao -x",
+            "--RESULT",
+            "rslt",
+            "work",
+            "--RUN_NAME",
+            "run1",
+            "--CMD",
+            "python3 -m charao -x",
         ]);
         assert_eq!(args.source, ["sample", "extra"]);
         assert_eq!(args.source_include, [".spice", ".sp", ".jsonc", ".py"]);

@@ -49,11 +49,41 @@ pub async fn connect(job: &Job) -> Result<Channel, ClientError> {
             })?
         }
     };
-    endpoint.connect().await.map_err(|error| {
+    let channel = endpoint.connect().await.map_err(|error| {
         let reason = chain(&error);
         let hint = hint_for(&reason, job);
+        ClientError::Connect { peer: peer.clone(), reason, hint }
+    })?;
+    probe(channel.clone()).await.map_err(|status| {
+        let reason = transport_reason(&status);
+        let hint = hint_for(&reason, job);
         ClientError::Connect { peer, reason, hint }
-    })
+    })?;
+    Ok(channel)
+}
+
+/// One round trip to a method no server has. With TLS 1.3 the server judges the
+/// client certificate after the client considers the handshake done, so only a
+/// round trip shows whether the server accepted it. Any gRPC status (normally
+/// `UNIMPLEMENTED`) proves the session is up; a transport error is the refusal.
+async fn probe(channel: Channel) -> Result<(), Status> {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.map_err(|e| Status::from_error(Box::new(e)))?;
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/lrpymrpc.Probe/Hello");
+    let codec = tonic_prost::ProstCodec::<(), ()>::default();
+    match grpc.unary(tonic::Request::<()>::new(()), path, codec).await {
+        Ok(_) => Ok(()),
+        Err(status) if status.source().is_none() => Ok(()),
+        Err(status) => Err(status),
+    }
+}
+
+/// The message of a transport failure: its source chain, not the status's debug form.
+fn transport_reason(status: &Status) -> String {
+    match status.source() {
+        Some(source) => chain(source),
+        None => status.message().to_string(),
+    }
 }
 
 /// Turns a failed RPC into an error: transport failures are a lost connection (or a
@@ -61,7 +91,7 @@ pub async fn connect(job: &Job) -> Result<Channel, ClientError> {
 pub fn classify(step: Step, job: &Job, status: Status) -> ClientError {
     let peer = authority(job);
     let transport = status.source().is_some();
-    let reason = if transport { format!("{}: {}", status.message(), chain(&status)) } else { status.message().into() };
+    let reason = transport_reason(&status);
     if transport && (reason.contains("alert") || reason.contains("certificate")) {
         let hint = hint_for(&reason, job);
         return ClientError::Connect { peer, reason, hint };
@@ -88,12 +118,17 @@ fn code_name(code: Code) -> String {
 }
 
 /// The messages of an error and its sources, generic wrappers dropped, joined by `: `.
-fn chain(error: &dyn std::error::Error) -> String {
+fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    const GENERIC: [&str; 3] = ["transport error", "connection error", "operation was canceled"];
     let mut parts: Vec<String> = Vec::new();
-    let mut next: Option<&dyn std::error::Error> = Some(error);
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(current) = next {
-        let text = current.to_string();
-        if !text.is_empty() && text != "transport error" && !parts.iter().any(|p| p.contains(&text)) {
+        // A nested status prints its whole debug form; its message is enough.
+        let text = match current.downcast_ref::<Status>() {
+            Some(status) => status.message().to_string(),
+            None => current.to_string(),
+        };
+        if !text.is_empty() && !GENERIC.contains(&text.as_str()) && !parts.iter().any(|p| p.contains(&text)) {
             parts.push(text);
         }
         next = current.source();
@@ -112,10 +147,16 @@ fn hint_for(reason: &str, job: &Job) -> Option<String> {
         )
     } else if lower.contains("unknownissuer") || lower.contains("unknown issuer") {
         "the server's certificate is not signed by the CA in your TLS directory's ca.crt".into()
-    } else if lower.contains("alert") && job.tls.is_some() {
-        "the server refused this client certificate: is it signed by the server's CA and still valid?".into()
-    } else if job.tls.is_none() && (lower.contains("frame") || lower.contains("connection closed") || lower.contains("reset")) {
-        "if the server uses mutual TLS, give --TLS_CONFIG_DIR".into()
+    } else if job.tls.is_some()
+        && (lower.contains("alert") || lower.contains("connection closed") || lower.contains("reset"))
+    {
+        "the server ended the TLS session: it may have refused this client certificate (another CA, expired, revoked); \
+         check it with the server's administrator"
+            .into()
+    } else if job.tls.is_none()
+        && (lower.contains("frame") || lower.contains("connection closed") || lower.contains("reset"))
+    {
+        "the server may require mutual TLS: give --TLS_CONFIG_DIR".into()
     } else if lower.contains("timed out") || lower.contains("deadline") {
         format!("nothing answered at {} in time; check the address and any firewall", authority(job))
     } else {

@@ -27,10 +27,11 @@ pub struct Job {
 
 impl Job {
     pub fn from_args(args: Args) -> Result<Job, ClientError> {
-        let port = args.server_port.trim().parse::<u16>().ok().filter(|&p| p != 0).ok_or_else(|| ClientError::Local {
-            message: format!("--SERVER_PORT `{}` is not a TCP port", args.server_port),
-            hint: Some("give a number from 1 to 65535".into()),
-        })?;
+        let port =
+            args.server_port.trim().parse::<u16>().ok().filter(|&p| p != 0).ok_or_else(|| ClientError::Local {
+                message: format!("--SERVER_PORT `{}` is not a TCP port", args.server_port),
+                hint: Some("give a number from 1 to 65535".into()),
+            })?;
         let host = args.server_ip.trim().trim_start_matches('[').trim_end_matches(']').to_string();
         if host.is_empty() {
             return Err(ClientError::local("--SERVER_IP is empty"));

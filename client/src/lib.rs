@@ -32,11 +32,10 @@ pub fn main_impl() -> ExitCode {
         }
     };
     let outcome = job::Job::from_args(args).and_then(|job| {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .map_err(|e| ClientError::Local { message: format!("cannot start the async runtime: {e}"), hint: None })?;
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(|e| {
+                ClientError::Local { message: format!("cannot start the async runtime: {e}"), hint: None }
+            })?;
         runtime.block_on(run::run(&job))
     });
     match outcome {

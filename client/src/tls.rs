@@ -39,7 +39,9 @@ pub fn load(dir_arg: &str) -> Result<ClientTls, ClientError> {
     if !dir.is_dir() {
         return Err(ClientError::Local {
             message: format!("--TLS_CONFIG_DIR `{}` is not a directory", dir.display()),
-            hint: Some("give the directory holding client.key, client.crt and ca.crt, or leave it empty for plaintext".into()),
+            hint: Some(
+                "give the directory holding client.key, client.crt and ca.crt, or leave it empty for plaintext".into(),
+            ),
         });
     }
     let nested = layout::client_nested(&dir);

@@ -30,14 +30,10 @@ pub async fn run(
         let identity = Identity::from_pem(&tls.cert_pem, &tls.key_pem);
         // A client CA root makes client certificates mandatory: the handshake fails
         // before any RPC, so no byte of an unauthenticated upload reaches the disk.
-        let tls_config = ServerTlsConfig::new()
-            .identity(identity)
-            .client_ca_root(Certificate::from_pem(&tls.client_ca_pem));
+        let tls_config =
+            ServerTlsConfig::new().identity(identity).client_ca_root(Certificate::from_pem(&tls.client_ca_pem));
         builder = builder.tls_config(tls_config)?;
     }
     let service = FileServiceServer::new(service::Service::new(config));
-    builder
-        .add_service(service)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await
+    builder.add_service(service).serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown).await
 }

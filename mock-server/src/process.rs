@@ -34,12 +34,7 @@ pub enum Outcome {
 /// behind in its group are terminated once it exits, so their open pipes cannot
 /// hold the job open.
 pub async fn run_streaming(mut command: Command, sink: &Sink) -> io::Result<Outcome> {
-    command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
+    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0).kill_on_drop(true);
     let mut child = command.spawn()?;
     let group = ProcessGroup { id: child.id().and_then(|id| i32::try_from(id).ok()) };
     let (line_tx, mut lines) = mpsc::channel::<String>(256);

@@ -7,7 +7,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use lrpymrpc_archive::bridge::{CHANNEL_CHUNKS, ChunkReader, ChunkWriter};
-use lrpymrpc_archive::{MtimePolicy, PackOptions, PackRoot, UnpackOptions, find_below, pack_tar_gz, sanitize_relative, unpack_tar_gz};
+use lrpymrpc_archive::{
+    MtimePolicy, PackOptions, PackRoot, UnpackOptions, find_below, pack_tar_gz, sanitize_relative, unpack_tar_gz,
+};
 use lrpymrpc_proto::file_service_server::FileService;
 use lrpymrpc_proto::{
     CHUNK_SIZE, CheckRequest, CheckResponse, DataChunk, DownloadRequest, ExecuteRequest, ExecuteResponse,
@@ -163,4 +165,3 @@ async fn stream_results(roots: Vec<PackRoot>, tx: mpsc::Sender<Result<DataChunk,
     };
     let _ = tx.send(Err(status)).await;
 }
-

@@ -21,11 +21,7 @@ mod tests {
     // Field numbers are the contract: these bytes are what the Python peers send.
     #[test]
     fn execute_request_encodes_with_the_deployed_field_numbers() {
-        let request = ExecuteRequest {
-            unique_id: "u".into(),
-            tool: "t".into(),
-            command_opt: "c".into(),
-        };
+        let request = ExecuteRequest { unique_id: "u".into(), tool: "t".into(), command_opt: "c".into() };
         assert_eq!(request.encode_to_vec(), b"\x0a\x01u\x12\x01t\x1a\x01c");
     }
 
@@ -43,9 +39,6 @@ mod tests {
 
     #[test]
     fn service_path_has_no_package_prefix() {
-        assert_eq!(
-            <file_service_server::FileServiceServer<()> as tonic::server::NamedService>::NAME,
-            "FileService"
-        );
+        assert_eq!(<file_service_server::FileServiceServer<()> as tonic::server::NamedService>::NAME, "FileService");
     }
 }

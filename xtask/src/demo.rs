@@ -51,13 +51,20 @@ pub fn run() -> anyhow::Result<()> {
 
     let status = cmd!(
         &client,
-        "--SERVER_IP", host,
-        "--SERVER_PORT", port,
-        "--TLS_CONFIG_DIR", &tls,
-        "--REPO_URL", "cellchar=./dist/cellchar-0.1.0-py3-none-any.whl",
-        "--SOURCE", "cells cmd dist",
-        "--RESULT", "lib",
-        "--CMD", "python -m cellchar -b cmd/demo.cmd"
+        "--SERVER_IP",
+        host,
+        "--SERVER_PORT",
+        port,
+        "--TLS_CONFIG_DIR",
+        &tls,
+        "--REPO_URL",
+        "cellchar=./dist/cellchar-0.1.0-py3-none-any.whl",
+        "--SOURCE",
+        "cells cmd dist",
+        "--RESULT",
+        "lib",
+        "--CMD",
+        "python -m cellchar -b cmd/demo.cmd"
     )
     .dir(&work)
     .unchecked()

@@ -1,0 +1,1 @@
+//! Placeholder library target: the crate exists for its tests and its thin binary.

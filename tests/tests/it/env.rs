@@ -1,0 +1,148 @@
+//! The one fixture: a temporary directory with throwaway certificates, a working
+//! directory for the client, a job root, and a server on `127.0.0.1:0`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+use lrpymrpc_certs::{Throwaway, loopback_names};
+use lrpymrpc_mock_server::{Config, TlsMaterial};
+use tokio::sync::oneshot;
+
+pub const CLIENT: &str = env!("CARGO_BIN_EXE_lrpymrpc-e2e-client");
+
+pub struct TestEnv {
+    pub root: tempfile::TempDir,
+    pub tls: PathBuf,
+    pub jobs: PathBuf,
+    pub work: PathBuf,
+    pub addr: SocketAddr,
+    runtime: Option<tokio::runtime::Runtime>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl TestEnv {
+    /// The reference server with mutual TLS.
+    pub fn new() -> TestEnv {
+        let env = TestEnv::bare();
+        let tls = TlsMaterial::from_dir(&env.tls).unwrap();
+        let jobs = env.jobs.clone();
+        env.serve(Config::new(jobs, Some(tls)))
+    }
+
+    /// Directories and certificates, no server yet.
+    pub fn bare() -> TestEnv {
+        let root = tempfile::tempdir().unwrap();
+        let tls = root.path().join("tls");
+        let jobs = root.path().join("jobs");
+        let work = root.path().join("work");
+        std::fs::create_dir_all(&jobs).unwrap();
+        std::fs::create_dir_all(&work).unwrap();
+        Throwaway::new("e2e-user", &loopback_names()).unwrap().write(&tls).unwrap();
+        let addr = "127.0.0.1:0".parse().unwrap();
+        TestEnv { root, tls, jobs, work, addr, runtime: None, stop: None }
+    }
+
+    /// Starts the reference server in-process with `config`.
+    pub fn serve(mut self, config: Config) -> TestEnv {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        self.addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        runtime.spawn(lrpymrpc_mock_server::run(listener, config, async {
+            let _ = stopped.await;
+        }));
+        self.runtime = Some(runtime);
+        self.stop = Some(stop);
+        self
+    }
+
+    /// Runs `future` on the fixture's runtime (for fake servers and raw gRPC clients).
+    pub fn runtime(&mut self) -> &tokio::runtime::Runtime {
+        self.runtime.get_or_insert_with(|| tokio::runtime::Runtime::new().unwrap())
+    }
+
+    pub fn set_addr(&mut self, addr: SocketAddr) {
+        self.addr = addr;
+    }
+
+    /// The client, run in the working directory, pointed at the server with mutual TLS.
+    pub fn client(&self) -> Command {
+        let mut command = Command::new(CLIENT);
+        command
+            .current_dir(&self.work)
+            .args(["--SERVER_IP", "127.0.0.1", "--SERVER_PORT", &self.addr.port().to_string()])
+            .arg("--TLS_CONFIG_DIR")
+            .arg(&self.tls)
+            .env_remove("NO_COLOR");
+        command
+    }
+
+    /// The `[127.0.0.1:PORT]:` prefix the client prints.
+    pub fn prefix(&self) -> String {
+        format!("[127.0.0.1:{}]:", self.addr.port())
+    }
+
+    /// Writes a file below the working directory, creating parents.
+    pub fn write(&self, rel: &str, contents: impl AsRef<[u8]>) -> PathBuf {
+        let path = self.work.join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, contents).unwrap();
+        path
+    }
+
+    pub fn read(&self, rel: &str) -> Vec<u8> {
+        std::fs::read(self.work.join(rel)).unwrap_or_else(|e| panic!("reading `{rel}`: {e}"))
+    }
+
+    /// The names in the job root: job directories and their environments.
+    pub fn job_dirs(&self) -> Vec<String> {
+        names_in(&self.jobs)
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+pub fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<_> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    names
+}
+
+/// Deterministic bytes that do not compress to nothing (a tiny xorshift).
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
+/// Builds the example-style wheel of a one-module package named `name`.
+pub fn build_wheel(package_dir: &Path, name: &str, out_dir: &Path) -> PathBuf {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/cellchar/make_wheel.py");
+    let output = std::process::Command::new("python3")
+        .arg(script)
+        .arg(package_dir)
+        .arg(name)
+        .arg("0.1.0")
+        .arg(out_dir)
+        .output()
+        .expect("python3 runs");
+    assert!(output.status.success(), "make_wheel.py failed: {}", String::from_utf8_lossy(&output.stderr));
+    PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
+}

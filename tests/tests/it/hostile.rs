@@ -1,0 +1,153 @@
+//! Hostile archives in both directions: a fake server that sends crafted results, and
+//! crafted uploads to the reference server. Nothing may land outside its destination.
+
+use std::pin::Pin;
+
+use lrpymrpc_archive::testing::{file, gzip, symlink, tar_bytes};
+use lrpymrpc_proto::file_service_server::{FileService, FileServiceServer};
+use lrpymrpc_proto::{
+    CheckRequest, CheckResponse, DataChunk, DownloadRequest, ExecuteRequest, ExecuteResponse, UploadResponse,
+};
+use predicates::prelude::*;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::env::{TestEnv, names_in};
+
+/// A server that runs nothing and answers every Download with `archive`.
+struct CraftedResults {
+    archive: Vec<u8>,
+}
+
+type Chunks = Pin<Box<dyn Stream<Item = Result<DataChunk, Status>> + Send>>;
+type Lines = Pin<Box<dyn Stream<Item = Result<ExecuteResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl FileService for CraftedResults {
+    async fn upload(&self, request: Request<Streaming<DataChunk>>) -> Result<Response<UploadResponse>, Status> {
+        let mut stream = request.into_inner();
+        while stream.message().await?.is_some() {}
+        Ok(Response::new(UploadResponse { unique_id: "00000000-0000-4000-8000-000000000001".into() }))
+    }
+
+    type ExecuteStream = Lines;
+    async fn execute(&self, _: Request<ExecuteRequest>) -> Result<Response<Lines>, Status> {
+        Ok(Response::new(Box::pin(tokio_stream::empty())))
+    }
+
+    async fn check(&self, _: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
+        Ok(Response::new(CheckResponse { has_stream: true }))
+    }
+
+    type DownloadStream = Chunks;
+    async fn download(&self, _: Request<DownloadRequest>) -> Result<Response<Chunks>, Status> {
+        let chunks: Vec<_> = self.archive.chunks(1000).map(|c| Ok(DataChunk { data: c.to_vec() })).collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+    }
+}
+
+/// A fixture whose server is [`CraftedResults`] with mutual TLS.
+fn fake_server_sending(archive: Vec<u8>) -> TestEnv {
+    let mut env = TestEnv::bare();
+    let tls = lrpymrpc_mock_server::TlsMaterial::from_dir(&env.tls).unwrap();
+    let listener = env.runtime().block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let addr = listener.local_addr().unwrap();
+    env.runtime().spawn(async move {
+        let identity = tonic::transport::Identity::from_pem(tls.cert_pem, tls.key_pem);
+        let config = tonic::transport::ServerTlsConfig::new()
+            .identity(identity)
+            .client_ca_root(tonic::transport::Certificate::from_pem(tls.client_ca_pem));
+        tonic::transport::Server::builder()
+            .tls_config(config)
+            .unwrap()
+            .add_service(FileServiceServer::new(CraftedResults { archive }))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await
+    });
+    env.set_addr(addr);
+    env
+}
+
+/// The canary beside the working directory, to check nothing was written outside.
+fn plant_canary(env: &TestEnv) -> std::path::PathBuf {
+    let canary = env.root.path().join("canary");
+    std::fs::create_dir_all(&canary).unwrap();
+    std::fs::write(canary.join("keep"), "untouched").unwrap();
+    canary
+}
+
+fn assert_canary_untouched(canary: &std::path::Path) {
+    assert_eq!(names_in(canary), ["keep"]);
+    assert_eq!(std::fs::read_to_string(canary.join("keep")).unwrap(), "untouched");
+}
+
+#[test]
+fn refuses_result_entries_that_climb_out_and_writes_nothing() {
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("../canary/evil", gzip(&tar_bytes(&[file("build/ok", "fine"), file("../canary/evil", "evil")]))),
+        ("/tmp/evil-absolute", gzip(&tar_bytes(&[file("/tmp/evil-absolute", "evil")]))),
+        ("build/l", gzip(&tar_bytes(&[symlink("build/l", "../../canary"), file("build/l/evil", "evil")]))),
+    ];
+    for (entry, archive) in cases {
+        let env = fake_server_sending(archive);
+        let canary = plant_canary(&env);
+        env.write("source/x", "x");
+        env.write("build/previous", "earlier result");
+        env.client().assert().code(105).stderr(predicate::str::contains(format!("archive entry `{entry}` refused")));
+        assert_canary_untouched(&canary);
+        assert_eq!(names_in(&env.work), ["build", "source"], "staging or partial results left");
+        assert_eq!(names_in(&env.work.join("build")), ["previous"], "a refused download changed the results");
+        assert!(!std::path::Path::new("/tmp/evil-absolute").exists());
+    }
+}
+
+#[test]
+fn refuses_a_truncated_result_archive_and_keeps_earlier_results() {
+    let whole = gzip(&tar_bytes(&[file("build/big", &"y".repeat(50_000))]));
+    let env = fake_server_sending(whole[..whole.len() / 2].to_vec());
+    env.write("source/x", "x");
+    env.write("build/big", "earlier");
+    env.client().assert().code(105).stderr(predicate::str::contains("malformed archive"));
+    assert_eq!(env.read("build/big"), b"earlier");
+    assert_eq!(names_in(&env.work), ["build", "source"]);
+}
+
+#[test]
+fn a_result_link_to_a_server_secret_ships_no_bytes() {
+    let env = TestEnv::new();
+    let secret = env.root.path().join("server-secret");
+    std::fs::write(&secret, "TOP-SECRET-KEY").unwrap();
+    env.write("source/x", "x");
+    env.client()
+        .args(["--RESULT", "build", "--CMD"])
+        .arg(format!("mkdir build && ln -s {} build/leak", secret.display()))
+        .assert()
+        .code(105)
+        .stdout(predicate::str::contains("TOP-SECRET-KEY").not())
+        .stderr(predicate::str::contains("archive entry `build/leak` refused"))
+        .stderr(predicate::str::contains("absolute path"));
+    assert!(!env.work.join("build").exists());
+}
+
+#[test]
+fn the_server_refuses_hostile_uploads_and_leaves_no_job_directory() {
+    let archives = [
+        gzip(&tar_bytes(&[file("../escape", "evil")])),
+        gzip(&tar_bytes(&[symlink("l", "/etc"), file("l/passwd", "evil")])),
+        b"definitely not gzip".to_vec(),
+    ];
+    for archive in archives {
+        let mut env = TestEnv::new();
+        let canary = plant_canary(&env);
+        let (addr, tls) = (env.addr, env.tls.clone());
+        let status = env.runtime().block_on(async move {
+            let mut client = crate::tls::raw_client(addr, &tls, true).await.unwrap();
+            let chunks: Vec<_> = archive.chunks(100).map(|c| DataChunk { data: c.to_vec() }).collect();
+            client.upload(tokio_stream::iter(chunks)).await.unwrap_err()
+        });
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        assert!(env.job_dirs().is_empty(), "job directory left: {:?}", env.job_dirs());
+        assert_canary_untouched(&canary);
+        assert!(!env.root.path().join("escape").exists());
+    }
+}

@@ -1,0 +1,165 @@
+//! Whole jobs through the real client binary and the reference server.
+
+use predicates::prelude::*;
+
+use crate::env::{CLIENT, TestEnv, build_wheel, pseudo_random};
+
+#[test]
+fn runs_a_whole_job_and_brings_back_byte_identical_results() {
+    let env = TestEnv::new();
+    let data = pseudo_random(3 << 20, 7);
+    env.write("src/data.bin", &data);
+    env.write("src/deep/er/notes.txt", "notes\n");
+    std::fs::create_dir_all(env.work.join("src/empty")).unwrap();
+    let prefix = env.prefix();
+    env.client()
+        .args(["--SOURCE", "src", "--RESULT", "build", "--CMD"])
+        .arg("mkdir -p build && cp -r src build/copy && echo remote-says-hello")
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(format!("{prefix}remote-says-hello\n")))
+        .stdout(predicate::str::contains(format!("{prefix}Finish.\n")));
+    assert_eq!(env.read("build/copy/data.bin"), data);
+    assert_eq!(env.read("build/copy/deep/er/notes.txt"), b"notes\n");
+    assert!(env.work.join("build/copy/empty").is_dir(), "empty directories travel");
+    let leftovers: Vec<_> = crate::env::names_in(&env.work).into_iter().filter(|n| n.starts_with('.')).collect();
+    assert!(leftovers.is_empty(), "staging left behind: {leftovers:?}");
+}
+
+#[test]
+fn uploads_under_base_names_applies_filters_and_dereferences_links() {
+    let env = TestEnv::new();
+    env.write("a/b/cells/inv.sp", "inv");
+    env.write("a/b/cells/gf180/nand.sp", "nand");
+    env.write("a/b/cells/gf180/nand.lib", "lib");
+    env.write("a/b/cells/gf180/skip.sp.bak", "bak");
+    env.write("real.txt", "through the link");
+    std::os::unix::fs::symlink(env.work.join("real.txt"), env.work.join("a/b/cells/gf180/link.sp")).unwrap();
+    env.client()
+        .args(["--SOURCE", "a/b/cells", "missing-dir", "--SOURCE_INCLUDE", ".sp", "--SOURCE_MATCH", "gf180"])
+        .args([
+            "--RESULT",
+            "out",
+            "--CMD",
+            "mkdir out && find cells | sort > out/list && cat cells/gf180/link.sp > out/link",
+        ])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("SOURCE `missing-dir` skipped: it does not exist"));
+    assert_eq!(
+        String::from_utf8(env.read("out/list")).unwrap(),
+        "cells\ncells/gf180\ncells/gf180/link.sp\ncells/gf180/nand.sp\n"
+    );
+    assert_eq!(env.read("out/link"), b"through the link");
+}
+
+#[test]
+fn installs_a_locally_built_wheel_and_imports_it_remotely() {
+    let env = TestEnv::new();
+    let package = env.root.path().join("pkgsrc/greeter");
+    std::fs::create_dir_all(&package).unwrap();
+    std::fs::write(package.join("__init__.py"), "def greet(who):\n    return f'hello {who} from greeter'\n").unwrap();
+    build_wheel(&package, "greeter", &env.work.join("dist"));
+    let prefix = env.prefix();
+    env.client()
+        .args(["--REPO_URL", "greeter=./dist/greeter-0.1.0-py3-none-any.whl,", "--SOURCE", "dist", "--RESULT", "out"])
+        .args(["--CMD", "mkdir out && python -c \"import greeter; print(greeter.greet('make'))\" | tee out/greeting"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(format!("{prefix}Successfully installed greeter-0.1.0")))
+        .stdout(predicate::str::contains(format!("{prefix}hello make from greeter\n")));
+    assert_eq!(env.read("out/greeting"), b"hello make from greeter\n");
+}
+
+#[test]
+fn a_failing_pip_install_stops_the_job_with_the_step_named() {
+    let env = TestEnv::new();
+    env.write("source/x", "x");
+    env.client()
+        .args(["--REPO_URL", "nothing=./no-such-wheel-0.1-py3-none-any.whl", "--CMD", "touch build"])
+        .assert()
+        .code(103)
+        .stderr(predicate::str::contains("execute failed"))
+        .stderr(predicate::str::contains("FAILED_PRECONDITION"))
+        .stderr(predicate::str::contains("pip install ./no-such-wheel-0.1-py3-none-any.whl failed"));
+    assert!(!env.work.join("build").exists());
+}
+
+#[test]
+fn concurrent_runs_with_different_run_names_do_not_collide() {
+    let env = TestEnv::new();
+    env.write("source/input.txt", "shared input\n");
+    let children: Vec<_> = ["red", "blue"]
+        .iter()
+        .map(|name| {
+            let mut command = std::process::Command::new(CLIENT);
+            command
+                .current_dir(&env.work)
+                .args(["--SERVER_IP", "127.0.0.1", "--SERVER_PORT", &env.addr.port().to_string()])
+                .arg("--TLS_CONFIG_DIR")
+                .arg(&env.tls)
+                .args(["--RUN_NAME", name, "--CMD"])
+                .arg(format!("mkdir build && sleep 1 && echo {name} > build/who && cat source/input.txt >> build/who"))
+                .stdout(std::process::Stdio::null());
+            command.spawn().unwrap()
+        })
+        .collect();
+    for mut child in children {
+        assert!(child.wait().unwrap().success());
+    }
+    assert_eq!(env.read("red/build/who"), b"red\nshared input\n");
+    assert_eq!(env.read("blue/build/who"), b"blue\nshared input\n");
+    assert!(!env.work.join("build").exists(), "results went under RUN_NAME only");
+}
+
+#[test]
+fn results_replace_files_of_the_same_name_and_keep_the_others() {
+    let env = TestEnv::new();
+    env.write("source/x", "x");
+    env.write("build/old.txt", "stale");
+    env.write("build/mine.txt", "kept");
+    env.client().args(["--CMD", "mkdir build && echo fresh > build/old.txt"]).assert().success();
+    assert_eq!(env.read("build/old.txt"), b"fresh\n");
+    assert_eq!(env.read("build/mine.txt"), b"kept");
+}
+
+#[test]
+fn no_results_is_reported_and_not_an_error() {
+    let env = TestEnv::new();
+    env.write("source/x", "x");
+    let prefix = env.prefix();
+    env.client()
+        .args(["--CMD", "true", "--RESULT", "nothing here"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(format!("{prefix}Download data is not exist.")));
+}
+
+#[test]
+fn refuses_a_run_name_that_is_not_one_directory_name() {
+    let env = TestEnv::new();
+    for bad in ["../up", "a/b", ".."] {
+        env.client()
+            .args(["--RUN_NAME", bad])
+            .assert()
+            .code(101)
+            .stderr(predicate::str::contains(format!("--RUN_NAME `{bad}` refused")))
+            .stderr(predicate::str::contains("hint:"));
+    }
+}
+
+#[test]
+fn unknown_job_ids_are_not_found() {
+    let mut env = TestEnv::new();
+    let addr = env.addr;
+    let tls = env.tls.clone();
+    let status = env.runtime().block_on(async move {
+        let mut client = crate::tls::raw_client(addr, &tls, true).await.unwrap();
+        let request = lrpymrpc_proto::CheckRequest {
+            unique_id: "00000000-0000-4000-8000-000000000000".into(),
+            result_dir: "build".into(),
+        };
+        client.check(request).await.unwrap_err()
+    });
+    assert_eq!(status.code(), tonic::Code::NotFound);
+}

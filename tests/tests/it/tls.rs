@@ -1,0 +1,136 @@
+//! Mutual TLS: who is refused, and that a broken TLS directory fails before any
+//! connection is attempted.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use lrpymrpc_certs::{Throwaway, layout, loopback_names};
+use lrpymrpc_proto::file_service_client::FileServiceClient;
+use predicates::prelude::*;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+use crate::env::TestEnv;
+
+/// A gRPC client made by hand, with or without the client certificate of `tls_dir`.
+pub async fn raw_client(
+    addr: SocketAddr,
+    tls_dir: &Path,
+    with_certificate: bool,
+) -> Result<FileServiceClient<Channel>, tonic::transport::Error> {
+    let files = layout::client_nested(tls_dir);
+    let mut config = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(std::fs::read(&files.ca).unwrap()))
+        .domain_name("localhost");
+    if with_certificate {
+        config = config
+            .identity(Identity::from_pem(std::fs::read(&files.cert).unwrap(), std::fs::read(&files.key).unwrap()));
+    }
+    let channel = Endpoint::from_shared(format!("https://{addr}")).unwrap().tls_config(config)?.connect().await?;
+    Ok(FileServiceClient::new(channel))
+}
+
+#[test]
+fn refuses_a_client_without_a_certificate_before_anything_reaches_disk() {
+    let mut env = TestEnv::new();
+    let (addr, tls) = (env.addr, env.tls.clone());
+    let refused = env.runtime().block_on(async move {
+        let mut client = match raw_client(addr, &tls, false).await {
+            Ok(client) => client,
+            Err(_) => return true,
+        };
+        let chunk = lrpymrpc_proto::DataChunk { data: b"not even an archive".to_vec() };
+        client.upload(tokio_stream::iter(vec![chunk])).await.is_err()
+    });
+    assert!(refused, "a client without a certificate was served");
+    assert!(env.job_dirs().is_empty(), "a job directory was made: {:?}", env.job_dirs());
+}
+
+#[test]
+fn refuses_a_client_certificate_from_another_ca() {
+    let env = TestEnv::new();
+    let foreign = env.root.path().join("foreign");
+    Throwaway::new("mallory", &loopback_names()).unwrap().write(&foreign).unwrap();
+    // The right CA for the server, the wrong CA behind the client certificate.
+    std::fs::copy(layout::ca_cert(&env.tls), layout::ca_cert(&foreign)).unwrap();
+    env.write("source/x", "x");
+    env.client()
+        .arg("--TLS_CONFIG_DIR")
+        .arg(&foreign)
+        .assert()
+        .code(102)
+        .stderr(predicate::str::contains(format!("cannot connect to 127.0.0.1:{}", env.addr.port())));
+    assert!(env.job_dirs().is_empty());
+}
+
+#[test]
+fn refuses_a_server_whose_certificate_lacks_the_dialled_name() {
+    let env = TestEnv::bare();
+    let other = env.root.path().join("other");
+    let throwaway = Throwaway::new("e2e-user", &["build-server.example".to_string()]).unwrap();
+    throwaway.write(&other).unwrap();
+    let tls = lrpymrpc_mock_server::TlsMaterial::from_dir(&other).unwrap();
+    let jobs = env.jobs.clone();
+    let env = env.serve(lrpymrpc_mock_server::Config::new(jobs, Some(tls)));
+    env.client()
+        .arg("--TLS_CONFIG_DIR")
+        .arg(&other)
+        .assert()
+        .code(102)
+        .stderr(predicate::str::contains("127.0.0.1"))
+        .stderr(predicate::str::contains("hint: the server's certificate does not name `127.0.0.1`"));
+}
+
+#[test]
+fn a_missing_tls_file_is_refused_before_any_connection() {
+    let env = TestEnv::bare();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::fs::remove_file(layout::client_nested(&env.tls).key).unwrap();
+    assert_cmd::Command::new(crate::env::CLIENT)
+        .current_dir(&env.work)
+        .args(["--SERVER_PORT", &port.to_string(), "--TLS_CONFIG_DIR"])
+        .arg(&env.tls)
+        .assert()
+        .code(101)
+        .stderr(predicate::str::contains("cannot read TLS file"))
+        .stderr(predicate::str::contains("client/client.key"));
+    let accepted = listener.accept();
+    assert!(
+        matches!(&accepted, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the client connected anyway: {accepted:?}"
+    );
+}
+
+#[test]
+fn reads_the_flat_tls_layout_and_expands_tilde() {
+    let env = TestEnv::new();
+    let home = env.root.path().join("home");
+    let flat = home.join(".tls/tls_lrpymrpc");
+    std::fs::create_dir_all(&flat).unwrap();
+    let nested = layout::client_nested(&env.tls);
+    let wanted = layout::client_flat(&flat);
+    std::fs::copy(&nested.key, &wanted.key).unwrap();
+    std::fs::copy(&nested.cert, &wanted.cert).unwrap();
+    std::fs::copy(&nested.ca, &wanted.ca).unwrap();
+    env.write("source/x", "x");
+    env.client()
+        .env("HOME", &home)
+        .args(["--TLS_CONFIG_DIR", "~/.tls/tls_lrpymrpc", "--CMD", "true"])
+        .assert()
+        .success();
+}
+
+#[test]
+fn an_unreachable_server_fails_with_a_hint() {
+    let env = TestEnv::bare();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    assert_cmd::Command::new(crate::env::CLIENT)
+        .current_dir(&env.work)
+        .args(["--SERVER_PORT", &port.to_string(), "--TLS_CONFIG_DIR"])
+        .arg(&env.tls)
+        .assert()
+        .code(102)
+        .stderr(predicate::str::contains(format!("cannot connect to 127.0.0.1:{port}")))
+        .stderr(predicate::str::contains("hint: is the server running"));
+}
