@@ -3,6 +3,8 @@
 //! | code | meaning |
 //! |---|---|
 //! | 0 | the job ran and its results (if any) are in place |
+//! | 1-255 | the remote command's own exit status, passed through (results still fetched) |
+//! | 128+N | the remote command was killed by signal N |
 //! | 2 | the command line is wrong |
 //! | 101 | a local input is wrong: TLS files, `--RUN_NAME`, sources that cannot be read |
 //! | 102 | the server could not be reached, or the TLS handshake was refused |
@@ -50,6 +52,10 @@ pub enum ClientError {
     Lost { step: Step, peer: String, reason: String },
     #[error("results not unpacked: {message}")]
     Results { message: String },
+    #[error("the remote command failed with exit status {code}")]
+    RemoteExit { code: i32 },
+    #[error("the remote command was killed by signal {signal}")]
+    RemoteSignal { signal: i32 },
 }
 
 impl ClientError {
@@ -74,6 +80,9 @@ pub fn for_error(error: &ClientError) -> ExitCode {
         ClientError::Server { .. } => 103,
         ClientError::Lost { .. } => 104,
         ClientError::Results { .. } => 105,
+        // Exit statuses are 8 bits; a status that is a multiple of 256 must not read as success.
+        ClientError::RemoteExit { code } => u8::try_from(code.rem_euclid(256)).ok().filter(|&c| c != 0).unwrap_or(1),
+        ClientError::RemoteSignal { signal } => u8::try_from(128 + signal).unwrap_or(255),
     })
 }
 
@@ -83,4 +92,17 @@ pub fn for_usage(error: &clap::Error) -> ExitCode {
         false => 0,
         true => 2,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remote_statuses_pass_through_and_never_read_as_success() {
+        let code = |error| format!("{:?}", for_error(&error));
+        assert_eq!(code(ClientError::RemoteExit { code: 3 }), format!("{:?}", ExitCode::from(3)));
+        assert_eq!(code(ClientError::RemoteExit { code: 256 }), format!("{:?}", ExitCode::from(1)));
+        assert_eq!(code(ClientError::RemoteSignal { signal: 9 }), format!("{:?}", ExitCode::from(137)));
+    }
 }

@@ -1,4 +1,5 @@
-//! What the user sees. Status and remote lines go to stdout, each prefixed
+//! What the user sees. Status and remote stdout lines go to stdout (remote stderr
+//! lines to stderr, when the server says which is which), each prefixed
 //! `[host:port]:` exactly as the Python client prints them (users grep their logs
 //! for these), written and flushed line by line even into a pipe. Diagnostics go to
 //! stderr. A closed stdout (`| head`) is not an error: the job carries on.
@@ -23,6 +24,12 @@ impl Output {
         let mut stdout = std::io::stdout().lock();
         let _ = writeln!(stdout, "{}{text}", self.prefix);
         let _ = stdout.flush();
+    }
+
+    /// A remote stderr line: prefixed like the others, on stderr.
+    pub fn line_stderr(&self, text: &str) {
+        let mut stderr = std::io::stderr().lock();
+        let _ = writeln!(stderr, "{}{text}", self.prefix);
     }
 
     /// A warning on stderr; the job goes on.

@@ -11,7 +11,7 @@ use lrpymrpc_archive::{
     pack_tar_gz, unpack_tar_gz,
 };
 use lrpymrpc_proto::file_service_client::FileServiceClient;
-use lrpymrpc_proto::{CHUNK_SIZE, CheckRequest, DataChunk, DownloadRequest, ExecuteRequest};
+use lrpymrpc_proto::{CHUNK_SIZE, CheckRequest, DataChunk, DownloadRequest, ExecuteRequest, ExitStatus, OutputStream};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
@@ -52,7 +52,7 @@ pub async fn run(job: &Job) -> Result<(), ClientError> {
 
     out.line(&format!("pip install   ={}", job.repo_url));
     out.line(&format!("Execute target={}", job.command));
-    execute(&mut client, job, &unique_id, &out).await?;
+    let exit_status = execute(&mut client, job, &unique_id, &out).await?;
 
     out.line("Check result.");
     let result_dir = job.results.join(" ");
@@ -66,7 +66,15 @@ pub async fn run(job: &Job) -> Result<(), ClientError> {
         out.line("Download data is not exist.");
     }
     out.line("Finish.");
-    Ok(())
+    match exit_status {
+        None => {
+            out.warn("the server does not report the command's exit status; exiting 0 since the transfers succeeded");
+            Ok(())
+        }
+        Some(ExitStatus { signal, .. }) if signal != 0 => Err(ClientError::RemoteSignal { signal }),
+        Some(ExitStatus { code: 0, .. }) => Ok(()),
+        Some(ExitStatus { code, .. }) => Err(ClientError::RemoteExit { code }),
+    }
 }
 
 /// Packs the sources on a blocking thread while the chunks stream to the server.
@@ -91,7 +99,14 @@ async fn upload(client: &mut Client, job: &Job, roots: Vec<PackRoot>) -> Result<
     }
 }
 
-async fn execute(client: &mut Client, job: &Job, unique_id: &str, out: &Output) -> Result<(), ClientError> {
+/// Prints the command's output as it arrives; returns its exit status when the server
+/// reports one (servers predating that extension do not).
+async fn execute(
+    client: &mut Client,
+    job: &Job,
+    unique_id: &str,
+    out: &Output,
+) -> Result<Option<ExitStatus>, ClientError> {
     let request = ExecuteRequest {
         unique_id: unique_id.to_string(),
         tool: job.repo_url.clone(),
@@ -99,10 +114,18 @@ async fn execute(client: &mut Client, job: &Job, unique_id: &str, out: &Output) 
     };
     let failed = |status| classify(Step::Execute, job, status);
     let mut lines = client.execute(request).await.map_err(failed)?.into_inner();
+    let mut exit_status = None;
     while let Some(response) = lines.message().await.map_err(failed)? {
-        out.line(&response.message);
+        if let Some(status) = response.exit_status {
+            exit_status = Some(status);
+            continue;
+        }
+        match response.stream() {
+            OutputStream::Stderr => out.line_stderr(&response.message),
+            OutputStream::Stdout | OutputStream::Unspecified => out.line(&response.message),
+        }
     }
-    Ok(())
+    Ok(exit_status)
 }
 
 /// Unpacks the result stream into a staging directory inside the destination, then

@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
+use lrpymrpc_proto::{ExecuteResponse, ExitStatus, OutputStream};
 use tokio::process::Command;
 
 use crate::error::JobError;
@@ -85,8 +86,21 @@ async fn execute_steps(
         command.env("PATH", std::env::join_paths(paths).map_err(std::io::Error::other)?);
         command.env("VIRTUAL_ENV", &venv);
     }
-    process::run_streaming(command, sink).await?;
+    if let Outcome::Exited(status) = process::run_streaming(command, sink).await? {
+        let _ = sink.send(Ok(exit_message(&status))).await;
+    }
     Ok(())
+}
+
+/// The last message of a run: the status as a field for lrpymrpc clients, and in
+/// words for clients that only print `message`.
+fn exit_message(status: &std::process::ExitStatus) -> ExecuteResponse {
+    use std::os::unix::process::ExitStatusExt;
+    ExecuteResponse {
+        message: format!("[lrpymrpc-mock-server] command ended with {}", process::describe(status)),
+        stream: OutputStream::Unspecified as i32,
+        exit_status: Some(ExitStatus { code: status.code().unwrap_or(0), signal: status.signal().unwrap_or(0) }),
+    }
 }
 
 /// Runs a setup step; `Ok(false)` when the client went away meanwhile.

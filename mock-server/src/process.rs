@@ -6,7 +6,7 @@ use std::io;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
-use lrpymrpc_proto::ExecuteResponse;
+use lrpymrpc_proto::{ExecuteResponse, OutputStream};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::Command;
 use tokio::sync::mpsc;
@@ -37,12 +37,12 @@ pub async fn run_streaming(mut command: Command, sink: &Sink) -> io::Result<Outc
     command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0).kill_on_drop(true);
     let mut child = command.spawn()?;
     let group = ProcessGroup { id: child.id().and_then(|id| i32::try_from(id).ok()) };
-    let (line_tx, mut lines) = mpsc::channel::<String>(256);
+    let (line_tx, mut lines) = mpsc::channel::<ExecuteResponse>(256);
     if let Some(stdout) = child.stdout.take() {
-        tokio::spawn(pump_lines(stdout, line_tx.clone()));
+        tokio::spawn(pump_lines(stdout, OutputStream::Stdout, line_tx.clone()));
     }
     if let Some(stderr) = child.stderr.take() {
-        tokio::spawn(pump_lines(stderr, line_tx));
+        tokio::spawn(pump_lines(stderr, OutputStream::Stderr, line_tx));
     }
     let mut exit = None;
     loop {
@@ -56,8 +56,8 @@ pub async fn run_streaming(mut command: Command, sink: &Sink) -> io::Result<Outc
                 group.kill();
             }
             line = lines.recv() => match line {
-                Some(message) => {
-                    if sink.send(Ok(ExecuteResponse { message })).await.is_err() {
+                Some(line) => {
+                    if sink.send(Ok(line)).await.is_err() {
                         group.kill();
                         return Ok(Outcome::Cancelled);
                     }
@@ -97,7 +97,7 @@ fn signal_group(id: i32, signal: i32) {
     }
 }
 
-async fn pump_lines<R: AsyncRead + Unpin>(reader: R, lines: mpsc::Sender<String>) {
+async fn pump_lines<R: AsyncRead + Unpin>(reader: R, stream: OutputStream, lines: mpsc::Sender<ExecuteResponse>) {
     let mut reader = BufReader::new(reader);
     let mut line = Vec::new();
     loop {
@@ -112,7 +112,8 @@ async fn pump_lines<R: AsyncRead + Unpin>(reader: R, lines: mpsc::Sender<String>
         if line.last() == Some(&b'\r') {
             line.pop();
         }
-        if lines.send(String::from_utf8_lossy(&line).into_owned()).await.is_err() {
+        let message = String::from_utf8_lossy(&line).into_owned();
+        if lines.send(ExecuteResponse { message, stream: stream as i32, exit_status: None }).await.is_err() {
             return;
         }
     }

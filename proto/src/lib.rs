@@ -34,7 +34,23 @@ mod tests {
         assert_eq!(CheckResponse { has_stream: true }.encode_to_vec(), b"\x08\x01");
         assert_eq!(DataChunk { data: b"z".to_vec() }.encode_to_vec(), b"\x0a\x01z");
         assert_eq!(UploadResponse { unique_id: "u".into() }.encode_to_vec(), b"\x0a\x01u");
-        assert_eq!(ExecuteResponse { message: "m".into() }.encode_to_vec(), b"\x0a\x01m");
+        assert_eq!(ExecuteResponse { message: "m".into(), ..Default::default() }.encode_to_vec(), b"\x0a\x01m");
+    }
+
+    #[test]
+    fn extension_fields_leave_the_deployed_encoding_alone() {
+        // A plain line encodes exactly as the Python peers expect: defaults are omitted.
+        let plain = ExecuteResponse { message: "m".into(), ..Default::default() };
+        assert_eq!(plain.encode_to_vec(), b"\x0a\x01m");
+        // An old peer's bytes decode into a message with the extensions unset.
+        let decoded = ExecuteResponse::decode(&b"\x0a\x01m"[..]).unwrap();
+        assert_eq!((decoded.stream, decoded.exit_status), (0, None));
+        let last = ExecuteResponse {
+            message: String::new(),
+            stream: OutputStream::Stderr as i32,
+            exit_status: Some(ExitStatus { code: 3, signal: 0 }),
+        };
+        assert_eq!(last.encode_to_vec(), b"\x10\x02\x1a\x02\x08\x03");
     }
 
     #[test]

@@ -102,6 +102,18 @@ fn refuses_result_entries_that_climb_out_and_writes_nothing() {
 }
 
 #[test]
+fn a_server_that_reports_no_exit_status_still_completes_the_job() {
+    // CraftedResults knows nothing of the exit-status extension, like the Python server.
+    let env = fake_server_sending(gzip(&tar_bytes(&[file("build/out", "result")])));
+    env.write("source/x", "x");
+    env.client()
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("the server does not report the command's exit status").count(1));
+    assert_eq!(env.read("build/out"), b"result");
+}
+
+#[test]
 fn refuses_a_truncated_result_archive_and_keeps_earlier_results() {
     let whole = gzip(&tar_bytes(&[file("build/big", &"y".repeat(50_000))]));
     let env = fake_server_sending(whole[..whole.len() / 2].to_vec());

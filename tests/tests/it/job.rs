@@ -163,3 +163,41 @@ fn unknown_job_ids_are_not_found() {
     });
     assert_eq!(status.code(), tonic::Code::NotFound);
 }
+
+#[test]
+fn the_remote_exit_status_reaches_the_caller_and_results_still_arrive() {
+    let env = TestEnv::new();
+    env.write("source/x", "x");
+    env.client()
+        .args(["--CMD", "mkdir build && echo 'half done' > build/log && exit 3"])
+        .assert()
+        .code(3)
+        .stderr(predicate::str::contains("lrpymrpc: error: the remote command failed with exit status 3"));
+    assert_eq!(env.read("build/log"), b"half done\n", "results of a failed run help debugging");
+}
+
+#[test]
+fn a_command_killed_by_a_signal_exits_128_plus_the_signal() {
+    let env = TestEnv::new();
+    env.write("source/x", "x");
+    env.client()
+        .args(["--CMD", "kill -9 $$"])
+        .assert()
+        .code(137)
+        .stderr(predicate::str::contains("killed by signal 9"));
+}
+
+#[test]
+fn remote_stderr_lines_go_to_stderr_and_stdout_lines_to_stdout() {
+    let env = TestEnv::new();
+    env.write("source/x", "x");
+    let prefix = env.prefix();
+    env.client()
+        .args(["--CMD", "echo on-stdout; echo on-stderr >&2"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(format!("{prefix}on-stdout\n")))
+        .stdout(predicate::str::contains(format!("{prefix}on-stderr")).not())
+        .stderr(predicate::str::contains(format!("{prefix}on-stderr\n")))
+        .stderr(predicate::str::contains("does not report").not());
+}
