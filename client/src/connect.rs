@@ -97,9 +97,7 @@ pub fn classify(step: Step, job: &Job, status: Status) -> ClientError {
         return ClientError::Connect { peer, reason, hint };
     }
     match status.code() {
-        Code::Unavailable | Code::Unknown | Code::Cancelled if transport || status.message().contains("transport") => {
-            ClientError::Lost { step, peer, reason }
-        }
+        _ if transport => ClientError::Lost { step, peer, reason },
         Code::Unavailable => ClientError::Lost { step, peer, reason },
         code => ClientError::Server { step, peer, code: code_name(code), message: reason },
     }

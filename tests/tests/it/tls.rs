@@ -82,15 +82,12 @@ fn refuses_a_server_whose_certificate_lacks_the_dialled_name() {
 
 #[test]
 fn a_missing_tls_file_is_refused_before_any_connection() {
-    let env = TestEnv::bare();
+    let mut env = TestEnv::bare();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
-    let port = listener.local_addr().unwrap().port();
+    env.set_addr(listener.local_addr().unwrap());
     std::fs::remove_file(layout::client_nested(&env.tls).key).unwrap();
-    assert_cmd::Command::new(crate::env::CLIENT)
-        .current_dir(&env.work)
-        .args(["--SERVER_PORT", &port.to_string(), "--TLS_CONFIG_DIR"])
-        .arg(&env.tls)
+    env.client()
         .assert()
         .code(101)
         .stderr(predicate::str::contains("cannot read TLS file"))
@@ -123,12 +120,11 @@ fn reads_the_flat_tls_layout_and_expands_tilde() {
 
 #[test]
 fn an_unreachable_server_fails_with_a_hint() {
-    let env = TestEnv::bare();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    assert_cmd::Command::new(crate::env::CLIENT)
-        .current_dir(&env.work)
-        .args(["--SERVER_PORT", &port.to_string(), "--TLS_CONFIG_DIR"])
-        .arg(&env.tls)
+    let mut env = TestEnv::bare();
+    // Bound and dropped at once: a port where nothing listens.
+    env.set_addr(std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap());
+    let port = env.addr.port();
+    env.client()
         .assert()
         .code(102)
         .stderr(predicate::str::contains(format!("cannot connect to 127.0.0.1:{port}")))
