@@ -13,6 +13,6 @@ pub mod testing;
 pub mod unpack;
 
 pub use merge::{MergeError, merge_tree};
-pub use pack::{PackError, PackOptions, PackReport, PackRoot, pack_tar_gz};
+pub use pack::{Candidate, PackError, PackOptions, PackReport, PackRoot, pack_tar_gz};
 pub use paths::{NameError, find_below, sanitize_relative};
 pub use unpack::{Limits, MtimePolicy, UnpackError, UnpackOptions, UnpackReport, unpack_tar_gz};

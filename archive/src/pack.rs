@@ -19,17 +19,43 @@ pub struct PackRoot {
     pub name: PathBuf,
 }
 
+/// An entry the packer is about to add, shown to [`PackOptions::keep`].
+#[derive(Debug, Clone, Copy)]
+pub struct Candidate<'p> {
+    /// Where it is on disk (below a root's `disk`, joined lexically).
+    pub disk: &'p Path,
+    /// Its name in the archive.
+    pub name: &'p Path,
+    /// A directory (after following a link, when links are followed).
+    pub is_dir: bool,
+}
+
 /// How to pack.
 pub struct PackOptions<'a> {
     /// Store what symbolic links point to (the client's uploads) or the links
     /// themselves (the server's results, so a link to `/etc/shadow` ships no bytes).
     pub follow_symlinks: bool,
-    /// Keeps a regular file when it returns true for the file's archive name.
-    /// Directories always pass, so empty directories arrive.
-    pub keep_file: &'a dyn Fn(&Path) -> bool,
+    /// Decides each entry below the roots (and each root that is not a directory):
+    /// `false` leaves it out, and a directory left out takes all it holds with it.
+    pub keep: &'a dyn Fn(&Candidate<'_>) -> bool,
+    /// Called after each regular file went in, with its size: for progress displays.
+    pub on_file: &'a dyn Fn(u64),
     /// gzip level, 0 to 9.
     pub level: u32,
 }
+
+impl PackOptions<'static> {
+    /// Everything, no progress reports.
+    pub fn everything(follow_symlinks: bool, level: u32) -> PackOptions<'static> {
+        PackOptions { follow_symlinks, keep: &keep_everything, on_file: &ignore_progress, level }
+    }
+}
+
+fn keep_everything(_: &Candidate<'_>) -> bool {
+    true
+}
+
+fn ignore_progress(_: u64) {}
 
 /// What was packed, and what was passed over and why.
 #[derive(Debug, Default)]
@@ -66,7 +92,7 @@ pub fn pack_tar_gz<W: Write>(
         ancestors: HashSet::new(),
     };
     for root in roots {
-        packer.add(&root.disk, &root.name)?;
+        packer.add(&root.disk, &root.name, true)?;
     }
     let Packer { builder, report, .. } = packer;
     // `into_inner` writes the end-of-archive blocks; `finish` the gzip trailer. Both
@@ -85,7 +111,7 @@ struct Packer<'a, W: Write> {
 }
 
 impl<W: Write> Packer<'_, W> {
-    fn add(&mut self, disk: &Path, name: &Path) -> Result<(), PackError> {
+    fn add(&mut self, disk: &Path, name: &Path, is_root: bool) -> Result<(), PackError> {
         let link_meta = fs::symlink_metadata(disk).map_err(|e| read_error(disk, e))?;
         let meta = if link_meta.file_type().is_symlink() && self.options.follow_symlinks {
             match fs::metadata(disk) {
@@ -99,13 +125,15 @@ impl<W: Write> Packer<'_, W> {
             link_meta
         };
         let file_type = meta.file_type();
+        let candidate = Candidate { disk, name, is_dir: file_type.is_dir() };
+        let always_kept = is_root && candidate.is_dir;
+        if !always_kept && !(self.options.keep)(&candidate) {
+            return Ok(());
+        }
         if file_type.is_dir() {
             self.add_directory(disk, name, &meta)
         } else if file_type.is_file() {
-            if (self.options.keep_file)(name) {
-                self.add_file(disk, name, &meta)?;
-            }
-            Ok(())
+            self.add_file(disk, name, &meta)
         } else if file_type.is_symlink() {
             self.add_symlink(disk, name, &meta)
         } else {
@@ -133,7 +161,7 @@ impl<W: Write> Packer<'_, W> {
         // Sorted, so the same tree always makes the same archive.
         children.sort();
         for child in children {
-            self.add(&disk.join(&child), &name.join(&child))?;
+            self.add(&disk.join(&child), &name.join(&child), false)?;
         }
         self.ancestors.remove(&identity);
         Ok(())
@@ -161,6 +189,7 @@ impl<W: Write> Packer<'_, W> {
         }
         self.report.files += 1;
         self.report.content_bytes += size;
+        (self.options.on_file)(size);
         Ok(())
     }
 

@@ -2,7 +2,7 @@
 //! refusal naming the entry and an untouched canary directory beside the destination.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use tar::{EntryType, Header};
 
@@ -313,8 +313,7 @@ fn pack_then_unpack_round_trips_a_tree() {
     fs::write(tree.join("deep/er/data.bin"), vec![7u8; 100_000]).unwrap();
     fs::write(tree.join("top.txt"), "top").unwrap();
     std::os::unix::fs::symlink("top.txt", tree.join("alias")).unwrap();
-    let keep = |_: &Path| true;
-    let options = PackOptions { follow_symlinks: true, keep_file: &keep, level: 1 };
+    let options = PackOptions::everything(true, 1);
     let roots = [PackRoot { disk: tree.clone(), name: "tree".into() }];
     let (report, bytes) = pack_tar_gz(&roots, &options, Vec::new()).unwrap();
     assert_eq!((report.files, report.directories), (3, 4));
@@ -337,8 +336,7 @@ fn packing_without_following_ships_links_not_their_targets() {
     let job = source.path().join("job");
     fs::create_dir(&job).unwrap();
     std::os::unix::fs::symlink(source.path().join("secret"), job.join("leak")).unwrap();
-    let keep = |_: &Path| true;
-    let options = PackOptions { follow_symlinks: false, keep_file: &keep, level: 1 };
+    let options = PackOptions::everything(false, 1);
     let roots = [PackRoot { disk: job.join("leak"), name: "leak".into() }];
     let (_, bytes) = pack_tar_gz(&roots, &options, Vec::new()).unwrap();
     let mut plain = Vec::new();
@@ -363,4 +361,33 @@ fn merge_replaces_files_and_merges_directories() {
     assert_eq!(fs::read_to_string(dest.join("out/a")).unwrap(), "fresh");
     assert_eq!(fs::read_to_string(dest.join("out/other")).unwrap(), "kept");
     assert_eq!(fs::read_to_string(dest.join("out/new/b")).unwrap(), "b");
+}
+
+#[test]
+fn a_directory_left_out_takes_its_contents_and_progress_counts_files() {
+    use std::cell::Cell;
+
+    use crate::pack::{Candidate, PackOptions, PackRoot, pack_tar_gz};
+    let source = tempfile::tempdir().unwrap();
+    let tree = source.path().join("tree");
+    fs::create_dir_all(tree.join(".git/objects")).unwrap();
+    fs::write(tree.join(".git/objects/blob"), "history").unwrap();
+    fs::write(tree.join("kept.sp"), "kept").unwrap();
+    fs::write(tree.join("dropped.o"), "dropped").unwrap();
+    let keep = |c: &Candidate<'_>| {
+        let name = c.name.file_name().unwrap_or_default();
+        let vcs = c.is_dir && name == ".git";
+        let object = name.to_string_lossy().ends_with(".o");
+        !vcs && !object
+    };
+    let counted = Cell::new(0u64);
+    let on_file = |size: u64| counted.set(counted.get() + size);
+    let options = PackOptions { follow_symlinks: true, keep: &keep, on_file: &on_file, level: 1 };
+    let roots = [PackRoot { disk: tree.clone(), name: "tree".into() }];
+    let (report, bytes) = pack_tar_gz(&roots, &options, Vec::new()).unwrap();
+    assert_eq!((report.files, report.directories, counted.get()), (1, 1, 4));
+    let scene = Scene::new();
+    scene.unpack(&bytes).unwrap();
+    assert!(scene.dest.join("tree/kept.sp").is_file());
+    assert!(!scene.dest.join("tree/.git").exists() && !scene.dest.join("tree/dropped.o").exists());
 }

@@ -5,11 +5,24 @@
 //! prefixes of long options work (`--SERVER_I`), and `--CMD` takes a value that
 //! starts with `-`. Unlike argparse, repeating `--SOURCE` or `--RESULT` adds paths
 //! instead of silently dropping the earlier ones.
+//!
+//! Beside the upstream spellings: lowercase kebab-case aliases (`--server-ip`), an
+//! environment variable per option (`LRPYMRPC_SERVER_IP`), and options of our own
+//! under "Beyond lrPymRPC". The config file is merged in by [`crate::settings`].
 
-use clap::{ArgAction, Parser};
+use std::time::Duration;
+
+use clap::builder::FalseyValueParser;
+use clap::{ArgAction, Parser, Subcommand};
 
 /// Runs a build step on a remote lrPymRPC server: uploads SOURCE, pip-installs
 /// REPO_URL, runs CMD in a fresh job directory and downloads RESULT.
+///
+/// Every option can also come from an environment variable (shown in brackets) or
+/// from the config file `$LRPYMRPC_CONFIG` (default `~/.config/lrpymrpc/config`,
+/// lines of `OPTION = value`); the command line wins over the environment, which
+/// wins over the file. Exit status: the remote command's; 101-105 and 124 are the
+/// client's own failures (see the README).
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "lrpymrpc",
@@ -24,55 +37,177 @@ pub struct Args {
     #[arg(short = 'v', long = "version", action = ArgAction::Version)]
     version: Option<bool>,
 
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// pip-install mapping `name=url,name=url,` (PyPI names, git+https URLs, paths)
-    #[arg(long = "REPO_URL", value_name = "REPO_URL", default_value = "")]
+    #[arg(
+        long = "REPO_URL",
+        visible_alias = "repo-url",
+        env = "LRPYMRPC_REPO_URL",
+        value_name = "REPO_URL",
+        default_value = ""
+    )]
     pub repo_url: String,
 
     /// Command line to run in the remote job directory
-    #[arg(long = "CMD", value_name = "CMD", default_value = "charao -h", allow_hyphen_values = true)]
+    #[arg(
+        long = "CMD",
+        visible_alias = "cmd",
+        env = "LRPYMRPC_CMD",
+        value_name = "CMD",
+        default_value = "charao -h",
+        allow_hyphen_values = true
+    )]
     pub cmd: String,
 
     /// Server host name or IP address
-    #[arg(long = "SERVER_IP", value_name = "SERVER_IP", default_value = "127.0.0.1")]
+    #[arg(
+        long = "SERVER_IP",
+        visible_alias = "server-ip",
+        env = "LRPYMRPC_SERVER_IP",
+        value_name = "SERVER_IP",
+        default_value = "127.0.0.1"
+    )]
     pub server_ip: String,
 
     /// Server TCP port
-    #[arg(long = "SERVER_PORT", value_name = "SERVER_PORT", default_value = "8766")]
+    #[arg(
+        long = "SERVER_PORT",
+        visible_alias = "server-port",
+        env = "LRPYMRPC_SERVER_PORT",
+        value_name = "SERVER_PORT",
+        default_value = "8766"
+    )]
     pub server_port: String,
 
     /// Paths to upload (under their base names); one argument may hold several
     /// space-separated paths
-    #[arg(long = "SOURCE", value_name = "SOURCE", num_args = 1.., default_value = "source")]
+    #[arg(long = "SOURCE", visible_alias = "source", env = "LRPYMRPC_SOURCE", value_name = "SOURCE", num_args = 1.., default_value = "source")]
     pub source: Vec<String>,
 
     /// Paths to bring back from the job directory; same splitting rule as SOURCE
-    #[arg(long = "RESULT", value_name = "RESULT", num_args = 1.., default_value = "build")]
+    #[arg(long = "RESULT", visible_alias = "result", env = "LRPYMRPC_RESULT", value_name = "RESULT", num_args = 1.., default_value = "build")]
     pub result: Vec<String>,
 
     /// Upload only files whose name ends with one of these (`.cdl .sp`); none = all
-    #[arg(long = "SOURCE_INCLUDE", value_name = "EXT", num_args = 0..)]
+    #[arg(long = "SOURCE_INCLUDE", visible_alias = "source-include", env = "LRPYMRPC_SOURCE_INCLUDE", value_name = "EXT", num_args = 0..)]
     pub source_include: Vec<String>,
 
     /// Leave out files whose name ends with one of these
-    #[arg(long = "SOURCE_EXCLUDE", value_name = "EXT", num_args = 0..)]
+    #[arg(long = "SOURCE_EXCLUDE", visible_alias = "source-exclude", env = "LRPYMRPC_SOURCE_EXCLUDE", value_name = "EXT", num_args = 0..)]
     pub source_exclude: Vec<String>,
 
     /// Upload only files whose archive path contains one of these substrings
-    #[arg(long = "SOURCE_MATCH", value_name = "TEXT", num_args = 1..)]
+    #[arg(long = "SOURCE_MATCH", visible_alias = "source-match", env = "LRPYMRPC_SOURCE_MATCH", value_name = "TEXT", num_args = 1..)]
     pub source_match: Vec<String>,
 
     /// Put this run's results under `./RUN_NAME/`, so parallel runs do not collide
-    #[arg(long = "RUN_NAME", value_name = "RUN_NAME", default_value = "")]
+    #[arg(
+        long = "RUN_NAME",
+        visible_alias = "run-name",
+        env = "LRPYMRPC_RUN_NAME",
+        value_name = "RUN_NAME",
+        default_value = ""
+    )]
     pub run_name: String,
 
     /// Mutual TLS directory (`client/client.key`, `client/client.crt`, `ca/ca.crt`, or
     /// the same three files flat); `~` is expanded; empty = plaintext
-    #[arg(long = "TLS_CONFIG_DIR", value_name = "TLS_CONFIG_DIR", default_value = "")]
+    #[arg(
+        long = "TLS_CONFIG_DIR",
+        visible_alias = "tls-config-dir",
+        env = "LRPYMRPC_TLS_CONFIG_DIR",
+        value_name = "TLS_CONFIG_DIR",
+        default_value = ""
+    )]
     pub tls_config_dir: String,
+
+    /// Leave out paths matching this gitignore-style pattern, relative to the
+    /// working directory (`*.o`, `build/`, `cells/tmp`); repeatable
+    #[arg(long, env = "LRPYMRPC_EXCLUDE", value_name = "GLOB", action = ArgAction::Append, help_heading = "Beyond lrPymRPC")]
+    pub exclude: Vec<String>,
+
+    /// Also leave out what `.gitignore` files in the sources (and up to the
+    /// repository root) ignore
+    #[arg(long, env = "LRPYMRPC_GITIGNORE", value_parser = FalseyValueParser::new(), help_heading = "Beyond lrPymRPC")]
+    pub gitignore: bool,
+
+    /// Upload version-control directories (`.git`, `.hg`, `.svn`, ...), which are
+    /// left out by default
+    #[arg(long, env = "LRPYMRPC_INCLUDE_VCS", value_parser = FalseyValueParser::new(), help_heading = "Beyond lrPymRPC")]
+    pub include_vcs: bool,
+
+    /// A SOURCE path that is missing or outside the working directory is an error
+    /// (before anything is sent) instead of a warning
+    #[arg(long, env = "LRPYMRPC_STRICT", value_parser = FalseyValueParser::new(), help_heading = "Beyond lrPymRPC")]
+    pub strict: bool,
+
+    /// Recover the exit status from a server that does not report it, by wrapping CMD
+    /// so that it prints a marker with `$?` (the server must run CMD with a POSIX shell)
+    #[arg(long, env = "LRPYMRPC_EXIT_STATUS_MARKER", value_parser = FalseyValueParser::new(), help_heading = "Beyond lrPymRPC")]
+    pub exit_status_marker: bool,
+
+    /// Stop the whole job (and the remote command) after this long: `90`, `90s`,
+    /// `15m`, `2h`; exit status 124
+    #[arg(long, env = "LRPYMRPC_TIMEOUT", value_name = "DURATION", value_parser = parse_duration, help_heading = "Beyond lrPymRPC")]
+    pub timeout: Option<Duration>,
+
+    /// How often to retry connecting, and Upload, Check or Download after a lost
+    /// connection (Execute is never repeated)
+    #[arg(long, env = "LRPYMRPC_RETRIES", value_name = "N", default_value_t = 3, help_heading = "Beyond lrPymRPC")]
+    pub retries: u32,
+
+    /// Show only the remote command's output and errors
+    #[arg(short = 'q', long, env = "LRPYMRPC_QUIET", value_parser = FalseyValueParser::new(), help_heading = "Beyond lrPymRPC")]
+    pub quiet: bool,
+
+    /// Also show how long each step took and how much it moved
+    #[arg(long, env = "LRPYMRPC_VERBOSE", value_parser = FalseyValueParser::new(), help_heading = "Beyond lrPymRPC")]
+    pub verbose: bool,
+
+    /// Print lines without the `[host:port]:` prefix
+    #[arg(long, env = "LRPYMRPC_NO_PREFIX", value_parser = FalseyValueParser::new(), help_heading = "Beyond lrPymRPC")]
+    pub no_prefix: bool,
+
+    /// No progress bars, even on a terminal
+    #[arg(long, env = "LRPYMRPC_NO_PROGRESS", value_parser = FalseyValueParser::new(), help_heading = "Beyond lrPymRPC")]
+    pub no_progress: bool,
+}
+
+/// Commands besides running a job.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Print a shell completion script: `lrpymrpc completions bash > ~/.local/share/bash-completion/completions/lrpymrpc`
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+/// A duration: seconds, or a number with `s`, `m` or `h`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let scale = match unit.trim() {
+        "s" | "sec" => 1.0,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        other => return Err(format!("`{other}` is not a unit; use s, m or h (`90s`, `15m`, `2h`)")),
+    };
+    let value: f64 = number.parse().map_err(|_| format!("`{text}` is not a duration such as `90s`, `15m` or `2h`"))?;
+    Duration::try_from_secs_f64(value * scale)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("`{text}` is not a positive duration"))
 }
 
 /// Splits each argument on white space, as the Python client's `" ".join(...)` and
-/// split does, dropping empty pieces.
+/// split does, dropping empty pieces. Every list option goes through this, so one
+/// environment variable or config line can hold several values.
 pub fn split_paths(values: &[String]) -> Vec<String> {
     values.iter().flat_map(|v| v.split_whitespace()).map(str::to_string).collect()
 }
@@ -169,6 +304,23 @@ mod tests {
     fn unambiguous_prefixes_work_like_argparse() {
         let args = parse(&["--SERVER_I", "host", "--CM", "make"]);
         assert_eq!((args.server_ip.as_str(), args.cmd.as_str()), ("host", "make"));
+    }
+
+    #[test]
+    fn kebab_case_spellings_work_beside_the_upstream_ones() {
+        let args =
+            parse(&["--server-ip", "h", "--server-port", "1", "--source", "a b", "--run-name", "r", "--cmd", "-x"]);
+        assert_eq!((args.server_ip.as_str(), args.server_port.as_str(), args.run_name.as_str()), ("h", "1", "r"));
+        assert_eq!((split_paths(&args.source), args.cmd.as_str()), (vec!["a".to_string(), "b".to_string()], "-x"));
+    }
+
+    #[test]
+    fn durations_take_units() {
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1.5m"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert!(parse_duration("0").is_err() && parse_duration("5d").unwrap_err().contains("unit"));
+        assert!(parse_duration("soon").is_err());
     }
 
     #[test]

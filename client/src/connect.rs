@@ -49,17 +49,17 @@ pub async fn connect(job: &Job) -> Result<Channel, ClientError> {
             })?
         }
     };
-    let channel = endpoint.connect().await.map_err(|error| {
-        let reason = chain(&error);
-        let hint = hint_for(&reason, job);
-        ClientError::Connect { peer: peer.clone(), reason, hint }
-    })?;
-    probe(channel.clone()).await.map_err(|status| {
-        let reason = transport_reason(&status);
-        let hint = hint_for(&reason, job);
-        ClientError::Connect { peer, reason, hint }
-    })?;
+    let channel = endpoint.connect().await.map_err(|error| connect_error(&peer, chain(&error), job))?;
+    probe(channel.clone()).await.map_err(|status| connect_error(&peer, transport_reason(&status), job))?;
     Ok(channel)
+}
+
+fn connect_error(peer: &str, reason: String, job: &Job) -> ClientError {
+    let hint = hint_for(&reason, job);
+    let lower = reason.to_lowercase();
+    // A server that is starting or restarting; a refused certificate is never transient.
+    let transient = lower.contains("connection refused") || lower.contains("timed out");
+    ClientError::Connect { peer: peer.to_string(), reason, hint, transient }
 }
 
 /// One round trip to a method no server has. With TLS 1.3 the server judges the
@@ -94,7 +94,7 @@ pub fn classify(step: Step, job: &Job, status: Status) -> ClientError {
     let reason = transport_reason(&status);
     if transport && (reason.contains("alert") || reason.contains("certificate")) {
         let hint = hint_for(&reason, job);
-        return ClientError::Connect { peer, reason, hint };
+        return ClientError::Connect { peer, reason, hint, transient: false };
     }
     match status.code() {
         _ if transport => ClientError::Lost { step, peer, reason },

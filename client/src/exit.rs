@@ -11,6 +11,9 @@
 //! | 103 | the server refused or failed a step (a gRPC error status) |
 //! | 104 | the connection was lost in the middle of a step |
 //! | 105 | the results were refused (a hostile or malformed archive) or could not be written |
+//! | 124 | `--timeout` ran out; the remote job was stopped (as `timeout(1)` does) |
+//! | 130 | Ctrl-C (SIGINT); the remote job was stopped |
+//! | 143 | SIGTERM; the remote job was stopped |
 //!
 //! Numbers start at 101, like distcc's, to stay clear of the small codes that remote
 //! commands use.
@@ -45,7 +48,13 @@ pub enum ClientError {
     #[error("{message}")]
     Local { message: String, hint: Option<String> },
     #[error("cannot connect to {peer}: {reason}")]
-    Connect { peer: String, reason: String, hint: Option<String> },
+    Connect {
+        peer: String,
+        reason: String,
+        hint: Option<String>,
+        /// Worth another try (refused, timed out), unlike a refused certificate.
+        transient: bool,
+    },
     #[error("{step} failed: {peer} answered {code}: {message}")]
     Server { step: Step, peer: String, code: String, message: String },
     #[error("{step} failed: lost the connection to {peer}: {reason}")]
@@ -56,6 +65,18 @@ pub enum ClientError {
     RemoteExit { code: i32 },
     #[error("the remote command was killed by signal {signal}")]
     RemoteSignal { signal: i32 },
+    #[error("stopped by {name} during {step}", name = signal_name(*signal))]
+    Interrupted { signal: i32, step: Step },
+    #[error("the job took longer than --timeout {limit}; stopped it during {step}")]
+    TimedOut { limit: String, step: Step },
+}
+
+fn signal_name(signal: i32) -> String {
+    match signal {
+        libc::SIGINT => "Ctrl-C (SIGINT)".into(),
+        libc::SIGTERM => "SIGTERM".into(),
+        other => format!("signal {other}"),
+    }
 }
 
 impl ClientError {
@@ -70,6 +91,16 @@ impl ClientError {
             _ => None,
         }
     }
+
+    /// Whether repeating the step may help: the server could not be reached or the
+    /// connection dropped, as opposed to an answer or a local problem.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClientError::Connect { transient, .. } => *transient,
+            ClientError::Lost { .. } => true,
+            _ => false,
+        }
+    }
 }
 
 /// The exit code for a failure: the table at the top of this module.
@@ -82,7 +113,10 @@ pub fn for_error(error: &ClientError) -> ExitCode {
         ClientError::Results { .. } => 105,
         // Exit statuses are 8 bits; a status that is a multiple of 256 must not read as success.
         ClientError::RemoteExit { code } => u8::try_from(code.rem_euclid(256)).ok().filter(|&c| c != 0).unwrap_or(1),
-        ClientError::RemoteSignal { signal } => u8::try_from(128 + signal).unwrap_or(255),
+        ClientError::RemoteSignal { signal } | ClientError::Interrupted { signal, .. } => {
+            u8::try_from(128 + signal).unwrap_or(255)
+        }
+        ClientError::TimedOut { .. } => 124,
     })
 }
 
@@ -104,5 +138,8 @@ mod tests {
         assert_eq!(code(ClientError::RemoteExit { code: 3 }), format!("{:?}", ExitCode::from(3)));
         assert_eq!(code(ClientError::RemoteExit { code: 256 }), format!("{:?}", ExitCode::from(1)));
         assert_eq!(code(ClientError::RemoteSignal { signal: 9 }), format!("{:?}", ExitCode::from(137)));
+        let interrupted = |signal| ClientError::Interrupted { signal, step: Step::Execute };
+        assert_eq!(code(interrupted(libc::SIGINT)), format!("{:?}", ExitCode::from(130)));
+        assert_eq!(code(interrupted(libc::SIGTERM)), format!("{:?}", ExitCode::from(143)));
     }
 }

@@ -2,10 +2,14 @@
 //! rest of the client works with. Nothing downstream re-parses option strings.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use crate::cli::{Args, split_paths};
 use crate::exit::ClientError;
-use crate::source::SourceFilter;
+use crate::marker::ExitMarker;
+use crate::output::Verbosity;
+use crate::source::{SourceFilter, SourceRules};
 use crate::tls::{self, ClientTls};
 
 #[derive(Debug, Clone)]
@@ -19,10 +23,19 @@ pub struct Job {
     pub command: String,
     pub sources: Vec<String>,
     pub results: Vec<String>,
-    pub filter: SourceFilter,
+    /// What goes into the upload, below the SOURCE roots.
+    pub rules: Arc<SourceRules>,
+    /// A missing or outside SOURCE is an error rather than a warning.
+    pub strict: bool,
     /// Where results land: the working directory, or `./RUN_NAME/`.
     pub result_dir: PathBuf,
     pub workdir: PathBuf,
+    /// Set with `--exit-status-marker`.
+    pub exit_marker: Option<ExitMarker>,
+    /// `--timeout`, for messages and for the clock.
+    pub timeout: Option<(String, Duration)>,
+    pub retries: u32,
+    pub verbosity: Verbosity,
 }
 
 impl Job {
@@ -43,6 +56,14 @@ impl Job {
         };
         let workdir = std::env::current_dir()
             .map_err(|e| ClientError::local(format!("cannot read the working directory: {e}")))?;
+        let filter = SourceFilter {
+            include: split_paths(&args.source_include),
+            exclude: split_paths(&args.source_exclude),
+            matches: split_paths(&args.source_match),
+        };
+        let rules = SourceRules::new(filter, &split_paths(&args.exclude), args.gitignore, args.include_vcs, &workdir)?;
+        let timeout_text = args.timeout.map(crate::output::seconds).unwrap_or_default();
+        let verbosity = verbosity(&args);
         let result_dir = match args.run_name.as_str() {
             "" => workdir.clone(),
             name => workdir.join(name),
@@ -56,15 +77,21 @@ impl Job {
             command: args.cmd,
             sources: split_paths(&args.source),
             results: split_paths(&args.result),
-            filter: SourceFilter {
-                include: args.source_include,
-                exclude: args.source_exclude,
-                matches: args.source_match,
-            },
+            rules: Arc::new(rules),
+            strict: args.strict,
             result_dir,
             workdir,
+            exit_marker: args.exit_status_marker.then(ExitMarker::new),
+            timeout: args.timeout.map(|limit| (timeout_text, limit)),
+            retries: args.retries,
+            verbosity,
         })
     }
+}
+
+/// `--quiet`, `--verbose`, `--no-prefix`, `--no-progress`.
+pub fn verbosity(args: &Args) -> Verbosity {
+    Verbosity { quiet: args.quiet, verbose: args.verbose, no_prefix: args.no_prefix, no_progress: args.no_progress }
 }
 
 /// One directory name: no `/`, no `\`, not `.` or `..` (PROTOCOL.md section 3).

@@ -1,47 +1,285 @@
-//! What the user sees. Status and remote stdout lines go to stdout (remote stderr
-//! lines to stderr, when the server says which is which), each prefixed
-//! `[host:port]:` exactly as the Python client prints them (users grep their logs
-//! for these), written and flushed line by line even into a pipe. Diagnostics go to
-//! stderr. A closed stdout (`| head`) is not an error: the job carries on.
+//! What the user sees, in one place. Status and remote stdout lines go to stdout
+//! (remote stderr lines to stderr, when the server says which is which), each
+//! prefixed `[host:port]:` exactly as the Python client prints them (users grep their
+//! logs for these), written and flushed line by line even into a pipe. Diagnostics go
+//! to stderr. A closed stdout (`| head`) is not an error: the job carries on.
+//!
+//! On a terminal, packing/uploading and downloading/unpacking show a progress bar on
+//! stderr, with lines printed above it, and diagnostics are coloured (never with
+//! `NO_COLOR`). Into a pipe: plain lines only, no control characters, not even from
+//! the remote command.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
-use crate::exit::ClientError;
+use indicatif::{ProgressBar, ProgressStyle};
 
-/// Prints lines with the `[host:port]:` prefix.
+use crate::exit::{ClientError, Step};
+
+/// How much to show; from `--quiet`, `--verbose`, `--no-prefix`, `--no-progress`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Verbosity {
+    pub quiet: bool,
+    pub verbose: bool,
+    pub no_prefix: bool,
+    pub no_progress: bool,
+}
+
+/// The terminal facts that decide colours, bars and escape sequences.
+#[derive(Debug, Clone, Copy)]
+struct Terminal {
+    stdout: bool,
+    stderr: bool,
+    colour: bool,
+}
+
+impl Terminal {
+    fn detect() -> Terminal {
+        let no_colour = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty())
+            || std::env::var_os("TERM").is_some_and(|t| t == "dumb");
+        Terminal {
+            stdout: std::io::stdout().is_terminal(),
+            stderr: std::io::stderr().is_terminal(),
+            colour: !no_colour,
+        }
+    }
+}
+
+/// Prints lines, warnings, timings and progress bars. Cheap to clone; clones share
+/// the current step and bar.
 #[derive(Debug, Clone)]
 pub struct Output {
     prefix: String,
+    verbosity: Verbosity,
+    terminal: Terminal,
+    state: Arc<Mutex<State>>,
+}
+
+#[derive(Debug)]
+struct State {
+    step: Step,
+    started: Instant,
+    bar: Option<ProgressBar>,
 }
 
 impl Output {
-    pub fn new(host: &str, port: &str) -> Output {
-        Output { prefix: format!("[{host}:{port}]:") }
+    pub fn new(host: &str, port: &str, verbosity: Verbosity) -> Output {
+        let prefix = if verbosity.no_prefix { String::new() } else { format!("[{host}:{port}]:") };
+        let state = State { step: Step::Connect, started: Instant::now(), bar: None };
+        Output { prefix, verbosity, terminal: Terminal::detect(), state: Arc::new(Mutex::new(state)) }
     }
 
-    /// One line on stdout, prefixed and flushed at once.
-    pub fn line(&self, text: &str) {
-        let mut stdout = std::io::stdout().lock();
-        let _ = writeln!(stdout, "{}{text}", self.prefix);
-        let _ = stdout.flush();
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// A remote stderr line: prefixed like the others, on stderr.
-    pub fn line_stderr(&self, text: &str) {
-        let mut stderr = std::io::stderr().lock();
-        let _ = writeln!(stderr, "{}{text}", self.prefix);
+    /// Writes with any progress bar moved out of the way.
+    fn write(&self, to_stderr: bool, text: &str) {
+        let bar = self.state().bar.clone();
+        let write = || {
+            if to_stderr {
+                let _ = writeln!(std::io::stderr().lock(), "{text}");
+            } else {
+                let mut stdout = std::io::stdout().lock();
+                let _ = writeln!(stdout, "{text}");
+                let _ = stdout.flush();
+            }
+        };
+        match bar {
+            Some(bar) => bar.suspend(write),
+            None => write(),
+        }
     }
 
-    /// A warning on stderr; the job goes on.
+    /// A status line of the Python client (`Upload`, `Finish.`); hidden by `--quiet`.
+    pub fn status(&self, text: &str) {
+        if !self.verbosity.quiet {
+            self.write(false, &format!("{}{text}", self.prefix));
+        }
+    }
+
+    /// A line the remote command printed on stdout (or an unlabelled one).
+    pub fn remote(&self, text: &str) {
+        let text = clean_line(text, self.terminal.stdout && self.terminal.colour);
+        self.write(false, &format!("{}{text}", self.prefix));
+    }
+
+    /// A line the remote command printed on stderr.
+    pub fn remote_stderr(&self, text: &str) {
+        let text = clean_line(text, self.terminal.stderr && self.terminal.colour);
+        self.write(true, &format!("{}{text}", self.prefix));
+    }
+
+    /// A warning on stderr; the job goes on. Hidden by `--quiet`.
     pub fn warn(&self, text: &str) {
-        eprintln!("lrpymrpc: warning: {text}");
+        if !self.verbosity.quiet {
+            self.write(true, &format!("lrpymrpc: {}: {text}", self.paint("warning", YELLOW)));
+        }
+    }
+
+    /// Something worth knowing that is not a problem; hidden by `--quiet`.
+    pub fn note(&self, text: &str) {
+        if !self.verbosity.quiet {
+            self.write(true, &format!("lrpymrpc: note: {text}"));
+        }
+    }
+
+    /// A failure on stderr: one line, then a `hint:` line when a fix is known.
+    pub fn error(&self, error: &ClientError) {
+        self.finish_progress();
+        self.write(true, &format!("lrpymrpc: {}: {error}", self.paint("error", RED)));
+        if let Some(hint) = error.hint() {
+            self.write(true, &format!("{}: {hint}", self.paint("hint", CYAN)));
+        }
+    }
+
+    /// Marks the start of a step, for messages about where a job stopped and for timings.
+    pub fn begin(&self, step: Step) {
+        let mut state = self.state();
+        state.step = step;
+        state.started = Instant::now();
+    }
+
+    /// The step in progress.
+    pub fn step(&self) -> Step {
+        self.state().step
+    }
+
+    /// Ends a step: with `--verbose`, says how long it took and what it moved.
+    pub fn end(&self, detail: &str) {
+        self.finish_progress();
+        if self.verbosity.verbose && !self.verbosity.quiet {
+            let (step, took) = {
+                let state = self.state();
+                (state.step, state.started.elapsed())
+            };
+            let detail = if detail.is_empty() { String::new() } else { format!(", {detail}") };
+            self.write(true, &format!("lrpymrpc: {step} took {}{detail}", seconds(took)));
+        }
+    }
+
+    /// A progress bar for a transfer, on a terminal only; `None` into a pipe.
+    pub fn progress(&self, label: &str) -> Progress {
+        if !self.terminal.stderr || self.verbosity.quiet || self.verbosity.no_progress {
+            return Progress { bar: None };
+        }
+        let style =
+            ProgressStyle::with_template("{spinner} {prefix:<9} {msg}{bytes:>11} {binary_bytes_per_sec:>13} {elapsed}")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner());
+        let bar = ProgressBar::new_spinner().with_style(style).with_prefix(label.to_string());
+        bar.enable_steady_tick(Duration::from_millis(120));
+        self.state().bar = Some(bar.clone());
+        Progress { bar: Some(bar) }
+    }
+
+    fn finish_progress(&self) {
+        if let Some(bar) = self.state().bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+
+    fn paint(&self, word: &str, colour: &str) -> String {
+        if self.terminal.stderr && self.terminal.colour {
+            format!("\x1b[1;{colour}m{word}\x1b[0m")
+        } else {
+            word.to_string()
+        }
     }
 }
 
-/// A failure on stderr: one line, then a `hint:` line when a fix is known.
-pub fn error(error: &ClientError) {
-    eprintln!("lrpymrpc: error: {error}");
-    if let Some(hint) = error.hint() {
-        eprintln!("hint: {hint}");
+const RED: &str = "31";
+const YELLOW: &str = "33";
+const CYAN: &str = "36";
+
+/// A transfer's progress bar, or nothing when output is not a terminal. Usable from
+/// the packing and unpacking threads.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    bar: Option<ProgressBar>,
+}
+
+impl Progress {
+    /// Counts bytes moved.
+    pub fn add_bytes(&self, bytes: u64) {
+        if let Some(bar) = &self.bar {
+            bar.inc(bytes);
+        }
+    }
+
+    /// Shows a file count beside the bytes.
+    pub fn set_files(&self, files: u64) {
+        if let Some(bar) = &self.bar {
+            bar.set_message(format!("{files} files "));
+        }
+    }
+}
+
+/// "0.42 s", for timings.
+pub fn seconds(duration: Duration) -> String {
+    format!("{:.2} s", duration.as_secs_f64())
+}
+
+/// A remote line made safe to print: no escape sequences that move the cursor, set
+/// titles or clear the screen, no other control characters; colour (SGR) sequences
+/// kept only when `keep_colour`. Of carriage-return overwrites (`\r` progress
+/// meters), only the last is kept, as a terminal would show it.
+pub fn clean_line(line: &str, keep_colour: bool) -> std::borrow::Cow<'_, str> {
+    let line = match line.rfind('\r') {
+        Some(at) if at + 1 < line.len() => &line[at + 1..],
+        Some(_) => line.trim_end_matches('\r').rsplit('\r').next().unwrap_or(""),
+        None => line,
+    };
+    if !line.chars().any(|c| c.is_control() && c != '\t') {
+        return std::borrow::Cow::Borrowed(line);
+    }
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\x1b' => match chars.next() {
+                Some('[') => {
+                    let mut sequence = String::from("\x1b[");
+                    for next in chars.by_ref() {
+                        sequence.push(next);
+                        if ('\u{40}'..='\u{7e}').contains(&next) {
+                            break;
+                        }
+                    }
+                    if keep_colour && sequence.ends_with('m') {
+                        out.push_str(&sequence);
+                    }
+                }
+                // An operating-system command (window title, hyperlink): up to BEL or ST.
+                Some(']') => {
+                    while let Some(next) = chars.next() {
+                        if next == '\x07' || (next == '\x1b' && chars.next_if_eq(&'\\').is_some()) {
+                            break;
+                        }
+                    }
+                }
+                _ => {}
+            },
+            '\t' => out.push('\t'),
+            c if c.is_control() => {}
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remote_lines_lose_control_sequences_and_keep_colour_only_when_asked() {
+        let coloured = "\x1b[31mred\x1b[0m text";
+        assert_eq!(clean_line(coloured, false), "red text");
+        assert_eq!(clean_line(coloured, true), coloured);
+        assert_eq!(clean_line("\x1b]0;title\x07a\x1b[2Jb\x07c\td", true), "abc\td");
+        assert_eq!(clean_line(" 10%\r 50%\r100%", false), "100%");
+        assert_eq!(clean_line("done\r", false), "done");
+        assert_eq!(clean_line("plain", false), "plain");
     }
 }

@@ -15,11 +15,14 @@ pub struct Config {
     /// `None` serves plaintext (for tests of plaintext clients only).
     pub tls: Option<TlsMaterial>,
     pub upload_limits: Limits,
+    /// Answer Execute exactly as a server predating the protocol extension does:
+    /// output lines only, no stream labels, no exit status (for client tests).
+    pub legacy_protocol: bool,
 }
 
 impl Config {
     pub fn new(root: PathBuf, tls: Option<TlsMaterial>) -> Config {
-        Config { root, tls, upload_limits: Limits::DEFAULT }
+        Config { root, tls, upload_limits: Limits::DEFAULT, legacy_protocol: false }
     }
 }
 

@@ -25,6 +25,10 @@ struct Args {
     /// `cargo xtask certs DIR` writes). Without it the server speaks plaintext.
     #[arg(long, value_name = "DIR")]
     tls_dir: Option<PathBuf>,
+    /// Behave exactly like a server predating lrpymrpc's protocol extension: no exit
+    /// status, no stdout/stderr labels (to test clients against the Python server's behaviour).
+    #[arg(long)]
+    legacy_protocol: bool,
 }
 
 fn main() -> ExitCode {
@@ -61,7 +65,8 @@ fn main_impl() -> anyhow::Result<()> {
         writeln!(stdout, "listening on {address}")?;
         stdout.flush()?;
         drop(stdout);
-        lrpymrpc_mock_server::run(listener, Config::new(root, tls), shutdown_signal()).await?;
+        let config = Config { legacy_protocol: args.legacy_protocol, ..Config::new(root, tls) };
+        lrpymrpc_mock_server::run(listener, config, shutdown_signal()).await?;
         Ok(())
     })
 }

@@ -16,8 +16,8 @@ use lrpymrpc_proto::{
     UploadResponse,
 };
 use tokio::sync::mpsc;
-use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::config::Config;
@@ -101,7 +101,11 @@ impl FileService for Service {
         log(format_args!("job {}: execute `{}`", request.unique_id, request.command_opt));
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(execute::execute(dir, requirements, request.command_opt, tx));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let lines = ReceiverStream::new(rx);
+        if self.config.legacy_protocol {
+            return Ok(Response::new(Box::pin(lines.filter_map(legacy_message))));
+        }
+        Ok(Response::new(Box::pin(lines)))
     }
 
     async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
@@ -120,6 +124,16 @@ impl FileService for Service {
         let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
         tokio::spawn(stream_results(roots, tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// A message as a server without the extension sends it: the line only; the final
+/// status message is not sent at all.
+fn legacy_message(item: Result<ExecuteResponse, Status>) -> Option<Result<ExecuteResponse, Status>> {
+    match item {
+        Ok(ExecuteResponse { exit_status: Some(_), .. }) => None,
+        Ok(ExecuteResponse { message, .. }) => Some(Ok(ExecuteResponse { message, ..Default::default() })),
+        Err(status) => Some(Err(status)),
     }
 }
 
@@ -145,8 +159,7 @@ fn existing_results(job_dir: &Path, result_dir: &str) -> Result<Vec<PackRoot>, J
 async fn stream_results(roots: Vec<PackRoot>, tx: mpsc::Sender<Result<DataChunk, Status>>) {
     let (chunk_tx, mut chunk_rx) = mpsc::channel(CHANNEL_CHUNKS);
     let pack = tokio::task::spawn_blocking(move || {
-        let keep_all = |_: &Path| true;
-        let options = PackOptions { follow_symlinks: false, keep_file: &keep_all, level: RESULT_GZIP_LEVEL };
+        let options = PackOptions::everything(false, RESULT_GZIP_LEVEL);
         let (_, writer) = pack_tar_gz(&roots, &options, ChunkWriter::new(chunk_tx, CHUNK_SIZE))?;
         writer.finish().map_err(lrpymrpc_archive::PackError::Write)?;
         Ok::<_, lrpymrpc_archive::PackError>(())

@@ -43,6 +43,15 @@ impl TestEnv {
         TestEnv { root, tls, jobs, work, addr, runtime: None, stop: None }
     }
 
+    /// The reference server with mutual TLS, answering like a server that predates
+    /// the protocol extension.
+    pub fn legacy() -> TestEnv {
+        let env = TestEnv::bare();
+        let tls = TlsMaterial::from_dir(&env.tls).unwrap();
+        let jobs = env.jobs.clone();
+        env.serve(Config { legacy_protocol: true, ..Config::new(jobs, Some(tls)) })
+    }
+
     /// Starts the reference server in-process with `config`.
     pub fn serve(mut self, config: Config) -> TestEnv {
         let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -68,13 +77,34 @@ impl TestEnv {
 
     /// The client, run in the working directory, pointed at the server with mutual TLS.
     pub fn client(&self) -> Command {
-        let mut command = Command::new(CLIENT);
+        Command::from_std(self.client_std())
+    }
+
+    /// [`TestEnv::client`] as a plain process, to spawn and signal.
+    pub fn client_std(&self) -> std::process::Command {
+        let mut command = self.bare_client_std();
         command
-            .current_dir(&self.work)
             .args(["--SERVER_IP", "127.0.0.1", "--SERVER_PORT", &self.addr.port().to_string()])
             .arg("--TLS_CONFIG_DIR")
-            .arg(&self.tls)
-            .env_remove("NO_COLOR");
+            .arg(&self.tls);
+        command
+    }
+
+    /// The client in the working directory with no options, shielded from the
+    /// developer's own `LRPYMRPC_*` variables and config file.
+    pub fn bare_client(&self) -> Command {
+        Command::from_std(self.bare_client_std())
+    }
+
+    fn bare_client_std(&self) -> std::process::Command {
+        let mut command = std::process::Command::new(CLIENT);
+        command.current_dir(&self.work).env_remove("NO_COLOR");
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("LRPYMRPC_") {
+                command.env_remove(name);
+            }
+        }
+        command.env("LRPYMRPC_CONFIG", "");
         command
     }
 

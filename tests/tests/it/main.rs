@@ -1,6 +1,8 @@
 //! End-to-end tests: the real client binary against the reference server (started
 //! in-process on a free loopback port) or a fake one, over real mutual TLS.
 
+mod cancel;
+mod client;
 mod env;
 mod hostile;
 mod job;

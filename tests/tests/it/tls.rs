@@ -125,6 +125,7 @@ fn an_unreachable_server_fails_with_a_hint() {
     env.set_addr(std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap());
     let port = env.addr.port();
     env.client()
+        .args(["--retries", "0"])
         .assert()
         .code(102)
         .stderr(predicate::str::contains(format!("cannot connect to 127.0.0.1:{port}")))

@@ -1,0 +1,166 @@
+//! Where each option's value comes from: the command line, then the environment
+//! (`LRPYMRPC_<OPTION>`, handled by clap), then the config file, then the default.
+//!
+//! The config file is `$LRPYMRPC_CONFIG` when set (it must then exist), else
+//! `$XDG_CONFIG_HOME/lrpymrpc/config`, else `~/.config/lrpymrpc/config` (optional).
+//! Its lines are `OPTION = value`, where OPTION is any long spelling of an option
+//! (`SERVER_IP`, `server-ip`, `--server-ip`); `#` starts a comment line; flags take
+//! `true` or `false`. A value is taken whole, so `SOURCE = cells cmd` works as it does
+//! on the command line.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches};
+
+use crate::cli::Args;
+use crate::exit::ClientError;
+use crate::tls::expand_tilde;
+
+/// The variable that names the config file.
+pub const CONFIG_VARIABLE: &str = "LRPYMRPC_CONFIG";
+
+/// Why the arguments could not be read.
+#[derive(Debug)]
+pub enum SettingsError {
+    /// A usage error, or help and version (clap prints those itself).
+    Usage(clap::Error),
+    /// The config file is unreadable or holds a line that is not an option.
+    Config(ClientError),
+}
+
+/// Parses `argv` with the environment and the config file merged in.
+pub fn parse(argv: Vec<OsString>) -> Result<Args, SettingsError> {
+    let matches = Args::command().try_get_matches_from(&argv).map_err(SettingsError::Usage)?;
+    if matches.subcommand().is_some() {
+        return Args::from_arg_matches(&matches).map_err(SettingsError::Usage);
+    }
+    let Some(path) = config_path().map_err(SettingsError::Config)? else {
+        return Args::from_arg_matches(&matches).map_err(SettingsError::Usage);
+    };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound && std::env::var_os(CONFIG_VARIABLE).is_none() => {
+            return Args::from_arg_matches(&matches).map_err(SettingsError::Usage);
+        }
+        Err(error) => {
+            return Err(SettingsError::Config(ClientError::Local {
+                message: format!("cannot read the config file `{}`: {error}", path.display()),
+                hint: Some(format!("fix or unset {CONFIG_VARIABLE}")),
+            }));
+        }
+    };
+    let from_file = file_arguments(&text, &path, &matches).map_err(SettingsError::Config)?;
+    // The file's options go first; none of them is also on the command line or in the
+    // environment, so nothing the user typed is overridden.
+    let mut merged = Vec::with_capacity(argv.len() + from_file.len());
+    let mut argv = argv.into_iter();
+    merged.extend(argv.next());
+    merged.extend(from_file);
+    merged.extend(argv);
+    Args::command()
+        .try_get_matches_from(merged)
+        .and_then(|matches| Args::from_arg_matches(&matches))
+        .map_err(SettingsError::Usage)
+}
+
+/// The config file to read, if any: `Ok(None)` when there is no home to look in.
+fn config_path() -> Result<Option<PathBuf>, ClientError> {
+    if let Some(path) = std::env::var_os(CONFIG_VARIABLE) {
+        if path.is_empty() {
+            return Ok(None);
+        }
+        return Ok(Some(expand_tilde(&path.to_string_lossy())));
+    }
+    let base = match std::env::var_os("XDG_CONFIG_HOME").filter(|v| !v.is_empty()) {
+        Some(dir) => PathBuf::from(dir),
+        None => match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+            Some(home) => PathBuf::from(home).join(".config"),
+            None => return Ok(None),
+        },
+    };
+    Ok(Some(base.join("lrpymrpc").join("config")))
+}
+
+/// Turns the file's lines into `--OPTION=value` arguments for the options that the
+/// command line and the environment left at their defaults.
+fn file_arguments(text: &str, path: &Path, matches: &ArgMatches) -> Result<Vec<OsString>, ClientError> {
+    let command = Args::command();
+    let mut arguments = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let refuse = |what: String, hint: Option<String>| ClientError::Local {
+            message: format!("config file `{}` line {}: {what}", path.display(), index + 1),
+            hint,
+        };
+        let Some((key, value)) = line.split_once('=') else {
+            return Err(refuse(format!("`{line}` is not `OPTION = value`"), None));
+        };
+        let (key, value) = (key.trim(), value.trim());
+        let wanted = normalize(key.trim_start_matches('-'));
+        let Some(arg) = command.get_arguments().find(|arg| {
+            arg.get_long()
+                .into_iter()
+                .chain(arg.get_all_aliases().into_iter().flatten())
+                .any(|l| normalize(l) == wanted)
+        }) else {
+            return Err(refuse(
+                format!("`{key}` is not an option"),
+                Some("use a long option name such as `SERVER_IP` or `server-ip`; see `lrpymrpc --help`".into()),
+            ));
+        };
+        let id = arg.get_id().as_str();
+        if matches!(matches.value_source(id), Some(ValueSource::CommandLine | ValueSource::EnvVariable)) {
+            continue;
+        }
+        let long = arg.get_long().unwrap_or(id);
+        if arg.get_action().takes_values() {
+            arguments.push(OsString::from(format!("--{long}={value}")));
+            continue;
+        }
+        match value.to_ascii_lowercase().as_str() {
+            "true" | "yes" | "on" | "1" => arguments.push(OsString::from(format!("--{long}"))),
+            "false" | "no" | "off" | "0" => {}
+            _ => return Err(refuse(format!("`{key}` is a flag; its value must be `true` or `false`"), None)),
+        }
+    }
+    Ok(arguments)
+}
+
+/// `SERVER_IP`, `server-ip` and `Server_Ip` are the same option.
+fn normalize(name: &str) -> String {
+    name.to_ascii_lowercase().replace('_', "-")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn arguments(text: &str, command_line: &[&str]) -> Result<Vec<String>, ClientError> {
+        let argv = std::iter::once("lrpymrpc").chain(command_line.iter().copied());
+        let matches = Args::command().try_get_matches_from(argv).unwrap();
+        let parsed = file_arguments(text, Path::new("cfg"), &matches)?;
+        Ok(parsed.into_iter().map(|a| a.into_string().unwrap()).collect())
+    }
+
+    #[test]
+    fn file_lines_become_arguments_unless_the_command_line_set_them() {
+        let text =
+            "# lab server\nSERVER_IP = 10.0.0.5\nserver-port=9000\n--source = cells cmd\nquiet = true\nstrict = no\n";
+        let parsed = arguments(text, &["--SERVER_PORT", "1"]).unwrap();
+        assert_eq!(parsed, ["--SERVER_IP=10.0.0.5", "--SOURCE=cells cmd", "--quiet"]);
+    }
+
+    #[test]
+    fn unknown_options_and_bad_flags_name_the_line() {
+        let error = arguments("\nSERVR_IP = x\n", &[]).unwrap_err();
+        assert!(error.to_string().contains("line 2: `SERVR_IP` is not an option"), "{error}");
+        let error = arguments("quiet = maybe", &[]).unwrap_err();
+        assert!(error.to_string().contains("must be `true` or `false`"), "{error}");
+        assert!(arguments("just words", &[]).is_err());
+    }
+}

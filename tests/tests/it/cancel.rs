@@ -1,0 +1,116 @@
+//! Stopping a job: Ctrl-C, SIGTERM and `--timeout` end the client with 130, 143 and
+//! 124, and the whole remote process tree is gone within 2 seconds.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::env::TestEnv;
+
+/// A remote command that leaves a background process too, and says its process group.
+const TWO_SLEEPS: &str = "echo pgid=$$; sleep 1000 & sleep 1000";
+
+/// Starts the client on [`TWO_SLEEPS`] and returns it with the remote process group,
+/// once the remote command has started.
+fn start_two_sleeps(env: &TestEnv, extra: &[&str]) -> (Child, i32) {
+    let mut command = env.client_std();
+    command.args(["--CMD", TWO_SLEEPS]).args(extra).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    for line in stdout.lines() {
+        let line = line.unwrap();
+        if let Some(at) = line.find("]:pgid=") {
+            let pgid = line[at + 7..].trim().parse().unwrap();
+            // Give `sleep 1000 &` a moment to exist, so the test is not trivially true.
+            std::thread::sleep(Duration::from_millis(200));
+            assert!(!live_members(pgid).is_empty(), "the remote command is running");
+            return (child, pgid);
+        }
+    }
+    let output = child.wait_with_output().unwrap();
+    panic!("the remote command never started: {}", String::from_utf8_lossy(&output.stderr));
+}
+
+/// Processes of a process group that are still running (zombies wait only for their
+/// parent to read their status and hold nothing).
+fn live_members(pgid: i32) -> Vec<String> {
+    let mut live = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // `pid (comm) state ppid pgrp ...`; comm may hold spaces and parentheses.
+        let Some(rest) = stat.rfind(')').map(|at| &stat[at + 1..]) else { continue };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.len() > 3 && fields[2] == pgid.to_string() && fields[0] != "Z" {
+            live.push(stat.split(')').next().unwrap_or_default().to_string());
+        }
+    }
+    live
+}
+
+fn wait_with_deadline(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            panic!("the client did not stop within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until the group is empty; fails after `limit`.
+fn assert_group_gone_within(pgid: i32, since: Instant, limit: Duration) {
+    loop {
+        let live = live_members(pgid);
+        if live.is_empty() {
+            return;
+        }
+        assert!(since.elapsed() < limit, "remote processes still running after {limit:?}: {live:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn stderr_of(child: Child) -> String {
+    let output = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn signal_stops_the_job(signal: i32, expected_code: i32, name: &str) {
+    let env = TestEnv::new();
+    env.write("source/x", "x");
+    let (mut child, pgid) = start_two_sleeps(&env, &[]);
+    let sent = Instant::now();
+    // SAFETY: kill with a live child's pid and a signal number has no memory effects.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+    let status = wait_with_deadline(&mut child, Duration::from_secs(5));
+    assert_eq!(status.code(), Some(expected_code), "exit status after {name}");
+    assert_group_gone_within(pgid, sent, Duration::from_secs(2));
+    let stderr = stderr_of(child);
+    assert!(stderr.contains(&format!("stopped by {name} during execute")), "{stderr}");
+}
+
+#[test]
+fn ctrl_c_stops_the_remote_process_tree_and_exits_130() {
+    signal_stops_the_job(libc::SIGINT, 130, "Ctrl-C (SIGINT)");
+}
+
+#[test]
+fn sigterm_stops_the_remote_process_tree_and_exits_143() {
+    signal_stops_the_job(libc::SIGTERM, 143, "SIGTERM");
+}
+
+#[test]
+fn the_timeout_stops_the_remote_process_tree_and_exits_124() {
+    let env = TestEnv::new();
+    env.write("source/x", "x");
+    let (mut child, pgid) = start_two_sleeps(&env, &["--timeout", "2s"]);
+    let status = wait_with_deadline(&mut child, Duration::from_secs(10));
+    let stopped = Instant::now();
+    assert_eq!(status.code(), Some(124));
+    assert_group_gone_within(pgid, stopped, Duration::from_secs(2));
+    let stderr = stderr_of(child);
+    assert!(stderr.contains("the job took longer than --timeout 2.00 s; stopped it during execute"), "{stderr}");
+}

@@ -1,0 +1,263 @@
+//! The client's behaviour beyond the job itself: legacy servers and the exit-status
+//! marker, `make` stopping on a remote failure, configuration precedence, source
+//! selection, output modes and retries.
+
+use predicates::prelude::*;
+
+use crate::env::TestEnv;
+
+#[test]
+fn a_legacy_server_completes_the_job_and_the_client_says_once_that_it_gets_no_status() {
+    let env = TestEnv::legacy();
+    env.write("source/x", "x");
+    let prefix = env.prefix();
+    env.client()
+        .args(["--CMD", "mkdir build && echo made > build/out && echo on-stderr >&2 && exit 3"])
+        .assert()
+        .success()
+        // No stream labels: every line is printed on stdout, as the Python client does.
+        .stdout(predicate::str::contains(format!("{prefix}on-stderr\n")))
+        .stdout(predicate::str::contains("command ended").not())
+        .stderr(predicate::str::contains("does not report the command's exit status").count(1))
+        .stderr(predicate::str::contains("--exit-status-marker"));
+    assert_eq!(env.read("build/out"), b"made\n");
+}
+
+#[test]
+fn the_exit_status_marker_recovers_the_status_from_a_legacy_server_and_is_not_printed() {
+    let env = TestEnv::legacy();
+    env.write("source/x", "x");
+    let prefix = env.prefix();
+    let output = env
+        .client()
+        .args(["--exit-status-marker", "--CMD", "echo before; printf no-newline; exit 3"])
+        .assert()
+        .code(3)
+        .stdout(predicate::str::contains(format!("{prefix}before\n")))
+        .stdout(predicate::str::contains(format!("{prefix}no-newline\n")))
+        .stdout(predicate::str::contains(format!("{prefix}Execute target=echo before; printf no-newline; exit 3\n")))
+        .stderr(predicate::str::contains("does not report").not())
+        .get_output()
+        .clone();
+    let all = [output.stdout, output.stderr].concat();
+    assert!(!String::from_utf8_lossy(&all).contains("__LRPYMRPC_EXIT_"), "the marker line is stripped");
+
+    env.client().args(["--exit-status-marker", "--CMD", "true"]).assert().success();
+}
+
+#[test]
+fn the_exit_status_marker_does_no_harm_with_a_server_that_reports_the_status() {
+    let env = TestEnv::new();
+    env.write("source/x", "x");
+    env.client()
+        .args(["--exit-status-marker", "--CMD", "echo hi; exit 4"])
+        .assert()
+        .code(4)
+        .stdout(predicate::str::contains("__LRPYMRPC_EXIT_").not());
+}
+
+#[test]
+fn make_stops_when_the_remote_command_fails() {
+    let env = TestEnv::new();
+    env.write("source/x", "x");
+    let client = env.client_std();
+    let mut line = format!("\"{}\"", client.get_program().to_string_lossy());
+    for arg in client.get_args() {
+        line.push_str(&format!(" '{}'", arg.to_string_lossy()));
+    }
+    let makefile = format!(
+        "all: second\nfirst:\n\t{line} --CMD 'echo remote-ran; exit 3'\n\ttouch first\nsecond: first\n\ttouch second\n"
+    );
+    env.write("Makefile", makefile);
+    let output = std::process::Command::new("make").current_dir(&env.work).output().expect("GNU make runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(!output.status.success(), "make must fail: {stdout}");
+    assert!(stdout.contains("remote-ran"), "{stdout}");
+    assert!(!env.work.join("first").exists() && !env.work.join("second").exists(), "make stopped at the failure");
+}
+
+#[test]
+fn options_come_from_the_command_line_then_the_environment_then_the_config_file() {
+    let env = TestEnv::new();
+    env.write("source/x", "x");
+    let config = env.root.path().join("lrpymrpc.conf");
+    let port = env.addr.port().to_string();
+    std::fs::write(
+        &config,
+        format!(
+            "# a lab's settings\nserver-port = {port}\nTLS_CONFIG_DIR = {}\nRUN_NAME = from-file\n\
+             CMD = mkdir build && echo $PWD > build/where\nquiet = true\n",
+            env.tls.display()
+        ),
+    )
+    .unwrap();
+    let run = |envs: &[(&str, &str)], args: &[&str]| {
+        let mut client = env.bare_client();
+        client.env("LRPYMRPC_CONFIG", &config).envs(envs.iter().copied()).args(args);
+        client.assert().success()
+    };
+    // The file alone: its port, TLS directory, run name and command.
+    let quiet = run(&[], &[]).get_output().stdout.clone();
+    assert!(env.work.join("from-file/build/where").is_file());
+    assert!(!String::from_utf8_lossy(&quiet).contains("Upload"), "quiet = true came from the file");
+    // The environment wins over the file; the command line over both.
+    run(&[("LRPYMRPC_RUN_NAME", "from-env")], &[]);
+    assert!(env.work.join("from-env/build/where").is_file());
+    run(&[("LRPYMRPC_RUN_NAME", "from-env")], &["--run-name", "from-cli"]);
+    assert!(env.work.join("from-cli/build/where").is_file());
+    // A flag in the environment: false-like values switch it off.
+    let loud = run(&[("LRPYMRPC_QUIET", "false")], &["--RUN_NAME", "loud"]).get_output().stdout.clone();
+    assert!(String::from_utf8_lossy(&loud).contains("Upload"));
+
+    std::fs::write(&config, "SERVR_PORT = 1\n").unwrap();
+    env.bare_client()
+        .env("LRPYMRPC_CONFIG", &config)
+        .assert()
+        .code(101)
+        .stderr(predicate::str::contains(format!(
+            "config file `{}` line 1: `SERVR_PORT` is not an option",
+            config.display()
+        )))
+        .stderr(predicate::str::contains("hint:"));
+    env.bare_client()
+        .env("LRPYMRPC_CONFIG", env.root.path().join("missing.conf"))
+        .assert()
+        .code(101)
+        .stderr(predicate::str::contains("cannot read the config file"));
+}
+
+#[test]
+fn version_control_directories_stay_home_and_exclude_patterns_apply() {
+    let env = TestEnv::new();
+    env.write("source/.git/HEAD", "ref: refs/heads/main");
+    env.write("source/cell.sp", "* cell");
+    env.write("source/cell.o", "object");
+    env.write("source/scratch/tmp.txt", "scratch");
+    env.write("source/run.log", "log");
+    env.write(".gitignore", "*.log\n");
+    let listing = "find source | sort";
+    let prefix = env.prefix();
+    env.client()
+        .args(["--CMD", listing, "--exclude", "*.o", "--exclude=scratch/"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(format!("{prefix}source/cell.sp\n")))
+        .stdout(predicate::str::contains(format!("{prefix}source/run.log\n")))
+        .stdout(predicate::str::contains(".git").not())
+        .stdout(predicate::str::contains("cell.o").not())
+        .stdout(predicate::str::contains("scratch").not())
+        .stderr(predicate::str::contains(
+            "left out version-control directories: source/.git (--include-vcs sends them)",
+        ));
+    env.client()
+        .args(["--CMD", listing, "--include-vcs", "--gitignore"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(format!("{prefix}source/.git/HEAD\n")))
+        .stdout(predicate::str::contains(format!("{prefix}source/cell.o\n")))
+        .stdout(predicate::str::contains("run.log").not())
+        .stderr(predicate::str::contains("left out").not());
+}
+
+#[test]
+fn strict_refuses_a_missing_source_before_anything_is_sent() {
+    let env = TestEnv::new();
+    env.write("source/x", "x");
+    env.client()
+        .args(["--SOURCE", "source missing-dir", "--strict"])
+        .assert()
+        .code(101)
+        .stderr(predicate::str::contains("--strict: SOURCE `missing-dir` skipped: it does not exist"))
+        .stderr(predicate::str::contains("hint:"))
+        .stdout(predicate::str::contains("Upload").not());
+    assert!(env.job_dirs().is_empty(), "nothing reached the server");
+}
+
+#[test]
+fn piped_output_has_no_escape_sequences_even_from_the_remote_command() {
+    let env = TestEnv::new();
+    env.write("source/x", "x");
+    let prefix = env.prefix();
+    let output = env
+        .client()
+        .args([
+            "--CMD",
+            "printf '\\033[31mred\\033[0m\\n\\033]0;title\\007x\\n 10%%\\r100%%\\n'; echo oops >&2; exit 2",
+        ])
+        .assert()
+        .code(2)
+        .stdout(predicate::str::contains(format!("{prefix}red\n{prefix}x\n{prefix}100%\n")))
+        .get_output()
+        .clone();
+    for (name, bytes) in [("stdout", &output.stdout), ("stderr", &output.stderr)] {
+        let text = String::from_utf8_lossy(bytes);
+        assert!(!text.chars().any(|c| c.is_control() && c != '\n'), "{name} holds control characters: {text:?}");
+    }
+}
+
+#[test]
+fn quiet_shows_only_remote_output_and_verbose_adds_timings() {
+    let env = TestEnv::new();
+    env.write("source/x", "x");
+    let prefix = env.prefix();
+    env.client()
+        .args(["--quiet", "--CMD", "echo only-this"])
+        .assert()
+        .success()
+        .stdout(format!("{prefix}only-this\n"))
+        .stderr("");
+    env.client()
+        .args(["-q", "--no-prefix", "--CMD", "echo bare; exit 5"])
+        .assert()
+        .code(5)
+        .stdout("bare\n")
+        .stderr(predicate::str::contains("exit status 5"));
+    env.client()
+        .args(["--verbose", "--CMD", "mkdir build; echo r > build/r"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("lrpymrpc: upload took "))
+        .stderr(predicate::str::contains(" s, 1 files, 1 B\n"))
+        .stderr(predicate::str::contains("lrpymrpc: execute took"))
+        .stderr(predicate::str::contains("lrpymrpc: download took"));
+}
+
+#[test]
+fn the_client_retries_connecting_while_the_server_starts() {
+    let mut env = TestEnv::bare();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    env.set_addr(([127, 0, 0, 1], port).into());
+    env.write("source/x", "x");
+    let mut client = env.client_std();
+    let child = client
+        .args(["--CMD", "echo late-but-fine"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    let tls = lrpymrpc_mock_server::TlsMaterial::from_dir(&env.tls).unwrap();
+    let config = lrpymrpc_mock_server::Config::new(env.jobs.clone(), Some(tls));
+    let runtime = env.runtime();
+    let listener = runtime.block_on(tokio::net::TcpListener::bind(("127.0.0.1", port))).unwrap();
+    runtime.spawn(lrpymrpc_mock_server::run(listener, config, std::future::pending()));
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(String::from_utf8_lossy(&output.stdout).contains("late-but-fine"));
+    assert!(stderr.contains("retrying connect in"), "{stderr}");
+}
+
+#[test]
+fn completions_are_printed_for_each_shell() {
+    let env = TestEnv::bare();
+    for shell in ["bash", "zsh", "fish"] {
+        env.bare_client()
+            .args(["completions", shell])
+            .assert()
+            .success()
+            .stdout(predicate::str::contains("server-ip"))
+            .stdout(predicate::str::contains("SERVER_IP"));
+    }
+    env.bare_client().args(["completions", "tcsh"]).assert().code(2);
+}
