@@ -1,8 +1,12 @@
 //! Certificate material for lrpymrpc in one place: a CA that issues server and
 //! client certificates (rcgen, no openssl), private keys written with mode 0600, and
-//! the TLS directory layouts that the client, the server and `cargo xtask certs` share.
+//! the TLS directory layouts that the client, the server and `cargo xtask certs` share;
+//! CSRs made and signed ([`request`]), and certificates read and checked ([`inspect`]).
+//! `lrpymrpc tls`, `lrpymrpc-mock-server ca` and `cargo xtask certs` all use this crate.
 
+pub mod inspect;
 pub mod layout;
+pub mod request;
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
@@ -20,6 +24,12 @@ pub enum CertError {
     Generate(#[from] rcgen::Error),
     #[error("cannot write `{path}`: {source}")]
     Write { path: PathBuf, source: io::Error },
+    #[error("cannot read `{path}`: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("the certificate signing request is refused: {0}")]
+    Request(String),
+    #[error("{0}")]
+    Parse(String),
 }
 
 /// A PEM certificate and its PEM private key.
@@ -66,13 +76,45 @@ impl Ca {
     }
 
     /// Issues a leaf from arbitrary parameters (tests use this for expired ones).
-    pub fn issue(&self, mut params: CertificateParams) -> Result<Pair, CertError> {
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-        params.use_authority_key_identifier_extension = true;
+    pub fn issue(&self, params: CertificateParams) -> Result<Pair, CertError> {
+        let params = self.leaf_params(params);
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(Pair { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+    }
+
+    /// What every leaf this CA issues has: no CA rights, signature usages only, and
+    /// the CA's key identifier.
+    fn leaf_params(&self, mut params: CertificateParams) -> CertificateParams {
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        params.use_authority_key_identifier_extension = true;
+        params
+    }
+
+    /// The CA kept in a server TLS directory (`DIR/ca/ca.crt`, `DIR/ca/ca.key`).
+    pub fn load(dir: &Path) -> Result<Ca, CertError> {
+        let read = |path: PathBuf| fs::read_to_string(&path).map_err(|source| CertError::Read { path, source });
+        let cert_pem = read(layout::ca_cert(dir))?;
+        let key_pem = read(layout::ca_key(dir))?;
+        let key = KeyPair::from_pem(&key_pem)
+            .map_err(|e| CertError::Parse(format!("`{}` is not a private key: {e}", layout::ca_key(dir).display())))?;
+        let summary = inspect::Summary::from_pem(&cert_pem)
+            .map_err(|e| CertError::Parse(format!("`{}`: {e}", layout::ca_cert(dir).display())))?;
+        if !summary.is_ca || !summary.matches_key(&key_pem)? {
+            return Err(CertError::Parse(format!(
+                "`{}` is not a CA certificate for the key in `{}`",
+                layout::ca_cert(dir).display(),
+                layout::ca_key(dir).display()
+            )));
+        }
+        let issuer = Issuer::from_ca_cert_pem(&cert_pem, key)?;
+        Ok(Ca { pair: Pair { cert_pem, key_pem }, issuer })
+    }
+
+    /// Writes the CA into a server TLS directory; the key 0600.
+    pub fn write(&self, dir: &Path) -> Result<(), CertError> {
+        write_pair(&self.pair, &layout::ca_cert(dir), &layout::ca_key(dir))
     }
 }
 
@@ -105,8 +147,7 @@ impl Throwaway {
     /// Writes the whole set under `dir` in [`layout`]'s nested form: readable as a
     /// client TLS directory and as a server one.
     pub fn write(&self, dir: &Path) -> Result<(), CertError> {
-        write_public(&layout::ca_cert(dir), &self.ca.pair.cert_pem)?;
-        write_private(&layout::ca_key(dir), &self.ca.pair.key_pem)?;
+        self.ca.write(dir)?;
         write_pair(&self.server, &layout::server_cert(dir), &layout::server_key(dir))?;
         let client = layout::client_nested(dir);
         write_pair(&self.client, &client.cert, &client.key)

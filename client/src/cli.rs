@@ -178,12 +178,49 @@ pub struct Args {
 /// Commands besides running a job.
 #[derive(Debug, Clone, Subcommand)]
 pub enum Command {
+    /// Make a private key and certificate request, or check a TLS directory
+    Tls {
+        #[command(subcommand)]
+        action: TlsAction,
+    },
     /// Print a shell completion script: `lrpymrpc completions bash > ~/.local/share/bash-completion/completions/lrpymrpc`
     Completions {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
 }
+
+/// `lrpymrpc tls ...`
+#[derive(Debug, Clone, Subcommand)]
+pub enum TlsAction {
+    /// Write a new private key (mode 0600) and a certificate signing request for CN
+    /// into DIR's nested layout, and say what to send to the administrator
+    Init {
+        /// The name the certificate will carry: your user name, usually
+        #[arg(long)]
+        cn: String,
+        /// The TLS directory (what --TLS_CONFIG_DIR will name)
+        #[arg(long, value_name = "DIR", env = "LRPYMRPC_TLS_CONFIG_DIR", default_value = DEFAULT_TLS_DIR)]
+        dir: String,
+        /// Replace an existing private key
+        #[arg(long)]
+        force: bool,
+    },
+    /// Check that DIR's certificate matches its key, chains to ca.crt, is valid now and
+    /// is meant for client authentication; with --server, that the server and this
+    /// client accept each other. Exit 0 only when everything is usable
+    Check {
+        /// The TLS directory
+        #[arg(long, value_name = "DIR", env = "LRPYMRPC_TLS_CONFIG_DIR", default_value = DEFAULT_TLS_DIR)]
+        dir: String,
+        /// Also make a real handshake with this server
+        #[arg(long, value_name = "HOST:PORT")]
+        server: Option<String>,
+    },
+}
+
+/// Where `tls init` puts the key and CSR unless told otherwise.
+pub const DEFAULT_TLS_DIR: &str = "~/.tls/tls_lrpymrpc";
 
 /// A duration: seconds, or a number with `s`, `m` or `h`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {

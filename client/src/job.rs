@@ -6,19 +6,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cli::{Args, split_paths};
+use crate::connect::Peer;
 use crate::exit::ClientError;
 use crate::marker::ExitMarker;
 use crate::output::Verbosity;
 use crate::source::{SourceFilter, SourceRules};
-use crate::tls::{self, ClientTls};
+use crate::tls;
 
 #[derive(Debug, Clone)]
 pub struct Job {
-    /// As given, for the `[host:port]:` prefix and messages.
-    pub host: String,
+    /// The server, and the TLS material to present.
+    pub peer: Peer,
+    /// `--SERVER_PORT` as given, for the `[host:port]:` prefix.
     pub port_text: String,
-    pub port: u16,
-    pub tls: Option<ClientTls>,
     pub repo_url: String,
     pub command: String,
     pub sources: Vec<String>,
@@ -69,10 +69,8 @@ impl Job {
             name => workdir.join(name),
         };
         Ok(Job {
-            host,
+            peer: Peer { host, port, tls },
             port_text: args.server_port,
-            port,
-            tls,
             repo_url: args.repo_url,
             command: args.cmd,
             sources: split_paths(&args.source),

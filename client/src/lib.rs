@@ -14,9 +14,11 @@ pub mod job;
 pub mod marker;
 pub mod output;
 mod run;
+pub mod server_cert;
 pub mod settings;
 pub mod source;
 pub mod tls;
+pub mod tls_commands;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -44,9 +46,24 @@ pub fn main_impl() -> ExitCode {
             return exit::for_error(&error);
         }
     };
-    if let Some(cli::Command::Completions { shell }) = args.command {
-        clap_complete::generate(shell, &mut cli::Args::command(), "lrpymrpc", &mut std::io::stdout());
-        return ExitCode::SUCCESS;
+    match &args.command {
+        Some(cli::Command::Completions { shell }) => {
+            clap_complete::generate(*shell, &mut cli::Args::command(), "lrpymrpc", &mut std::io::stdout());
+            return ExitCode::SUCCESS;
+        }
+        Some(cli::Command::Tls { action: cli::TlsAction::Init { cn, dir, force } }) => {
+            return match tls_commands::init(cn, dir, *force) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    Output::new("", "", output::Verbosity::default()).error(&error);
+                    exit::for_error(&error)
+                }
+            };
+        }
+        Some(cli::Command::Tls { action: cli::TlsAction::Check { dir, server } }) => {
+            return tls_commands::check(dir, server.as_deref());
+        }
+        None => {}
     }
     let verbosity = job::verbosity(&args);
     let job = match job::Job::from_args(args) {
@@ -56,7 +73,7 @@ pub fn main_impl() -> ExitCode {
             return exit::for_error(&error);
         }
     };
-    let out = Output::new(&job.host, &job.port_text, job.verbosity);
+    let out = Output::new(&job.peer.host, &job.port_text, job.verbosity);
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {

@@ -49,7 +49,7 @@ pub async fn run(job: &Job, out: &Output) -> Result<(), ClientError> {
         });
     }
     out.begin(Step::Connect);
-    let channel = retrying(job, out, Step::Connect, || connect(job)).await?;
+    let channel = retrying(job, out, Step::Connect, || connect(&job.peer)).await?;
     out.end("");
     let client = FileServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
 
@@ -82,14 +82,13 @@ pub async fn run(job: &Job, out: &Output) -> Result<(), ClientError> {
     out.begin(Step::Check);
     let result_dir = job.results.join(" ");
     let request = CheckRequest { unique_id: unique_id.clone(), result_dir: result_dir.clone() };
-    let has_stream =
-        retrying(job, out, Step::Check, || {
-            let (mut client, request) = (client.clone(), request.clone());
-            async move {
-                Ok(client.check(request).await.map_err(|s| classify(Step::Check, job, s))?.into_inner().has_stream)
-            }
-        })
-        .await?;
+    let has_stream = retrying(job, out, Step::Check, || {
+        let (mut client, request) = (client.clone(), request.clone());
+        async move {
+            Ok(client.check(request).await.map_err(|s| classify(Step::Check, &job.peer, s))?.into_inner().has_stream)
+        }
+    })
+    .await?;
     out.end("");
     if has_stream {
         out.status("Download data is exist.");
@@ -190,7 +189,9 @@ async fn upload(
     match (uploaded, packed) {
         (Ok(response), Ok(report)) => Ok((response.into_inner().unique_id, report)),
         // The packer only sees a closed stream; the RPC knows why it closed.
-        (Err(status), Err(PackError::Write(_))) | (Err(status), Ok(_)) => Err(classify(Step::Upload, job, status)),
+        (Err(status), Err(PackError::Write(_))) | (Err(status), Ok(_)) => {
+            Err(classify(Step::Upload, &job.peer, status))
+        }
         (_, Err(error)) => Err(ClientError::Local { message: format!("cannot pack the sources: {error}"), hint: None }),
     }
 }
@@ -227,7 +228,7 @@ async fn execute(client: &mut Client, job: &Job, unique_id: &str, out: &Output) 
         None => job.command.clone(),
     };
     let request = ExecuteRequest { unique_id: unique_id.to_string(), tool: job.repo_url.clone(), command_opt };
-    let failed = |status| classify(Step::Execute, job, status);
+    let failed = |status| classify(Step::Execute, &job.peer, status);
     let mut lines = client.execute(request).await.map_err(failed)?.into_inner();
     let mut reported = Reported::default();
     while let Some(response) = lines.message().await.map_err(failed)? {
@@ -269,7 +270,7 @@ async fn download(
         .prefix(".lrpymrpc-staging-")
         .tempdir_in(&dest)
         .map_err(|e| local("create a staging directory in", &dest, e))?;
-    let failed = |status| classify(Step::Download, job, status);
+    let failed = |status| classify(Step::Download, &job.peer, status);
     let mut stream = client.download(request).await.map_err(failed)?.into_inner();
 
     let (chunk_tx, chunk_rx) = mpsc::channel(CHANNEL_CHUNKS);

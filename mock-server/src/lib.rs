@@ -3,6 +3,7 @@
 //! group, results streamed back) over mutual TLS. A library with a thin binary, so
 //! tests start it in-process with [`run`] on port 0.
 
+pub mod cli;
 pub mod config;
 mod error;
 mod execute;
