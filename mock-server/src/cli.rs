@@ -12,7 +12,11 @@ use clap::{Parser, Subcommand};
 use lrpymrpc_certs::inspect::Summary;
 use lrpymrpc_certs::{Ca, layout, request};
 
+use crate::config::read_allowed_cns;
+use crate::sandbox::Sandbox;
 use crate::{Config, TlsMaterial};
+use lrpymrpc_archive::Limits;
+use std::time::Duration;
 
 /// A reference lrPymRPC server: unpacks uploads into fresh job directories, pip-installs
 /// REPO_URL into a per-job virtual environment, runs the command, serves the results.
@@ -28,13 +32,77 @@ struct Args {
     #[arg(long)]
     root: Option<PathBuf>,
     /// Mutual TLS: reads `DIR/server/server.{crt,key}` and `DIR/ca/ca.crt` (the layout
-    /// `cargo xtask certs DIR` writes). Without it the server speaks plaintext.
+    /// `ca init DIR` and `cargo xtask certs DIR` write). Without it the server speaks plaintext.
     #[arg(long, value_name = "DIR")]
     tls_dir: Option<PathBuf>,
+
+    /// Only clients whose certificate has this CN may run jobs (repeatable); others get
+    /// PERMISSION_DENIED. Without an allow-list, every certificate the CA signed may.
+    #[arg(long = "allow-cn", value_name = "CN", help_heading = "Who may run what")]
+    allow_cn: Vec<String>,
+    /// The same, one CN per line (`#` comments)
+    #[arg(long, value_name = "FILE", help_heading = "Who may run what")]
+    allow_cn_file: Option<PathBuf>,
+    /// Run pip and each command in a bubblewrap sandbox (needs `bwrap`; refuses to
+    /// start without it)
+    #[arg(long, help_heading = "Who may run what")]
+    sandbox: bool,
+
+    /// Jobs at once (from Upload until the command ended); beyond: RESOURCE_EXHAUSTED
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=4096), help_heading = "Limits")]
+    max_jobs: u32,
+    /// Decompressed bytes of one upload
+    #[arg(long, default_value_t = Limits::DEFAULT.max_bytes, help_heading = "Limits")]
+    max_upload_bytes: u64,
+    /// Files and directories in one upload
+    #[arg(long, default_value_t = Limits::DEFAULT.max_entries, help_heading = "Limits")]
+    max_upload_entries: u64,
+    /// Path depth in one upload
+    #[arg(long, default_value_t = Limits::DEFAULT.max_depth, help_heading = "Limits")]
+    max_upload_depth: usize,
+    /// The longest a command may run (`90s`, `30m`, `24h`)
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration, help_heading = "Limits")]
+    job_timeout: Duration,
+    /// The longest a command may print nothing
+    #[arg(long, default_value = "4h", value_parser = humantime::parse_duration, help_heading = "Limits")]
+    idle_timeout: Duration,
+    /// HTTP/2 streams per connection
+    #[arg(long, default_value_t = 64, help_heading = "Limits")]
+    max_streams: u32,
+    /// TLS handshake time limit
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, help_heading = "Limits")]
+    handshake_timeout: Duration,
+
+    /// A job nobody comes back for is removed after this long
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration, help_heading = "Lifecycle")]
+    job_ttl: Duration,
+    /// How long a job stays after its results were fetched or it was cancelled
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration, help_heading = "Lifecycle")]
+    finished_grace: Duration,
+    /// On SIGTERM or Ctrl-C: how long running jobs may finish before they are stopped
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, help_heading = "Lifecycle")]
+    shutdown_grace: Duration,
+
+    /// Build a fresh Python environment for every job instead of sharing one per REPO_URL
+    #[arg(long, help_heading = "Python environments")]
+    no_env_cache: bool,
+    /// Size bound of the environment cache in bytes; least recently used go first
+    #[arg(long, default_value_t = 8 << 30, help_heading = "Python environments")]
+    env_cache_max_bytes: u64,
+
+    /// Log lines as text or as JSON objects (one per line)
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     /// Behave exactly like a server predating lrpymrpc's protocol extension: no exit
     /// status, no stdout/stderr labels (to test clients against the Python server's behaviour).
     #[arg(long)]
     legacy_protocol: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -138,21 +206,62 @@ fn ca_sign(csr: &Path, ca_dir: &Path, days: u32, out: Option<&Path>) -> anyhow::
 }
 
 fn serve(args: Args) -> anyhow::Result<()> {
+    let subscriber = tracing_subscriber::fmt().with_writer(std::io::stderr).with_target(false);
+    match args.log_format {
+        LogFormat::Text => subscriber.init(),
+        LogFormat::Json => subscriber.json().flatten_event(true).init(),
+    }
     let tls = match &args.tls_dir {
         Some(dir) => Some(TlsMaterial::from_dir(dir).with_context(|| format!("--tls-dir `{}`", dir.display()))?),
         None => None,
     };
-    let root = args.root.unwrap_or_else(std::env::temp_dir);
+    let root = args.root.clone().unwrap_or_else(std::env::temp_dir);
     if !root.is_dir() {
         anyhow::bail!("--root `{}` is not a directory", root.display());
     }
+    let mut allowed: Vec<String> = args.allow_cn.clone();
+    if let Some(file) = &args.allow_cn_file {
+        allowed.extend(read_allowed_cns(file).context("--allow-cn-file")?);
+    }
+    if !allowed.is_empty() && tls.is_none() {
+        anyhow::bail!("--allow-cn needs --tls-dir: over plaintext there is no certificate to check");
+    }
+    let sandbox = match args.sandbox {
+        true => Some(
+            Sandbox::new(&root, args.tls_dir.as_deref())
+                .map_err(|why| anyhow::anyhow!("--sandbox: {why}; refusing to run jobs unsandboxed"))?,
+        ),
+        false => None,
+    };
+    let config = Config {
+        tls_dir: args.tls_dir.clone(),
+        allowed_cns: (!allowed.is_empty()).then(|| allowed.into_iter().collect()),
+        upload_limits: Limits {
+            max_bytes: args.max_upload_bytes,
+            max_entries: args.max_upload_entries,
+            max_depth: args.max_upload_depth,
+        },
+        max_jobs: args.max_jobs as usize,
+        job_timeout: args.job_timeout,
+        idle_timeout: args.idle_timeout,
+        job_ttl: args.job_ttl,
+        finished_grace: args.finished_grace,
+        shutdown_grace: args.shutdown_grace,
+        max_streams_per_connection: args.max_streams,
+        tls_handshake_timeout: args.handshake_timeout,
+        env_cache: !args.no_env_cache,
+        env_cache_max_bytes: args.env_cache_max_bytes,
+        sandbox,
+        legacy_protocol: args.legacy_protocol,
+        ..Config::new(root, tls)
+    };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on `{}`", args.listen))?;
         let address = listener.local_addr()?;
-        if tls.is_none() {
+        if config.tls.is_none() {
             eprintln!("lrpymrpc-mock-server: WARNING: no --tls-dir: serving PLAINTEXT, without authentication.");
             eprintln!("lrpymrpc-mock-server: WARNING: anyone who reaches {address} can run commands as this user.");
         }
@@ -160,8 +269,8 @@ fn serve(args: Args) -> anyhow::Result<()> {
         writeln!(stdout, "listening on {address}")?;
         stdout.flush()?;
         drop(stdout);
-        let config = Config { legacy_protocol: args.legacy_protocol, ..Config::new(root, tls) };
         crate::run(listener, config, shutdown_signal()).await?;
+        tracing::info!("stopped");
         Ok(())
     })
 }

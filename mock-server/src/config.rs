@@ -1,8 +1,11 @@
 //! What the server is told at start: where job directories go, its TLS material,
-//! and the limits it enforces.
+//! who may connect, and the limits it enforces. Every limit has a default a lab can
+//! leave running; `Config::new` gives them all.
 
+use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use lrpymrpc_archive::Limits;
 use lrpymrpc_certs::layout;
@@ -14,15 +17,65 @@ pub struct Config {
     pub root: PathBuf,
     /// `None` serves plaintext (for tests of plaintext clients only).
     pub tls: Option<TlsMaterial>,
+    /// Where `tls` was read from, so the sandbox can hide it.
+    pub tls_dir: Option<PathBuf>,
+    /// Client certificate CNs allowed to run jobs; `None` lets every certificate the
+    /// CA signed in.
+    pub allowed_cns: Option<HashSet<String>>,
+    /// Decompressed bytes, entries and depth of one upload.
     pub upload_limits: Limits,
+    /// Jobs at once: from Upload until their command ended.
+    pub max_jobs: usize,
+    /// The longest a command may run.
+    pub job_timeout: Duration,
+    /// The longest a command may print nothing.
+    pub idle_timeout: Duration,
+    /// A job nobody comes back for is removed after this long.
+    pub job_ttl: Duration,
+    /// How long a job directory stays after its results were fetched (a retried
+    /// Download still works) or after it was cancelled.
+    pub finished_grace: Duration,
+    /// On SIGTERM: how long running jobs may finish before they are cancelled.
+    pub shutdown_grace: Duration,
+    /// HTTP/2 streams per connection.
+    pub max_streams_per_connection: u32,
+    pub tls_handshake_timeout: Duration,
+    /// HTTP/2 pings to find dead clients.
+    pub keepalive_interval: Duration,
+    /// Share one Python environment between jobs with the same REPO_URL.
+    pub env_cache: bool,
+    /// The cache's size bound; least recently used environments go first.
+    pub env_cache_max_bytes: u64,
+    /// Run pip and the command inside bubblewrap, checked to work at start.
+    pub sandbox: Option<crate::sandbox::Sandbox>,
     /// Answer Execute exactly as a server predating the protocol extension does:
     /// output lines only, no stream labels, no exit status (for client tests).
     pub legacy_protocol: bool,
 }
 
 impl Config {
+    /// Defaults for everything but where jobs go and the TLS material.
     pub fn new(root: PathBuf, tls: Option<TlsMaterial>) -> Config {
-        Config { root, tls, upload_limits: Limits::DEFAULT, legacy_protocol: false }
+        Config {
+            root,
+            tls,
+            tls_dir: None,
+            allowed_cns: None,
+            upload_limits: Limits::DEFAULT,
+            max_jobs: 16,
+            job_timeout: Duration::from_secs(24 * 3600),
+            idle_timeout: Duration::from_secs(4 * 3600),
+            job_ttl: Duration::from_secs(3600),
+            finished_grace: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(30),
+            max_streams_per_connection: 64,
+            tls_handshake_timeout: Duration::from_secs(10),
+            keepalive_interval: Duration::from_secs(60),
+            env_cache: true,
+            env_cache_max_bytes: 8 << 30,
+            sandbox: None,
+            legacy_protocol: false,
+        }
     }
 }
 
@@ -46,6 +99,25 @@ pub enum ConfigError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("`{path}` holds no PEM block")]
     NotPem { path: PathBuf },
+    #[error("`{path}` line {line}: `{text}` is not a certificate CN")]
+    BadCn { path: PathBuf, line: usize, text: String },
+}
+
+/// Reads an allow-list file: one CN per line, `#` comments and blank lines ignored.
+pub fn read_allowed_cns(path: &Path) -> Result<Vec<String>, ConfigError> {
+    let text = fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+    let mut names = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        let name = line.trim();
+        if name.is_empty() || name.starts_with('#') {
+            continue;
+        }
+        if name.chars().any(char::is_control) {
+            return Err(ConfigError::BadCn { path: path.to_path_buf(), line: index + 1, text: name.to_string() });
+        }
+        names.push(name.to_string());
+    }
+    Ok(names)
 }
 
 impl TlsMaterial {

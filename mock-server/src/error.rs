@@ -23,6 +23,14 @@ pub enum JobError {
     SetupFailed { step: String, status: String },
     #[error("cannot pack the results: {0}")]
     Pack(#[from] PackError),
+    #[error("this server runs at most {max_jobs} jobs at once (--max-jobs) and all are taken; try again later")]
+    Busy { max_jobs: usize },
+    #[error("client certificate CN=`{cn}` is not allowed to run jobs on this server (--allow-cn)")]
+    NotAllowed { cn: String },
+    #[error("no usable client certificate: {0}")]
+    NoIdentity(String),
+    #[error("the command was stopped: {0}")]
+    Stopped(String),
     #[error("server-side I/O error: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -43,7 +51,16 @@ impl From<JobError> for Status {
             JobError::Unpack(_) => Status::invalid_argument(message),
             JobError::UploadInterrupted(_) => Status::cancelled(message),
             JobError::NoPython | JobError::SetupFailed { .. } => Status::failed_precondition(message),
+            JobError::Busy { .. } => Status::resource_exhausted(message),
+            JobError::NotAllowed { .. } => Status::permission_denied(message),
+            JobError::NoIdentity(_) => Status::unauthenticated(message),
+            JobError::Stopped(_) => Status::deadline_exceeded(message),
+            JobError::Io(io) if is_out_of_space(io) => Status::resource_exhausted(message),
             JobError::Pack(_) | JobError::Io(_) => Status::internal(message),
         }
     }
+}
+
+fn is_out_of_space(error: &std::io::Error) -> bool {
+    matches!(error.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
 }

@@ -1,17 +1,21 @@
-//! The Execute step: install the REPO_URL packages with pip into the job's own
-//! virtual environment, then run the command in the job directory.
+//! The Execute step: install the REPO_URL packages with pip into a Python
+//! environment (the job's own, or a cached one shared by jobs with the same
+//! REPO_URL), then run the command in the job directory, optionally in a sandbox.
 //!
 //! The command goes through `sh -c`, so both `python x.py` and `bash -c '...'` work,
 //! and redirection does too; the Python server's choice is not public (PROTOCOL.md).
 
+use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 
 use lrpymrpc_proto::{ExecuteResponse, ExitStatus, OutputStream};
 use tokio::process::Command;
 
+use crate::envs::{self, EnvCache, Origin};
 use crate::error::JobError;
 use crate::jobs;
-use crate::process::{self, Outcome, Sink};
+use crate::process::{self, Outcome, Running, Sink, TimeLimits};
+use crate::sandbox::Sandbox;
 
 /// One `name=url` item of the REPO_URL mapping.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,54 +46,158 @@ pub fn parse_tool(tool: &str) -> Result<Vec<Requirement>, JobError> {
     Ok(requirements)
 }
 
-/// Runs the whole Execute step, streaming every line to `sink`.
-pub async fn execute(job_dir: PathBuf, requirements: Vec<Requirement>, command_line: String, sink: Sink) {
-    if let Err(error) = execute_steps(&job_dir, &requirements, &command_line, &sink).await {
-        let _ = sink.send(Err(error.into())).await;
+/// Everything one Execute needs besides the request.
+#[derive(Debug, Clone)]
+pub struct Context<'a> {
+    pub sink: &'a Sink,
+    pub limits: TimeLimits,
+    pub running: &'a Running,
+    pub env_cache: Option<&'a EnvCache>,
+    pub sandbox: Option<&'a Sandbox>,
+}
+
+/// How an Execute ended, for the job's lifecycle and the log.
+#[derive(Debug)]
+pub enum Ended {
+    /// The command ran to its end (whatever its status).
+    Ran(std::process::ExitStatus),
+    /// The client went away.
+    Cancelled,
+    /// pip failed, a limit stopped it, or the server could not run it; the client
+    /// got this error as the stream's status.
+    Failed(String),
+}
+
+/// Runs the whole Execute step, streaming every line to the context's sink.
+pub async fn execute(job_dir: &Path, requirements: &[Requirement], command_line: &str, context: &Context<'_>) -> Ended {
+    match execute_steps(job_dir, requirements, command_line, context).await {
+        Ok(ended) => ended,
+        Err(error) => {
+            let message = error.to_string();
+            let _ = context.sink.send(Err(error.into())).await;
+            Ended::Failed(message)
+        }
     }
+}
+
+/// A note from the server itself among the command's lines.
+async fn say(sink: &Sink, text: &str) {
+    let message = ExecuteResponse { message: format!("[lrpymrpc-mock-server] {text}"), ..Default::default() };
+    let _ = sink.send(Ok(message)).await;
 }
 
 async fn execute_steps(
     job_dir: &Path,
     requirements: &[Requirement],
     command_line: &str,
-    sink: &Sink,
-) -> Result<(), JobError> {
-    let venv = jobs::venv_dir(job_dir);
-    let has_venv = !requirements.is_empty();
-    if has_venv {
-        let python = which::which("python3").or_else(|_| which::which("python")).map_err(|_| JobError::NoPython)?;
-        let mut create = Command::new(python);
-        create.arg("-m").arg("venv").arg(&venv).current_dir(job_dir);
-        if !setup_step(create, "creating the Python environment", sink).await? {
-            return Ok(());
-        }
-        // argv without a shell: a url is one argument, whatever it contains.
-        let mut pip = Command::new(venv.join("bin").join("python"));
-        pip.args(["-m", "pip", "install", "--disable-pip-version-check", "--no-input"])
-            .args(requirements.iter().map(|r| r.url.as_str()))
-            .current_dir(job_dir)
-            .env("PIP_NO_INPUT", "1");
-        let names: Vec<_> = requirements.iter().map(|r| r.url.as_str()).collect();
-        if !setup_step(pip, &format!("pip install {}", names.join(" ")), sink).await? {
-            return Ok(());
+    context: &Context<'_>,
+) -> Result<Ended, JobError> {
+    // The environment: none, the job's own, or a cached one (leased while the command runs).
+    let mut _lease = None;
+    let mut environment = None;
+    if !requirements.is_empty() {
+        let key = context.env_cache.and_then(|cache| Some((cache, envs::cache_key(requirements, job_dir)?)));
+        match key {
+            Some((cache, key)) => {
+                let build =
+                    |path: PathBuf| async move { build_environment(&path, job_dir, requirements, context).await };
+                let waiting = || {
+                    let sink = context.sink.clone();
+                    tokio::spawn(async move {
+                        say(&sink, "waiting for another job that is installing the same REPO_URL").await;
+                    });
+                };
+                let Some((lease, origin)) = cache.acquire(&key, waiting, build).await? else {
+                    return Ok(Ended::Cancelled);
+                };
+                if origin == Origin::Reused {
+                    say(context.sink, "REPO_URL already installed: reusing the cached Python environment").await;
+                }
+                environment = Some(lease.path().to_path_buf());
+                _lease = Some(lease);
+            }
+            None => {
+                let venv = jobs::venv_dir(job_dir);
+                if !build_environment(&venv, job_dir, requirements, context).await? {
+                    return Ok(Ended::Cancelled);
+                }
+                environment = Some(venv);
+            }
         }
     }
-    let mut command = Command::new("sh");
-    command.arg("-c").arg(command_line).current_dir(job_dir);
+    let readable: Vec<&Path> = environment.iter().map(PathBuf::as_path).collect();
+    let args = [OsStr::new("-c"), OsStr::new(command_line)];
+    let mut command = command_in(context, job_dir, &[], &readable, OsStr::new("sh"), &args);
     // Python tools block-buffer a pipe; the user wants their progress lines now.
     command.env("PYTHONUNBUFFERED", "1");
-    if has_venv {
+    if let Some(venv) = &environment {
         let path = std::env::var_os("PATH").unwrap_or_default();
         let mut paths = vec![venv.join("bin")];
         paths.extend(std::env::split_paths(&path));
         command.env("PATH", std::env::join_paths(paths).map_err(std::io::Error::other)?);
-        command.env("VIRTUAL_ENV", &venv);
+        command.env("VIRTUAL_ENV", venv);
     }
-    if let Outcome::Exited(status) = process::run_streaming(command, sink).await? {
-        let _ = sink.send(Ok(exit_message(&status))).await;
+    match process::run_streaming(command, context.sink, context.limits, context.running).await? {
+        Outcome::Exited(status) => {
+            let _ = context.sink.send(Ok(exit_message(&status))).await;
+            Ok(Ended::Ran(status))
+        }
+        Outcome::Cancelled => Ok(Ended::Cancelled),
+        Outcome::TimedOut(why) => Err(JobError::Stopped(why)),
     }
-    Ok(())
+}
+
+/// Creates a virtual environment at `venv` and pip-installs the requirements into it.
+/// `Ok(false)` when the client went away meanwhile.
+async fn build_environment(
+    venv: &Path,
+    job_dir: &Path,
+    requirements: &[Requirement],
+    context: &Context<'_>,
+) -> Result<bool, JobError> {
+    let python = which::which("python3").or_else(|_| which::which("python")).map_err(|_| JobError::NoPython)?;
+    std::fs::create_dir_all(venv)?;
+    let venv_arg = venv.as_os_str();
+    let create = command_in(
+        context,
+        job_dir,
+        &[venv],
+        &[],
+        python.as_os_str(),
+        &[OsStr::new("-m"), OsStr::new("venv"), venv_arg],
+    );
+    if !setup_step(create, "creating the Python environment", context).await? {
+        return Ok(false);
+    }
+    // argv without a shell: a url is one argument, whatever it contains.
+    let mut pip_args: Vec<OsString> =
+        ["-m", "pip", "install", "--disable-pip-version-check", "--no-input"].iter().map(OsString::from).collect();
+    pip_args.extend(requirements.iter().map(|r| OsString::from(&r.url)));
+    let pip_args: Vec<&OsStr> = pip_args.iter().map(OsString::as_os_str).collect();
+    let venv_python = venv.join("bin").join("python");
+    let mut pip = command_in(context, job_dir, &[venv], &[], venv_python.as_os_str(), &pip_args);
+    pip.env("PIP_NO_INPUT", "1");
+    let names: Vec<_> = requirements.iter().map(|r| r.url.as_str()).collect();
+    setup_step(pip, &format!("pip install {}", names.join(" ")), context).await
+}
+
+/// `program args` in the job directory, in the sandbox when there is one.
+fn command_in(
+    context: &Context<'_>,
+    job_dir: &Path,
+    writable: &[&Path],
+    readable: &[&Path],
+    program: &OsStr,
+    args: &[&OsStr],
+) -> Command {
+    match context.sandbox {
+        Some(sandbox) => sandbox.command(job_dir, writable, readable, program, args),
+        None => {
+            let mut command = Command::new(program);
+            command.args(args).current_dir(job_dir);
+            command
+        }
+    }
 }
 
 /// The last message of a run: the status as a field for lrpymrpc clients, and in
@@ -104,13 +212,14 @@ fn exit_message(status: &std::process::ExitStatus) -> ExecuteResponse {
 }
 
 /// Runs a setup step; `Ok(false)` when the client went away meanwhile.
-async fn setup_step(command: Command, step: &str, sink: &Sink) -> Result<bool, JobError> {
-    match process::run_streaming(command, sink).await? {
+async fn setup_step(command: Command, step: &str, context: &Context<'_>) -> Result<bool, JobError> {
+    match process::run_streaming(command, context.sink, context.limits, context.running).await? {
         Outcome::Cancelled => Ok(false),
         Outcome::Exited(status) if status.success() => Ok(true),
         Outcome::Exited(status) => {
             Err(JobError::SetupFailed { step: step.to_string(), status: process::describe(&status) })
         }
+        Outcome::TimedOut(why) => Err(JobError::Stopped(format!("{step}: {why}"))),
     }
 }
 

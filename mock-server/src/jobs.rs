@@ -1,37 +1,332 @@
-//! Job directories: `root/<UUID>/` made fresh for each upload and found again only
-//! through a well-formed id, so a request can never name a path of its own.
+//! Job directories and their lifecycle. Each upload gets a fresh `root/<UUID>/`
+//! (mode 0700) and a marker file beside it, `root/<UUID>.lrpymrpc-job`, so that the
+//! start-up sweep removes only directories this server made. A job is found again
+//! only through a well-formed id that this server handed out, and only by the client
+//! certificate that uploaded it; a request can never name a path of its own.
+//!
+//! A job holds one of `max_jobs` slots from Upload until its command ended. Its
+//! directory is removed a short grace after its results were fetched or it was
+//! cancelled, or after the time-to-live when nobody comes back; never while a call
+//! is using it.
 
+use std::collections::HashMap;
 use std::fs::DirBuilder;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
 use crate::error::JobError;
 
-/// A new, empty job directory (mode 0700) and its id.
-pub fn create(root: &Path) -> Result<(String, PathBuf), JobError> {
-    let id = Uuid::new_v4().to_string();
-    let dir = root.join(&id);
-    DirBuilder::new().mode(0o700).create(&dir)?;
-    Ok((id, dir))
+/// The suffix of the marker file beside each job directory.
+const MARKER_SUFFIX: &str = ".lrpymrpc-job";
+/// The suffix of a job's own Python environment, beside its directory.
+const VENV_SUFFIX: &str = ".venv";
+/// A slot taken by an upload whose Execute never came is given back after this long.
+const UNUSED_SLOT_LIMIT: Duration = Duration::from_secs(120);
+
+/// Every job of this server.
+#[derive(Debug)]
+pub struct Jobs {
+    root: PathBuf,
+    max_jobs: usize,
+    slots: Arc<Semaphore>,
+    ttl: Duration,
+    grace: Duration,
+    table: Mutex<HashMap<String, Entry>>,
 }
 
-/// The directory of an existing job.
-pub fn find(root: &Path, id: &str) -> Result<PathBuf, JobError> {
-    let parsed = Uuid::try_parse(id).map_err(|_| JobError::BadJobId(id.to_string()))?;
-    // Only the canonical hyphenated form names a directory.
-    let dir = root.join(parsed.hyphenated().to_string());
-    match std::fs::symlink_metadata(&dir) {
-        Ok(meta) if meta.is_dir() => Ok(dir),
-        _ => Err(JobError::UnknownJob(id.to_string())),
+#[derive(Debug)]
+struct Entry {
+    dir: PathBuf,
+    /// The CN of the client certificate that uploaded it (`None` in plaintext).
+    owner: Option<String>,
+    last_used: Instant,
+    /// Calls using the job right now; it is never removed while this is not zero.
+    in_use: usize,
+    slot: Option<OwnedSemaphorePermit>,
+    executed: bool,
+    /// Set when the job is finished: remove it at this time.
+    remove_at: Option<Instant>,
+}
+
+/// Why a job directory was removed, for the log.
+#[derive(Debug, Clone, Copy)]
+pub enum Removal {
+    Finished,
+    Expired,
+}
+
+impl Jobs {
+    pub fn new(root: PathBuf, max_jobs: usize, ttl: Duration, grace: Duration) -> Jobs {
+        let max_jobs = max_jobs.max(1);
+        Jobs {
+            root,
+            max_jobs,
+            slots: Arc::new(Semaphore::new(max_jobs)),
+            ttl,
+            grace,
+            table: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn table(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
+        self.table.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A new, empty job directory for `owner`, holding a slot; refused when all
+    /// `max_jobs` slots are taken.
+    pub fn create(self: &Arc<Self>, owner: Option<&str>) -> Result<(String, PathBuf, JobUse), JobError> {
+        let slot = self.slots.clone().try_acquire_owned().map_err(|_| JobError::Busy { max_jobs: self.max_jobs })?;
+        let id = Uuid::new_v4().to_string();
+        let dir = self.root.join(&id);
+        std::fs::write(marker(&dir), b"")?;
+        if let Err(error) = DirBuilder::new().mode(0o700).create(&dir) {
+            let _ = std::fs::remove_file(marker(&dir));
+            return Err(error.into());
+        }
+        let entry = Entry {
+            dir: dir.clone(),
+            owner: owner.map(str::to_string),
+            last_used: Instant::now(),
+            in_use: 1,
+            slot: Some(slot),
+            executed: false,
+            remove_at: None,
+        };
+        self.table().insert(id.clone(), entry);
+        Ok((id.clone(), dir, JobUse { jobs: self.clone(), id }))
+    }
+
+    /// An existing job of `owner`, marked in use until the returned guard drops.
+    pub fn open(self: &Arc<Self>, id: &str, owner: Option<&str>) -> Result<(PathBuf, JobUse), JobError> {
+        let parsed = Uuid::try_parse(id).map_err(|_| JobError::BadJobId(id.to_string()))?;
+        // Only the canonical hyphenated form names a job.
+        let key = parsed.hyphenated().to_string();
+        let mut table = self.table();
+        // Another certificate's job is answered exactly like a job that does not exist.
+        let entry = table
+            .get_mut(&key)
+            .filter(|entry| entry.owner.as_deref() == owner)
+            .ok_or_else(|| JobError::UnknownJob(id.to_string()))?;
+        entry.in_use += 1;
+        entry.last_used = Instant::now();
+        entry.remove_at = None;
+        Ok((entry.dir.clone(), JobUse { jobs: self.clone(), id: key }))
+    }
+
+    /// The job's command started: its slot stays taken until [`Jobs::command_ended`].
+    pub fn command_started(&self, id: &str) {
+        if let Some(entry) = self.table().get_mut(id) {
+            entry.executed = true;
+        }
+    }
+
+    /// The job's command ended (or never ran): its slot is free for another job.
+    pub fn command_ended(&self, id: &str) {
+        if let Some(entry) = self.table().get_mut(id) {
+            entry.slot = None;
+        }
+    }
+
+    /// Nothing more is expected of the job (results fetched, none to fetch, or the
+    /// client cancelled): it goes after the grace period.
+    pub fn finished(&self, id: &str) {
+        if let Some(entry) = self.table().get_mut(id) {
+            entry.slot = None;
+            entry.remove_at = Some(Instant::now() + self.grace);
+        }
+    }
+
+    /// Removes the failed upload's directory at once.
+    pub fn discard(&self, id: &str) {
+        if let Some(entry) = self.table().remove(id) {
+            remove_job_files(&entry.dir);
+        }
+    }
+
+    /// Removes what is due: finished jobs after their grace, forgotten ones after the
+    /// time-to-live. Returns the ids removed and why.
+    pub fn reap(&self) -> Vec<(String, Removal)> {
+        let now = Instant::now();
+        let mut removed = Vec::new();
+        let mut table = self.table();
+        table.retain(|id, entry| {
+            if entry.in_use > 0 {
+                return true;
+            }
+            if entry.slot.is_some() && !entry.executed && now.duration_since(entry.last_used) > UNUSED_SLOT_LIMIT {
+                entry.slot = None;
+            }
+            let why = match entry.remove_at {
+                Some(at) if now >= at => Some(Removal::Finished),
+                _ if now.duration_since(entry.last_used) >= self.ttl => Some(Removal::Expired),
+                _ => None,
+            };
+            match why {
+                Some(why) => {
+                    remove_job_files(&entry.dir);
+                    removed.push((id.clone(), why));
+                    false
+                }
+                None => true,
+            }
+        });
+        removed
+    }
+
+    /// How often [`Jobs::reap`] should run to keep its promises.
+    pub fn reap_interval(&self) -> Duration {
+        (self.grace.min(self.ttl) / 4).clamp(Duration::from_millis(100), Duration::from_secs(30))
+    }
+
+    /// Jobs in the table now.
+    #[cfg(test)]
+    fn count(&self) -> usize {
+        self.table().len()
     }
 }
 
-/// Where a job's Python environment lives: beside the job directory, not in it, so
-/// the command sees only what was uploaded.
+/// Marks a job in use; dropping it records the time of last use.
+#[derive(Debug)]
+pub struct JobUse {
+    jobs: Arc<Jobs>,
+    id: String,
+}
+
+impl JobUse {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+impl Drop for JobUse {
+    fn drop(&mut self) {
+        if let Some(entry) = self.jobs.table().get_mut(&self.id) {
+            entry.in_use = entry.in_use.saturating_sub(1);
+            entry.last_used = Instant::now();
+        }
+    }
+}
+
+/// Removes job directories that an earlier run of a server left in `root`: only
+/// those with a marker, and without following links (`remove_dir_all` removes a
+/// link, not what it points to). Returns how many were removed.
+pub fn sweep_orphans(root: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(root) else { return 0 };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(id) = name.to_str().and_then(|n| n.strip_suffix(MARKER_SUFFIX)) else { continue };
+        if Uuid::try_parse(id).is_err() {
+            continue;
+        }
+        remove_job_files(&root.join(id));
+        removed += 1;
+    }
+    removed
+}
+
+/// The job directory, its environment and its marker.
+fn remove_job_files(dir: &Path) {
+    for path in [dir.to_path_buf(), venv_dir(dir)] {
+        match std::fs::symlink_metadata(&path) {
+            Ok(meta) if meta.is_dir() => {
+                let _ = std::fs::remove_dir_all(&path);
+            }
+            Ok(_) => {
+                let _ = std::fs::remove_file(&path);
+            }
+            Err(_) => {}
+        }
+    }
+    let _ = std::fs::remove_file(marker(dir));
+}
+
+fn marker(dir: &Path) -> PathBuf {
+    sibling(dir, MARKER_SUFFIX)
+}
+
+fn sibling(dir: &Path, suffix: &str) -> PathBuf {
+    let mut name = dir.file_name().unwrap_or_default().to_os_string();
+    name.push(suffix);
+    dir.with_file_name(name)
+}
+
+/// Where a job's own Python environment lives: beside the job directory, not in it,
+/// so the command sees only what was uploaded.
 pub fn venv_dir(job_dir: &Path) -> PathBuf {
-    let mut name = job_dir.file_name().unwrap_or_default().to_os_string();
-    name.push(".venv");
-    job_dir.with_file_name(name)
+    sibling(job_dir, VENV_SUFFIX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jobs_in(root: &Path, max_jobs: usize, ttl: Duration, grace: Duration) -> Arc<Jobs> {
+        Arc::new(Jobs::new(root.to_path_buf(), max_jobs, ttl, grace))
+    }
+
+    #[test]
+    fn slots_limit_jobs_and_come_back_when_commands_end() {
+        let root = tempfile::tempdir().unwrap();
+        let jobs = jobs_in(root.path(), 1, Duration::from_secs(60), Duration::ZERO);
+        let (id, _, first) = jobs.create(Some("alice")).unwrap();
+        assert!(matches!(jobs.create(Some("alice")), Err(JobError::Busy { max_jobs: 1 })));
+        drop(first);
+        jobs.command_started(&id);
+        jobs.command_ended(&id);
+        assert!(jobs.create(Some("alice")).is_ok());
+    }
+
+    #[test]
+    fn jobs_are_found_only_by_their_owner_and_their_id() {
+        let root = tempfile::tempdir().unwrap();
+        let jobs = jobs_in(root.path(), 4, Duration::from_secs(60), Duration::ZERO);
+        let (id, dir, _) = jobs.create(Some("alice")).unwrap();
+        assert_eq!(jobs.open(&id, Some("alice")).unwrap().0, dir);
+        assert!(matches!(jobs.open(&id, Some("bob")), Err(JobError::UnknownJob(_))));
+        assert!(matches!(jobs.open("../etc", Some("alice")), Err(JobError::BadJobId(_))));
+        assert!(matches!(jobs.open(&Uuid::new_v4().to_string(), Some("alice")), Err(JobError::UnknownJob(_))));
+    }
+
+    #[test]
+    fn finished_and_forgotten_jobs_are_removed_but_never_while_in_use() {
+        let root = tempfile::tempdir().unwrap();
+        let jobs = jobs_in(root.path(), 4, Duration::from_millis(50), Duration::ZERO);
+        let (done, done_dir, use_done) = jobs.create(None).unwrap();
+        let (busy, busy_dir, use_busy) = jobs.create(None).unwrap();
+        drop(use_done);
+        jobs.finished(&done);
+        std::thread::sleep(Duration::from_millis(60));
+        let removed: Vec<_> = jobs.reap().into_iter().map(|(id, _)| id).collect();
+        assert_eq!(removed, [done]);
+        assert!(!done_dir.exists() && !marker(&done_dir).exists());
+        assert!(busy_dir.exists(), "in use, past its time-to-live: kept");
+        drop(use_busy);
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(jobs.reap().len(), 1);
+        assert!(!busy_dir.exists());
+        assert_eq!(jobs.count(), 0, "{busy}");
+    }
+
+    #[test]
+    fn the_sweep_removes_only_marked_directories_without_following_links() {
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("keep"), "keep").unwrap();
+        let id = Uuid::new_v4().to_string();
+        let job = root.path().join(&id);
+        std::fs::create_dir(&job).unwrap();
+        std::os::unix::fs::symlink(outside.path(), job.join("link")).unwrap();
+        std::fs::write(marker(&job), b"").unwrap();
+        let unmarked = root.path().join(Uuid::new_v4().to_string());
+        std::fs::create_dir(&unmarked).unwrap();
+        assert_eq!(sweep_orphans(root.path()), 1);
+        assert!(!job.exists() && unmarked.exists());
+        assert!(outside.path().join("keep").exists());
+    }
 }

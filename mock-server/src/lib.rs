@@ -3,38 +3,108 @@
 //! group, results streamed back) over mutual TLS. A library with a thin binary, so
 //! tests start it in-process with [`run`] on port 0.
 
+mod auth;
 pub mod cli;
 pub mod config;
+mod envs;
 mod error;
 mod execute;
 mod jobs;
 mod process;
+pub mod sandbox;
 mod service;
+mod state;
 
 use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tracing::{info, warn};
 
 pub use config::{Config, ConfigError, TlsMaterial};
 use lrpymrpc_proto::file_service_server::FileServiceServer;
 
-/// Serves jobs on `listener` until `shutdown` completes.
+/// Why the server stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot prepare the job root `{root}`: {source}")]
+    Setup { root: std::path::PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Serves jobs on `listener` until `shutdown` completes; then stops accepting, lets
+/// running calls finish for up to `shutdown_grace`, stops the commands still
+/// running, and returns.
 pub async fn run(
     listener: TcpListener,
     config: Config,
     shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), tonic::transport::Error> {
-    let mut builder = Server::builder();
+) -> Result<(), ServeError> {
+    let root = config.root.clone();
+    let (state, swept) = state::State::new(config).map_err(|source| ServeError::Setup { root, source })?;
+    if swept > 0 {
+        info!(swept, "removed job directories an earlier run left behind");
+    }
+    let state = Arc::new(state);
+    let config = &state.config;
+    let mut builder = Server::builder()
+        .max_concurrent_streams(config.max_streams_per_connection)
+        .http2_keepalive_interval(Some(config.keepalive_interval))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .tcp_keepalive(Some(config.keepalive_interval));
     if let Some(tls) = &config.tls {
         let identity = Identity::from_pem(&tls.cert_pem, &tls.key_pem);
         // A client CA root makes client certificates mandatory: the handshake fails
         // before any RPC, so no byte of an unauthenticated upload reaches the disk.
-        let tls_config =
-            ServerTlsConfig::new().identity(identity).client_ca_root(Certificate::from_pem(&tls.client_ca_pem));
+        let tls_config = ServerTlsConfig::new()
+            .identity(identity)
+            .client_ca_root(Certificate::from_pem(&tls.client_ca_pem))
+            .timeout(config.tls_handshake_timeout);
         builder = builder.tls_config(tls_config)?;
     }
-    let service = FileServiceServer::new(service::Service::new(config));
-    builder.add_service(service).serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown).await
+    let reaper = tokio::spawn(reap_forever(state.clone()));
+    let service = FileServiceServer::new(service::Service::new(state.clone()));
+    let (began_tx, began) = tokio::sync::oneshot::channel::<()>();
+    let signal = async move {
+        shutdown.await;
+        let _ = began_tx.send(());
+    };
+    let serve = builder.add_service(service).serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+    tokio::pin!(serve);
+    let outcome = tokio::select! {
+        outcome = &mut serve => Some(outcome),
+        _ = began => None,
+    };
+    let outcome = match outcome {
+        Some(outcome) => outcome,
+        None => {
+            info!(running = state.running.count(), "shutting down: no new connections; running jobs may finish");
+            match tokio::time::timeout(state.config.shutdown_grace, &mut serve).await {
+                Ok(outcome) => outcome,
+                Err(_) => {
+                    warn!(running = state.running.count(), "shutdown grace over: stopping the commands still running");
+                    state.running.stop_all();
+                    // The stopped commands end their calls; then the connections close.
+                    tokio::time::timeout(Duration::from_secs(5), &mut serve).await.unwrap_or(Ok(()))
+                }
+            }
+        }
+    };
+    reaper.abort();
+    outcome.map_err(ServeError::from)
+}
+
+/// Removes finished and forgotten jobs as they fall due.
+async fn reap_forever(state: Arc<state::State>) {
+    let interval = state.jobs.reap_interval();
+    loop {
+        tokio::time::sleep(interval).await;
+        for (job, why) in state.jobs.reap() {
+            info!(job = %job, reason = ?why, "job directory removed");
+        }
+    }
 }

@@ -2,8 +2,10 @@
 //! line by line; when the client goes away, the whole group is killed, not just the
 //! shell, so `sh -c 'sleep 1000 & sleep 1000'` leaves nothing behind.
 
+use std::collections::HashSet;
 use std::io;
 use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lrpymrpc_proto::{ExecuteResponse, OutputStream};
@@ -27,16 +29,67 @@ pub enum Outcome {
     Exited(ExitStatus),
     /// The client stopped listening; the process group was killed.
     Cancelled,
+    /// A time limit ran out (the message says which); the process group was killed.
+    TimedOut(String),
+}
+
+/// Time limits of one run.
+#[derive(Debug, Clone, Copy)]
+pub struct TimeLimits {
+    /// The longest it may run.
+    pub wall: Duration,
+    /// The longest it may print nothing.
+    pub idle: Duration,
+}
+
+/// The process groups running now, so a shutdown can stop them all.
+#[derive(Debug, Clone, Default)]
+pub struct Running {
+    groups: Arc<Mutex<HashSet<i32>>>,
+}
+
+impl Running {
+    fn add(&self, id: i32) {
+        if let Ok(mut groups) = self.groups.lock() {
+            groups.insert(id);
+        }
+    }
+
+    fn remove(&self, id: i32) {
+        if let Ok(mut groups) = self.groups.lock() {
+            groups.remove(&id);
+        }
+    }
+
+    /// SIGTERM to every running group now, SIGKILL after the grace.
+    pub fn stop_all(&self) {
+        let groups: Vec<i32> = self.groups.lock().map(|g| g.iter().copied().collect()).unwrap_or_default();
+        for id in groups {
+            ProcessGroup { id: Some(id) }.kill();
+        }
+    }
+
+    pub fn count(&self) -> usize {
+        self.groups.lock().map_or(0, |g| g.len())
+    }
 }
 
 /// Spawns `command` as the leader of a new process group with stdout and stderr
 /// piped, sends every output line to `sink`, and waits for it. Processes it left
 /// behind in its group are terminated once it exits, so their open pipes cannot
 /// hold the job open.
-pub async fn run_streaming(mut command: Command, sink: &Sink) -> io::Result<Outcome> {
+pub async fn run_streaming(
+    mut command: Command,
+    sink: &Sink,
+    limits: TimeLimits,
+    running: &Running,
+) -> io::Result<Outcome> {
     command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0).kill_on_drop(true);
     let mut child = command.spawn()?;
     let group = ProcessGroup { id: child.id().and_then(|id| i32::try_from(id).ok()) };
+    let _registered = group.id.map(|id| Registered::new(running, id));
+    let wall_deadline = tokio::time::Instant::now() + limits.wall;
+    let mut idle_deadline = tokio::time::Instant::now() + limits.idle;
     let (line_tx, mut lines) = mpsc::channel::<ExecuteResponse>(256);
     if let Some(stdout) = child.stdout.take() {
         tokio::spawn(pump_lines(stdout, OutputStream::Stdout, line_tx.clone()));
@@ -55,8 +108,17 @@ pub async fn run_streaming(mut command: Command, sink: &Sink) -> io::Result<Outc
                 exit = Some(status?);
                 group.kill();
             }
+            () = tokio::time::sleep_until(wall_deadline), if exit.is_none() => {
+                group.kill();
+                return Ok(Outcome::TimedOut(format!("it ran longer than {}", human(limits.wall))));
+            }
+            () = tokio::time::sleep_until(idle_deadline), if exit.is_none() => {
+                group.kill();
+                return Ok(Outcome::TimedOut(format!("it printed nothing for {}", human(limits.idle))));
+            }
             line = lines.recv() => match line {
                 Some(line) => {
+                    idle_deadline = tokio::time::Instant::now() + limits.idle;
                     if sink.send(Ok(line)).await.is_err() {
                         group.kill();
                         return Ok(Outcome::Cancelled);
@@ -71,6 +133,35 @@ pub async fn run_streaming(mut command: Command, sink: &Sink) -> io::Result<Outc
         None => child.wait().await?,
     };
     Ok(Outcome::Exited(status))
+}
+
+/// Keeps a group in [`Running`] while it runs.
+struct Registered<'a> {
+    running: &'a Running,
+    id: i32,
+}
+
+impl<'a> Registered<'a> {
+    fn new(running: &'a Running, id: i32) -> Registered<'a> {
+        running.add(id);
+        Registered { running, id }
+    }
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.running.remove(self.id);
+    }
+}
+
+/// "90 s", "15 min", "4 h".
+pub fn human(duration: Duration) -> String {
+    let seconds = duration.as_secs();
+    match seconds {
+        0..120 => format!("{:.1} s", duration.as_secs_f64()),
+        120..7200 => format!("{} min", seconds / 60),
+        _ => format!("{} h", seconds / 3600),
+    }
 }
 
 /// A process group to signal: SIGTERM at once, SIGKILL after [`KILL_GRACE`].

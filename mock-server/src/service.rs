@@ -5,6 +5,7 @@ use std::io;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Instant;
 
 use lrpymrpc_archive::bridge::{CHANNEL_CHUNKS, ChunkReader, ChunkWriter};
 use lrpymrpc_archive::{
@@ -19,10 +20,13 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
+use tracing::{info, warn};
 
-use crate::config::Config;
+use crate::auth::{Caller, authorize};
 use crate::error::JobError;
-use crate::{execute, jobs};
+use crate::execute::{self, Ended};
+use crate::process::TimeLimits;
+use crate::state::State;
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -30,34 +34,49 @@ type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 const RESULT_GZIP_LEVEL: u32 = 1;
 
 pub struct Service {
-    config: Arc<Config>,
+    state: Arc<State>,
 }
 
 impl Service {
-    pub fn new(config: Config) -> Service {
-        Service { config: Arc::new(config) }
+    pub fn new(state: Arc<State>) -> Service {
+        Service { state }
+    }
+
+    /// Who is calling; refused (and logged) when the allow-list says no.
+    fn caller<T>(&self, request: &Request<T>, rpc: &str) -> Result<Caller, Status> {
+        let config = &self.state.config;
+        authorize(request, config.tls.is_some(), config.allowed_cns.as_ref()).map_err(|error| {
+            let peer = request.remote_addr().map_or_else(|| "?".to_string(), |a| a.to_string());
+            warn!(rpc, peer = %peer, "refused: {error}");
+            Status::from(error)
+        })
     }
 }
 
-fn log(message: std::fmt::Arguments<'_>) {
-    eprintln!("lrpymrpc-mock-server: {message}");
+fn millis(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 #[tonic::async_trait]
 impl FileService for Service {
     async fn upload(&self, request: Request<Streaming<DataChunk>>) -> Result<Response<UploadResponse>, Status> {
-        let peer = request.remote_addr();
+        // Who, then a slot: a refused client's bytes never reach the disk.
+        let caller = self.caller(&request, "upload")?;
+        let started = Instant::now();
+        let (id, dir, job_use) = self.state.jobs.create(caller.cn.as_deref()).map_err(|error| {
+            warn!(cn = caller.name(), peer = %caller.address, "upload refused: {error}");
+            Status::from(error)
+        })?;
         let mut stream = request.into_inner();
-        let (id, dir) = jobs::create(&self.config.root)?;
         let (chunk_tx, chunk_rx) = mpsc::channel(CHANNEL_CHUNKS);
-        let options = UnpackOptions { limits: self.config.upload_limits, mtime: MtimePolicy::FromArchive };
-        let unpack_dir = dir.clone();
+        let options = UnpackOptions { limits: self.state.config.upload_limits, mtime: MtimePolicy::FromArchive };
+        let (jobs, unpack_id) = (self.state.jobs.clone(), id.clone());
         // The blocking task owns the cleanup, so a failed upload leaves no directory
         // even when this handler is dropped half-way.
         let unpack = tokio::task::spawn_blocking(move || {
-            let result = unpack_tar_gz(ChunkReader::new(chunk_rx), &unpack_dir, &options);
+            let result = unpack_tar_gz(ChunkReader::new(chunk_rx), &dir, &options);
             if result.is_err() {
-                let _ = std::fs::remove_dir_all(&unpack_dir);
+                jobs.discard(&unpack_id);
             }
             result
         });
@@ -75,18 +94,18 @@ impl FileService for Service {
         }
         drop(chunk_tx);
         let report = unpack.await.map_err(|e| Status::internal(format!("upload task failed: {e}")))?;
+        drop(job_use);
         match report {
             Ok(report) => {
-                log(format_args!(
-                    "job {id}: upload from {} unpacked ({} files, {} bytes)",
-                    peer.map_or("?".into(), |p| p.to_string()),
-                    report.files,
-                    report.content_bytes
-                ));
+                info!(
+                    job = %id, cn = caller.name(), fingerprint = %caller.fingerprint, peer = %caller.address,
+                    files = report.files, bytes = report.content_bytes, ms = millis(started),
+                    "upload unpacked"
+                );
                 Ok(Response::new(UploadResponse { unique_id: id }))
             }
             Err(error) => {
-                log(format_args!("upload refused: {error}"));
+                warn!(job = %id, cn = caller.name(), peer = %caller.address, ms = millis(started), "upload refused: {error}");
                 Err(JobError::from(error).into())
             }
         }
@@ -95,34 +114,75 @@ impl FileService for Service {
     type ExecuteStream = ResponseStream<ExecuteResponse>;
 
     async fn execute(&self, request: Request<ExecuteRequest>) -> Result<Response<Self::ExecuteStream>, Status> {
+        let caller = self.caller(&request, "execute")?;
         let request = request.into_inner();
-        let dir = jobs::find(&self.config.root, &request.unique_id)?;
+        let (dir, job_use) = self.state.jobs.open(&request.unique_id, caller.cn.as_deref())?;
         let requirements = execute::parse_tool(&request.tool)?;
-        log(format_args!("job {}: execute `{}`", request.unique_id, request.command_opt));
+        let id = job_use.id().to_string();
+        info!(job = %id, cn = caller.name(), repo_url = %request.tool, command = %request.command_opt, "execute");
+        self.state.jobs.command_started(&id);
         let (tx, rx) = mpsc::channel(64);
-        tokio::spawn(execute::execute(dir, requirements, request.command_opt, tx));
+        let state = self.state.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let config = &state.config;
+            let context = execute::Context {
+                sink: &tx,
+                limits: TimeLimits { wall: config.job_timeout, idle: config.idle_timeout },
+                running: &state.running,
+                env_cache: state.env_cache.as_ref(),
+                sandbox: config.sandbox.as_ref(),
+            };
+            let ended = execute::execute(&dir, &requirements, &request.command_opt, &context).await;
+            state.jobs.command_ended(&id);
+            let ms = millis(started);
+            match &ended {
+                Ended::Ran(status) => info!(job = %id, status = %crate::process::describe(status), ms, "command ended"),
+                Ended::Cancelled => {
+                    state.jobs.finished(&id);
+                    warn!(job = %id, ms, "client went away; command stopped");
+                }
+                Ended::Failed(why) => warn!(job = %id, ms, "execute failed: {why}"),
+            }
+            drop(job_use);
+        });
         let lines = ReceiverStream::new(rx);
-        if self.config.legacy_protocol {
+        if self.state.config.legacy_protocol {
             return Ok(Response::new(Box::pin(lines.filter_map(legacy_message))));
         }
         Ok(Response::new(Box::pin(lines)))
     }
 
     async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
+        let caller = self.caller(&request, "check")?;
         let request = request.into_inner();
-        let dir = jobs::find(&self.config.root, &request.unique_id)?;
+        let (dir, job_use) = self.state.jobs.open(&request.unique_id, caller.cn.as_deref())?;
         let has_stream = !existing_results(&dir, &request.result_dir)?.is_empty();
+        if !has_stream {
+            // Nothing to download: the client is done with this job.
+            self.state.jobs.finished(job_use.id());
+        }
         Ok(Response::new(CheckResponse { has_stream }))
     }
 
     type DownloadStream = ResponseStream<DataChunk>;
 
     async fn download(&self, request: Request<DownloadRequest>) -> Result<Response<Self::DownloadStream>, Status> {
+        let caller = self.caller(&request, "download")?;
         let request = request.into_inner();
-        let dir = jobs::find(&self.config.root, &request.unique_id)?;
+        let (dir, job_use) = self.state.jobs.open(&request.unique_id, caller.cn.as_deref())?;
         let roots = existing_results(&dir, &request.result_dir)?;
         let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
-        tokio::spawn(stream_results(roots, tx));
+        let state = self.state.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let sent = stream_results(roots, tx).await;
+            if let Some(bytes) = sent {
+                state.jobs.finished(job_use.id());
+                info!(job = %job_use.id(), bytes, ms = millis(started), "results sent");
+            }
+            drop(job_use);
+        });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
@@ -156,7 +216,8 @@ fn existing_results(job_dir: &Path, result_dir: &str) -> Result<Vec<PackRoot>, J
 
 /// Packs the results into the response stream. Links are shipped as links, never
 /// followed, so a link the job made to `/etc/shadow` or the server key ships no bytes.
-async fn stream_results(roots: Vec<PackRoot>, tx: mpsc::Sender<Result<DataChunk, Status>>) {
+/// Returns the bytes sent when the whole stream went out.
+async fn stream_results(roots: Vec<PackRoot>, tx: mpsc::Sender<Result<DataChunk, Status>>) -> Option<u64> {
     let (chunk_tx, mut chunk_rx) = mpsc::channel(CHANNEL_CHUNKS);
     let pack = tokio::task::spawn_blocking(move || {
         let options = PackOptions::everything(false, RESULT_GZIP_LEVEL);
@@ -164,17 +225,23 @@ async fn stream_results(roots: Vec<PackRoot>, tx: mpsc::Sender<Result<DataChunk,
         writer.finish().map_err(lrpymrpc_archive::PackError::Write)?;
         Ok::<_, lrpymrpc_archive::PackError>(())
     });
+    let mut sent = 0u64;
+    let mut complete = true;
     while let Some(data) = chunk_rx.recv().await {
+        sent += data.len() as u64;
         if tx.send(Ok(DataChunk { data })).await.is_err() {
             // The client went away; dropping the receiver stops the packer.
+            complete = false;
             break;
         }
     }
     drop(chunk_rx);
     let status = match pack.await {
-        Ok(Ok(())) => return,
+        Ok(Ok(())) if complete => return Some(sent),
+        Ok(Ok(())) => return None,
         Ok(Err(error)) => Status::from(JobError::from(error)),
         Err(error) => Status::internal(format!("result packing task failed: {error}")),
     };
     let _ = tx.send(Err(status)).await;
+    None
 }

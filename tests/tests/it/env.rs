@@ -46,10 +46,16 @@ impl TestEnv {
     /// The reference server with mutual TLS, answering like a server that predates
     /// the protocol extension.
     pub fn legacy() -> TestEnv {
+        TestEnv::configured(|config| config.legacy_protocol = true)
+    }
+
+    /// The reference server with mutual TLS and settings changed by `change`.
+    pub fn configured(change: impl FnOnce(&mut Config)) -> TestEnv {
         let env = TestEnv::bare();
         let tls = TlsMaterial::from_dir(&env.tls).unwrap();
-        let jobs = env.jobs.clone();
-        env.serve(Config { legacy_protocol: true, ..Config::new(jobs, Some(tls)) })
+        let mut config = Config::new(env.jobs.clone(), Some(tls));
+        change(&mut config);
+        env.serve(config)
     }
 
     /// Starts the reference server in-process with `config`.
@@ -125,9 +131,10 @@ impl TestEnv {
         std::fs::read(self.work.join(rel)).unwrap_or_else(|e| panic!("reading `{rel}`: {e}"))
     }
 
-    /// The names in the job root: job directories and their environments.
+    /// The names in the job root: job directories, their markers and environments
+    /// (the shared environment cache aside).
     pub fn job_dirs(&self) -> Vec<String> {
-        names_in(&self.jobs)
+        names_in(&self.jobs).into_iter().filter(|name| name != "lrpymrpc-env-cache").collect()
     }
 }
 

@@ -1,0 +1,30 @@
+//! What every call shares: the configuration, the job table, the running process
+//! groups and the environment cache.
+
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::envs::EnvCache;
+use crate::jobs::{Jobs, sweep_orphans};
+use crate::process::Running;
+
+#[derive(Debug)]
+pub struct State {
+    pub config: Config,
+    pub jobs: Arc<Jobs>,
+    pub running: Running,
+    pub env_cache: Option<EnvCache>,
+}
+
+impl State {
+    /// Sweeps what an earlier run left in the root, then sets up the shared parts.
+    pub fn new(config: Config) -> std::io::Result<(State, usize)> {
+        let swept = sweep_orphans(&config.root);
+        let env_cache = match config.env_cache {
+            true => Some(EnvCache::new(&config.root, config.env_cache_max_bytes)?),
+            false => None,
+        };
+        let jobs = Arc::new(Jobs::new(config.root.clone(), config.max_jobs, config.job_ttl, config.finished_grace));
+        Ok((State { config, jobs, running: Running::default(), env_cache }, swept))
+    }
+}
