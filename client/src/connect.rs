@@ -189,7 +189,7 @@ fn hint_for(reason: &str, target: &Peer) -> Option<String> {
     } else if lower.contains("unknownissuer") || lower.contains("unknown issuer") {
         "the server's certificate is not signed by the CA in your TLS directory's ca.crt".into()
     } else if target.tls.is_some()
-        && (lower.contains("alert") || lower.contains("connection closed") || lower.contains("reset"))
+        && ["alert", "connection closed", "reset", "broken pipe"].iter().any(|word| lower.contains(word))
     {
         "the server ended the TLS session: it may have refused this client certificate (another CA, expired, revoked); \
          check it with the server's administrator"

@@ -155,7 +155,7 @@ async fn build_environment(
     requirements: &[Requirement],
     context: &Context<'_>,
 ) -> Result<bool, JobError> {
-    let python = which::which("python3").or_else(|_| which::which("python")).map_err(|_| JobError::NoPython)?;
+    let python = python()?.executable;
     std::fs::create_dir_all(venv)?;
     let venv_arg = venv.as_os_str();
     let create = command_in(
@@ -179,6 +179,35 @@ async fn build_environment(
     pip.env("PIP_NO_INPUT", "1");
     let names: Vec<_> = requirements.iter().map(|r| r.url.as_str()).collect();
     setup_step(pip, &format!("pip install {}", names.join(" ")), context).await
+}
+
+/// The Python that makes environments, resolved once: through shims (pyenv) to the
+/// real interpreter, so it also runs where the shim's directory is not visible.
+#[derive(Debug, Clone)]
+pub struct Python {
+    pub executable: PathBuf,
+    /// Where its standard library lives (`sys.base_prefix`).
+    pub base_prefix: PathBuf,
+}
+
+/// Finds `python3` (or `python`) on PATH and asks it where it really lives.
+pub fn python() -> Result<Python, JobError> {
+    static FOUND: std::sync::OnceLock<Option<Python>> = std::sync::OnceLock::new();
+    FOUND
+        .get_or_init(|| {
+            let on_path = which::which("python3").or_else(|_| which::which("python")).ok()?;
+            let output = std::process::Command::new(on_path)
+                .args(["-c", "import sys; print(sys.executable); print(sys.base_prefix)"])
+                .output()
+                .ok()?;
+            let text = String::from_utf8(output.stdout).ok()?;
+            let mut lines = text.lines();
+            let executable = PathBuf::from(lines.next()?);
+            let base_prefix = PathBuf::from(lines.next()?);
+            Some(Python { executable, base_prefix })
+        })
+        .clone()
+        .ok_or(JobError::NoPython)
 }
 
 /// `program args` in the job directory, in the sandbox when there is one.

@@ -178,6 +178,16 @@ impl Jobs {
         removed
     }
 
+    /// Jobs a client is still working with: a call in progress, a slot taken (its
+    /// command is about to run or running), or a command that ended but whose results
+    /// were not fetched yet.
+    pub fn active(&self) -> usize {
+        self.table()
+            .values()
+            .filter(|e| e.in_use > 0 || e.slot.is_some() || (e.executed && e.remove_at.is_none()))
+            .count()
+    }
+
     /// How often [`Jobs::reap`] should run to keep its promises.
     pub fn reap_interval(&self) -> Duration {
         (self.grace.min(self.ttl) / 4).clamp(Duration::from_millis(100), Duration::from_secs(30))

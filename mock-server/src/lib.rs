@@ -36,9 +36,10 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
-/// Serves jobs on `listener` until `shutdown` completes; then stops accepting, lets
-/// running calls finish for up to `shutdown_grace`, stops the commands still
-/// running, and returns.
+/// Serves jobs on `listener` until `shutdown` completes; then takes no new jobs, lets
+/// running ones finish (their Check and Download included) for up to
+/// `shutdown_grace`, stops the commands still running, closes the connections and
+/// returns.
 pub async fn run(
     listener: TcpListener,
     config: Config,
@@ -68,35 +69,53 @@ pub async fn run(
     }
     let reaper = tokio::spawn(reap_forever(state.clone()));
     let service = FileServiceServer::new(service::Service::new(state.clone()));
-    let (began_tx, began) = tokio::sync::oneshot::channel::<()>();
-    let signal = async move {
-        shutdown.await;
-        let _ = began_tx.send(());
-    };
-    let serve = builder.add_service(service).serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serve = builder.add_service(service).serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+        let _ = stopped.await;
+    });
     tokio::pin!(serve);
-    let outcome = tokio::select! {
-        outcome = &mut serve => Some(outcome),
-        _ = began => None,
-    };
-    let outcome = match outcome {
-        Some(outcome) => outcome,
-        None => {
-            info!(running = state.running.count(), "shutting down: no new connections; running jobs may finish");
-            match tokio::time::timeout(state.config.shutdown_grace, &mut serve).await {
-                Ok(outcome) => outcome,
-                Err(_) => {
-                    warn!(running = state.running.count(), "shutdown grace over: stopping the commands still running");
-                    state.running.stop_all();
-                    // The stopped commands end their calls; then the connections close.
-                    tokio::time::timeout(Duration::from_secs(5), &mut serve).await.unwrap_or(Ok(()))
-                }
-            }
+    tokio::select! {
+        outcome = &mut serve => {
+            reaper.abort();
+            return outcome.map_err(ServeError::from);
         }
-    };
+        () = shutdown => {}
+    }
+    // Draining: no new jobs; running ones may still Check and Download on their
+    // connections, until they are done or the grace is over.
+    state.draining.store(true, std::sync::atomic::Ordering::SeqCst);
+    info!(active = state.jobs.active(), "shutting down: no new jobs; running jobs may finish");
+    let deadline = tokio::time::Instant::now() + state.config.shutdown_grace;
+    let mut stopped_commands = false;
+    loop {
+        if state.jobs.active() == 0 {
+            break;
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline + DRAIN_AFTER_STOP {
+            break;
+        }
+        if now >= deadline && !stopped_commands {
+            warn!(running = state.running.count(), "shutdown grace over: stopping the commands still running");
+            state.running.stop_all();
+            stopped_commands = true;
+        }
+        tokio::select! {
+            outcome = &mut serve => {
+                reaper.abort();
+                return outcome.map_err(ServeError::from);
+            }
+            () = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
+    let _ = stop.send(());
+    let outcome = tokio::time::timeout(DRAIN_AFTER_STOP, &mut serve).await.unwrap_or(Ok(()));
     reaper.abort();
     outcome.map_err(ServeError::from)
 }
+
+/// After stopping commands (and after the last call), how long connections get to close.
+const DRAIN_AFTER_STOP: Duration = Duration::from_secs(5);
 
 /// Removes finished and forgotten jobs as they fall due.
 async fn reap_forever(state: Arc<state::State>) {

@@ -3,7 +3,8 @@
 //! empty tmpfs mounts, so other jobs' directories and the server's key are not there;
 //! only the job's directory (and the environment it builds) is writable. The network
 //! stays shared (pip may need it); every other namespace is new, and the sandbox
-//! dies with the server.
+//! dies with the server. The Python installation stays visible even when it lives in
+//! a hidden directory (pyenv).
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -15,6 +16,9 @@ pub struct Sandbox {
     bwrap: PathBuf,
     /// Directories replaced by empty tmpfs mounts, parents first.
     hidden: Vec<PathBuf>,
+    /// Directories shown again read-only inside hidden ones: the Python installation
+    /// (pyenv keeps it in the home directory).
+    shown: Vec<PathBuf>,
 }
 
 impl Sandbox {
@@ -29,7 +33,13 @@ impl Sandbox {
         let mut hidden: Vec<PathBuf> = hidden.into_iter().filter_map(|p| std::fs::canonicalize(p).ok()).collect();
         hidden.sort_by_key(|p| p.components().count());
         hidden.dedup();
-        let sandbox = Sandbox { bwrap, hidden };
+        let shown = crate::execute::python()
+            .ok()
+            .and_then(|python| std::fs::canonicalize(python.base_prefix).ok())
+            .filter(|prefix| hidden.iter().any(|h| prefix.starts_with(h)))
+            .into_iter()
+            .collect();
+        let sandbox = Sandbox { bwrap, hidden, shown };
         let probe = sandbox.command(root, &[], &[], OsStr::new("true"), &[]);
         let output = probe.into_std().output().map_err(|e| format!("cannot run bwrap: {e}"))?;
         if !output.status.success() {
@@ -57,7 +67,7 @@ impl Sandbox {
         for dir in &self.hidden {
             command.arg("--tmpfs").arg(dir);
         }
-        for dir in readable {
+        for dir in self.shown.iter().map(PathBuf::as_path).chain(readable.iter().copied()) {
             command.arg("--ro-bind").arg(dir).arg(dir);
         }
         for dir in writable.iter().chain(std::iter::once(&job_dir)) {

@@ -62,6 +62,9 @@ impl FileService for Service {
     async fn upload(&self, request: Request<Streaming<DataChunk>>) -> Result<Response<UploadResponse>, Status> {
         // Who, then a slot: a refused client's bytes never reach the disk.
         let caller = self.caller(&request, "upload")?;
+        if self.state.draining.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(Status::unavailable("the server is shutting down and takes no new jobs; try again later"));
+        }
         let started = Instant::now();
         let (id, dir, job_use) = self.state.jobs.create(caller.cn.as_deref()).map_err(|error| {
             warn!(cn = caller.name(), peer = %caller.address, "upload refused: {error}");
@@ -123,6 +126,7 @@ impl FileService for Service {
         self.state.jobs.command_started(&id);
         let (tx, rx) = mpsc::channel(64);
         let state = self.state.clone();
+        let cn = caller.name().to_string();
         tokio::spawn(async move {
             let started = Instant::now();
             let config = &state.config;
@@ -137,12 +141,14 @@ impl FileService for Service {
             state.jobs.command_ended(&id);
             let ms = millis(started);
             match &ended {
-                Ended::Ran(status) => info!(job = %id, status = %crate::process::describe(status), ms, "command ended"),
+                Ended::Ran(status) => {
+                    info!(job = %id, cn = %cn, status = %crate::process::describe(status), ms, "command ended")
+                }
                 Ended::Cancelled => {
                     state.jobs.finished(&id);
-                    warn!(job = %id, ms, "client went away; command stopped");
+                    warn!(job = %id, cn = %cn, ms, "client went away; command stopped");
                 }
-                Ended::Failed(why) => warn!(job = %id, ms, "execute failed: {why}"),
+                Ended::Failed(why) => warn!(job = %id, cn = %cn, ms, "execute failed: {why}"),
             }
             drop(job_use);
         });
@@ -174,12 +180,13 @@ impl FileService for Service {
         let roots = existing_results(&dir, &request.result_dir)?;
         let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
         let state = self.state.clone();
+        let cn = caller.name().to_string();
         tokio::spawn(async move {
             let started = Instant::now();
             let sent = stream_results(roots, tx).await;
             if let Some(bytes) = sent {
                 state.jobs.finished(job_use.id());
-                info!(job = %job_use.id(), bytes, ms = millis(started), "results sent");
+                info!(job = %job_use.id(), cn = %cn, bytes, ms = millis(started), "results sent");
             }
             drop(job_use);
         });

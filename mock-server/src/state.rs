@@ -2,6 +2,7 @@
 //! groups and the environment cache.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use crate::config::Config;
 use crate::envs::EnvCache;
@@ -14,6 +15,8 @@ pub struct State {
     pub jobs: Arc<Jobs>,
     pub running: Running,
     pub env_cache: Option<EnvCache>,
+    /// Set at shutdown: uploads are refused, running jobs finish.
+    pub draining: AtomicBool,
 }
 
 impl State {
@@ -25,6 +28,6 @@ impl State {
             false => None,
         };
         let jobs = Arc::new(Jobs::new(config.root.clone(), config.max_jobs, config.job_ttl, config.finished_grace));
-        Ok((State { config, jobs, running: Running::default(), env_cache }, swept))
+        Ok((State { config, jobs, running: Running::default(), env_cache, draining: AtomicBool::new(false) }, swept))
     }
 }

@@ -53,7 +53,7 @@ impl TestEnv {
     pub fn configured(change: impl FnOnce(&mut Config)) -> TestEnv {
         let env = TestEnv::bare();
         let tls = TlsMaterial::from_dir(&env.tls).unwrap();
-        let mut config = Config::new(env.jobs.clone(), Some(tls));
+        let mut config = Config { tls_dir: Some(env.tls.clone()), ..Config::new(env.jobs.clone(), Some(tls)) };
         change(&mut config);
         env.serve(config)
     }

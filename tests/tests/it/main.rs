@@ -7,4 +7,5 @@ mod client;
 mod env;
 mod hostile;
 mod job;
+mod server;
 mod tls;
