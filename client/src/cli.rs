@@ -148,6 +148,16 @@ pub struct Args {
     #[arg(long, env = "LRPYMRPC_EXIT_STATUS_MARKER", value_parser = FalseyValueParser::new(), help_heading = "Beyond lrPymRPC")]
     pub exit_status_marker: bool,
 
+    /// Put results under DIR instead of the working directory (RUN_NAME still adds
+    /// its subdirectory); for build systems whose outputs live elsewhere
+    #[arg(long, env = "LRPYMRPC_RESULTS_DIR", value_name = "DIR", help_heading = "Beyond lrPymRPC")]
+    pub results_dir: Option<String>,
+
+    /// When the remote command fails, do not download its results: earlier results
+    /// stay as they were, so `make` does not take a failed output as up to date
+    #[arg(long, env = "LRPYMRPC_NO_RESULTS_ON_FAILURE", value_parser = FalseyValueParser::new(), help_heading = "Beyond lrPymRPC")]
+    pub no_results_on_failure: bool,
+
     /// Stop the whole job (and the remote command) after this long: `90`, `90s`,
     /// `15m`, `2h`; exit status 124
     #[arg(long, env = "LRPYMRPC_TIMEOUT", value_name = "DURATION", value_parser = parse_duration, help_heading = "Beyond lrPymRPC")]
@@ -183,11 +193,25 @@ pub enum Command {
         #[command(subcommand)]
         action: TlsAction,
     },
+    /// Print the Make or CMake integration file (`lrpymrpc snippet make > lrpymrpc.mk`)
+    Snippet {
+        #[arg(value_enum)]
+        kind: SnippetKind,
+    },
     /// Print a shell completion script: `lrpymrpc completions bash > ~/.local/share/bash-completion/completions/lrpymrpc`
     Completions {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+/// Which integration file `snippet` prints.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum SnippetKind {
+    /// `lrpymrpc.mk`, for GNU make
+    Make,
+    /// `LrPymRPC.cmake`, for CMake
+    Cmake,
 }
 
 /// `lrpymrpc tls ...`

@@ -27,8 +27,10 @@ pub struct Job {
     pub rules: Arc<SourceRules>,
     /// A missing or outside SOURCE is an error rather than a warning.
     pub strict: bool,
-    /// Where results land: the working directory, or `./RUN_NAME/`.
+    /// Where results land: the working directory (or `--results-dir`), plus RUN_NAME.
     pub result_dir: PathBuf,
+    /// Skip the download when the remote command failed.
+    pub no_results_on_failure: bool,
     pub workdir: PathBuf,
     /// Set with `--exit-status-marker`.
     pub exit_marker: Option<ExitMarker>,
@@ -64,9 +66,13 @@ impl Job {
         let rules = SourceRules::new(filter, &split_paths(&args.exclude), args.gitignore, args.include_vcs, &workdir)?;
         let timeout_text = args.timeout.map(crate::output::seconds).unwrap_or_default();
         let verbosity = verbosity(&args);
+        let results_base = match args.results_dir.as_deref().map(str::trim) {
+            None | Some("") => workdir.clone(),
+            Some(dir) => workdir.join(crate::tls::expand_tilde(dir)),
+        };
         let result_dir = match args.run_name.as_str() {
-            "" => workdir.clone(),
-            name => workdir.join(name),
+            "" => results_base,
+            name => results_base.join(name),
         };
         Ok(Job {
             peer: Peer { host, port, tls },
@@ -78,6 +84,7 @@ impl Job {
             rules: Arc::new(rules),
             strict: args.strict,
             result_dir,
+            no_results_on_failure: args.no_results_on_failure,
             workdir,
             exit_marker: args.exit_status_marker.then(ExitMarker::new),
             timeout: args.timeout.map(|limit| (timeout_text, limit)),

@@ -16,6 +16,7 @@ pub mod output;
 mod run;
 pub mod server_cert;
 pub mod settings;
+pub mod snippets;
 pub mod source;
 pub mod tls;
 pub mod tls_commands;
@@ -49,6 +50,14 @@ pub fn main_impl() -> ExitCode {
     match &args.command {
         Some(cli::Command::Completions { shell }) => {
             clap_complete::generate(*shell, &mut cli::Args::command(), "lrpymrpc", &mut std::io::stdout());
+            return ExitCode::SUCCESS;
+        }
+        Some(cli::Command::Snippet { kind }) => {
+            let text = match kind {
+                cli::SnippetKind::Make => snippets::make(),
+                cli::SnippetKind::Cmake => snippets::cmake(),
+            };
+            print!("{text}");
             return ExitCode::SUCCESS;
         }
         Some(cli::Command::Tls { action: cli::TlsAction::Init { cn, dir, force } }) => {

@@ -78,6 +78,13 @@ pub async fn run(job: &Job, out: &Output) -> Result<(), ClientError> {
     let reported = execute(&mut client.clone(), job, &unique_id, out).await?;
     out.end("");
 
+    if job.no_results_on_failure && matches!(reported.outcome(), Some(Err(_))) {
+        out.note(
+            "the remote command failed: results not fetched (--no-results-on-failure); earlier ones are as they were",
+        );
+        out.status("Finish.");
+        return reported.outcome().unwrap_or(Ok(()));
+    }
     out.status("Check result.");
     out.begin(Step::Check);
     let result_dir = job.results.join(" ");

@@ -1,5 +1,6 @@
 //! `cargo xtask ...`: the project's automation, in Rust so it runs wherever cargo does.
-//! `certs` writes throwaway TLS material; `demo` runs a whole job end to end.
+//! `certs` writes throwaway TLS material; `demo` runs a whole job end to end;
+//! `snippets` writes the Make and CMake integration files into `integration/`.
 
 mod demo;
 
@@ -29,6 +30,10 @@ enum Task {
     /// Run the example job end to end: certificates, the mock server over mutual TLS on
     /// a free loopback port, the client, then show where the results landed.
     Demo,
+    /// Write the Make and CMake integration files (`integration/lrpymrpc.mk`,
+    /// `integration/LrPymRPC.cmake`) from the client's generator; a test fails when the
+    /// committed copies are stale.
+    Snippets,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -44,6 +49,18 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Task::Demo => demo::run(),
+        Task::Snippets => {
+            let dir = workspace_root().join("integration");
+            std::fs::create_dir_all(&dir)?;
+            for (name, text) in
+                [("lrpymrpc.mk", lrpymrpc::snippets::make()), ("LrPymRPC.cmake", lrpymrpc::snippets::cmake())]
+            {
+                let path = dir.join(name);
+                std::fs::write(&path, text).with_context(|| format!("writing `{}`", path.display()))?;
+                println!("wrote {}", path.display());
+            }
+            Ok(())
+        }
     }
 }
 

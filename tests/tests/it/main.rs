@@ -6,6 +6,7 @@ mod certs;
 mod client;
 mod env;
 mod hostile;
+mod integration;
 mod job;
 mod server;
 mod tls;

@@ -1,0 +1,3 @@
+library = CMAKE130
+cells = cells
+out = lib

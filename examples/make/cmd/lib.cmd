@@ -1,0 +1,3 @@
+library = MAKE130
+cells = cells
+out = lib

@@ -1,0 +1,231 @@
+//! Make and CMake integration with the real tools: the committed examples build, do
+//! nothing the second time, rerun only the step whose input changed, run steps in
+//! parallel, and fail properly (non-zero, no output that looks up to date).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, SystemTime};
+
+use crate::env::{CLIENT, TestEnv};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// The examples and integration files, laid out as in the repository, under `work`.
+fn copy_examples(env: &TestEnv) -> PathBuf {
+    for dir in ["examples/make", "examples/cmake", "examples/cellchar", "integration"] {
+        copy_tree(&repo().join(dir), &env.work.join(dir));
+    }
+    env.work.join("examples")
+}
+
+/// make's variables that point the snippet at the test server.
+fn make_variables(env: &TestEnv) -> Vec<String> {
+    vec![
+        format!("LRPYMRPC={CLIENT}"),
+        "LRPYMRPC_SERVER_IP=127.0.0.1".into(),
+        format!("LRPYMRPC_SERVER_PORT={}", env.addr.port()),
+        format!("LRPYMRPC_TLS_CONFIG_DIR={}", env.tls.display()),
+    ]
+}
+
+fn run(command: &mut Command) -> (bool, String) {
+    // The developer's own settings must not leak in.
+    command.env("LRPYMRPC_CONFIG", "").env_remove("MAKEFLAGS");
+    let Output { status, stdout, stderr } = command.output().expect("the build tool runs");
+    (status.success(), format!("{}{}", String::from_utf8_lossy(&stdout), String::from_utf8_lossy(&stderr)))
+}
+
+fn make(env: &TestEnv, dir: &Path, extra: &[&str]) -> (bool, String) {
+    run(Command::new("make").current_dir(dir).args(make_variables(env)).args(extra))
+}
+
+/// Moves a file's modification time to now, as an edit would (after a pause, so it
+/// is newer than outputs made just before, whatever the file system's resolution).
+fn touch(path: &Path) {
+    std::thread::sleep(Duration::from_millis(50));
+    let file = std::fs::File::options().append(true).open(path).unwrap();
+    file.set_modified(SystemTime::now()).unwrap();
+}
+
+fn modified(path: &Path) -> SystemTime {
+    std::fs::metadata(path).unwrap().modified().unwrap()
+}
+
+#[test]
+fn the_make_example_builds_then_does_nothing_then_reruns_when_a_cell_changes() {
+    let env = TestEnv::new();
+    let example = copy_examples(&env).join("make");
+    let (ok, log) = make(&env, &example, &[]);
+    assert!(ok, "{log}");
+    let library = std::fs::read_to_string(example.join("lib/MAKE130.lib")).unwrap();
+    assert!(library.contains("cell (buf)") && library.contains("cell (nor2)"), "{library}");
+    assert!(example.join("lib/MAKE130.md").is_file());
+
+    let (ok, log) = make(&env, &example, &[]);
+    assert!(ok && log.contains("Nothing to be done") && !log.contains("Upload"), "{log}");
+
+    touch(&example.join("cells/nor2.sp"));
+    let (ok, log) = make(&env, &example, &[]);
+    assert!(ok && log.contains("Upload") && !log.contains("make_wheel.py"), "only the remote step reran: {log}");
+
+    // The installed binary prints the same file.
+    let printed = Command::new(CLIENT).args(["snippet", "make"]).output().unwrap();
+    assert_eq!(printed.stdout, std::fs::read(repo().join("integration/lrpymrpc.mk")).unwrap());
+}
+
+/// A Makefile with `steps` remote steps `outN.txt <- inN/data.txt`, each command given.
+fn write_project(env: &TestEnv, commands: &[&str]) -> PathBuf {
+    let project = env.work.join("project");
+    copy_tree(&repo().join("integration"), &project.join("integration"));
+    let mut makefile = String::from("include integration/lrpymrpc.mk\n\n");
+    let outputs: Vec<String> = (1..=commands.len()).map(|n| format!("out{n}.txt")).collect();
+    makefile.push_str(&format!("all: {}\n\n", outputs.join(" ")));
+    for (index, command) in commands.iter().enumerate() {
+        let n = index + 1;
+        std::fs::create_dir_all(project.join(format!("in{n}"))).unwrap();
+        std::fs::write(project.join(format!("in{n}/data.txt")), format!("input number {n}\n")).unwrap();
+        makefile.push_str(&format!("$(eval $(call lrpymrpc_step,out{n}.txt,in{n},{command}))\n"));
+    }
+    std::fs::write(project.join("Makefile"), makefile).unwrap();
+    project
+}
+
+#[test]
+fn make_j4_runs_four_remote_steps_at_once_and_a_change_reruns_only_its_step() {
+    let env = TestEnv::new();
+    let commands: Vec<String> = (1..=4).map(|n| format!("sleep 1; tr a-z A-Z < in{n}/data.txt > out{n}.txt")).collect();
+    let commands: Vec<&str> = commands.iter().map(String::as_str).collect();
+    let project = write_project(&env, &commands);
+    let (ok, log) = make(&env, &project, &["-j4"]);
+    assert!(ok, "{log}");
+    for n in 1..=4 {
+        assert_eq!(
+            std::fs::read_to_string(project.join(format!("out{n}.txt"))).unwrap(),
+            format!("INPUT NUMBER {n}\n")
+        );
+    }
+    touch(&project.join("in2/data.txt"));
+    let (ok, log) = make(&env, &project, &["-j4"]);
+    assert!(ok, "{log}");
+    assert_eq!(log.matches("]:Upload").count(), 1, "one step reran: {log}");
+    assert!(log.contains("Compress source=in2"), "{log}");
+}
+
+#[test]
+fn a_failing_remote_step_stops_make_and_leaves_no_output_that_looks_up_to_date() {
+    let env = TestEnv::new();
+    let project = write_project(&env, &["echo half-written > out1.txt; exit 3", "echo never > elsewhere.txt"]);
+    // An earlier output, older than its input: make must keep seeing it as out of date.
+    let old = project.join("out1.txt");
+    std::fs::write(&old, "earlier result\n").unwrap();
+    std::fs::File::options().append(true).open(&old).unwrap().set_modified(SystemTime::UNIX_EPOCH).unwrap();
+    let before = modified(&old);
+
+    let (ok, log) = make(&env, &project, &["out1.txt"]);
+    assert!(!ok, "make must fail: {log}");
+    assert!(log.contains("exit status 3"), "{log}");
+    assert_eq!(std::fs::read_to_string(&old).unwrap(), "earlier result\n");
+    assert_eq!(modified(&old), before, "no newer timestamp on a failed output");
+    let (ok, _) = make(&env, &project, &["out1.txt"]);
+    assert!(!ok, "still out of date, so it runs (and fails) again");
+
+    // A step that succeeds but does not make what it declared fails too.
+    let (ok, log) = make(&env, &project, &["out2.txt"]);
+    assert!(!ok && log.contains("the remote step did not make out2.txt"), "{log}");
+}
+
+fn cmake_generators() -> Vec<&'static str> {
+    let mut generators = vec!["Unix Makefiles"];
+    if which::which("ninja").is_ok() {
+        generators.push("Ninja");
+    } else {
+        println!("SKIPPED the Ninja generator: `ninja` is not installed");
+    }
+    generators
+}
+
+fn cmake_configure(env: &TestEnv, source: &Path, build: &Path, generator: &str) -> (bool, String) {
+    let _ = std::fs::remove_dir_all(build);
+    run(Command::new("cmake")
+        .arg("-S")
+        .arg(source)
+        .arg("-B")
+        .arg(build)
+        .args(["-G", generator])
+        .arg(format!("-DLRPYMRPC_EXECUTABLE={CLIENT}"))
+        .arg("-DLRPYMRPC_SERVER_IP=127.0.0.1")
+        .arg(format!("-DLRPYMRPC_SERVER_PORT={}", env.addr.port()))
+        .arg(format!("-DLRPYMRPC_TLS_CONFIG_DIR={}", env.tls.display())))
+}
+
+fn cmake_build(build: &Path) -> (bool, String) {
+    run(Command::new("cmake").arg("--build").arg(build))
+}
+
+#[test]
+fn the_cmake_example_configures_builds_and_rebuilds_incrementally() {
+    let env = TestEnv::new();
+    let example = copy_examples(&env).join("cmake");
+    for generator in cmake_generators() {
+        let build = env.work.join(format!("build-{}", generator.replace(' ', "-")));
+        let (ok, log) = cmake_configure(&env, &example, &build, generator);
+        assert!(ok, "{generator}: {log}");
+        let (ok, log) = cmake_build(&build);
+        assert!(ok, "{generator}: {log}");
+        let library = std::fs::read_to_string(build.join("lib/CMAKE130.lib")).unwrap();
+        assert!(library.contains("cell (nor2)"), "{library}");
+
+        let (ok, log) = cmake_build(&build);
+        assert!(ok && !log.contains("]:Upload"), "{generator}: nothing to do the second time: {log}");
+
+        touch(&example.join("cells/buf.sp"));
+        let (ok, log) = cmake_build(&build);
+        assert!(ok && log.matches("]:Upload").count() == 1, "{generator}: the step reran once: {log}");
+        assert!(!log.contains("Building the cellchar wheel"), "{generator}: the wheel did not: {log}");
+    }
+}
+
+#[test]
+fn a_failing_remote_step_fails_the_cmake_build_without_an_output() {
+    let env = TestEnv::new();
+    let project = env.work.join("cmake-fails");
+    copy_tree(&repo().join("integration"), &project.join("integration"));
+    std::fs::create_dir_all(project.join("in")).unwrap();
+    std::fs::write(project.join("in/data.txt"), "data\n").unwrap();
+    std::fs::write(
+        project.join("CMakeLists.txt"),
+        r#"cmake_minimum_required(VERSION 3.20)
+project(fails NONE)
+list(APPEND CMAKE_MODULE_PATH "${CMAKE_CURRENT_SOURCE_DIR}/integration")
+include(LrPymRPC)
+lrpymrpc_add_command(OUTPUT out.txt SOURCES in COMMAND "echo half-written > out.txt; exit 3")
+add_custom_target(everything ALL DEPENDS "${CMAKE_CURRENT_BINARY_DIR}/out.txt")
+"#,
+    )
+    .unwrap();
+    for generator in cmake_generators() {
+        let build = env.work.join(format!("fails-{}", generator.replace(' ', "-")));
+        let (ok, log) = cmake_configure(&env, &project, &build, generator);
+        assert!(ok, "{log}");
+        for _ in 0..2 {
+            let (ok, log) = cmake_build(&build);
+            assert!(!ok && log.contains("exit status 3"), "{generator}: {log}");
+            assert!(!build.join("out.txt").exists(), "{generator}: no output after a failure");
+        }
+    }
+}
