@@ -178,14 +178,17 @@ impl<W: Write> Packer<'_, W> {
         };
         let size = meta.len();
         let mut header = header_for(EntryType::Regular, meta, size);
-        let mut content = ExactSize { inner: file.take(size), remaining: size };
+        let mut content = ExactSize { inner: file.take(size), remaining: size, failed: None };
         match self.builder.append_data(&mut header, name, &mut content) {
             Ok(()) => {}
-            Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => {
-                return Err(PackError::Changed { path: disk.to_path_buf() });
+            // Only the reader knows whether the file or the output failed.
+            Err(error) => {
+                return Err(match content.failed {
+                    Some(ReadFailure::Shrank) => PackError::Changed { path: disk.to_path_buf() },
+                    Some(ReadFailure::Io) => read_error(disk, error),
+                    None => PackError::Write(error),
+                });
             }
-            Err(error) if content.remaining > 0 => return Err(read_error(disk, error)),
-            Err(error) => return Err(PackError::Write(error)),
         }
         self.report.files += 1;
         self.report.content_bytes += size;
@@ -223,9 +226,18 @@ fn read_error(path: &Path, source: io::Error) -> PackError {
 
 /// Reads exactly the size written in the header: a file that shrank while being
 /// packed must fail rather than produce an entry shorter than its header says.
+/// It also records whether reading failed, so that a failed write of the archive (a
+/// closed network stream) is not blamed on the file.
 struct ExactSize<R> {
     inner: R,
     remaining: u64,
+    failed: Option<ReadFailure>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum ReadFailure {
+    Shrank,
+    Io,
 }
 
 impl<R: Read> Read for ExactSize<R> {
@@ -233,8 +245,9 @@ impl<R: Read> Read for ExactSize<R> {
         if self.remaining == 0 {
             return Ok(0);
         }
-        let n = self.inner.read(buf)?;
+        let n = self.inner.read(buf).inspect_err(|_| self.failed = Some(ReadFailure::Io))?;
         if n == 0 {
+            self.failed = Some(ReadFailure::Shrank);
             return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "file shrank"));
         }
         self.remaining -= n as u64;

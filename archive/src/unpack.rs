@@ -376,3 +376,7 @@ impl<R: Read> Read for CappedReader<R> {
 #[cfg(test)]
 #[path = "unpack_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "unpack_props.rs"]
+mod props;

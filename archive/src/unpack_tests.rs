@@ -391,3 +391,52 @@ fn a_directory_left_out_takes_its_contents_and_progress_counts_files() {
     assert!(scene.dest.join("tree/kept.sp").is_file());
     assert!(!scene.dest.join("tree/.git").exists() && !scene.dest.join("tree/dropped.o").exists());
 }
+
+#[test]
+fn a_failed_output_is_a_write_error_not_the_file_being_read() {
+    use crate::pack::{PackError, PackOptions, PackRoot, pack_tar_gz};
+    /// Accepts 64 KiB, then fails like a closed network stream.
+    #[derive(Debug)]
+    struct Closing(usize);
+    impl std::io::Write for Closing {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if self.0 > 64 * 1024 {
+                return Err(std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the stream was closed"));
+            }
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let source = tempfile::tempdir().unwrap();
+    let mut noise = vec![0u8; 4 << 20];
+    let mut state = 1u32;
+    for byte in noise.iter_mut() {
+        state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        *byte = (state >> 24) as u8;
+    }
+    fs::write(source.path().join("noise"), &noise).unwrap();
+    let roots = [PackRoot { disk: source.path().join("noise"), name: "noise".into() }];
+    let error = pack_tar_gz(&roots, &PackOptions::everything(true, 1), Closing(0)).unwrap_err();
+    assert!(matches!(error, PackError::Write(_)), "{error:?}");
+}
+
+#[test]
+fn every_shared_hostile_case_is_refused_or_contained() {
+    use crate::testing::{Expect, hostile_cases};
+    let small = Limits { max_bytes: 1 << 20, max_entries: 1000, max_depth: 64 };
+    let count = hostile_cases("/nowhere").len();
+    for index in 0..count {
+        // Each scene has its own canary, which the cases aim at.
+        let scene = Scene::new();
+        let case = hostile_cases(scene.canary.to_str().unwrap()).swap_remove(index);
+        let result = scene.unpack_with(&case.archive, small);
+        match case.expect {
+            Expect::Refused | Expect::RefusedPastLimit => assert!(result.is_err(), "{}: accepted", case.name),
+            Expect::Contained => assert!(result.is_ok(), "{}: {:?}", case.name, result.err()),
+        }
+        scene.assert_outside_untouched();
+    }
+}

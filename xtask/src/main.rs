@@ -1,7 +1,9 @@
 //! `cargo xtask ...`: the project's automation, in Rust so it runs wherever cargo does.
 //! `certs` writes throwaway TLS material; `demo` runs a whole job end to end;
-//! `snippets` writes the Make and CMake integration files into `integration/`.
+//! `snippets` writes the Make and CMake integration files into `integration/`;
+//! `bench` measures the workloads of `bench.rs` against reference pipelines.
 
+mod bench;
 mod demo;
 
 use std::path::PathBuf;
@@ -34,6 +36,16 @@ enum Task {
     /// `integration/LrPymRPC.cmake`) from the client's generator; a test fails when the
     /// committed copies are stale.
     Snippets,
+    /// Measure the client and server (release builds) on generated workloads against
+    /// reference pipelines (`tar`, `gzip`, `pigz`, `python3 -c pass`); prints one table
+    Bench {
+        /// Also run W4, the 2 GB round trip
+        #[arg(long)]
+        big: bool,
+        /// Runs per workload (W1 runs twice as many)
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -49,6 +61,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Task::Demo => demo::run(),
+        Task::Bench { big, repeats } => bench::run(bench::Options { big, repeats }),
         Task::Snippets => {
             let dir = workspace_root().join("integration");
             std::fs::create_dir_all(&dir)?;

@@ -3,7 +3,7 @@
 
 use std::pin::Pin;
 
-use lrpymrpc_archive::testing::{file, gzip, symlink, tar_bytes};
+use lrpymrpc_archive::testing::{Expect, file, gzip, hostile_cases, symlink, tar_bytes};
 use lrpymrpc_proto::file_service_server::{FileService, FileServiceServer};
 use lrpymrpc_proto::{
     CheckRequest, CheckResponse, DataChunk, DownloadRequest, ExecuteRequest, ExecuteResponse, UploadResponse,
@@ -48,7 +48,13 @@ impl FileService for CraftedResults {
 
 /// A fixture whose server is [`CraftedResults`] with mutual TLS.
 fn fake_server_sending(archive: Vec<u8>) -> TestEnv {
+    fake_server_for(|_| archive)
+}
+
+/// The same, with an archive made knowing the fixture's paths.
+fn fake_server_for(make: impl FnOnce(&TestEnv) -> Vec<u8>) -> TestEnv {
     let mut env = TestEnv::bare();
+    let archive = make(&env);
     let tls = lrpymrpc_mock_server::TlsMaterial::from_dir(&env.tls).unwrap();
     let listener = env.runtime().block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
     let addr = listener.local_addr().unwrap();
@@ -161,5 +167,86 @@ fn the_server_refuses_hostile_uploads_and_leaves_no_job_directory() {
         assert!(env.job_dirs().is_empty(), "job directory left: {:?}", env.job_dirs());
         assert_canary_untouched(&canary);
         assert!(!env.root.path().join("escape").exists());
+    }
+}
+
+/// Every archive case of SECURITY.md, from a fake server to the real client: refused
+/// (exit 105) or contained, the canary untouched, earlier results kept, nothing left.
+#[test]
+fn every_hostile_archive_case_against_the_client() {
+    let count = hostile_cases("/nowhere").len();
+    for index in 0..count {
+        let mut name = String::new();
+        let mut expect = Expect::Refused;
+        let env = fake_server_for(|env| {
+            let canary = env.root.path().join("canary");
+            let case = hostile_cases(canary.to_str().unwrap()).swap_remove(index);
+            (name, expect) = (case.name, case.expect);
+            case.archive
+        });
+        let canary = plant_canary(&env);
+        env.write("source/x", "x");
+        env.write("earlier/result", "earlier result");
+        let output = env.client().args(["--RESULT", "anything"]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        match expect {
+            // The client's own limits are generous: a bomb of 8 MB or 2,000 files unpacks.
+            Expect::Contained | Expect::RefusedPastLimit => assert!(output.status.success(), "{name}: {stderr}"),
+            Expect::Refused => {
+                assert_eq!(output.status.code(), Some(105), "{name}: {stderr}");
+                assert!(stderr.contains("results not unpacked"), "{name}: {stderr}");
+                let left: Vec<_> =
+                    names_in(&env.work).into_iter().filter(|n| n != "earlier" && n != "source").collect();
+                assert!(left.is_empty(), "{name}: partial results or staging left: {left:?}");
+            }
+        }
+        assert_canary_untouched(&canary);
+        assert_eq!(env.read("earlier/result"), b"earlier result", "{name}");
+        assert_eq!(
+            names_in(env.root.path()),
+            ["canary", "jobs", "tls", "work"],
+            "{name}: something beside the fixture"
+        );
+        assert!(!names_in(&env.work).iter().any(|n| n.starts_with(".lrpymrpc")), "{name}: staging left");
+    }
+}
+
+/// Every archive case of SECURITY.md as a real Upload to the reference server (with
+/// small limits, so the exhaustion cases bite): refused with a status or contained,
+/// the canary untouched, no job directory left by a refusal.
+#[test]
+fn every_hostile_archive_case_against_the_server() {
+    let mut env = TestEnv::configured(|config| {
+        config.upload_limits = lrpymrpc_archive::Limits { max_bytes: 1 << 20, max_entries: 1000, max_depth: 64 };
+    });
+    let canary = plant_canary(&env);
+    let (addr, tls) = (env.addr, env.tls.clone());
+    for case in hostile_cases(canary.to_str().unwrap()) {
+        let before = env.job_dirs();
+        let archive = case.archive.clone();
+        let tls = tls.clone();
+        let result = env.runtime().block_on(async move {
+            let mut client = crate::tls::raw_client(addr, &tls, true).await.unwrap();
+            let chunks: Vec<_> = archive.chunks(64 * 1024).map(|c| DataChunk { data: c.to_vec() }).collect();
+            client.upload(tokio_stream::iter(chunks)).await
+        });
+        let name = &case.name;
+        match (case.expect, result) {
+            (Expect::Refused | Expect::RefusedPastLimit, Err(status)) => {
+                let code = status.code();
+                assert!(
+                    matches!(code, tonic::Code::InvalidArgument | tonic::Code::ResourceExhausted),
+                    "{name}: {status:?}"
+                );
+                assert!(!status.message().is_empty(), "{name}: a refusal says why");
+                assert_eq!(env.job_dirs(), before, "{name}: a refused upload left a job directory");
+            }
+            (Expect::Contained, Ok(response)) => {
+                assert!(env.job_dirs().contains(&response.into_inner().unique_id), "{name}");
+            }
+            (expect, outcome) => panic!("{name}: expected {expect:?}, got {outcome:?}"),
+        }
+        assert_canary_untouched(&canary);
+        assert_eq!(names_in(env.root.path()), ["canary", "jobs", "tls", "work"], "{name}: something beside the jobs");
     }
 }

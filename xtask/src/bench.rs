@@ -1,0 +1,385 @@
+//! `cargo xtask bench`: the performance numbers, measured against reference pipelines
+//! on the same data in the same run. Release binaries, a mock server over mutual TLS
+//! on loopback, workloads generated from a fixed seed in a temporary directory:
+//!
+//! - W1: a small job (10 files, about 10 KB, a trivial command, a small result), repeated.
+//! - W2: about 200 MB in 2,000 files (half text, half random bytes, three levels deep):
+//!   upload, a remote `cp -r`, download; wall time, client CPU time and peak RSS.
+//! - W3: 8 concurrent W1 jobs with distinct RUN_NAMEs.
+//! - W4 (`--big`): W2 at 2 GB, to show the client's memory stays flat.
+//! - W5: a job whose REPO_URL is a local wheel, first run versus repeated run.
+//!
+//! References: `python3 -c pass` (the floor of any interpreter-based client),
+//! `tar c | tar x`, `tar c | gzip -1`, and the `tar c | pigz -1 | gunzip | tar x` round
+//! trip (twice: our job moves the bytes up and down), with gzip when pigz is missing.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use duct::cmd;
+
+use crate::workspace_root;
+
+/// What one run of the client cost.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    wall: Duration,
+    cpu: Duration,
+    max_rss_kib: u64,
+}
+
+/// Options of `cargo xtask bench`.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    pub big: bool,
+    pub repeats: usize,
+}
+
+pub fn run(options: Options) -> anyhow::Result<()> {
+    let root = workspace_root();
+    eprintln!("xtask bench: building release binaries");
+    cmd!("cargo", "build", "--release", "--quiet", "--bin", "lrpymrpc", "--bin", "lrpymrpc-mock-server")
+        .dir(&root)
+        .run()
+        .context("cargo build --release failed")?;
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    let client = target.join("release/lrpymrpc");
+    let server = target.join("release/lrpymrpc-mock-server");
+
+    let scratch = tempfile::Builder::new().prefix("lrpymrpc-bench-").tempdir()?;
+    let tls = scratch.path().join("tls");
+    let jobs = scratch.path().join("jobs");
+    std::fs::create_dir_all(&jobs)?;
+    lrpymrpc_certs::Throwaway::new("bench", &lrpymrpc_certs::loopback_names())?.write(&tls)?;
+    let mut server_process = Command::new(&server)
+        .args(["--listen", "127.0.0.1:0", "--max-jobs", "32", "--root"])
+        .arg(&jobs)
+        .arg("--tls-dir")
+        .arg(&tls)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting the mock server")?;
+    let mut first = String::new();
+    BufReader::new(server_process.stdout.take().context("server stdout")?).read_line(&mut first)?;
+    let port = first.trim().rsplit(':').next().context("listening on ADDR")?.to_string();
+    let bench = Bench { client, tls, port, scratch: scratch.path().to_path_buf() };
+    let outcome = bench.all(options);
+    let _ = server_process.kill();
+    let _ = server_process.wait();
+    outcome
+}
+
+struct Bench {
+    client: PathBuf,
+    tls: PathBuf,
+    port: String,
+    scratch: PathBuf,
+}
+
+struct Row {
+    name: String,
+    samples: Vec<Duration>,
+    reference: Option<(String, Duration)>,
+    note: String,
+}
+
+impl Bench {
+    fn all(&self, options: Options) -> anyhow::Result<()> {
+        let mut rows = Vec::new();
+        let repeats = options.repeats.max(1);
+
+        // The floor an interpreter-based client cannot go below.
+        let python = median(&time_repeated(repeats * 2, || run_quiet(Command::new("python3").args(["-c", "pass"])))?);
+
+        eprintln!("xtask bench: W1, a small job");
+        let w1 = self.scratch.join("w1");
+        generate(&w1.join("source"), 10, 1024, 1, 1)?;
+        let w1_samples = (0..repeats * 2)
+            .map(|_| self.job(&w1, &[], "mkdir -p build && cp source/*/f0 build/"))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        rows.push(Row {
+            name: "W1 small job, mutual TLS".into(),
+            samples: w1_samples.iter().map(|s| s.wall).collect(),
+            reference: Some(("python3 -c pass".into(), python)),
+            note: format!("client peak RSS {} KiB", max_rss(&w1_samples)),
+        });
+
+        eprintln!("xtask bench: W3, 8 concurrent small jobs");
+        let w3: Vec<Duration> = (0..repeats)
+            .map(|_| {
+                let start = Instant::now();
+                let children: Vec<_> = (0..8)
+                    .map(|n| {
+                        self.spawn_job(
+                            &w1,
+                            &["--RUN_NAME", &format!("run{n}")],
+                            "mkdir -p build && cp source/*/f0 build/",
+                        )
+                    })
+                    .collect::<anyhow::Result<_>>()?;
+                for child in children {
+                    wait_sample(child, start)?;
+                }
+                Ok(start.elapsed())
+            })
+            .collect::<anyhow::Result<_>>()?;
+        rows.push(Row {
+            name: "W3 8 concurrent small jobs".into(),
+            samples: w3,
+            reference: Some(("8 x W1 median".into(), median(&rows[0].samples) * 8)),
+            note: String::new(),
+        });
+
+        eprintln!("xtask bench: W2, 200 MB round trip");
+        let w2 = self.scratch.join("w2");
+        generate(&w2.join("source"), 2000, 100 * 1024, 10, 10)?;
+        rows.extend(self.round_trip("W2 200 MB round trip", &w2, repeats)?);
+
+        if options.big {
+            eprintln!("xtask bench: W4, 2 GB round trip");
+            let w4 = self.scratch.join("w4");
+            generate(&w4.join("source"), 2000, 1024 * 1024, 10, 10)?;
+            rows.extend(self.round_trip("W4 2 GB round trip", &w4, 1)?);
+            std::fs::remove_dir_all(&w4)?;
+        }
+
+        eprintln!("xtask bench: W5, REPO_URL with a local wheel");
+        rows.push(self.environment_reuse(repeats)?);
+
+        print_table(&rows);
+        Ok(())
+    }
+
+    /// W2 and W4: the job, then the reference pipelines on the same bytes.
+    fn round_trip(&self, name: &str, dir: &Path, repeats: usize) -> anyhow::Result<Vec<Row>> {
+        let samples =
+            (0..repeats).map(|_| self.job(dir, &[], "cp -r source build")).collect::<anyhow::Result<Vec<_>>>()?;
+        std::fs::remove_dir_all(dir.join("build")).ok();
+        let source = dir.join("source");
+        let out = self.scratch.join("reference-out");
+        let pipeline = |script: &str| -> anyhow::Result<Duration> {
+            let _ = std::fs::remove_dir_all(&out);
+            std::fs::create_dir_all(&out)?;
+            let start = Instant::now();
+            run_quiet(Command::new("sh").arg("-c").arg(script).env("SRC", &source).env("OUT", &out))?;
+            Ok(start.elapsed())
+        };
+        let compressor = if which::which("pigz").is_ok() { "pigz -1" } else { "gzip -1" };
+        let decompressor = if which::which("pigz").is_ok() { "pigz -d" } else { "gunzip" };
+        let plain = median(&time_repeated(repeats, || pipeline(r#"tar cf - -C "$SRC" . | tar xf - -C "$OUT""#))?);
+        let gzip = median(&time_repeated(repeats, || pipeline(r#"tar cf - -C "$SRC" . | gzip -1 > /dev/null"#))?);
+        let round = median(&time_repeated(repeats, || {
+            pipeline(&format!(r#"tar cf - -C "$SRC" . | {compressor} | {decompressor} | tar xf - -C "$OUT""#))
+        })?);
+        let _ = std::fs::remove_dir_all(&out);
+        let cpu = median(&samples.iter().map(|s| s.cpu).collect::<Vec<_>>());
+        Ok(vec![
+            Row {
+                name: name.into(),
+                samples: samples.iter().map(|s| s.wall).collect(),
+                reference: Some((format!("2 x tar|{compressor}|{decompressor}|tar x"), round * 2)),
+                note: format!("client CPU {}, peak RSS {} KiB", seconds(cpu), max_rss(&samples)),
+            },
+            Row {
+                name: "  reference: tar c | tar x".into(),
+                samples: vec![plain],
+                reference: None,
+                note: String::new(),
+            },
+            Row {
+                name: "  reference: tar c | gzip -1".into(),
+                samples: vec![gzip],
+                reference: None,
+                note: String::new(),
+            },
+        ])
+    }
+
+    /// W5: the execute step of a job with REPO_URL, first (pip) versus repeated (cache).
+    fn environment_reuse(&self, repeats: usize) -> anyhow::Result<Row> {
+        let dir = self.scratch.join("w5");
+        let package = dir.join("pkg/benchtool");
+        std::fs::create_dir_all(&package)?;
+        std::fs::write(package.join("__init__.py"), "VALUE = 42\n")?;
+        let example = workspace_root().join("examples/cellchar/make_wheel.py");
+        run_quiet(
+            Command::new("python3").arg(example).arg(&package).args(["benchtool", "0.1.0"]).arg(dir.join("source")),
+        )?;
+        let repo_url = ["--REPO_URL", "benchtool=./source/benchtool-0.1.0-py3-none-any.whl"];
+        let command = "python -c 'import benchtool'";
+        let first = self.execute_time(&dir, &repo_url, command)?;
+        let repeated: Vec<Duration> =
+            (0..repeats).map(|_| self.execute_time(&dir, &repo_url, command)).collect::<anyhow::Result<_>>()?;
+        Ok(Row {
+            name: "W5 repeated job, execute step".into(),
+            samples: repeated,
+            reference: Some(("first run's execute step".into(), first)),
+            note: "same REPO_URL: the cached environment".into(),
+        })
+    }
+
+    /// The client's own timing of the execute step (`--verbose`).
+    fn execute_time(&self, dir: &Path, extra: &[&str], command: &str) -> anyhow::Result<Duration> {
+        let output = self.command(dir, extra, command).arg("--verbose").output()?;
+        if !output.status.success() {
+            bail!("the W5 job failed: {}", String::from_utf8_lossy(&output.stderr));
+        }
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let seconds = stderr
+            .lines()
+            .find_map(|line| line.strip_prefix("lrpymrpc: execute took ")?.split(' ').next()?.parse::<f64>().ok())
+            .context("no `execute took` line")?;
+        Ok(Duration::from_secs_f64(seconds))
+    }
+
+    fn command(&self, dir: &Path, extra: &[&str], command: &str) -> Command {
+        let mut client = Command::new(&self.client);
+        client
+            .current_dir(dir)
+            .env("LRPYMRPC_CONFIG", "")
+            .args(["--SERVER_IP", "127.0.0.1", "--SERVER_PORT", &self.port, "--TLS_CONFIG_DIR"])
+            .arg(&self.tls)
+            .args(["--SOURCE", "source", "--RESULT", "build", "--CMD", command, "--quiet"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        client
+    }
+
+    fn spawn_job(&self, dir: &Path, extra: &[&str], command: &str) -> anyhow::Result<std::process::Child> {
+        let mut client = self.command(dir, extra, command);
+        client.stderr(Stdio::null());
+        Ok(client.spawn()?)
+    }
+
+    fn job(&self, dir: &Path, extra: &[&str], command: &str) -> anyhow::Result<Sample> {
+        let start = Instant::now();
+        let child = self.spawn_job(dir, extra, command)?;
+        wait_sample(child, start)
+    }
+}
+
+/// Waits for a child with `wait4`, for its own CPU time and peak RSS.
+fn wait_sample(child: std::process::Child, start: Instant) -> anyhow::Result<Sample> {
+    let pid = i32::try_from(child.id())?;
+    let mut status = 0;
+    // SAFETY: rusage is plain data that wait4 fills in; `pid` is our own child, which
+    // std never waits for after this (the Child is dropped without waiting).
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let wall = start.elapsed();
+    if waited != pid {
+        bail!("wait4 failed: {}", std::io::Error::last_os_error());
+    }
+    if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
+        bail!("a benchmark job failed (wait status {status})");
+    }
+    let time = |t: libc::timeval| Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64);
+    Ok(Sample { wall, cpu: time(usage.ru_utime) + time(usage.ru_stime), max_rss_kib: usage.ru_maxrss as u64 })
+}
+
+fn run_quiet(command: &mut Command) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    let status = command.stdout(Stdio::null()).stderr(Stdio::null()).status()?;
+    if !status.success() {
+        bail!("{command:?} failed: {status}");
+    }
+    Ok(start.elapsed())
+}
+
+fn time_repeated(repeats: usize, mut once: impl FnMut() -> anyhow::Result<Duration>) -> anyhow::Result<Vec<Duration>> {
+    (0..repeats.max(1)).map(|_| once()).collect()
+}
+
+fn median(samples: &[Duration]) -> Duration {
+    let mut sorted = samples.to_vec();
+    sorted.sort();
+    sorted.get(sorted.len() / 2).copied().unwrap_or_default()
+}
+
+fn max_rss(samples: &[Sample]) -> u64 {
+    samples.iter().map(|s| s.max_rss_kib).max().unwrap_or(0)
+}
+
+fn seconds(duration: Duration) -> String {
+    if duration < Duration::from_secs(1) {
+        format!("{:.1} ms", duration.as_secs_f64() * 1000.0)
+    } else {
+        format!("{:.2} s", duration.as_secs_f64())
+    }
+}
+
+/// `files` files of `size` bytes in `top` x `middle` directories three levels deep,
+/// alternating compressible text and random bytes, from a fixed seed.
+fn generate(dir: &Path, files: usize, size: usize, top: usize, middle: usize) -> anyhow::Result<()> {
+    const WORDS: [&str; 16] = [
+        "cell", "delay", "slew", "load", "pin", "arc", "timing", "power", "leakage", "vdd", "vss", "nmos", "pmos",
+        "width", "length", "corner",
+    ];
+    let mut state: u64 = 0x5eed_1234_abcd_0001;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let per_leaf = files.div_ceil(top * middle).max(1);
+    let mut made = 0;
+    'outer: for a in 0..top {
+        for b in 0..middle {
+            let leaf = dir.join(format!("d{a}")).join(format!("e{b}"));
+            std::fs::create_dir_all(&leaf)?;
+            for c in 0..per_leaf {
+                if made == files {
+                    break 'outer;
+                }
+                let mut content = Vec::with_capacity(size);
+                if made % 2 == 0 {
+                    while content.len() < size {
+                        let word = WORDS[(next() % 16) as usize];
+                        content.extend_from_slice(word.as_bytes());
+                        content.push(if next() % 8 == 0 { b'\n' } else { b' ' });
+                    }
+                    content.truncate(size);
+                } else {
+                    while content.len() < size {
+                        content.extend_from_slice(&next().to_le_bytes());
+                    }
+                    content.truncate(size);
+                }
+                std::fs::File::create(leaf.join(format!("f{c}")))?.write_all(&content)?;
+                made += 1;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_table(rows: &[Row]) {
+    println!();
+    println!("| workload | median | min - max | reference | reference time | ratio | notes |");
+    println!("|---|---|---|---|---|---|---|");
+    for row in rows {
+        let med = median(&row.samples);
+        let min = row.samples.iter().min().copied().unwrap_or_default();
+        let max = row.samples.iter().max().copied().unwrap_or_default();
+        let (reference, time, ratio) = match &row.reference {
+            Some((name, time)) => {
+                (name.clone(), seconds(*time), format!("{:.2}x", med.as_secs_f64() / time.as_secs_f64().max(1e-9)))
+            }
+            None => (String::new(), String::new(), String::new()),
+        };
+        println!(
+            "| {} | {} | {} - {} | {reference} | {time} | {ratio} | {} |",
+            row.name,
+            seconds(med),
+            seconds(min),
+            seconds(max),
+            row.note
+        );
+    }
+}
