@@ -21,7 +21,7 @@ use clap::{ArgAction, Parser, Subcommand};
 /// Every option can also come from an environment variable (shown in brackets) or
 /// from the config file `$LRPYMRPC_CONFIG` (default `~/.config/lrpymrpc/config`,
 /// lines of `OPTION = value`); the command line wins over the environment, which
-/// wins over the file. Exit status: the remote command's; 101-105 and 124 are the
+/// wins over the file. Exit status: the remote command's; 101-105, 124, 130 and 143 are the
 /// client's own failures (see the README).
 #[derive(Debug, Clone, Parser)]
 #[command(

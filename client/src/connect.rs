@@ -31,6 +31,9 @@ const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 /// pings more frequent than every 5 minutes without data as abuse and hang up.
 const HTTP2_PING_INTERVAL: Duration = Duration::from_secs(300);
 
+/// HTTP/2 flow-control windows for what the server sends.
+const RECEIVE_WINDOW_BYTES: u32 = 512 * 1024;
+
 /// `host:port` as dialled, with brackets around IPv6 literals.
 pub fn authority(peer: &Peer) -> String {
     if peer.host.contains(':') {
@@ -48,7 +51,11 @@ pub async fn connect(target: &Peer) -> Result<Channel, ClientError> {
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_keepalive(Some(TCP_KEEPALIVE))
         .http2_keep_alive_interval(HTTP2_PING_INTERVAL)
-        .keep_alive_timeout(Duration::from_secs(20));
+        .keep_alive_timeout(Duration::from_secs(20))
+        // hyper's defaults (2 MiB per stream, 5 MiB per connection) let a fast server
+        // park megabytes of results in the client; 512 KiB still fills a LAN.
+        .initial_stream_window_size(RECEIVE_WINDOW_BYTES)
+        .initial_connection_window_size(RECEIVE_WINDOW_BYTES);
     let endpoint = match &target.tls {
         None => endpoint,
         Some(tls) => {

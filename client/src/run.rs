@@ -7,13 +7,13 @@ use std::io;
 use std::path::Path;
 use std::time::Duration;
 
-use lrpymrpc_archive::bridge::{CHANNEL_CHUNKS, ChunkReader, ChunkWriter};
+use lrpymrpc_archive::bridge::{ChunkReader, ChunkWriter};
 use lrpymrpc_archive::{
     Candidate, Limits, MtimePolicy, PackError, PackOptions, PackReport, PackRoot, UnpackOptions, UnpackReport,
     merge_tree, pack_tar_gz, unpack_tar_gz,
 };
 use lrpymrpc_proto::file_service_client::FileServiceClient;
-use lrpymrpc_proto::{CHUNK_SIZE, CheckRequest, DataChunk, DownloadRequest, ExecuteRequest, ExitStatus, OutputStream};
+use lrpymrpc_proto::{CheckRequest, DataChunk, DownloadRequest, ExecuteRequest, ExitStatus, OutputStream};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
@@ -34,6 +34,15 @@ const UPLOAD_GZIP_LEVEL: u32 = 1;
 /// The largest message accepted from the server; generous, since the Python
 /// server's chunk size is not public.
 const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Upload chunks: small enough that the few in flight (the one being filled, the
+/// queue, the one being encoded) keep the client's memory near 1 MiB, large enough
+/// that per-message costs do not show. Any size is valid on the wire.
+const UPLOAD_CHUNK_BYTES: usize = 256 * 1024;
+
+/// Chunks queued between the network and the packing or unpacking thread, each way.
+/// Results arrive in the server's chunk size (1 MiB from ours).
+const QUEUED_CHUNKS: usize = 2;
 
 /// The wait before the first retry; it doubles up to [`MAX_RETRY_DELAY`].
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(500);
@@ -170,7 +179,7 @@ async fn upload(
     roots: Vec<PackRoot>,
     out: &Output,
 ) -> Result<(String, PackReport), ClientError> {
-    let (chunk_tx, chunk_rx) = mpsc::channel(CHANNEL_CHUNKS);
+    let (chunk_tx, chunk_rx) = mpsc::channel(QUEUED_CHUNKS);
     let rules = job.rules.clone();
     // Bytes are counted as they go on the wire; files as they go into the archive.
     let progress = out.progress("upload");
@@ -183,7 +192,7 @@ async fn upload(
             progress.set_files(files.get());
         };
         let options = PackOptions { follow_symlinks: true, keep: &keep, on_file: &on_file, level: UPLOAD_GZIP_LEVEL };
-        let (report, writer) = pack_tar_gz(&roots, &options, ChunkWriter::new(chunk_tx, CHUNK_SIZE))?;
+        let (report, writer) = pack_tar_gz(&roots, &options, ChunkWriter::new(chunk_tx, UPLOAD_CHUNK_BYTES))?;
         writer.finish().map_err(PackError::Write)?;
         Ok::<_, PackError>(report)
     });
@@ -280,7 +289,7 @@ async fn download(
     let failed = |status| classify(Step::Download, &job.peer, status);
     let mut stream = client.download(request).await.map_err(failed)?.into_inner();
 
-    let (chunk_tx, chunk_rx) = mpsc::channel(CHANNEL_CHUNKS);
+    let (chunk_tx, chunk_rx) = mpsc::channel(QUEUED_CHUNKS);
     // The unpacking thread owns the staging directory and the move into place, so a
     // cancelled job (Ctrl-C drops this future) still removes it when the thread ends.
     let unpack = tokio::task::spawn_blocking(move || {

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tracing::{info, warn};
 
@@ -55,8 +55,7 @@ pub async fn run(
     let mut builder = Server::builder()
         .max_concurrent_streams(config.max_streams_per_connection)
         .http2_keepalive_interval(Some(config.keepalive_interval))
-        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-        .tcp_keepalive(Some(config.keepalive_interval));
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)));
     if let Some(tls) = &config.tls {
         let identity = Identity::from_pem(&tls.cert_pem, &tls.key_pem);
         // A client CA root makes client certificates mandatory: the handshake fails
@@ -70,7 +69,11 @@ pub async fn run(
     let reaper = tokio::spawn(reap_forever(state.clone()));
     let service = FileServiceServer::new(service::Service::new(state.clone()));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serve = builder.add_service(service).serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+    // serve_with_incoming ignores the builder's TCP settings: the incoming stream sets
+    // them. Without TCP_NODELAY, each small response waits out a delayed ACK (40 ms).
+    let incoming =
+        TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(Some(state.config.keepalive_interval));
+    let serve = builder.add_service(service).serve_with_incoming_shutdown(incoming, async {
         let _ = stopped.await;
     });
     tokio::pin!(serve);

@@ -99,7 +99,7 @@ impl Bench {
         let w1 = self.scratch.join("w1");
         generate(&w1.join("source"), 10, 1024, 1, 1)?;
         let w1_samples = (0..repeats * 2)
-            .map(|_| self.job(&w1, &[], "mkdir -p build && cp source/*/f0 build/"))
+            .map(|_| self.job(&w1, &[], "mkdir -p build && cp source/d0/e0/f0 build/"))
             .collect::<anyhow::Result<Vec<_>>>()?;
         rows.push(Row {
             name: "W1 small job, mutual TLS".into(),
@@ -117,7 +117,7 @@ impl Bench {
                         self.spawn_job(
                             &w1,
                             &["--RUN_NAME", &format!("run{n}")],
-                            "mkdir -p build && cp source/*/f0 build/",
+                            "mkdir -p build && cp source/d0/e0/f0 build/",
                         )
                     })
                     .collect::<anyhow::Result<_>>()?;
@@ -243,7 +243,7 @@ impl Bench {
             .env("LRPYMRPC_CONFIG", "")
             .args(["--SERVER_IP", "127.0.0.1", "--SERVER_PORT", &self.port, "--TLS_CONFIG_DIR"])
             .arg(&self.tls)
-            .args(["--SOURCE", "source", "--RESULT", "build", "--CMD", command, "--quiet"])
+            .args(["--SOURCE", "source", "--RESULT", "build", "--CMD", command])
             .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -251,9 +251,8 @@ impl Bench {
     }
 
     fn spawn_job(&self, dir: &Path, extra: &[&str], command: &str) -> anyhow::Result<std::process::Child> {
-        let mut client = self.command(dir, extra, command);
-        client.stderr(Stdio::null());
-        Ok(client.spawn()?)
+        // With --quiet, stderr holds errors only: a pipe's buffer is plenty.
+        Ok(self.command(dir, extra, command).arg("--quiet").spawn()?)
     }
 
     fn job(&self, dir: &Path, extra: &[&str], command: &str) -> anyhow::Result<Sample> {
@@ -264,7 +263,7 @@ impl Bench {
 }
 
 /// Waits for a child with `wait4`, for its own CPU time and peak RSS.
-fn wait_sample(child: std::process::Child, start: Instant) -> anyhow::Result<Sample> {
+fn wait_sample(mut child: std::process::Child, start: Instant) -> anyhow::Result<Sample> {
     let pid = i32::try_from(child.id())?;
     let mut status = 0;
     // SAFETY: rusage is plain data that wait4 fills in; `pid` is our own child, which
@@ -276,7 +275,11 @@ fn wait_sample(child: std::process::Child, start: Instant) -> anyhow::Result<Sam
         bail!("wait4 failed: {}", std::io::Error::last_os_error());
     }
     if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
-        bail!("a benchmark job failed (wait status {status})");
+        let mut stderr = String::new();
+        if let Some(pipe) = child.stderr.as_mut() {
+            let _ = std::io::Read::read_to_string(pipe, &mut stderr);
+        }
+        bail!("a benchmark job failed (wait status {status}): {stderr}");
     }
     let time = |t: libc::timeval| Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64);
     Ok(Sample { wall, cpu: time(usage.ru_utime) + time(usage.ru_stime), max_rss_kib: usage.ru_maxrss as u64 })
@@ -373,9 +376,11 @@ fn print_table(rows: &[Row]) {
             }
             None => (String::new(), String::new(), String::new()),
         };
+        // A `|` inside a cell would end it.
+        let reference = reference.replace('|', "\\|");
         println!(
             "| {} | {} | {} - {} | {reference} | {time} | {ratio} | {} |",
-            row.name,
+            row.name.replace('|', "\\|"),
             seconds(med),
             seconds(min),
             seconds(max),
