@@ -148,6 +148,10 @@ pub struct Args {
     #[arg(long, env = "LRPYMRPC_EXIT_STATUS_MARKER", value_parser = FalseyValueParser::new(), help_heading = "Beyond lrPymRPC")]
     pub exit_status_marker: bool,
 
+    /// gzip level of the upload, 0 (store) to 9 (smallest); 1 suits a LAN
+    #[arg(long, env = "LRPYMRPC_GZIP_LEVEL", value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=9), help_heading = "Beyond lrPymRPC")]
+    pub gzip_level: u32,
+
     /// Put results under DIR instead of the working directory (RUN_NAME still adds
     /// its subdirectory); for build systems whose outputs live elsewhere
     #[arg(long, env = "LRPYMRPC_RESULTS_DIR", value_name = "DIR", help_heading = "Beyond lrPymRPC")]

@@ -31,6 +31,8 @@ pub struct Job {
     pub result_dir: PathBuf,
     /// Skip the download when the remote command failed.
     pub no_results_on_failure: bool,
+    /// gzip level of the upload.
+    pub gzip_level: u32,
     pub workdir: PathBuf,
     /// Set with `--exit-status-marker`.
     pub exit_marker: Option<ExitMarker>,
@@ -85,6 +87,7 @@ impl Job {
             strict: args.strict,
             result_dir,
             no_results_on_failure: args.no_results_on_failure,
+            gzip_level: args.gzip_level,
             workdir,
             exit_marker: args.exit_status_marker.then(ExitMarker::new),
             timeout: args.timeout.map(|limit| (timeout_text, limit)),

@@ -27,10 +27,6 @@ use crate::source;
 
 type Client = FileServiceClient<Channel>;
 
-/// gzip level for uploads: level 1 compresses source text well at several times the
-/// speed of the default level, which matters more than ratio on a LAN.
-const UPLOAD_GZIP_LEVEL: u32 = 1;
-
 /// The largest message accepted from the server; generous, since the Python
 /// server's chunk size is not public.
 const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
@@ -181,6 +177,7 @@ async fn upload(
 ) -> Result<(String, PackReport), ClientError> {
     let (chunk_tx, chunk_rx) = mpsc::channel(QUEUED_CHUNKS);
     let rules = job.rules.clone();
+    let level = job.gzip_level;
     // Bytes are counted as they go on the wire; files as they go into the archive.
     let progress = out.progress("upload");
     let sent = progress.clone();
@@ -191,7 +188,7 @@ async fn upload(
             files.set(files.get() + 1);
             progress.set_files(files.get());
         };
-        let options = PackOptions { follow_symlinks: true, keep: &keep, on_file: &on_file, level: UPLOAD_GZIP_LEVEL };
+        let options = PackOptions { follow_symlinks: true, keep: &keep, on_file: &on_file, level };
         let (report, writer) = pack_tar_gz(&roots, &options, ChunkWriter::new(chunk_tx, UPLOAD_CHUNK_BYTES))?;
         writer.finish().map_err(PackError::Write)?;
         Ok::<_, PackError>(report)

@@ -261,3 +261,17 @@ fn completions_are_printed_for_each_shell() {
     }
     env.bare_client().args(["completions", "tcsh"]).assert().code(2);
 }
+
+#[test]
+fn the_upload_gzip_level_can_be_chosen_and_is_checked() {
+    let env = TestEnv::new();
+    env.write("source/data", "x".repeat(100_000));
+    for level in ["0", "9"] {
+        env.client()
+            .args(["--gzip-level", level, "--CMD", "mkdir build; wc -c < source/data > build/size"])
+            .assert()
+            .success();
+        assert_eq!(env.read("build/size"), b"100000\n");
+    }
+    env.client().args(["--gzip-level", "10"]).assert().code(2).stderr(predicate::str::contains("--gzip-level"));
+}
