@@ -259,17 +259,7 @@ fn reads_gnu_long_names_and_refuses_hostile_ones() {
 
     // A GNU long-name entry ('L') whose name climbs out.
     let evil = format!("{}../../x", "./".repeat(60));
-    let mut raw = Vec::new();
-    let mut longname = Header::new_gnu();
-    longname.as_gnu_mut().unwrap().name[..13].copy_from_slice(b"././@LongLink");
-    longname.set_entry_type(EntryType::GNULongName);
-    longname.set_size(evil.len() as u64 + 1);
-    longname.set_cksum();
-    raw.extend_from_slice(longname.as_bytes());
-    raw.extend_from_slice(evil.as_bytes());
-    raw.push(0);
-    raw.resize(raw.len().div_ceil(512) * 512, 0);
-    raw.extend_from_slice(&tar_bytes(&[file("placeholder", "evil")]));
+    let raw = crate::testing::gnu_long_name(&evil, "evil");
     let scene = Scene::new();
     assert_refused(scene.unpack(&gzip(&raw)), &evil);
     scene.assert_outside_untouched();
@@ -277,17 +267,7 @@ fn reads_gnu_long_names_and_refuses_hostile_ones() {
 
 #[test]
 fn pax_path_overrides_are_checked_too() {
-    let mut raw = Vec::new();
-    let record = "23 path=../escaped.txt\n";
-    let mut pax = Header::new_ustar();
-    pax.set_path("PaxHeaders/x").unwrap();
-    pax.set_entry_type(EntryType::XHeader);
-    pax.set_size(record.len() as u64);
-    pax.set_cksum();
-    raw.extend_from_slice(pax.as_bytes());
-    raw.extend_from_slice(record.as_bytes());
-    raw.resize(raw.len().div_ceil(512) * 512, 0);
-    raw.extend_from_slice(&tar_bytes(&[file("innocent", "evil")]));
+    let raw = crate::testing::pax_then_file(&[("path", "../escaped.txt")], "innocent", "evil");
     let scene = Scene::new();
     assert_refused(scene.unpack(&gzip(&raw)), "../escaped.txt");
     scene.assert_outside_untouched();

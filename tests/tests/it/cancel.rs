@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::env::TestEnv;
+use crate::env::{TestEnv, send_signal, wait_exit};
 
 /// A remote command that leaves a background process too, and says its process group.
 const TWO_SLEEPS: &str = "echo pgid=$$; sleep 1000 & sleep 1000";
@@ -47,20 +47,6 @@ fn live_members(pgid: i32) -> Vec<String> {
     live
 }
 
-fn wait_with_deadline(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            panic!("the client did not stop within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Waits until the group is empty; fails after `limit`.
 fn assert_group_gone_within(pgid: i32, since: Instant, limit: Duration) {
     loop {
@@ -83,9 +69,8 @@ fn signal_stops_the_job(signal: i32, expected_code: i32, name: &str) {
     env.write("source/x", "x");
     let (mut child, pgid) = start_two_sleeps(&env, &[]);
     let sent = Instant::now();
-    // SAFETY: kill with a live child's pid and a signal number has no memory effects.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
-    let status = wait_with_deadline(&mut child, Duration::from_secs(5));
+    send_signal(&child, signal);
+    let status = wait_exit(&mut child, Duration::from_secs(5));
     assert_eq!(status.code(), Some(expected_code), "exit status after {name}");
     assert_group_gone_within(pgid, sent, Duration::from_secs(2));
     let stderr = stderr_of(child);
@@ -107,7 +92,7 @@ fn the_timeout_stops_the_remote_process_tree_and_exits_124() {
     let env = TestEnv::new();
     env.write("source/x", "x");
     let (mut child, pgid) = start_two_sleeps(&env, &["--timeout", "2s"]);
-    let status = wait_with_deadline(&mut child, Duration::from_secs(10));
+    let status = wait_exit(&mut child, Duration::from_secs(10));
     let stopped = Instant::now();
     assert_eq!(status.code(), Some(124));
     assert_group_gone_within(pgid, stopped, Duration::from_secs(2));

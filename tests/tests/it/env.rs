@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use assert_cmd::Command;
 use lrpymrpc_certs::{Throwaway, loopback_names};
@@ -182,4 +183,55 @@ pub fn build_wheel(package_dir: &Path, name: &str, out_dir: &Path) -> PathBuf {
         .expect("python3 runs");
     assert!(output.status.success(), "make_wheel.py failed: {}", String::from_utf8_lossy(&output.stderr));
     PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
+}
+
+/// The real server binary on a free port, serving the fixture's job root with its TLS
+/// material; its log goes to `server.log` beside them. Returns it and its port.
+pub fn spawn_server_binary(env: &TestEnv, extra: &[&str]) -> (std::process::Child, u16) {
+    use std::io::{BufRead, BufReader};
+    let log = std::fs::File::create(env.root.path().join("server.log")).unwrap();
+    let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_lrpymrpc-e2e-mock-server"))
+        .args(["--listen", "127.0.0.1:0", "--root"])
+        .arg(&env.jobs)
+        .arg("--tls-dir")
+        .arg(&env.tls)
+        .args(extra)
+        .stdout(std::process::Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(server.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    let port = first.trim().rsplit(':').next().and_then(|p| p.parse().ok()).expect("listening on ADDR");
+    (server, port)
+}
+
+/// Sends `signal` to a child process.
+pub fn send_signal(child: &std::process::Child, signal: i32) {
+    // SAFETY: kill with a live child's pid and a signal number has no memory effects.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+}
+
+/// Waits for a child to exit; kills it and fails after `limit`.
+pub fn wait_exit(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            panic!("did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Polls `done` until it holds; fails after `limit`.
+pub fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "{what} within {limit:?}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use predicates::prelude::*;
 
-use crate::env::{TestEnv, names_in, pseudo_random};
+use crate::env::{TestEnv, names_in, pseudo_random, spawn_server_binary, wait_until};
 use crate::proxy::{Fault, FaultProxy};
 
 /// The fixture with its client pointed at a fault proxy in front of the server.
@@ -85,22 +85,7 @@ fn a_connection_cut_during_execute_is_not_retried() {
 #[test]
 fn a_server_killed_mid_job_fails_the_client_and_its_job_is_swept_at_restart() {
     let mut env = TestEnv::bare();
-    let spawn_server = |env: &TestEnv| {
-        let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_lrpymrpc-e2e-mock-server"))
-            .args(["--listen", "127.0.0.1:0", "--root"])
-            .arg(&env.jobs)
-            .arg("--tls-dir")
-            .arg(&env.tls)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut first = String::new();
-        BufReader::new(server.stdout.take().unwrap()).read_line(&mut first).unwrap();
-        let port: u16 = first.trim().rsplit(':').next().unwrap().parse().unwrap();
-        (server, port)
-    };
-    let (mut server, port) = spawn_server(&env);
+    let (mut server, port) = spawn_server_binary(&env, &[]);
     env.set_addr(([127, 0, 0, 1], port).into());
     env.write("source/x", "x");
     let mut client = env.client_std();
@@ -120,12 +105,8 @@ fn a_server_killed_mid_job_fails_the_client_and_its_job_is_swept_at_restart() {
     assert!(stderr.contains("execute failed: lost the connection"), "{stderr}");
     assert!(!env.job_dirs().is_empty(), "the killed server left its job behind");
 
-    let (mut restarted, _) = spawn_server(&env);
-    let start = std::time::Instant::now();
-    while !env.job_dirs().is_empty() {
-        assert!(start.elapsed() < Duration::from_secs(5), "not swept: {:?}", env.job_dirs());
-        std::thread::sleep(Duration::from_millis(25));
-    }
+    let (mut restarted, _) = spawn_server_binary(&env, &[]);
+    wait_until(Duration::from_secs(5), "the orphaned job is swept", || env.job_dirs().is_empty());
     restarted.kill().unwrap();
     restarted.wait().unwrap();
 }

@@ -3,12 +3,10 @@
 //! memory go back to their idle level. Slow: runs when `LRPYMRPC_SLOW_TESTS` is set
 //! (`.ci/run` sets it).
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::env::TestEnv;
+use crate::env::{TestEnv, spawn_server_binary};
 
 fn slow_tests_enabled(name: &str) -> bool {
     let enabled = std::env::var_os("LRPYMRPC_SLOW_TESTS").is_some_and(|v| !v.is_empty() && v != "0");
@@ -66,28 +64,13 @@ fn usage(pid: u32) -> Usage {
     Usage { open_files, rss_kib }
 }
 
-fn spawn_server(env: &TestEnv, max_jobs: &str) -> (Child, u16) {
-    let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_lrpymrpc-e2e-mock-server"))
-        .args(["--listen", "127.0.0.1:0", "--max-jobs", max_jobs, "--finished-grace", "100ms", "--root"])
-        .arg(&env.jobs)
-        .arg("--tls-dir")
-        .arg(&env.tls)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut first = String::new();
-    BufReader::new(server.stdout.take().unwrap()).read_line(&mut first).unwrap();
-    (server, first.trim().rsplit(':').next().unwrap().parse().unwrap())
-}
-
 #[test]
 fn sixty_four_concurrent_jobs_are_served_or_refused_and_nothing_leaks() {
     if !slow_tests_enabled("sixty_four_concurrent_jobs_are_served_or_refused_and_nothing_leaks") {
         return;
     }
     let mut env = TestEnv::bare();
-    let (mut server, port) = spawn_server(&env, "8");
+    let (mut server, port) = spawn_server_binary(&env, &["--max-jobs", "8", "--finished-grace", "100ms"]);
     env.set_addr(([127, 0, 0, 1], port).into());
     env.write("source/x", "x");
     let job = |index: usize| {

@@ -4,14 +4,14 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use lrpymrpc_certs::{Ca, layout, write_pair};
 use lrpymrpc_proto::{DataChunk, ExecuteRequest};
 use predicates::prelude::*;
 
-use crate::env::{TestEnv, build_wheel};
+use crate::env::{TestEnv, build_wheel, send_signal, spawn_server_binary, wait_exit, wait_until};
 
 /// A client TLS directory beside the fixture's, with `pair` as the client certificate.
 fn client_dir_with(env: &TestEnv, name: &str, pair: &lrpymrpc_certs::Pair) -> std::path::PathBuf {
@@ -113,14 +113,6 @@ fn a_command_that_prints_nothing_for_too_long_is_stopped() {
         .stderr(predicate::str::contains("printed nothing for 0.5 s"));
 }
 
-fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < limit, "{what} within {limit:?}");
-        std::thread::sleep(Duration::from_millis(25));
-    }
-}
-
 #[test]
 fn job_directories_go_after_their_results_were_fetched_and_forgotten_ones_after_their_ttl() {
     let mut env = TestEnv::configured(|config| {
@@ -156,14 +148,14 @@ fn job_directories_go_after_their_results_were_fetched_and_forgotten_ones_after_
 #[test]
 fn at_start_the_server_sweeps_only_the_job_directories_it_marked() {
     let env = TestEnv::bare();
-    let orphan = uuid_like("0b9f1c8e-7d2a-4c55-9a0e-2f6d3b8c1a11");
+    let orphan = "0b9f1c8e-7d2a-4c55-9a0e-2f6d3b8c1a11".to_string();
     std::fs::create_dir_all(env.jobs.join(&orphan).join("deep")).unwrap();
     std::fs::write(env.jobs.join(format!("{orphan}.lrpymrpc-job")), "").unwrap();
     let outside = env.root.path().join("outside");
     std::fs::create_dir_all(&outside).unwrap();
     std::fs::write(outside.join("precious"), "keep").unwrap();
     std::os::unix::fs::symlink(&outside, env.jobs.join(&orphan).join("link")).unwrap();
-    let unmarked = uuid_like("5a1e2d3c-4b5a-4697-8877-665544332211");
+    let unmarked = "5a1e2d3c-4b5a-4697-8877-665544332211".to_string();
     std::fs::create_dir(env.jobs.join(&unmarked)).unwrap();
     let tls = lrpymrpc_mock_server::TlsMaterial::from_dir(&env.tls).unwrap();
     let jobs = env.jobs.clone();
@@ -173,51 +165,10 @@ fn at_start_the_server_sweeps_only_the_job_directories_it_marked() {
     assert_eq!(std::fs::read_to_string(outside.join("precious")).unwrap(), "keep", "links are not followed");
 }
 
-fn uuid_like(text: &str) -> String {
-    text.to_string()
-}
-
-/// The real server binary on a free port; returns it and its address.
-fn spawn_server(env: &TestEnv, extra: &[&str]) -> (Child, u16) {
-    let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_lrpymrpc-e2e-mock-server"))
-        .args(["--listen", "127.0.0.1:0", "--root"])
-        .arg(&env.jobs)
-        .arg("--tls-dir")
-        .arg(&env.tls)
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut first = String::new();
-    BufReader::new(server.stdout.take().unwrap()).read_line(&mut first).unwrap();
-    let port = first.trim().rsplit(':').next().and_then(|p| p.parse().ok()).expect("listening on ADDR");
-    (server, port)
-}
-
-fn signal(child: &Child, signal: i32) {
-    // SAFETY: kill with a live child's pid and a signal number has no memory effects.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
-}
-
-fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            panic!("did not exit within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn sigterm_lets_a_short_job_finish_logs_json_and_exits_zero() {
     let mut env = TestEnv::bare();
-    let (mut server, port) = spawn_server(&env, &["--shutdown-grace", "10s", "--log-format", "json"]);
+    let (mut server, port) = spawn_server_binary(&env, &["--shutdown-grace", "10s", "--log-format", "json"]);
     env.set_addr(([127, 0, 0, 1], port).into());
     env.write("source/x", "x");
     let mut client = env.client_std();
@@ -225,12 +176,11 @@ fn sigterm_lets_a_short_job_finish_logs_json_and_exits_zero() {
         client.args(["--CMD", "echo started; sleep 1; echo finished"]).stdout(Stdio::piped()).spawn().unwrap();
     let mut lines = BufReader::new(client.stdout.take().unwrap()).lines();
     assert!(lines.by_ref().map(Result::unwrap).any(|line| line.ends_with("]:started")));
-    signal(&server, libc::SIGTERM);
+    send_signal(&server, libc::SIGTERM);
     assert!(lines.map(Result::unwrap).any(|line| line.ends_with("]:finished")), "the running job finished");
     assert!(wait_exit(&mut client, Duration::from_secs(15)).success(), "and its results came back");
     assert!(wait_exit(&mut server, Duration::from_secs(15)).success());
-    let mut log = String::new();
-    std::io::Read::read_to_string(&mut server.stderr.take().unwrap(), &mut log).unwrap();
+    let log = std::fs::read_to_string(env.root.path().join("server.log")).unwrap();
     let upload = log.lines().find(|l| l.contains("upload unpacked")).unwrap_or_else(|| panic!("{log}"));
     assert!(upload.starts_with('{') && upload.ends_with('}'), "a JSON object per line: {upload}");
     assert!(upload.contains(r#""cn":"e2e-user""#) && upload.contains(r#""fingerprint":"sha256:"#), "{upload}");
@@ -240,7 +190,7 @@ fn sigterm_lets_a_short_job_finish_logs_json_and_exits_zero() {
 #[test]
 fn after_the_shutdown_grace_running_commands_are_stopped() {
     let mut env = TestEnv::bare();
-    let (mut server, port) = spawn_server(&env, &["--shutdown-grace", "1s"]);
+    let (mut server, port) = spawn_server_binary(&env, &["--shutdown-grace", "1s"]);
     env.set_addr(([127, 0, 0, 1], port).into());
     env.write("source/x", "x");
     let mut client = env.client_std();
@@ -257,7 +207,7 @@ fn after_the_shutdown_grace_running_commands_are_stopped() {
         .find_map(|line| line.split_once("]:pgid=").map(|(_, id)| id.trim().parse().unwrap()))
         .unwrap();
     let sent = Instant::now();
-    signal(&server, libc::SIGTERM);
+    send_signal(&server, libc::SIGTERM);
     assert!(wait_exit(&mut server, Duration::from_secs(10)).success(), "exit 0 after stopping the job");
     assert!(sent.elapsed() >= Duration::from_secs(1), "the grace was given");
     assert!(!wait_exit(&mut client, Duration::from_secs(10)).success(), "the stopped job is not a success");
