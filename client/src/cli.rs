@@ -152,6 +152,14 @@ pub struct Args {
     #[arg(long, env = "LRPYMRPC_GZIP_LEVEL", value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=9), help_heading = "Beyond lrPymRPC")]
     pub gzip_level: u32,
 
+    /// Refuse results that decompress to more bytes than this (a gzip bomb stops here)
+    #[arg(long, env = "LRPYMRPC_MAX_RESULT_BYTES", value_name = "BYTES", default_value_t = lrpymrpc_archive::Limits::DEFAULT.max_bytes, help_heading = "Beyond lrPymRPC")]
+    pub max_result_bytes: u64,
+
+    /// Refuse results with more files and directories than this
+    #[arg(long, env = "LRPYMRPC_MAX_RESULT_ENTRIES", value_name = "N", default_value_t = lrpymrpc_archive::Limits::DEFAULT.max_entries, help_heading = "Beyond lrPymRPC")]
+    pub max_result_entries: u64,
+
     /// Put results under DIR instead of the working directory (RUN_NAME still adds
     /// its subdirectory); for build systems whose outputs live elsewhere
     #[arg(long, env = "LRPYMRPC_RESULTS_DIR", value_name = "DIR", help_heading = "Beyond lrPymRPC")]

@@ -33,6 +33,8 @@ pub struct Job {
     pub no_results_on_failure: bool,
     /// gzip level of the upload.
     pub gzip_level: u32,
+    /// Caps on what a download may unpack.
+    pub result_limits: lrpymrpc_archive::Limits,
     pub workdir: PathBuf,
     /// Set with `--exit-status-marker`.
     pub exit_marker: Option<ExitMarker>,
@@ -88,6 +90,11 @@ impl Job {
             result_dir,
             no_results_on_failure: args.no_results_on_failure,
             gzip_level: args.gzip_level,
+            result_limits: lrpymrpc_archive::Limits {
+                max_bytes: args.max_result_bytes,
+                max_entries: args.max_result_entries,
+                ..lrpymrpc_archive::Limits::DEFAULT
+            },
             workdir,
             exit_marker: args.exit_status_marker.then(ExitMarker::new),
             timeout: args.timeout.map(|limit| (timeout_text, limit)),

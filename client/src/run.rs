@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use lrpymrpc_archive::bridge::{ChunkReader, ChunkWriter};
 use lrpymrpc_archive::{
-    Candidate, Limits, MtimePolicy, PackError, PackOptions, PackReport, PackRoot, UnpackOptions, UnpackReport,
-    merge_tree, pack_tar_gz, unpack_tar_gz,
+    Candidate, MtimePolicy, PackError, PackOptions, PackReport, PackRoot, UnpackOptions, UnpackReport, merge_tree,
+    pack_tar_gz, unpack_tar_gz,
 };
 use lrpymrpc_proto::file_service_client::FileServiceClient;
 use lrpymrpc_proto::{CheckRequest, DataChunk, DownloadRequest, ExecuteRequest, ExitStatus, OutputStream};
@@ -275,6 +275,7 @@ async fn download(
     out: &Output,
 ) -> Result<UnpackReport, ClientError> {
     let dest = job.result_dir.clone();
+    let limits = job.result_limits;
     let local = |what: &str, path: &Path, error: io::Error| ClientError::Results {
         message: format!("cannot {what} `{}`: {error}", path.display()),
     };
@@ -290,7 +291,7 @@ async fn download(
     // The unpacking thread owns the staging directory and the move into place, so a
     // cancelled job (Ctrl-C drops this future) still removes it when the thread ends.
     let unpack = tokio::task::spawn_blocking(move || {
-        let options = UnpackOptions { limits: Limits::DEFAULT, mtime: MtimePolicy::Now };
+        let options = UnpackOptions { limits, mtime: MtimePolicy::Now };
         let report = unpack_tar_gz(ChunkReader::new(chunk_rx), staging.path(), &options)
             .map_err(|e| ClientError::Results { message: e.to_string() })?;
         merge_tree(staging.path(), &dest).map_err(|e| ClientError::Results { message: e.to_string() })?;
