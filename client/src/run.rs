@@ -87,6 +87,10 @@ pub async fn run(job: &Job, out: &Output) -> Result<(), ClientError> {
         out.note(
             "the remote command failed: results not fetched (--no-results-on-failure); earlier ones are as they were",
         );
+        // A Check for no paths tells the server nothing will be fetched, so it can
+        // remove the job now; a server that takes it otherwise changes nothing.
+        let done = CheckRequest { unique_id: unique_id.clone(), result_dir: String::new() };
+        let _ = client.clone().check(done).await;
         out.status("Finish.");
         return reported.outcome().unwrap_or(Ok(()));
     }

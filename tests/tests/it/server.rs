@@ -117,11 +117,15 @@ fn a_command_that_prints_nothing_for_too_long_is_stopped() {
 fn job_directories_go_after_their_results_were_fetched_and_forgotten_ones_after_their_ttl() {
     let mut env = TestEnv::configured(|config| {
         config.finished_grace = Duration::from_millis(200);
-        config.job_ttl = Duration::from_millis(800);
+        config.job_ttl = Duration::from_secs(3);
     });
     env.write("source/x", "x");
     env.client().args(["--CMD", "mkdir build; echo r > build/r"]).assert().success();
-    wait_until(Duration::from_secs(5), "the finished job is removed", || env.job_dirs().is_empty());
+    wait_until(Duration::from_millis(2500), "the finished job is removed", || env.job_dirs().is_empty());
+    // A failed job whose results the client does not want is finished too, well
+    // before its time-to-live.
+    env.client().args(["--CMD", "exit 4", "--no-results-on-failure"]).assert().code(4);
+    wait_until(Duration::from_millis(2500), "the failed job is removed", || env.job_dirs().is_empty());
 
     // An upload nobody comes back for.
     let (addr, tls) = (env.addr, env.tls.clone());
@@ -134,7 +138,7 @@ fn job_directories_go_after_their_results_were_fetched_and_forgotten_ones_after_
         client.upload(tokio_stream::iter([DataChunk { data: archive }])).await.unwrap().into_inner().unique_id
     });
     assert!(env.job_dirs().contains(&id));
-    wait_until(Duration::from_secs(5), "the forgotten job is removed", || env.job_dirs().is_empty());
+    wait_until(Duration::from_secs(10), "the forgotten job is removed", || env.job_dirs().is_empty());
     // And its id is then unknown.
     let (addr, tls) = (env.addr, env.tls.clone());
     let status = env.runtime().block_on(async move {
