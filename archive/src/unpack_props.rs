@@ -75,13 +75,10 @@ proptest! {
 
     #[test]
     fn nothing_outside_the_destination_changes(entries in prop::collection::vec(entry(), 1..8)) {
-        let root = tempfile::tempdir().unwrap();
-        let dest = root.path().join("dest");
-        let canary = root.path().join("canary");
-        fs::create_dir(&dest).unwrap();
-        fs::create_dir(&canary).unwrap();
-        fs::write(canary.join("keep"), "untouched").unwrap();
-        let before = snapshot(root.path());
+        let scene = super::tests::Scene::new();
+        let (dest, canary) = (&scene.dest, &scene.canary);
+        let root = dest.parent().unwrap();
+        let before = snapshot(root);
 
         // Absolute names point into the canary, where an escape would land.
         let rooted = |p: &str| if let Some(rest) = p.strip_prefix('/') { format!("{}/{rest}", canary.display()) } else { p.to_string() };
@@ -101,11 +98,11 @@ proptest! {
             .collect();
         let archive = gzip(&tar_bytes(&raws));
         let options = UnpackOptions { limits: Limits::DEFAULT, mtime: MtimePolicy::FromArchive };
-        let _ = unpack_tar_gz(&archive[..], &dest, &options);
+        let _ = unpack_tar_gz(&archive[..], dest, &options);
 
-        let after: Vec<_> = snapshot(root.path()).into_iter().filter(|(p, _, _)| !Path::new(p).starts_with(&dest)).collect();
-        let before: Vec<_> = before.into_iter().filter(|(p, _, _)| !Path::new(p).starts_with(&dest)).collect();
-        let dest_meta = fs::symlink_metadata(&dest).unwrap();
+        let after: Vec<_> = snapshot(root).into_iter().filter(|(p, _, _)| !Path::new(p).starts_with(dest)).collect();
+        let before: Vec<_> = before.into_iter().filter(|(p, _, _)| !Path::new(p).starts_with(dest)).collect();
+        let dest_meta = fs::symlink_metadata(dest).unwrap();
         prop_assert!(dest_meta.is_dir(), "the destination itself was replaced");
         prop_assert_eq!(after, before);
     }

@@ -10,14 +10,14 @@ use super::*;
 use crate::testing::{dir, file, gzip, hardlink, special, symlink, tar_bytes};
 
 /// A destination with a canary directory beside it holding one file.
-struct Scene {
+pub(super) struct Scene {
     _root: tempfile::TempDir,
-    dest: PathBuf,
-    canary: PathBuf,
+    pub(super) dest: PathBuf,
+    pub(super) canary: PathBuf,
 }
 
 impl Scene {
-    fn new() -> Scene {
+    pub(super) fn new() -> Scene {
         let root = tempfile::tempdir().unwrap();
         let dest = root.path().join("dest");
         let canary = root.path().join("canary");

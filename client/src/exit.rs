@@ -15,6 +15,9 @@
 //! | 130 | Ctrl-C (SIGINT); the remote job was stopped |
 //! | 143 | SIGTERM; the remote job was stopped |
 //!
+//! `lrpymrpc tls check` uses 101 for a problem with the TLS files and 102 for one with
+//! the server ([`for_tls_check`]).
+//!
 //! Numbers start at 101, like distcc's, to stay clear of the small codes that remote
 //! commands use.
 
@@ -118,6 +121,17 @@ pub fn for_error(error: &ClientError) -> ExitCode {
         }
         ClientError::TimedOut { .. } => 124,
     })
+}
+
+/// The exit code of `lrpymrpc tls check`: 0 when everything is usable, else the code of
+/// a local input problem (101) for the files, or of an unreachable or refusing server
+/// (102) when only the server check failed.
+pub fn for_tls_check(file_problems: usize, server_problems: usize) -> ExitCode {
+    match (file_problems, server_problems) {
+        (0, 0) => ExitCode::SUCCESS,
+        (0, _) => ExitCode::from(102),
+        _ => ExitCode::from(101),
+    }
 }
 
 /// The exit code after clap printed help, the version, or a usage error.

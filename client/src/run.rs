@@ -82,8 +82,9 @@ pub async fn run(job: &Job, out: &Output) -> Result<(), ClientError> {
     out.begin(Step::Execute);
     let reported = execute(&mut client.clone(), job, &unique_id, out).await?;
     out.end("");
+    let remote_outcome = reported.outcome();
 
-    if job.no_results_on_failure && matches!(reported.outcome(), Some(Err(_))) {
+    if job.no_results_on_failure && matches!(remote_outcome, Some(Err(_))) {
         out.note(
             "the remote command failed: results not fetched (--no-results-on-failure); earlier ones are as they were",
         );
@@ -92,7 +93,7 @@ pub async fn run(job: &Job, out: &Output) -> Result<(), ClientError> {
         let done = CheckRequest { unique_id: unique_id.clone(), result_dir: String::new() };
         let _ = client.clone().check(done).await;
         out.status("Finish.");
-        return reported.outcome().unwrap_or(Ok(()));
+        return remote_outcome.unwrap_or(Ok(()));
     }
     out.status("Check result.");
     out.begin(Step::Check);
@@ -117,7 +118,7 @@ pub async fn run(job: &Job, out: &Output) -> Result<(), ClientError> {
         out.status("Download data is not exist.");
     }
     out.status("Finish.");
-    match reported.outcome() {
+    match remote_outcome {
         Some(outcome) => outcome,
         None if job.exit_marker.is_some() => {
             out.warn(

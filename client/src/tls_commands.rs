@@ -11,7 +11,7 @@ use lrpymrpc_certs::inspect::Summary;
 use lrpymrpc_certs::{layout, request, write_private, write_public};
 
 use crate::connect::{Peer, connect, is_name_mismatch};
-use crate::exit::ClientError;
+use crate::exit::{self, ClientError};
 use crate::server_cert::{self, name_mismatch_hint};
 use crate::tls::{self, expand_tilde};
 
@@ -69,18 +69,19 @@ impl Findings {
 
     fn local_problem(&mut self, text: &str, hint: Option<&str>) {
         self.local_problems += 1;
-        println!("error: {text}");
-        if let Some(hint) = hint {
-            println!("hint: {hint}");
-        }
+        print_problem(text, hint);
     }
 
     fn server_problem(&mut self, text: &str, hint: Option<&str>) {
         self.server_problems += 1;
-        println!("error: {text}");
-        if let Some(hint) = hint {
-            println!("hint: {hint}");
-        }
+        print_problem(text, hint);
+    }
+}
+
+fn print_problem(text: &str, hint: Option<&str>) {
+    println!("error: {text}");
+    if let Some(hint) = hint {
+        println!("hint: {hint}");
     }
 }
 
@@ -92,7 +93,7 @@ pub fn check(dir_arg: &str, server: Option<&str>) -> ExitCode {
         Ok(tls) => tls,
         Err(error) => {
             findings.local_problem(&error.to_string(), error.hint());
-            return ExitCode::from(101);
+            return exit::for_tls_check(findings.local_problems, findings.server_problems);
         }
     };
     check_files(&tls, &mut findings);
@@ -102,14 +103,10 @@ pub fn check(dir_arg: &str, server: Option<&str>) -> ExitCode {
             Err(message) => findings.local_problem(&message, Some("give --server HOST:PORT, e.g. 10.0.0.5:8766")),
         }
     }
-    match (findings.local_problems, findings.server_problems) {
-        (0, 0) => {
-            println!("usable: yes");
-            ExitCode::SUCCESS
-        }
-        (0, _) => ExitCode::from(102),
-        _ => ExitCode::from(101),
+    if findings.local_problems + findings.server_problems == 0 {
+        println!("usable: yes");
     }
+    exit::for_tls_check(findings.local_problems, findings.server_problems)
 }
 
 fn check_files(tls: &tls::ClientTls, findings: &mut Findings) {

@@ -13,14 +13,14 @@
 //! `tar c | tar x`, `tar c | gzip -1`, and the `tar c | pigz -1 | gunzip | tar x` round
 //! trip (twice: our job moves the bytes up and down), with gzip when pigz is missing.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use duct::cmd;
 
+use crate::deployment::{self, Binaries, MockServer};
 use crate::workspace_root;
 
 /// What one run of the client cost.
@@ -39,38 +39,13 @@ pub struct Options {
 }
 
 pub fn run(options: Options) -> anyhow::Result<()> {
-    let root = workspace_root();
     eprintln!("xtask bench: building release binaries");
-    cmd!("cargo", "build", "--release", "--quiet", "--bin", "lrpymrpc", "--bin", "lrpymrpc-mock-server")
-        .dir(&root)
-        .run()
-        .context("cargo build --release failed")?;
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
-    let client = target.join("release/lrpymrpc");
-    let server = target.join("release/lrpymrpc-mock-server");
-
+    let Binaries { client, server } = deployment::build(true)?;
     let scratch = tempfile::Builder::new().prefix("lrpymrpc-bench-").tempdir()?;
-    let tls = scratch.path().join("tls");
-    let jobs = scratch.path().join("jobs");
-    std::fs::create_dir_all(&jobs)?;
-    lrpymrpc_certs::Throwaway::new("bench", &lrpymrpc_certs::loopback_names())?.write(&tls)?;
-    let mut server_process = Command::new(&server)
-        .args(["--listen", "127.0.0.1:0", "--max-jobs", "32", "--root"])
-        .arg(&jobs)
-        .arg("--tls-dir")
-        .arg(&tls)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting the mock server")?;
-    let mut first = String::new();
-    BufReader::new(server_process.stdout.take().context("server stdout")?).read_line(&mut first)?;
-    let port = first.trim().rsplit(':').next().context("listening on ADDR")?.to_string();
-    let bench = Bench { client, tls, port, scratch: scratch.path().to_path_buf() };
-    let outcome = bench.all(options);
-    let _ = server_process.kill();
-    let _ = server_process.wait();
-    outcome
+    let (tls, jobs) = deployment::certificates_and_root(scratch.path(), "bench")?;
+    let server = MockServer::start(&server, &jobs, &tls, &["--max-jobs", "32"])?;
+    let bench = Bench { client, tls, port: server.port().to_string(), scratch: scratch.path().to_path_buf() };
+    bench.all(options)
 }
 
 struct Bench {

@@ -2,31 +2,21 @@
 //! throwaway certificates, starts the mock server with mutual TLS on a free loopback
 //! port, runs the client on a copy of `examples/cellchar`, and shows the results.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 
 use anyhow::{Context, bail};
 use duct::cmd;
 
+use crate::deployment::{self, Binaries, MockServer};
 use crate::workspace_root;
 
 pub fn run() -> anyhow::Result<()> {
     let root = workspace_root();
     eprintln!("xtask demo: building the client and the mock server");
-    cmd!("cargo", "build", "--quiet", "--bin", "lrpymrpc", "--bin", "lrpymrpc-mock-server")
-        .dir(&root)
-        .run()
-        .context("cargo build failed")?;
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), Into::into);
-    let client = target.join("debug").join("lrpymrpc");
-    let server = target.join("debug").join("lrpymrpc-mock-server");
-
+    let Binaries { client, server } = deployment::build(false)?;
     let scratch = tempfile::Builder::new().prefix("lrpymrpc-demo-").tempdir()?;
-    let tls = scratch.path().join("tls");
-    let jobs = scratch.path().join("jobs");
+    let (tls, jobs) = deployment::certificates_and_root(scratch.path(), "demo-user")?;
     let work = scratch.path().join("work");
-    std::fs::create_dir_all(&jobs)?;
-    lrpymrpc_certs::Throwaway::new("demo-user", &lrpymrpc_certs::loopback_names())?.write(&tls)?;
 
     let example = root.join("examples").join("cellchar");
     copy_dir(&example.join("cells"), &work.join("cells"))?;
@@ -37,24 +27,15 @@ pub fn run() -> anyhow::Result<()> {
         .run()
         .context("building the example wheel failed")?;
 
-    let handle = cmd!(&server, "--listen", "127.0.0.1:0", "--root", &jobs, "--tls-dir", &tls)
-        .stderr_null()
-        .reader()
-        .context("starting the mock server failed")?;
-    let mut first_line = String::new();
-    BufReader::new(&handle).read_line(&mut first_line)?;
-    let Some(address) = first_line.trim().strip_prefix("listening on ") else {
-        bail!("the mock server did not say where it listens (got `{}`)", first_line.trim());
-    };
-    let (host, port) = address.rsplit_once(':').context("listening address without a port")?;
-    eprintln!("xtask demo: mock server listening on {address} (mutual TLS)\n");
+    let server = MockServer::start(&server, &jobs, &tls, &[])?;
+    eprintln!("xtask demo: mock server listening on {} (mutual TLS)\n", server.address);
 
     let status = cmd!(
         &client,
         "--SERVER_IP",
-        host,
+        "127.0.0.1",
         "--SERVER_PORT",
-        port,
+        server.port(),
         "--TLS_CONFIG_DIR",
         &tls,
         "--REPO_URL",
@@ -69,7 +50,7 @@ pub fn run() -> anyhow::Result<()> {
     .dir(&work)
     .unchecked()
     .run()?;
-    handle.kill()?;
+    drop(server);
     if !status.status.success() {
         bail!("the client failed ({})", status.status);
     }

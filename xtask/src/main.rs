@@ -5,6 +5,7 @@
 
 mod bench;
 mod demo;
+mod deployment;
 
 use std::path::PathBuf;
 
