@@ -1,13 +1,15 @@
 //! The one place that owns the archive format and the archive-safety policy of
 //! lrpymrpc: packing a tar.gz as a stream ([`pack`]), unpacking a hostile one without
 //! letting any entry escape its destination ([`unpack`]), moving a finished unpack
-//! into place ([`merge`]), and the single bridge between these blocking `Read`/`Write`
+//! into place ([`merge`]), packing a job's results without following links
+//! ([`results`]), and the single bridge between these blocking `Read`/`Write`
 //! pipelines and the async gRPC streams ([`bridge`]). Client and server both use it.
 
 pub mod bridge;
 pub mod merge;
 pub mod pack;
 pub mod paths;
+pub mod results;
 #[doc(hidden)]
 pub mod testing;
 pub mod unpack;
@@ -15,4 +17,5 @@ pub mod unpack;
 pub use merge::{MergeError, merge_tree};
 pub use pack::{Candidate, PackError, PackOptions, PackReport, PackRoot, pack_tar_gz};
 pub use paths::{NameError, find_below, sanitize_relative};
+pub use results::pack_results_tar_gz;
 pub use unpack::{Limits, MtimePolicy, UnpackError, UnpackOptions, UnpackReport, unpack_tar_gz};

@@ -212,15 +212,20 @@ impl<W: Write> Packer<'_, W> {
 /// A header carrying only what the peer needs: type, permission bits (never
 /// setuid, setgid or sticky), size and modification time. No owner names or ids.
 fn header_for(kind: EntryType, meta: &Metadata, size: u64) -> Header {
+    bare_header(kind, meta.permissions().mode(), size, meta.mtime())
+}
+
+/// The same from the raw parts, for callers that have a `stat` rather than `Metadata`.
+pub(crate) fn bare_header(kind: EntryType, mode: u32, size: u64, mtime: i64) -> Header {
     let mut header = Header::new_gnu();
     header.set_entry_type(kind);
-    header.set_mode(meta.permissions().mode() & 0o777);
+    header.set_mode(mode & 0o777);
     header.set_size(size);
-    header.set_mtime(meta.mtime().max(0) as u64);
+    header.set_mtime(mtime.max(0) as u64);
     header
 }
 
-fn read_error(path: &Path, source: io::Error) -> PackError {
+pub(crate) fn read_error(path: &Path, source: io::Error) -> PackError {
     PackError::Read { path: path.to_path_buf(), source }
 }
 
@@ -228,14 +233,14 @@ fn read_error(path: &Path, source: io::Error) -> PackError {
 /// packed must fail rather than produce an entry shorter than its header says.
 /// It also records whether reading failed, so that a failed write of the archive (a
 /// closed network stream) is not blamed on the file.
-struct ExactSize<R> {
-    inner: R,
-    remaining: u64,
-    failed: Option<ReadFailure>,
+pub(crate) struct ExactSize<R> {
+    pub(crate) inner: R,
+    pub(crate) remaining: u64,
+    pub(crate) failed: Option<ReadFailure>,
 }
 
 #[derive(Debug, Clone, Copy)]
-enum ReadFailure {
+pub(crate) enum ReadFailure {
     Shrank,
     Io,
 }

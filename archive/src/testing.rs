@@ -158,6 +158,11 @@ pub fn hostile_cases(outside: &str) -> Vec<HostileCase> {
         tar_bytes(&[dir("d"), symlink("d/cur", "."), symlink("d/par", "cur/.."), file("d/par/x", "evil")]),
         Expect::Refused,
     );
+    add(
+        "x -> d/../../y while d does not exist, then d -> .. (a chain judged on the final tree)",
+        tar_bytes(&[symlink("q/r/x", "d/../../y"), symlink("q/r/d", "..")]),
+        Expect::Refused,
+    );
     add("a link to the destination itself", tar_bytes(&[symlink("self", ".")]), Expect::Refused);
     add("hard link to an absolute path", tar_bytes(&[hardlink("h", &keep)]), Expect::Refused);
     add("hard link that climbs out", tar_bytes(&[hardlink("h", "../canary/keep")]), Expect::Refused);

@@ -6,9 +6,14 @@
 //! - names must be relative, without `..` (see [`crate::paths`]);
 //! - no entry is written through a symbolic link: every parent directory on the way
 //!   to an entry must be a real directory;
-//! - a symbolic link's target must be relative and, followed one component at a time
-//!   from the link's directory, stay strictly inside the destination without passing
-//!   through another link;
+//! - symbolic links are created last, once every other entry is in place, and each is
+//!   judged against that final tree: its target must be relative and, followed one
+//!   component at a time from the link's directory, stay strictly inside the
+//!   destination (inside the allowed paths, when [`UnpackOptions::only`] names them)
+//!   without passing through any link, one of the archive's own included, whatever
+//!   order the archive put them in (`x -> d/../../y` before `d -> ..` is refused);
+//! - with [`UnpackOptions::only`], entries outside the paths asked for are refused
+//!   (their parent directories may appear as directory entries);
 //! - a hard link must point at a regular file already unpacked inside the destination;
 //! - only files, directories and links are accepted (no devices, FIFOs, sparse files);
 //! - setuid, setgid and sticky bits and ownership are dropped;
@@ -16,7 +21,7 @@
 //!
 //! tar-rs's own `unpack` is not used: its checks are best-effort by its own account.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, DirBuilder, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
@@ -52,10 +57,13 @@ pub enum MtimePolicy {
     Now,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct UnpackOptions {
     pub limits: Limits,
     pub mtime: MtimePolicy,
+    /// When set, the only paths (sanitized, relative) an entry may be at or below:
+    /// the RESULT paths a client asked for. `None` accepts any path (uploads).
+    pub only: Option<Vec<PathBuf>>,
 }
 
 #[derive(Debug, Default)]
@@ -98,13 +106,20 @@ impl UnpackError {
 pub fn unpack_tar_gz<R: Read>(input: R, dest: &Path, options: &UnpackOptions) -> Result<UnpackReport, UnpackError> {
     let capped = CappedReader { inner: GzDecoder::new(input), remaining: options.limits.max_bytes };
     let mut archive = tar::Archive::new(capped);
-    let mut unpacker =
-        Unpacker { dest, options, report: UnpackReport::default(), real_dirs: HashSet::new(), entries: 0 };
+    let mut unpacker = Unpacker {
+        dest,
+        options,
+        report: UnpackReport::default(),
+        real_dirs: HashSet::new(),
+        entries: 0,
+        links: BTreeMap::new(),
+    };
     let entries = archive.entries().map_err(|e| malformed(e, options))?;
     for entry in entries {
         let entry = entry.map_err(|e| malformed(e, options))?;
         unpacker.entry(entry)?;
     }
+    unpacker.create_links()?;
     let report = unpacker.report;
     // Read to the end, so that a truncated gzip stream or a bad checksum is caught
     // and trailing data after the end-of-archive blocks is refused.
@@ -138,6 +153,9 @@ struct Unpacker<'a> {
     /// Directories below `dest` already known to be real directories, not links.
     real_dirs: HashSet<PathBuf>,
     entries: u64,
+    /// Symbolic links to create once everything else is in place: path -> (target,
+    /// the entry's name as shown in errors).
+    links: BTreeMap<PathBuf, (Vec<u8>, String)>,
 }
 
 impl Unpacker<'_> {
@@ -165,6 +183,13 @@ impl Unpacker<'_> {
                 _ => Err(refuse("the name means the destination itself".into())),
             };
         }
+        match self.allowed(&rel) {
+            Allowed::Yes => {}
+            Allowed::AsParentDirectory if kind == EntryType::Directory => return Ok(()),
+            Allowed::AsParentDirectory | Allowed::No => {
+                return Err(refuse("it is not below any of the paths asked for".into()));
+            }
+        }
         let mode = entry.header().mode().map_err(UnpackError::Malformed)? & 0o777;
         let mtime = match self.options.mtime {
             MtimePolicy::FromArchive => entry.header().mtime().ok(),
@@ -183,11 +208,11 @@ impl Unpacker<'_> {
             }
             EntryType::Symlink => {
                 let target = entry.link_name_bytes().ok_or_else(|| refuse("symbolic link without a target".into()))?;
+                // Judged now against what came before, and again at the end against
+                // the final tree, when it is created.
                 self.check_symlink_target(&rel, &target).map_err(&refuse)?;
-                let path = self.slot_for_non_directory(&rel).map_err(&refuse)?;
-                std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&target), &path)
-                    .map_err(|source| UnpackError::Write { path, source })?;
-                self.report.links += 1;
+                self.slot_for_non_directory(&rel).map_err(&refuse)?;
+                self.links.insert(rel, (target.into_owned(), shown.clone()));
             }
             EntryType::Link => {
                 let target = entry.link_name_bytes().ok_or_else(|| refuse("hard link without a target".into()))?;
@@ -198,7 +223,7 @@ impl Unpacker<'_> {
                     return Err(refuse("hard link to itself".into()));
                 }
                 let path = self.slot_for_non_directory(&rel).map_err(&refuse)?;
-                fs::hard_link(&target_path, &path).map_err(|source| UnpackError::Write { path, source })?;
+                fs::hard_link(&target_path, &path).map_err(|source| self.write_error(&path, source))?;
                 self.report.links += 1;
             }
             EntryType::Char => return Err(refuse("character devices are not unpacked".into())),
@@ -220,6 +245,8 @@ impl Unpacker<'_> {
             _ => self.dest.to_path_buf(),
         };
         let path = parent.join(rel.file_name().ok_or("the name has no last component")?);
+        // A later entry of the same name replaces a link not yet created.
+        self.links.remove(rel);
         match fs::symlink_metadata(&path) {
             Ok(meta) if meta.is_dir() => Err("a directory of the same name is in the way".into()),
             Ok(_) => {
@@ -239,6 +266,9 @@ impl Unpacker<'_> {
         for (index, component) in rel.components().enumerate() {
             path.push(component);
             so_far.push(component);
+            if self.links.contains_key(&so_far) {
+                return Err(format!("`{}` is a symbolic link; nothing is written through links", so_far.display()));
+            }
             if self.real_dirs.contains(&path) {
                 continue;
             }
@@ -270,7 +300,7 @@ impl Unpacker<'_> {
         mode: u32,
         mtime: Option<u64>,
     ) -> Result<u64, UnpackError> {
-        let write_error = |source| UnpackError::Write { path: path.to_path_buf(), source };
+        let write_error = |source| self.write_error(path, source);
         // `create_new` (O_EXCL) never follows a link that might have appeared meanwhile.
         let mut file =
             OpenOptions::new().write(true).create_new(true).mode(mode | 0o600).open(path).map_err(write_error)?;
@@ -314,8 +344,11 @@ impl Unpacker<'_> {
                 }
                 Component::Normal(_) => {
                     resolved.push(component);
-                    let on_disk: PathBuf = self.dest.join(resolved.iter().collect::<PathBuf>());
-                    if fs::symlink_metadata(&on_disk).is_ok_and(|m| m.file_type().is_symlink()) {
+                    let so_far: PathBuf = resolved.iter().collect();
+                    let on_disk = self.dest.join(&so_far);
+                    if self.links.contains_key(&so_far)
+                        || fs::symlink_metadata(&on_disk).is_ok_and(|m| m.file_type().is_symlink())
+                    {
                         return Err(format!("symbolic link target `{shown}` passes through another link"));
                     }
                 }
@@ -327,7 +360,50 @@ impl Unpacker<'_> {
         if resolved.is_empty() {
             return Err(format!("symbolic link target `{shown}` is the destination itself"));
         }
+        if self.allowed(&resolved.iter().collect::<PathBuf>()) != Allowed::Yes {
+            return Err(format!("symbolic link target `{shown}` is not below any of the paths asked for"));
+        }
         Ok(())
+    }
+
+    /// Creates the links held back, each judged again against the final tree (every
+    /// other entry in place, every other link known).
+    fn create_links(&mut self) -> Result<(), UnpackError> {
+        let links = std::mem::take(&mut self.links);
+        // Judged with all of them pending, so none may pass through another.
+        self.links =
+            links.iter().map(|(rel, (target, shown))| (rel.clone(), (target.clone(), shown.clone()))).collect();
+        for (rel, (target, shown)) in &links {
+            let refuse = |reason: String| UnpackError::Refused { entry: shown.clone(), reason };
+            self.check_symlink_target(rel, target).map_err(refuse)?;
+        }
+        self.links.clear();
+        for (rel, (target, _)) in links {
+            let path = self.dest.join(&rel);
+            std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&target), &path)
+                .map_err(|source| self.write_error(&path, source))?;
+            self.report.links += 1;
+        }
+        Ok(())
+    }
+
+    /// Whether `rel` may be unpacked under [`UnpackOptions::only`].
+    fn allowed(&self, rel: &Path) -> Allowed {
+        let Some(only) = &self.options.only else { return Allowed::Yes };
+        if only.iter().any(|root| rel.starts_with(root)) {
+            Allowed::Yes
+        } else if only.iter().any(|root| root.starts_with(rel)) {
+            Allowed::AsParentDirectory
+        } else {
+            Allowed::No
+        }
+    }
+
+    /// A write error naming the path relative to the destination, never the absolute
+    /// path (a server's error must not reveal where its jobs live).
+    fn write_error(&self, path: &Path, source: io::Error) -> UnpackError {
+        let path = path.strip_prefix(self.dest).unwrap_or(path).to_path_buf();
+        UnpackError::Write { path, source }
     }
 
     /// The full path of `rel` if it is a regular file already inside `dest`, reached
@@ -349,6 +425,15 @@ impl Unpacker<'_> {
         }
         Ok(path)
     }
+}
+
+/// Where an entry stands against [`UnpackOptions::only`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Allowed {
+    Yes,
+    /// A directory above a path asked for: created, nothing else.
+    AsParentDirectory,
+    No,
 }
 
 /// Counts decompressed bytes and fails with `FileTooLarge` past the limit, so a

@@ -13,7 +13,7 @@ use super::*;
 use crate::testing::{Raw, gzip, tar_bytes};
 
 fn segment() -> impl Strategy<Value = &'static str> {
-    prop::sample::select(vec!["a", "b", "l", "..", ".", "", "canary", "keep"])
+    prop::sample::select(vec!["a", "b", "l", "d", "..", "..", ".", "", "canary", "keep"])
 }
 
 /// Names and link targets: 1 to 4 segments, sometimes absolute.
@@ -97,7 +97,7 @@ proptest! {
             })
             .collect();
         let archive = gzip(&tar_bytes(&raws));
-        let options = UnpackOptions { limits: Limits::DEFAULT, mtime: MtimePolicy::FromArchive };
+        let options = UnpackOptions { limits: Limits::DEFAULT, mtime: MtimePolicy::FromArchive, only: None };
         let _ = unpack_tar_gz(&archive[..], dest, &options);
 
         let after: Vec<_> = snapshot(root).into_iter().filter(|(p, _, _)| !Path::new(p).starts_with(dest)).collect();
@@ -105,5 +105,50 @@ proptest! {
         let dest_meta = fs::symlink_metadata(dest).unwrap();
         prop_assert!(dest_meta.is_dir(), "the destination itself was replaced");
         prop_assert_eq!(after, before);
+    }
+
+    /// Two downloads into one directory, each unpacked into a staging directory and
+    /// merged: nothing outside changes, and every link left resolves inside.
+    #[test]
+    fn two_downloads_merged_into_one_directory_stay_inside(
+        first in prop::collection::vec(entry(), 1..8),
+        second in prop::collection::vec(entry(), 1..8),
+    ) {
+        let scene = super::tests::Scene::new();
+        let (dest, canary) = (&scene.dest, &scene.canary);
+        let root = dest.parent().unwrap();
+        let before: Vec<_> = snapshot(root).into_iter().filter(|(p, _, _)| !Path::new(p).starts_with(dest)).collect();
+        let rooted = |p: &str| if let Some(rest) = p.strip_prefix('/') { format!("{}/{rest}", canary.display()) } else { p.to_string() };
+        for entries in [&first, &second] {
+            let names: Vec<String> = entries.iter().map(|e| rooted(&e.name)).collect();
+            let targets: Vec<String> = entries.iter().map(|e| rooted(&e.target)).collect();
+            let raws: Vec<Raw<'_>> = entries
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| names[*i].len() <= 100 && targets[*i].len() <= 100 && !names[*i].contains(".staging"))
+                .map(|(i, e)| Raw {
+                    name: names[i].as_bytes(),
+                    kind: e.kind,
+                    link: if matches!(e.kind, EntryType::Symlink | EntryType::Link) { targets[i].as_bytes() } else { b"" },
+                    data: if e.kind == EntryType::Regular { b"evil" } else { b"" },
+                    mode: 0o777,
+                })
+                .collect();
+            let staging = dest.join(".staging");
+            fs::create_dir(&staging).unwrap();
+            let options = UnpackOptions { limits: Limits::DEFAULT, mtime: MtimePolicy::Now, only: None };
+            if unpack_tar_gz(&gzip(&tar_bytes(&raws))[..], &staging, &options).is_ok() {
+                let _ = crate::merge_tree(&staging, dest);
+            }
+            fs::remove_dir_all(&staging).unwrap();
+        }
+        let after: Vec<_> = snapshot(root).into_iter().filter(|(p, _, _)| !Path::new(p).starts_with(dest)).collect();
+        prop_assert_eq!(after, before);
+        let inside = fs::canonicalize(dest).unwrap();
+        for (path, content, _) in snapshot(dest) {
+            if let (true, Ok(resolved)) = (content.starts_with("-> "), fs::canonicalize(&path)) {
+                prop_assert!(resolved.starts_with(&inside), "{} resolves to {}", path, resolved.display());
+            }
+        }
     }
 }

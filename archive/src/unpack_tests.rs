@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use tar::{EntryType, Header};
 
 use super::*;
+use crate::merge_tree;
 use crate::testing::{dir, file, gzip, hardlink, special, symlink, tar_bytes};
 
 /// A destination with a canary directory beside it holding one file.
@@ -32,7 +33,7 @@ impl Scene {
     }
 
     fn unpack_with(&self, archive: &[u8], limits: Limits) -> Result<UnpackReport, UnpackError> {
-        let options = UnpackOptions { limits, mtime: MtimePolicy::FromArchive };
+        let options = UnpackOptions { limits, mtime: MtimePolicy::FromArchive, only: None };
         unpack_tar_gz(archive, &self.dest, &options)
     }
 
@@ -280,6 +281,79 @@ fn two_archives_cannot_cooperate_to_escape() {
     scene.unpack(&gzip(&tar_bytes(&[dir("d"), symlink("l", "d")]))).unwrap();
     assert_refused(scene.unpack(&gzip(&tar_bytes(&[file("l/x", "through")]))), "l/x");
     assert!(!scene.dest.join("d/x").exists());
+    scene.assert_outside_untouched();
+}
+
+#[test]
+fn links_are_judged_against_the_final_tree_whatever_the_order() {
+    // `x` looks fine while `d` does not exist; `d -> ..` then makes it climb out.
+    let scene = Scene::new();
+    let archive = gzip(&tar_bytes(&[symlink("out/a/x", "d/../../y"), symlink("out/a/d", "..")]));
+    assert_refused(scene.unpack(&archive), "out/a/x");
+    assert!(fs::read_dir(scene.dest.join("out/a")).unwrap().next().is_none(), "no link was created");
+    scene.assert_outside_untouched();
+}
+
+#[test]
+fn with_only_entries_outside_the_paths_asked_for_are_refused() {
+    let only = Some(vec![PathBuf::from("out"), PathBuf::from("logs/run1")]);
+    let unpack = |scene: &Scene, entries: &[crate::testing::Raw<'_>]| {
+        let options = UnpackOptions { limits: Limits::DEFAULT, mtime: MtimePolicy::Now, only: only.clone() };
+        unpack_tar_gz(&gzip(&tar_bytes(entries))[..], &scene.dest, &options)
+    };
+    let scene = Scene::new();
+    let report = unpack(&scene, &[dir("logs"), dir("logs/run1"), file("out/a", "a"), file("logs/run1/l", "l")]);
+    assert_eq!(report.unwrap().files, 2);
+    for (bad, entries) in [
+        ("Makefile", vec![file("out/a", "a"), file("Makefile", "all:\n\tevil")]),
+        (".git/hooks/pre-commit", vec![file(".git/hooks/pre-commit", "evil")]),
+        ("logs/other", vec![file("logs/other", "evil")]),
+        ("logs", vec![file("logs", "a file where a parent directory may be")]),
+        ("out/l", vec![symlink("out/l", "../Makefile")]),
+    ] {
+        let scene = Scene::new();
+        assert_refused(unpack(&scene, &entries), bad);
+        assert!(!scene.dest.join("Makefile").exists() && !scene.dest.join(".git").exists());
+    }
+}
+
+#[test]
+fn merging_never_follows_a_link_already_there() {
+    let scene = Scene::new();
+    let staging = scene.dest.join(".staging");
+    fs::create_dir_all(staging.join("out/x")).unwrap();
+    fs::write(staging.join("out/x/evil"), "through the link").unwrap();
+    fs::create_dir(scene.dest.join("out")).unwrap();
+    std::os::unix::fs::symlink(&scene.canary, scene.dest.join("out/x")).unwrap();
+    merge_tree(&staging, &scene.dest).unwrap();
+    assert!(fs::symlink_metadata(scene.dest.join("out/x")).unwrap().is_dir(), "the link was replaced");
+    assert_eq!(fs::read_to_string(scene.dest.join("out/x/evil")).unwrap(), "through the link");
+    fs::remove_dir_all(&staging).unwrap();
+    scene.assert_outside_untouched();
+}
+
+#[test]
+fn two_downloads_cannot_chain_links_across_a_merge() {
+    let download = |scene: &Scene, entries: &[crate::testing::Raw<'_>]| {
+        let staging = scene.dest.join(".staging");
+        fs::create_dir(&staging).unwrap();
+        let options = UnpackOptions { limits: Limits::DEFAULT, mtime: MtimePolicy::Now, only: None };
+        let result = unpack_tar_gz(&gzip(&tar_bytes(entries))[..], &staging, &options)
+            .map_err(|e| e.to_string())
+            .and_then(|_| merge_tree(&staging, &scene.dest).map_err(|e| e.to_string()));
+        fs::remove_dir_all(&staging).unwrap();
+        result
+    };
+    // A new link through an old one, and an old link through a new one.
+    let scene = Scene::new();
+    download(&scene, &[symlink("out/a/x", "d/../../y")]).unwrap();
+    let error = download(&scene, &[symlink("out/a/d", "..")]).unwrap_err();
+    assert!(error.contains("`out/a/d`") && error.contains("`out/a/x` already there"), "{error}");
+    assert!(fs::symlink_metadata(scene.dest.join("out/a/d")).is_err());
+    let scene = Scene::new();
+    download(&scene, &[dir("out/a"), symlink("out/a/d", "..")]).unwrap();
+    let error = download(&scene, &[symlink("out/a/x", "d/../../y")]).unwrap_err();
+    assert!(error.contains("`out/a/x`") && error.contains("through the link `out/a/d`"), "{error}");
     scene.assert_outside_untouched();
 }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use lrpymrpc_archive::bridge::{ChunkReader, ChunkWriter};
 use lrpymrpc_archive::{
     Candidate, MtimePolicy, PackError, PackOptions, PackReport, PackRoot, UnpackOptions, UnpackReport, merge_tree,
-    pack_tar_gz, unpack_tar_gz,
+    pack_tar_gz, sanitize_relative, unpack_tar_gz,
 };
 use lrpymrpc_proto::file_service_client::FileServiceClient;
 use lrpymrpc_proto::{CheckRequest, DataChunk, DownloadRequest, ExecuteRequest, ExitStatus, OutputStream};
@@ -295,8 +295,11 @@ async fn download(
     let (chunk_tx, chunk_rx) = mpsc::channel(QUEUED_CHUNKS);
     // The unpacking thread owns the staging directory and the move into place, so a
     // cancelled job (Ctrl-C drops this future) still removes it when the thread ends.
+    // Only what was asked for may land: a hostile server's `Makefile` or
+    // `.git/hooks/pre-commit` beside the results is refused.
+    let only = job.results.iter().filter_map(|name| sanitize_relative(name.as_bytes()).ok()).collect();
     let unpack = tokio::task::spawn_blocking(move || {
-        let options = UnpackOptions { limits, mtime: MtimePolicy::Now };
+        let options = UnpackOptions { limits, mtime: MtimePolicy::Now, only: Some(only) };
         let report = unpack_tar_gz(ChunkReader::new(chunk_rx), staging.path(), &options)
             .map_err(|e| ClientError::Results { message: e.to_string() })?;
         merge_tree(staging.path(), &dest).map_err(|e| ClientError::Results { message: e.to_string() })?;
