@@ -30,7 +30,24 @@ pub fn ca_cert(dir: &Path) -> PathBuf {
     dir.join("ca").join("ca.crt")
 }
 
+/// The CA's private key: in a directory beside the serving directory `dir`
+/// (`DIR.ca-private/ca.key`), never in it, so nothing that can read what the server
+/// serves from (a job, a backup of the serving directory) can mint certificates.
 pub fn ca_key(dir: &Path) -> PathBuf {
+    ca_private_dir(dir).join("ca.key")
+}
+
+/// `DIR.ca-private/`, beside `dir`.
+pub fn ca_private_dir(dir: &Path) -> PathBuf {
+    let dir = std::fs::canonicalize(dir).or_else(|_| std::path::absolute(dir)).unwrap_or_else(|_| dir.to_path_buf());
+    let mut name = dir.file_name().unwrap_or_default().to_os_string();
+    name.push(".ca-private");
+    dir.with_file_name(name)
+}
+
+/// Where earlier versions kept the CA key: inside the serving directory. Still read,
+/// and warned about.
+pub fn legacy_ca_key(dir: &Path) -> PathBuf {
     dir.join("ca").join("ca.key")
 }
 

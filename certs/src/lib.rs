@@ -92,28 +92,38 @@ impl Ca {
         params
     }
 
-    /// The CA kept in a server TLS directory (`DIR/ca/ca.crt`, `DIR/ca/ca.key`).
+    /// The CA of a server TLS directory: `DIR/ca/ca.crt` and the key beside the
+    /// directory ([`layout::ca_key`]), or inside it where earlier versions put it.
     pub fn load(dir: &Path) -> Result<Ca, CertError> {
         let read = |path: PathBuf| fs::read_to_string(&path).map_err(|source| CertError::Read { path, source });
         let cert_pem = read(layout::ca_cert(dir))?;
-        let key_pem = read(layout::ca_key(dir))?;
+        let key_path = match layout::ca_key(dir) {
+            path if !path.exists() && layout::legacy_ca_key(dir).exists() => layout::legacy_ca_key(dir),
+            path => path,
+        };
+        let key_pem = read(key_path.clone())?;
         let key = KeyPair::from_pem(&key_pem)
-            .map_err(|e| CertError::Parse(format!("`{}` is not a private key: {e}", layout::ca_key(dir).display())))?;
+            .map_err(|e| CertError::Parse(format!("`{}` is not a private key: {e}", key_path.display())))?;
         let summary = inspect::Summary::from_pem(&cert_pem)
             .map_err(|e| CertError::Parse(format!("`{}`: {e}", layout::ca_cert(dir).display())))?;
         if !summary.is_ca || !summary.matches_key(&key_pem)? {
             return Err(CertError::Parse(format!(
                 "`{}` is not a CA certificate for the key in `{}`",
                 layout::ca_cert(dir).display(),
-                layout::ca_key(dir).display()
+                key_path.display()
             )));
         }
         let issuer = Issuer::from_ca_cert_pem(&cert_pem, key)?;
         Ok(Ca { pair: Pair { cert_pem, key_pem }, issuer })
     }
 
-    /// Writes the CA into a server TLS directory; the key 0600.
+    /// Writes the CA certificate into a server TLS directory and its key (0600, in a
+    /// 0700 directory) beside it ([`layout::ca_key`]).
     pub fn write(&self, dir: &Path) -> Result<(), CertError> {
+        let private = layout::ca_private_dir(dir);
+        std::os::unix::fs::DirBuilderExt::mode(fs::DirBuilder::new().recursive(true), 0o700)
+            .create(&private)
+            .map_err(|source| CertError::Write { path: private.clone(), source })?;
         write_pair(&self.pair, &layout::ca_cert(dir), &layout::ca_key(dir))
     }
 }

@@ -50,6 +50,10 @@ pub fn check_request(pem: &str) -> Result<CheckedRequest, CertError> {
         .filter(|cn| !cn.is_empty())
         .ok_or_else(|| refuse("it has no CN in its subject"))?
         .to_string();
+    // A CN lands in logs and messages: no line breaks, escapes or other controls.
+    if cn.chars().any(char::is_control) {
+        return Err(refuse("its CN contains control characters (line breaks, escapes)"));
+    }
     for extension in parsed.requested_extensions().into_iter().flatten() {
         match extension {
             ParsedExtension::BasicConstraints(constraints) if constraints.ca => {
