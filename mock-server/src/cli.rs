@@ -47,10 +47,19 @@ struct Args {
     /// start without it)
     #[arg(long, help_heading = "Who may run what")]
     sandbox: bool,
+    /// Let sandboxed commands use the network (pip always may, to reach the index)
+    #[arg(long, requires = "sandbox", help_heading = "Who may run what")]
+    sandbox_network: bool,
 
     /// Jobs at once (from Upload until the command ended); beyond: RESOURCE_EXHAUSTED
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=4096), help_heading = "Limits")]
     max_jobs: u32,
+    /// Of those, how many one client certificate may hold (default: all of them)
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4096), help_heading = "Limits")]
+    max_jobs_per_cn: Option<u32>,
+    /// An upload that sends nothing for this long is abandoned and its slot freed
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration, help_heading = "Limits")]
+    upload_idle_timeout: Duration,
     /// Decompressed bytes of one upload
     #[arg(long, default_value_t = Limits::DEFAULT.max_bytes, help_heading = "Limits")]
     max_upload_bytes: u64,
@@ -86,6 +95,10 @@ struct Args {
     /// Build a fresh Python environment for every job instead of sharing one per REPO_URL
     #[arg(long, help_heading = "Python environments")]
     no_env_cache: bool,
+    /// Share cached environments between client certificates (CNs). A job then runs in
+    /// an environment another user's job built, from the same pinned REPO_URL
+    #[arg(long, help_heading = "Python environments")]
+    share_env_cache: bool,
     /// Size bound of the environment cache in bytes; least recently used go first
     #[arg(long, default_value_t = 8 << 30, help_heading = "Python environments")]
     env_cache_max_bytes: u64,
@@ -167,7 +180,7 @@ fn dispatch() -> anyhow::Result<()> {
 
 fn ca_init(dir: &Path, names: &[String], force: bool) -> anyhow::Result<()> {
     let ca_key = layout::ca_key(dir);
-    if ca_key.exists() && !force {
+    if (ca_key.exists() || layout::legacy_ca_key(dir).exists()) && !force {
         anyhow::bail!(
             "`{}` exists; refusing to replace a CA key (every certificate it signed would stop working)\n\
              hint: add --force to replace it, or give another DIR",
@@ -184,6 +197,7 @@ fn ca_init(dir: &Path, names: &[String], force: bool) -> anyhow::Result<()> {
     println!("  give users:        {} (they put it at ~/.tls/tls_lrpymrpc/ca/ca.crt)", layout::ca_cert(dir).display());
     println!("  sign their CSRs:   lrpymrpc-mock-server ca sign client.csr --ca {}", dir.display());
     println!("  keep private:      {} and {}", ca_key.display(), layout::server_key(dir).display());
+    println!("  the CA key is kept beside `{}`, not in it: the server never reads it", dir.display());
     Ok(())
 }
 
@@ -215,6 +229,14 @@ fn serve(args: Args) -> anyhow::Result<()> {
         Some(dir) => Some(TlsMaterial::from_dir(dir).with_context(|| format!("--tls-dir `{}`", dir.display()))?),
         None => None,
     };
+    if let Some(key) = args.tls_dir.as_deref().map(layout::legacy_ca_key).filter(|key| key.exists()) {
+        tracing::warn!(
+            "the CA key `{}` is in the serving directory: whatever can read it can mint client certificates; \
+             move it to `{}` (where `ca sign` looks first)",
+            key.display(),
+            layout::ca_key(args.tls_dir.as_deref().unwrap_or(Path::new("."))).display()
+        );
+    }
     let root = args.root.clone().unwrap_or_else(std::env::temp_dir);
     if !root.is_dir() {
         anyhow::bail!("--root `{}` is not a directory", root.display());
@@ -242,6 +264,8 @@ fn serve(args: Args) -> anyhow::Result<()> {
             max_depth: args.max_upload_depth,
         },
         max_jobs: args.max_jobs as usize,
+        max_jobs_per_cn: args.max_jobs_per_cn.unwrap_or(args.max_jobs) as usize,
+        upload_idle_timeout: args.upload_idle_timeout,
         job_timeout: args.job_timeout,
         idle_timeout: args.idle_timeout,
         job_ttl: args.job_ttl,
@@ -251,6 +275,8 @@ fn serve(args: Args) -> anyhow::Result<()> {
         tls_handshake_timeout: args.handshake_timeout,
         env_cache: !args.no_env_cache,
         env_cache_max_bytes: args.env_cache_max_bytes,
+        share_env_cache: args.share_env_cache,
+        sandbox_network: args.sandbox_network,
         sandbox,
         legacy_protocol: args.legacy_protocol,
         ..Config::new(root, tls)

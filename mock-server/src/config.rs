@@ -24,8 +24,12 @@ pub struct Config {
     pub allowed_cns: Option<HashSet<String>>,
     /// Decompressed bytes, entries and depth of one upload.
     pub upload_limits: Limits,
-    /// Jobs at once: from Upload until their command ended.
+    /// Jobs at once: from Upload until their command ended, and each later command.
     pub max_jobs: usize,
+    /// Of those, how many one certificate may hold.
+    pub max_jobs_per_cn: usize,
+    /// An upload that sends nothing for this long is abandoned and its slot freed.
+    pub upload_idle_timeout: Duration,
     /// The longest a command may run.
     pub job_timeout: Duration,
     /// The longest a command may print nothing.
@@ -46,6 +50,10 @@ pub struct Config {
     pub env_cache: bool,
     /// The cache's size bound; least recently used environments go first.
     pub env_cache_max_bytes: u64,
+    /// Share cached environments between certificates (CNs), not only within one.
+    pub share_env_cache: bool,
+    /// Let sandboxed commands use the network (pip always may).
+    pub sandbox_network: bool,
     /// Run pip and the command inside bubblewrap, checked to work at start.
     pub sandbox: Option<crate::sandbox::Sandbox>,
     /// Answer Execute exactly as a server predating the protocol extension does:
@@ -63,6 +71,8 @@ impl Config {
             allowed_cns: None,
             upload_limits: Limits::DEFAULT,
             max_jobs: 16,
+            max_jobs_per_cn: 16,
+            upload_idle_timeout: Duration::from_secs(60),
             job_timeout: Duration::from_secs(24 * 3600),
             idle_timeout: Duration::from_secs(4 * 3600),
             job_ttl: Duration::from_secs(3600),
@@ -73,6 +83,8 @@ impl Config {
             keepalive_interval: Duration::from_secs(60),
             env_cache: true,
             env_cache_max_bytes: 8 << 30,
+            share_env_cache: false,
+            sandbox_network: false,
             sandbox: None,
             legacy_protocol: false,
         }

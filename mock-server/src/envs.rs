@@ -1,10 +1,16 @@
 //! Python environments shared between jobs with the same REPO_URL, so a repeated job
-//! skips pip entirely. The key is the normalized mapping (items sorted, empties
-//! dropped) plus the SHA-256 of every local file it names (a wheel uploaded with the
-//! job), so a changed wheel gets a new environment; a mapping that names a local
-//! directory is not cached. Concurrent jobs asking for the same environment wait for
-//! one build; a failed or cancelled build is not kept. Past the size bound, the least
-//! recently used environments nobody is using are removed.
+//! skips pip entirely. What an environment is built from is pinned before it is
+//! shared: [`pin`] accepts only index requirements (`numpy`, `numpy[x]>=2`), remote
+//! URLs (`git+https://...@tag`) and plain relative paths of regular files in the job
+//! directory (an uploaded wheel), which it copies once into server-owned storage,
+//! hashing the copy; pip then installs from that copy, so what is installed is exactly
+//! what was hashed, whatever the job does to its own files meanwhile. Anything else
+//! (extras or markers on a local file, `file:` URLs, directories, absolute paths,
+//! devices, FIFOs) is never shared: the job gets an environment of its own. The key is
+//! the caller's CN (unless the administrator shares across CNs), the normalized mapping
+//! and the SHA-256 of every pinned file. Concurrent jobs asking for the same
+//! environment wait for one build; a failed or cancelled build is not kept. Past the
+//! size bound, the least recently used environments nobody is using are removed.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -123,25 +129,30 @@ impl EnvCache {
         if *ready {
             return Ok(Some((lease, Origin::Reused)));
         }
-        let _ = std::fs::remove_dir_all(&slot.path);
+        remove_tree(slot.path.clone()).await;
         match build(slot.path.clone()).await {
             Ok(true) => {
                 *ready = true;
-                slot.bytes.store(tree_bytes(&slot.path), Ordering::SeqCst);
+                let path = slot.path.clone();
+                let bytes = tokio::task::spawn_blocking(move || tree_bytes(&path)).await.unwrap_or(0);
+                slot.bytes.store(bytes, Ordering::SeqCst);
                 drop(ready);
-                self.evict(key);
+                for path in self.evict(key) {
+                    remove_tree(path).await;
+                }
                 Ok(Some((lease, Origin::Built)))
             }
             outcome => {
-                let _ = std::fs::remove_dir_all(&slot.path);
+                remove_tree(slot.path.clone()).await;
                 outcome.map(|_| None)
             }
         }
     }
 
-    /// Removes least recently used, unused environments (never `keep`) while the
-    /// cache is larger than its bound.
-    fn evict(&self, keep: &str) {
+    /// Forgets least recently used, unused environments (never `keep`) while the cache
+    /// is larger than its bound; returns their directories for the caller to remove.
+    fn evict(&self, keep: &str) -> Vec<PathBuf> {
+        let mut removed = Vec::new();
         let mut slots = self.slots();
         let mut total: u64 = slots.values().map(|s| s.bytes.load(Ordering::SeqCst)).sum();
         while total > self.max_bytes {
@@ -153,9 +164,15 @@ impl EnvCache {
             let Some(key) = oldest else { break };
             if let Some(slot) = slots.remove(&key) {
                 total = total.saturating_sub(slot.bytes.load(Ordering::SeqCst));
-                let _ = std::fs::remove_dir_all(&slot.path);
+                removed.push(slot.path.clone());
             }
         }
+        removed
+    }
+
+    /// Where [`pin`] copies a job's local files.
+    pub fn incoming_dir(&self) -> PathBuf {
+        self.dir.join(INCOMING_DIR_NAME)
     }
 
     /// Environments kept now.
@@ -165,45 +182,135 @@ impl EnvCache {
     }
 }
 
-/// The cache key of a REPO_URL mapping for a job, or `None` when it cannot be cached
-/// (it names a local directory, whose contents are not hashed).
-pub fn cache_key(requirements: &[Requirement], job_dir: &Path) -> Option<String> {
-    let mut items: Vec<String> = Vec::new();
-    for requirement in requirements {
-        let mut item = format!("{}={}", requirement.name, requirement.url);
-        let local = job_dir.join(&requirement.url);
-        if !requirement.url.contains("://") {
-            match std::fs::metadata(&local) {
-                Ok(meta) if meta.is_dir() => return None,
-                Ok(_) => item.push_str(&format!(" sha256:{}", hex(&file_sha256(&local).ok()?))),
-                Err(_) => {}
-            }
-        }
-        items.push(item);
-    }
-    items.sort();
-    items.dedup();
-    let digest = ring::digest::digest(&ring::digest::SHA256, items.join("\n").as_bytes());
-    Some(hex(&digest.as_ref()[..16]))
+/// The directory below the cache where pinned files wait for pip.
+const INCOMING_DIR_NAME: &str = ".incoming";
+
+/// The largest local file a REPO_URL may name for a shared environment.
+pub const MAX_PINNED_FILE_BYTES: u64 = 2 << 30;
+
+/// A REPO_URL mapping made safe to share: its key, and the requirements pip installs
+/// (local files replaced by the server's own copies, which stay until this drops).
+#[derive(Debug)]
+pub struct Pinned {
+    pub key: String,
+    pub requirements: Vec<Requirement>,
+    /// The copies' directory, readable by pip; removed on drop.
+    pub copies: Option<PathBuf>,
 }
 
-fn file_sha256(path: &Path) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
-    let mut file = std::fs::File::open(path)?;
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        if let Some(copies) = &self.copies {
+            let _ = std::fs::remove_dir_all(copies);
+        }
+    }
+}
+
+/// Pins `requirements` of the job in `job_dir` for the cache whose copies go below
+/// `incoming` (see the module docs); `None` when the mapping cannot be shared.
+/// Blocking: call it off the async threads.
+pub fn pin(
+    requirements: &[Requirement],
+    job_dir: &Path,
+    incoming: &Path,
+    scope: &str,
+) -> std::io::Result<Option<Pinned>> {
+    let mut pinned = Pinned { key: String::new(), requirements: Vec::new(), copies: None };
+    let mut items = vec![format!("scope={scope}")];
+    for requirement in requirements {
+        let url = requirement.url.as_str();
+        if is_index_requirement(url) || is_remote_url(url) {
+            items.push(format!("{}={url}", requirement.name));
+            pinned.requirements.push(requirement.clone());
+            continue;
+        }
+        let Some(file) = open_job_file(job_dir, url) else { return Ok(None) };
+        let copies = match &pinned.copies {
+            Some(copies) => copies.clone(),
+            None => {
+                std::fs::create_dir_all(incoming)?;
+                let copies = incoming.join(uuid::Uuid::new_v4().to_string());
+                std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700).create(&copies)?;
+                pinned.copies = Some(copies.clone());
+                copies
+            }
+        };
+        let base = Path::new(url).file_name().unwrap_or_default();
+        let copy = copies.join(items.len().to_string()).join(base);
+        std::fs::create_dir(copy.parent().unwrap_or(&copies))?;
+        let digest = copy_hashing(file, &copy)?;
+        items.push(format!("{}=sha256:{}/{}", requirement.name, hex(&digest), base.to_string_lossy()));
+        pinned.requirements.push(Requirement { name: requirement.name.clone(), url: copy.display().to_string() });
+    }
+    items[1..].sort();
+    items.dedup();
+    let digest = ring::digest::digest(&ring::digest::SHA256, items.join("\n").as_bytes());
+    pinned.key = hex(&digest.as_ref()[..16]);
+    Ok(Some(pinned))
+}
+
+/// `numpy`, `numpy[extra]>=2.0,<3`: a name pip looks up in its index, never a path.
+fn is_index_requirement(url: &str) -> bool {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "._-[],<>=!~* ".contains(c);
+    let first_ok = url.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+    first_ok && url.chars().all(allowed) && !looks_like_archive(url)
+}
+
+/// A remote URL pip fetches itself; the same string means the same thing for everyone.
+fn is_remote_url(url: &str) -> bool {
+    const SCHEMES: &[&str] = &["https://", "http://", "git+https://", "git+http://", "git+ssh://"];
+    SCHEMES.iter().any(|scheme| url.starts_with(scheme)) && !url.chars().any(char::is_whitespace)
+}
+
+/// A name pip would take for a file when it exists.
+fn looks_like_archive(url: &str) -> bool {
+    const SUFFIXES: &[&str] = &[".whl", ".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz", ".tar.xz", ".txz"];
+    let lower = url.to_ascii_lowercase();
+    SUFFIXES.iter().any(|suffix| lower.split(['[', ';', ' ']).next().is_some_and(|base| base.ends_with(suffix)))
+}
+
+/// `url` opened as a regular file below `job_dir`, reached without following a link,
+/// within the size limit; `None` for anything else. Never blocks on a FIFO or device.
+fn open_job_file(job_dir: &Path, url: &str) -> Option<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let rel = lrpymrpc_archive::sanitize_relative(url.as_bytes()).ok()?;
+    let path = lrpymrpc_archive::find_below(job_dir, &rel).ok()??;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .ok()?;
+    let meta = file.metadata().ok()?;
+    (meta.is_file() && meta.len() <= MAX_PINNED_FILE_BYTES).then_some(file)
+}
+
+/// Copies `file` to `to` (created new, read-only) and returns the SHA-256 of the bytes
+/// written, which are the bytes pip will read.
+fn copy_hashing(file: std::fs::File, to: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut out = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o400).open(to)?;
+    let mut input = file.take(MAX_PINNED_FILE_BYTES);
     let mut context = ring::digest::Context::new(&ring::digest::SHA256);
     let mut buffer = vec![0; 64 * 1024];
     loop {
-        let read = file.read(&mut buffer)?;
+        let read = input.read(&mut buffer)?;
         if read == 0 {
             break;
         }
         context.update(&buffer[..read]);
+        out.write_all(&buffer[..read])?;
     }
     Ok(context.finish().as_ref().to_vec())
 }
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Removes a directory tree off the async threads.
+async fn remove_tree(path: PathBuf) {
+    let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(path)).await;
 }
 
 /// Bytes of regular files below `dir`, not following links.
@@ -228,17 +335,63 @@ mod tests {
     }
 
     #[test]
-    fn keys_ignore_order_and_follow_local_file_contents() {
+    fn keys_ignore_order_follow_local_file_contents_and_separate_cns() {
         let job = tempfile::tempdir().unwrap();
-        let a = [requirement("numpy", "numpy"), requirement("tool", "./tool.whl")];
-        let b = [requirement("tool", "./tool.whl"), requirement("numpy", "numpy")];
+        let incoming = job.path().join("incoming");
+        let key = |requirements: &[Requirement], scope: &str| {
+            pin(requirements, job.path(), &incoming, scope).unwrap().map(|pinned| pinned.key.clone())
+        };
+        let a = [requirement("numpy", "numpy>=2"), requirement("tool", "./tool.whl")];
+        let b = [requirement("tool", "./tool.whl"), requirement("numpy", "numpy>=2")];
         std::fs::write(job.path().join("tool.whl"), "v1").unwrap();
-        let first = cache_key(&a, job.path()).unwrap();
-        assert_eq!(first, cache_key(&b, job.path()).unwrap());
+        let first = key(&a, "alice").unwrap();
+        assert_eq!(first, key(&b, "alice").unwrap());
+        assert_ne!(first, key(&a, "bob").unwrap(), "another CN, another environment");
         std::fs::write(job.path().join("tool.whl"), "v2").unwrap();
-        assert_ne!(first, cache_key(&a, job.path()).unwrap(), "a changed wheel is another environment");
+        assert_ne!(first, key(&a, "alice").unwrap(), "a changed wheel is another environment");
+        assert!(!incoming.exists() || std::fs::read_dir(&incoming).unwrap().next().is_none(), "copies removed");
+    }
+
+    #[test]
+    fn what_cannot_be_pinned_is_never_shared() {
+        let job = tempfile::tempdir().unwrap();
+        let incoming = job.path().join("incoming");
+        std::fs::write(job.path().join("x.whl"), "wheel").unwrap();
         std::fs::create_dir(job.path().join("src")).unwrap();
-        assert_eq!(cache_key(&[requirement("src", "./src")], job.path()), None);
+        std::os::unix::fs::symlink(job.path().join("x.whl"), job.path().join("link.whl")).unwrap();
+        for url in [
+            "./x.whl[cli]",
+            "./x.whl;python_version>'0'",
+            "x.whl ; python_version>'0'",
+            "file:x.whl",
+            "file:///etc/passwd",
+            "./src",
+            "/dev/zero",
+            "link.whl",
+            "missing.whl",
+            "name @ file:///x.whl",
+            "git+file:///x",
+        ] {
+            let pinned = pin(&[requirement("x", url)], job.path(), &incoming, "alice").unwrap();
+            assert!(pinned.is_none(), "{url} was shared");
+        }
+        assert!(pin(&[requirement("x", "x.whl")], job.path(), &incoming, "alice").unwrap().is_some());
+        assert!(pin(&[requirement("c", "git+https://h/c@v1")], job.path(), &incoming, "a").unwrap().is_some());
+    }
+
+    #[test]
+    fn pip_installs_the_copy_that_was_hashed() {
+        let job = tempfile::tempdir().unwrap();
+        let incoming = job.path().join("incoming");
+        std::fs::write(job.path().join("x.whl"), "hashed").unwrap();
+        let pinned = pin(&[requirement("x", "./x.whl")], job.path(), &incoming, "alice").unwrap().unwrap();
+        std::fs::write(job.path().join("x.whl"), "swapped after hashing").unwrap();
+        let copy = Path::new(&pinned.requirements[0].url);
+        assert!(copy.starts_with(&incoming) && copy.ends_with("x.whl"), "{}", copy.display());
+        assert_eq!(std::fs::read(copy).unwrap(), b"hashed");
+        let copies = pinned.copies.clone().unwrap();
+        drop(pinned);
+        assert!(!copies.exists());
     }
 
     #[tokio::test]

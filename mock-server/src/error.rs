@@ -11,8 +11,10 @@ pub enum JobError {
     UnknownJob(String),
     #[error("upload refused: {0}")]
     Unpack(#[from] UnpackError),
-    #[error("upload interrupted: {0}")]
-    UploadInterrupted(String),
+    #[error("the client sent nothing for {0}; upload abandoned")]
+    UploadStalled(String),
+    #[error("the job is busy: {why}")]
+    InUse { why: &'static str },
     #[error("result path `{path}` refused: {reason}")]
     BadResultPath { path: String, reason: String },
     #[error("REPO_URL item `{item}` refused: {reason}")]
@@ -25,6 +27,11 @@ pub enum JobError {
     Pack(#[from] PackError),
     #[error("this server runs at most {max_jobs} jobs at once (--max-jobs) and all are taken; try again later")]
     Busy { max_jobs: usize },
+    #[error(
+        "this server runs at most {max_jobs_per_cn} jobs at once per certificate (--max-jobs-per-cn) and yours are \
+         all taken; try again later"
+    )]
+    BusyForCn { max_jobs_per_cn: usize },
     #[error("client certificate CN=`{cn}` is not allowed to run jobs on this server (--allow-cn)")]
     NotAllowed { cn: String },
     #[error("no usable client certificate: {0}")]
@@ -49,9 +56,10 @@ impl From<JobError> for Status {
             }
             JobError::Unpack(UnpackError::Write { .. }) => Status::internal(message),
             JobError::Unpack(_) => Status::invalid_argument(message),
-            JobError::UploadInterrupted(_) => Status::cancelled(message),
+            JobError::UploadStalled(_) => Status::deadline_exceeded(message),
+            JobError::InUse { .. } => Status::failed_precondition(message),
             JobError::NoPython | JobError::SetupFailed { .. } => Status::failed_precondition(message),
-            JobError::Busy { .. } => Status::resource_exhausted(message),
+            JobError::Busy { .. } | JobError::BusyForCn { .. } => Status::resource_exhausted(message),
             JobError::NotAllowed { .. } => Status::permission_denied(message),
             JobError::NoIdentity(_) => Status::unauthenticated(message),
             JobError::Stopped(_) => Status::deadline_exceeded(message),

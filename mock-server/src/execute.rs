@@ -15,7 +15,7 @@ use crate::envs::{self, EnvCache, Origin};
 use crate::error::JobError;
 use crate::jobs;
 use crate::process::{self, Outcome, Running, Sink, TimeLimits};
-use crate::sandbox::Sandbox;
+use crate::sandbox::{Reach, Sandbox};
 
 /// One `name=url` item of the REPO_URL mapping.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,7 +53,14 @@ pub struct Context<'a> {
     pub limits: TimeLimits,
     pub running: &'a Running,
     pub env_cache: Option<&'a EnvCache>,
+    /// Whose cached environments this job may use: its CN, or everyone's when the
+    /// administrator shares them (`--share-env-cache`).
+    pub env_scope: &'a str,
     pub sandbox: Option<&'a Sandbox>,
+    /// The command may use the network inside the sandbox (`--sandbox-network`).
+    pub sandbox_network: bool,
+    /// Run job processes in PID namespaces of their own ([`crate::contain`]).
+    pub contain: bool,
 }
 
 /// How an Execute ended, for the job's lifecycle and the log.
@@ -96,18 +103,40 @@ async fn execute_steps(
     let mut _lease = None;
     let mut environment = None;
     if !requirements.is_empty() {
-        let key = context.env_cache.and_then(|cache| Some((cache, envs::cache_key(requirements, job_dir)?)));
-        match key {
-            Some((cache, key)) => {
-                let build =
-                    |path: PathBuf| async move { build_environment(&path, job_dir, requirements, context).await };
+        let pinned = match context.env_cache {
+            Some(cache) => {
+                let (requirements, dir, incoming) =
+                    (requirements.to_vec(), job_dir.to_path_buf(), cache.incoming_dir());
+                let scope = context.env_scope.to_string();
+                // Reads files the job made: off the async threads, never a FIFO or device.
+                tokio::task::spawn_blocking(move || envs::pin(&requirements, &dir, &incoming, &scope))
+                    .await
+                    .map_err(|e| JobError::Io(std::io::Error::other(e)))??
+                    .map(|pinned| (cache, pinned))
+            }
+            None => None,
+        };
+        if context.env_cache.is_some() && pinned.is_none() {
+            say(
+                context.sink,
+                "REPO_URL names local files that cannot be pinned: building an environment for this job only",
+            )
+            .await;
+        }
+        match pinned {
+            Some((cache, pinned)) => {
+                let copies: Vec<&Path> = pinned.copies.iter().map(PathBuf::as_path).collect();
+                let (pinned_requirements, copies) = (&pinned.requirements, &copies);
+                let build = |path: PathBuf| async move {
+                    build_environment(&path, job_dir, pinned_requirements, copies, context).await
+                };
                 let waiting = || {
                     let sink = context.sink.clone();
                     tokio::spawn(async move {
                         say(&sink, "waiting for another job that is installing the same REPO_URL").await;
                     });
                 };
-                let Some((lease, origin)) = cache.acquire(&key, waiting, build).await? else {
+                let Some((lease, origin)) = cache.acquire(&pinned.key, waiting, build).await? else {
                     return Ok(Ended::Cancelled);
                 };
                 if origin == Origin::Reused {
@@ -118,7 +147,7 @@ async fn execute_steps(
             }
             None => {
                 let venv = jobs::venv_dir(job_dir);
-                if !build_environment(&venv, job_dir, requirements, context).await? {
+                if !build_environment(&venv, job_dir, requirements, &[], context).await? {
                     return Ok(Ended::Cancelled);
                 }
                 environment = Some(venv);
@@ -127,16 +156,17 @@ async fn execute_steps(
     }
     let readable: Vec<&Path> = environment.iter().map(PathBuf::as_path).collect();
     let args = [OsStr::new("-c"), OsStr::new(command_line)];
-    let mut command = command_in(context, job_dir, &[], &readable, OsStr::new("sh"), &args);
     // Python tools block-buffer a pipe; the user wants their progress lines now.
-    command.env("PYTHONUNBUFFERED", "1");
+    let mut env = vec![(OsString::from("PYTHONUNBUFFERED"), OsString::from("1"))];
     if let Some(venv) = &environment {
         let path = std::env::var_os("PATH").unwrap_or_default();
         let mut paths = vec![venv.join("bin")];
         paths.extend(std::env::split_paths(&path));
-        command.env("PATH", std::env::join_paths(paths).map_err(std::io::Error::other)?);
-        command.env("VIRTUAL_ENV", venv);
+        env.push(("PATH".into(), std::env::join_paths(paths).map_err(std::io::Error::other)?));
+        env.push(("VIRTUAL_ENV".into(), venv.into()));
     }
+    let reach = Reach { writable: &[], readable: &readable, network: context.sandbox_network };
+    let command = command_in(context, job_dir, reach, Step::Command, &env, OsStr::new("sh"), &args);
     match process::run_streaming(command, context.sink, context.limits, context.running).await? {
         Outcome::Exited(status) => {
             let _ = context.sink.send(Ok(exit_message(&status))).await;
@@ -147,25 +177,22 @@ async fn execute_steps(
     }
 }
 
-/// Creates a virtual environment at `venv` and pip-installs the requirements into it.
+/// Creates a virtual environment at `venv` and pip-installs the requirements into it
+/// (`artifacts`: where pinned copies of local files are, for the sandbox to show).
 /// `Ok(false)` when the client went away meanwhile.
 async fn build_environment(
     venv: &Path,
     job_dir: &Path,
     requirements: &[Requirement],
+    artifacts: &[&Path],
     context: &Context<'_>,
 ) -> Result<bool, JobError> {
     let python = python()?.executable;
     std::fs::create_dir_all(venv)?;
     let venv_arg = venv.as_os_str();
-    let create = command_in(
-        context,
-        job_dir,
-        &[venv],
-        &[],
-        python.as_os_str(),
-        &[OsStr::new("-m"), OsStr::new("venv"), venv_arg],
-    );
+    let reach = Reach { writable: &[venv], readable: &[], network: true };
+    let venv_args = [OsStr::new("-m"), OsStr::new("venv"), venv_arg];
+    let create = command_in(context, job_dir, reach, Step::Setup, &[], python.as_os_str(), &venv_args);
     if !setup_step(create, "creating the Python environment", context).await? {
         return Ok(false);
     }
@@ -175,8 +202,9 @@ async fn build_environment(
     pip_args.extend(requirements.iter().map(|r| OsString::from(&r.url)));
     let pip_args: Vec<&OsStr> = pip_args.iter().map(OsString::as_os_str).collect();
     let venv_python = venv.join("bin").join("python");
-    let mut pip = command_in(context, job_dir, &[venv], &[], venv_python.as_os_str(), &pip_args);
-    pip.env("PIP_NO_INPUT", "1");
+    let reach = Reach { writable: &[venv], readable: artifacts, network: true };
+    let env = [(OsString::from("PIP_NO_INPUT"), OsString::from("1"))];
+    let pip = command_in(context, job_dir, reach, Step::Setup, &env, venv_python.as_os_str(), &pip_args);
     let names: Vec<_> = requirements.iter().map(|r| r.url.as_str()).collect();
     setup_step(pip, &format!("pip install {}", names.join(" ")), context).await
 }
@@ -210,20 +238,62 @@ pub fn python() -> Result<Python, JobError> {
         .ok_or(JobError::NoPython)
 }
 
-/// `program args` in the job directory, in the sandbox when there is one.
+/// Which kind of job process: setup (venv, pip) may see pip's settings and proxies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Setup,
+    Command,
+}
+
+/// What a job process sees of the server's environment: an allow-list (search path,
+/// locale, time zone, terminal; for pip also its settings and proxies), never the
+/// server's whole environment, which may hold its secrets.
+fn passed_env(step: Step) -> Vec<(OsString, OsString)> {
+    const ALWAYS: &[&str] =
+        &["PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "TZ", "TERM"];
+    const SETUP: &[&str] = &[
+        "http_proxy",
+        "https_proxy",
+        "no_proxy",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "NO_PROXY",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+        "REQUESTS_CA_BUNDLE",
+    ];
+    std::env::vars_os()
+        .filter(|(name, _)| {
+            let name = name.to_string_lossy();
+            ALWAYS.contains(&name.as_ref())
+                || (step == Step::Setup && (SETUP.contains(&name.as_ref()) || name.starts_with("PIP_")))
+        })
+        .collect()
+}
+
+/// `program args` in the job directory with the allowed environment plus `env`, in
+/// the sandbox when there is one, else in a PID namespace of its own when the server
+/// can make one (so nothing it starts outlives it).
 fn command_in(
     context: &Context<'_>,
     job_dir: &Path,
-    writable: &[&Path],
-    readable: &[&Path],
+    reach: Reach<'_>,
+    step: Step,
+    env: &[(OsString, OsString)],
     program: &OsStr,
     args: &[&OsStr],
 ) -> Command {
+    let mut full_env = passed_env(step);
+    full_env.retain(|(name, _)| !env.iter().any(|(set, _)| set == name));
+    full_env.extend_from_slice(env);
     match context.sandbox {
-        Some(sandbox) => sandbox.command(job_dir, writable, readable, program, args),
+        Some(sandbox) => sandbox.command(job_dir, reach, &full_env, program, args),
         None => {
             let mut command = Command::new(program);
-            command.args(args).current_dir(job_dir);
+            command.args(args).current_dir(job_dir).env_clear().envs(full_env);
+            if context.contain {
+                crate::contain::contain(&mut command);
+            }
             command
         }
     }

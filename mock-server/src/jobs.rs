@@ -4,9 +4,13 @@
 //! only through a well-formed id that this server handed out, and only by the client
 //! certificate that uploaded it; a request can never name a path of its own.
 //!
-//! A job holds one of `max_jobs` slots from Upload until its command ended. Its
-//! directory is removed a short grace after its results were fetched or it was
-//! cancelled, or after the time-to-live when nobody comes back; never while a call
+//! A job holds one of `max_jobs` slots from Upload until its command ended, and takes
+//! one again for every later Execute, so the limit bounds running commands, not only
+//! uploads; `max_jobs_per_cn` keeps one certificate from taking every slot. A job's
+//! [`Phase`] is checked here, in one place: one command per job at a time, no results
+//! read while its command runs, and no command started while another call reads the
+//! job. Its directory is removed a short grace after its results were fetched or it
+//! was cancelled, or after the time-to-live when nobody comes back; never while a call
 //! is using it.
 
 use std::collections::HashMap;
@@ -33,6 +37,7 @@ const UNUSED_SLOT_LIMIT: Duration = Duration::from_secs(120);
 pub struct Jobs {
     root: PathBuf,
     max_jobs: usize,
+    max_jobs_per_cn: usize,
     slots: Arc<Semaphore>,
     ttl: Duration,
     grace: Duration,
@@ -48,9 +53,20 @@ struct Entry {
     /// Calls using the job right now; it is never removed while this is not zero.
     in_use: usize,
     slot: Option<OwnedSemaphorePermit>,
-    executed: bool,
+    phase: Phase,
     /// Set when the job is finished: remove it at this time.
     remove_at: Option<Instant>,
+}
+
+/// Where a job is in its life; what each call may do depends on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Its files arrived; no command ran yet.
+    Uploaded,
+    /// A command is running in it: nothing else may read or run in it.
+    Running,
+    /// Its last command ended (however); results may be read, a new command run.
+    Ended,
 }
 
 /// Why a job directory was removed, for the log.
@@ -61,11 +77,12 @@ pub enum Removal {
 }
 
 impl Jobs {
-    pub fn new(root: PathBuf, max_jobs: usize, ttl: Duration, grace: Duration) -> Jobs {
+    pub fn new(root: PathBuf, max_jobs: usize, max_jobs_per_cn: usize, ttl: Duration, grace: Duration) -> Jobs {
         let max_jobs = max_jobs.max(1);
         Jobs {
             root,
             max_jobs,
+            max_jobs_per_cn: max_jobs_per_cn.max(1),
             slots: Arc::new(Semaphore::new(max_jobs)),
             ttl,
             grace,
@@ -80,7 +97,7 @@ impl Jobs {
     /// A new, empty job directory for `owner`, holding a slot; refused when all
     /// `max_jobs` slots are taken.
     pub fn create(self: &Arc<Self>, owner: Option<&str>) -> Result<(String, PathBuf, JobUse), JobError> {
-        let slot = self.slots.clone().try_acquire_owned().map_err(|_| JobError::Busy { max_jobs: self.max_jobs })?;
+        let slot = self.take_slot(&self.table(), owner)?;
         let id = Uuid::new_v4().to_string();
         let dir = self.root.join(&id);
         std::fs::write(marker(&dir), b"")?;
@@ -94,7 +111,7 @@ impl Jobs {
             last_used: Instant::now(),
             in_use: 1,
             slot: Some(slot),
-            executed: false,
+            phase: Phase::Uploaded,
             remove_at: None,
         };
         self.table().insert(id.clone(), entry);
@@ -118,17 +135,49 @@ impl Jobs {
         Ok((entry.dir.clone(), JobUse { jobs: self.clone(), id: key }))
     }
 
-    /// The job's command started: its slot stays taken until [`Jobs::command_ended`].
-    pub fn command_started(&self, id: &str) {
-        if let Some(entry) = self.table().get_mut(id) {
-            entry.executed = true;
+    /// A slot for `owner`, refused when every slot, or every slot `owner` may hold, is taken.
+    fn take_slot(&self, table: &HashMap<String, Entry>, owner: Option<&str>) -> Result<OwnedSemaphorePermit, JobError> {
+        let slot = self.slots.clone().try_acquire_owned().map_err(|_| JobError::Busy { max_jobs: self.max_jobs })?;
+        let held = table.values().filter(|entry| entry.slot.is_some() && entry.owner.as_deref() == owner).count();
+        if held >= self.max_jobs_per_cn {
+            return Err(JobError::BusyForCn { max_jobs_per_cn: self.max_jobs_per_cn });
         }
+        Ok(slot)
     }
 
-    /// The job's command ended (or never ran): its slot is free for another job.
-    pub fn command_ended(&self, id: &str) {
-        if let Some(entry) = self.table().get_mut(id) {
-            entry.slot = None;
+    /// The job's command starts now, in a slot (the upload's, or a new one); `job_use`
+    /// is the Execute call's own use of the job. Refused while another command runs in
+    /// it or another call is reading it. The slot is given back and the job marked
+    /// ended when the returned guard drops.
+    pub fn start_command(self: &Arc<Self>, job_use: &JobUse) -> Result<CommandRun, JobError> {
+        let mut table = self.table();
+        let entry = table.get(&job_use.id).ok_or_else(|| JobError::UnknownJob(job_use.id.clone()))?;
+        match entry.phase {
+            Phase::Running => {
+                return Err(JobError::InUse { why: "its command is still running; one Execute at a time" });
+            }
+            _ if entry.in_use > 1 => return Err(JobError::InUse { why: "another call is reading it" }),
+            Phase::Uploaded | Phase::Ended => {}
+        }
+        let slot = match entry.slot.is_some() {
+            true => None,
+            false => Some(self.take_slot(&table, entry.owner.clone().as_deref())?),
+        };
+        let entry = table.get_mut(&job_use.id).ok_or_else(|| JobError::UnknownJob(job_use.id.clone()))?;
+        if slot.is_some() {
+            entry.slot = slot;
+        }
+        entry.phase = Phase::Running;
+        Ok(CommandRun { jobs: self.clone(), id: job_use.id.clone() })
+    }
+
+    /// An existing job of `owner` whose results may be read now: refused while its
+    /// command runs (it could still change what is read).
+    pub fn open_ended(self: &Arc<Self>, id: &str, owner: Option<&str>) -> Result<(PathBuf, JobUse), JobError> {
+        let (dir, job_use) = self.open(id, owner)?;
+        match self.table().get(&job_use.id).map(|entry| entry.phase) {
+            Some(Phase::Running) => Err(JobError::InUse { why: "its command is still running" }),
+            _ => Ok((dir, job_use)),
         }
     }
 
@@ -148,9 +197,11 @@ impl Jobs {
         }
     }
 
-    /// Removes what is due: finished jobs after their grace, forgotten ones after the
-    /// time-to-live. Returns the ids removed and why.
-    pub fn reap(&self) -> Vec<(String, Removal)> {
+    /// Takes out of the table what is due: finished jobs after their grace, forgotten
+    /// ones after the time-to-live. Returns their ids, why, and their directories, which
+    /// the caller removes with [`remove_job_files`] off the async threads and outside
+    /// the table's lock (a 400,000-file job takes a while).
+    pub fn reap(&self) -> Vec<(String, Removal, PathBuf)> {
         let now = Instant::now();
         let mut removed = Vec::new();
         let mut table = self.table();
@@ -158,7 +209,10 @@ impl Jobs {
             if entry.in_use > 0 {
                 return true;
             }
-            if entry.slot.is_some() && !entry.executed && now.duration_since(entry.last_used) > UNUSED_SLOT_LIMIT {
+            if entry.slot.is_some()
+                && entry.phase == Phase::Uploaded
+                && now.duration_since(entry.last_used) > UNUSED_SLOT_LIMIT
+            {
                 entry.slot = None;
             }
             let why = match entry.remove_at {
@@ -168,8 +222,7 @@ impl Jobs {
             };
             match why {
                 Some(why) => {
-                    remove_job_files(&entry.dir);
-                    removed.push((id.clone(), why));
+                    removed.push((id.clone(), why, entry.dir.clone()));
                     false
                 }
                 None => true,
@@ -184,7 +237,7 @@ impl Jobs {
     pub fn active(&self) -> usize {
         self.table()
             .values()
-            .filter(|e| e.in_use > 0 || e.slot.is_some() || (e.executed && e.remove_at.is_none()))
+            .filter(|e| e.in_use > 0 || e.slot.is_some() || (e.phase == Phase::Ended && e.remove_at.is_none()))
             .count()
     }
 
@@ -210,6 +263,22 @@ pub struct JobUse {
 impl JobUse {
     pub fn id(&self) -> &str {
         &self.id
+    }
+}
+
+/// A job's command running; dropping it ends the run and gives the slot back.
+#[derive(Debug)]
+pub struct CommandRun {
+    jobs: Arc<Jobs>,
+    id: String,
+}
+
+impl Drop for CommandRun {
+    fn drop(&mut self) {
+        if let Some(entry) = self.jobs.table().get_mut(&self.id) {
+            entry.phase = Phase::Ended;
+            entry.slot = None;
+        }
     }
 }
 
@@ -241,7 +310,7 @@ pub fn sweep_orphans(root: &Path) -> usize {
 }
 
 /// The job directory, its environment and its marker.
-fn remove_job_files(dir: &Path) {
+pub fn remove_job_files(dir: &Path) {
     for path in [dir.to_path_buf(), venv_dir(dir)] {
         match std::fs::symlink_metadata(&path) {
             Ok(meta) if meta.is_dir() => {
@@ -277,7 +346,7 @@ mod tests {
     use super::*;
 
     fn jobs_in(root: &Path, max_jobs: usize, ttl: Duration, grace: Duration) -> Arc<Jobs> {
-        Arc::new(Jobs::new(root.to_path_buf(), max_jobs, ttl, grace))
+        Arc::new(Jobs::new(root.to_path_buf(), max_jobs, max_jobs, ttl, grace))
     }
 
     #[test]
@@ -287,9 +356,40 @@ mod tests {
         let (id, _, first) = jobs.create(Some("alice")).unwrap();
         assert!(matches!(jobs.create(Some("alice")), Err(JobError::Busy { max_jobs: 1 })));
         drop(first);
-        jobs.command_started(&id);
-        jobs.command_ended(&id);
-        assert!(jobs.create(Some("alice")).is_ok());
+        let (_, execute) = jobs.open(&id, Some("alice")).unwrap();
+        let run = jobs.start_command(&execute).unwrap();
+        drop(run);
+        let (other, _, _) = jobs.create(Some("alice")).unwrap();
+        // A second Execute of the first job needs a slot again: the other job holds it.
+        assert!(matches!(jobs.start_command(&execute), Err(JobError::Busy { max_jobs: 1 })), "{other}");
+    }
+
+    #[test]
+    fn one_command_per_job_and_no_results_read_while_it_runs() {
+        let root = tempfile::tempdir().unwrap();
+        let jobs = jobs_in(root.path(), 4, Duration::from_secs(60), Duration::ZERO);
+        let (id, _, upload) = jobs.create(Some("alice")).unwrap();
+        drop(upload);
+        let (_, execute) = jobs.open(&id, Some("alice")).unwrap();
+        let run = jobs.start_command(&execute).unwrap();
+        let (_, second) = jobs.open(&id, Some("alice")).unwrap();
+        assert!(matches!(jobs.start_command(&second), Err(JobError::InUse { .. })), "a second Execute");
+        assert!(matches!(jobs.open_ended(&id, Some("alice")), Err(JobError::InUse { .. })), "Check while running");
+        drop((run, second));
+        let reading = jobs.open_ended(&id, Some("alice")).unwrap();
+        assert!(matches!(jobs.start_command(&execute), Err(JobError::InUse { .. })), "Execute while reading");
+        drop(reading);
+        assert!(jobs.start_command(&execute).is_ok());
+    }
+
+    #[test]
+    fn one_cn_cannot_take_every_slot() {
+        let root = tempfile::tempdir().unwrap();
+        let jobs = Arc::new(Jobs::new(root.path().to_path_buf(), 4, 2, Duration::from_secs(60), Duration::ZERO));
+        let _a = jobs.create(Some("alice")).unwrap();
+        let _b = jobs.create(Some("alice")).unwrap();
+        assert!(matches!(jobs.create(Some("alice")), Err(JobError::BusyForCn { max_jobs_per_cn: 2 })));
+        assert!(jobs.create(Some("bob")).is_ok());
     }
 
     #[test]
@@ -312,13 +412,17 @@ mod tests {
         drop(use_done);
         jobs.finished(&done);
         std::thread::sleep(Duration::from_millis(60));
-        let removed: Vec<_> = jobs.reap().into_iter().map(|(id, _)| id).collect();
-        assert_eq!(removed, [done]);
+        let removed: Vec<_> = jobs.reap().into_iter().map(|(id, _, dir)| (id, dir)).collect();
+        assert_eq!(removed, [(done, done_dir.clone())]);
+        assert!(done_dir.exists(), "the caller removes the files");
+        remove_job_files(&done_dir);
         assert!(!done_dir.exists() && !marker(&done_dir).exists());
         assert!(busy_dir.exists(), "in use, past its time-to-live: kept");
         drop(use_busy);
         std::thread::sleep(Duration::from_millis(60));
-        assert_eq!(jobs.reap().len(), 1);
+        let removed = jobs.reap();
+        assert_eq!(removed.len(), 1);
+        remove_job_files(&removed[0].2);
         assert!(!busy_dir.exists());
         assert_eq!(jobs.count(), 0, "{busy}");
     }

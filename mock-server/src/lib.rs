@@ -6,6 +6,7 @@
 mod auth;
 pub mod cli;
 pub mod config;
+mod contain;
 mod envs;
 mod error;
 mod execute;
@@ -125,7 +126,8 @@ async fn reap_forever(state: Arc<state::State>) {
     let interval = state.jobs.reap_interval();
     loop {
         tokio::time::sleep(interval).await;
-        for (job, why) in state.jobs.reap() {
+        for (job, why, dir) in state.jobs.reap() {
+            let _ = tokio::task::spawn_blocking(move || jobs::remove_job_files(&dir)).await;
             info!(job = %job, reason = ?why, "job directory removed");
         }
     }

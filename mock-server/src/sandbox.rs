@@ -1,15 +1,32 @@
 //! `--sandbox`: each job's pip and command run under bubblewrap (`bwrap`). The system
-//! is read-only; `/tmp`, the job root, the server's TLS directory and its home are
-//! empty tmpfs mounts, so other jobs' directories and the server's key are not there;
-//! only the job's directory (and the environment it builds) is writable. The network
-//! stays shared (pip may need it); every other namespace is new, and the sandbox
-//! dies with the server. The Python installation stays visible even when it lives in
-//! a hidden directory (pyenv).
+//! is read-only; `/tmp` (size-capped), the job root, the server's TLS directory and its
+//! home are empty tmpfs mounts, so other jobs' directories and the server's key are not
+//! there; only the job's directory (and the environment it builds) is writable. Every
+//! capability is dropped, whoever runs the server: a root server's sandbox cannot
+//! unmount its hiding mounts or remount `/` writable. The environment is only what the
+//! caller passes (an allow-list, see `execute.rs`). pip shares the host's network (it
+//! may need the index); the command gets none unless `--sandbox-network`, and `/run`
+//! (the host's sockets) is hidden from it. Every other namespace is new, so a process
+//! the command leaves behind dies with it, and the sandbox dies with the server. The
+//! Python installation stays visible even when it lives in a hidden directory (pyenv).
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 
 use tokio::process::Command;
+
+/// The size of the sandbox's `/tmp`: room for a tool's scratch files, not for filling
+/// the server's memory.
+pub const TMP_BYTES: u64 = 1 << 30;
+
+/// What one sandboxed process may reach besides its job directory.
+#[derive(Debug, Clone, Copy)]
+pub struct Reach<'a> {
+    pub writable: &'a [&'a Path],
+    pub readable: &'a [&'a Path],
+    /// The host's network (pip), or none (the command, unless `--sandbox-network`).
+    pub network: bool,
+}
 
 #[derive(Debug, Clone)]
 pub struct Sandbox {
@@ -40,7 +57,8 @@ impl Sandbox {
             .into_iter()
             .collect();
         let sandbox = Sandbox { bwrap, hidden, shown };
-        let probe = sandbox.command(root, &[], &[], OsStr::new("true"), &[]);
+        let reach = Reach { writable: &[], readable: &[], network: false };
+        let probe = sandbox.command(root, reach, &[], OsStr::new("true"), &[]);
         let output = probe.into_std().output().map_err(|e| format!("cannot run bwrap: {e}"))?;
         if !output.status.success() {
             return Err(format!(
@@ -51,27 +69,38 @@ impl Sandbox {
         Ok(sandbox)
     }
 
-    /// `program args` in a sandbox where `job_dir` and `writable` can be written and
-    /// `readable` read, starting in `job_dir`.
+    /// `program args` in a sandbox with exactly the environment `env`, starting in
+    /// `job_dir`, where `job_dir` and `reach.writable` can be written and
+    /// `reach.readable` read.
     pub fn command(
         &self,
         job_dir: &Path,
-        writable: &[&Path],
-        readable: &[&Path],
+        reach: Reach<'_>,
+        env: &[(OsString, OsString)],
         program: &OsStr,
         args: &[&OsStr],
     ) -> Command {
         let mut command = Command::new(&self.bwrap);
-        command.args(["--die-with-parent", "--unshare-all", "--share-net", "--ro-bind", "/", "/"]);
-        command.args(["--dev", "/dev", "--proc", "/proc"]);
-        for dir in &self.hidden {
+        command.args(["--die-with-parent", "--unshare-all", "--cap-drop", "ALL", "--clearenv"]);
+        if reach.network {
+            command.arg("--share-net");
+        }
+        command.args(["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]);
+        command.args(["--size", &TMP_BYTES.to_string(), "--tmpfs", "/tmp"]);
+        if !reach.network && Path::new("/run").is_dir() {
+            command.args(["--tmpfs", "/run"]);
+        }
+        for dir in self.hidden.iter().filter(|dir| dir.as_path() != Path::new("/tmp")) {
             command.arg("--tmpfs").arg(dir);
         }
-        for dir in self.shown.iter().map(PathBuf::as_path).chain(readable.iter().copied()) {
+        for dir in self.shown.iter().map(PathBuf::as_path).chain(reach.readable.iter().copied()) {
             command.arg("--ro-bind").arg(dir).arg(dir);
         }
-        for dir in writable.iter().chain(std::iter::once(&job_dir)) {
+        for dir in reach.writable.iter().chain(std::iter::once(&job_dir)) {
             command.arg("--bind").arg(dir).arg(dir);
+        }
+        for (name, value) in env {
+            command.arg("--setenv").arg(name).arg(value);
         }
         command.arg("--chdir").arg(job_dir).arg("--").arg(program).args(args);
         command

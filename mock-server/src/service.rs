@@ -2,15 +2,13 @@
 //! layer that validates the request, does the step, and turns errors into statuses.
 
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
 use lrpymrpc_archive::bridge::{CHANNEL_CHUNKS, ChunkReader, ChunkWriter};
-use lrpymrpc_archive::{
-    MtimePolicy, PackOptions, PackRoot, UnpackOptions, find_below, pack_tar_gz, sanitize_relative, unpack_tar_gz,
-};
+use lrpymrpc_archive::{MtimePolicy, UnpackOptions, find_below, pack_results_tar_gz, sanitize_relative, unpack_tar_gz};
 use lrpymrpc_proto::file_service_server::FileService;
 use lrpymrpc_proto::{
     CHUNK_SIZE, CheckRequest, CheckResponse, DataChunk, DownloadRequest, ExecuteRequest, ExecuteResponse,
@@ -47,7 +45,7 @@ impl Service {
         let config = &self.state.config;
         authorize(request, config.tls.is_some(), config.allowed_cns.as_ref()).map_err(|error| {
             let peer = request.remote_addr().map_or_else(|| "?".to_string(), |a| a.to_string());
-            warn!(rpc, peer = %peer, "refused: {error}");
+            warn!(rpc, peer = %peer, reason = error.to_string().as_str(), "refused");
             Status::from(error)
         })
     }
@@ -67,12 +65,13 @@ impl FileService for Service {
         }
         let started = Instant::now();
         let (id, dir, job_use) = self.state.jobs.create(caller.cn.as_deref()).map_err(|error| {
-            warn!(cn = caller.name(), peer = %caller.address, "upload refused: {error}");
+            warn!(cn = caller.name(), peer = %caller.address, reason = error.to_string().as_str(), "upload refused");
             Status::from(error)
         })?;
         let mut stream = request.into_inner();
         let (chunk_tx, chunk_rx) = mpsc::channel(CHANNEL_CHUNKS);
-        let options = UnpackOptions { limits: self.state.config.upload_limits, mtime: MtimePolicy::FromArchive };
+        let options =
+            UnpackOptions { limits: self.state.config.upload_limits, mtime: MtimePolicy::FromArchive, only: None };
         let (jobs, unpack_id) = (self.state.jobs.clone(), id.clone());
         // The blocking task owns the cleanup, so a failed upload leaves no directory
         // even when this handler is dropped half-way.
@@ -83,11 +82,18 @@ impl FileService for Service {
             }
             result
         });
+        let idle_limit = self.state.config.upload_idle_timeout;
+        let mut stalled = None;
         loop {
-            let item = match stream.message().await {
-                Ok(Some(chunk)) => Ok(chunk.data),
-                Ok(None) => break,
-                Err(status) => Err(io::Error::other(format!("the client stopped sending: {}", status.message()))),
+            // A client that trickles or stalls holds its slot only up to the idle limit.
+            let item = match tokio::time::timeout(idle_limit, stream.message()).await {
+                Ok(Ok(Some(chunk))) => Ok(chunk.data),
+                Ok(Ok(None)) => break,
+                Ok(Err(status)) => Err(io::Error::other(format!("the client stopped sending: {}", status.message()))),
+                Err(_) => {
+                    stalled = Some(JobError::UploadStalled(crate::process::human(idle_limit)));
+                    Err(io::Error::other("the client stopped sending"))
+                }
             };
             let failed = item.is_err();
             // A send error means the unpacker already gave up; its error says why.
@@ -98,6 +104,10 @@ impl FileService for Service {
         drop(chunk_tx);
         let report = unpack.await.map_err(|e| Status::internal(format!("upload task failed: {e}")))?;
         drop(job_use);
+        if let Some(error) = stalled {
+            warn!(job = %id, cn = caller.name(), peer = %caller.address, reason = error.to_string().as_str(), "upload refused");
+            return Err(error.into());
+        }
         match report {
             Ok(report) => {
                 info!(
@@ -108,7 +118,8 @@ impl FileService for Service {
                 Ok(Response::new(UploadResponse { unique_id: id }))
             }
             Err(error) => {
-                warn!(job = %id, cn = caller.name(), peer = %caller.address, ms = millis(started), "upload refused: {error}");
+                let reason = error.to_string();
+                warn!(job = %id, cn = caller.name(), peer = %caller.address, ms = millis(started), reason = reason.as_str(), "upload refused");
                 Err(JobError::from(error).into())
             }
         }
@@ -120,10 +131,12 @@ impl FileService for Service {
         let caller = self.caller(&request, "execute")?;
         let request = request.into_inner();
         let (dir, job_use) = self.state.jobs.open(&request.unique_id, caller.cn.as_deref())?;
-        let requirements = execute::parse_tool(&request.tool)?;
         let id = job_use.id().to_string();
-        info!(job = %id, cn = caller.name(), repo_url = %request.tool, command = %request.command_opt, "execute");
-        self.state.jobs.command_started(&id);
+        // Client text goes in as string fields, which both log formats escape (no raw
+        // newline or ESC can forge a line); never into the message.
+        info!(job = %id, cn = caller.name(), repo_url = request.tool.as_str(), command = request.command_opt.as_str(), "execute");
+        let requirements = execute::parse_tool(&request.tool)?;
+        let run = self.state.jobs.start_command(&job_use)?;
         let (tx, rx) = mpsc::channel(64);
         let state = self.state.clone();
         let cn = caller.name().to_string();
@@ -135,20 +148,23 @@ impl FileService for Service {
                 limits: TimeLimits { wall: config.job_timeout, idle: config.idle_timeout },
                 running: &state.running,
                 env_cache: state.env_cache.as_ref(),
+                env_scope: if config.share_env_cache { "*" } else { &cn },
                 sandbox: config.sandbox.as_ref(),
+                sandbox_network: config.sandbox_network,
+                contain: state.contain,
             };
             let ended = execute::execute(&dir, &requirements, &request.command_opt, &context).await;
-            state.jobs.command_ended(&id);
+            drop(run);
             let ms = millis(started);
             match &ended {
                 Ended::Ran(status) => {
-                    info!(job = %id, cn = %cn, status = %crate::process::describe(status), ms, "command ended")
+                    info!(job = %id, cn = cn.as_str(), status = %crate::process::describe(status), ms, "command ended")
                 }
                 Ended::Cancelled => {
                     state.jobs.finished(&id);
-                    warn!(job = %id, cn = %cn, ms, "client went away; command stopped");
+                    warn!(job = %id, cn = cn.as_str(), ms, "client went away; command stopped");
                 }
-                Ended::Failed(why) => warn!(job = %id, cn = %cn, ms, "execute failed: {why}"),
+                Ended::Failed(why) => warn!(job = %id, cn = cn.as_str(), ms, reason = why.as_str(), "execute failed"),
             }
             drop(job_use);
         });
@@ -162,8 +178,13 @@ impl FileService for Service {
     async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
         let caller = self.caller(&request, "check")?;
         let request = request.into_inner();
-        let (dir, job_use) = self.state.jobs.open(&request.unique_id, caller.cn.as_deref())?;
-        let has_stream = !existing_results(&dir, &request.result_dir)?.is_empty();
+        let (dir, job_use) = self.state.jobs.open_ended(&request.unique_id, caller.cn.as_deref())?;
+        let names = result_names(&request.result_dir)?;
+        // Many paths, a slow disk: looked up off the async threads.
+        let found = tokio::task::spawn_blocking(move || existing_results(&dir, &names))
+            .await
+            .map_err(|e| Status::internal(format!("result lookup failed: {e}")))?;
+        let has_stream = !found?.is_empty();
         if !has_stream {
             // Nothing to download: the client is done with this job.
             self.state.jobs.finished(job_use.id());
@@ -176,17 +197,17 @@ impl FileService for Service {
     async fn download(&self, request: Request<DownloadRequest>) -> Result<Response<Self::DownloadStream>, Status> {
         let caller = self.caller(&request, "download")?;
         let request = request.into_inner();
-        let (dir, job_use) = self.state.jobs.open(&request.unique_id, caller.cn.as_deref())?;
-        let roots = existing_results(&dir, &request.result_dir)?;
+        let (dir, job_use) = self.state.jobs.open_ended(&request.unique_id, caller.cn.as_deref())?;
+        let names = result_names(&request.result_dir)?;
         let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
         let state = self.state.clone();
         let cn = caller.name().to_string();
         tokio::spawn(async move {
             let started = Instant::now();
-            let sent = stream_results(roots, tx).await;
+            let sent = stream_results(dir, names, tx).await;
             if let Some(bytes) = sent {
                 state.jobs.finished(job_use.id());
-                info!(job = %job_use.id(), cn = %cn, bytes, ms = millis(started), "results sent");
+                info!(job = %job_use.id(), cn = cn.as_str(), bytes, ms = millis(started), "results sent");
             }
             drop(job_use);
         });
@@ -204,31 +225,48 @@ fn legacy_message(item: Result<ExecuteResponse, Status>) -> Option<Result<Execut
     }
 }
 
-/// The RESULT paths (space-separated, relative to the job directory) that exist,
-/// found without following any link on the way.
-fn existing_results(job_dir: &Path, result_dir: &str) -> Result<Vec<PackRoot>, JobError> {
-    let mut roots = Vec::new();
+/// The RESULT paths (space-separated, relative to the job directory), sanitized.
+fn result_names(result_dir: &str) -> Result<Vec<PathBuf>, JobError> {
+    let mut names = Vec::new();
     for name in result_dir.split_whitespace() {
         let refuse = |reason: String| JobError::BadResultPath { path: name.to_string(), reason };
         let rel = sanitize_relative(name.as_bytes()).map_err(|e| refuse(e.to_string()))?;
         if rel.as_os_str().is_empty() {
             return Err(refuse("the job directory itself cannot be a result".into()));
         }
-        if let Some(disk) = find_below(job_dir, &rel).map_err(|e| refuse(e.to_string()))? {
-            roots.push(PackRoot { disk, name: rel });
-        }
+        names.push(rel);
     }
-    Ok(roots)
+    Ok(names)
 }
 
-/// Packs the results into the response stream. Links are shipped as links, never
-/// followed, so a link the job made to `/etc/shadow` or the server key ships no bytes.
+/// The RESULT paths that exist, found without following any link on the way.
+fn existing_results(job_dir: &Path, names: &[PathBuf]) -> Result<Vec<PathBuf>, JobError> {
+    let mut found = Vec::new();
+    for name in names {
+        let refuse = |reason: String| JobError::BadResultPath { path: name.display().to_string(), reason };
+        // The error names the path relative to the job directory, never the server's own.
+        let exists = find_below(job_dir, name).map_err(|e| refuse(strip_dir(&e.to_string(), job_dir)))?;
+        if exists.is_some() {
+            found.push(name.clone());
+        }
+    }
+    Ok(found)
+}
+
+/// `message` with the job directory's absolute path taken out.
+fn strip_dir(message: &str, job_dir: &Path) -> String {
+    let prefix = format!("{}/", job_dir.display());
+    message.replace(&prefix, "")
+}
+
+/// Packs the results into the response stream, walking relative to directory handles:
+/// links are shipped as links, never followed, so neither a link the job made to
+/// `/etc/shadow` nor a directory swapped for a link ships the target's bytes.
 /// Returns the bytes sent when the whole stream went out.
-async fn stream_results(roots: Vec<PackRoot>, tx: mpsc::Sender<Result<DataChunk, Status>>) -> Option<u64> {
+async fn stream_results(dir: PathBuf, names: Vec<PathBuf>, tx: mpsc::Sender<Result<DataChunk, Status>>) -> Option<u64> {
     let (chunk_tx, mut chunk_rx) = mpsc::channel(CHANNEL_CHUNKS);
     let pack = tokio::task::spawn_blocking(move || {
-        let options = PackOptions::everything(false, RESULT_GZIP_LEVEL);
-        let (_, writer) = pack_tar_gz(&roots, &options, ChunkWriter::new(chunk_tx, CHUNK_SIZE))?;
+        let (_, writer) = pack_results_tar_gz(&dir, &names, RESULT_GZIP_LEVEL, ChunkWriter::new(chunk_tx, CHUNK_SIZE))?;
         writer.finish().map_err(lrpymrpc_archive::PackError::Write)?;
         Ok::<_, lrpymrpc_archive::PackError>(())
     });

@@ -17,6 +17,8 @@ pub struct State {
     pub env_cache: Option<EnvCache>,
     /// Set at shutdown: uploads are refused, running jobs finish.
     pub draining: AtomicBool,
+    /// Job processes run in PID namespaces of their own ([`crate::contain`]).
+    pub contain: bool,
 }
 
 impl State {
@@ -27,7 +29,22 @@ impl State {
             true => Some(EnvCache::new(&config.root, config.env_cache_max_bytes)?),
             false => None,
         };
-        let jobs = Arc::new(Jobs::new(config.root.clone(), config.max_jobs, config.job_ttl, config.finished_grace));
-        Ok((State { config, jobs, running: Running::default(), env_cache, draining: AtomicBool::new(false) }, swept))
+        let jobs = Arc::new(Jobs::new(
+            config.root.clone(),
+            config.max_jobs,
+            config.max_jobs_per_cn,
+            config.job_ttl,
+            config.finished_grace,
+        ));
+        let contain = config.sandbox.is_none() && crate::contain::available();
+        if config.sandbox.is_none() && !contain {
+            tracing::warn!(
+                "cannot make PID namespaces here: a process a job leaves behind (a daemon) may outlive it; \
+                 --sandbox or a kernel with user namespaces prevents that"
+            );
+        }
+        let state =
+            State { config, jobs, running: Running::default(), env_cache, draining: AtomicBool::new(false), contain };
+        Ok((state, swept))
     }
 }
