@@ -93,9 +93,10 @@ impl Output {
     }
 
     /// A status line of the Python client (`Upload`, `Finish.`); hidden by `--quiet`.
+    /// It may carry what a server sent (a job id): cleaned like a remote line.
     pub fn status(&self, text: &str) {
         if !self.verbosity.quiet {
-            self.write(false, &format!("{}{text}", self.prefix));
+            self.write(false, &format!("{}{}", self.prefix, clean_text(text)));
         }
     }
 
@@ -114,23 +115,24 @@ impl Output {
     /// A warning on stderr; the job goes on. Hidden by `--quiet`.
     pub fn warn(&self, text: &str) {
         if !self.verbosity.quiet {
-            self.write(true, &format!("lrpymrpc: {}: {text}", self.paint("warning", YELLOW)));
+            self.write(true, &format!("lrpymrpc: {}: {}", self.paint("warning", YELLOW), clean_text(text)));
         }
     }
 
     /// Something worth knowing that is not a problem; hidden by `--quiet`.
     pub fn note(&self, text: &str) {
         if !self.verbosity.quiet {
-            self.write(true, &format!("lrpymrpc: note: {text}"));
+            self.write(true, &format!("lrpymrpc: note: {}", clean_text(text)));
         }
     }
 
     /// A failure on stderr: one line, then a `hint:` line when a fix is known.
     pub fn error(&self, error: &ClientError) {
         self.finish_progress();
-        self.write(true, &format!("lrpymrpc: {}: {error}", self.paint("error", RED)));
+        // Error messages quote what a server said (statuses, entry names): cleaned.
+        self.write(true, &format!("lrpymrpc: {}: {}", self.paint("error", RED), clean_text(&error.to_string())));
         if let Some(hint) = error.hint() {
-            self.write(true, &format!("{}: {hint}", self.paint("hint", CYAN)));
+            self.write(true, &format!("{}: {}", self.paint("hint", CYAN), clean_text(hint)));
         }
     }
 
@@ -220,17 +222,33 @@ pub fn seconds(duration: Duration) -> String {
     format!("{:.2} s", duration.as_secs_f64())
 }
 
-/// A remote line made safe to print: no escape sequences that move the cursor, set
-/// titles or clear the screen, no other control characters; colour (SGR) sequences
-/// kept only when `keep_colour`. Of carriage-return overwrites (`\r` progress
-/// meters), only the last is kept, as a terminal would show it.
+/// Text that may quote a server (diagnostics, job ids) made safe to print: each line
+/// cleaned as [`clean_line`] does, with no colour kept and carriage returns dropped
+/// (so a quoted value cannot erase the words before it); line breaks stay.
+pub fn clean_text(text: &str) -> String {
+    let text = text.replace('\r', "");
+    text.split('\n').map(|line| clean_line(line, false)).collect::<Vec<_>>().join("\n")
+}
+
+/// Unicode controls that reorder how a line is shown (bidirectional overrides and
+/// isolates): a line could show text in another order than it has.
+fn is_reordering(c: char) -> bool {
+    matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}' | '\u{061c}')
+}
+
+/// A remote line made safe to print, on a terminal too: no escape sequences that move
+/// the cursor, set titles, switch character sets or clear the screen, no other control
+/// characters (C0 and C1, backspace, SO/SI), no bidirectional overrides; plain colour
+/// (SGR: digits and `;` only) kept only when `keep_colour`. Of carriage-return
+/// overwrites (`\r` progress meters), only the last is kept, as a terminal would show
+/// it, so nothing can overwrite the `[host:port]:` prefix.
 pub fn clean_line(line: &str, keep_colour: bool) -> std::borrow::Cow<'_, str> {
     let line = match line.rfind('\r') {
         Some(at) if at + 1 < line.len() => &line[at + 1..],
         Some(_) => line.trim_end_matches('\r').rsplit('\r').next().unwrap_or(""),
         None => line,
     };
-    if !line.chars().any(|c| c.is_control() && c != '\t') {
+    if !line.chars().any(|c| (c.is_control() && c != '\t') || is_reordering(c)) {
         return std::borrow::Cow::Borrowed(line);
     }
     let mut out = String::with_capacity(line.len());
@@ -246,22 +264,29 @@ pub fn clean_line(line: &str, keep_colour: bool) -> std::borrow::Cow<'_, str> {
                             break;
                         }
                     }
-                    if keep_colour && sequence.ends_with('m') {
+                    let plain_sgr = sequence.ends_with('m')
+                        && sequence[2..sequence.len() - 1].chars().all(|c| c.is_ascii_digit() || c == ';');
+                    if keep_colour && plain_sgr {
                         out.push_str(&sequence);
                     }
                 }
-                // An operating-system command (window title, hyperlink): up to BEL or ST.
-                Some(']') => {
+                // A string command (OSC: titles, hyperlinks; DCS, SOS, PM, APC): up to BEL or ST.
+                Some(']' | 'P' | 'X' | '^' | '_') => {
                     while let Some(next) = chars.next() {
                         if next == '\x07' || (next == '\x1b' && chars.next_if_eq(&'\\').is_some()) {
                             break;
                         }
                     }
                 }
+                // Any other escape sequence (`ESC # 8`, `ESC ( 0`): intermediates, then one final byte.
+                Some(' '..='/') => {
+                    while chars.next_if(|c| (' '..='/').contains(c)).is_some() {}
+                    chars.next();
+                }
                 _ => {}
             },
             '\t' => out.push('\t'),
-            c if c.is_control() => {}
+            c if c.is_control() || is_reordering(c) => {}
             c => out.push(c),
         }
     }
@@ -281,5 +306,15 @@ mod tests {
         assert_eq!(clean_line(" 10%\r 50%\r100%", false), "100%");
         assert_eq!(clean_line("done\r", false), "done");
         assert_eq!(clean_line("plain", false), "plain");
+    }
+
+    #[test]
+    fn nothing_but_plain_colour_reaches_a_terminal() {
+        // Backspace, DECALN (`ESC # 8`), a charset switch, SO/SI, C1 controls (CSI as
+        // one byte, U+009B), OSC, a private `m` sequence, bidi overrides.
+        let hostile = "a\x08b\x1b#8c\x1b(0d\x0ee\x0ff\u{9b}2Jg\x1b]8;;x\x1b\\h\x1b[>4;2mi\u{202e}j\x1b[1;31mk";
+        assert_eq!(clean_line(hostile, true), "abcdef2Jghij\x1b[1;31mk");
+        assert_eq!(clean_line(hostile, false), "abcdef2Jghijk");
+        assert_eq!(clean_text("id=\x1b[2J1\nnext\r\x1b[31mline"), "id=1\nnextline");
     }
 }
