@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 
 use crate::env::{TestEnv, send_signal, wait_exit};
 
-/// A remote command that leaves a background process too, and says its process group.
-const TWO_SLEEPS: &str = "echo pgid=$$; sleep 1000 & sleep 1000";
+/// A remote command that leaves a background process too, and says its process group
+/// as the host sees it (`$$` counts in the job's own PID namespace).
+const TWO_SLEEPS: &str = "echo pgid=$(cut -d' ' -f5 /proc/self/stat); sleep 1000 & sleep 1000";
 
 /// Starts the client on [`TWO_SLEEPS`] and returns it with the remote process group,
 /// once the remote command has started.

@@ -33,7 +33,13 @@ impl TestEnv {
 
     /// Directories and certificates, no server yet.
     pub fn bare() -> TestEnv {
-        let root = tempfile::tempdir().unwrap();
+        TestEnv::bare_in(&std::env::temp_dir())
+    }
+
+    /// The same below `parent` (outside `/tmp`, for tests of what the sandbox hides).
+    pub fn bare_in(parent: &Path) -> TestEnv {
+        std::fs::create_dir_all(parent).unwrap();
+        let root = tempfile::tempdir_in(parent).unwrap();
         let tls = root.path().join("tls");
         let jobs = root.path().join("jobs");
         let work = root.path().join("work");
@@ -52,7 +58,12 @@ impl TestEnv {
 
     /// The reference server with mutual TLS and settings changed by `change`.
     pub fn configured(change: impl FnOnce(&mut Config)) -> TestEnv {
-        let env = TestEnv::bare();
+        TestEnv::bare().serve_configured(change)
+    }
+
+    /// Starts the reference server with mutual TLS and settings changed by `change`.
+    pub fn serve_configured(self, change: impl FnOnce(&mut Config)) -> TestEnv {
+        let env = self;
         let tls = TlsMaterial::from_dir(&env.tls).unwrap();
         let mut config = Config { tls_dir: Some(env.tls.clone()), ..Config::new(env.jobs.clone(), Some(tls)) };
         change(&mut config);
@@ -225,6 +236,30 @@ pub fn wait_exit(child: &mut std::process::Child, limit: Duration) -> std::proce
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// A client TLS directory beside the fixture's, for a second user `cn` of its CA.
+pub fn client_dir_for(env: &TestEnv, cn: &str) -> PathBuf {
+    use lrpymrpc_certs::{Ca, layout, write_pair};
+    let dir = env.root.path().join(format!("tls-{cn}"));
+    let files = layout::client_nested(&dir);
+    let pair = Ca::load(&env.tls).unwrap().issue_client(cn).unwrap();
+    write_pair(&pair, &files.cert, &files.key).unwrap();
+    std::fs::create_dir_all(files.ca.parent().unwrap()).unwrap();
+    std::fs::copy(layout::ca_cert(&env.tls), &files.ca).unwrap();
+    dir
+}
+
+/// Processes on this machine whose command line contains `needle` (arguments joined
+/// by NUL bytes, as in `/proc/PID/cmdline`).
+pub fn processes_running(needle: &str) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| std::fs::read(entry.path().join("cmdline")).ok())
+        .map(|line| String::from_utf8_lossy(&line).into_owned())
+        .filter(|line| line.contains(needle))
+        .collect()
 }
 
 /// Polls `done` until it holds; fails after `limit`.

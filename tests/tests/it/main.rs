@@ -11,5 +11,6 @@ mod integration;
 mod job;
 mod load;
 mod proxy;
+mod security;
 mod server;
 mod tls;

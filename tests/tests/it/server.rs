@@ -199,7 +199,7 @@ fn after_the_shutdown_grace_running_commands_are_stopped() {
     env.write("source/x", "x");
     let mut client = env.client_std();
     let mut client = client
-        .args(["--CMD", "echo pgid=$$; sleep 1000"])
+        .args(["--CMD", "echo pgid=$(cut -d' ' -f5 /proc/self/stat); sleep 1000"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
