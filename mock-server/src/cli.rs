@@ -78,6 +78,12 @@ struct Args {
     /// HTTP/2 streams per connection
     #[arg(long, default_value_t = 64, help_heading = "Limits")]
     max_streams: u32,
+    /// TLS handshakes in progress at once; connections beyond are closed at once
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..), help_heading = "Limits")]
+    max_handshakes: u32,
+    /// TLS handshakes in progress at once from one IP address
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..), help_heading = "Limits")]
+    max_handshakes_per_address: u32,
     /// TLS handshake time limit
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, help_heading = "Limits")]
     handshake_timeout: Duration,
@@ -273,6 +279,8 @@ fn serve(args: Args) -> anyhow::Result<()> {
         shutdown_grace: args.shutdown_grace,
         max_streams_per_connection: args.max_streams,
         tls_handshake_timeout: args.handshake_timeout,
+        max_handshakes: args.max_handshakes as usize,
+        max_handshakes_per_address: args.max_handshakes_per_address as usize,
         env_cache: !args.no_env_cache,
         env_cache_max_bytes: args.env_cache_max_bytes,
         share_env_cache: args.share_env_cache,

@@ -44,6 +44,9 @@ pub struct Config {
     /// HTTP/2 streams per connection.
     pub max_streams_per_connection: u32,
     pub tls_handshake_timeout: Duration,
+    /// TLS handshakes in progress at once, overall and from one address.
+    pub max_handshakes: usize,
+    pub max_handshakes_per_address: usize,
     /// HTTP/2 pings to find dead clients.
     pub keepalive_interval: Duration,
     /// Share one Python environment between jobs with the same REPO_URL.
@@ -80,6 +83,8 @@ impl Config {
             shutdown_grace: Duration::from_secs(30),
             max_streams_per_connection: 64,
             tls_handshake_timeout: Duration::from_secs(10),
+            max_handshakes: 512,
+            max_handshakes_per_address: 128,
             keepalive_interval: Duration::from_secs(60),
             env_cache: true,
             env_cache_max_bytes: 8 << 30,

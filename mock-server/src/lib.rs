@@ -11,6 +11,7 @@ mod envs;
 mod error;
 mod execute;
 mod jobs;
+mod listener;
 mod process;
 pub mod sandbox;
 mod service;
@@ -20,9 +21,11 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::pin::Pin;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+
+use tonic::transport::Server;
 use tracing::{info, warn};
 
 pub use config::{Config, ConfigError, TlsMaterial};
@@ -33,6 +36,8 @@ use lrpymrpc_proto::file_service_server::FileServiceServer;
 pub enum ServeError {
     #[error("cannot prepare the job root `{root}`: {source}")]
     Setup { root: std::path::PathBuf, source: std::io::Error },
+    #[error("cannot set up TLS: {0}")]
+    Tls(String),
     #[error(transparent)]
     Transport(#[from] tonic::transport::Error),
 }
@@ -57,26 +62,33 @@ pub async fn run(
         .max_concurrent_streams(config.max_streams_per_connection)
         .http2_keepalive_interval(Some(config.keepalive_interval))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)));
-    if let Some(tls) = &config.tls {
-        let identity = Identity::from_pem(&tls.cert_pem, &tls.key_pem);
-        // A client CA root makes client certificates mandatory: the handshake fails
-        // before any RPC, so no byte of an unauthenticated upload reaches the disk.
-        let tls_config = ServerTlsConfig::new()
-            .identity(identity)
-            .client_ca_root(Certificate::from_pem(&tls.client_ca_pem))
-            .timeout(config.tls_handshake_timeout);
-        builder = builder.tls_config(tls_config)?;
-    }
     let reaper = tokio::spawn(reap_forever(state.clone()));
-    let service = FileServiceServer::new(service::Service::new(state.clone()));
+    let service = builder.add_service(FileServiceServer::new(service::Service::new(state.clone())));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let stopped = async {
+        let _ = stopped.await;
+    };
     // serve_with_incoming ignores the builder's TCP settings: the incoming stream sets
     // them. Without TCP_NODELAY, each small response waits out a delayed ACK (40 ms).
-    let incoming =
-        TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(Some(state.config.keepalive_interval));
-    let serve = builder.add_service(service).serve_with_incoming_shutdown(incoming, async {
-        let _ = stopped.await;
-    });
+    let serve: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send + '_>> = match &config.tls {
+        // Client certificates are mandatory: the handshake fails before any RPC, so no
+        // byte of an unauthenticated upload reaches the disk.
+        Some(tls) => {
+            let acceptor = listener::tls_acceptor(tls).map_err(ServeError::Tls)?;
+            let limits = listener::HandshakeLimits {
+                max_in_progress: config.max_handshakes,
+                max_per_address: config.max_handshakes_per_address,
+                timeout: config.tls_handshake_timeout,
+                keepalive: config.keepalive_interval,
+            };
+            Box::pin(service.serve_with_incoming_shutdown(listener::accept_tls(listener, acceptor, limits), stopped))
+        }
+        None => {
+            let incoming =
+                TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(Some(config.keepalive_interval));
+            Box::pin(service.serve_with_incoming_shutdown(incoming, stopped))
+        }
+    };
     tokio::pin!(serve);
     tokio::select! {
         outcome = &mut serve => {

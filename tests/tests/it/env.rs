@@ -199,9 +199,26 @@ pub fn build_wheel(package_dir: &Path, name: &str, out_dir: &Path) -> PathBuf {
 /// The real server binary on a free port, serving the fixture's job root with its TLS
 /// material; its log goes to `server.log` beside them. Returns it and its port.
 pub fn spawn_server_binary(env: &TestEnv, extra: &[&str]) -> (std::process::Child, u16) {
+    spawn_server_binary_with_fds(env, extra, None)
+}
+
+/// [`spawn_server_binary`] with at most `max_fds` open descriptors, when given.
+pub fn spawn_server_binary_with_fds(env: &TestEnv, extra: &[&str], max_fds: Option<u64>) -> (std::process::Child, u16) {
     use std::io::{BufRead, BufReader};
+    use std::os::unix::process::CommandExt;
     let log = std::fs::File::create(env.root.path().join("server.log")).unwrap();
-    let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_lrpymrpc-e2e-mock-server"))
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_lrpymrpc-e2e-mock-server"));
+    if let Some(max) = max_fds {
+        let limit = libc::rlimit { rlim_cur: max, rlim_max: max };
+        // SAFETY: setrlimit is async-signal-safe and gets a valid pointer to a local.
+        unsafe {
+            command.pre_exec(move || match libc::setrlimit(libc::RLIMIT_NOFILE, &limit) {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            });
+        }
+    }
+    let mut server = command
         .args(["--listen", "127.0.0.1:0", "--root"])
         .arg(&env.jobs)
         .arg("--tls-dir")

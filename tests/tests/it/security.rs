@@ -12,7 +12,8 @@ use lrpymrpc_proto::{CheckRequest, DataChunk, ExecuteRequest};
 use predicates::prelude::*;
 
 use crate::env::{
-    TestEnv, build_wheel, client_dir_for, processes_running, send_signal, spawn_server_binary, wait_exit, wait_until,
+    TestEnv, build_wheel, client_dir_for, processes_running, send_signal, spawn_server_binary,
+    spawn_server_binary_with_fds, wait_exit, wait_until,
 };
 use crate::hostile::{assert_canary_untouched, fake_server_sending, plant_canary};
 
@@ -475,6 +476,51 @@ fn a_stalled_upload_loses_its_slot_and_one_cn_cannot_take_every_slot() {
     std::fs::create_dir_all(other.join("source")).unwrap();
     client_as(&env, &mallory, &other).args(["--CMD", "true"]).assert().success();
     assert!(wait_exit(&mut holding, Duration::from_secs(15)).success());
+}
+
+// 12 and 13: a flood of connections that never finish their handshake cannot starve
+// certificate holders (even when it would exhaust the server's descriptors), and
+// refused handshakes are logged with the peer and the reason.
+#[test]
+fn an_unauthenticated_flood_cannot_starve_certificate_holders() {
+    let mut env = TestEnv::bare();
+    let extra = ["--handshake-timeout", "60s", "--max-handshakes-per-address", "8", "--shutdown-grace", "1s"];
+    let (mut server, port) = spawn_server_binary_with_fds(&env, &extra, Some(128));
+    env.set_addr(([127, 0, 0, 1], port).into());
+    let addr = env.addr;
+    // 300 idle connections from another loopback address: more than the server has
+    // descriptors; each would hold one for the whole handshake limit.
+    let flood = env.runtime().block_on(async move {
+        let mut held = Vec::new();
+        for _ in 0..300 {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+            if let Ok(stream) = socket.connect(addr).await {
+                held.push(stream);
+            }
+        }
+        held
+    });
+    assert!(flood.len() > 200, "the flood connected");
+    env.write("source/x", "x");
+    env.client()
+        .args(["--CMD", "echo served", "--timeout", "30s"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("]:served"));
+    let (addr, tls) = (env.addr, env.tls.clone());
+    let _ = env.runtime().block_on(async move {
+        let mut client = crate::tls::raw_client(addr, &tls, false).await?;
+        Ok::<_, Box<dyn std::error::Error>>(client.check(CheckRequest::default()).await.map(|_| ())?)
+    });
+    drop(flood);
+    send_signal(&server, libc::SIGTERM);
+    wait_exit(&mut server, Duration::from_secs(15));
+    let log = std::fs::read_to_string(env.root.path().join("server.log")).unwrap();
+    let closed = log.lines().find(|l| l.contains("connection closed before its TLS handshake")).unwrap_or_default();
+    assert!(closed.contains("peer=127.0.0.2:") && closed.contains("from this address"), "{log}");
+    let refused = log.lines().find(|l| l.contains("TLS handshake refused") && l.contains("peer=127.0.0.1:"));
+    assert!(refused.is_some_and(|line| line.contains("reason=")), "{log}");
 }
 
 // 13: what a client sends cannot forge log lines.

@@ -1,0 +1,180 @@
+//! Accepts connections and makes the TLS handshakes itself, so that an
+//! unauthenticated flood cannot starve certificate holders: handshakes in progress
+//! are capped overall and per peer address, each has a time limit, and a connection
+//! beyond a cap is closed at once (it holds no descriptor). Every refused handshake is
+//! logged with the peer's address and the reason; a burst of connections closed at a
+//! cap is logged once a second, not once per connection.
+//!
+//! The handshake is rustls with client certificates required (the CA that signs
+//! clients), so a connection reaches gRPC only once its certificate was verified; the
+//! `TlsStream`s carry the peer's certificates to the calls as tonic's own would.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_stream::wrappers::ReceiverStream;
+use tracing::warn;
+
+use crate::config::TlsMaterial;
+
+/// Bounds on connections that have not finished their handshake yet.
+#[derive(Debug, Clone, Copy)]
+pub struct HandshakeLimits {
+    /// Handshakes in progress at once, from everyone.
+    pub max_in_progress: usize,
+    /// Handshakes in progress at once from one IP address.
+    pub max_per_address: usize,
+    /// The longest one handshake may take.
+    pub timeout: Duration,
+    /// TCP keepalive of accepted connections.
+    pub keepalive: Duration,
+}
+
+/// The rustls server side of mutual TLS: our certificate, client certificates required
+/// and verified against the client CA, HTTP/2 by ALPN.
+pub fn tls_acceptor(material: &TlsMaterial) -> Result<TlsAcceptor, String> {
+    let pem_error = |what: &str, error: rustls::pki_types::pem::Error| format!("cannot read the {what}: {error}");
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(material.cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| pem_error("server certificate", e))?;
+    let key = PrivateKeyDer::from_pem_slice(material.key_pem.as_bytes()).map_err(|e| pem_error("server key", e))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_slice_iter(material.client_ca_pem.as_bytes()) {
+        let ca = ca.map_err(|e| pem_error("client CA", e))?;
+        roots.add(ca).map_err(|e| format!("the client CA is not usable: {e}"))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider.clone())
+        .build()
+        .map_err(|e| format!("cannot verify clients with the client CA: {e}"))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("the server certificate and key do not fit: {e}"))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// The authenticated connections arriving on `listener`, handshakes bounded by `limits`.
+pub fn accept_tls(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    limits: HandshakeLimits,
+) -> ReceiverStream<io::Result<TlsStream<TcpStream>>> {
+    let (tx, rx) = mpsc::channel(16);
+    tokio::spawn(accept_loop(listener, acceptor, limits, tx));
+    ReceiverStream::new(rx)
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    limits: HandshakeLimits,
+    tx: mpsc::Sender<io::Result<TlsStream<TcpStream>>>,
+) {
+    let in_progress = Arc::new(Semaphore::new(limits.max_in_progress.max(1)));
+    let per_address = Arc::new(Mutex::new(HashMap::new()));
+    let mut closed = ClosedAtCap::default();
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of descriptors, most likely: wait for some to come back.
+                warn!(reason = error.to_string().as_str(), "cannot accept a connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        if tx.is_closed() {
+            return;
+        }
+        let Ok(permit) = in_progress.clone().try_acquire_owned() else {
+            closed.note(peer, "too many TLS handshakes in progress");
+            continue;
+        };
+        let Some(from_address) = AddressSlot::take(&per_address, peer.ip(), limits.max_per_address) else {
+            closed.note(peer, "too many TLS handshakes in progress from this address");
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let keepalive = socket2::TcpKeepalive::new().with_time(limits.keepalive);
+        let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive);
+        let (acceptor, tx) = (acceptor.clone(), tx.clone());
+        tokio::spawn(async move {
+            let outcome = tokio::time::timeout(limits.timeout, acceptor.accept(tcp)).await;
+            drop((permit, from_address));
+            match outcome {
+                Ok(Ok(stream)) => {
+                    let _ = tx.send(Ok(stream)).await;
+                }
+                Ok(Err(error)) => {
+                    warn!(peer = %peer, reason = error.to_string().as_str(), "TLS handshake refused");
+                }
+                Err(_) => {
+                    let reason = format!("not finished within {}", crate::process::human(limits.timeout));
+                    warn!(peer = %peer, reason = reason.as_str(), "TLS handshake refused");
+                }
+            }
+        });
+    }
+}
+
+/// One handshake in progress from an address; counted down on drop.
+struct AddressSlot {
+    table: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    address: IpAddr,
+}
+
+impl AddressSlot {
+    fn take(table: &Arc<Mutex<HashMap<IpAddr, usize>>>, address: IpAddr, max: usize) -> Option<AddressSlot> {
+        let mut counts = table.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let count = counts.entry(address).or_insert(0);
+        if *count >= max.max(1) {
+            return None;
+        }
+        *count += 1;
+        Some(AddressSlot { table: table.clone(), address })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut counts = self.table.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(count) = counts.get_mut(&self.address) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.address);
+            }
+        }
+    }
+}
+
+/// Connections closed at a cap, logged at most once a second.
+#[derive(Default)]
+struct ClosedAtCap {
+    since_last_log: u64,
+    last_log: Option<Instant>,
+}
+
+impl ClosedAtCap {
+    fn note(&mut self, peer: SocketAddr, reason: &str) {
+        self.since_last_log += 1;
+        if self.last_log.is_some_and(|at| at.elapsed() < Duration::from_secs(1)) {
+            return;
+        }
+        warn!(peer = %peer, reason, closed = self.since_last_log, "connection closed before its TLS handshake");
+        self.since_last_log = 0;
+        self.last_log = Some(Instant::now());
+    }
+}
