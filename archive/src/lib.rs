@@ -10,7 +10,7 @@ pub mod merge;
 pub mod pack;
 pub mod paths;
 pub mod results;
-#[doc(hidden)]
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod unpack;
 

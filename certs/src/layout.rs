@@ -1,5 +1,5 @@
 //! Where certificate files live in a TLS directory. Two client layouts exist in the
-//! wild (PROTOCOL.md section 3): nested (`client/client.key`, `ca/ca.crt`), looked
+//! wild (`../shared/PROTOCOL.md` section 3): nested (`client/client.key`, `ca/ca.crt`), looked
 //! for first, and flat (`client.key`, `ca.crt`). The server reads `server/` and `ca/`.
 
 use std::path::{Path, PathBuf};

@@ -51,7 +51,7 @@ pub async fn connect(target: &Peer) -> Result<Channel, ClientError> {
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_keepalive(Some(TCP_KEEPALIVE))
         .http2_keep_alive_interval(HTTP2_PING_INTERVAL)
-        .keep_alive_timeout(Duration::from_secs(20))
+        .keep_alive_timeout(lrpymrpc_proto::KEEPALIVE_TIMEOUT)
         // hyper's defaults (2 MiB per stream, 5 MiB per connection) let a fast server
         // park megabytes of results in the client; 512 KiB still fills a LAN.
         .initial_stream_window_size(RECEIVE_WINDOW_BYTES)
@@ -149,20 +149,8 @@ pub fn classify(step: Step, target: &Peer, status: Status) -> ClientError {
     match status.code() {
         _ if transport => ClientError::Lost { step, peer, reason },
         Code::Unavailable => ClientError::Lost { step, peer, reason },
-        code => ClientError::Server { step, peer, code: code_name(code), message: reason },
+        code => ClientError::Server { step, peer, code, message: reason },
     }
-}
-
-/// `NotFound` -> `NOT_FOUND`, the spelling gRPC users know.
-fn code_name(code: Code) -> String {
-    let mut name = String::new();
-    for (index, c) in format!("{code:?}").chars().enumerate() {
-        if c.is_uppercase() && index > 0 {
-            name.push('_');
-        }
-        name.push(c.to_ascii_uppercase());
-    }
-    name
 }
 
 /// The messages of an error and its sources, generic wrappers dropped, joined by `: `.
@@ -211,16 +199,4 @@ fn hint_for(reason: &str, target: &Peer) -> Option<String> {
         return None;
     };
     Some(text)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn code_names_are_grpc_spellings() {
-        assert_eq!(code_name(Code::NotFound), "NOT_FOUND");
-        assert_eq!(code_name(Code::InvalidArgument), "INVALID_ARGUMENT");
-        assert_eq!(code_name(Code::Internal), "INTERNAL");
-    }
 }

@@ -58,12 +58,12 @@ pub enum ClientError {
         /// Worth another try (refused, timed out), unlike a refused certificate.
         transient: bool,
     },
-    #[error("{step} failed: {peer} answered {code}: {message}")]
-    Server { step: Step, peer: String, code: String, message: String },
+    #[error("{step} failed: {peer} answered {code}: {message}", code = code_name(*code))]
+    Server { step: Step, peer: String, code: tonic::Code, message: String },
     #[error("{step} failed: lost the connection to {peer}: {reason}")]
     Lost { step: Step, peer: String, reason: String },
-    #[error("results not unpacked: {message}")]
-    Results { message: String },
+    #[error("results not unpacked: {0}")]
+    Results(#[from] ResultsError),
     #[error("the remote command failed with exit status {code}")]
     RemoteExit { code: i32 },
     #[error("the remote command was killed by signal {signal}")]
@@ -72,6 +72,32 @@ pub enum ClientError {
     Interrupted { signal: i32, step: Step },
     #[error("the job took longer than --timeout {limit}; stopped it during {step}")]
     TimedOut { limit: String, step: Step },
+}
+
+/// Why results did not reach their place.
+#[derive(Debug, thiserror::Error)]
+pub enum ResultsError {
+    /// The archive the server sent was refused or could not be unpacked.
+    #[error(transparent)]
+    Unpack(#[from] lrpymrpc_archive::UnpackError),
+    /// The unpacked results could not be moved into place.
+    #[error(transparent)]
+    Merge(#[from] lrpymrpc_archive::MergeError),
+    /// The destination could not be prepared.
+    #[error("cannot {what} `{path}`: {source}")]
+    Local { what: &'static str, path: std::path::PathBuf, source: std::io::Error },
+}
+
+/// `NotFound` -> `NOT_FOUND`, the spelling gRPC users know.
+pub fn code_name(code: tonic::Code) -> String {
+    let mut name = String::new();
+    for (index, c) in format!("{code:?}").chars().enumerate() {
+        if c.is_uppercase() && index > 0 {
+            name.push('_');
+        }
+        name.push(c.to_ascii_uppercase());
+    }
+    name
 }
 
 fn signal_name(signal: i32) -> String {
@@ -113,12 +139,14 @@ pub fn for_error(error: &ClientError) -> ExitCode {
         ClientError::Connect { .. } => 102,
         ClientError::Server { .. } => 103,
         ClientError::Lost { .. } => 104,
-        ClientError::Results { .. } => 105,
+        ClientError::Results(_) => 105,
         // Exit statuses are 8 bits; a status that is a multiple of 256 must not read as success.
         ClientError::RemoteExit { code } => u8::try_from(code.rem_euclid(256)).ok().filter(|&c| c != 0).unwrap_or(1),
-        ClientError::RemoteSignal { signal } | ClientError::Interrupted { signal, .. } => {
-            u8::try_from(128 + signal).unwrap_or(255)
-        }
+        // The signal number comes from the network: any i32, never a panic.
+        ClientError::RemoteSignal { signal } | ClientError::Interrupted { signal, .. } => match u8::try_from(*signal) {
+            Ok(signal @ 1..=127) => 128 + signal,
+            _ => 255,
+        },
         ClientError::TimedOut { .. } => 124,
     })
 }
@@ -147,6 +175,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn code_names_are_grpc_spellings() {
+        assert_eq!(code_name(tonic::Code::NotFound), "NOT_FOUND");
+        assert_eq!(code_name(tonic::Code::InvalidArgument), "INVALID_ARGUMENT");
+        assert_eq!(code_name(tonic::Code::Internal), "INTERNAL");
+    }
+
+    #[test]
     fn remote_statuses_pass_through_and_never_read_as_success() {
         let code = |error| format!("{:?}", for_error(&error));
         assert_eq!(code(ClientError::RemoteExit { code: 3 }), format!("{:?}", ExitCode::from(3)));
@@ -155,5 +190,8 @@ mod tests {
         let interrupted = |signal| ClientError::Interrupted { signal, step: Step::Execute };
         assert_eq!(code(interrupted(libc::SIGINT)), format!("{:?}", ExitCode::from(130)));
         assert_eq!(code(interrupted(libc::SIGTERM)), format!("{:?}", ExitCode::from(143)));
+        for hostile in [i32::MAX, i32::MIN, -1, 200] {
+            assert_eq!(code(ClientError::RemoteSignal { signal: hostile }), format!("{:?}", ExitCode::from(255)));
+        }
     }
 }

@@ -109,7 +109,7 @@ pub fn verbosity(args: &Args) -> Verbosity {
     Verbosity { quiet: args.quiet, verbose: args.verbose, no_prefix: args.no_prefix, no_progress: args.no_progress }
 }
 
-/// One directory name: no `/`, no `\`, not `.` or `..` (PROTOCOL.md section 3).
+/// One directory name: no `/`, no `\`, not `.` or `..` (`../shared/PROTOCOL.md` section 3).
 fn validate_run_name(name: &str) -> Result<(), ClientError> {
     let reason = if name.contains('/') || name.contains('\\') {
         Some("it must be one directory name, without `/` or `\\`")

@@ -20,7 +20,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
 use crate::connect::{classify, connect};
-use crate::exit::{ClientError, Step};
+use crate::exit::{ClientError, ResultsError, Step};
 use crate::job::Job;
 use crate::output::{Output, Progress};
 use crate::source;
@@ -281,8 +281,8 @@ async fn download(
 ) -> Result<UnpackReport, ClientError> {
     let dest = job.result_dir.clone();
     let limits = job.result_limits;
-    let local = |what: &str, path: &Path, error: io::Error| ClientError::Results {
-        message: format!("cannot {what} `{}`: {error}", path.display()),
+    let local = |what: &'static str, path: &Path, source: io::Error| {
+        ClientError::Results(ResultsError::Local { what, path: path.to_path_buf(), source })
     };
     std::fs::create_dir_all(&dest).map_err(|e| local("create", &dest, e))?;
     let staging = tempfile::Builder::new()
@@ -301,8 +301,8 @@ async fn download(
     let unpack = tokio::task::spawn_blocking(move || {
         let options = UnpackOptions { limits, mtime: MtimePolicy::Now, only: Some(only) };
         let report = unpack_tar_gz(ChunkReader::new(chunk_rx), staging.path(), &options)
-            .map_err(|e| ClientError::Results { message: e.to_string() })?;
-        merge_tree(staging.path(), &dest).map_err(|e| ClientError::Results { message: e.to_string() })?;
+            .map_err(ResultsError::from)?;
+        merge_tree(staging.path(), &dest).map_err(ResultsError::from)?;
         Ok::<_, ClientError>(report)
     });
     let progress: Progress = out.progress("download");

@@ -5,7 +5,7 @@
 //! directories (left out by default), `--exclude` patterns and, on request,
 //! `.gitignore` files.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Mutex;
 
@@ -53,8 +53,9 @@ pub struct SourceRules {
     /// The top directory whose `.gitignore` still applies: the repository root above
     /// the working directory, or the working directory itself.
     gitignore_top: PathBuf,
-    /// Version-control directories that were left out, to say so.
-    left_out_vcs: Mutex<Vec<PathBuf>>,
+    /// Version-control directories that were left out, to say so; a set, since every
+    /// upload attempt (a retry) walks the same tree again.
+    left_out_vcs: Mutex<BTreeSet<PathBuf>>,
     workdir: PathBuf,
 }
 
@@ -82,7 +83,7 @@ impl SourceRules {
             excludes,
             gitignores: use_gitignore.then(|| Mutex::new(HashMap::new())),
             gitignore_top,
-            left_out_vcs: Mutex::new(Vec::new()),
+            left_out_vcs: Mutex::new(BTreeSet::new()),
             workdir: workdir.to_path_buf(),
         })
     }
@@ -92,7 +93,7 @@ impl SourceRules {
         let name = candidate.disk.file_name().unwrap_or_default();
         if candidate.is_dir && !self.include_vcs && VCS_DIRECTORIES.iter().any(|vcs| name == *vcs) {
             if let Ok(mut left_out) = self.left_out_vcs.lock() {
-                left_out.push(candidate.disk.strip_prefix(&self.workdir).unwrap_or(candidate.disk).to_path_buf());
+                left_out.insert(candidate.disk.strip_prefix(&self.workdir).unwrap_or(candidate.disk).to_path_buf());
             }
             return false;
         }
@@ -127,7 +128,7 @@ impl SourceRules {
 
     /// The version-control directories left out so far, relative to the working directory.
     pub fn left_out_vcs(&self) -> Vec<PathBuf> {
-        self.left_out_vcs.lock().map(|list| list.clone()).unwrap_or_default()
+        self.left_out_vcs.lock().map(|set| set.iter().cloned().collect()).unwrap_or_default()
     }
 }
 

@@ -16,10 +16,10 @@ use crate::config::read_allowed_cns;
 use crate::sandbox::Sandbox;
 use crate::{Config, TlsMaterial};
 use lrpymrpc_archive::Limits;
-use std::time::Duration;
 
 /// A reference lrPymRPC server: unpacks uploads into fresh job directories, pip-installs
-/// REPO_URL into a per-job virtual environment, runs the command, serves the results.
+/// REPO_URL into a Python environment (shared by one certificate's jobs with the same
+/// pinned REPO_URL), runs the command, serves the results.
 #[derive(Debug, Parser)]
 #[command(name = "lrpymrpc-mock-server", version, args_conflicts_with_subcommands = true)]
 struct Args {
@@ -51,52 +51,53 @@ struct Args {
     #[arg(long, requires = "sandbox", help_heading = "Who may run what")]
     sandbox_network: bool,
 
-    /// Jobs at once (from Upload until the command ended); beyond: RESOURCE_EXHAUSTED
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=4096), help_heading = "Limits")]
+    /// Jobs at once (from Upload until the command ended, and each later command);
+    /// beyond: RESOURCE_EXHAUSTED
+    #[arg(long, default_value_t = defaults().max_jobs as u32, value_parser = clap::value_parser!(u32).range(1..=4096), help_heading = "Limits")]
     max_jobs: u32,
     /// Of those, how many one client certificate may hold (default: all of them)
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4096), help_heading = "Limits")]
     max_jobs_per_cn: Option<u32>,
     /// An upload that sends nothing for this long is abandoned and its slot freed
-    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration, help_heading = "Limits")]
-    upload_idle_timeout: Duration,
+    #[arg(long, default_value_t = defaults().upload_idle_timeout.into(), help_heading = "Limits")]
+    upload_idle_timeout: humantime::Duration,
     /// Decompressed bytes of one upload
-    #[arg(long, default_value_t = Limits::DEFAULT.max_bytes, help_heading = "Limits")]
+    #[arg(long, default_value_t = defaults().upload_limits.max_bytes, help_heading = "Limits")]
     max_upload_bytes: u64,
     /// Files and directories in one upload
-    #[arg(long, default_value_t = Limits::DEFAULT.max_entries, help_heading = "Limits")]
+    #[arg(long, default_value_t = defaults().upload_limits.max_entries, help_heading = "Limits")]
     max_upload_entries: u64,
     /// Path depth in one upload
-    #[arg(long, default_value_t = Limits::DEFAULT.max_depth, help_heading = "Limits")]
+    #[arg(long, default_value_t = defaults().upload_limits.max_depth, help_heading = "Limits")]
     max_upload_depth: usize,
     /// The longest a command may run (`90s`, `30m`, `24h`)
-    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration, help_heading = "Limits")]
-    job_timeout: Duration,
+    #[arg(long, default_value_t = defaults().job_timeout.into(), help_heading = "Limits")]
+    job_timeout: humantime::Duration,
     /// The longest a command may print nothing
-    #[arg(long, default_value = "4h", value_parser = humantime::parse_duration, help_heading = "Limits")]
-    idle_timeout: Duration,
+    #[arg(long, default_value_t = defaults().idle_timeout.into(), help_heading = "Limits")]
+    idle_timeout: humantime::Duration,
     /// HTTP/2 streams per connection
-    #[arg(long, default_value_t = 64, help_heading = "Limits")]
+    #[arg(long, default_value_t = defaults().max_streams_per_connection, help_heading = "Limits")]
     max_streams: u32,
     /// TLS handshakes in progress at once; connections beyond are closed at once
-    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..), help_heading = "Limits")]
+    #[arg(long, default_value_t = defaults().max_handshakes as u32, value_parser = clap::value_parser!(u32).range(1..), help_heading = "Limits")]
     max_handshakes: u32,
     /// TLS handshakes in progress at once from one IP address
-    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..), help_heading = "Limits")]
+    #[arg(long, default_value_t = defaults().max_handshakes_per_address as u32, value_parser = clap::value_parser!(u32).range(1..), help_heading = "Limits")]
     max_handshakes_per_address: u32,
     /// TLS handshake time limit
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, help_heading = "Limits")]
-    handshake_timeout: Duration,
+    #[arg(long, default_value_t = defaults().tls_handshake_timeout.into(), help_heading = "Limits")]
+    handshake_timeout: humantime::Duration,
 
     /// A job nobody comes back for is removed after this long
-    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration, help_heading = "Lifecycle")]
-    job_ttl: Duration,
+    #[arg(long, default_value_t = defaults().job_ttl.into(), help_heading = "Lifecycle")]
+    job_ttl: humantime::Duration,
     /// How long a job stays after its results were fetched or it was cancelled
-    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration, help_heading = "Lifecycle")]
-    finished_grace: Duration,
+    #[arg(long, default_value_t = defaults().finished_grace.into(), help_heading = "Lifecycle")]
+    finished_grace: humantime::Duration,
     /// On SIGTERM or Ctrl-C: how long running jobs may finish before they are stopped
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, help_heading = "Lifecycle")]
-    shutdown_grace: Duration,
+    #[arg(long, default_value_t = defaults().shutdown_grace.into(), help_heading = "Lifecycle")]
+    shutdown_grace: humantime::Duration,
 
     /// Build a fresh Python environment for every job instead of sharing one per REPO_URL
     #[arg(long, help_heading = "Python environments")]
@@ -106,7 +107,7 @@ struct Args {
     #[arg(long, help_heading = "Python environments")]
     share_env_cache: bool,
     /// Size bound of the environment cache in bytes; least recently used go first
-    #[arg(long, default_value_t = 8 << 30, help_heading = "Python environments")]
+    #[arg(long, default_value_t = defaults().env_cache_max_bytes, help_heading = "Python environments")]
     env_cache_max_bytes: u64,
 
     /// Log lines as text or as JSON objects (one per line)
@@ -116,6 +117,11 @@ struct Args {
     /// status, no stdout/stderr labels (to test clients against the Python server's behaviour).
     #[arg(long)]
     legacy_protocol: bool,
+}
+
+/// The one source of every default: `Config::new`, shown in `--help` as clap's defaults.
+fn defaults() -> Config {
+    Config::new(PathBuf::new(), None)
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -271,14 +277,14 @@ fn serve(args: Args) -> anyhow::Result<()> {
         },
         max_jobs: args.max_jobs as usize,
         max_jobs_per_cn: args.max_jobs_per_cn.unwrap_or(args.max_jobs) as usize,
-        upload_idle_timeout: args.upload_idle_timeout,
-        job_timeout: args.job_timeout,
-        idle_timeout: args.idle_timeout,
-        job_ttl: args.job_ttl,
-        finished_grace: args.finished_grace,
-        shutdown_grace: args.shutdown_grace,
+        upload_idle_timeout: args.upload_idle_timeout.into(),
+        job_timeout: args.job_timeout.into(),
+        idle_timeout: args.idle_timeout.into(),
+        job_ttl: args.job_ttl.into(),
+        finished_grace: args.finished_grace.into(),
+        shutdown_grace: args.shutdown_grace.into(),
         max_streams_per_connection: args.max_streams,
-        tls_handshake_timeout: args.handshake_timeout,
+        tls_handshake_timeout: args.handshake_timeout.into(),
         max_handshakes: args.max_handshakes as usize,
         max_handshakes_per_address: args.max_handshakes_per_address as usize,
         env_cache: !args.no_env_cache,

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use crate::error::JobError;
-use crate::execute::Requirement;
+use crate::repo_url::Requirement;
 
 /// The directory under the job root that holds cached environments.
 pub const CACHE_DIR_NAME: &str = "lrpymrpc-env-cache";

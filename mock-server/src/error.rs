@@ -18,7 +18,7 @@ pub enum JobError {
     #[error("result path `{path}` refused: {reason}")]
     BadResultPath { path: String, reason: String },
     #[error("REPO_URL item `{item}` refused: {reason}")]
-    BadTool { item: String, reason: String },
+    BadRepoUrl { item: String, reason: String },
     #[error("no Python interpreter (`python3` or `python`) on the server's PATH")]
     NoPython,
     #[error("{step} failed with {status}")]
@@ -36,17 +36,28 @@ pub enum JobError {
     NotAllowed { cn: String },
     #[error("no usable client certificate: {0}")]
     NoIdentity(String),
-    #[error("the command was stopped: {0}")]
-    Stopped(String),
+    #[error("the command was stopped: {}{limit}", step.as_ref().map(|s| format!("{s}: ")).unwrap_or_default())]
+    Stopped { step: Option<String>, limit: crate::executor::Limit },
+    #[error("the server is shutting down and takes no new jobs; try again later")]
+    Draining,
+    #[error("{what} failed on the server: {why}")]
+    TaskFailed { what: &'static str, why: String },
     #[error("server-side I/O error: {0}")]
     Io(#[from] std::io::Error),
+}
+
+impl JobError {
+    /// A blocking task that panicked or was cancelled.
+    pub fn task(what: &'static str, error: tokio::task::JoinError) -> JobError {
+        JobError::TaskFailed { what, why: error.to_string() }
+    }
 }
 
 impl From<JobError> for Status {
     fn from(error: JobError) -> Status {
         let message = error.to_string();
         match &error {
-            JobError::BadJobId(_) | JobError::BadResultPath { .. } | JobError::BadTool { .. } => {
+            JobError::BadJobId(_) | JobError::BadResultPath { .. } | JobError::BadRepoUrl { .. } => {
                 Status::invalid_argument(message)
             }
             JobError::UnknownJob(_) => Status::not_found(message),
@@ -62,9 +73,10 @@ impl From<JobError> for Status {
             JobError::Busy { .. } | JobError::BusyForCn { .. } => Status::resource_exhausted(message),
             JobError::NotAllowed { .. } => Status::permission_denied(message),
             JobError::NoIdentity(_) => Status::unauthenticated(message),
-            JobError::Stopped(_) => Status::deadline_exceeded(message),
+            JobError::Stopped { .. } => Status::deadline_exceeded(message),
             JobError::Io(io) if is_out_of_space(io) => Status::resource_exhausted(message),
-            JobError::Pack(_) | JobError::Io(_) => Status::internal(message),
+            JobError::Draining => Status::unavailable(message),
+            JobError::Pack(_) | JobError::Io(_) | JobError::TaskFailed { .. } => Status::internal(message),
         }
     }
 }

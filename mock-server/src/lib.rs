@@ -1,5 +1,6 @@
 //! The lrpymrpc reference server: it really does the job (a fresh job directory per
-//! upload, pip into a per-job virtual environment, the command in its own process
+//! upload, pip into a Python environment (cached per certificate and pinned REPO_URL),
+//! the command in a process
 //! group, results streamed back) over mutual TLS. A library with a thin binary, so
 //! tests start it in-process with [`run`] on port 0.
 
@@ -10,9 +11,12 @@ mod contain;
 mod envs;
 mod error;
 mod execute;
+mod executor;
 mod jobs;
 mod listener;
-mod process;
+mod local;
+mod python;
+mod repo_url;
 pub mod sandbox;
 mod service;
 mod state;
@@ -29,6 +33,7 @@ use tonic::transport::Server;
 use tracing::{info, warn};
 
 pub use config::{Config, ConfigError, TlsMaterial};
+use executor::Executor;
 use lrpymrpc_proto::file_service_server::FileServiceServer;
 
 /// Why the server stopped with an error.
@@ -61,7 +66,7 @@ pub async fn run(
     let mut builder = Server::builder()
         .max_concurrent_streams(config.max_streams_per_connection)
         .http2_keepalive_interval(Some(config.keepalive_interval))
-        .http2_keepalive_timeout(Some(Duration::from_secs(20)));
+        .http2_keepalive_timeout(Some(lrpymrpc_proto::KEEPALIVE_TIMEOUT));
     let reaper = tokio::spawn(reap_forever(state.clone()));
     let service = builder.add_service(FileServiceServer::new(service::Service::new(state.clone())));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -112,8 +117,8 @@ pub async fn run(
             break;
         }
         if now >= deadline && !stopped_commands {
-            warn!(running = state.running.count(), "shutdown grace over: stopping the commands still running");
-            state.running.stop_all();
+            warn!(running = state.executor.running(), "shutdown grace over: stopping the commands still running");
+            state.executor.stop_all();
             stopped_commands = true;
         }
         tokio::select! {

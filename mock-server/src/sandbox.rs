@@ -13,7 +13,7 @@
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 
-use tokio::process::Command;
+use crate::executor::Launch;
 
 /// The size of the sandbox's `/tmp`: room for a tool's scratch files, not for filling
 /// the server's memory.
@@ -50,7 +50,7 @@ impl Sandbox {
         let mut hidden: Vec<PathBuf> = hidden.into_iter().filter_map(|p| std::fs::canonicalize(p).ok()).collect();
         hidden.sort_by_key(|p| p.components().count());
         hidden.dedup();
-        let shown = crate::execute::python()
+        let shown = crate::python::python()
             .ok()
             .and_then(|python| std::fs::canonicalize(python.base_prefix).ok())
             .filter(|prefix| hidden.iter().any(|h| prefix.starts_with(h)))
@@ -58,8 +58,13 @@ impl Sandbox {
             .collect();
         let sandbox = Sandbox { bwrap, hidden, shown };
         let reach = Reach { writable: &[], readable: &[], network: false };
-        let probe = sandbox.command(root, reach, &[], OsStr::new("true"), &[]);
-        let output = probe.into_std().output().map_err(|e| format!("cannot run bwrap: {e}"))?;
+        let probe = Launch { program: "true".into(), args: Vec::new(), env: Vec::new(), dir: root.to_path_buf() };
+        let probe = sandbox.wrap(probe, reach);
+        let output = std::process::Command::new(&probe.program)
+            .args(&probe.args)
+            .current_dir(&probe.dir)
+            .output()
+            .map_err(|e| format!("cannot run bwrap: {e}"))?;
         if !output.status.success() {
             return Err(format!(
                 "bwrap cannot make a sandbox on this machine: {}",
@@ -69,40 +74,37 @@ impl Sandbox {
         Ok(sandbox)
     }
 
-    /// `program args` in a sandbox with exactly the environment `env`, starting in
-    /// `job_dir`, where `job_dir` and `reach.writable` can be written and
-    /// `reach.readable` read.
-    pub fn command(
-        &self,
-        job_dir: &Path,
-        reach: Reach<'_>,
-        env: &[(OsString, OsString)],
-        program: &OsStr,
-        args: &[&OsStr],
-    ) -> Command {
-        let mut command = Command::new(&self.bwrap);
-        command.args(["--die-with-parent", "--unshare-all", "--cap-drop", "ALL", "--clearenv"]);
+    /// `launch` wrapped to run in a sandbox, with exactly its environment, starting in
+    /// its directory, where that directory and `reach.writable` can be written and
+    /// `reach.readable` read. Any executor can run the result.
+    pub fn wrap(&self, launch: Launch, reach: Reach<'_>) -> Launch {
+        let mut args: Vec<OsString> = Vec::new();
+        let mut push = |items: &[&OsStr]| args.extend(items.iter().map(|item| item.to_os_string()));
+        push(&["--die-with-parent", "--unshare-all", "--cap-drop", "ALL", "--clearenv"].map(OsStr::new));
         if reach.network {
-            command.arg("--share-net");
+            push(&[OsStr::new("--share-net")]);
         }
-        command.args(["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]);
-        command.args(["--size", &TMP_BYTES.to_string(), "--tmpfs", "/tmp"]);
+        push(&["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"].map(OsStr::new));
+        let tmp_bytes = TMP_BYTES.to_string();
+        push(&["--size", &tmp_bytes, "--tmpfs", "/tmp"].map(OsStr::new));
         if !reach.network && Path::new("/run").is_dir() {
-            command.args(["--tmpfs", "/run"]);
+            push(&["--tmpfs", "/run"].map(OsStr::new));
         }
         for dir in self.hidden.iter().filter(|dir| dir.as_path() != Path::new("/tmp")) {
-            command.arg("--tmpfs").arg(dir);
+            push(&[OsStr::new("--tmpfs"), dir.as_os_str()]);
         }
         for dir in self.shown.iter().map(PathBuf::as_path).chain(reach.readable.iter().copied()) {
-            command.arg("--ro-bind").arg(dir).arg(dir);
+            push(&[OsStr::new("--ro-bind"), dir.as_os_str(), dir.as_os_str()]);
         }
-        for dir in reach.writable.iter().chain(std::iter::once(&job_dir)) {
-            command.arg("--bind").arg(dir).arg(dir);
+        for dir in reach.writable.iter().copied().chain(std::iter::once(launch.dir.as_path())) {
+            push(&[OsStr::new("--bind"), dir.as_os_str(), dir.as_os_str()]);
         }
-        for (name, value) in env {
-            command.arg("--setenv").arg(name).arg(value);
+        for (name, value) in &launch.env {
+            push(&[OsStr::new("--setenv"), name, value]);
         }
-        command.arg("--chdir").arg(job_dir).arg("--").arg(program).args(args);
-        command
+        push(&[OsStr::new("--chdir"), launch.dir.as_os_str(), OsStr::new("--"), &launch.program]);
+        args.extend(launch.args);
+        // bwrap itself needs no environment: the sandboxed process gets `--setenv`'s.
+        Launch { program: self.bwrap.clone().into_os_string(), args, env: Vec::new(), dir: launch.dir }
     }
 }

@@ -11,8 +11,8 @@ use lrpymrpc_archive::bridge::{CHANNEL_CHUNKS, ChunkReader, ChunkWriter};
 use lrpymrpc_archive::{MtimePolicy, UnpackOptions, find_below, pack_results_tar_gz, sanitize_relative, unpack_tar_gz};
 use lrpymrpc_proto::file_service_server::FileService;
 use lrpymrpc_proto::{
-    CHUNK_SIZE, CheckRequest, CheckResponse, DataChunk, DownloadRequest, ExecuteRequest, ExecuteResponse,
-    UploadResponse,
+    CHUNK_SIZE, CheckRequest, CheckResponse, DataChunk, DownloadRequest, ExecuteRequest, ExecuteResponse, ExitStatus,
+    OutputStream, UploadResponse,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -22,8 +22,9 @@ use tracing::{info, warn};
 
 use crate::auth::{Caller, authorize};
 use crate::error::JobError;
-use crate::execute::{self, Ended};
-use crate::process::TimeLimits;
+use crate::execute::{self, StepEnd};
+use crate::executor::{JobEvent, Pipe, TimeLimits, describe};
+use crate::repo_url::parse_repo_url;
 use crate::state::State;
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -61,7 +62,7 @@ impl FileService for Service {
         // Who, then a slot: a refused client's bytes never reach the disk.
         let caller = self.caller(&request, "upload")?;
         if self.state.draining.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(Status::unavailable("the server is shutting down and takes no new jobs; try again later"));
+            return Err(JobError::Draining.into());
         }
         let started = Instant::now();
         let (id, dir, job_use) = self.state.jobs.create(caller.cn.as_deref()).map_err(|error| {
@@ -91,7 +92,7 @@ impl FileService for Service {
                 Ok(Ok(None)) => break,
                 Ok(Err(status)) => Err(io::Error::other(format!("the client stopped sending: {}", status.message()))),
                 Err(_) => {
-                    stalled = Some(JobError::UploadStalled(crate::process::human(idle_limit)));
+                    stalled = Some(JobError::UploadStalled(crate::config::human(idle_limit)));
                     Err(io::Error::other("the client stopped sending"))
                 }
             };
@@ -102,7 +103,7 @@ impl FileService for Service {
             }
         }
         drop(chunk_tx);
-        let report = unpack.await.map_err(|e| Status::internal(format!("upload task failed: {e}")))?;
+        let report = unpack.await.map_err(|e| JobError::task("unpacking the upload", e))?;
         drop(job_use);
         if let Some(error) = stalled {
             warn!(job = %id, cn = caller.name(), peer = %caller.address, reason = error.to_string().as_str(), "upload refused");
@@ -135,7 +136,7 @@ impl FileService for Service {
         // Client text goes in as string fields, which both log formats escape (no raw
         // newline or ESC can forge a line); never into the message.
         info!(job = %id, cn = caller.name(), repo_url = request.tool.as_str(), command = request.command_opt.as_str(), "execute");
-        let requirements = execute::parse_tool(&request.tool)?;
+        let requirements = parse_repo_url(&request.tool)?;
         let run = self.state.jobs.start_command(&job_use)?;
         let (tx, rx) = mpsc::channel(64);
         let state = self.state.clone();
@@ -144,35 +145,32 @@ impl FileService for Service {
             let started = Instant::now();
             let config = &state.config;
             let context = execute::Context {
-                sink: &tx,
+                events: &tx,
                 limits: TimeLimits { wall: config.job_timeout, idle: config.idle_timeout },
-                running: &state.running,
+                executor: &state.executor,
                 env_cache: state.env_cache.as_ref(),
                 env_scope: if config.share_env_cache { "*" } else { &cn },
                 sandbox: config.sandbox.as_ref(),
                 sandbox_network: config.sandbox_network,
-                contain: state.contain,
             };
             let ended = execute::execute(&dir, &requirements, &request.command_opt, &context).await;
             drop(run);
             let ms = millis(started);
             match &ended {
-                Ended::Ran(status) => {
-                    info!(job = %id, cn = cn.as_str(), status = %crate::process::describe(status), ms, "command ended")
+                StepEnd::Ran(status) => {
+                    info!(job = %id, cn = cn.as_str(), status = %describe(status), ms, "command ended")
                 }
-                Ended::Cancelled => {
+                StepEnd::Cancelled => {
                     state.jobs.finished(&id);
                     warn!(job = %id, cn = cn.as_str(), ms, "client went away; command stopped");
                 }
-                Ended::Failed(why) => warn!(job = %id, cn = cn.as_str(), ms, reason = why.as_str(), "execute failed"),
+                StepEnd::Failed(why) => warn!(job = %id, cn = cn.as_str(), ms, reason = why.as_str(), "execute failed"),
             }
             drop(job_use);
         });
-        let lines = ReceiverStream::new(rx);
-        if self.state.config.legacy_protocol {
-            return Ok(Response::new(Box::pin(lines.filter_map(legacy_message))));
-        }
-        Ok(Response::new(Box::pin(lines)))
+        let legacy = self.state.config.legacy_protocol;
+        let messages = ReceiverStream::new(rx).filter_map(move |event| to_message(event, legacy));
+        Ok(Response::new(Box::pin(messages)))
     }
 
     async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
@@ -183,7 +181,7 @@ impl FileService for Service {
         // Many paths, a slow disk: looked up off the async threads.
         let found = tokio::task::spawn_blocking(move || existing_results(&dir, &names))
             .await
-            .map_err(|e| Status::internal(format!("result lookup failed: {e}")))?;
+            .map_err(|e| JobError::task("looking up the results", e))?;
         let has_stream = !found?.is_empty();
         if !has_stream {
             // Nothing to download: the client is done with this job.
@@ -215,14 +213,38 @@ impl FileService for Service {
     }
 }
 
-/// A message as a server without the extension sends it: the line only; the final
-/// status message is not sent at all.
-fn legacy_message(item: Result<ExecuteResponse, Status>) -> Option<Result<ExecuteResponse, Status>> {
-    match item {
-        Ok(ExecuteResponse { exit_status: Some(_), .. }) => None,
-        Ok(ExecuteResponse { message, .. }) => Some(Ok(ExecuteResponse { message, ..Default::default() })),
-        Err(status) => Some(Err(status)),
-    }
+/// What the client gets of one event of an Execute step: a line with its stream
+/// label; a note and the exit status in words for clients that only print `message`,
+/// the status also as a field for lrpymrpc clients. `legacy` answers as a server
+/// without the extension: the line only, and no status message at all.
+fn to_message(event: Result<JobEvent, JobError>, legacy: bool) -> Option<Result<ExecuteResponse, Status>> {
+    let message = match event {
+        Err(error) => return Some(Err(error.into())),
+        Ok(JobEvent::Exited { .. }) if legacy => return None,
+        Ok(JobEvent::Line { text, .. }) if legacy => ExecuteResponse { message: text, ..Default::default() },
+        Ok(JobEvent::Line { pipe, text }) => {
+            let stream = match pipe {
+                Pipe::Stdout => OutputStream::Stdout,
+                Pipe::Stderr => OutputStream::Stderr,
+            };
+            ExecuteResponse { message: text, stream: stream as i32, exit_status: None }
+        }
+        Ok(JobEvent::Note(text)) => {
+            ExecuteResponse { message: format!("[lrpymrpc-mock-server] {text}"), ..Default::default() }
+        }
+        Ok(JobEvent::Exited { code, signal }) => {
+            let words = match signal {
+                0 => format!("exit status {code}"),
+                signal => format!("signal {signal}"),
+            };
+            ExecuteResponse {
+                message: format!("[lrpymrpc-mock-server] command ended with {words}"),
+                stream: OutputStream::Unspecified as i32,
+                exit_status: Some(ExitStatus { code, signal }),
+            }
+        }
+    };
+    Some(Ok(message))
 }
 
 /// The RESULT paths (space-separated, relative to the job directory), sanitized.
@@ -285,7 +307,7 @@ async fn stream_results(dir: PathBuf, names: Vec<PathBuf>, tx: mpsc::Sender<Resu
         Ok(Ok(())) if complete => return Some(sent),
         Ok(Ok(())) => return None,
         Ok(Err(error)) => Status::from(JobError::from(error)),
-        Err(error) => Status::internal(format!("result packing task failed: {error}")),
+        Err(error) => Status::from(JobError::task("packing the results", error)),
     };
     let _ = tx.send(Err(status)).await;
     None

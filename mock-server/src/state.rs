@@ -7,18 +7,17 @@ use std::sync::atomic::AtomicBool;
 use crate::config::Config;
 use crate::envs::EnvCache;
 use crate::jobs::{Jobs, sweep_orphans};
-use crate::process::Running;
+use crate::local::LocalExecutor;
 
 #[derive(Debug)]
 pub struct State {
     pub config: Config,
     pub jobs: Arc<Jobs>,
-    pub running: Running,
+    /// Where job processes run.
+    pub executor: LocalExecutor,
     pub env_cache: Option<EnvCache>,
     /// Set at shutdown: uploads are refused, running jobs finish.
     pub draining: AtomicBool,
-    /// Job processes run in PID namespaces of their own ([`crate::contain`]).
-    pub contain: bool,
 }
 
 impl State {
@@ -44,7 +43,7 @@ impl State {
             );
         }
         let state =
-            State { config, jobs, running: Running::default(), env_cache, draining: AtomicBool::new(false), contain };
+            State { config, jobs, executor: LocalExecutor::new(contain), env_cache, draining: AtomicBool::new(false) };
         Ok((state, swept))
     }
 }

@@ -6,11 +6,14 @@
 
 include!(concat!(env!("OUT_DIR"), "/_.rs"));
 
-/// The largest gRPC message the peers accept by default (4 MiB); no chunk may exceed it.
-pub const GRPC_DEFAULT_MESSAGE_LIMIT: usize = 4 * 1024 * 1024;
-
-/// The chunk size the Python client uses for uploads, and ours for both directions.
+/// The chunk size the Python client uses for uploads, and ours for both directions;
+/// well under the 4 MiB that gRPC peers accept in one message by default.
 pub const CHUNK_SIZE: usize = 1024 * 1024;
+
+/// How long either peer waits for the answer to an HTTP/2 keepalive ping before it
+/// takes the connection for dead: long enough for a loaded server, short enough that
+/// a vanished peer is noticed well within a minute.
+pub const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
 #[cfg(test)]
 mod tests {

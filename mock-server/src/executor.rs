@@ -1,0 +1,108 @@
+//! The executor seam: where and how a job's processes run. The Execute step says what
+//! to run ([`Launch`]: a program, its arguments and environment, in a job directory);
+//! an [`Executor`] runs it, streams its output as domain events ([`JobEvent`], never
+//! wire messages), stops it when the client goes away or a limit runs out, and says
+//! how it ended ([`ProcessEnd`]). The sandbox wraps a launch for any executor
+//! (`sandbox.rs`); the local executor (`local.rs`) runs it on this machine.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::config::human;
+use crate::error::JobError;
+
+/// What to run: `program args` in `dir` with exactly `env`.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    pub program: OsString,
+    pub args: Vec<OsString>,
+    pub env: Vec<(OsString, OsString)>,
+    pub dir: PathBuf,
+}
+
+/// Which output pipe a line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pipe {
+    Stdout,
+    Stderr,
+}
+
+/// What an Execute step reports as it goes; `service.rs` turns each into a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobEvent {
+    /// One line a process printed (without its line break).
+    Line { pipe: Pipe, text: String },
+    /// A note from the server itself (a cached environment reused, a wait).
+    Note(String),
+    /// The command ended with this status: the last event of a run.
+    Exited { code: i32, signal: i32 },
+}
+
+/// Where the events of one Execute go; an error ends the step. The receiver going
+/// away means the client left: the executor stops the run.
+pub type Events = mpsc::Sender<Result<JobEvent, JobError>>;
+
+/// Time limits of one run.
+#[derive(Debug, Clone, Copy)]
+pub struct TimeLimits {
+    /// The longest it may run.
+    pub wall: Duration,
+    /// The longest it may print nothing.
+    pub idle: Duration,
+}
+
+/// Which time limit stopped a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    Wall(Duration),
+    Idle(Duration),
+}
+
+impl fmt::Display for Limit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Limit::Wall(limit) => write!(f, "it ran longer than {}", human(*limit)),
+            Limit::Idle(limit) => write!(f, "it printed nothing for {}", human(*limit)),
+        }
+    }
+}
+
+/// How a run ended.
+#[derive(Debug)]
+pub enum ProcessEnd {
+    Exited(ExitStatus),
+    /// The client stopped listening; the run was stopped.
+    Cancelled,
+    /// A time limit ran out; the run was stopped.
+    LimitReached(Limit),
+}
+
+/// Runs launches somewhere and can stop them all.
+#[tonic::async_trait]
+pub trait Executor: Send + Sync + fmt::Debug {
+    /// Runs `launch` to its end, each output line sent to `events` as it comes; stops
+    /// it (and everything it started) when `events` closes or a limit runs out.
+    async fn run(&self, launch: Launch, events: &Events, limits: TimeLimits) -> io::Result<ProcessEnd>;
+
+    /// Stops every run now (shutdown).
+    fn stop_all(&self);
+
+    /// Runs in progress.
+    fn running(&self) -> usize;
+}
+
+/// "exit status 3" or "signal 9", for messages.
+pub fn describe(status: &ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit status {code}"),
+        (None, Some(signal)) => format!("signal {signal}"),
+        (None, None) => "an unknown status".into(),
+    }
+}
