@@ -1,10 +1,16 @@
-//! Opens the gRPC channel, mutual TLS included, before anything is packed, so an
-//! unreachable server or a refused certificate fails in about a second; and turns
-//! transport and status errors into messages that name the peer and the reason.
+//! Opens the gRPC channel, mutual TLS included, and asks the server for its
+//! capabilities before anything is packed, so an unreachable server or a refused
+//! certificate fails in about a second; and turns transport and status errors into
+//! messages that name the peer and the reason, classified by the errors' types
+//! ([`TransportFault`]), never by their wording.
 
 use std::error::Error as _;
 use std::time::Duration;
 
+use std::io::ErrorKind;
+
+use lrpymrpc_proto::v1::extensions_client::ExtensionsClient;
+use lrpymrpc_proto::v1::{CapabilitiesRequest, CapabilitiesResponse};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Status};
 
@@ -43,7 +49,11 @@ pub fn authority(peer: &Peer) -> String {
     }
 }
 
-pub async fn connect(target: &Peer) -> Result<Channel, ClientError> {
+/// What the server told about itself: `None` for a legacy server (no extension service).
+pub type Capabilities = Option<CapabilitiesResponse>;
+
+/// Opens the channel and proves it with the capabilities call (see [`capabilities`]).
+pub async fn connect(target: &Peer) -> Result<(Channel, Capabilities), ClientError> {
     let peer = authority(target);
     let scheme = if target.tls.is_some() { "https" } else { "http" };
     let endpoint = Endpoint::from_shared(format!("{scheme}://{peer}"))
@@ -72,28 +82,35 @@ pub async fn connect(target: &Peer) -> Result<Channel, ClientError> {
     };
     let channel = match endpoint.connect().await {
         Ok(channel) => channel,
-        Err(error) => return Err(name_the_names(connect_error(&peer, chain(&error), target), target).await),
+        Err(error) => return Err(name_the_names(connect_error(&peer, &error, target), target).await),
     };
-    if let Err(status) = probe(channel.clone()).await {
-        return Err(name_the_names(connect_error(&peer, transport_reason(&status), target), target).await);
+    match capabilities(channel.clone()).await {
+        Ok(capabilities) => Ok((channel, capabilities)),
+        Err(status) => {
+            let error = match status.source() {
+                Some(source) => connect_error(&peer, source, target),
+                None => classify(Step::Connect, target, status),
+            };
+            Err(name_the_names(error, target).await)
+        }
     }
-    Ok(channel)
 }
 
-fn connect_error(peer: &str, reason: String, target: &Peer) -> ClientError {
-    let hint = hint_for(&reason, target);
-    let lower = reason.to_lowercase();
+fn connect_error(peer: &str, error: &(dyn std::error::Error + 'static), target: &Peer) -> ClientError {
+    let fault = TransportFault::of(error);
+    let reason = fault.describe().unwrap_or_else(|| chain(error));
+    let hint = hint_for(&fault, target);
     // A server that is starting or restarting; a refused certificate is never transient.
-    let transient = lower.contains("connection refused") || lower.contains("timed out");
-    ClientError::Connect { peer: peer.to_string(), reason, hint, transient }
+    let transient = matches!(fault, TransportFault::Refused | TransportFault::TimedOut);
+    ClientError::Connect { peer: peer.to_string(), reason, hint, transient, fault }
 }
 
 /// When the server's certificate does not name what was dialled, looks at the
 /// certificate again to say in the hint which names it does hold.
 async fn name_the_names(error: ClientError, target: &Peer) -> ClientError {
-    let ClientError::Connect { peer, reason, hint, transient } = error else { return error };
-    if !is_name_mismatch(&reason) {
-        return ClientError::Connect { peer, reason, hint, transient };
+    let ClientError::Connect { peer, reason, hint, transient, fault } = error else { return error };
+    if fault != TransportFault::NameMismatch {
+        return ClientError::Connect { peer, reason, hint, transient, fault };
     }
     let looked_up = target.clone();
     let presented = tokio::task::spawn_blocking(move || crate::server_cert::fetch(&looked_up)).await;
@@ -103,35 +120,154 @@ async fn name_the_names(error: ClientError, target: &Peer) -> ClientError {
         }
         _ => hint,
     };
-    ClientError::Connect { peer, reason, hint, transient }
+    ClientError::Connect { peer, reason, hint, transient, fault }
 }
 
-/// rustls's words for a certificate that does not name the dialled host.
-pub fn is_name_mismatch(reason: &str) -> bool {
-    let lower = reason.to_lowercase();
-    lower.contains("notvalidforname") || lower.contains("not valid for name")
-}
-
-/// One round trip to a method no server has. With TLS 1.3 the server judges the
-/// client certificate after the client considers the handshake done, so only a
-/// round trip shows whether the server accepted it. Any gRPC status (normally
-/// `UNIMPLEMENTED`) proves the session is up; a transport error is the refusal.
-async fn probe(channel: Channel) -> Result<(), Status> {
-    let mut grpc = tonic::client::Grpc::new(channel);
-    grpc.ready().await.map_err(|e| Status::from_error(Box::new(e)))?;
-    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/lrpymrpc.Probe/Hello");
-    let codec = tonic_prost::ProstCodec::<(), ()>::default();
-    match grpc.unary(tonic::Request::<()>::new(()), path, codec).await {
-        Ok(_) => Ok(()),
-        Err(status) if status.source().is_none() => Ok(()),
+/// The capabilities call, the first round trip of every session. With TLS 1.3 the
+/// server judges the client certificate after the client considers the handshake
+/// done, so only a round trip shows whether the server accepted it. An answer is an
+/// extended server; `UNIMPLEMENTED` (a status the server chose) a legacy one; a
+/// transport error is the refusal.
+pub async fn capabilities(channel: Channel) -> Result<Capabilities, Status> {
+    let mut client = ExtensionsClient::new(channel);
+    let request = CapabilitiesRequest { client_protocol: lrpymrpc_proto::v1::PROTOCOL };
+    match client.capabilities(request).await {
+        Ok(response) => Ok(Some(response.into_inner())),
+        Err(status) if status.source().is_none() && status.code() == Code::Unimplemented => Ok(None),
         Err(status) => Err(status),
+    }
+}
+
+/// What a transport failure was, read from the error's types, never its wording: a
+/// `rustls::Error` (also inside an `io::Error`), an `io::Error`'s kind, tonic's
+/// `TimeoutExpired`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransportFault {
+    /// Nothing listens at that address.
+    Refused,
+    /// Nothing answered in time.
+    TimedOut,
+    /// The server's certificate does not name the host or address dialled.
+    NameMismatch,
+    /// The server's certificate is not signed by the CA in `ca.crt`.
+    UnknownIssuer,
+    /// The server's certificate is expired or not valid yet.
+    ServerCertificateExpired,
+    /// The server's certificate is unusable for another reason (words for users).
+    BadServerCertificate(&'static str),
+    /// The server ended the TLS session with an alert (usually: it refused ours).
+    Alert,
+    /// The server answered with something that is not TLS: a plaintext server.
+    NotTls,
+    /// The connection was closed or reset.
+    Closed,
+    /// None of the above.
+    Other,
+}
+
+impl TransportFault {
+    /// Reads the fault from an error and its sources.
+    pub fn of(error: &(dyn std::error::Error + 'static)) -> TransportFault {
+        let mut found = TransportFault::Other;
+        let mut next = Some(error);
+        while let Some(current) = next {
+            if let Some(tls) = current.downcast_ref::<rustls::Error>() {
+                return TransportFault::of_tls(tls);
+            }
+            if current.downcast_ref::<tonic::TimeoutExpired>().is_some() {
+                return TransportFault::TimedOut;
+            }
+            // `io::Error` and `h2::Error` hide the error they carry from `source()`.
+            let io = current
+                .downcast_ref::<std::io::Error>()
+                .or_else(|| current.downcast_ref::<h2::Error>().and_then(h2::Error::get_io));
+            if let Some(io) = io {
+                match TransportFault::of_io(io) {
+                    TransportFault::Other => {}
+                    TransportFault::Closed => found = TransportFault::Closed,
+                    fault => return fault,
+                }
+            }
+            // The server hung up after the handshake (TLS 1.3: a refused certificate
+            // shows only then) or mid-call.
+            let hung_up = current
+                .downcast_ref::<hyper::Error>()
+                .is_some_and(|http| http.is_closed() || http.is_incomplete_message() || http.is_canceled())
+                || current.downcast_ref::<h2::Error>().is_some_and(|http2| http2.is_go_away() || http2.is_reset());
+            if hung_up {
+                found = TransportFault::Closed;
+            }
+            next = current.source();
+        }
+        found
+    }
+
+    /// The fault an I/O error means: the TLS error it carries, or its kind. An error
+    /// that went through h2 keeps only its kind and words: `InvalidData` there is the
+    /// TLS layer failing mid-session (an alert after a TLS 1.3 handshake).
+    fn of_io(io: &std::io::Error) -> TransportFault {
+        if let Some(tls) = io.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+            return TransportFault::of_tls(tls);
+        }
+        match io.kind() {
+            ErrorKind::InvalidData => TransportFault::Alert,
+            ErrorKind::ConnectionRefused => TransportFault::Refused,
+            ErrorKind::TimedOut => TransportFault::TimedOut,
+            ErrorKind::ConnectionReset
+            | ErrorKind::ConnectionAborted
+            | ErrorKind::UnexpectedEof
+            | ErrorKind::BrokenPipe
+            | ErrorKind::NotConnected => TransportFault::Closed,
+            _ => TransportFault::Other,
+        }
+    }
+
+    /// The fault a rustls error means.
+    pub fn of_tls(error: &rustls::Error) -> TransportFault {
+        use rustls::CertificateError as Cert;
+        match error {
+            rustls::Error::InvalidCertificate(Cert::NotValidForName | Cert::NotValidForNameContext { .. }) => {
+                TransportFault::NameMismatch
+            }
+            rustls::Error::InvalidCertificate(Cert::UnknownIssuer) => TransportFault::UnknownIssuer,
+            rustls::Error::InvalidCertificate(
+                Cert::Expired | Cert::ExpiredContext { .. } | Cert::NotValidYet | Cert::NotValidYetContext { .. },
+            ) => TransportFault::ServerCertificateExpired,
+            rustls::Error::InvalidCertificate(Cert::Revoked) => TransportFault::BadServerCertificate("it is revoked"),
+            rustls::Error::InvalidCertificate(Cert::BadSignature | Cert::BadEncoding) => {
+                TransportFault::BadServerCertificate("it is malformed or its signature does not verify")
+            }
+            rustls::Error::InvalidCertificate(_) => {
+                TransportFault::BadServerCertificate("it is not valid for a TLS server")
+            }
+            rustls::Error::AlertReceived(_) => TransportFault::Alert,
+            rustls::Error::InvalidMessage(_)
+            | rustls::Error::InappropriateMessage { .. }
+            | rustls::Error::InappropriateHandshakeMessage { .. } => TransportFault::NotTls,
+            _ => TransportFault::Other,
+        }
+    }
+
+    /// The fault in words, where ours say it better than the error's.
+    pub fn describe(&self) -> Option<String> {
+        Some(match self {
+            TransportFault::Refused => "the connection was refused".into(),
+            TransportFault::TimedOut => "nothing answered in time".into(),
+            TransportFault::NameMismatch => "the server's certificate does not name the host dialled".into(),
+            TransportFault::UnknownIssuer => "the server's certificate is not signed by the CA in ca.crt".into(),
+            TransportFault::ServerCertificateExpired => "the server's certificate is expired or not valid yet".into(),
+            TransportFault::BadServerCertificate(why) => format!("the server's certificate is unusable: {why}"),
+            TransportFault::NotTls => "the server did not answer in TLS".into(),
+            // Its own words say which alert; ours could not.
+            TransportFault::Alert | TransportFault::Closed | TransportFault::Other => return None,
+        })
     }
 }
 
 /// The message of a transport failure: its source chain, not the status's debug form.
 fn transport_reason(status: &Status) -> String {
     match status.source() {
-        Some(source) => chain(source),
+        Some(source) => TransportFault::of(source).describe().unwrap_or_else(|| chain(source)),
         None => status.message().to_string(),
     }
 }
@@ -140,16 +276,25 @@ fn transport_reason(status: &Status) -> String {
 /// refused handshake), statuses the server chose are the server's answer.
 pub fn classify(step: Step, target: &Peer, status: Status) -> ClientError {
     let peer = authority(target);
-    let transport = status.source().is_some();
+    let Some(source) = status.source() else {
+        return match status.code() {
+            Code::Unavailable => ClientError::Lost { step, peer, reason: status.message().to_string() },
+            code => ClientError::Server { step, peer, code, message: status.message().to_string() },
+        };
+    };
+    let fault = TransportFault::of(source);
     let reason = transport_reason(&status);
-    if transport && (reason.contains("alert") || reason.contains("certificate")) {
-        let hint = hint_for(&reason, target);
-        return ClientError::Connect { peer, reason, hint, transient: false };
-    }
-    match status.code() {
-        _ if transport => ClientError::Lost { step, peer, reason },
-        Code::Unavailable => ClientError::Lost { step, peer, reason },
-        code => ClientError::Server { step, peer, code, message: reason },
+    match fault {
+        TransportFault::Alert
+        | TransportFault::NameMismatch
+        | TransportFault::UnknownIssuer
+        | TransportFault::ServerCertificateExpired
+        | TransportFault::BadServerCertificate(_)
+        | TransportFault::NotTls => {
+            let hint = hint_for(&fault, target);
+            ClientError::Connect { peer, reason, hint, transient: false, fault }
+        }
+        _ => ClientError::Lost { step, peer, reason },
     }
 }
 
@@ -172,31 +317,122 @@ fn chain(error: &(dyn std::error::Error + 'static)) -> String {
     if parts.is_empty() { "unknown transport error".into() } else { parts.join(": ") }
 }
 
-fn hint_for(reason: &str, target: &Peer) -> Option<String> {
-    let lower = reason.to_lowercase();
-    let text = if lower.contains("connection refused") {
-        format!("is the server running at {}? check --SERVER_IP and --SERVER_PORT", authority(target))
-    } else if is_name_mismatch(reason) {
-        format!(
-            "the server's certificate does not name `{}`; connect with --SERVER_IP set to a name or address the certificate holds",
+fn hint_for(fault: &TransportFault, target: &Peer) -> Option<String> {
+    let text = match fault {
+        TransportFault::Refused => {
+            format!("is the server running at {}? check --SERVER_IP and --SERVER_PORT", authority(target))
+        }
+        TransportFault::NameMismatch => format!(
+            "the server's certificate does not name `{}`; connect with --SERVER_IP set to a name or address the \
+             certificate holds",
             target.host
-        )
-    } else if lower.contains("unknownissuer") || lower.contains("unknown issuer") {
-        "the server's certificate is not signed by the CA in your TLS directory's ca.crt".into()
-    } else if target.tls.is_some()
-        && ["alert", "connection closed", "reset", "broken pipe"].iter().any(|word| lower.contains(word))
-    {
-        "the server ended the TLS session: it may have refused this client certificate (another CA, expired, revoked); \
-         check it with the server's administrator"
-            .into()
-    } else if target.tls.is_none()
-        && (lower.contains("frame") || lower.contains("connection closed") || lower.contains("reset"))
-    {
-        "the server may require mutual TLS: give --TLS_CONFIG_DIR".into()
-    } else if lower.contains("timed out") || lower.contains("deadline") {
-        format!("nothing answered at {} in time; check the address and any firewall", authority(target))
-    } else {
-        return None;
+        ),
+        TransportFault::UnknownIssuer => {
+            "the server's certificate is not signed by the CA in your TLS directory's ca.crt".into()
+        }
+        TransportFault::ServerCertificateExpired => {
+            "check this machine's clock, or ask the server's administrator to renew the server certificate".into()
+        }
+        TransportFault::NotTls if target.tls.is_some() => {
+            "the server may speak plaintext: leave out --TLS_CONFIG_DIR, or check --SERVER_PORT".into()
+        }
+        TransportFault::Alert | TransportFault::Closed if target.tls.is_some() => {
+            "the server ended the TLS session: it may have refused this client certificate (another CA, expired, \
+             revoked); check it with the server's administrator"
+                .into()
+        }
+        TransportFault::Closed | TransportFault::NotTls if target.tls.is_none() => {
+            "the server may require mutual TLS: give --TLS_CONFIG_DIR".into()
+        }
+        TransportFault::TimedOut => {
+            format!("nothing answered at {} in time; check the address and any firewall", authority(target))
+        }
+        _ => return None,
     };
     Some(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+
+    use super::*;
+
+    /// An error that wraps another, as transport layers do.
+    #[derive(Debug)]
+    struct Wrapped(io::Error);
+
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("transport error")
+        }
+    }
+
+    impl std::error::Error for Wrapped {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    fn tls(error: rustls::Error) -> Wrapped {
+        Wrapped(io::Error::new(ErrorKind::InvalidData, error))
+    }
+
+    #[test]
+    fn faults_are_read_from_the_error_types_through_wrappers() {
+        let of = |error: Wrapped| TransportFault::of(&error);
+        assert_eq!(of(Wrapped(ErrorKind::ConnectionRefused.into())), TransportFault::Refused);
+        assert_eq!(of(Wrapped(ErrorKind::TimedOut.into())), TransportFault::TimedOut);
+        assert_eq!(of(Wrapped(ErrorKind::UnexpectedEof.into())), TransportFault::Closed);
+        let certificate = |reason| rustls::Error::InvalidCertificate(reason);
+        assert_eq!(of(tls(certificate(rustls::CertificateError::NotValidForName))), TransportFault::NameMismatch);
+        assert_eq!(of(tls(certificate(rustls::CertificateError::UnknownIssuer))), TransportFault::UnknownIssuer);
+        assert_eq!(of(tls(certificate(rustls::CertificateError::Expired))), TransportFault::ServerCertificateExpired);
+        let alert = rustls::Error::AlertReceived(rustls::AlertDescription::CertificateExpired);
+        assert_eq!(of(tls(alert)), TransportFault::Alert);
+        let plaintext = rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType);
+        assert_eq!(of(tls(plaintext)), TransportFault::NotTls);
+        // What h2 hands back: the kind and the words, the TLS error's type gone.
+        let flattened = io::Error::new(ErrorKind::InvalidData, "received fatal alert: CertificateExpired");
+        assert_eq!(of(Wrapped(flattened)), TransportFault::Alert);
+        // Words alone decide nothing.
+        assert_eq!(of(Wrapped(io::Error::other("connection refused: notvalidforname"))), TransportFault::Other);
+    }
+
+    fn peer(tls: bool) -> Peer {
+        let files = lrpymrpc_certs::layout::client_nested(std::path::Path::new("/tls"));
+        let tls = tls.then(|| crate::tls::ClientTls {
+            files,
+            ca_pem: String::new(),
+            cert_pem: String::new(),
+            key_pem: String::new(),
+        });
+        Peer { host: "build-server".into(), port: 8766, tls }
+    }
+
+    #[test]
+    fn hints_name_the_fix_for_each_fault() {
+        let hint = |fault, tls| hint_for(&fault, &peer(tls)).unwrap_or_default();
+        assert!(hint(TransportFault::Refused, true).contains("build-server:8766"));
+        assert!(hint(TransportFault::NameMismatch, true).contains("--SERVER_IP"));
+        assert!(hint(TransportFault::NotTls, true).contains("plaintext"));
+        assert!(hint(TransportFault::Closed, false).contains("--TLS_CONFIG_DIR"));
+        assert!(hint(TransportFault::Alert, true).contains("refused this client certificate"));
+        assert!(hint(TransportFault::TimedOut, true).contains("firewall"));
+        assert_eq!(hint_for(&TransportFault::Other, &peer(true)), None);
+    }
+
+    #[test]
+    fn a_status_the_server_chose_is_its_answer_and_a_transport_failure_is_a_lost_connection() {
+        let target = peer(true);
+        let answer = classify(Step::Check, &target, Status::not_found("no job"));
+        assert!(matches!(answer, ClientError::Server { code: Code::NotFound, .. }), "{answer:?}");
+        let draining = classify(Step::Upload, &target, Status::unavailable("shutting down"));
+        assert!(matches!(draining, ClientError::Lost { step: Step::Upload, .. }), "{draining:?}");
+        let cut = Status::from_error(Box::new(io::Error::from(ErrorKind::ConnectionReset)));
+        assert!(matches!(classify(Step::Download, &target, cut), ClientError::Lost { step: Step::Download, .. }));
+        let refused =
+            Status::from_error(Box::new(tls(rustls::Error::AlertReceived(rustls::AlertDescription::BadCertificate))));
+        assert!(matches!(classify(Step::Execute, &target, refused), ClientError::Connect { transient: false, .. }));
+    }
 }

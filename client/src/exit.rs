@@ -57,6 +57,8 @@ pub enum ClientError {
         hint: Option<String>,
         /// Worth another try (refused, timed out), unlike a refused certificate.
         transient: bool,
+        /// What the transport said, by type.
+        fault: crate::connect::TransportFault,
     },
     #[error("{step} failed: {peer} answered {code}: {message}", code = code_name(*code))]
     Server { step: Step, peer: String, code: tonic::Code, message: String },

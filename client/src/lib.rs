@@ -3,9 +3,10 @@
 //! results, all as streams. A drop-in replacement for `python3 -m lrPymRPC`.
 //!
 //! Data flow: [`cli::Args`] (every upstream spelling) is validated into a
-//! [`job::Job`]; [`connect`] opens the mutual-TLS channel before anything is packed;
-//! [`run`] drives Upload, Execute, Check and Download; [`exit`] maps every outcome
-//! to the process exit code.
+//! [`job::Job`]; a [`session::Session`] opens the mutual-TLS channel and asks the
+//! server's capabilities before anything is packed, and makes each call; `run` orders
+//! the steps (Upload, Execute, Check, Download) and their retries; [`exit`] maps every
+//! outcome to the process exit code.
 
 pub mod cli;
 pub mod connect;
@@ -15,6 +16,7 @@ pub mod marker;
 pub mod output;
 mod run;
 pub mod server_cert;
+pub mod session;
 pub mod settings;
 pub mod snippets;
 pub mod source;

@@ -14,6 +14,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
+use crate::connect::TransportFault;
 use crate::connect::{Peer, authority};
 
 /// How long the whole look takes at most.
@@ -24,8 +25,9 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Presented {
     /// The server's own certificate, when the handshake got that far.
     pub certificate: Option<Summary>,
-    /// `Ok` when the certificate verified against `ca.crt` for the dialled name.
-    pub verdict: Result<(), String>,
+    /// `Ok` when the certificate verified against `ca.crt` for the dialled name; else
+    /// what failed, by type, and in words.
+    pub verdict: Result<(), (TransportFault, String)>,
 }
 
 /// Makes a handshake with the peer's TLS material and reports the server certificate.
@@ -81,12 +83,10 @@ pub fn fetch(peer: &Peer) -> Result<Presented, String> {
     Ok(Presented { certificate, verdict })
 }
 
-fn describe(error: &io::Error) -> String {
-    match error.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
-        Some(rustls::Error::InvalidCertificate(reason)) => format!("invalid peer certificate: {reason:?}"),
-        Some(other) => other.to_string(),
-        None => error.to_string(),
-    }
+fn describe(error: &io::Error) -> (TransportFault, String) {
+    let fault = TransportFault::of(error);
+    let words = fault.describe().unwrap_or_else(|| error.to_string());
+    (fault, words)
 }
 
 /// Verifies as usual, remembering the certificate it was shown.

@@ -10,7 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use lrpymrpc_certs::inspect::Summary;
 use lrpymrpc_certs::{layout, request, write_private, write_public};
 
-use crate::connect::{Peer, connect, is_name_mismatch};
+use crate::connect::{Peer, TransportFault, connect};
 use crate::exit::{self, ClientError};
 use crate::server_cert::{self, name_mismatch_hint};
 use crate::tls::{self, expand_tilde};
@@ -186,14 +186,16 @@ fn check_server(peer: Peer, findings: &mut Findings) {
         );
     }
     match &presented.verdict {
-        Err(reason) if is_name_mismatch(reason) => {
+        Err((TransportFault::NameMismatch, _)) => {
             let names = presented.certificate.as_ref().map(|c| c.names.clone()).unwrap_or_default();
             return findings.server_problem(
                 &format!("the server's certificate does not name `{}`, the host dialled", peer.host),
                 Some(&name_mismatch_hint(&peer, &names)),
             );
         }
-        Err(reason) => return findings.server_problem(&format!("TLS handshake with {address} failed: {reason}"), None),
+        Err((_, reason)) => {
+            return findings.server_problem(&format!("TLS handshake with {address} failed: {reason}"), None);
+        }
         Ok(()) => findings.ok(&format!("the server's certificate is signed by your ca.crt and names `{}`", peer.host)),
     }
     // The server judges the client certificate after the handshake; a real call shows it.
@@ -203,7 +205,20 @@ fn check_server(peer: Peer, findings: &mut Findings) {
         .map_err(|e| e.to_string())
         .and_then(|runtime| runtime.block_on(connect(&peer)).map_err(|e| e.to_string()));
     match accepted {
-        Ok(_) => findings.ok(&format!("{address} accepts this client certificate")),
+        Ok((_, Some(capabilities))) => match capabilities.caller {
+            Some(caller) if !caller.allowed => findings.server_problem(
+                &format!(
+                    "{address} accepts the certificate but does not let CN={} run jobs: {}",
+                    caller.cn, caller.refusal
+                ),
+                Some("ask the server's administrator to add your CN to its allow-list (--allow-cn)"),
+            ),
+            _ => findings.ok(&format!("{address} accepts this client certificate and lets it run jobs")),
+        },
+        Ok((_, None)) => findings.ok(&format!(
+            "{address} accepts this client certificate (a server without lrpymrpc's extension cannot say whether it \
+             lets this CN run jobs)"
+        )),
         Err(message) => findings.server_problem(
             &message,
             Some("the server refused this client certificate: was it signed by the CA that server trusts?"),

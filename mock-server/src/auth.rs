@@ -29,6 +29,13 @@ impl Caller {
 
 /// Identifies the caller of `request` and applies the allow-list.
 pub fn authorize<T>(request: &Request<T>, tls: bool, allowed: Option<&HashSet<String>>) -> Result<Caller, JobError> {
+    let caller = identify(request, tls)?;
+    check_allowed(&caller, allowed)?;
+    Ok(caller)
+}
+
+/// Who the caller of `request` is: the client certificate's CN and fingerprint.
+pub fn identify<T>(request: &Request<T>, tls: bool) -> Result<Caller, JobError> {
     let address = request.remote_addr().map_or_else(|| "?".to_string(), |a| a.to_string());
     if !tls {
         return Ok(Caller { cn: None, fingerprint: String::new(), address });
@@ -37,8 +44,13 @@ pub fn authorize<T>(request: &Request<T>, tls: bool, allowed: Option<&HashSet<St
     let leaf = certificates.first().ok_or_else(|| JobError::NoIdentity("none was presented".into()))?;
     let summary = Summary::from_der(leaf.to_vec()).map_err(|e| JobError::NoIdentity(e.to_string()))?;
     let cn = summary.cn.clone().ok_or_else(|| JobError::NoIdentity("the certificate has no CN".into()))?;
-    if allowed.is_some_and(|allowed| !allowed.contains(&cn)) {
-        return Err(JobError::NotAllowed { cn });
-    }
     Ok(Caller { cn: Some(cn), fingerprint: summary.fingerprint, address })
+}
+
+/// Whether the allow-list lets `caller` run jobs.
+pub fn check_allowed(caller: &Caller, allowed: Option<&HashSet<String>>) -> Result<(), JobError> {
+    match (&caller.cn, allowed) {
+        (Some(cn), Some(allowed)) if !allowed.contains(cn) => Err(JobError::NotAllowed { cn: cn.clone() }),
+        _ => Ok(()),
+    }
 }

@@ -241,6 +241,11 @@ impl Jobs {
             .count()
     }
 
+    /// Slots free now: jobs that could start.
+    pub fn free_slots(&self) -> usize {
+        self.slots.available_permits()
+    }
+
     /// How often [`Jobs::reap`] should run to keep its promises.
     pub fn reap_interval(&self) -> Duration {
         (self.grace.min(self.ttl) / 4).clamp(Duration::from_millis(100), Duration::from_secs(30))

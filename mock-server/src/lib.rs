@@ -12,6 +12,7 @@ mod envs;
 mod error;
 mod execute;
 mod executor;
+mod extensions;
 mod jobs;
 mod listener;
 mod local;
@@ -35,6 +36,7 @@ use tracing::{info, warn};
 pub use config::{Config, ConfigError, TlsMaterial};
 use executor::Executor;
 use lrpymrpc_proto::file_service_server::FileServiceServer;
+use lrpymrpc_proto::v1::extensions_server::ExtensionsServer;
 
 /// Why the server stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -68,7 +70,12 @@ pub async fn run(
         .http2_keepalive_interval(Some(config.keepalive_interval))
         .http2_keepalive_timeout(Some(lrpymrpc_proto::KEEPALIVE_TIMEOUT));
     let reaper = tokio::spawn(reap_forever(state.clone()));
-    let service = builder.add_service(FileServiceServer::new(service::Service::new(state.clone())));
+    // A legacy server knows nothing of the extension service: clients see UNIMPLEMENTED.
+    let extensions =
+        (!config.legacy_protocol).then(|| ExtensionsServer::new(extensions::ExtensionService::new(state.clone())));
+    let service = builder
+        .add_service(FileServiceServer::new(service::Service::new(state.clone())))
+        .add_optional_service(extensions);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let stopped = async {
         let _ = stopped.await;

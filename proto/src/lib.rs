@@ -1,10 +1,21 @@
 //! The lrPymRPC wire contract: the messages and the `FileService` client and server
 //! generated from `file_service.proto`, which has no `package` line so that the
-//! service is `/FileService/...` exactly as the deployed Python peers expect.
+//! service is `/FileService/...` exactly as the deployed Python peers expect; and our
+//! extension service in its own package ([`v1`]).
 
 #![allow(clippy::all, missing_docs)]
 
 include!(concat!(env!("OUT_DIR"), "/_.rs"));
+
+/// Our extension service, `lrpymrpc.v1.Extensions` (`lrpymrpc_v1.proto`): everything
+/// beyond the wire contract, announced by its `Capabilities` call.
+pub mod v1 {
+    #![allow(clippy::all, missing_docs)]
+    include!(concat!(env!("OUT_DIR"), "/lrpymrpc.v1.rs"));
+
+    /// The extension protocol version this build speaks.
+    pub const PROTOCOL: u32 = 1;
+}
 
 /// The chunk size the Python client uses for uploads, and ours for both directions;
 /// well under the 4 MiB that gRPC peers accept in one message by default.
@@ -59,5 +70,13 @@ mod tests {
     #[test]
     fn service_path_has_no_package_prefix() {
         assert_eq!(<file_service_server::FileServiceServer<()> as tonic::server::NamedService>::NAME, "FileService");
+    }
+
+    #[test]
+    fn the_extension_service_lives_in_its_own_package() {
+        use crate::v1::extensions_server::ExtensionsServer;
+        assert_eq!(<ExtensionsServer<()> as tonic::server::NamedService>::NAME, "lrpymrpc.v1.Extensions");
+        use crate::file_service_server::FileServiceServer;
+        assert_eq!(<FileServiceServer<()> as tonic::server::NamedService>::NAME, "FileService");
     }
 }

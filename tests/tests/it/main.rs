@@ -5,6 +5,7 @@ mod cancel;
 mod certs;
 mod client;
 mod env;
+mod extensions;
 mod faults;
 mod hostile;
 mod integration;

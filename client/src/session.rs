@@ -1,0 +1,243 @@
+//! One remote session: the channel to one server, the peer, what the server said it
+//! can do (its capabilities; `None` for a legacy server), and the calls of a job, each
+//! turning failures into structured errors that name the step and the peer. A job's
+//! steps (`run.rs`) go through it; a later server pool holds several.
+
+use std::io;
+use std::path::Path;
+
+use lrpymrpc_archive::bridge::{ChunkReader, ChunkWriter};
+use lrpymrpc_archive::{
+    Candidate, MtimePolicy, PackError, PackOptions, PackReport, PackRoot, UnpackOptions, UnpackReport, merge_tree,
+    pack_tar_gz, sanitize_relative, unpack_tar_gz,
+};
+use lrpymrpc_proto::file_service_client::FileServiceClient;
+use lrpymrpc_proto::{CheckRequest, DataChunk, DownloadRequest, ExecuteRequest, ExitStatus, OutputStream};
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+use tonic::transport::Channel;
+
+use crate::connect::{Capabilities, Peer, classify, connect};
+use crate::exit::{ClientError, ResultsError, Step};
+use crate::job::Job;
+use crate::output::{Output, Progress};
+
+/// The largest message accepted from the server; generous, since the Python
+/// server's chunk size is not public.
+const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Upload chunks: small enough that the few in flight (the one being filled, the
+/// queue, the one being encoded) keep the client's memory near 1 MiB, large enough
+/// that per-message costs do not show. Any size is valid on the wire.
+const UPLOAD_CHUNK_BYTES: usize = 256 * 1024;
+
+/// Chunks queued between the network and the packing or unpacking thread, each way.
+/// Results arrive in the server's chunk size (1 MiB from ours).
+const QUEUED_CHUNKS: usize = 2;
+
+/// A connection to one server, proven by its capabilities call.
+#[derive(Debug, Clone)]
+pub struct Session {
+    peer: Peer,
+    files: FileServiceClient<Channel>,
+    capabilities: Capabilities,
+}
+
+impl Session {
+    /// Connects to `peer` and asks what it can do.
+    pub async fn open(peer: &Peer) -> Result<Session, ClientError> {
+        let (channel, capabilities) = connect(peer).await?;
+        let files = FileServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
+        Ok(Session { peer: peer.clone(), files, capabilities })
+    }
+
+    /// What the server said it can do; `None` for a legacy server.
+    pub fn capabilities(&self) -> Option<&lrpymrpc_proto::v1::CapabilitiesResponse> {
+        self.capabilities.as_ref()
+    }
+
+    /// A failed call as an error naming the step and this session's peer.
+    fn failed(&self, step: Step, status: Status) -> ClientError {
+        classify(step, &self.peer, status)
+    }
+
+    /// Whether any of the RESULT paths (joined by spaces) exist in the job.
+    pub async fn check(&self, unique_id: &str, result_dir: &str) -> Result<bool, ClientError> {
+        let request = CheckRequest { unique_id: unique_id.to_string(), result_dir: result_dir.to_string() };
+        let response = self.files.clone().check(request).await.map_err(|s| self.failed(Step::Check, s))?;
+        Ok(response.into_inner().has_stream)
+    }
+
+    /// Tells the server nothing will be fetched (a Check for no paths), so it can
+    /// remove the job now; a server that takes it otherwise changes nothing.
+    pub async fn release(&self, unique_id: &str) {
+        let done = CheckRequest { unique_id: unique_id.to_string(), result_dir: String::new() };
+        let _ = self.files.clone().check(done).await;
+    }
+
+    /// Packs the sources on a blocking thread while the chunks stream to the server.
+    pub async fn upload(
+        &self,
+        job: &Job,
+        roots: Vec<PackRoot>,
+        out: &Output,
+    ) -> Result<(String, PackReport), ClientError> {
+        let mut client = self.files.clone();
+        let (chunk_tx, chunk_rx) = mpsc::channel(QUEUED_CHUNKS);
+        let rules = job.rules.clone();
+        let level = job.gzip_level;
+        // Bytes are counted as they go on the wire; files as they go into the archive.
+        let progress = out.progress("upload");
+        let sent = progress.clone();
+        let pack = tokio::task::spawn_blocking(move || {
+            let keep = |candidate: &Candidate<'_>| rules.keeps(candidate);
+            let files = std::cell::Cell::new(0);
+            let on_file = |_size: u64| {
+                files.set(files.get() + 1);
+                progress.set_files(files.get());
+            };
+            let options = PackOptions { follow_symlinks: true, keep: &keep, on_file: &on_file, level };
+            let (report, writer) = pack_tar_gz(&roots, &options, ChunkWriter::new(chunk_tx, UPLOAD_CHUNK_BYTES))?;
+            writer.finish().map_err(PackError::Write)?;
+            Ok::<_, PackError>(report)
+        });
+        let chunks = ReceiverStream::new(chunk_rx).map(move |data: Vec<u8>| {
+            sent.add_bytes(data.len() as u64);
+            DataChunk { data }
+        });
+        let (uploaded, packed) = tokio::join!(client.upload(chunks), pack);
+        let packed = packed.map_err(|e| ClientError::local(format!("packing task failed: {e}")))?;
+        match (uploaded, packed) {
+            (Ok(response), Ok(report)) => Ok((response.into_inner().unique_id, report)),
+            // The packer only sees a closed stream; the RPC knows why it closed.
+            (Err(status), Err(PackError::Write(_))) | (Err(status), Ok(_)) => Err(self.failed(Step::Upload, status)),
+            (_, Err(error)) => {
+                Err(ClientError::Local { message: format!("cannot pack the sources: {error}"), hint: None })
+            }
+        }
+    }
+
+    /// Prints the command's output as it arrives and returns how its end was reported.
+    /// Never repeated: the command may not be safe to run twice.
+    pub async fn execute(&self, job: &Job, unique_id: &str, out: &Output) -> Result<Reported, ClientError> {
+        let mut client = self.files.clone();
+        let command_opt = match &job.exit_marker {
+            Some(marker) => marker.wrap(&job.command),
+            None => job.command.clone(),
+        };
+        let request = ExecuteRequest { unique_id: unique_id.to_string(), tool: job.repo_url.clone(), command_opt };
+        let failed = |status| self.failed(Step::Execute, status);
+        let mut lines = client.execute(request).await.map_err(failed)?.into_inner();
+        let mut reported = Reported::default();
+        while let Some(response) = lines.message().await.map_err(failed)? {
+            if let Some(status) = response.exit_status {
+                reported.field = Some(status);
+                continue;
+            }
+            let mut text = response.message.as_str();
+            if let Some((before, status)) = job.exit_marker.as_ref().and_then(|m| m.strip(text)) {
+                reported.marker = Some(status);
+                if before.is_empty() {
+                    continue;
+                }
+                text = before;
+            }
+            match response.stream() {
+                OutputStream::Stderr => out.remote_stderr(text),
+                OutputStream::Stdout | OutputStream::Unspecified => out.remote(text),
+            }
+        }
+        Ok(reported)
+    }
+
+    /// Unpacks the result stream into a staging directory inside the destination, then
+    /// moves it into place: a failed, refused or cancelled download leaves earlier results
+    /// as they were and no staging directory behind.
+    pub async fn download(
+        &self,
+        job: &Job,
+        request: DownloadRequest,
+        out: &Output,
+    ) -> Result<UnpackReport, ClientError> {
+        let mut client = self.files.clone();
+        let dest = job.result_dir.clone();
+        let limits = job.result_limits;
+        let local = |what: &'static str, path: &Path, source: io::Error| {
+            ClientError::Results(ResultsError::Local { what, path: path.to_path_buf(), source })
+        };
+        std::fs::create_dir_all(&dest).map_err(|e| local("create", &dest, e))?;
+        let staging = tempfile::Builder::new()
+            .prefix(".lrpymrpc-staging-")
+            .tempdir_in(&dest)
+            .map_err(|e| local("create a staging directory in", &dest, e))?;
+        let failed = |status| self.failed(Step::Download, status);
+        let mut stream = client.download(request).await.map_err(failed)?.into_inner();
+
+        let (chunk_tx, chunk_rx) = mpsc::channel(QUEUED_CHUNKS);
+        // The unpacking thread owns the staging directory and the move into place, so a
+        // cancelled job (Ctrl-C drops this future) still removes it when the thread ends.
+        // Only what was asked for may land: a hostile server's `Makefile` or
+        // `.git/hooks/pre-commit` beside the results is refused.
+        let only = job.results.iter().filter_map(|name| sanitize_relative(name.as_bytes()).ok()).collect();
+        let unpack = tokio::task::spawn_blocking(move || {
+            let options = UnpackOptions { limits, mtime: MtimePolicy::Now, only: Some(only) };
+            let report =
+                unpack_tar_gz(ChunkReader::new(chunk_rx), staging.path(), &options).map_err(ResultsError::from)?;
+            merge_tree(staging.path(), &dest).map_err(ResultsError::from)?;
+            Ok::<_, ClientError>(report)
+        });
+        let progress: Progress = out.progress("download");
+        let mut network_error = None;
+        loop {
+            let item = match stream.message().await {
+                Ok(Some(chunk)) => {
+                    progress.add_bytes(chunk.data.len() as u64);
+                    Ok(chunk.data)
+                }
+                Ok(None) => break,
+                Err(status) => {
+                    let error = io::Error::other(status.message().to_string());
+                    network_error = Some(status);
+                    Err(error)
+                }
+            };
+            let stop = item.is_err();
+            if chunk_tx.send(item).await.is_err() || stop {
+                break;
+            }
+        }
+        drop(chunk_tx);
+        drop(stream);
+        let unpacked = unpack.await.map_err(|e| ClientError::local(format!("unpacking task failed: {e}")))?;
+        if let Some(status) = network_error {
+            return Err(failed(status));
+        }
+        unpacked
+    }
+}
+
+/// How the command's end was reported.
+#[derive(Debug, Default)]
+pub struct Reported {
+    /// The server's `exit_status` field (with the marker: the wrapper's status).
+    field: Option<ExitStatus>,
+    /// The `--exit-status-marker` line: the command's own status.
+    marker: Option<i32>,
+}
+
+impl Reported {
+    /// The command's end as an outcome: a signal first (the marker cannot tell it),
+    /// then the marker, then the field; `None` when nothing was reported.
+    pub fn outcome(&self) -> Option<Result<(), ClientError>> {
+        let code = match (self.field, self.marker) {
+            (Some(ExitStatus { signal, .. }), _) if signal != 0 => {
+                return Some(Err(ClientError::RemoteSignal { signal }));
+            }
+            (_, Some(code)) | (Some(ExitStatus { code, .. }), None) => code,
+            (None, None) => return None,
+        };
+        Some(if code == 0 { Ok(()) } else { Err(ClientError::RemoteExit { code }) })
+    }
+}
