@@ -1,11 +1,15 @@
 //! The single bridge between blocking archive I/O (`Read`/`Write`, tar, flate2) and
 //! the async gRPC streams: a `Write` that hands out fixed-size chunks through a
-//! bounded channel, and a `Read` that consumes chunks from one. The channel bound is
-//! what keeps memory flat however large the archive is.
+//! bounded channel, a `Read` that consumes chunks from one, and [`feed`], the one loop
+//! that moves chunks from the network into that `Read` (both peers use it). The
+//! channel bound is what keeps memory flat however large the archive is.
 
+use std::fmt::Display;
 use std::io::{self, Read, Write};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
+use tokio_stream::{Stream, StreamExt};
 
 /// A chunk travelling from the network to a [`ChunkReader`]; an `Err` ends the
 /// stream with the network's error instead of a clean end of file.
@@ -100,6 +104,55 @@ impl Read for ChunkReader {
     }
 }
 
+/// How feeding a [`ChunkReader`] from the network ended.
+#[derive(Debug)]
+pub enum Fed<E> {
+    /// The stream ended cleanly: the reader sees the end of the data.
+    Complete,
+    /// The stream failed with this error: the reader sees a read error.
+    Failed(E),
+    /// Nothing arrived for the idle limit: the reader sees a read error.
+    Stalled,
+    /// The reader stopped first (it refused the data); its own error says why.
+    ReaderStopped,
+}
+
+/// Moves chunks from `incoming` (the network) into `chunks` (a [`ChunkReader`]'s
+/// channel) until the stream ends, fails, stalls for `idle`, or the reader stops. The
+/// reader sees a clean end of file only after a clean end of stream.
+pub async fn feed<S, E>(incoming: S, chunks: mpsc::Sender<IncomingChunk>, idle: Option<Duration>) -> Fed<E>
+where
+    S: Stream<Item = Result<Vec<u8>, E>>,
+    E: Display,
+{
+    tokio::pin!(incoming);
+    loop {
+        let next = match idle {
+            Some(limit) => match tokio::time::timeout(limit, incoming.next()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    let stalled = io::Error::new(io::ErrorKind::TimedOut, "the peer stopped sending");
+                    let _ = chunks.send(Err(stalled)).await;
+                    return Fed::Stalled;
+                }
+            },
+            None => incoming.next().await,
+        };
+        match next {
+            None => return Fed::Complete,
+            Some(Ok(chunk)) => {
+                if chunks.send(Ok(chunk)).await.is_err() {
+                    return Fed::ReaderStopped;
+                }
+            }
+            Some(Err(error)) => {
+                let _ = chunks.send(Err(io::Error::other(format!("the peer stopped sending: {error}")))).await;
+                return Fed::Failed(error);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,6 +177,34 @@ mod tests {
         let mut writer = ChunkWriter::new(tx, 2);
         let error = writer.write_all(b"abcd").unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::BrokenPipe);
+    }
+
+    #[tokio::test]
+    async fn feed_ends_as_the_stream_ends_and_the_reader_sees_why() {
+        let (tx, mut rx) = mpsc::channel(16);
+        let items = vec![Ok::<_, String>(b"a".to_vec()), Ok(b"b".to_vec())];
+        assert!(matches!(feed(tokio_stream::iter(items), tx, None).await, Fed::Complete));
+        assert_eq!(
+            (rx.recv().await.unwrap().unwrap(), rx.recv().await.unwrap().unwrap()),
+            (b"a".to_vec(), b"b".to_vec())
+        );
+        assert!(rx.recv().await.is_none(), "a clean end");
+
+        let (tx, mut rx) = mpsc::channel(16);
+        let items = vec![Ok(b"a".to_vec()), Err("reset".to_string())];
+        assert!(matches!(feed(tokio_stream::iter(items), tx, None).await, Fed::Failed(e) if e == "reset"));
+        rx.recv().await.unwrap().unwrap();
+        assert!(rx.recv().await.unwrap().unwrap_err().to_string().contains("reset"));
+
+        let (tx, mut rx) = mpsc::channel(16);
+        let stalled = tokio_stream::pending::<Result<Vec<u8>, String>>();
+        assert!(matches!(feed(stalled, tx, Some(Duration::from_millis(20))).await, Fed::Stalled));
+        assert_eq!(rx.recv().await.unwrap().unwrap_err().kind(), io::ErrorKind::TimedOut);
+
+        let (tx, rx) = mpsc::channel(1);
+        drop(rx);
+        let items = vec![Ok::<_, String>(b"a".to_vec())];
+        assert!(matches!(feed(tokio_stream::iter(items), tx, None).await, Fed::ReaderStopped));
     }
 
     #[test]

@@ -105,12 +105,7 @@ impl Summary {
 
 /// `sha256:` and the lowercase hex of SHA-256 over `der`.
 pub fn fingerprint(der: &[u8]) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, der);
-    let mut text = String::from("sha256:");
-    for byte in digest.as_ref() {
-        text.push_str(&format!("{byte:02x}"));
-    }
-    text
+    format!("sha256:{}", crate::hex(ring::digest::digest(&ring::digest::SHA256, der).as_ref()))
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 use std::io;
 use std::path::Path;
 
-use lrpymrpc_archive::bridge::{ChunkReader, ChunkWriter};
+use lrpymrpc_archive::bridge::{ChunkReader, ChunkWriter, Fed, feed};
 use lrpymrpc_archive::{
     Candidate, MtimePolicy, PackError, PackOptions, PackReport, PackRoot, UnpackOptions, UnpackReport, merge_tree,
     pack_tar_gz, sanitize_relative, unpack_tar_gz,
@@ -173,7 +173,7 @@ impl Session {
             .tempdir_in(&dest)
             .map_err(|e| local("create a staging directory in", &dest, e))?;
         let failed = |status| self.failed(Step::Download, status);
-        let mut stream = client.download(request).await.map_err(failed)?.into_inner();
+        let stream = client.download(request).await.map_err(failed)?.into_inner();
 
         let (chunk_tx, chunk_rx) = mpsc::channel(QUEUED_CHUNKS);
         // The unpacking thread owns the staging directory and the move into place, so a
@@ -189,29 +189,15 @@ impl Session {
             Ok::<_, ClientError>(report)
         });
         let progress: Progress = out.progress("download");
-        let mut network_error = None;
-        loop {
-            let item = match stream.message().await {
-                Ok(Some(chunk)) => {
-                    progress.add_bytes(chunk.data.len() as u64);
-                    Ok(chunk.data)
-                }
-                Ok(None) => break,
-                Err(status) => {
-                    let error = io::Error::other(status.message().to_string());
-                    network_error = Some(status);
-                    Err(error)
-                }
-            };
-            let stop = item.is_err();
-            if chunk_tx.send(item).await.is_err() || stop {
-                break;
-            }
-        }
-        drop(chunk_tx);
-        drop(stream);
+        let chunks = stream.map(|chunk| {
+            chunk.map(|chunk| {
+                progress.add_bytes(chunk.data.len() as u64);
+                chunk.data
+            })
+        });
+        let fed = feed(chunks, chunk_tx, None).await;
         let unpacked = unpack.await.map_err(|e| ClientError::local(format!("unpacking task failed: {e}")))?;
-        if let Some(status) = network_error {
+        if let Fed::Failed(status) = fed {
             return Err(failed(status));
         }
         unpacked

@@ -237,6 +237,30 @@ fn serve(args: Args) -> anyhow::Result<()> {
         LogFormat::Text => subscriber.init(),
         LogFormat::Json => subscriber.json().flatten_event(true).init(),
     }
+    let listen = args.listen;
+    let config = config_from(args)?;
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let listener =
+            tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on `{listen}`"))?;
+        let address = listener.local_addr()?;
+        if config.tls.is_none() {
+            eprintln!("lrpymrpc-mock-server: WARNING: no --tls-dir: serving PLAINTEXT, without authentication.");
+            eprintln!("lrpymrpc-mock-server: WARNING: anyone who reaches {address} can run commands as this user.");
+        }
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "listening on {address}")?;
+        stdout.flush()?;
+        drop(stdout);
+        crate::run(listener, config, shutdown_signal()).await?;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+/// The validated configuration the options describe: TLS material read, the job root
+/// and the allow-list checked, the sandbox proven to work.
+fn config_from(args: Args) -> anyhow::Result<Config> {
     let tls = match &args.tls_dir {
         Some(dir) => Some(TlsMaterial::from_dir(dir).with_context(|| format!("--tls-dir `{}`", dir.display()))?),
         None => None,
@@ -267,7 +291,7 @@ fn serve(args: Args) -> anyhow::Result<()> {
         ),
         false => None,
     };
-    let config = Config {
+    Ok(Config {
         tls_dir: args.tls_dir.clone(),
         allowed_cns: (!allowed.is_empty()).then(|| allowed.into_iter().collect()),
         upload_limits: Limits {
@@ -294,24 +318,6 @@ fn serve(args: Args) -> anyhow::Result<()> {
         sandbox,
         legacy_protocol: args.legacy_protocol,
         ..Config::new(root, tls)
-    };
-    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(args.listen)
-            .await
-            .with_context(|| format!("cannot listen on `{}`", args.listen))?;
-        let address = listener.local_addr()?;
-        if config.tls.is_none() {
-            eprintln!("lrpymrpc-mock-server: WARNING: no --tls-dir: serving PLAINTEXT, without authentication.");
-            eprintln!("lrpymrpc-mock-server: WARNING: anyone who reaches {address} can run commands as this user.");
-        }
-        let mut stdout = std::io::stdout().lock();
-        writeln!(stdout, "listening on {address}")?;
-        stdout.flush()?;
-        drop(stdout);
-        crate::run(listener, config, shutdown_signal()).await?;
-        tracing::info!("stopped");
-        Ok(())
     })
 }
 

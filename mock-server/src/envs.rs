@@ -19,6 +19,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
+use lrpymrpc_certs::hex;
+
 use crate::error::JobError;
 use crate::repo_url::Requirement;
 
@@ -302,10 +304,6 @@ fn copy_hashing(file: std::fs::File, to: &Path) -> std::io::Result<Vec<u8>> {
         out.write_all(&buffer[..read])?;
     }
     Ok(context.finish().as_ref().to_vec())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Removes a directory tree off the async threads.

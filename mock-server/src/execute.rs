@@ -74,66 +74,94 @@ async fn execute_steps(
     command_line: &str,
     context: &Context<'_>,
 ) -> Result<StepEnd, JobError> {
-    // The environment: none, the job's own, or a cached one (leased while the command runs).
-    let mut _lease = None;
-    let mut environment = None;
-    if !requirements.is_empty() {
-        let pinned = match context.env_cache {
-            Some(cache) => {
-                let (requirements, dir, incoming) =
-                    (requirements.to_vec(), job_dir.to_path_buf(), cache.incoming_dir());
-                let scope = context.env_scope.to_string();
-                // Reads files the job made: off the async threads, never a FIFO or device.
-                tokio::task::spawn_blocking(move || envs::pin(&requirements, &dir, &incoming, &scope))
-                    .await
-                    .map_err(|e| JobError::Io(std::io::Error::other(e)))??
-                    .map(|pinned| (cache, pinned))
-            }
-            None => None,
-        };
-        if context.env_cache.is_some() && pinned.is_none() {
-            say(
-                context.events,
-                "REPO_URL names local files that cannot be pinned: building an environment for this job only",
-            )
-            .await;
-        }
-        match pinned {
-            Some((cache, pinned)) => {
-                let copies: Vec<&Path> = pinned.copies.iter().map(PathBuf::as_path).collect();
-                let (pinned_requirements, copies) = (&pinned.requirements, &copies);
-                let build = |path: PathBuf| async move {
-                    build_environment(&path, job_dir, pinned_requirements, copies, context).await
-                };
-                let waiting = || {
-                    let events = context.events.clone();
-                    tokio::spawn(async move {
-                        say(&events, "waiting for another job that is installing the same REPO_URL").await;
-                    });
-                };
-                let Some((lease, origin)) = cache.acquire(&pinned.key, waiting, build).await? else {
-                    return Ok(StepEnd::Cancelled);
-                };
-                if origin == Origin::Reused {
-                    say(context.events, "REPO_URL already installed: reusing the cached Python environment").await;
-                }
-                environment = Some(lease.path().to_path_buf());
-                _lease = Some(lease);
-            }
-            None => {
-                let venv = jobs::venv_dir(job_dir);
-                if !build_environment(&venv, job_dir, requirements, &[], context).await? {
-                    return Ok(StepEnd::Cancelled);
-                }
-                environment = Some(venv);
-            }
+    let environment = match prepare_environment(job_dir, requirements, context).await? {
+        Some(environment) => environment,
+        None => return Ok(StepEnd::Cancelled),
+    };
+    run_command(job_dir, command_line, environment.path(), context).await
+}
+
+/// The Python environment a command runs in: none (no REPO_URL), the job's own, or a
+/// cached one, leased while the command runs.
+#[derive(Debug)]
+enum Environment {
+    None,
+    Own(PathBuf),
+    Cached(envs::Lease),
+}
+
+impl Environment {
+    fn path(&self) -> Option<&Path> {
+        match self {
+            Environment::None => None,
+            Environment::Own(path) => Some(path),
+            Environment::Cached(lease) => Some(lease.path()),
         }
     }
-    let readable: Vec<&Path> = environment.iter().map(PathBuf::as_path).collect();
+}
+
+/// Builds or finds the environment for `requirements`; `None` when the client went
+/// away meanwhile. Shared only when the REPO_URL could be pinned (`envs::pin`).
+async fn prepare_environment(
+    job_dir: &Path,
+    requirements: &[Requirement],
+    context: &Context<'_>,
+) -> Result<Option<Environment>, JobError> {
+    if requirements.is_empty() {
+        return Ok(Some(Environment::None));
+    }
+    let pinned = match context.env_cache {
+        Some(cache) => {
+            let (requirements, dir, incoming) = (requirements.to_vec(), job_dir.to_path_buf(), cache.incoming_dir());
+            let scope = context.env_scope.to_string();
+            // Reads files the job made: off the async threads, never a FIFO or device.
+            tokio::task::spawn_blocking(move || envs::pin(&requirements, &dir, &incoming, &scope))
+                .await
+                .map_err(|e| JobError::task("pinning REPO_URL", e))??
+                .map(|pinned| (cache, pinned))
+        }
+        None => None,
+    };
+    let Some((cache, pinned)) = pinned else {
+        if context.env_cache.is_some() {
+            let why = "REPO_URL names local files that cannot be pinned: building an environment for this job only";
+            say(context.events, why).await;
+        }
+        let venv = jobs::venv_dir(job_dir);
+        let built = build_environment(&venv, job_dir, requirements, &[], context).await?;
+        return Ok(built.then_some(Environment::Own(venv)));
+    };
+    let copies: Vec<&Path> = pinned.copies.iter().map(PathBuf::as_path).collect();
+    let (pinned_requirements, copies) = (&pinned.requirements, &copies);
+    let build =
+        |path: PathBuf| async move { build_environment(&path, job_dir, pinned_requirements, copies, context).await };
+    let waiting = || {
+        let events = context.events.clone();
+        tokio::spawn(async move {
+            say(&events, "waiting for another job that is installing the same REPO_URL").await;
+        });
+    };
+    let Some((lease, origin)) = cache.acquire(&pinned.key, waiting, build).await? else {
+        return Ok(None);
+    };
+    if origin == Origin::Reused {
+        say(context.events, "REPO_URL already installed: reusing the cached Python environment").await;
+    }
+    Ok(Some(Environment::Cached(lease)))
+}
+
+/// Runs `sh -c CMD` in the job directory with the environment's `bin` first on PATH.
+async fn run_command(
+    job_dir: &Path,
+    command_line: &str,
+    venv: Option<&Path>,
+    context: &Context<'_>,
+) -> Result<StepEnd, JobError> {
+    let readable: Vec<&Path> = venv.into_iter().collect();
     let args = [OsStr::new("-c"), OsStr::new(command_line)];
     // Python tools block-buffer a pipe; the user wants their progress lines now.
     let mut env = vec![(OsString::from("PYTHONUNBUFFERED"), OsString::from("1"))];
-    if let Some(venv) = &environment {
+    if let Some(venv) = venv {
         let path = std::env::var_os("PATH").unwrap_or_default();
         let mut paths = vec![venv.join("bin")];
         paths.extend(std::env::split_paths(&path));

@@ -64,25 +64,41 @@ pub async fn run(
         info!(swept, "removed job directories an earlier run left behind");
     }
     let state = Arc::new(state);
+    let reaper = tokio::spawn(reap_forever(state.clone()));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serve = serve(listener, &state, async {
+        let _ = stopped.await;
+    })?;
+    tokio::pin!(serve);
+    let outcome = tokio::select! {
+        outcome = &mut serve => outcome,
+        () = shutdown => drain(&state, &mut serve, stop).await,
+    };
+    reaper.abort();
+    outcome.map_err(ServeError::from)
+}
+
+/// The gRPC server: `FileService`, the extension service unless `--legacy-protocol`,
+/// on `listener` with mutual TLS when configured; it ends when `stopped` completes.
+fn serve<'a>(
+    listener: TcpListener,
+    state: &'a Arc<state::State>,
+    stopped: impl Future<Output = ()> + Send + 'a,
+) -> Result<Serving<'a>, ServeError> {
     let config = &state.config;
     let mut builder = Server::builder()
         .max_concurrent_streams(config.max_streams_per_connection)
         .http2_keepalive_interval(Some(config.keepalive_interval))
         .http2_keepalive_timeout(Some(lrpymrpc_proto::KEEPALIVE_TIMEOUT));
-    let reaper = tokio::spawn(reap_forever(state.clone()));
     // A legacy server knows nothing of the extension service: clients see UNIMPLEMENTED.
     let extensions =
         (!config.legacy_protocol).then(|| ExtensionsServer::new(extensions::ExtensionService::new(state.clone())));
-    let service = builder
+    let router = builder
         .add_service(FileServiceServer::new(service::Service::new(state.clone())))
         .add_optional_service(extensions);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let stopped = async {
-        let _ = stopped.await;
-    };
     // serve_with_incoming ignores the builder's TCP settings: the incoming stream sets
     // them. Without TCP_NODELAY, each small response waits out a delayed ACK (40 ms).
-    let serve: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send + '_>> = match &config.tls {
+    Ok(match &config.tls {
         // Client certificates are mandatory: the handshake fails before any RPC, so no
         // byte of an unauthenticated upload reaches the disk.
         Some(tls) => {
@@ -93,24 +109,27 @@ pub async fn run(
                 timeout: config.tls_handshake_timeout,
                 keepalive: config.keepalive_interval,
             };
-            Box::pin(service.serve_with_incoming_shutdown(listener::accept_tls(listener, acceptor, limits), stopped))
+            Box::pin(router.serve_with_incoming_shutdown(listener::accept_tls(listener, acceptor, limits), stopped))
         }
         None => {
             let incoming =
                 TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(Some(config.keepalive_interval));
-            Box::pin(service.serve_with_incoming_shutdown(incoming, stopped))
+            Box::pin(router.serve_with_incoming_shutdown(incoming, stopped))
         }
-    };
-    tokio::pin!(serve);
-    tokio::select! {
-        outcome = &mut serve => {
-            reaper.abort();
-            return outcome.map_err(ServeError::from);
-        }
-        () = shutdown => {}
-    }
-    // Draining: no new jobs; running ones may still Check and Download on their
-    // connections, until they are done or the grace is over.
+    })
+}
+
+/// The running gRPC server.
+type Serving<'a> = Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send + 'a>>;
+
+/// Draining shutdown: no new jobs; running ones may still Check and Download on their
+/// connections until they are done or the grace is over; then their commands are
+/// stopped, and the connections get [`DRAIN_AFTER_STOP`] to close.
+async fn drain(
+    state: &state::State,
+    serve: &mut Pin<&mut Serving<'_>>,
+    stop: tokio::sync::oneshot::Sender<()>,
+) -> Result<(), tonic::transport::Error> {
     state.draining.store(true, std::sync::atomic::Ordering::SeqCst);
     info!(active = state.jobs.active(), "shutting down: no new jobs; running jobs may finish");
     let deadline = tokio::time::Instant::now() + state.config.shutdown_grace;
@@ -129,17 +148,12 @@ pub async fn run(
             stopped_commands = true;
         }
         tokio::select! {
-            outcome = &mut serve => {
-                reaper.abort();
-                return outcome.map_err(ServeError::from);
-            }
+            outcome = serve.as_mut() => return outcome,
             () = tokio::time::sleep(Duration::from_millis(100)) => {}
         }
     }
     let _ = stop.send(());
-    let outcome = tokio::time::timeout(DRAIN_AFTER_STOP, &mut serve).await.unwrap_or(Ok(()));
-    reaper.abort();
-    outcome.map_err(ServeError::from)
+    tokio::time::timeout(DRAIN_AFTER_STOP, serve.as_mut()).await.unwrap_or(Ok(()))
 }
 
 /// After stopping commands (and after the last call), how long connections get to close.

@@ -1,13 +1,12 @@
 //! The `FileService` gRPC service: the four RPCs of the wire contract, each a thin
 //! layer that validates the request, does the step, and turns errors into statuses.
 
-use std::io;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
-use lrpymrpc_archive::bridge::{CHANNEL_CHUNKS, ChunkReader, ChunkWriter};
+use lrpymrpc_archive::bridge::{CHANNEL_CHUNKS, ChunkReader, ChunkWriter, Fed, feed};
 use lrpymrpc_archive::{MtimePolicy, UnpackOptions, find_below, pack_results_tar_gz, sanitize_relative, unpack_tar_gz};
 use lrpymrpc_proto::file_service_server::FileService;
 use lrpymrpc_proto::{
@@ -69,7 +68,7 @@ impl FileService for Service {
             warn!(cn = caller.name(), peer = %caller.address, reason = error.to_string().as_str(), "upload refused");
             Status::from(error)
         })?;
-        let mut stream = request.into_inner();
+        let stream = request.into_inner();
         let (chunk_tx, chunk_rx) = mpsc::channel(CHANNEL_CHUNKS);
         let options =
             UnpackOptions { limits: self.state.config.upload_limits, mtime: MtimePolicy::FromArchive, only: None };
@@ -83,26 +82,11 @@ impl FileService for Service {
             }
             result
         });
+        // A client that trickles or stalls holds its slot only up to the idle limit.
         let idle_limit = self.state.config.upload_idle_timeout;
-        let mut stalled = None;
-        loop {
-            // A client that trickles or stalls holds its slot only up to the idle limit.
-            let item = match tokio::time::timeout(idle_limit, stream.message()).await {
-                Ok(Ok(Some(chunk))) => Ok(chunk.data),
-                Ok(Ok(None)) => break,
-                Ok(Err(status)) => Err(io::Error::other(format!("the client stopped sending: {}", status.message()))),
-                Err(_) => {
-                    stalled = Some(JobError::UploadStalled(crate::config::human(idle_limit)));
-                    Err(io::Error::other("the client stopped sending"))
-                }
-            };
-            let failed = item.is_err();
-            // A send error means the unpacker already gave up; its error says why.
-            if chunk_tx.send(item).await.is_err() || failed {
-                break;
-            }
-        }
-        drop(chunk_tx);
+        let chunks = stream.map(|chunk| chunk.map(|chunk| chunk.data).map_err(|status| status.message().to_string()));
+        let fed = feed(chunks, chunk_tx, Some(idle_limit)).await;
+        let stalled = matches!(fed, Fed::Stalled).then(|| JobError::UploadStalled(crate::config::human(idle_limit)));
         let report = unpack.await.map_err(|e| JobError::task("unpacking the upload", e))?;
         drop(job_use);
         if let Some(error) = stalled {

@@ -7,6 +7,7 @@
 use std::future::Future;
 use std::time::Duration;
 
+use lrpymrpc_archive::PackRoot;
 use lrpymrpc_proto::DownloadRequest;
 
 use crate::exit::{ClientError, Step};
@@ -36,19 +37,7 @@ pub async fn run(job: &Job, out: &Output) -> Result<(), ClientError> {
     for warning in &warnings {
         out.warn(warning);
     }
-    out.status("Upload");
-    out.begin(Step::Upload);
-    let (unique_id, report) = retrying(job, out, Step::Upload, || session.upload(job, roots.clone(), out)).await?;
-    out.end(&format!("{} files, {}", report.files, bytes(report.content_bytes)));
-    for (path, why) in &report.skipped {
-        out.warn(&format!("`{}` not uploaded: {why}", path.display()));
-    }
-    let left_out = job.rules.left_out_vcs();
-    if !left_out.is_empty() {
-        let list: Vec<_> = left_out.iter().map(|p| p.display().to_string()).collect();
-        out.note(&format!("left out version-control directories: {} (--include-vcs sends them)", list.join(", ")));
-    }
-    out.status(&format!("unique id={unique_id}"));
+    let unique_id = upload(&session, job, &roots, out).await?;
 
     out.status(&format!("pip install   ={}", job.repo_url));
     out.status(&format!("Execute target={}", job.command));
@@ -65,22 +54,52 @@ pub async fn run(job: &Job, out: &Output) -> Result<(), ClientError> {
         out.status("Finish.");
         return remote_outcome.unwrap_or(Ok(()));
     }
+    fetch_results(&session, job, unique_id, out).await?;
+    out.status("Finish.");
+    final_outcome(remote_outcome, job, out)
+}
+
+/// The Upload step, retried as a whole; returns the job id.
+async fn upload(session: &Session, job: &Job, roots: &[PackRoot], out: &Output) -> Result<String, ClientError> {
+    out.status("Upload");
+    out.begin(Step::Upload);
+    let (unique_id, report) = retrying(job, out, Step::Upload, || session.upload(job, roots.to_vec(), out)).await?;
+    out.end(&format!("{} files, {}", report.files, bytes(report.content_bytes)));
+    for (path, why) in &report.skipped {
+        out.warn(&format!("`{}` not uploaded: {why}", path.display()));
+    }
+    let left_out = job.rules.left_out_vcs();
+    if !left_out.is_empty() {
+        let list: Vec<_> = left_out.iter().map(|p| p.display().to_string()).collect();
+        out.note(&format!("left out version-control directories: {} (--include-vcs sends them)", list.join(", ")));
+    }
+    out.status(&format!("unique id={unique_id}"));
+    Ok(unique_id)
+}
+
+/// Check, then Download when there is something to fetch, each retried.
+async fn fetch_results(session: &Session, job: &Job, unique_id: String, out: &Output) -> Result<(), ClientError> {
     out.status("Check result.");
     out.begin(Step::Check);
     let result_dir = job.results.join(" ");
     let has_stream = retrying(job, out, Step::Check, || session.check(&unique_id, &result_dir)).await?;
     out.end("");
-    if has_stream {
-        out.status("Download data is exist.");
-        out.begin(Step::Download);
-        let request = DownloadRequest { unique_id, result_dir };
-        let report = retrying(job, out, Step::Download, || session.download(job, request.clone(), out)).await?;
-        out.end(&format!("{} files, {}", report.files, bytes(report.content_bytes)));
-        out.status("Extract result.");
-    } else {
+    if !has_stream {
         out.status("Download data is not exist.");
+        return Ok(());
     }
-    out.status("Finish.");
+    out.status("Download data is exist.");
+    out.begin(Step::Download);
+    let request = DownloadRequest { unique_id, result_dir };
+    let report = retrying(job, out, Step::Download, || session.download(job, request.clone(), out)).await?;
+    out.end(&format!("{} files, {}", report.files, bytes(report.content_bytes)));
+    out.status("Extract result.");
+    Ok(())
+}
+
+/// The job's outcome once its results are in place: the remote command's, or, when
+/// the server reported none, success with a warning saying so.
+fn final_outcome(remote_outcome: Option<Result<(), ClientError>>, job: &Job, out: &Output) -> Result<(), ClientError> {
     match remote_outcome {
         Some(outcome) => outcome,
         None if job.exit_marker.is_some() => {

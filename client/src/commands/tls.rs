@@ -242,6 +242,17 @@ fn date(unix: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(unix).map_or_else(|_| format!("@{unix}"), |t| t.date().to_string())
 }
 
+/// `lrpymrpc tls init` as a command: the exit code, the error printed.
+pub fn init_command(cn: &str, dir_arg: &str, force: bool) -> ExitCode {
+    match init(cn, dir_arg, force) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            crate::output::Output::new("", "", crate::output::Verbosity::default()).error(&error);
+            crate::exit::for_error(&error)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
