@@ -66,6 +66,18 @@ fn errno() -> i32 {
 
 /// In the spawned child: returns `Ok` only in the command's process.
 fn enter(maps: Option<&IdMaps>) -> io::Result<()> {
+    // The server's signal handlers (tokio's, for SIGCHLD, SIGTERM, SIGINT) survive a
+    // fork and would run in the watcher and the init, which never exec: a SIGTERM to the
+    // job's group would not end the watcher, and a handler could meet state another
+    // thread was changing at the fork. Back to the defaults, before any child exists.
+    for signal in 1..32 {
+        if signal != libc::SIGKILL && signal != libc::SIGSTOP {
+            // SAFETY: resetting a disposition to its default is async-signal-safe.
+            unsafe {
+                libc::signal(signal, libc::SIG_DFL);
+            }
+        }
+    }
     let flags = match maps {
         Some(_) => libc::CLONE_NEWPID | libc::CLONE_NEWUSER,
         None => libc::CLONE_NEWPID,

@@ -28,7 +28,7 @@ fn start_two_sleeps(env: &TestEnv, extra: &[&str]) -> (Child, i32) {
             return (child, pgid);
         }
     }
-    let output = child.wait_with_output().unwrap();
+    let output = crate::env::child_output_within(child, crate::env::PROCESS_LIMIT);
     panic!("the remote command never started: {}", String::from_utf8_lossy(&output.stderr));
 }
 
@@ -61,7 +61,7 @@ fn assert_group_gone_within(pgid: i32, since: Instant, limit: Duration) {
 }
 
 fn stderr_of(child: Child) -> String {
-    let output = child.wait_with_output().unwrap();
+    let output = crate::env::child_output_within(child, crate::env::PROCESS_LIMIT);
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 

@@ -69,7 +69,8 @@ fn make_stops_when_the_remote_command_fails() {
         "all: second\nfirst:\n\t{line} --CMD 'echo remote-ran; exit 3'\n\ttouch first\nsecond: first\n\ttouch second\n"
     );
     env.write("Makefile", makefile);
-    let output = std::process::Command::new("make").current_dir(&env.work).output().expect("GNU make runs");
+    let output =
+        crate::env::output_within(std::process::Command::new("make").current_dir(&env.work), crate::env::PROCESS_LIMIT);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(!output.status.success(), "make must fail: {stdout}");
     assert!(stdout.contains("remote-ran"), "{stdout}");
@@ -225,8 +226,10 @@ fn quiet_shows_only_remote_output_and_verbose_adds_timings() {
 #[test]
 fn the_client_retries_connecting_while_the_server_starts() {
     let mut env = TestEnv::bare();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    env.set_addr(([127, 0, 0, 1], port).into());
+    // Held (refusing connections) until the server binds it: no other test takes it.
+    let (held, addr) = crate::env::closed_port(true);
+    let port = addr.port();
+    env.set_addr(addr);
     env.write("source/x", "x");
     let mut client = env.client_std();
     let child = client
@@ -240,8 +243,9 @@ fn the_client_retries_connecting_while_the_server_starts() {
     let config = lrpymrpc_mock_server::Config::new(env.jobs.clone(), Some(tls));
     let runtime = env.runtime();
     let listener = runtime.block_on(tokio::net::TcpListener::bind(("127.0.0.1", port))).unwrap();
+    drop(held);
     runtime.spawn(lrpymrpc_mock_server::run(listener, config, std::future::pending()));
-    let output = child.wait_with_output().unwrap();
+    let output = crate::env::child_output_within(child, crate::env::PROCESS_LIMIT);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
     assert!(String::from_utf8_lossy(&output.stdout).contains("late-but-fine"));

@@ -12,6 +12,9 @@ use tokio::sync::oneshot;
 
 pub const CLIENT: &str = env!("CARGO_BIN_EXE_lrpymrpc-e2e-client");
 
+/// The longest any process a test starts may run: no CI run can hang on one.
+pub const PROCESS_LIMIT: Duration = Duration::from_secs(300);
+
 pub struct TestEnv {
     pub root: tempfile::TempDir,
     pub tls: PathBuf,
@@ -93,9 +96,12 @@ impl TestEnv {
         self.addr = addr;
     }
 
-    /// The client, run in the working directory, pointed at the server with mutual TLS.
+    /// The client, run in the working directory, pointed at the server with mutual TLS;
+    /// killed (and the test failed) if it runs longer than [`PROCESS_LIMIT`].
     pub fn client(&self) -> Command {
-        Command::from_std(self.client_std())
+        let mut command = Command::from_std(self.client_std());
+        command.timeout(PROCESS_LIMIT);
+        command
     }
 
     /// [`TestEnv::client`] as a plain process, to spawn and signal.
@@ -111,7 +117,9 @@ impl TestEnv {
     /// The client in the working directory with no options, shielded from the
     /// developer's own `LRPYMRPC_*` variables and config file.
     pub fn bare_client(&self) -> Command {
-        Command::from_std(self.bare_client_std())
+        let mut command = Command::from_std(self.bare_client_std());
+        command.timeout(PROCESS_LIMIT);
+        command
     }
 
     fn bare_client_std(&self) -> std::process::Command {
@@ -184,14 +192,9 @@ pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
 /// Builds the example-style wheel of a one-module package named `name`.
 pub fn build_wheel(package_dir: &Path, name: &str, out_dir: &Path) -> PathBuf {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/cellchar/make_wheel.py");
-    let output = std::process::Command::new("python3")
-        .arg(script)
-        .arg(package_dir)
-        .arg(name)
-        .arg("0.1.0")
-        .arg(out_dir)
-        .output()
-        .expect("python3 runs");
+    let mut command = std::process::Command::new("python3");
+    command.arg(script).arg(package_dir).arg(name).arg("0.1.0").arg(out_dir);
+    let output = output_within(&mut command, PROCESS_LIMIT);
     assert!(output.status.success(), "make_wheel.py failed: {}", String::from_utf8_lossy(&output.stderr));
     PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
 }
@@ -277,6 +280,58 @@ pub fn processes_running(needle: &str) -> Vec<String> {
         .map(|line| String::from_utf8_lossy(&line).into_owned())
         .filter(|line| line.contains(needle))
         .collect()
+}
+
+/// Runs `command` to its end with its output captured; kills it and fails after `limit`.
+pub fn output_within(command: &mut std::process::Command, limit: Duration) -> std::process::Output {
+    use std::process::Stdio;
+    let child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("the command starts");
+    child_output_within(child, limit)
+}
+
+/// Waits for a spawned child and collects what is left of its piped output; kills it
+/// and fails after `limit`.
+pub fn child_output_within(mut child: std::process::Child, limit: Duration) -> std::process::Output {
+    use std::io::Read;
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let status = wait_exit(&mut child, limit);
+    std::process::Output { status, stdout: stdout.join().unwrap(), stderr: stderr.join().unwrap() }
+}
+
+/// A loopback port held bound but not listening: a connection to it is refused, and no
+/// other test can take it while the returned socket lives. With `reusable`, a listener
+/// that sets `SO_REUSEADDR` (tokio's does) may still bind it: a server that starts late.
+pub fn closed_port(reusable: bool) -> (tokio::net::TcpSocket, SocketAddr) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_reuseaddr(reusable).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    (socket, addr)
+}
+
+/// The sandbox, when bwrap can make one here. Where bwrap is installed but cannot run
+/// (no user namespaces), CI fails rather than skipping the sandbox's tests.
+pub fn sandbox_for(root: &Path, tls: &Path) -> Option<lrpymrpc_mock_server::sandbox::Sandbox> {
+    match lrpymrpc_mock_server::sandbox::Sandbox::new(root, Some(tls)) {
+        Ok(sandbox) => Some(sandbox),
+        Err(why) if std::env::var_os("CI").is_some() && which::which("bwrap").is_ok() => {
+            panic!("bwrap is installed but cannot make a sandbox in CI: {why}")
+        }
+        Err(why) => {
+            println!("SKIPPED: {why}");
+            None
+        }
+    }
 }
 
 /// Polls `done` until it holds; fails after `limit`.

@@ -73,7 +73,7 @@ fn a_connection_cut_during_execute_is_not_retried() {
     let stdout = BufReader::new(client.stdout.take().unwrap());
     assert!(stdout.lines().map(Result::unwrap).any(|line| line.ends_with("]:started")));
     proxy.cut_everything();
-    let output = client.wait_with_output().unwrap();
+    let output = crate::env::child_output_within(client, crate::env::PROCESS_LIMIT);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(104), "{stderr}");
     assert!(stderr.contains("execute failed: lost the connection"), "{stderr}");
@@ -98,8 +98,8 @@ fn a_server_killed_mid_job_fails_the_client_and_its_job_is_swept_at_restart() {
     let stdout = BufReader::new(client.stdout.take().unwrap());
     assert!(stdout.lines().map(Result::unwrap).any(|line| line.ends_with("]:started")));
     server.kill().unwrap();
-    server.wait().unwrap();
-    let output = client.wait_with_output().unwrap();
+    crate::env::wait_exit(&mut server, crate::env::PROCESS_LIMIT);
+    let output = crate::env::child_output_within(client, crate::env::PROCESS_LIMIT);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(104), "{stderr}");
     assert!(stderr.contains("execute failed: lost the connection"), "{stderr}");
@@ -108,5 +108,5 @@ fn a_server_killed_mid_job_fails_the_client_and_its_job_is_swept_at_restart() {
     let (mut restarted, _) = spawn_server_binary(&env, &[]);
     wait_until(Duration::from_secs(5), "the orphaned job is swept", || env.job_dirs().is_empty());
     restarted.kill().unwrap();
-    restarted.wait().unwrap();
+    crate::env::wait_exit(&mut restarted, crate::env::PROCESS_LIMIT);
 }

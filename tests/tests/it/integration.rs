@@ -46,7 +46,7 @@ fn make_variables(env: &TestEnv) -> Vec<String> {
 fn run(command: &mut Command) -> (bool, String) {
     // The developer's own settings must not leak in.
     command.env("LRPYMRPC_CONFIG", "").env_remove("MAKEFLAGS");
-    let Output { status, stdout, stderr } = command.output().expect("the build tool runs");
+    let Output { status, stdout, stderr } = crate::env::output_within(command, crate::env::PROCESS_LIMIT);
     (status.success(), format!("{}{}", String::from_utf8_lossy(&stdout), String::from_utf8_lossy(&stderr)))
 }
 
@@ -84,7 +84,7 @@ fn the_make_example_builds_then_does_nothing_then_reruns_when_a_cell_changes() {
     assert!(ok && log.contains("Upload") && !log.contains("make_wheel.py"), "only the remote step reran: {log}");
 
     // The installed binary prints the same file.
-    let printed = Command::new(CLIENT).args(["snippet", "make"]).output().unwrap();
+    let printed = crate::env::output_within(Command::new(CLIENT).args(["snippet", "make"]), crate::env::PROCESS_LIMIT);
     assert_eq!(printed.stdout, std::fs::read(repo().join("integration/lrpymrpc.mk")).unwrap());
 }
 

@@ -105,7 +105,7 @@ fn concurrent_runs_with_different_run_names_do_not_collide() {
         })
         .collect();
     for mut child in children {
-        assert!(child.wait().unwrap().success());
+        assert!(crate::env::wait_exit(&mut child, crate::env::PROCESS_LIMIT).success());
     }
     assert_eq!(env.read("red/build/who"), b"red\nshared input\n");
     assert_eq!(env.read("blue/build/who"), b"blue\nshared input\n");

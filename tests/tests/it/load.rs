@@ -127,5 +127,5 @@ fn sixty_four_concurrent_jobs_are_served_or_refused_and_nothing_leaks() {
         std::thread::sleep(Duration::from_millis(50));
     }
     server.kill().unwrap();
-    server.wait().unwrap();
+    crate::env::wait_exit(&mut server, crate::env::PROCESS_LIMIT);
 }

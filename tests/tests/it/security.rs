@@ -12,25 +12,10 @@ use lrpymrpc_proto::{CheckRequest, DataChunk, ExecuteRequest};
 use predicates::prelude::*;
 
 use crate::env::{
-    TestEnv, build_wheel, client_dir_for, processes_running, send_signal, spawn_server_binary,
-    spawn_server_binary_with_fds, wait_exit, wait_until,
+    PROCESS_LIMIT, TestEnv, build_wheel, client_dir_for, output_within, processes_running, sandbox_for, send_signal,
+    spawn_server_binary, spawn_server_binary_with_fds, wait_exit, wait_until,
 };
 use crate::hostile::{assert_canary_untouched, fake_server_sending, plant_canary};
-
-/// The sandbox, when bwrap can make one here. Where bwrap is installed but cannot run
-/// (no user namespaces), CI fails rather than skipping the sandbox's tests.
-fn sandbox_for(root: &Path, tls: &Path) -> Option<lrpymrpc_mock_server::sandbox::Sandbox> {
-    match lrpymrpc_mock_server::sandbox::Sandbox::new(root, Some(tls)) {
-        Ok(sandbox) => Some(sandbox),
-        Err(why) if std::env::var_os("CI").is_some() && which::which("bwrap").is_ok() => {
-            panic!("bwrap is installed but cannot make a sandbox in CI: {why}")
-        }
-        Err(why) => {
-            println!("SKIPPED: {why}");
-            None
-        }
-    }
-}
 
 /// The client as another user (`tls_dir`), in another working directory.
 fn client_as(env: &TestEnv, tls_dir: &Path, work: &Path) -> assert_cmd::Command {
@@ -549,12 +534,10 @@ fn the_ca_key_lives_apart_and_control_characters_are_refused_in_cns() {
     let env = TestEnv::bare();
     let server = env!("CARGO_BIN_EXE_lrpymrpc-e2e-mock-server");
     let dir = env.root.path().join("deploy");
-    let init = std::process::Command::new(server)
-        .args(["ca", "init"])
-        .arg(&dir)
-        .args(["--san", "localhost"])
-        .output()
-        .unwrap();
+    let init = output_within(
+        std::process::Command::new(server).args(["ca", "init"]).arg(&dir).args(["--san", "localhost"]),
+        PROCESS_LIMIT,
+    );
     assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
     assert!(String::from_utf8_lossy(&init.stdout).contains("deploy.ca-private"));
     let keys: Vec<_> = walk(&dir).into_iter().filter(|p| p.ends_with("ca.key")).collect();
@@ -566,8 +549,10 @@ fn the_ca_key_lives_apart_and_control_characters_are_refused_in_cns() {
     params.distinguished_name.push(rcgen::DnType::CommonName, "eve\nCN=admin");
     let csr = env.root.path().join("eve.csr");
     std::fs::write(&csr, params.serialize_request(&key).unwrap().pem().unwrap()).unwrap();
-    let sign =
-        std::process::Command::new(server).args(["ca", "sign"]).arg(&csr).arg("--ca").arg(&dir).output().unwrap();
+    let sign = output_within(
+        std::process::Command::new(server).args(["ca", "sign"]).arg(&csr).arg("--ca").arg(&dir),
+        PROCESS_LIMIT,
+    );
     assert!(!sign.status.success());
     assert!(String::from_utf8_lossy(&sign.stderr).contains("control characters"), "{sign:?}");
 }

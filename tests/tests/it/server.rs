@@ -7,6 +7,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use lrpymrpc_archive::testing::{file, gzip, tar_bytes};
 use lrpymrpc_certs::{Ca, layout, write_pair};
 use lrpymrpc_proto::{DataChunk, ExecuteRequest};
 use predicates::prelude::*;
@@ -97,7 +98,7 @@ fn the_job_limit_answers_resource_exhausted_and_frees_its_slot() {
         .code(103)
         .stderr(predicate::str::contains("RESOURCE_EXHAUSTED"))
         .stderr(predicate::str::contains("at most 1 jobs at once (--max-jobs)"));
-    assert!(first.wait().unwrap().success());
+    assert!(wait_exit(&mut first, crate::env::PROCESS_LIMIT).success());
     env.client().args(["--CMD", "true"]).assert().success();
 }
 
@@ -221,22 +222,25 @@ fn after_the_shutdown_grace_running_commands_are_stopped() {
 
 #[test]
 fn sandboxed_jobs_see_only_their_own_directory() {
-    if let Err(why) = lrpymrpc_mock_server::sandbox::Sandbox::new(Path::new("/tmp"), None) {
-        println!("SKIPPED sandboxed_jobs_see_only_their_own_directory: {why}");
-        return;
-    }
-    let tls_dir = TestEnv::bare().tls.clone();
-    let env = TestEnv::configured(|config| {
-        config.tls_dir = Some(tls_dir.clone());
-        config.sandbox = Some(
-            lrpymrpc_mock_server::sandbox::Sandbox::new(&config.root, Some(&tls_dir))
-                .expect("bwrap worked a moment ago"),
-        );
+    // Outside /tmp (which the sandbox hides anyway), so what hides the job root and
+    // the TLS directory is their own rule; CI fails here if bwrap cannot run.
+    let env = TestEnv::bare_in(Path::new(env!("CARGO_TARGET_TMPDIR")));
+    let Some(sandbox) = crate::env::sandbox_for(&env.jobs, &env.tls) else { return };
+    let tls_dir = env.tls.clone();
+    let mut env = env.serve_configured(|config| {
+        config.tls_dir = Some(tls_dir);
+        config.sandbox = Some(sandbox);
     });
-    // Another job's directory, and a secret beside the server's key.
-    let other = env.jobs.join("other-job");
-    std::fs::create_dir_all(&other).unwrap();
-    std::fs::write(other.join("data"), "other").unwrap();
+    // Another job, uploaded for real, with a file of its own.
+    let (addr, tls) = (env.addr, env.tls.clone());
+    let other = env.runtime().block_on(async move {
+        let mut client = crate::tls::raw_client(addr, &tls, true).await.unwrap();
+        let archive = gzip(&tar_bytes(&[file("other-data", "other")]));
+        client.upload(tokio_stream::iter([DataChunk { data: archive }])).await.unwrap().into_inner().unique_id
+    });
+    let other_id = other.clone();
+    let other = env.jobs.join(other);
+    assert!(other.join("other-data").is_file());
     let key = layout::server_key(&env.tls);
     env.write("source/x", "x");
     // pip runs in the sandbox too, writing only the environment it builds.
@@ -246,7 +250,8 @@ fn sandboxed_jobs_see_only_their_own_directory() {
     let wheel = build_wheel(&package, "greeter", &env.work.join("source"));
     let repo_url = format!("greeter=./source/{}", wheel.file_name().unwrap().to_string_lossy());
     let command = format!(
-        "python -c 'import greeter; print(greeter.hello())'; cat {key} && echo READ-KEY; ls {jobs}; ls {other} && echo SAW-OTHER; touch /usr/lrpymrpc-escape && echo WROTE-USR; \
+        "python -c 'import greeter; print(greeter.hello())'; cat {key} && echo READ-KEY; ls {jobs}; \
+         cat {other}/other-data && echo SAW-OTHER; touch /usr/lrpymrpc-escape && echo WROTE-USR; \
          mkdir build && echo inside > build/out",
         key = key.display(),
         jobs = env.jobs.display(),
@@ -259,7 +264,8 @@ fn sandboxed_jobs_see_only_their_own_directory() {
         .stdout(predicate::str::contains("]:hello from the sandbox"))
         .stdout(predicate::str::contains("]:READ-KEY").not())
         .stdout(predicate::str::contains("]:SAW-OTHER").not())
-        .stdout(predicate::str::contains("]:other-job").not())
+        .stdout(predicate::str::contains(format!("]:{other_id}")).not())
+        .stdout(predicate::str::contains(".lrpymrpc-job").not())
         .stdout(predicate::str::contains("]:WROTE-USR").not());
     assert_eq!(env.read("build/out"), b"inside\n", "the job directory is writable");
     assert!(!Path::new("/usr/lrpymrpc-escape").exists());

@@ -123,8 +123,8 @@ fn reads_the_flat_tls_layout_and_expands_tilde() {
 #[test]
 fn an_unreachable_server_fails_with_a_hint() {
     let mut env = TestEnv::bare();
-    // Bound and dropped at once: a port where nothing listens.
-    env.set_addr(std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap());
+    let (_held, addr) = crate::env::closed_port(false);
+    env.set_addr(addr);
     let port = env.addr.port();
     env.client()
         .args(["--retries", "0"])
