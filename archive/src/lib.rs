@@ -1,18 +1,21 @@
 //! The one place that owns the archive format and the archive-safety policy of
-//! lrpymrpc: packing a tar.gz as a stream ([`pack`]), unpacking a hostile one without
-//! letting any entry escape its destination ([`unpack`]), moving a finished unpack
-//! into place ([`merge`]), packing a job's results without following links
-//! ([`results`]), and the single bridge between these blocking `Read`/`Write`
-//! pipelines and the async gRPC streams ([`bridge`]). Client and server both use it.
+//! lrpymrpc: walking a source tree ([`walk`]), packing a tar.gz as a stream
+//! ([`pack`]), unpacking a hostile one without letting any entry escape its
+//! destination ([`unpack`]), moving a finished unpack into place ([`merge`]), packing a
+//! job's results without following links ([`results`]), and the single bridge between
+//! these blocking `Read`/`Write` pipelines and the async gRPC streams ([`bridge`]).
+//! Client and server both use it.
 
 pub mod bridge;
 pub mod merge;
 pub mod pack;
 pub mod paths;
+mod place;
 pub mod results;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod unpack;
+pub mod walk;
 
 pub use merge::{MergeError, merge_tree};
 pub use pack::{Candidate, PackError, PackOptions, PackReport, PackRoot, pack_tar_gz};

@@ -1,7 +1,8 @@
 //! Packs files into a gzip-compressed tar stream written to any `Write`, entry by
 //! entry, so that an archive is never built whole in memory or in a temporary file.
+//! Which entries, in which order, is the walk's decision (`walk.rs`); this module
+//! writes what it finds.
 
-use std::collections::HashSet;
 use std::fs::{self, File, Metadata};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -10,6 +11,8 @@ use std::path::{Path, PathBuf};
 use flate2::Compression;
 use flate2::write::GzEncoder;
 use tar::{EntryType, Header};
+
+use crate::walk::{Found, WalkOptions, walk};
 
 /// One path to pack: where it is on disk and the name it gets in the archive
 /// (an empty name puts a directory's contents at the top of the archive).
@@ -85,16 +88,11 @@ pub fn pack_tar_gz<W: Write>(
     out: W,
 ) -> Result<(PackReport, W), PackError> {
     let encoder = GzEncoder::new(out, Compression::new(options.level.min(9)));
-    let mut packer = Packer {
-        builder: tar::Builder::new(encoder),
-        options,
-        report: PackReport::default(),
-        ancestors: HashSet::new(),
-    };
-    for root in roots {
-        packer.add(&root.disk, &root.name, true)?;
-    }
-    let Packer { builder, report, .. } = packer;
+    let mut packer = Packer { builder: tar::Builder::new(encoder), options, report: PackReport::default() };
+    let walk_options = WalkOptions { follow_symlinks: options.follow_symlinks, keep: options.keep };
+    let skipped = walk(roots, &walk_options, &mut |found| packer.add(found))?;
+    let Packer { builder, mut report, .. } = packer;
+    report.skipped.extend(skipped);
     // `into_inner` writes the end-of-archive blocks; `finish` the gzip trailer. Both
     // can fail, and a stream that silently lacks them is a truncated archive.
     let encoder = builder.into_inner().map_err(PackError::Write)?;
@@ -102,76 +100,33 @@ pub fn pack_tar_gz<W: Write>(
     Ok((report, out))
 }
 
+/// Writes what the walk finds as tar entries.
 struct Packer<'a, W: Write> {
     builder: tar::Builder<GzEncoder<W>>,
     options: &'a PackOptions<'a>,
     report: PackReport,
-    /// (device, inode) of the directories being walked, to stop symbolic-link loops.
-    ancestors: HashSet<(u64, u64)>,
 }
 
 impl<W: Write> Packer<'_, W> {
-    fn add(&mut self, disk: &Path, name: &Path, is_root: bool) -> Result<(), PackError> {
-        let link_meta = fs::symlink_metadata(disk).map_err(|e| read_error(disk, e))?;
-        let meta = if link_meta.file_type().is_symlink() && self.options.follow_symlinks {
-            match fs::metadata(disk) {
-                Ok(meta) => meta,
-                Err(error) => {
-                    self.skip(disk, format!("broken symbolic link ({error})"));
-                    return Ok(());
-                }
+    fn add(&mut self, found: Found<'_>) -> Result<(), PackError> {
+        match found {
+            Found::Directory { name, .. } if name.as_os_str().is_empty() => Ok(()),
+            Found::Directory { name, meta, .. } => {
+                let mut header = header_for(EntryType::Directory, meta, 0);
+                self.builder.append_data(&mut header, name, io::empty()).map_err(PackError::Write)?;
+                self.report.directories += 1;
+                Ok(())
             }
-        } else {
-            link_meta
-        };
-        let file_type = meta.file_type();
-        let candidate = Candidate { disk, name, is_dir: file_type.is_dir() };
-        let always_kept = is_root && candidate.is_dir;
-        if !always_kept && !(self.options.keep)(&candidate) {
-            return Ok(());
+            Found::File { disk, name, meta } => self.add_file(disk, name, meta),
+            Found::Symlink { disk, name, meta } => self.add_symlink(disk, name, meta),
         }
-        if file_type.is_dir() {
-            self.add_directory(disk, name, &meta)
-        } else if file_type.is_file() {
-            self.add_file(disk, name, &meta)
-        } else if file_type.is_symlink() {
-            self.add_symlink(disk, name, &meta)
-        } else {
-            self.skip(disk, "not a regular file, directory or link".into());
-            Ok(())
-        }
-    }
-
-    fn add_directory(&mut self, disk: &Path, name: &Path, meta: &Metadata) -> Result<(), PackError> {
-        let identity = (meta.dev(), meta.ino());
-        if !self.ancestors.insert(identity) {
-            self.skip(disk, "symbolic link loop".into());
-            return Ok(());
-        }
-        if !name.as_os_str().is_empty() {
-            let mut header = header_for(EntryType::Directory, meta, 0);
-            self.builder.append_data(&mut header, name, io::empty()).map_err(PackError::Write)?;
-            self.report.directories += 1;
-        }
-        let mut children: Vec<_> = fs::read_dir(disk)
-            .map_err(|e| read_error(disk, e))?
-            .map(|entry| entry.map(|e| e.file_name()))
-            .collect::<Result<_, _>>()
-            .map_err(|e| read_error(disk, e))?;
-        // Sorted, so the same tree always makes the same archive.
-        children.sort();
-        for child in children {
-            self.add(&disk.join(&child), &name.join(&child), false)?;
-        }
-        self.ancestors.remove(&identity);
-        Ok(())
     }
 
     fn add_file(&mut self, disk: &Path, name: &Path, meta: &Metadata) -> Result<(), PackError> {
         let file = match File::open(disk) {
             Ok(file) => file,
             Err(error) if error.kind() == io::ErrorKind::NotFound => {
-                self.skip(disk, "removed while packing".into());
+                self.report.skipped.push((disk.to_path_buf(), "removed while packing".into()));
                 return Ok(());
             }
             Err(error) => return Err(read_error(disk, error)),
@@ -202,10 +157,6 @@ impl<W: Write> Packer<'_, W> {
         self.builder.append_link(&mut header, name, &target).map_err(PackError::Write)?;
         self.report.links += 1;
         Ok(())
-    }
-
-    fn skip(&mut self, disk: &Path, why: String) {
-        self.report.skipped.push((disk.to_path_buf(), why));
     }
 }
 

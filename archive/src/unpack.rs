@@ -20,19 +20,18 @@
 //! - the decompressed size, the entry count and the depth are capped.
 //!
 //! tar-rs's own `unpack` is not used: its checks are best-effort by its own account.
+//! This module reads the tar stream and decides per entry type; where each entry may
+//! go (real directories, no link followed, links last) is `place.rs`'s decision.
 
-use std::collections::{BTreeMap, HashSet};
-use std::fs::{self, DirBuilder, OpenOptions};
+use std::fs;
 use std::io::{self, Read};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::path::{Component, Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::path::{Path, PathBuf};
 
 use flate2::read::GzDecoder;
 use tar::EntryType;
 
 use crate::paths::{NameError, depth, sanitize_relative};
+use crate::place::{Allowed, Placer};
 
 /// Caps that stop an archive from exhausting the disk or the inode table.
 #[derive(Debug, Clone, Copy)]
@@ -106,21 +105,15 @@ impl UnpackError {
 pub fn unpack_tar_gz<R: Read>(input: R, dest: &Path, options: &UnpackOptions) -> Result<UnpackReport, UnpackError> {
     let capped = CappedReader { inner: GzDecoder::new(input), remaining: options.limits.max_bytes };
     let mut archive = tar::Archive::new(capped);
-    let mut unpacker = Unpacker {
-        dest,
-        options,
-        report: UnpackReport::default(),
-        real_dirs: HashSet::new(),
-        entries: 0,
-        links: BTreeMap::new(),
-    };
+    let mut unpacker =
+        Unpacker { placer: Placer::new(dest, options), options, report: UnpackReport::default(), entries: 0 };
     let entries = archive.entries().map_err(|e| malformed(e, options))?;
     for entry in entries {
         let entry = entry.map_err(|e| malformed(e, options))?;
         unpacker.entry(entry)?;
     }
-    unpacker.create_links()?;
-    let report = unpacker.report;
+    let mut report = unpacker.report;
+    report.links += unpacker.placer.create_links()?;
     // Read to the end, so that a truncated gzip stream or a bad checksum is caught
     // and trailing data after the end-of-archive blocks is refused.
     let mut rest = archive.into_inner();
@@ -146,16 +139,12 @@ fn malformed(error: io::Error, options: &UnpackOptions) -> UnpackError {
     UnpackError::Malformed(error)
 }
 
+/// Turns tar entries into placements; what may go where is the placer's decision.
 struct Unpacker<'a> {
-    dest: &'a Path,
+    placer: Placer<'a>,
     options: &'a UnpackOptions,
     report: UnpackReport,
-    /// Directories below `dest` already known to be real directories, not links.
-    real_dirs: HashSet<PathBuf>,
     entries: u64,
-    /// Symbolic links to create once everything else is in place: path -> (target,
-    /// the entry's name as shown in errors).
-    links: BTreeMap<PathBuf, (Vec<u8>, String)>,
 }
 
 impl Unpacker<'_> {
@@ -183,7 +172,7 @@ impl Unpacker<'_> {
                 _ => Err(refuse("the name means the destination itself".into())),
             };
         }
-        match self.allowed(&rel) {
+        match self.placer.allowed(&rel) {
             Allowed::Yes => {}
             Allowed::AsParentDirectory if kind == EntryType::Directory => return Ok(()),
             Allowed::AsParentDirectory | Allowed::No => {
@@ -197,33 +186,33 @@ impl Unpacker<'_> {
         };
         match kind {
             EntryType::Regular | EntryType::Continuous => {
-                let path = self.slot_for_non_directory(&rel).map_err(&refuse)?;
-                let written = self.write_file(&path, &mut entry, mode, mtime)?;
+                let path = self.placer.slot_for_non_directory(&rel).map_err(&refuse)?;
+                let written = self.placer.write_file(&path, &mut entry, mode, mtime)?;
                 self.report.files += 1;
                 self.report.content_bytes += written;
             }
             EntryType::Directory => {
-                self.real_dir(&rel, mode).map_err(&refuse)?;
+                self.placer.real_dir(&rel, mode).map_err(&refuse)?;
                 self.report.directories += 1;
             }
             EntryType::Symlink => {
                 let target = entry.link_name_bytes().ok_or_else(|| refuse("symbolic link without a target".into()))?;
                 // Judged now against what came before, and again at the end against
                 // the final tree, when it is created.
-                self.check_symlink_target(&rel, &target).map_err(&refuse)?;
-                self.slot_for_non_directory(&rel).map_err(&refuse)?;
-                self.links.insert(rel, (target.into_owned(), shown.clone()));
+                self.placer.check_symlink_target(&rel, &target).map_err(&refuse)?;
+                self.placer.slot_for_non_directory(&rel).map_err(&refuse)?;
+                self.placer.defer_link(rel, target.into_owned(), shown.clone());
             }
             EntryType::Link => {
                 let target = entry.link_name_bytes().ok_or_else(|| refuse("hard link without a target".into()))?;
                 let target_rel = sanitize_relative(&target)
                     .map_err(|e| refuse(format!("hard link target `{}`: {e}", String::from_utf8_lossy(&target))))?;
-                let target_path = self.existing_regular_file(&target_rel).map_err(&refuse)?;
+                let target_path = self.placer.existing_regular_file(&target_rel).map_err(&refuse)?;
                 if target_rel == rel {
                     return Err(refuse("hard link to itself".into()));
                 }
-                let path = self.slot_for_non_directory(&rel).map_err(&refuse)?;
-                fs::hard_link(&target_path, &path).map_err(|source| self.write_error(&path, source))?;
+                let path = self.placer.slot_for_non_directory(&rel).map_err(&refuse)?;
+                fs::hard_link(&target_path, &path).map_err(|source| self.placer.write_error(&path, source))?;
                 self.report.links += 1;
             }
             EntryType::Char => return Err(refuse("character devices are not unpacked".into())),
@@ -234,206 +223,6 @@ impl Unpacker<'_> {
         }
         Ok(())
     }
-
-    /// The full path where a file or link `rel` goes: every directory above it made a
-    /// real directory below `dest` (created when missing), and an earlier file or link
-    /// of the same name (a duplicate entry) removed, so nothing is written through it.
-    /// A directory in the way is an error.
-    fn slot_for_non_directory(&mut self, rel: &Path) -> Result<PathBuf, String> {
-        let parent = match rel.parent() {
-            Some(parent) if !parent.as_os_str().is_empty() => self.real_dir(parent, 0o755)?,
-            _ => self.dest.to_path_buf(),
-        };
-        let path = parent.join(rel.file_name().ok_or("the name has no last component")?);
-        // A later entry of the same name replaces a link not yet created.
-        self.links.remove(rel);
-        match fs::symlink_metadata(&path) {
-            Ok(meta) if meta.is_dir() => Err("a directory of the same name is in the way".into()),
-            Ok(_) => {
-                fs::remove_file(&path).map(|()| path).map_err(|e| format!("cannot replace the earlier entry: {e}"))
-            }
-            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(path),
-            Err(error) => Err(format!("cannot inspect the destination: {error}")),
-        }
-    }
-
-    /// Makes `rel` and its parents real directories below `dest`. Existing directories
-    /// keep their permissions: only directories this unpack creates get `mode`.
-    fn real_dir(&mut self, rel: &Path, mode: u32) -> Result<PathBuf, String> {
-        let mut path = self.dest.to_path_buf();
-        let mut so_far = PathBuf::new();
-        let last = rel.components().count();
-        for (index, component) in rel.components().enumerate() {
-            path.push(component);
-            so_far.push(component);
-            if self.links.contains_key(&so_far) {
-                return Err(format!("`{}` is a symbolic link; nothing is written through links", so_far.display()));
-            }
-            if self.real_dirs.contains(&path) {
-                continue;
-            }
-            match fs::symlink_metadata(&path) {
-                Ok(meta) if meta.is_dir() => {}
-                Ok(meta) if meta.file_type().is_symlink() => {
-                    return Err(format!("`{}` is a symbolic link; nothing is written through links", so_far.display()));
-                }
-                Ok(_) => return Err(format!("`{}` is a file, not a directory", so_far.display())),
-                Err(error) if error.kind() == io::ErrorKind::NotFound => {
-                    // The owner must keep the right to write into and remove it.
-                    let mode = if index + 1 == last { mode | 0o700 } else { 0o755 };
-                    DirBuilder::new()
-                        .mode(mode)
-                        .create(&path)
-                        .map_err(|e| format!("cannot create `{}`: {e}", so_far.display()))?;
-                }
-                Err(error) => return Err(format!("cannot inspect `{}`: {error}", so_far.display())),
-            }
-            self.real_dirs.insert(path.clone());
-        }
-        Ok(path)
-    }
-
-    fn write_file<R: Read>(
-        &self,
-        path: &Path,
-        content: &mut R,
-        mode: u32,
-        mtime: Option<u64>,
-    ) -> Result<u64, UnpackError> {
-        let write_error = |source| self.write_error(path, source);
-        // `create_new` (O_EXCL) never follows a link that might have appeared meanwhile.
-        let mut file =
-            OpenOptions::new().write(true).create_new(true).mode(mode | 0o600).open(path).map_err(write_error)?;
-        let written = io::copy(content, &mut file).map_err(|e| match e.kind() {
-            io::ErrorKind::FileTooLarge => UnpackError::TooLarge { max_bytes: self.options.limits.max_bytes },
-            io::ErrorKind::UnexpectedEof | io::ErrorKind::InvalidData | io::ErrorKind::InvalidInput => {
-                UnpackError::Malformed(e)
-            }
-            _ => write_error(e),
-        })?;
-        if let Some(seconds) = mtime {
-            let when = SystemTime::UNIX_EPOCH + Duration::from_secs(seconds);
-            file.set_modified(when).map_err(write_error)?;
-        }
-        Ok(written)
-    }
-
-    /// Follows a link target one component at a time from the link's directory:
-    /// it must stay strictly inside `dest` and never pass through another link.
-    fn check_symlink_target(&self, link: &Path, target: &[u8]) -> Result<(), String> {
-        let shown = String::from_utf8_lossy(target);
-        if target.is_empty() {
-            return Err("symbolic link with an empty target".into());
-        }
-        if target.contains(&0) {
-            return Err("symbolic link target contains a NUL byte".into());
-        }
-        let target = Path::new(std::ffi::OsStr::from_bytes(target));
-        if target.is_absolute() || matches!(sanitize_relative(target.as_os_str().as_bytes()), Err(NameError::Absolute))
-        {
-            return Err(format!("symbolic link to the absolute path `{shown}`"));
-        }
-        let mut resolved: Vec<Component<'_>> = link.parent().map(|p| p.components().collect()).unwrap_or_default();
-        for component in target.components() {
-            match component {
-                Component::CurDir => {}
-                Component::ParentDir => {
-                    if resolved.pop().is_none() {
-                        return Err(format!("symbolic link target `{shown}` points outside the destination"));
-                    }
-                }
-                Component::Normal(_) => {
-                    resolved.push(component);
-                    let so_far: PathBuf = resolved.iter().collect();
-                    let on_disk = self.dest.join(&so_far);
-                    if self.links.contains_key(&so_far)
-                        || fs::symlink_metadata(&on_disk).is_ok_and(|m| m.file_type().is_symlink())
-                    {
-                        return Err(format!("symbolic link target `{shown}` passes through another link"));
-                    }
-                }
-                Component::RootDir | Component::Prefix(_) => {
-                    return Err(format!("symbolic link to the absolute path `{shown}`"));
-                }
-            }
-        }
-        if resolved.is_empty() {
-            return Err(format!("symbolic link target `{shown}` is the destination itself"));
-        }
-        if self.allowed(&resolved.iter().collect::<PathBuf>()) != Allowed::Yes {
-            return Err(format!("symbolic link target `{shown}` is not below any of the paths asked for"));
-        }
-        Ok(())
-    }
-
-    /// Creates the links held back, each judged again against the final tree (every
-    /// other entry in place, every other link known).
-    fn create_links(&mut self) -> Result<(), UnpackError> {
-        let links = std::mem::take(&mut self.links);
-        // Judged with all of them pending, so none may pass through another.
-        self.links =
-            links.iter().map(|(rel, (target, shown))| (rel.clone(), (target.clone(), shown.clone()))).collect();
-        for (rel, (target, shown)) in &links {
-            let refuse = |reason: String| UnpackError::Refused { entry: shown.clone(), reason };
-            self.check_symlink_target(rel, target).map_err(refuse)?;
-        }
-        self.links.clear();
-        for (rel, (target, _)) in links {
-            let path = self.dest.join(&rel);
-            std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&target), &path)
-                .map_err(|source| self.write_error(&path, source))?;
-            self.report.links += 1;
-        }
-        Ok(())
-    }
-
-    /// Whether `rel` may be unpacked under [`UnpackOptions::only`].
-    fn allowed(&self, rel: &Path) -> Allowed {
-        let Some(only) = &self.options.only else { return Allowed::Yes };
-        if only.iter().any(|root| rel.starts_with(root)) {
-            Allowed::Yes
-        } else if only.iter().any(|root| root.starts_with(rel)) {
-            Allowed::AsParentDirectory
-        } else {
-            Allowed::No
-        }
-    }
-
-    /// A write error naming the path relative to the destination, never the absolute
-    /// path (a server's error must not reveal where its jobs live).
-    fn write_error(&self, path: &Path, source: io::Error) -> UnpackError {
-        let path = path.strip_prefix(self.dest).unwrap_or(path).to_path_buf();
-        UnpackError::Write { path, source }
-    }
-
-    /// The full path of `rel` if it is a regular file already inside `dest`, reached
-    /// through real directories only.
-    fn existing_regular_file(&self, rel: &Path) -> Result<PathBuf, String> {
-        let mut path = self.dest.to_path_buf();
-        let count = rel.components().count();
-        for (index, component) in rel.components().enumerate() {
-            path.push(component);
-            let meta = fs::symlink_metadata(&path)
-                .map_err(|_| format!("hard link target `{}` is not in the archive before it", rel.display()))?;
-            let wanted = if index + 1 == count { meta.is_file() } else { meta.is_dir() };
-            if !wanted {
-                return Err(format!(
-                    "hard link target `{}` is not a regular file inside the destination",
-                    rel.display()
-                ));
-            }
-        }
-        Ok(path)
-    }
-}
-
-/// Where an entry stands against [`UnpackOptions::only`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Allowed {
-    Yes,
-    /// A directory above a path asked for: created, nothing else.
-    AsParentDirectory,
-    No,
 }
 
 /// Counts decompressed bytes and fails with `FileTooLarge` past the limit, so a

@@ -1,0 +1,149 @@
+//! The source-tree walk, apart from any archive format: from each root, every entry
+//! in sorted order (so the same tree always walks the same way), symbolic links
+//! followed (client uploads) or reported as links, link loops stopped, each entry shown
+//! to a filter that may leave it (and all it holds) out. The tar packer is one visitor;
+//! a content-addressed tree builder can be another.
+
+use std::collections::HashSet;
+use std::fs::{self, Metadata};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use crate::pack::{Candidate, PackError, PackRoot, read_error};
+
+/// What the walk found at one place.
+#[derive(Debug, Clone, Copy)]
+pub enum Found<'a> {
+    /// A directory, before what it holds; `name` is empty for a root whose contents go
+    /// at the top.
+    Directory { disk: &'a Path, name: &'a Path, meta: &'a Metadata },
+    /// A regular file (the target's metadata when a link was followed).
+    File { disk: &'a Path, name: &'a Path, meta: &'a Metadata },
+    /// A symbolic link, not followed.
+    Symlink { disk: &'a Path, name: &'a Path, meta: &'a Metadata },
+}
+
+/// How to walk.
+pub struct WalkOptions<'a> {
+    /// Report what links point to (and walk into linked directories), or the links.
+    pub follow_symlinks: bool,
+    /// Decides each entry below the roots (and each root that is not a directory):
+    /// `false` leaves it out, and a directory left out takes all it holds with it.
+    pub keep: &'a dyn Fn(&Candidate<'_>) -> bool,
+}
+
+/// Walks `roots`, calling `visit` for everything kept; returns what was passed over and
+/// why (broken links, loops, FIFOs and devices). A visitor's error stops the walk.
+pub fn walk(
+    roots: &[PackRoot],
+    options: &WalkOptions<'_>,
+    visit: &mut dyn FnMut(Found<'_>) -> Result<(), PackError>,
+) -> Result<Vec<(PathBuf, String)>, PackError> {
+    let mut walker = Walker { options, visit, ancestors: HashSet::new(), skipped: Vec::new() };
+    for root in roots {
+        walker.add(&root.disk, &root.name, true)?;
+    }
+    Ok(walker.skipped)
+}
+
+struct Walker<'a, 'v> {
+    options: &'a WalkOptions<'a>,
+    visit: &'v mut dyn FnMut(Found<'_>) -> Result<(), PackError>,
+    /// (device, inode) of the directories being walked, to stop symbolic-link loops.
+    ancestors: HashSet<(u64, u64)>,
+    skipped: Vec<(PathBuf, String)>,
+}
+
+impl Walker<'_, '_> {
+    fn add(&mut self, disk: &Path, name: &Path, is_root: bool) -> Result<(), PackError> {
+        let link_meta = fs::symlink_metadata(disk).map_err(|e| read_error(disk, e))?;
+        let meta = match (link_meta.file_type().is_symlink() && self.options.follow_symlinks, fs::metadata(disk)) {
+            (false, _) => link_meta,
+            (true, Ok(meta)) => meta,
+            (true, Err(error)) => {
+                self.skip(disk, format!("broken symbolic link ({error})"));
+                return Ok(());
+            }
+        };
+        let file_type = meta.file_type();
+        let candidate = Candidate { disk, name, is_dir: file_type.is_dir() };
+        let always_kept = is_root && candidate.is_dir;
+        if !always_kept && !(self.options.keep)(&candidate) {
+            return Ok(());
+        }
+        if file_type.is_dir() {
+            self.add_directory(disk, name, &meta)
+        } else if file_type.is_file() {
+            (self.visit)(Found::File { disk, name, meta: &meta })
+        } else if file_type.is_symlink() {
+            (self.visit)(Found::Symlink { disk, name, meta: &meta })
+        } else {
+            self.skip(disk, "not a regular file, directory or link".into());
+            Ok(())
+        }
+    }
+
+    fn add_directory(&mut self, disk: &Path, name: &Path, meta: &Metadata) -> Result<(), PackError> {
+        let identity = (meta.dev(), meta.ino());
+        if !self.ancestors.insert(identity) {
+            self.skip(disk, "symbolic link loop".into());
+            return Ok(());
+        }
+        (self.visit)(Found::Directory { disk, name, meta })?;
+        let mut children: Vec<_> = fs::read_dir(disk)
+            .map_err(|e| read_error(disk, e))?
+            .map(|entry| entry.map(|e| e.file_name()))
+            .collect::<Result<_, _>>()
+            .map_err(|e| read_error(disk, e))?;
+        // Sorted, so the same tree always walks (and packs) the same way.
+        children.sort();
+        for child in children {
+            self.add(&disk.join(&child), &name.join(&child), false)?;
+        }
+        self.ancestors.remove(&identity);
+        Ok(())
+    }
+
+    fn skip(&mut self, disk: &Path, why: String) {
+        self.skipped.push((disk.to_path_buf(), why));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn walks_sorted_following_links_and_stops_loops() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        fs::create_dir_all(tree.join("b")).unwrap();
+        fs::write(tree.join("b/f"), "f").unwrap();
+        fs::write(tree.join("a"), "a").unwrap();
+        std::os::unix::fs::symlink("b", tree.join("c")).unwrap();
+        std::os::unix::fs::symlink(".", tree.join("b/loop")).unwrap();
+        let roots = [PackRoot { disk: tree.clone(), name: "t".into() }];
+        let everything = |_: &Candidate<'_>| true;
+        let mut seen = Vec::new();
+        let options = WalkOptions { follow_symlinks: true, keep: &everything };
+        let skipped = walk(&roots, &options, &mut |found| {
+            seen.push(match found {
+                Found::Directory { name, .. } => format!("d {}", name.display()),
+                Found::File { name, .. } => format!("f {}", name.display()),
+                Found::Symlink { name, .. } => format!("l {}", name.display()),
+            });
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, ["d t", "f t/a", "d t/b", "f t/b/f", "d t/c", "f t/c/f"]);
+        assert_eq!(skipped.len(), 2, "the loop, met twice: {skipped:?}");
+        let options = WalkOptions { follow_symlinks: false, keep: &everything };
+        let mut links = 0;
+        walk(&roots, &options, &mut |found| {
+            links += matches!(found, Found::Symlink { .. }) as usize;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(links, 2);
+    }
+}
