@@ -58,15 +58,37 @@ struct Entry {
     remove_at: Option<Instant>,
 }
 
-/// Where a job is in its life; what each call may do depends on it.
+/// Where a job is in its life; what each call may do depends on it, decided here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
     /// Its files arrived; no command ran yet.
     Uploaded,
     /// A command is running in it: nothing else may read or run in it.
     Running,
-    /// Its last command ended (however); results may be read, a new command run.
-    Ended,
+    /// Its last command ended so; results may be read, a new command run.
+    Ended(CommandEnd),
+    /// Nothing more is expected: it goes after the grace unless a call comes back.
+    Done(Done),
+}
+
+/// How a job's last command ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommandEnd {
+    /// It exited (a signal: `signal` is not 0).
+    Exited { code: i32, signal: i32 },
+    /// pip failed, a limit stopped it, or it could not run.
+    Failed,
+    /// The client went away; it was stopped.
+    Cancelled,
+}
+
+/// Why nothing more is expected of a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Done {
+    /// Its results were sent, or there were none to send.
+    Fetched,
+    /// The client went away during its command.
+    Cancelled,
 }
 
 /// Why a job directory was removed, for the log.
@@ -157,7 +179,7 @@ impl Jobs {
                 return Err(JobError::InUse { why: "its command is still running; one Execute at a time" });
             }
             _ if entry.in_use > 1 => return Err(JobError::InUse { why: "another call is reading it" }),
-            Phase::Uploaded | Phase::Ended => {}
+            Phase::Uploaded | Phase::Ended(_) | Phase::Done(_) => {}
         }
         let slot = match entry.slot.is_some() {
             true => None,
@@ -168,7 +190,7 @@ impl Jobs {
             entry.slot = slot;
         }
         entry.phase = Phase::Running;
-        Ok(CommandRun { jobs: self.clone(), id: job_use.id.clone() })
+        Ok(CommandRun { jobs: self.clone(), id: job_use.id.clone(), end: CommandEnd::Failed })
     }
 
     /// An existing job of `owner` whose results may be read now: refused while its
@@ -183,9 +205,10 @@ impl Jobs {
 
     /// Nothing more is expected of the job (results fetched, none to fetch, or the
     /// client cancelled): it goes after the grace period.
-    pub fn finished(&self, id: &str) {
+    pub fn finished(&self, id: &str, why: Done) {
         if let Some(entry) = self.table().get_mut(id) {
             entry.slot = None;
+            entry.phase = Phase::Done(why);
             entry.remove_at = Some(Instant::now() + self.grace);
         }
     }
@@ -235,10 +258,7 @@ impl Jobs {
     /// command is about to run or running), or a command that ended but whose results
     /// were not fetched yet.
     pub fn active(&self) -> usize {
-        self.table()
-            .values()
-            .filter(|e| e.in_use > 0 || e.slot.is_some() || (e.phase == Phase::Ended && e.remove_at.is_none()))
-            .count()
+        self.table().values().filter(|e| e.in_use > 0 || e.slot.is_some() || matches!(e.phase, Phase::Ended(_))).count()
     }
 
     /// Slots free now: jobs that could start.
@@ -249,6 +269,12 @@ impl Jobs {
     /// How often [`Jobs::reap`] should run to keep its promises.
     pub fn reap_interval(&self) -> Duration {
         (self.grace.min(self.ttl) / 4).clamp(Duration::from_millis(100), Duration::from_secs(30))
+    }
+
+    /// A job's phase now.
+    #[cfg(test)]
+    fn phase(&self, id: &str) -> Option<Phase> {
+        self.table().get(id).map(|entry| entry.phase)
     }
 
     /// Jobs in the table now.
@@ -271,17 +297,26 @@ impl JobUse {
     }
 }
 
-/// A job's command running; dropping it ends the run and gives the slot back.
+/// A job's command running; [`CommandRun::ended`] (or dropping it, which counts as a
+/// failure) ends the run and gives the slot back.
 #[derive(Debug)]
 pub struct CommandRun {
     jobs: Arc<Jobs>,
     id: String,
+    end: CommandEnd,
+}
+
+impl CommandRun {
+    /// The command ended so.
+    pub fn ended(mut self, end: CommandEnd) {
+        self.end = end;
+    }
 }
 
 impl Drop for CommandRun {
     fn drop(&mut self) {
         if let Some(entry) = self.jobs.table().get_mut(&self.id) {
-            entry.phase = Phase::Ended;
+            entry.phase = Phase::Ended(self.end);
             entry.slot = None;
         }
     }
@@ -380,11 +415,18 @@ mod tests {
         let (_, second) = jobs.open(&id, Some("alice")).unwrap();
         assert!(matches!(jobs.start_command(&second), Err(JobError::InUse { .. })), "a second Execute");
         assert!(matches!(jobs.open_ended(&id, Some("alice")), Err(JobError::InUse { .. })), "Check while running");
-        drop((run, second));
+        drop(second);
+        run.ended(CommandEnd::Exited { code: 3, signal: 0 });
+        assert_eq!(jobs.phase(&id), Some(Phase::Ended(CommandEnd::Exited { code: 3, signal: 0 })));
         let reading = jobs.open_ended(&id, Some("alice")).unwrap();
         assert!(matches!(jobs.start_command(&execute), Err(JobError::InUse { .. })), "Execute while reading");
         drop(reading);
-        assert!(jobs.start_command(&execute).is_ok());
+        jobs.finished(&id, Done::Fetched);
+        assert_eq!(jobs.phase(&id), Some(Phase::Done(Done::Fetched)));
+        let again = jobs.start_command(&execute).unwrap();
+        assert_eq!(jobs.phase(&id), Some(Phase::Running));
+        drop(again);
+        assert_eq!(jobs.phase(&id), Some(Phase::Ended(CommandEnd::Failed)), "a run dropped unended failed");
     }
 
     #[test]
@@ -415,7 +457,7 @@ mod tests {
         let (done, done_dir, use_done) = jobs.create(None).unwrap();
         let (busy, busy_dir, use_busy) = jobs.create(None).unwrap();
         drop(use_done);
-        jobs.finished(&done);
+        jobs.finished(&done, Done::Fetched);
         std::thread::sleep(Duration::from_millis(60));
         let removed: Vec<_> = jobs.reap().into_iter().map(|(id, _, dir)| (id, dir)).collect();
         assert_eq!(removed, [(done, done_dir.clone())]);

@@ -23,6 +23,7 @@ use crate::auth::{Caller, authorize};
 use crate::error::JobError;
 use crate::execute::{self, StepEnd};
 use crate::executor::{JobEvent, Pipe, TimeLimits, describe};
+use crate::jobs::{CommandEnd, Done};
 use crate::repo_url::parse_repo_url;
 use crate::state::State;
 
@@ -138,14 +139,21 @@ impl FileService for Service {
                 sandbox_network: config.sandbox_network,
             };
             let ended = execute::execute(&dir, &requirements, &request.command_opt, &context).await;
-            drop(run);
+            run.ended(match &ended {
+                StepEnd::Ran(status) => {
+                    use std::os::unix::process::ExitStatusExt;
+                    CommandEnd::Exited { code: status.code().unwrap_or(0), signal: status.signal().unwrap_or(0) }
+                }
+                StepEnd::Cancelled => CommandEnd::Cancelled,
+                StepEnd::Failed(_) => CommandEnd::Failed,
+            });
             let ms = millis(started);
             match &ended {
                 StepEnd::Ran(status) => {
                     info!(job = %id, cn = cn.as_str(), status = %describe(status), ms, "command ended")
                 }
                 StepEnd::Cancelled => {
-                    state.jobs.finished(&id);
+                    state.jobs.finished(&id, Done::Cancelled);
                     warn!(job = %id, cn = cn.as_str(), ms, "client went away; command stopped");
                 }
                 StepEnd::Failed(why) => warn!(job = %id, cn = cn.as_str(), ms, reason = why.as_str(), "execute failed"),
@@ -169,7 +177,7 @@ impl FileService for Service {
         let has_stream = !found?.is_empty();
         if !has_stream {
             // Nothing to download: the client is done with this job.
-            self.state.jobs.finished(job_use.id());
+            self.state.jobs.finished(job_use.id(), Done::Fetched);
         }
         Ok(Response::new(CheckResponse { has_stream }))
     }
@@ -188,7 +196,7 @@ impl FileService for Service {
             let started = Instant::now();
             let sent = stream_results(dir, names, tx).await;
             if let Some(bytes) = sent {
-                state.jobs.finished(job_use.id());
+                state.jobs.finished(job_use.id(), Done::Fetched);
                 info!(job = %job_use.id(), cn = cn.as_str(), bytes, ms = millis(started), "results sent");
             }
             drop(job_use);
