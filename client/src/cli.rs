@@ -175,6 +175,12 @@ pub struct Args {
     #[arg(long, env = "LRPYMRPC_TIMEOUT", value_name = "DURATION", value_parser = parse_duration, help_heading = "Beyond lrPymRPC")]
     pub timeout: Option<Duration>,
 
+    /// Fail a step whose server says nothing for this long: connecting (TCP, TLS and the
+    /// first call), Check, and an Upload or Download that moves no data. A running
+    /// command may be silent for hours: keepalive pings watch the server then
+    #[arg(long, env = "LRPYMRPC_STALL_TIMEOUT", value_name = "DURATION", default_value = "60s", value_parser = parse_duration, help_heading = "Beyond lrPymRPC")]
+    pub stall_timeout: Duration,
+
     /// How often to retry connecting, and Upload, Check or Download after a lost
     /// connection (Execute is never repeated)
     #[arg(long, env = "LRPYMRPC_RETRIES", value_name = "N", default_value_t = 3, help_heading = "Beyond lrPymRPC")]

@@ -41,6 +41,8 @@ pub struct Job {
     /// `--timeout`, for messages and for the clock.
     pub timeout: Option<(String, Duration)>,
     pub retries: u32,
+    /// `--stall-timeout`: how long a step may get no answer.
+    pub stall: std::time::Duration,
     pub verbosity: Verbosity,
 }
 
@@ -99,6 +101,7 @@ impl Job {
             exit_marker: args.exit_status_marker.then(ExitMarker::new),
             timeout: args.timeout.map(|limit| (timeout_text, limit)),
             retries: args.retries,
+            stall: args.stall_timeout,
             verbosity,
         })
     }

@@ -3,8 +3,12 @@
 //! turning failures into structured errors that name the step and the peer. A job's
 //! steps (`run.rs`) go through it; a later server pool holds several.
 
+use std::future::Future;
 use std::io;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use lrpymrpc_archive::bridge::{ChunkReader, ChunkWriter, Fed, feed};
 use lrpymrpc_archive::{
@@ -19,7 +23,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 use tonic::transport::Channel;
 
-use crate::connect::{Capabilities, Peer, classify, connect};
+use crate::connect::{Capabilities, Peer, TransportFault, authority, classify, connect};
 use crate::exit::{ClientError, ResultsError, Step};
 use crate::job::Job;
 use crate::output::{Output, Progress};
@@ -43,14 +47,26 @@ pub struct Session {
     peer: Peer,
     files: FileServiceClient<Channel>,
     capabilities: Capabilities,
+    /// A step whose server says nothing for this long fails (`--stall-timeout`).
+    stall: Duration,
 }
 
 impl Session {
-    /// Connects to `peer` and asks what it can do.
-    pub async fn open(peer: &Peer) -> Result<Session, ClientError> {
-        let (channel, capabilities) = connect(peer).await?;
+    /// Connects to `peer` and asks what it can do, all within `stall`: a server that
+    /// accepts the connection and then says nothing (stopped, wedged) fails the step.
+    pub async fn open(peer: &Peer, stall: Duration) -> Result<Session, ClientError> {
+        let (channel, capabilities) = match tokio::time::timeout(stall, connect(peer)).await {
+            Ok(connected) => connected?,
+            Err(_) => return Err(stalled_connect(peer, stall)),
+        };
         let files = FileServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
-        Ok(Session { peer: peer.clone(), files, capabilities })
+        Ok(Session { peer: peer.clone(), files, capabilities, stall })
+    }
+
+    /// A step that got no answer within the stall limit: a lost connection, worth a retry.
+    fn stalled(&self, step: Step) -> ClientError {
+        let reason = format!("no answer for {} (--stall-timeout)", crate::output::seconds(self.stall));
+        ClientError::Lost { step, peer: authority(&self.peer), reason }
     }
 
     /// What the server said it can do; `None` for a legacy server.
@@ -66,7 +82,11 @@ impl Session {
     /// Whether any of the RESULT paths (joined by spaces) exist in the job.
     pub async fn check(&self, unique_id: &str, result_dir: &str) -> Result<bool, ClientError> {
         let request = CheckRequest { unique_id: unique_id.to_string(), result_dir: result_dir.to_string() };
-        let response = self.files.clone().check(request).await.map_err(|s| self.failed(Step::Check, s))?;
+        let mut files = self.files.clone();
+        let response = tokio::time::timeout(self.stall, files.check(request))
+            .await
+            .map_err(|_| self.stalled(Step::Check))?
+            .map_err(|s| self.failed(Step::Check, s))?;
         Ok(response.into_inner().has_stream)
     }
 
@@ -103,11 +123,17 @@ impl Session {
             writer.finish().map_err(PackError::Write)?;
             Ok::<_, PackError>(report)
         });
+        // What went on the wire so far: a server that stops taking it fails the step.
+        let moved = Arc::new(AtomicU64::new(0));
+        let counted = moved.clone();
         let chunks = ReceiverStream::new(chunk_rx).map(move |data: Vec<u8>| {
             sent.add_bytes(data.len() as u64);
+            counted.fetch_add(data.len() as u64, Ordering::Relaxed);
             DataChunk { data }
         });
-        let (uploaded, packed) = tokio::join!(client.upload(chunks), pack);
+        let both = async { tokio::join!(client.upload(chunks), pack) };
+        let (uploaded, packed) =
+            unless_stalled(both, &moved, self.stall).await.ok_or_else(|| self.stalled(Step::Upload))?;
         let packed = packed.map_err(|e| ClientError::local(format!("packing task failed: {e}")))?;
         match (uploaded, packed) {
             (Ok(response), Ok(report)) => Ok((response.into_inner().unique_id, report)),
@@ -195,12 +221,52 @@ impl Session {
                 chunk.data
             })
         });
-        let fed = feed(chunks, chunk_tx, None).await;
+        let fed = feed(chunks, chunk_tx, Some(self.stall)).await;
         let unpacked = unpack.await.map_err(|e| ClientError::local(format!("unpacking task failed: {e}")))?;
-        if let Fed::Failed(status) = fed {
-            return Err(failed(status));
+        match fed {
+            Fed::Failed(status) => return Err(failed(status)),
+            Fed::Stalled => return Err(self.stalled(Step::Download)),
+            Fed::Complete | Fed::ReaderStopped => {}
         }
         unpacked
+    }
+}
+
+/// `work`'s output, or `None` when `progress` stops moving for `limit` first.
+async fn unless_stalled<T>(work: impl Future<Output = T>, progress: &AtomicU64, limit: Duration) -> Option<T> {
+    let every = (limit / 8).clamp(Duration::from_millis(50), Duration::from_secs(1));
+    tokio::pin!(work);
+    let (mut last, mut since) = (progress.load(Ordering::Relaxed), Instant::now());
+    loop {
+        tokio::select! {
+            output = &mut work => return Some(output),
+            () = tokio::time::sleep(every) => {
+                let now = progress.load(Ordering::Relaxed);
+                if now != last {
+                    (last, since) = (now, Instant::now());
+                } else if since.elapsed() >= limit {
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// A server that accepted the connection but did not finish the handshake and the
+/// first call in time.
+fn stalled_connect(peer: &Peer, limit: Duration) -> ClientError {
+    ClientError::Connect {
+        peer: authority(peer),
+        reason: format!(
+            "the connection was accepted, but the TLS handshake and the first call got no answer within {}",
+            crate::output::seconds(limit)
+        ),
+        hint: Some(
+            "the server may be stopped, wedged or overloaded; check it, or give more --stall-timeout on a slow link"
+                .into(),
+        ),
+        transient: true,
+        fault: TransportFault::TimedOut,
     }
 }
 

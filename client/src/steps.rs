@@ -30,7 +30,8 @@ pub async fn run(job: &Job, out: &Output) -> Result<(), ClientError> {
         });
     }
     out.begin(Step::Connect);
-    let session = retrying(job, out, Step::Connect, || Session::open(&job.peer)).await?;
+    let connecting = retrying(job, out, Step::Connect, || Session::open(&job.peer, job.stall));
+    let session = patiently(out, job, "connecting", connecting).await?;
     out.end("");
 
     out.status(&format!("Compress source={}", job.sources.join(" ")));
@@ -82,7 +83,8 @@ async fn fetch_results(session: &Session, job: &Job, unique_id: String, out: &Ou
     out.status("Check result.");
     out.begin(Step::Check);
     let result_dir = job.results.join(" ");
-    let has_stream = retrying(job, out, Step::Check, || session.check(&unique_id, &result_dir)).await?;
+    let checking = retrying(job, out, Step::Check, || session.check(&unique_id, &result_dir));
+    let has_stream = patiently(out, job, "Check", checking).await?;
     out.end("");
     if !has_stream {
         out.status("Download data is not exist.");
@@ -117,6 +119,24 @@ fn final_outcome(remote_outcome: Option<Result<(), ClientError>>, job: &Job, out
             Ok(())
         }
     }
+}
+
+/// How long a step may keep the user waiting before they are told what it waits for.
+const PATIENCE: Duration = Duration::from_secs(2);
+
+/// `step`, saying once after [`PATIENCE`] what it is waiting for.
+async fn patiently<T>(out: &Output, job: &Job, what: &str, step: impl Future<Output = T>) -> T {
+    tokio::pin!(step);
+    tokio::select! {
+        done = &mut step => return done,
+        () = tokio::time::sleep(PATIENCE) => {}
+    }
+    out.note(&format!(
+        "waiting for {} to answer ({what}; giving up after --stall-timeout {})",
+        crate::connect::authority(&job.peer),
+        crate::output::seconds(job.stall)
+    ));
+    step.await
 }
 
 /// Runs a step that is safe to repeat, again after a transient failure (the server

@@ -7,6 +7,7 @@ mod client;
 mod env;
 mod extensions;
 mod faults;
+mod hangs;
 mod hostile;
 mod integration;
 mod job;

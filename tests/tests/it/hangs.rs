@@ -1,0 +1,101 @@
+//! Never hang: a server that accepts and then says nothing, at connect, Check, Upload
+//! and Download, fails the step after `--stall-timeout`, naming it, and the user is
+//! told after about two seconds what the client waits for.
+
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use lrpymrpc_proto::file_service_server::FileService;
+use lrpymrpc_proto::{
+    CheckRequest, CheckResponse, DataChunk, DownloadRequest, ExecuteRequest, ExecuteResponse, UploadResponse,
+};
+use predicates::prelude::*;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::env::{TestEnv, pseudo_random, send_signal, spawn_server_binary, wait_exit};
+
+#[test]
+fn a_stopped_server_fails_the_connect_step_after_the_stall_limit() {
+    let mut env = TestEnv::bare();
+    let (mut server, port) = spawn_server_binary(&env, &[]);
+    env.set_addr(([127, 0, 0, 1], port).into());
+    env.write("source/x", "x");
+    send_signal(&server, libc::SIGSTOP);
+    let started = Instant::now();
+    let assert = env.client().args(["--stall-timeout", "3s", "--retries", "0"]).assert();
+    send_signal(&server, libc::SIGCONT);
+    send_signal(&server, libc::SIGKILL);
+    wait_exit(&mut server, Duration::from_secs(10));
+    assert
+        .code(102)
+        .stderr(predicate::str::contains(format!("waiting for 127.0.0.1:{port} to answer (connecting")))
+        .stderr(predicate::str::contains("got no answer within 3.00 s"))
+        .stderr(predicate::str::contains("hint: the server may be stopped"));
+    assert!(started.elapsed() < Duration::from_secs(60), "bounded by the stall limit, not by luck");
+}
+
+/// Where [`Silent`] goes quiet.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Quiet {
+    Upload,
+    Check,
+    Download,
+}
+
+/// A server that answers until its `quiet` step, then never again.
+struct Silent {
+    quiet: Quiet,
+}
+
+type Lines = Pin<Box<dyn Stream<Item = Result<ExecuteResponse, Status>> + Send>>;
+type Chunks = Pin<Box<dyn Stream<Item = Result<DataChunk, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl FileService for Silent {
+    async fn upload(&self, request: Request<Streaming<DataChunk>>) -> Result<Response<UploadResponse>, Status> {
+        let mut stream = request.into_inner();
+        if self.quiet == Quiet::Upload {
+            // Reads nothing: the client's window fills and its bytes stop moving.
+            std::future::pending::<()>().await;
+        }
+        while stream.message().await?.is_some() {}
+        Ok(Response::new(UploadResponse { unique_id: "00000000-0000-4000-8000-000000000001".into() }))
+    }
+
+    type ExecuteStream = Lines;
+    async fn execute(&self, _: Request<ExecuteRequest>) -> Result<Response<Lines>, Status> {
+        Ok(Response::new(Box::pin(tokio_stream::empty())))
+    }
+
+    async fn check(&self, _: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
+        if self.quiet == Quiet::Check {
+            std::future::pending::<()>().await;
+        }
+        Ok(Response::new(CheckResponse { has_stream: true }))
+    }
+
+    type DownloadStream = Chunks;
+    async fn download(&self, _: Request<DownloadRequest>) -> Result<Response<Chunks>, Status> {
+        Ok(Response::new(Box::pin(tokio_stream::pending())))
+    }
+}
+
+#[test]
+fn a_server_that_goes_quiet_fails_the_step_it_went_quiet_in() {
+    for (quiet, step, code) in
+        [(Quiet::Check, "check", 104), (Quiet::Download, "download", 104), (Quiet::Upload, "upload", 104)]
+    {
+        let mut env = TestEnv::bare();
+        crate::hostile::serve_fake(&mut env, Silent { quiet });
+        env.write("source/x", "x");
+        // More than the HTTP/2 windows hold, so a server that reads nothing stalls it.
+        env.write("source/big", pseudo_random(16 << 20, 7));
+        env.client()
+            .args(["--stall-timeout", "2s", "--retries", "0"])
+            .assert()
+            .code(code)
+            .stderr(predicate::str::contains(format!("{step} failed")))
+            .stderr(predicate::str::contains("no answer for 2.00 s (--stall-timeout)"));
+    }
+}
