@@ -98,7 +98,7 @@ function(lrpymrpc_add_command)
   add_custom_command(
     OUTPUT ${outputs}
     COMMAND "${LRPYMRPC_EXECUTABLE}" ${server} ${LRPYMRPC_FLAGS}
-            --no-results-on-failure --results-dir "${CMAKE_CURRENT_BINARY_DIR}"
+            --strict --no-results-on-failure --results-dir "${CMAKE_CURRENT_BINARY_DIR}"
             --REPO_URL "${ARG_REPO_URL}" --CMD "${ARG_COMMAND}"
             ${sources} --RESULT ${results}
     WORKING_DIRECTORY "${links}"

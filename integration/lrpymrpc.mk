@@ -34,6 +34,6 @@ $(1): export LRPYMRPC_SOURCE = $(2)
 $(1): export LRPYMRPC_CMD = $(3)
 $(1): export LRPYMRPC_REPO_URL = $(4)
 $(1) &: $(call lrpymrpc_files,$(2))
-	$$(LRPYMRPC) $$(lrpymrpc_server) --no-results-on-failure $$(LRPYMRPC_FLAGS)
+	$$(LRPYMRPC) $$(lrpymrpc_server) --strict --no-results-on-failure $$(LRPYMRPC_FLAGS)
 	@for output in $(1); do test -e "$$$$output" || { echo "lrpymrpc.mk: the remote step did not make $$$$output" >&2; exit 1; }; done
 endef

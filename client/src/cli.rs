@@ -33,12 +33,17 @@ use clap::{ArgAction, Parser, Subcommand};
     max_term_width = 100
 )]
 pub struct Args {
-    /// Print version
-    #[arg(short = 'v', long = "version", action = ArgAction::Version)]
+    /// Print version (alone: with job options `-v` is refused, see `--verbose`)
+    #[arg(short = 'v', long = "version", visible_short_alias = 'V', action = ArgAction::Version)]
     version: Option<bool>,
 
     #[command(subcommand)]
     pub command: Option<Command>,
+
+    /// The upstream defaults the job runs on (`--CMD`, `--SOURCE`, `--RESULT` not
+    /// given anywhere), filled in by `settings::parse`.
+    #[arg(skip)]
+    pub defaulted: Vec<&'static str>,
 
     /// pip-install mapping `name=url,name=url,` (PyPI names, git+https URLs, paths)
     #[arg(
@@ -139,7 +144,8 @@ pub struct Args {
     pub include_vcs: bool,
 
     /// A SOURCE path that is missing or outside the working directory is an error
-    /// (before anything is sent) instead of a warning
+    /// (before anything is sent) instead of a warning, and so is a RESULT path that
+    /// did not come back (exit 105, after the results that did came back are in place)
     #[arg(long, env = "LRPYMRPC_STRICT", value_parser = FalseyValueParser::new(), help_heading = "Beyond lrPymRPC")]
     pub strict: bool,
 
@@ -404,7 +410,7 @@ mod tests {
 
     #[test]
     fn short_and_long_version_and_help_exist() {
-        for flag in ["-v", "--version"] {
+        for flag in ["-v", "-V", "--version"] {
             let error = Args::try_parse_from(["lrpymrpc", flag]).unwrap_err();
             assert_eq!(error.kind(), clap::error::ErrorKind::DisplayVersion);
         }

@@ -8,7 +8,7 @@
 //! | 2 | the command line is wrong |
 //! | 101 | a local input is wrong: TLS files, `--RUN_NAME`, sources that cannot be read |
 //! | 102 | the server could not be reached, or the TLS handshake was refused |
-//! | 103 | the server refused or failed a step (a gRPC error status) |
+//! | 103 | the server refused or failed a step (a gRPC error status), or no exit-status marker came back |
 //! | 104 | the connection was lost in the middle of a step |
 //! | 105 | the results were refused (a hostile or malformed archive) or could not be written |
 //! | 124 | `--timeout` ran out; the remote job was stopped (as `timeout(1)` does) |
@@ -68,6 +68,10 @@ pub enum ClientError {
     Results(#[from] ResultsError),
     #[error("the remote command failed with exit status {code}")]
     RemoteExit { code: i32 },
+    #[error("no exit-status marker came back: the command may not have run at all")]
+    MarkerMissing,
+    #[error("--strict: RESULT {} did not come back", paths.iter().map(|p| format!("`{p}`")).collect::<Vec<_>>().join(", "))]
+    ResultsMissing { paths: Vec<String> },
     #[error("the remote command was killed by signal {signal}")]
     RemoteSignal { signal: i32 },
     #[error("stopped by {name} during {step}", name = signal_name(*signal))]
@@ -119,6 +123,10 @@ impl ClientError {
     pub fn hint(&self) -> Option<&str> {
         match self {
             ClientError::Local { hint, .. } | ClientError::Connect { hint, .. } => hint.as_deref(),
+            ClientError::MarkerMissing => Some(
+                "the server may not run CMD with a POSIX shell (`sh -c`), which --exit-status-marker needs; without \
+                 it the client exits 0 after a successful transfer, as the Python client does",
+            ),
             _ => None,
         }
     }
@@ -139,9 +147,9 @@ pub fn for_error(error: &ClientError) -> ExitCode {
     ExitCode::from(match error {
         ClientError::Local { .. } => 101,
         ClientError::Connect { .. } => 102,
-        ClientError::Server { .. } => 103,
+        ClientError::Server { .. } | ClientError::MarkerMissing => 103,
         ClientError::Lost { .. } => 104,
-        ClientError::Results(_) => 105,
+        ClientError::Results(_) | ClientError::ResultsMissing { .. } => 105,
         // Exit statuses are 8 bits; a status that is a multiple of 256 must not read as success.
         ClientError::RemoteExit { code } => u8::try_from(code.rem_euclid(256)).ok().filter(|&c| c != 0).unwrap_or(1),
         // The signal number comes from the network: any i32, never a panic.

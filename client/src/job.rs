@@ -1,7 +1,7 @@
 //! A validated job: everything the command line said, checked once, in the types the
 //! rest of the client works with. Nothing downstream re-parses option strings.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,6 +41,8 @@ pub struct Job {
     /// `--timeout`, for messages and for the clock.
     pub timeout: Option<(String, Duration)>,
     pub retries: u32,
+    /// Upstream defaults in use, to say so.
+    pub defaulted: Vec<&'static str>,
     /// `--stall-timeout`: how long a step may get no answer.
     pub stall: std::time::Duration,
     pub verbosity: Verbosity,
@@ -76,17 +78,24 @@ impl Job {
             None | Some("") => workdir.clone(),
             Some(dir) => workdir.join(crate::tls::expand_tilde(dir)),
         };
+        if args.results_dir.as_deref().is_some_and(|dir| !dir.trim().is_empty()) {
+            check_results_dir(&results_base)?;
+        }
         let result_dir = match args.run_name.as_str() {
             "" => results_base,
             name => results_base.join(name),
         };
+        let results = split_paths(&args.result);
+        for result in &results {
+            check_result_path(result)?;
+        }
         Ok(Job {
             peer: Peer { host, port, tls },
             port_text: args.server_port,
             repo_url: args.repo_url,
             command: args.cmd,
             sources: split_paths(&args.source),
-            results: split_paths(&args.result),
+            results,
             rules: Arc::new(rules),
             strict: args.strict,
             result_dir,
@@ -102,6 +111,7 @@ impl Job {
             timeout: args.timeout.map(|limit| (timeout_text, limit)),
             retries: args.retries,
             stall: args.stall_timeout,
+            defaulted: args.defaulted,
             verbosity,
         })
     }
@@ -110,6 +120,47 @@ impl Job {
 /// `--quiet`, `--verbose`, `--no-prefix`, `--no-progress`.
 pub fn verbosity(args: &Args) -> Verbosity {
     Verbosity { quiet: args.quiet, verbose: args.verbose, no_prefix: args.no_prefix, no_progress: args.no_progress }
+}
+
+/// A RESULT path names something inside the job directory: refused before anything is
+/// sent when it is absolute or climbs out (the server would refuse it only after the
+/// command ran).
+fn check_result_path(result: &str) -> Result<(), ClientError> {
+    match lrpymrpc_archive::sanitize_relative(result.as_bytes()) {
+        Ok(path) if !path.as_os_str().is_empty() => Ok(()),
+        Ok(_) => Err(ClientError::Local {
+            message: format!("--RESULT `{result}` names the job directory itself"),
+            hint: Some("name the files or directories the command writes, e.g. --RESULT build".into()),
+        }),
+        Err(why) => Err(ClientError::Local {
+            message: format!("--RESULT `{result}` is refused: {why}"),
+            hint: Some("RESULT paths are relative to the remote job directory, without `..`".into()),
+        }),
+    }
+}
+
+/// `--results-dir` must be a writable directory, or one that can be made in a
+/// writable parent: refused before anything is sent, not after the command ran.
+fn check_results_dir(base: &Path) -> Result<(), ClientError> {
+    let refuse = |why: String| ClientError::Local {
+        message: format!("--results-dir `{}` is not usable: {why}", base.display()),
+        hint: Some("give an existing directory you can write to, or one whose parent exists".into()),
+    };
+    let existing = match std::fs::metadata(base) {
+        Ok(meta) if meta.is_dir() => base,
+        Ok(_) => return Err(refuse("it is not a directory".into())),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => match base.parent() {
+            Some(parent) if parent.is_dir() => parent,
+            _ => return Err(refuse("neither it nor its parent directory exists".into())),
+        },
+        Err(error) => return Err(refuse(error.to_string())),
+    };
+    let path = std::ffi::CString::new(existing.as_os_str().as_encoded_bytes()).map_err(|e| refuse(e.to_string()))?;
+    // SAFETY: access reads a valid NUL-terminated path and has no memory effects.
+    if unsafe { libc::access(path.as_ptr(), libc::W_OK | libc::X_OK) } != 0 {
+        return Err(refuse(format!("`{}` cannot be written", existing.display())));
+    }
+    Ok(())
 }
 
 /// One directory name: no `/`, no `\`, not `.` or `..` (`../shared/PROTOCOL.md` section 3).

@@ -5,7 +5,7 @@
 
 use std::future::Future;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -181,12 +181,7 @@ impl Session {
     /// Unpacks the result stream into a staging directory inside the destination, then
     /// moves it into place: a failed, refused or cancelled download leaves earlier results
     /// as they were and no staging directory behind.
-    pub async fn download(
-        &self,
-        job: &Job,
-        request: DownloadRequest,
-        out: &Output,
-    ) -> Result<UnpackReport, ClientError> {
+    pub async fn download(&self, job: &Job, request: DownloadRequest, out: &Output) -> Result<Fetched, ClientError> {
         let mut client = self.files.clone();
         let dest = job.result_dir.clone();
         let limits = job.result_limits;
@@ -206,13 +201,23 @@ impl Session {
         // cancelled job (Ctrl-C drops this future) still removes it when the thread ends.
         // Only what was asked for may land: a hostile server's `Makefile` or
         // `.git/hooks/pre-commit` beside the results is refused.
-        let only = job.results.iter().filter_map(|name| sanitize_relative(name.as_bytes()).ok()).collect();
+        let asked: Vec<(String, PathBuf)> = job
+            .results
+            .iter()
+            .filter_map(|name| sanitize_relative(name.as_bytes()).ok().map(|rel| (name.clone(), rel)))
+            .collect();
+        let only = asked.iter().map(|(_, rel)| rel.clone()).collect();
         let unpack = tokio::task::spawn_blocking(move || {
             let options = UnpackOptions { limits, mtime: MtimePolicy::Now, only: Some(only) };
             let report =
                 unpack_tar_gz(ChunkReader::new(chunk_rx), staging.path(), &options).map_err(ResultsError::from)?;
+            let missing = asked
+                .into_iter()
+                .filter(|(_, rel)| staging.path().join(rel).symlink_metadata().is_err())
+                .map(|(name, _)| name)
+                .collect();
             merge_tree(staging.path(), &dest).map_err(ResultsError::from)?;
-            Ok::<_, ClientError>(report)
+            Ok::<_, ClientError>(Fetched { report, missing })
         });
         let progress: Progress = out.progress("download");
         let chunks = stream.map(|chunk| {
@@ -268,6 +273,14 @@ fn stalled_connect(peer: &Peer, limit: Duration) -> ClientError {
         transient: true,
         fault: TransportFault::TimedOut,
     }
+}
+
+/// What a download brought.
+#[derive(Debug)]
+pub struct Fetched {
+    pub report: UnpackReport,
+    /// RESULT paths (as given) that did not come back.
+    pub missing: Vec<String>,
 }
 
 /// How the command's end was reported.

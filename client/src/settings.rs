@@ -32,17 +32,20 @@ pub enum SettingsError {
 
 /// Parses `argv` with the environment and the config file merged in.
 pub fn parse(argv: Vec<OsString>) -> Result<Args, SettingsError> {
+    refuse_version_with_job_options(&argv)?;
     let matches = Args::command().try_get_matches_from(&argv).map_err(SettingsError::Usage)?;
     if matches.subcommand().is_some() {
-        return Args::from_arg_matches(&matches).map_err(SettingsError::Usage);
+        return args_from(&matches);
     }
     let Some(path) = config_path().map_err(SettingsError::Config)? else {
-        return Args::from_arg_matches(&matches).map_err(SettingsError::Usage);
+        refuse_an_empty_job(&matches, false)?;
+        return args_from(&matches);
     };
     let text = match std::fs::read_to_string(&path) {
         Ok(text) => text,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound && std::env::var_os(CONFIG_VARIABLE).is_none() => {
-            return Args::from_arg_matches(&matches).map_err(SettingsError::Usage);
+            refuse_an_empty_job(&matches, false)?;
+            return args_from(&matches);
         }
         Err(error) => {
             return Err(SettingsError::Config(ClientError::Local {
@@ -52,6 +55,7 @@ pub fn parse(argv: Vec<OsString>) -> Result<Args, SettingsError> {
         }
     };
     let from_file = file_arguments(&text, &path, &matches).map_err(SettingsError::Config)?;
+    refuse_an_empty_job(&matches, !from_file.is_empty())?;
     // The file's options go first; none of them is also on the command line or in the
     // environment, so nothing the user typed is overridden.
     let mut merged = Vec::with_capacity(argv.len() + from_file.len());
@@ -59,10 +63,46 @@ pub fn parse(argv: Vec<OsString>) -> Result<Args, SettingsError> {
     merged.extend(argv.next());
     merged.extend(from_file);
     merged.extend(argv);
-    Args::command()
-        .try_get_matches_from(merged)
-        .and_then(|matches| Args::from_arg_matches(&matches))
-        .map_err(SettingsError::Usage)
+    Args::command().try_get_matches_from(merged).map_err(SettingsError::Usage).and_then(|matches| args_from(&matches))
+}
+
+/// The parsed arguments, with the upstream defaults that were used recorded, so the
+/// job can say it runs on them.
+fn args_from(matches: &clap::ArgMatches) -> Result<Args, SettingsError> {
+    let mut args = Args::from_arg_matches(matches).map_err(SettingsError::Usage)?;
+    args.defaulted = [("cmd", "--CMD"), ("source", "--SOURCE"), ("result", "--RESULT")]
+        .into_iter()
+        .filter(|(id, _)| matches.value_source(id) == Some(clap::parser::ValueSource::DefaultValue))
+        .map(|(_, flag)| flag)
+        .collect();
+    Ok(args)
+}
+
+/// `-v` prints the version and runs nothing; among job options it is a mistake for
+/// `--verbose` that would silently skip the job in a Makefile.
+fn refuse_version_with_job_options(argv: &[OsString]) -> Result<(), SettingsError> {
+    let short_version = argv.iter().skip(1).any(|arg| arg == "-v" || arg == "-V");
+    if short_version && argv.len() > 2 {
+        let message = "`-v` prints the version and runs nothing, but job options were given too\n\n\
+                       hint: for timings and sizes of each step use --verbose; for the version, `lrpymrpc -v` alone";
+        return Err(SettingsError::Usage(Args::command().error(clap::error::ErrorKind::ArgumentConflict, message)));
+    }
+    Ok(())
+}
+
+/// Nothing given at all (no option, no environment variable, no config file): usage,
+/// rather than running the upstream default `--CMD charao -h` on a server.
+fn refuse_an_empty_job(matches: &clap::ArgMatches, from_file: bool) -> Result<(), SettingsError> {
+    use clap::parser::ValueSource;
+    let given = matches.ids().any(|id| {
+        matches!(matches.value_source(id.as_str()), Some(ValueSource::CommandLine | ValueSource::EnvVariable))
+    });
+    if given || from_file {
+        return Ok(());
+    }
+    let message = "no job given: nothing on the command line, in LRPYMRPC_* variables or in a config file\n\n\
+                   hint: give at least --SERVER_IP and --CMD (lrpymrpc --help lists every option)";
+    Err(SettingsError::Usage(Args::command().error(clap::error::ErrorKind::MissingRequiredArgument, message)))
 }
 
 /// The config file to read, if any: `Ok(None)` when there is no home to look in.

@@ -4,7 +4,8 @@
 //!
 //! Both declare a remote step with its inputs (the SOURCE files, so the build tool
 //! reruns it only when they change) and its outputs (the RESULT paths, as real
-//! targets), and run the client with `--no-results-on-failure`, so a failed step leaves
+//! targets), and run the client with `--strict --no-results-on-failure`, so a step whose
+//! output did not come back fails the build, and a failed step leaves
 //! earlier outputs untouched and nothing that looks up to date.
 
 /// The header every generated file starts with (both languages comment with `#`).
@@ -52,7 +53,7 @@ $(1): export LRPYMRPC_SOURCE = $(2)
 $(1): export LRPYMRPC_CMD = $(3)
 $(1): export LRPYMRPC_REPO_URL = $(4)
 $(1) &: $(call lrpymrpc_files,$(2))
-	$$(LRPYMRPC) $$(lrpymrpc_server) --no-results-on-failure $$(LRPYMRPC_FLAGS)
+	$$(LRPYMRPC) $$(lrpymrpc_server) --strict --no-results-on-failure $$(LRPYMRPC_FLAGS)
 	@for output in $(1); do test -e "$$$$output" || { echo "lrpymrpc.mk: the remote step did not make $$$$output" >&2; exit 1; }; done
 endef
 "#
@@ -158,7 +159,7 @@ function(lrpymrpc_add_command)
   add_custom_command(
     OUTPUT ${outputs}
     COMMAND "${LRPYMRPC_EXECUTABLE}" ${server} ${LRPYMRPC_FLAGS}
-            --no-results-on-failure --results-dir "${CMAKE_CURRENT_BINARY_DIR}"
+            --strict --no-results-on-failure --results-dir "${CMAKE_CURRENT_BINARY_DIR}"
             --REPO_URL "${ARG_REPO_URL}" --CMD "${ARG_COMMAND}"
             ${sources} --RESULT ${results}
     WORKING_DIRECTORY "${links}"

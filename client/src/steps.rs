@@ -34,6 +34,18 @@ pub async fn run(job: &Job, out: &Output) -> Result<(), ClientError> {
     let session = patiently(out, job, "connecting", connecting).await?;
     out.end("");
 
+    if !job.defaulted.is_empty() {
+        let used: Vec<String> = job
+            .defaulted
+            .iter()
+            .map(|&flag| match flag {
+                "--CMD" => format!("--CMD `{}`", job.command),
+                "--SOURCE" => format!("--SOURCE `{}`", job.sources.join(" ")),
+                _ => format!("--RESULT `{}`", job.results.join(" ")),
+            })
+            .collect();
+        out.note(&format!("not given, so lrPymRPC's defaults are used: {}", used.join(", ")));
+    }
     out.status(&format!("Compress source={}", job.sources.join(" ")));
     for warning in &warnings {
         out.warn(warning);
@@ -55,9 +67,13 @@ pub async fn run(job: &Job, out: &Output) -> Result<(), ClientError> {
         out.status("Finish.");
         return remote_outcome.unwrap_or(Ok(()));
     }
-    fetch_results(&session, job, unique_id, out).await?;
+    let missing = fetch_results(&session, job, unique_id, out).await?;
     out.status("Finish.");
-    final_outcome(remote_outcome, job, out)
+    final_outcome(remote_outcome, job, out)?;
+    match (job.strict, missing.is_empty()) {
+        (true, false) => Err(ClientError::ResultsMissing { paths: missing }),
+        _ => Ok(()),
+    }
 }
 
 /// The Upload step, retried as a whole; returns the job id.
@@ -78,8 +94,14 @@ async fn upload(session: &Session, job: &Job, roots: &[PackRoot], out: &Output) 
     Ok(unique_id)
 }
 
-/// Check, then Download when there is something to fetch, each retried.
-async fn fetch_results(session: &Session, job: &Job, unique_id: String, out: &Output) -> Result<(), ClientError> {
+/// Check, then Download when there is something to fetch, each retried; returns the
+/// RESULT paths that did not come back, each named in a warning.
+async fn fetch_results(
+    session: &Session,
+    job: &Job,
+    unique_id: String,
+    out: &Output,
+) -> Result<Vec<String>, ClientError> {
     out.status("Check result.");
     out.begin(Step::Check);
     let result_dir = job.results.join(" ");
@@ -88,15 +110,24 @@ async fn fetch_results(session: &Session, job: &Job, unique_id: String, out: &Ou
     out.end("");
     if !has_stream {
         out.status("Download data is not exist.");
-        return Ok(());
+        return Ok(warn_missing(job.results.clone(), out));
     }
     out.status("Download data is exist.");
     out.begin(Step::Download);
     let request = DownloadRequest { unique_id, result_dir };
-    let report = retrying(job, out, Step::Download, || session.download(job, request.clone(), out)).await?;
-    out.end(&format!("{} files, {}", report.files, bytes(report.content_bytes)));
+    let fetched = retrying(job, out, Step::Download, || session.download(job, request.clone(), out)).await?;
+    out.end(&format!("{} files, {}", fetched.report.files, bytes(fetched.report.content_bytes)));
     out.status("Extract result.");
-    Ok(())
+    Ok(warn_missing(fetched.missing, out))
+}
+
+/// Names each RESULT path that did not come back; a step whose output is missing is
+/// not a success, even when the transfer was.
+fn warn_missing(missing: Vec<String>, out: &Output) -> Vec<String> {
+    for name in &missing {
+        out.warn(&format!("RESULT `{name}` did not come back: the remote command did not make it"));
+    }
+    missing
 }
 
 /// The job's outcome once its results are in place: the remote command's, or, when
@@ -104,13 +135,7 @@ async fn fetch_results(session: &Session, job: &Job, unique_id: String, out: &Ou
 fn final_outcome(remote_outcome: Option<Result<(), ClientError>>, job: &Job, out: &Output) -> Result<(), ClientError> {
     match remote_outcome {
         Some(outcome) => outcome,
-        None if job.exit_marker.is_some() => {
-            out.warn(
-                "no exit-status marker came back: the server may not run CMD with a POSIX shell; \
-                 exiting 0 since the transfers succeeded",
-            );
-            Ok(())
-        }
+        None if job.exit_marker.is_some() => Err(ClientError::MarkerMissing),
         None => {
             out.warn(
                 "the server does not report the command's exit status; exiting 0 since the transfers succeeded \

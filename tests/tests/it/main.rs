@@ -16,3 +16,4 @@ mod proxy;
 mod security;
 mod server;
 mod tls;
+mod trust;

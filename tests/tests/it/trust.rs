@@ -1,0 +1,106 @@
+//! No silent success (issue 12): what a user asked for either happens or the client
+//! says why not, with a non-zero exit; mistakes are refused before anything is sent.
+
+use predicates::prelude::*;
+
+use crate::env::TestEnv;
+use crate::hostile::fake_server_sending;
+use lrpymrpc_archive::testing::{file, gzip, tar_bytes};
+
+#[test]
+fn no_arguments_at_all_print_usage_instead_of_running_the_upstream_default() {
+    let env = TestEnv::new();
+    env.bare_client().assert().code(2).stderr(predicate::str::contains("no job given"));
+    assert!(env.job_dirs().is_empty());
+}
+
+#[test]
+fn dash_v_among_job_options_is_a_usage_error_pointing_at_verbose() {
+    let env = TestEnv::new();
+    env.write("source/x", "x");
+    env.client()
+        .args(["-v", "--CMD", "touch ran"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("`-v` prints the version and runs nothing"))
+        .stderr(predicate::str::contains("--verbose"));
+    assert!(env.job_dirs().is_empty(), "nothing ran");
+    for flag in ["-v", "-V"] {
+        env.bare_client().arg(flag).assert().success().stdout(predicate::str::contains("lrpymrpc "));
+    }
+}
+
+#[test]
+fn the_upstream_defaults_are_named_when_used() {
+    let env = TestEnv::new();
+    env.write("source/x", "x");
+    env.client()
+        .args(["--CMD", "true"])
+        .assert()
+        .stderr(predicate::str::contains("lrPymRPC's defaults are used: --SOURCE `source`, --RESULT `build`"));
+}
+
+#[test]
+fn result_paths_that_climb_out_and_an_unusable_results_dir_are_refused_before_anything_is_sent() {
+    let env = TestEnv::new();
+    env.write("source/x", "x");
+    for result in ["../escape", "/etc/passwd", "a/../../b"] {
+        env.client()
+            .args(["--CMD", "touch ran", "--RESULT", result])
+            .assert()
+            .code(101)
+            .stderr(predicate::str::contains(format!("--RESULT `{result}` is refused")));
+    }
+    env.write("a-file", "not a directory");
+    env.client()
+        .args(["--CMD", "touch ran", "--results-dir", "a-file"])
+        .assert()
+        .code(101)
+        .stderr(predicate::str::contains("--results-dir"))
+        .stderr(predicate::str::contains("is not a directory"));
+    env.client()
+        .args(["--CMD", "touch ran", "--results-dir", "no/such/parent"])
+        .assert()
+        .code(101)
+        .stderr(predicate::str::contains("neither it nor its parent directory exists"));
+    assert!(env.job_dirs().is_empty(), "nothing was sent: {:?}", env.job_dirs());
+}
+
+#[test]
+fn a_result_path_that_did_not_come_back_is_named_and_fails_with_strict() {
+    let env = TestEnv::new();
+    env.write("source/x", "x");
+    let make_one = ["--CMD", "mkdir out && echo a > out/a", "--RESULT", "out", "never-made"];
+    env.client()
+        .args(make_one)
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("RESULT `never-made` did not come back"))
+        .stderr(predicate::str::contains("RESULT `out`").not());
+    std::fs::remove_dir_all(env.work.join("out")).unwrap();
+    env.client()
+        .args(make_one)
+        .arg("--strict")
+        .assert()
+        .code(105)
+        .stderr(predicate::str::contains("--strict: RESULT `never-made` did not come back"));
+    assert_eq!(env.read("out/a"), b"a\n", "what did come back is in place");
+    env.client()
+        .args(["--CMD", "true", "--RESULT", "nothing", "--strict"])
+        .assert()
+        .code(105)
+        .stderr(predicate::str::contains("RESULT `nothing` did not come back"));
+}
+
+#[test]
+fn an_exit_status_marker_that_never_came_back_is_not_a_success() {
+    // The fake server runs nothing: no marker line can come back.
+    let env = fake_server_sending(gzip(&tar_bytes(&[file("build/out", "result")])));
+    env.write("source/x", "x");
+    env.client()
+        .args(["--exit-status-marker"])
+        .assert()
+        .code(103)
+        .stderr(predicate::str::contains("no exit-status marker came back"))
+        .stderr(predicate::str::contains("hint: the server may not run CMD with a POSIX shell"));
+}
