@@ -23,6 +23,9 @@ use clap::{ArgAction, Parser, Subcommand};
 /// lines of `OPTION = value`); the command line wins over the environment, which
 /// wins over the file. Exit status: the remote command's; 101-105, 124, 130 and 143 are the
 /// client's own failures (see the README).
+/// `--SERVER_PORT` when none is given, as upstream.
+pub const DEFAULT_SERVER_PORT: &str = "8766";
+
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "lrpymrpc",
@@ -82,7 +85,7 @@ pub struct Args {
         visible_alias = "server-port",
         env = "LRPYMRPC_SERVER_PORT",
         value_name = "SERVER_PORT",
-        default_value = "8766"
+        default_value = DEFAULT_SERVER_PORT
     )]
     pub server_port: String,
 

@@ -40,6 +40,46 @@ const HTTP2_PING_INTERVAL: Duration = Duration::from_secs(300);
 /// HTTP/2 flow-control windows for what the server sends.
 const RECEIVE_WINDOW_BYTES: u32 = 512 * 1024;
 
+/// A server address as users write it: `host`, `host:port`, `[v6]`, `[v6]:port`, or a
+/// bare IPv6 literal (`::1`). Returns the host (without brackets) and the port, if one
+/// was written. The one parser of addresses (`--SERVER_IP`, `tls check --server`).
+pub fn parse_address(text: &str) -> Result<(String, Option<u16>), String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err("it is empty".into());
+    }
+    if let Some(rest) = text.strip_prefix('[') {
+        let (host, after) = rest.split_once(']').ok_or("it opens `[` without a closing `]`")?;
+        if host.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(format!("`[{host}]` is not an IPv6 address"));
+        }
+        return match after {
+            "" => Ok((host.to_string(), None)),
+            _ => match after.strip_prefix(':') {
+                Some(port) => Ok((host.to_string(), Some(parse_port(port)?))),
+                None => Err(format!("`{after}` after `]` is not `:PORT`")),
+            },
+        };
+    }
+    match text.matches(':').count() {
+        0 => Ok((text.to_string(), None)),
+        1 => {
+            let (host, port) = text.split_once(':').unwrap_or((text, ""));
+            if host.is_empty() {
+                return Err("it has no host before `:`".into());
+            }
+            Ok((host.to_string(), Some(parse_port(port)?)))
+        }
+        _ if text.parse::<std::net::Ipv6Addr>().is_ok() => Ok((text.to_string(), None)),
+        _ => Err("it is not a host, an address, or `[IPv6]:PORT`".into()),
+    }
+}
+
+/// A TCP port, 1 to 65535.
+pub fn parse_port(text: &str) -> Result<u16, String> {
+    text.trim().parse::<u16>().ok().filter(|&port| port != 0).ok_or_else(|| format!("`{text}` is not a TCP port"))
+}
+
 /// `host:port` as dialled, with brackets around IPv6 literals.
 pub fn authority(peer: &Peer) -> String {
     if peer.host.contains(':') {
@@ -376,6 +416,19 @@ mod tests {
 
     fn tls(error: rustls::Error) -> Wrapped {
         Wrapped(io::Error::new(ErrorKind::InvalidData, error))
+    }
+
+    #[test]
+    fn addresses_are_read_in_every_form_users_write() {
+        let ok = |text: &str| parse_address(text).unwrap();
+        assert_eq!(ok("build-server"), ("build-server".into(), None));
+        assert_eq!(ok(" 10.0.0.5:8766 "), ("10.0.0.5".into(), Some(8766)));
+        assert_eq!(ok("::1"), ("::1".into(), None));
+        assert_eq!(ok("[::1]"), ("::1".into(), None));
+        assert_eq!(ok("[fe80::1]:9000"), ("fe80::1".into(), Some(9000)));
+        for bad in ["", "host:", "host:0", "host:99999", ":5", "[::1", "[x]:5", "[::1]9", "a:b:c"] {
+            assert!(parse_address(bad).is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]

@@ -131,6 +131,20 @@ impl ClientError {
         }
     }
 
+    /// The same failure, saying how often and how long it was tried.
+    pub fn tried(self, tries: u32, took: std::time::Duration) -> ClientError {
+        let tried = format!("tried {tries} times in {:.1} s", took.as_secs_f64());
+        match self {
+            ClientError::Connect { peer, reason, hint, transient, fault } => {
+                ClientError::Connect { peer, reason: format!("{reason} ({tried})"), hint, transient, fault }
+            }
+            ClientError::Lost { step, peer, reason } => {
+                ClientError::Lost { step, peer, reason: format!("{reason} ({tried})") }
+            }
+            other => other,
+        }
+    }
+
     /// Whether repeating the step may help: the server could not be reached or the
     /// connection dropped, as opposed to an answer or a local problem.
     pub fn is_transient(&self) -> bool {

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cli::{Args, split_paths};
+use crate::cli::{Args, DEFAULT_SERVER_PORT, split_paths};
 use crate::connect::Peer;
 use crate::exit::ClientError;
 use crate::marker::ExitMarker;
@@ -50,15 +50,7 @@ pub struct Job {
 
 impl Job {
     pub fn from_args(args: Args) -> Result<Job, ClientError> {
-        let port =
-            args.server_port.trim().parse::<u16>().ok().filter(|&p| p != 0).ok_or_else(|| ClientError::Local {
-                message: format!("--SERVER_PORT `{}` is not a TCP port", args.server_port),
-                hint: Some("give a number from 1 to 65535".into()),
-            })?;
-        let host = args.server_ip.trim().trim_start_matches('[').trim_end_matches(']').to_string();
-        if host.is_empty() {
-            return Err(ClientError::local("--SERVER_IP is empty"));
-        }
+        let (host, port) = server_address(&args.server_ip, &args.server_port)?;
         validate_run_name(&args.run_name)?;
         let tls = match args.tls_config_dir.trim() {
             "" => None,
@@ -91,7 +83,7 @@ impl Job {
         }
         Ok(Job {
             peer: Peer { host, port, tls },
-            port_text: args.server_port,
+            port_text: port.to_string(),
             repo_url: args.repo_url,
             command: args.cmd,
             sources: split_paths(&args.source),
@@ -120,6 +112,28 @@ impl Job {
 /// `--quiet`, `--verbose`, `--no-prefix`, `--no-progress`.
 pub fn verbosity(args: &Args) -> Verbosity {
     Verbosity { quiet: args.quiet, verbose: args.verbose, no_prefix: args.no_prefix, no_progress: args.no_progress }
+}
+
+/// The server's host and port from `--SERVER_IP` (which may carry a port, as people
+/// write it: `10.0.0.5:8766`, `[::1]:8766`) and `--SERVER_PORT`.
+fn server_address(server_ip: &str, server_port: &str) -> Result<(String, u16), ClientError> {
+    let port = crate::connect::parse_port(server_port).map_err(|why| ClientError::Local {
+        message: format!("--SERVER_PORT {why}"),
+        hint: Some("give a number from 1 to 65535".into()),
+    })?;
+    let (host, port_in_ip) = crate::connect::parse_address(server_ip).map_err(|why| ClientError::Local {
+        message: format!("--SERVER_IP `{server_ip}` is not usable: {why}"),
+        hint: Some("give a host name or an IP address, e.g. --SERVER_IP 10.0.0.5 or --SERVER_IP '[::1]'".into()),
+    })?;
+    match port_in_ip {
+        None => Ok((host, port)),
+        // The port only in SERVER_IP (SERVER_PORT left at its default, or the same).
+        Some(in_ip) if in_ip == port || server_port.trim() == DEFAULT_SERVER_PORT => Ok((host, in_ip)),
+        Some(in_ip) => Err(ClientError::Local {
+            message: format!("--SERVER_IP `{server_ip}` names port {in_ip}, but --SERVER_PORT says {port}"),
+            hint: Some(format!("give the host alone in --SERVER_IP (`{host}`) and the port in --SERVER_PORT")),
+        }),
+    }
 }
 
 /// A RESULT path names something inside the job directory: refused before anything is

@@ -165,26 +165,37 @@ async fn patiently<T>(out: &Output, job: &Job, what: &str, step: impl Future<Out
 }
 
 /// Runs a step that is safe to repeat, again after a transient failure (the server
-/// unreachable, the connection lost), waiting longer each time.
+/// unreachable, the connection lost), waiting longer each time. A lost connection
+/// mid-step is said at each retry; a server that cannot be reached yet is said once,
+/// at the end (`tried 4 times in 3.5 s`), or under `--verbose` at each try.
 async fn retrying<T, F, Fut>(job: &Job, out: &Output, step: Step, mut attempt: F) -> Result<T, ClientError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, ClientError>>,
 {
+    let started = std::time::Instant::now();
     let mut delay = FIRST_RETRY_DELAY;
     let mut tries = 0;
     loop {
         match attempt().await {
             Err(error) if error.is_transient() && tries < job.retries => {
                 tries += 1;
-                out.warn(&format!(
-                    "{error}; retrying {step} in {} ({tries} of {} retries)",
-                    crate::output::seconds(delay),
-                    job.retries
-                ));
+                if step != Step::Connect || job.verbosity.verbose {
+                    out.warn(&format!(
+                        "{error}; retrying {step} in {} ({tries} of {} retries)",
+                        crate::output::seconds(delay),
+                        job.retries
+                    ));
+                }
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(MAX_RETRY_DELAY);
             }
+            Ok(value) if tries > 0 && step == Step::Connect => {
+                let took = crate::output::seconds(started.elapsed());
+                out.note(&format!("connected after {} tries in {took}", tries + 1));
+                return Ok(value);
+            }
+            Err(error) if tries > 0 => return Err(error.tried(tries + 1, started.elapsed())),
             outcome => return outcome,
         }
     }

@@ -226,15 +226,13 @@ fn check_server(peer: Peer, findings: &mut Findings) {
     }
 }
 
-/// `HOST:PORT` or `[V6]:PORT`.
+/// `HOST:PORT` or `[V6]:PORT`, through the one address parser.
 fn parse_server(text: &str) -> Result<(String, u16), String> {
-    let (host, port) = text.rsplit_once(':').ok_or_else(|| format!("--server `{text}` has no `:PORT`"))?;
-    let port = port.parse::<u16>().ok().filter(|&p| p != 0).ok_or_else(|| format!("--server `{text}`: bad port"))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.is_empty() {
-        return Err(format!("--server `{text}` has no host"));
+    match crate::connect::parse_address(text) {
+        Ok((host, Some(port))) => Ok((host, port)),
+        Ok((_, None)) => Err(format!("--server `{text}` has no `:PORT`")),
+        Err(why) => Err(format!("--server `{text}`: {why}")),
     }
-    Ok((host.to_string(), port))
 }
 
 /// `2026-11-25` for Unix seconds (UTC).

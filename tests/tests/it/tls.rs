@@ -132,4 +132,19 @@ fn an_unreachable_server_fails_with_a_hint() {
         .code(102)
         .stderr(predicate::str::contains(format!("cannot connect to 127.0.0.1:{port}")))
         .stderr(predicate::str::contains("hint: is the server running"));
+    // Every retry refused: one line at the end says how often, not a warning per try.
+    // The port may also be given inside --SERVER_IP, as people write addresses.
+    env.bare_client()
+        .args(["--retries", "2", "--CMD", "true", "--SERVER_IP", &format!("127.0.0.1:{port}"), "--TLS_CONFIG_DIR"])
+        .arg(&env.tls)
+        .assert()
+        .code(102)
+        .stderr(predicate::str::contains(format!("cannot connect to 127.0.0.1:{port}")))
+        .stderr(predicate::str::contains("(tried 3 times in "))
+        .stderr(predicate::str::contains("retrying connect").not());
+    env.bare_client()
+        .args(["--CMD", "true", "--SERVER_IP", &format!("127.0.0.1:{port}"), "--SERVER_PORT", "9"])
+        .assert()
+        .code(101)
+        .stderr(predicate::str::contains(format!("names port {port}, but --SERVER_PORT says 9")));
 }
