@@ -148,3 +148,31 @@ fn an_unreachable_server_fails_with_a_hint() {
         .code(101)
         .stderr(predicate::str::contains(format!("names port {port}, but --SERVER_PORT says 9")));
 }
+
+#[test]
+fn plaintext_against_tls_and_tls_against_plaintext_each_get_one_message_with_a_hint() {
+    // A TLS client at a plaintext server.
+    let env = TestEnv::bare();
+    let jobs = env.jobs.clone();
+    let env = env.serve(lrpymrpc_mock_server::Config::new(jobs, None));
+    env.write("source/x", "x");
+    for _ in 0..2 {
+        env.client()
+            .args(["--retries", "0", "--CMD", "true"])
+            .assert()
+            .code(102)
+            .stderr(predicate::str::contains("the server did not answer in TLS"))
+            .stderr(predicate::str::contains("hint: the server may speak plaintext"));
+    }
+    // A plaintext client at a mutual-TLS server.
+    let env = TestEnv::new();
+    env.write("source/x", "x");
+    for _ in 0..2 {
+        env.bare_client()
+            .args(["--SERVER_IP", "127.0.0.1", "--SERVER_PORT", &env.addr.port().to_string()])
+            .args(["--retries", "0", "--CMD", "true"])
+            .assert()
+            .code(102)
+            .stderr(predicate::str::contains("hint: the server may require mutual TLS: give --TLS_CONFIG_DIR"));
+    }
+}
