@@ -25,10 +25,10 @@ pub struct Job {
     pub results: Vec<String>,
     /// What goes into the upload, below the SOURCE roots.
     pub rules: Arc<SourceRules>,
-    /// A missing or outside SOURCE is an error rather than a warning.
+    /// A missing or outside SOURCE, or a RESULT that did not come back, is an error.
     pub strict: bool,
     /// Where results land: the working directory (or `--results-dir`), plus RUN_NAME.
-    pub result_dir: PathBuf,
+    pub results_dest: PathBuf,
     /// Skip the download when the remote command failed.
     pub no_results_on_failure: bool,
     /// gzip level of the upload.
@@ -73,7 +73,7 @@ impl Job {
         if args.results_dir.as_deref().is_some_and(|dir| !dir.trim().is_empty()) {
             check_results_dir(&results_base)?;
         }
-        let result_dir = match args.run_name.as_str() {
+        let results_dest = match args.run_name.as_str() {
             "" => results_base,
             name => results_base.join(name),
         };
@@ -90,7 +90,7 @@ impl Job {
             results,
             rules: Arc::new(rules),
             strict: args.strict,
-            result_dir,
+            results_dest,
             no_results_on_failure: args.no_results_on_failure,
             gzip_level: args.gzip_level,
             result_limits: lrpymrpc_archive::Limits {

@@ -183,7 +183,7 @@ impl Session {
     /// as they were and no staging directory behind.
     pub async fn download(&self, job: &Job, request: DownloadRequest, out: &Output) -> Result<Fetched, ClientError> {
         let mut client = self.files.clone();
-        let dest = job.result_dir.clone();
+        let dest = job.results_dest.clone();
         let limits = job.result_limits;
         let local = |what: &'static str, path: &Path, source: io::Error| {
             ClientError::Results(ResultsError::Local { what, path: path.to_path_buf(), source })

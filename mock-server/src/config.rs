@@ -149,16 +149,6 @@ impl TlsMaterial {
     }
 }
 
-/// "0.5 s", "15 min", "4 h": a limit as messages and logs show it.
-pub fn human(duration: Duration) -> String {
-    let seconds = duration.as_secs();
-    match seconds {
-        0..120 => format!("{:.1} s", duration.as_secs_f64()),
-        120..7200 => format!("{} min", seconds / 60),
-        _ => format!("{} h", seconds / 3600),
-    }
-}
-
 fn read_pem(path: &Path) -> Result<String, ConfigError> {
     let text = fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
     if !text.contains("-----BEGIN ") {

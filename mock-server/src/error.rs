@@ -37,7 +37,7 @@ pub enum JobError {
     #[error("no usable client certificate: {0}")]
     NoIdentity(String),
     #[error("the command was stopped: {}{limit}", step.as_ref().map(|s| format!("{s}: ")).unwrap_or_default())]
-    Stopped { step: Option<String>, limit: crate::executor::Limit },
+    Stopped { step: Option<String>, limit: crate::limits::Limit },
     #[error("the server is shutting down and takes no new jobs; try again later")]
     Draining,
     #[error("{what} failed on the server: {why}")]

@@ -10,12 +10,11 @@ use std::fmt;
 use std::io;
 use std::path::PathBuf;
 use std::process::ExitStatus;
-use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use crate::config::human;
 use crate::error::JobError;
+pub use crate::limits::{Limit, TimeLimits};
 
 /// What to run: `program args` in `dir` with exactly `env`.
 #[derive(Debug, Clone)]
@@ -47,31 +46,6 @@ pub enum JobEvent {
 /// Where the events of one Execute go; an error ends the step. The receiver going
 /// away means the client left: the executor stops the run.
 pub type Events = mpsc::Sender<Result<JobEvent, JobError>>;
-
-/// Time limits of one run.
-#[derive(Debug, Clone, Copy)]
-pub struct TimeLimits {
-    /// The longest it may run.
-    pub wall: Duration,
-    /// The longest it may print nothing.
-    pub idle: Duration,
-}
-
-/// Which time limit stopped a run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Limit {
-    Wall(Duration),
-    Idle(Duration),
-}
-
-impl fmt::Display for Limit {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Limit::Wall(limit) => write!(f, "it ran longer than {}", human(*limit)),
-            Limit::Idle(limit) => write!(f, "it printed nothing for {}", human(*limit)),
-        }
-    }
-}
 
 /// How a run ended.
 #[derive(Debug)]

@@ -14,6 +14,7 @@ mod execute;
 mod executor;
 mod extensions;
 mod jobs;
+mod limits;
 mod listener;
 mod local;
 mod python;

@@ -35,6 +35,8 @@ impl State {
             config.job_ttl,
             config.finished_grace,
         ));
+        // Found now, at start, not on an async thread by the first job that needs it.
+        let _ = crate::python::python();
         let contain = config.sandbox.is_none() && crate::contain::available();
         if config.sandbox.is_none() && !contain {
             tracing::warn!(
