@@ -47,6 +47,30 @@ fn entry() -> impl Strategy<Value = Entry> {
     (path(), kind(), path()).prop_map(|(name, kind, target)| Entry { name, kind, target })
 }
 
+/// The gzip'd archive of `entries`; absolute names and targets point into `canary`,
+/// where an escape would land.
+fn archive_of(entries: &[Entry], canary: &Path) -> Vec<u8> {
+    let rooted = |p: &str| match p.strip_prefix('/') {
+        Some(rest) => format!("{}/{rest}", canary.display()),
+        None => p.to_string(),
+    };
+    let names: Vec<String> = entries.iter().map(|e| rooted(&e.name)).collect();
+    let targets: Vec<String> = entries.iter().map(|e| rooted(&e.target)).collect();
+    let raws: Vec<Raw<'_>> = entries
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| names[*i].len() <= 100 && targets[*i].len() <= 100)
+        .map(|(i, e)| Raw {
+            name: names[i].as_bytes(),
+            kind: e.kind,
+            link: if matches!(e.kind, EntryType::Symlink | EntryType::Link) { targets[i].as_bytes() } else { b"" },
+            data: if e.kind == EntryType::Regular { b"evil" } else { b"" },
+            mode: 0o777,
+        })
+        .collect();
+    gzip(&tar_bytes(&raws))
+}
+
 /// Everything below `dir`, with contents and modes, not following links.
 fn snapshot(dir: &Path) -> Vec<(String, String, u32)> {
     let mut out = Vec::new();
@@ -80,23 +104,7 @@ proptest! {
         let root = dest.parent().unwrap();
         let before = snapshot(root);
 
-        // Absolute names point into the canary, where an escape would land.
-        let rooted = |p: &str| if let Some(rest) = p.strip_prefix('/') { format!("{}/{rest}", canary.display()) } else { p.to_string() };
-        let names: Vec<String> = entries.iter().map(|e| rooted(&e.name)).collect();
-        let targets: Vec<String> = entries.iter().map(|e| rooted(&e.target)).collect();
-        let raws: Vec<Raw<'_>> = entries
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| names[*i].len() <= 100 && targets[*i].len() <= 100)
-            .map(|(i, e)| Raw {
-                name: names[i].as_bytes(),
-                kind: e.kind,
-                link: if matches!(e.kind, EntryType::Symlink | EntryType::Link) { targets[i].as_bytes() } else { b"" },
-                data: if e.kind == EntryType::Regular { b"evil" } else { b"" },
-                mode: 0o777,
-            })
-            .collect();
-        let archive = gzip(&tar_bytes(&raws));
+        let archive = archive_of(&entries, canary);
         let options = UnpackOptions { limits: Limits::DEFAULT, mtime: MtimePolicy::FromArchive, only: None };
         let _ = unpack_tar_gz(&archive[..], dest, &options);
 
@@ -118,26 +126,12 @@ proptest! {
         let (dest, canary) = (&scene.dest, &scene.canary);
         let root = dest.parent().unwrap();
         let before: Vec<_> = snapshot(root).into_iter().filter(|(p, _, _)| !Path::new(p).starts_with(dest)).collect();
-        let rooted = |p: &str| if let Some(rest) = p.strip_prefix('/') { format!("{}/{rest}", canary.display()) } else { p.to_string() };
         for entries in [&first, &second] {
-            let names: Vec<String> = entries.iter().map(|e| rooted(&e.name)).collect();
-            let targets: Vec<String> = entries.iter().map(|e| rooted(&e.target)).collect();
-            let raws: Vec<Raw<'_>> = entries
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| names[*i].len() <= 100 && targets[*i].len() <= 100 && !names[*i].contains(".staging"))
-                .map(|(i, e)| Raw {
-                    name: names[i].as_bytes(),
-                    kind: e.kind,
-                    link: if matches!(e.kind, EntryType::Symlink | EntryType::Link) { targets[i].as_bytes() } else { b"" },
-                    data: if e.kind == EntryType::Regular { b"evil" } else { b"" },
-                    mode: 0o777,
-                })
-                .collect();
+            let archive = archive_of(entries, canary);
             let staging = dest.join(".staging");
             fs::create_dir(&staging).unwrap();
             let options = UnpackOptions { limits: Limits::DEFAULT, mtime: MtimePolicy::Now, only: None };
-            if unpack_tar_gz(&gzip(&tar_bytes(&raws))[..], &staging, &options).is_ok() {
+            if unpack_tar_gz(&archive[..], &staging, &options).is_ok() {
                 let _ = crate::merge_tree(&staging, dest);
             }
             fs::remove_dir_all(&staging).unwrap();
