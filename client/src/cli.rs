@@ -48,6 +48,10 @@ pub struct Args {
     #[arg(skip)]
     pub defaulted: Vec<&'static str>,
 
+    /// Every setting's value and where it came from, filled in by `settings::parse`.
+    #[arg(skip)]
+    pub origins: Vec<crate::settings::Setting>,
+
     /// pip-install mapping `name=url,name=url,` (PyPI names, git+https URLs, paths)
     #[arg(
         long = "REPO_URL",
@@ -225,6 +229,9 @@ pub enum Command {
         #[arg(value_enum)]
         kind: SnippetKind,
     },
+    /// Print the settings a job would run with, each with where it came from (command
+    /// line, environment variable, config file line, default), as `ssh -G` does
+    Config,
     /// Print a shell completion script: `lrpymrpc completions bash > ~/.local/share/bash-completion/completions/lrpymrpc`
     Completions {
         #[arg(value_enum)]

@@ -131,6 +131,18 @@ impl ClientError {
         }
     }
 
+    /// A local error about a value, saying where the value came from (`origin`:
+    /// `environment LRPYMRPC_X`, `config file ... line N`), when it did not come from
+    /// the command line.
+    pub fn from_origin(self, origin: &Option<String>) -> ClientError {
+        match (self, origin) {
+            (ClientError::Local { message, hint }, Some(origin)) => {
+                ClientError::Local { message: format!("{message} (from {origin})"), hint }
+            }
+            (error, _) => error,
+        }
+    }
+
     /// The same failure, saying how often and how long it was tried.
     pub fn tried(self, tries: u32, took: std::time::Duration) -> ClientError {
         let tried = format!("tried {tries} times in {:.1} s", took.as_secs_f64());

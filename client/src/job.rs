@@ -50,7 +50,8 @@ pub struct Job {
 
 impl Job {
     pub fn from_args(args: Args) -> Result<Job, ClientError> {
-        let (host, port) = server_address(&args.server_ip, &args.server_port)?;
+        let said = |option: &str| origin(&args.origins, option);
+        let (host, port) = server_address(&args.server_ip, &args.server_port, &said)?;
         validate_run_name(&args.run_name)?;
         let tls = match args.tls_config_dir.trim() {
             "" => None,
@@ -71,7 +72,7 @@ impl Job {
             Some(dir) => workdir.join(crate::tls::expand_tilde(dir)),
         };
         if args.results_dir.as_deref().is_some_and(|dir| !dir.trim().is_empty()) {
-            check_results_dir(&results_base)?;
+            check_results_dir(&results_base).map_err(|error| error.from_origin(&said("results-dir")))?;
         }
         let results_dest = match args.run_name.as_str() {
             "" => results_base,
@@ -79,7 +80,7 @@ impl Job {
         };
         let results = split_paths(&args.result);
         for result in &results {
-            check_result_path(result)?;
+            check_result_path(result).map_err(|error| error.from_origin(&said("RESULT")))?;
         }
         Ok(Job {
             peer: Peer { host, port, tls },
@@ -114,16 +115,28 @@ pub fn verbosity(args: &Args) -> Verbosity {
     Verbosity { quiet: args.quiet, verbose: args.verbose, no_prefix: args.no_prefix, no_progress: args.no_progress }
 }
 
+/// Where a setting came from, when that was not the command line: `LRPYMRPC_X` or the
+/// config file's line, for messages about its value.
+fn origin(settings: &[crate::settings::Setting], option: &str) -> Option<String> {
+    let setting = settings.iter().find(|setting| setting.option == option)?;
+    (setting.origin != "command line" && setting.origin != "default").then(|| setting.origin.clone())
+}
+
 /// The server's host and port from `--SERVER_IP` (which may carry a port, as people
 /// write it: `10.0.0.5:8766`, `[::1]:8766`) and `--SERVER_PORT`.
-fn server_address(server_ip: &str, server_port: &str) -> Result<(String, u16), ClientError> {
-    let port = crate::connect::parse_port(server_port).map_err(|why| ClientError::Local {
-        message: format!("--SERVER_PORT {why}"),
-        hint: Some("give a number from 1 to 65535".into()),
+fn server_address(
+    server_ip: &str,
+    server_port: &str,
+    said: &dyn Fn(&str) -> Option<String>,
+) -> Result<(String, u16), ClientError> {
+    let port = crate::connect::parse_port(server_port).map_err(|why| {
+        let hint = Some("give a number from 1 to 65535".into());
+        ClientError::Local { message: format!("--SERVER_PORT {why}"), hint }.from_origin(&said("SERVER_PORT"))
     })?;
-    let (host, port_in_ip) = crate::connect::parse_address(server_ip).map_err(|why| ClientError::Local {
-        message: format!("--SERVER_IP `{server_ip}` is not usable: {why}"),
-        hint: Some("give a host name or an IP address, e.g. --SERVER_IP 10.0.0.5 or --SERVER_IP '[::1]'".into()),
+    let (host, port_in_ip) = crate::connect::parse_address(server_ip).map_err(|why| {
+        let hint = Some("give a host name or an IP address, e.g. --SERVER_IP 10.0.0.5 or --SERVER_IP '[::1]'".into());
+        ClientError::Local { message: format!("--SERVER_IP `{server_ip}` is not usable: {why}"), hint }
+            .from_origin(&said("SERVER_IP"))
     })?;
     match port_in_ip {
         None => Ok((host, port)),

@@ -45,6 +45,7 @@ pub fn main_impl() -> ExitCode {
     match &args.command {
         Some(cli::Command::Completions { shell }) => commands::completions::run(*shell),
         Some(cli::Command::Snippet { kind }) => commands::snippet::run(*kind),
+        Some(cli::Command::Config) => commands::config::run(&args.origins),
         Some(cli::Command::Tls { action: cli::TlsAction::Init { cn, dir, force } }) => {
             commands::tls::init_command(cn, dir, *force)
         }

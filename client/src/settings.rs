@@ -8,6 +8,7 @@
 //! `true` or `false`. A value is taken whole, so `SOURCE = cells cmd` works as it does
 //! on the command line.
 
+use std::collections::HashMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
@@ -34,18 +35,24 @@ pub enum SettingsError {
 pub fn parse(argv: Vec<OsString>) -> Result<Args, SettingsError> {
     refuse_version_with_job_options(&argv)?;
     let matches = Args::command().try_get_matches_from(&argv).map_err(SettingsError::Usage)?;
-    if matches.subcommand().is_some() {
-        return args_from(&matches);
+    // `config` shows the merged settings; other subcommands take none of them.
+    let showing = matches.subcommand_name() == Some("config");
+    if matches.subcommand().is_some() && !showing {
+        return args_from(&matches, None);
     }
     let Some(path) = config_path().map_err(SettingsError::Config)? else {
-        refuse_an_empty_job(&matches, false)?;
-        return args_from(&matches);
+        if !showing {
+            refuse_an_empty_job(&matches, false)?;
+        }
+        return args_from(&matches, None);
     };
     let text = match std::fs::read_to_string(&path) {
         Ok(text) => text,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound && std::env::var_os(CONFIG_VARIABLE).is_none() => {
-            refuse_an_empty_job(&matches, false)?;
-            return args_from(&matches);
+            if !showing {
+                refuse_an_empty_job(&matches, false)?;
+            }
+            return args_from(&matches, None);
         }
         Err(error) => {
             return Err(SettingsError::Config(ClientError::Local {
@@ -55,7 +62,11 @@ pub fn parse(argv: Vec<OsString>) -> Result<Args, SettingsError> {
         }
     };
     let from_file = file_arguments(&text, &path, &matches).map_err(SettingsError::Config)?;
-    refuse_an_empty_job(&matches, !from_file.is_empty())?;
+    if !showing {
+        refuse_an_empty_job(&matches, !from_file.is_empty())?;
+    }
+    let file_lines: HashMap<String, usize> = from_file.iter().map(|(_, id, line)| (id.clone(), *line)).collect();
+    let from_file: Vec<OsString> = from_file.into_iter().map(|(argument, _, _)| argument).collect();
     // The file's options go first; none of them is also on the command line or in the
     // environment, so nothing the user typed is overridden.
     let mut merged = Vec::with_capacity(argv.len() + from_file.len());
@@ -63,13 +74,55 @@ pub fn parse(argv: Vec<OsString>) -> Result<Args, SettingsError> {
     merged.extend(argv.next());
     merged.extend(from_file);
     merged.extend(argv);
-    Args::command().try_get_matches_from(merged).map_err(SettingsError::Usage).and_then(|matches| args_from(&matches))
+    Args::command()
+        .try_get_matches_from(merged)
+        .map_err(SettingsError::Usage)
+        .and_then(|matches| args_from(&matches, Some((&path, &file_lines))))
+}
+
+/// One setting as a job would use it, and where it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Setting {
+    /// The option's long name (`SERVER_IP`).
+    pub option: String,
+    pub value: String,
+    /// `command line`, `environment LRPYMRPC_X`, `config file PATH line N`, `default`.
+    pub origin: String,
+}
+
+/// Every option that has a value, with where it came from (`file`: the config file and
+/// the line each of its options was on).
+fn origins(matches: &clap::ArgMatches, file: Option<(&Path, &HashMap<String, usize>)>) -> Vec<Setting> {
+    let command = Args::command();
+    let mut settings = Vec::new();
+    for arg in command.get_arguments() {
+        let id = arg.get_id().as_str();
+        let (Some(long), Some(values)) = (arg.get_long(), matches.get_raw(id)) else { continue };
+        let value = values.map(|v| v.to_string_lossy().into_owned()).collect::<Vec<_>>().join(" ");
+        let origin = match (matches.value_source(id), file.and_then(|(path, lines)| Some((path, lines.get(id)?)))) {
+            (Some(ValueSource::CommandLine), Some((path, line))) => {
+                format!("config file `{}` line {line}", path.display())
+            }
+            (Some(ValueSource::CommandLine), None) => "command line".into(),
+            (Some(ValueSource::EnvVariable), _) => {
+                format!("environment {}", arg.get_env().map(|e| e.to_string_lossy().into_owned()).unwrap_or_default())
+            }
+            (Some(ValueSource::DefaultValue), _) => "default".into(),
+            _ => continue,
+        };
+        settings.push(Setting { option: long.to_string(), value, origin });
+    }
+    settings
 }
 
 /// The parsed arguments, with the upstream defaults that were used recorded, so the
-/// job can say it runs on them.
-fn args_from(matches: &clap::ArgMatches) -> Result<Args, SettingsError> {
+/// job can say it runs on them, and every setting's origin.
+fn args_from(
+    matches: &clap::ArgMatches,
+    file: Option<(&Path, &HashMap<String, usize>)>,
+) -> Result<Args, SettingsError> {
     let mut args = Args::from_arg_matches(matches).map_err(SettingsError::Usage)?;
+    args.origins = origins(matches, file);
     args.defaulted = [("cmd", "--CMD"), ("source", "--SOURCE"), ("result", "--RESULT")]
         .into_iter()
         .filter(|(id, _)| matches.value_source(id) == Some(clap::parser::ValueSource::DefaultValue))
@@ -125,7 +178,12 @@ fn config_path() -> Result<Option<PathBuf>, ClientError> {
 
 /// Turns the file's lines into `--OPTION=value` arguments for the options that the
 /// command line and the environment left at their defaults.
-fn file_arguments(text: &str, path: &Path, matches: &ArgMatches) -> Result<Vec<OsString>, ClientError> {
+/// The config file's options as arguments, each with its option id and line number.
+fn file_arguments(
+    text: &str,
+    path: &Path,
+    matches: &ArgMatches,
+) -> Result<Vec<(OsString, String, usize)>, ClientError> {
     let command = Args::command();
     let mut arguments = Vec::new();
     for (index, line) in text.lines().enumerate() {
@@ -158,12 +216,13 @@ fn file_arguments(text: &str, path: &Path, matches: &ArgMatches) -> Result<Vec<O
             continue;
         }
         let long = arg.get_long().unwrap_or(id);
+        let mut push = |argument: String| arguments.push((OsString::from(argument), id.to_string(), index + 1));
         if arg.get_action().takes_values() {
-            arguments.push(OsString::from(format!("--{long}={value}")));
+            push(format!("--{long}={value}"));
             continue;
         }
         match value.to_ascii_lowercase().as_str() {
-            "true" | "yes" | "on" | "1" => arguments.push(OsString::from(format!("--{long}"))),
+            "true" | "yes" | "on" | "1" => push(format!("--{long}")),
             "false" | "no" | "off" | "0" => {}
             _ => return Err(refuse(format!("`{key}` is a flag; its value must be `true` or `false`"), None)),
         }
@@ -184,7 +243,7 @@ mod tests {
         let argv = std::iter::once("lrpymrpc").chain(command_line.iter().copied());
         let matches = Args::command().try_get_matches_from(argv).unwrap();
         let parsed = file_arguments(text, Path::new("cfg"), &matches)?;
-        Ok(parsed.into_iter().map(|a| a.into_string().unwrap()).collect())
+        Ok(parsed.into_iter().map(|(argument, _, _)| argument.into_string().unwrap()).collect())
     }
 
     #[test]

@@ -104,3 +104,42 @@ fn an_exit_status_marker_that_never_came_back_is_not_a_success() {
         .stderr(predicate::str::contains("no exit-status marker came back"))
         .stderr(predicate::str::contains("hint: the server may not run CMD with a POSIX shell"));
 }
+
+#[test]
+fn config_shows_every_setting_with_its_origin_and_errors_name_the_origin() {
+    let env = TestEnv::new();
+    let file = env.root.path().join("lrpymrpc.conf");
+    std::fs::write(&file, "# the lab server\nSERVER_IP = 10.0.0.5\nquiet = true\n").unwrap();
+    let output = env
+        .bare_client()
+        .env("LRPYMRPC_CONFIG", &file)
+        .env("LRPYMRPC_SERVER_PORT", "9000")
+        .args(["--CMD", "echo hi", "config"])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = |start: &str| stdout.lines().find(|l| l.starts_with(start)).unwrap_or_default().to_string();
+    assert!(line("CMD = echo hi").ends_with("# command line"), "{stdout}");
+    assert!(line("SERVER_IP = 10.0.0.5").ends_with(&format!("# config file `{}` line 2", file.display())), "{stdout}");
+    assert!(line("SERVER_PORT = 9000").ends_with("# environment LRPYMRPC_SERVER_PORT"), "{stdout}");
+    assert!(line("RESULT = build").ends_with("# default"), "{stdout}");
+    assert!(env.job_dirs().is_empty(), "config runs nothing");
+
+    env.bare_client()
+        .env("LRPYMRPC_CONFIG", &file)
+        .env("LRPYMRPC_SERVER_PORT", "abc")
+        .args(["--CMD", "true"])
+        .assert()
+        .code(101)
+        .stderr(predicate::str::contains(
+            "--SERVER_PORT `abc` is not a TCP port (from environment LRPYMRPC_SERVER_PORT)",
+        ));
+    std::fs::write(&file, "SERVER_IP = 10.0.0.5\nRESULT = ../out\n").unwrap();
+    env.bare_client()
+        .env("LRPYMRPC_CONFIG", &file)
+        .args(["--CMD", "true"])
+        .assert()
+        .code(101)
+        .stderr(predicate::str::contains(format!("(from config file `{}` line 2)", file.display())));
+}
