@@ -79,8 +79,8 @@ fn enter(maps: Option<&IdMaps>) -> io::Result<()> {
         }
     }
     let flags = match maps {
-        Some(_) => libc::CLONE_NEWPID | libc::CLONE_NEWUSER,
-        None => libc::CLONE_NEWPID,
+        Some(_) => libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWUSER,
+        None => libc::CLONE_NEWPID | libc::CLONE_NEWNS,
     };
     // SAFETY: unshare with namespace flags has no memory effects.
     if unsafe { libc::unshare(flags) } != 0 {
@@ -91,6 +91,20 @@ fn enter(maps: Option<&IdMaps>) -> io::Result<()> {
         write_file(c"/proc/self/uid_map", &maps.uid_map)?;
         write_file(c"/proc/self/gid_map", &maps.gid_map)?;
     }
+    // The job gets a /proc of its own PID namespace (mounted by its init), so `/proc/$$`
+    // and tools that read `/proc/<own pid>` (psutil) see the job's processes. Only in a
+    // mount namespace whose mounts do not propagate back to the host's; where `/` cannot
+    // be made private, the host's /proc stays.
+    // SAFETY: mount with null source, type and data changes only this namespace's propagation.
+    let private = unsafe {
+        libc::mount(
+            std::ptr::null(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        )
+    } == 0;
     let mut pipe = [0; 2];
     // SAFETY: pipe2 writes two descriptors into the array it is given.
     if unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -100,7 +114,7 @@ fn enter(maps: Option<&IdMaps>) -> io::Result<()> {
     // SAFETY: fork in a single-threaded child; both sides only make async-signal-safe calls.
     match unsafe { libc::fork() } {
         -1 => Err(io::Error::last_os_error()),
-        0 => init(read_end, write_end),
+        0 => init(read_end, write_end, private),
         init_pid => watch(init_pid, read_end, write_end),
     }
 }
@@ -124,11 +138,17 @@ fn write_file(path: &std::ffi::CStr, data: &[u8]) -> io::Result<()> {
 
 /// PID 1 of the namespace: forks the command (which returns `Ok` to go on to exec),
 /// reaps everything, reports the command's status, and exits, which kills the rest.
-fn init(read_end: i32, write_end: i32) -> io::Result<()> {
-    // SAFETY: plain system calls on integers; `_exit` never returns.
+fn init(read_end: i32, write_end: i32, private_mounts: bool) -> io::Result<()> {
+    // SAFETY: plain system calls on integers and static C strings; `_exit` never returns.
     unsafe {
         libc::close(read_end);
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        if private_mounts {
+            // Mounted by PID 1 of the namespace, so it shows the namespace's processes.
+            // Failing leaves the host's /proc: the job still runs.
+            let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+            libc::mount(c"proc".as_ptr(), c"/proc".as_ptr(), c"proc".as_ptr(), flags, std::ptr::null());
+        }
         let command = libc::fork();
         match command {
             -1 => libc::_exit(127),
@@ -237,6 +257,21 @@ mod tests {
         assert_eq!(run("kill -9 $$").status.signal(), Some(9));
         let output = run("echo out; echo err >&2");
         assert_eq!((output.stdout.as_slice(), output.stderr.as_slice()), (&b"out\n"[..], &b"err\n"[..]));
+    }
+
+    #[test]
+    fn the_job_sees_its_own_processes_in_proc_and_the_host_keeps_its_own() {
+        if !available() {
+            println!("SKIPPED: no PID namespaces here");
+            return;
+        }
+        let host_init = std::fs::read("/proc/1/cmdline").unwrap();
+        let mut command = std::process::Command::new("sh");
+        command.args(["-c", "tr '\\0' ' ' < /proc/$$/cmdline"]);
+        contain_std(&mut command);
+        let output = command.output().unwrap();
+        assert!(String::from_utf8_lossy(&output.stdout).starts_with("sh -c"), "{output:?}");
+        assert_eq!(std::fs::read("/proc/1/cmdline").unwrap(), host_init, "the host's /proc is untouched");
     }
 
     #[test]

@@ -7,24 +7,45 @@ use std::time::{Duration, Instant};
 
 use crate::env::{TestEnv, send_signal, wait_exit};
 
-/// A remote command that leaves a background process too, and says its process group
-/// as the host sees it (`$$` counts in the job's own PID namespace).
-const TWO_SLEEPS: &str = "echo pgid=$(cut -d' ' -f5 /proc/self/stat); sleep 1000 & sleep 1000";
+/// A remote command that leaves a background process too; `marker` tells its sleeps
+/// apart from every other test's.
+fn two_sleeps(marker: &str) -> String {
+    format!("echo started; sleep {marker} & sleep {marker}")
+}
 
-/// Starts the client on [`TWO_SLEEPS`] and returns it with the remote process group,
+/// The process group, as the host sees it, of the processes whose command line holds
+/// `needle` (the job sees only its own PID namespace, so it cannot say it itself).
+pub fn host_group_of(needle: &str) -> Option<i32> {
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        if !String::from_utf8_lossy(&cmdline).contains(needle) {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        let rest = stat.rfind(')').map(|at| &stat[at + 1..])?;
+        return rest.split_whitespace().nth(2)?.parse().ok();
+    }
+    None
+}
+
+/// Starts the client on [`two_sleeps`] and returns it with the remote process group,
 /// once the remote command has started.
 fn start_two_sleeps(env: &TestEnv, extra: &[&str]) -> (Child, i32) {
+    let marker = format!("1000.{}{}", std::process::id(), extra.len());
     let mut command = env.client_std();
-    command.args(["--CMD", TWO_SLEEPS]).args(extra).stdout(Stdio::piped()).stderr(Stdio::piped());
+    command.args(["--CMD", &two_sleeps(&marker)]).args(extra).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = command.spawn().unwrap();
     let stdout = BufReader::new(child.stdout.take().unwrap());
     for line in stdout.lines() {
-        let line = line.unwrap();
-        if let Some(at) = line.find("]:pgid=") {
-            let pgid = line[at + 7..].trim().parse().unwrap();
-            // Give `sleep 1000 &` a moment to exist, so the test is not trivially true.
-            std::thread::sleep(Duration::from_millis(200));
-            assert!(!live_members(pgid).is_empty(), "the remote command is running");
+        if line.unwrap().ends_with("]:started") {
+            // Give `sleep &` a moment to exist, so the test is not trivially true.
+            let mut pgid = None;
+            crate::env::wait_until(Duration::from_secs(5), "the sleeps run", || {
+                pgid = host_group_of(&format!("sleep\0{marker}"));
+                pgid.is_some()
+            });
+            let pgid = pgid.unwrap();
+            assert!(live_members(pgid).len() >= 2, "the remote command is running");
             return (child, pgid);
         }
     }

@@ -199,18 +199,21 @@ fn after_the_shutdown_grace_running_commands_are_stopped() {
     env.set_addr(([127, 0, 0, 1], port).into());
     env.write("source/x", "x");
     let mut client = env.client_std();
+    let marker = format!("1000.{}9", std::process::id());
     let mut client = client
-        .args(["--CMD", "echo pgid=$(cut -d' ' -f5 /proc/self/stat); sleep 1000"])
+        .args(["--CMD", &format!("echo started; sleep {marker}")])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let stdout = BufReader::new(client.stdout.take().unwrap());
-    let pgid: i32 = stdout
-        .lines()
-        .map(Result::unwrap)
-        .find_map(|line| line.split_once("]:pgid=").map(|(_, id)| id.trim().parse().unwrap()))
-        .unwrap();
+    assert!(stdout.lines().map_while(Result::ok).any(|line| line.ends_with("]:started")));
+    let mut pgid = None;
+    wait_until(Duration::from_secs(5), "the command runs", || {
+        pgid = crate::cancel::host_group_of(&format!("sleep\0{marker}"));
+        pgid.is_some()
+    });
+    let pgid = pgid.unwrap();
     let sent = Instant::now();
     send_signal(&server, libc::SIGTERM);
     assert!(wait_exit(&mut server, Duration::from_secs(10)).success(), "exit 0 after stopping the job");
