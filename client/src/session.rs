@@ -94,7 +94,8 @@ impl Session {
     /// remove the job now; a server that takes it otherwise changes nothing.
     pub async fn release(&self, unique_id: &str) {
         let done = CheckRequest { unique_id: unique_id.to_string(), result_dir: String::new() };
-        let _ = self.files.clone().check(done).await;
+        // Best effort, but bounded: a silent server must not hang a finished job.
+        let _ = tokio::time::timeout(self.stall, self.files.clone().check(done)).await;
     }
 
     /// Packs the sources on a blocking thread while the chunks stream to the server.

@@ -202,8 +202,13 @@ pub struct Pinned {
 
 impl Drop for Pinned {
     fn drop(&mut self) {
-        if let Some(copies) = &self.copies {
-            let _ = std::fs::remove_dir_all(copies);
+        let Some(copies) = self.copies.take() else { return };
+        // A wheel can be large: removed off the async threads when there are some.
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(move || std::fs::remove_dir_all(copies))),
+            Err(_) => {
+                let _ = std::fs::remove_dir_all(copies);
+            }
         }
     }
 }

@@ -65,7 +65,13 @@ impl FileService for Silent {
 
     type ExecuteStream = Lines;
     async fn execute(&self, _: Request<ExecuteRequest>) -> Result<Response<Lines>, Status> {
-        Ok(Response::new(Box::pin(tokio_stream::empty())))
+        // The command failed with 3: `--no-results-on-failure` then only tells the
+        // server it is done, with a Check for no paths.
+        let failed = ExecuteResponse {
+            exit_status: Some(lrpymrpc_proto::ExitStatus { code: 3, signal: 0 }),
+            ..Default::default()
+        };
+        Ok(Response::new(Box::pin(tokio_stream::iter([Ok(failed)]))))
     }
 
     async fn check(&self, _: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
@@ -98,4 +104,18 @@ fn a_server_that_goes_quiet_fails_the_step_it_went_quiet_in() {
             .stderr(predicate::str::contains(format!("{step} failed")))
             .stderr(predicate::str::contains("no answer for 2.00 s (--stall-timeout)"));
     }
+}
+
+#[test]
+fn telling_a_quiet_server_the_job_is_done_does_not_hang() {
+    let mut env = TestEnv::bare();
+    crate::hostile::serve_fake(&mut env, Silent { quiet: Quiet::Check });
+    env.write("source/x", "x");
+    let started = Instant::now();
+    env.client()
+        .args(["--stall-timeout", "2s", "--retries", "0", "--no-results-on-failure"])
+        .assert()
+        .code(3)
+        .stderr(predicate::str::contains("results not fetched (--no-results-on-failure)"));
+    assert!(started.elapsed() < Duration::from_secs(60), "bounded by the stall limit");
 }
