@@ -31,7 +31,11 @@ pub fn host_group_of(needle: &str) -> Option<i32> {
 /// Starts the client on [`two_sleeps`] and returns it with the remote process group,
 /// once the remote command has started.
 fn start_two_sleeps(env: &TestEnv, extra: &[&str]) -> (Child, i32) {
-    let marker = format!("1000.{}{}", std::process::id(), extra.len());
+    // Unique per call: tests run in parallel in one process, and finding another
+    // test's sleeps (already stopped by its signal) would make this test flaky.
+    static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let marker = format!("{}.{}", 2000 + call, std::process::id());
     let mut command = env.client_std();
     command.args(["--CMD", &two_sleeps(&marker)]).args(extra).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = command.spawn().unwrap();
@@ -41,7 +45,7 @@ fn start_two_sleeps(env: &TestEnv, extra: &[&str]) -> (Child, i32) {
             // Give `sleep &` a moment to exist, so the test is not trivially true.
             let mut pgid = None;
             crate::env::wait_until(Duration::from_secs(5), "the sleeps run", || {
-                pgid = host_group_of(&format!("sleep\0{marker}"));
+                pgid = host_group_of(&format!("sleep\0{marker}\0"));
                 pgid.is_some()
             });
             let pgid = pgid.unwrap();

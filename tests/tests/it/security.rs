@@ -364,7 +364,7 @@ fn daemons_then(marker: &str, rest: &str) -> String {
 }
 
 fn assert_daemons_gone(marker: &str) {
-    let needle = format!("sleep\0{marker}");
+    let needle = format!("sleep\0{marker}\0");
     wait_until(Duration::from_secs(5), "the job's daemons are gone", || processes_running(&needle).is_empty());
 }
 
@@ -376,7 +376,9 @@ fn start_client(env: &TestEnv, command: &str, marker: &str) -> Child {
     let stdout = BufReader::new(child.stdout.take().unwrap());
     let started = stdout.lines().map_while(Result::ok).any(|line| line.ends_with("]:started"));
     assert!(started, "the remote command started");
-    wait_until(Duration::from_secs(5), "the daemons run", || processes_running(&format!("sleep\0{marker}")).len() >= 2);
+    wait_until(Duration::from_secs(5), "the daemons run", || {
+        processes_running(&format!("sleep\0{marker}\0")).len() >= 2
+    });
     child
 }
 

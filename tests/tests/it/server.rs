@@ -210,7 +210,7 @@ fn after_the_shutdown_grace_running_commands_are_stopped() {
     assert!(stdout.lines().map_while(Result::ok).any(|line| line.ends_with("]:started")));
     let mut pgid = None;
     wait_until(Duration::from_secs(5), "the command runs", || {
-        pgid = crate::cancel::host_group_of(&format!("sleep\0{marker}"));
+        pgid = crate::cancel::host_group_of(&format!("sleep\0{marker}\0"));
         pgid.is_some()
     });
     let pgid = pgid.unwrap();
