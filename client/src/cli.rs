@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use clap::builder::FalseyValueParser;
 use clap::{ArgAction, Parser, Subcommand};
+use lrpymrpc_units::{SizeArg, parse_positive_duration};
 
 /// Runs a build step on a remote lrPymRPC server: uploads SOURCE, pip-installs
 /// REPO_URL, runs CMD in a fresh job directory and downloads RESULT.
@@ -165,9 +166,10 @@ pub struct Args {
     #[arg(long, env = "LRPYMRPC_GZIP_LEVEL", value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=9), help_heading = "Beyond lrPymRPC")]
     pub gzip_level: u32,
 
-    /// Refuse results that decompress to more bytes than this (a gzip bomb stops here)
-    #[arg(long, env = "LRPYMRPC_MAX_RESULT_BYTES", value_name = "BYTES", default_value_t = lrpymrpc_archive::Limits::DEFAULT.max_bytes, help_heading = "Beyond lrPymRPC")]
-    pub max_result_bytes: u64,
+    /// Refuse results that decompress to more than this (`64G`, `64GiB`, `10GB`; a gzip
+    /// bomb stops here)
+    #[arg(long, env = "LRPYMRPC_MAX_RESULT_BYTES", value_name = "SIZE", default_value_t = SizeArg(lrpymrpc_archive::Limits::DEFAULT.max_bytes), help_heading = "Beyond lrPymRPC")]
+    pub max_result_bytes: SizeArg,
 
     /// Refuse results with more files and directories than this
     #[arg(long, env = "LRPYMRPC_MAX_RESULT_ENTRIES", value_name = "N", default_value_t = lrpymrpc_archive::Limits::DEFAULT.max_entries, help_heading = "Beyond lrPymRPC")]
@@ -184,14 +186,14 @@ pub struct Args {
     pub no_results_on_failure: bool,
 
     /// Stop the whole job (and the remote command) after this long: `90`, `90s`,
-    /// `15m`, `2h`; exit status 124
-    #[arg(long, env = "LRPYMRPC_TIMEOUT", value_name = "DURATION", value_parser = parse_duration, help_heading = "Beyond lrPymRPC")]
+    /// `15m`, `1h30m`; exit status 124
+    #[arg(long, env = "LRPYMRPC_TIMEOUT", value_name = "DURATION", value_parser = parse_positive_duration, help_heading = "Beyond lrPymRPC")]
     pub timeout: Option<Duration>,
 
     /// Fail a step whose server says nothing for this long: connecting (TCP, TLS and the
     /// first call), Check, and an Upload or Download that moves no data. A running
     /// command may be silent for hours: keepalive pings watch the server then
-    #[arg(long, env = "LRPYMRPC_STALL_TIMEOUT", value_name = "DURATION", default_value = "60s", value_parser = parse_duration, help_heading = "Beyond lrPymRPC")]
+    #[arg(long, env = "LRPYMRPC_STALL_TIMEOUT", value_name = "DURATION", default_value = "60s", value_parser = parse_positive_duration, help_heading = "Beyond lrPymRPC")]
     pub stall_timeout: Duration,
 
     /// How often to retry connecting, and Upload, Check or Download after a lost
@@ -279,26 +281,6 @@ pub enum TlsAction {
 
 /// Where `tls init` puts the key and CSR unless told otherwise.
 pub const DEFAULT_TLS_DIR: &str = "~/.tls/tls_lrpymrpc";
-
-/// A duration: seconds, or a number with `s`, `m` or `h`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit() && c != '.') {
-        Some(at) => text.split_at(at),
-        None => (text, "s"),
-    };
-    let scale = match unit.trim() {
-        "s" | "sec" => 1.0,
-        "m" | "min" => 60.0,
-        "h" => 3600.0,
-        other => return Err(format!("`{other}` is not a unit; use s, m or h (`90s`, `15m`, `2h`)")),
-    };
-    let value: f64 = number.parse().map_err(|_| format!("`{text}` is not a duration such as `90s`, `15m` or `2h`"))?;
-    Duration::try_from_secs_f64(value * scale)
-        .ok()
-        .filter(|d| !d.is_zero())
-        .ok_or_else(|| format!("`{text}` is not a positive duration"))
-}
 
 /// Splits each argument on white space, as the Python client's `" ".join(...)` and
 /// split does, dropping empty pieces. Every list option goes through this, so one
@@ -410,12 +392,14 @@ mod tests {
     }
 
     #[test]
-    fn durations_take_units() {
-        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("1.5m"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
-        assert!(parse_duration("0").is_err() && parse_duration("5d").unwrap_err().contains("unit"));
-        assert!(parse_duration("soon").is_err());
+    fn durations_and_sizes_take_units() {
+        let args = parse(&["--timeout", "1h30m", "--stall-timeout", "90", "--max-result-bytes", "64G"]);
+        assert_eq!((args.timeout, args.stall_timeout), (Some(Duration::from_secs(5400)), Duration::from_secs(90)));
+        assert_eq!(args.max_result_bytes.0, 64 << 30);
+        for bad in [["--timeout", "0"], ["--stall-timeout", "soon"], ["--max-result-bytes", "lots"]] {
+            let args = std::iter::once("lrpymrpc").chain(bad);
+            assert!(Args::try_parse_from(args).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

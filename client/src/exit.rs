@@ -5,8 +5,8 @@
 //! | 0 | the job ran and its results (if any) are in place |
 //! | 1-255 | the remote command's own exit status, passed through (results still fetched) |
 //! | 128+N | the remote command was killed by signal N |
-//! | 2 | the command line is wrong |
-//! | 101 | a local input is wrong: TLS files, `--RUN_NAME`, sources that cannot be read |
+//! | 2 | the command line is wrong: an unknown option, or a value that cannot mean anything (`--SERVER_PORT abc`, `--RESULT ../x`), wherever it was set |
+//! | 101 | a local input is unusable: TLS files, sources that cannot be read, a `--results-dir` that is not a directory |
 //! | 102 | the server could not be reached, or the TLS handshake was refused |
 //! | 103 | the server refused or failed a step (a gRPC error status), or no exit-status marker came back |
 //! | 104 | the connection was lost in the middle of a step |
@@ -48,6 +48,9 @@ impl fmt::Display for Step {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// An option's value cannot mean anything: a usage error, as clap's own.
+    #[error("{message}")]
+    Usage { message: String, hint: Option<String> },
     #[error("{message}")]
     Local { message: String, hint: Option<String> },
     #[error("cannot connect to {peer}: {reason}")]
@@ -122,7 +125,9 @@ impl ClientError {
     /// The fix, when one is known.
     pub fn hint(&self) -> Option<&str> {
         match self {
-            ClientError::Local { hint, .. } | ClientError::Connect { hint, .. } => hint.as_deref(),
+            ClientError::Usage { hint, .. } | ClientError::Local { hint, .. } | ClientError::Connect { hint, .. } => {
+                hint.as_deref()
+            }
             ClientError::MarkerMissing => Some(
                 "the server may not run CMD with a POSIX shell (`sh -c`), which --exit-status-marker needs; without \
                  it the client exits 0 after a successful transfer, as the Python client does",
@@ -138,6 +143,9 @@ impl ClientError {
         match (self, origin) {
             (ClientError::Local { message, hint }, Some(origin)) => {
                 ClientError::Local { message: format!("{message} (from {origin})"), hint }
+            }
+            (ClientError::Usage { message, hint }, Some(origin)) => {
+                ClientError::Usage { message: format!("{message} (from {origin})"), hint }
             }
             (error, _) => error,
         }
@@ -171,6 +179,7 @@ impl ClientError {
 /// The exit code for a failure: the table at the top of this module.
 pub fn for_error(error: &ClientError) -> ExitCode {
     ExitCode::from(match error {
+        ClientError::Usage { .. } => 2,
         ClientError::Local { .. } => 101,
         ClientError::Connect { .. } => 102,
         ClientError::Server { .. } | ClientError::MarkerMissing => 103,

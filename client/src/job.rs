@@ -52,7 +52,7 @@ impl Job {
     pub fn from_args(args: Args) -> Result<Job, ClientError> {
         let said = |option: &str| origin(&args.origins, option);
         let (host, port) = server_address(&args.server_ip, &args.server_port, &said)?;
-        validate_run_name(&args.run_name)?;
+        validate_run_name(&args.run_name).map_err(|error| error.from_origin(&said("RUN_NAME")))?;
         let tls = match args.tls_config_dir.trim() {
             "" => None,
             dir => Some(tls::load(dir)?),
@@ -95,7 +95,7 @@ impl Job {
             no_results_on_failure: args.no_results_on_failure,
             gzip_level: args.gzip_level,
             result_limits: lrpymrpc_archive::Limits {
-                max_bytes: args.max_result_bytes,
+                max_bytes: args.max_result_bytes.0,
                 max_entries: args.max_result_entries,
                 ..lrpymrpc_archive::Limits::DEFAULT
             },
@@ -131,18 +131,18 @@ fn server_address(
 ) -> Result<(String, u16), ClientError> {
     let port = crate::connect::parse_port(server_port).map_err(|why| {
         let hint = Some("give a number from 1 to 65535".into());
-        ClientError::Local { message: format!("--SERVER_PORT {why}"), hint }.from_origin(&said("SERVER_PORT"))
+        ClientError::Usage { message: format!("--SERVER_PORT {why}"), hint }.from_origin(&said("SERVER_PORT"))
     })?;
     let (host, port_in_ip) = crate::connect::parse_address(server_ip).map_err(|why| {
         let hint = Some("give a host name or an IP address, e.g. --SERVER_IP 10.0.0.5 or --SERVER_IP '[::1]'".into());
-        ClientError::Local { message: format!("--SERVER_IP `{server_ip}` is not usable: {why}"), hint }
+        ClientError::Usage { message: format!("--SERVER_IP `{server_ip}` is not usable: {why}"), hint }
             .from_origin(&said("SERVER_IP"))
     })?;
     match port_in_ip {
         None => Ok((host, port)),
         // The port only in SERVER_IP (SERVER_PORT left at its default, or the same).
         Some(in_ip) if in_ip == port || server_port.trim() == DEFAULT_SERVER_PORT => Ok((host, in_ip)),
-        Some(in_ip) => Err(ClientError::Local {
+        Some(in_ip) => Err(ClientError::Usage {
             message: format!("--SERVER_IP `{server_ip}` names port {in_ip}, but --SERVER_PORT says {port}"),
             hint: Some(format!("give the host alone in --SERVER_IP (`{host}`) and the port in --SERVER_PORT")),
         }),
@@ -155,11 +155,11 @@ fn server_address(
 fn check_result_path(result: &str) -> Result<(), ClientError> {
     match lrpymrpc_archive::sanitize_relative(result.as_bytes()) {
         Ok(path) if !path.as_os_str().is_empty() => Ok(()),
-        Ok(_) => Err(ClientError::Local {
+        Ok(_) => Err(ClientError::Usage {
             message: format!("--RESULT `{result}` names the job directory itself"),
             hint: Some("name the files or directories the command writes, e.g. --RESULT build".into()),
         }),
-        Err(why) => Err(ClientError::Local {
+        Err(why) => Err(ClientError::Usage {
             message: format!("--RESULT `{result}` is refused: {why}"),
             hint: Some("RESULT paths are relative to the remote job directory, without `..`".into()),
         }),
@@ -203,7 +203,7 @@ fn validate_run_name(name: &str) -> Result<(), ClientError> {
     };
     match reason {
         None => Ok(()),
-        Some(reason) => Err(ClientError::Local {
+        Some(reason) => Err(ClientError::Usage {
             message: format!("--RUN_NAME `{name}` refused: {reason}"),
             hint: Some("use a plain name such as `run1`; results then land in `./run1/`".into()),
         }),

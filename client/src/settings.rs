@@ -27,14 +27,15 @@ pub const CONFIG_VARIABLE: &str = "LRPYMRPC_CONFIG";
 pub enum SettingsError {
     /// A usage error, or help and version (clap prints those itself).
     Usage(clap::Error),
-    /// The config file is unreadable or holds a line that is not an option.
+    /// The config file is unreadable or holds a line that is not an option, or a value
+    /// from the environment or the file is bad (the error names which).
     Config(ClientError),
 }
 
 /// Parses `argv` with the environment and the config file merged in.
 pub fn parse(argv: Vec<OsString>) -> Result<Args, SettingsError> {
     refuse_version_with_job_options(&argv)?;
-    let matches = Args::command().try_get_matches_from(&argv).map_err(SettingsError::Usage)?;
+    let matches = Args::command().try_get_matches_from(&argv).map_err(|error| naming_the_environment(error, &argv))?;
     // `config` shows the merged settings; other subcommands take none of them.
     let showing = matches.subcommand_name() == Some("config");
     if matches.subcommand().is_some() && !showing {
@@ -76,8 +77,61 @@ pub fn parse(argv: Vec<OsString>) -> Result<Args, SettingsError> {
     merged.extend(argv);
     Args::command()
         .try_get_matches_from(merged)
-        .map_err(SettingsError::Usage)
+        // The command line and the environment parsed above: a bad value here is the file's.
+        .map_err(|error| naming_the_file_line(error, &path, &file_lines))
         .and_then(|matches| args_from(&matches, Some((&path, &file_lines))))
+}
+
+/// The option a clap value error is about, and the bad value.
+fn bad_value(error: &clap::Error) -> Option<(clap::Arg, String)> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if !matches!(error.kind(), ErrorKind::InvalidValue | ErrorKind::ValueValidation) {
+        return None;
+    }
+    let (Some(ContextValue::String(arg)), Some(ContextValue::String(value))) =
+        (error.get(ContextKind::InvalidArg), error.get(ContextKind::InvalidValue))
+    else {
+        return None;
+    };
+    let long = arg.trim_start_matches('-').split([' ', '=']).next().unwrap_or_default();
+    let found = Args::command().get_arguments().find(|a| a.get_long() == Some(long)).cloned()?;
+    Some((found, value.clone()))
+}
+
+/// clap's own message for a value error, without its `error: ` and `--help` lines.
+fn clap_message(error: &clap::Error) -> String {
+    let text = error.to_string();
+    let first = text.lines().next().unwrap_or_default();
+    first.strip_prefix("error: ").unwrap_or(first).to_string()
+}
+
+/// A bad value that came from an `LRPYMRPC_*` variable says so (clap names only the
+/// option, and the user looks at the command line in vain).
+fn naming_the_environment(error: clap::Error, argv: &[OsString]) -> SettingsError {
+    let Some((arg, value)) = bad_value(&error) else { return SettingsError::Usage(error) };
+    let Some(variable) = arg.get_env().map(|v| v.to_string_lossy().into_owned()) else {
+        return SettingsError::Usage(error);
+    };
+    let from_environment = std::env::var_os(&variable).is_some_and(|v| v.to_string_lossy() == value)
+        && !argv.iter().skip(1).any(|a| a.to_string_lossy().contains(value.as_str()));
+    if !from_environment {
+        return SettingsError::Usage(error);
+    }
+    SettingsError::Config(ClientError::Usage {
+        message: format!("{} (from environment {variable})", clap_message(&error)),
+        hint: Some(format!("fix or unset {variable}")),
+    })
+}
+
+/// A bad value from the config file names its line.
+fn naming_the_file_line(error: clap::Error, path: &Path, lines: &HashMap<String, usize>) -> SettingsError {
+    let Some(line) = bad_value(&error).and_then(|(arg, _)| lines.get(arg.get_id().as_str()).copied()) else {
+        return SettingsError::Usage(error);
+    };
+    SettingsError::Config(ClientError::Usage {
+        message: format!("{} (from config file `{}` line {line})", clap_message(&error), path.display()),
+        hint: Some(format!("fix line {line} of `{}`", path.display())),
+    })
 }
 
 /// One setting as a job would use it, and where it came from.
@@ -191,7 +245,7 @@ fn file_arguments(
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let refuse = |what: String, hint: Option<String>| ClientError::Local {
+        let refuse = |what: String, hint: Option<String>| ClientError::Usage {
             message: format!("config file `{}` line {}: {what}", path.display(), index + 1),
             hint,
         };

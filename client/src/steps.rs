@@ -81,7 +81,7 @@ async fn upload(session: &Session, job: &Job, roots: &[PackRoot], out: &Output) 
     out.status("Upload");
     out.begin(Step::Upload);
     let (unique_id, report) = retrying(job, out, Step::Upload, || session.upload(job, roots.to_vec(), out)).await?;
-    out.end(&format!("{} files, {}", report.files, bytes(report.content_bytes)));
+    out.end(&format!("{} files, {}", report.files, lrpymrpc_units::human_bytes(report.content_bytes)));
     for (path, why) in &report.skipped {
         out.warn(&format!("`{}` not uploaded: {why}", path.display()));
     }
@@ -116,7 +116,7 @@ async fn fetch_results(
     out.begin(Step::Download);
     let request = DownloadRequest { unique_id, result_dir };
     let fetched = retrying(job, out, Step::Download, || session.download(job, request.clone(), out)).await?;
-    out.end(&format!("{} files, {}", fetched.report.files, bytes(fetched.report.content_bytes)));
+    out.end(&format!("{} files, {}", fetched.report.files, lrpymrpc_units::human_bytes(fetched.report.content_bytes)));
     out.status("Extract result.");
     Ok(warn_missing(fetched.missing, out))
 }
@@ -198,15 +198,5 @@ where
             Err(error) if tries > 0 => return Err(error.tried(tries + 1, started.elapsed())),
             outcome => return outcome,
         }
-    }
-}
-
-/// "1.2 MiB", for timings.
-fn bytes(count: u64) -> String {
-    match count {
-        0..1024 => format!("{count} B"),
-        1024..1_048_576 => format!("{:.1} KiB", count as f64 / 1024.0),
-        1_048_576..1_073_741_824 => format!("{:.1} MiB", count as f64 / 1_048_576.0),
-        _ => format!("{:.2} GiB", count as f64 / 1_073_741_824.0),
     }
 }

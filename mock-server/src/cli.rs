@@ -11,6 +11,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use lrpymrpc_certs::inspect::Summary;
 use lrpymrpc_certs::{Ca, layout, request};
+use lrpymrpc_units::{DurationArg, SizeArg};
 
 use crate::config::read_allowed_cns;
 use crate::sandbox::Sandbox;
@@ -59,23 +60,23 @@ struct Args {
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4096), help_heading = "Limits")]
     max_jobs_per_cn: Option<u32>,
     /// An upload that sends nothing for this long is abandoned and its slot freed
-    #[arg(long, default_value_t = defaults().upload_idle_timeout.into(), help_heading = "Limits")]
-    upload_idle_timeout: humantime::Duration,
-    /// Decompressed bytes of one upload
-    #[arg(long, default_value_t = defaults().upload_limits.max_bytes, help_heading = "Limits")]
-    max_upload_bytes: u64,
+    #[arg(long, value_name = "DURATION", default_value_t = defaults().upload_idle_timeout.into(), help_heading = "Limits")]
+    upload_idle_timeout: DurationArg,
+    /// Decompressed bytes of one upload (`64G`, `64GiB`, `10GB`)
+    #[arg(long, value_name = "SIZE", default_value_t = SizeArg(defaults().upload_limits.max_bytes), help_heading = "Limits")]
+    max_upload_bytes: SizeArg,
     /// Files and directories in one upload
     #[arg(long, default_value_t = defaults().upload_limits.max_entries, help_heading = "Limits")]
     max_upload_entries: u64,
     /// Path depth in one upload
     #[arg(long, default_value_t = defaults().upload_limits.max_depth, help_heading = "Limits")]
     max_upload_depth: usize,
-    /// The longest a command may run (`90s`, `30m`, `24h`)
-    #[arg(long, default_value_t = defaults().job_timeout.into(), help_heading = "Limits")]
-    job_timeout: humantime::Duration,
+    /// The longest a command may run (`90s`, `30m`, `1h30m`, `1d`)
+    #[arg(long, value_name = "DURATION", default_value_t = defaults().job_timeout.into(), help_heading = "Limits")]
+    job_timeout: DurationArg,
     /// The longest a command may print nothing
-    #[arg(long, default_value_t = defaults().idle_timeout.into(), help_heading = "Limits")]
-    idle_timeout: humantime::Duration,
+    #[arg(long, value_name = "DURATION", default_value_t = defaults().idle_timeout.into(), help_heading = "Limits")]
+    idle_timeout: DurationArg,
     /// HTTP/2 streams per connection
     #[arg(long, default_value_t = defaults().max_streams_per_connection, help_heading = "Limits")]
     max_streams: u32,
@@ -86,18 +87,18 @@ struct Args {
     #[arg(long, default_value_t = defaults().max_handshakes_per_address as u32, value_parser = clap::value_parser!(u32).range(1..), help_heading = "Limits")]
     max_handshakes_per_address: u32,
     /// TLS handshake time limit
-    #[arg(long, default_value_t = defaults().tls_handshake_timeout.into(), help_heading = "Limits")]
-    handshake_timeout: humantime::Duration,
+    #[arg(long, value_name = "DURATION", default_value_t = defaults().tls_handshake_timeout.into(), help_heading = "Limits")]
+    handshake_timeout: DurationArg,
 
     /// A job nobody comes back for is removed after this long
-    #[arg(long, default_value_t = defaults().job_ttl.into(), help_heading = "Lifecycle")]
-    job_ttl: humantime::Duration,
+    #[arg(long, value_name = "DURATION", default_value_t = defaults().job_ttl.into(), help_heading = "Lifecycle")]
+    job_ttl: DurationArg,
     /// How long a job stays after its results were fetched or it was cancelled
-    #[arg(long, default_value_t = defaults().finished_grace.into(), help_heading = "Lifecycle")]
-    finished_grace: humantime::Duration,
+    #[arg(long, value_name = "DURATION", default_value_t = defaults().finished_grace.into(), help_heading = "Lifecycle")]
+    finished_grace: DurationArg,
     /// On SIGTERM or Ctrl-C: how long running jobs may finish before they are stopped
-    #[arg(long, default_value_t = defaults().shutdown_grace.into(), help_heading = "Lifecycle")]
-    shutdown_grace: humantime::Duration,
+    #[arg(long, value_name = "DURATION", default_value_t = defaults().shutdown_grace.into(), help_heading = "Lifecycle")]
+    shutdown_grace: DurationArg,
 
     /// Build a fresh Python environment for every job instead of sharing one per REPO_URL
     #[arg(long, help_heading = "Python environments")]
@@ -106,9 +107,9 @@ struct Args {
     /// an environment another user's job built, from the same pinned REPO_URL
     #[arg(long, help_heading = "Python environments")]
     share_env_cache: bool,
-    /// Size bound of the environment cache in bytes; least recently used go first
-    #[arg(long, default_value_t = defaults().env_cache_max_bytes, help_heading = "Python environments")]
-    env_cache_max_bytes: u64,
+    /// Size bound of the environment cache (`20G`); least recently used go first
+    #[arg(long, value_name = "SIZE", default_value_t = SizeArg(defaults().env_cache_max_bytes), help_heading = "Python environments")]
+    env_cache_max_bytes: SizeArg,
 
     /// Log lines as text or as JSON objects (one per line)
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
@@ -295,7 +296,7 @@ fn config_from(args: Args) -> anyhow::Result<Config> {
         tls_dir: args.tls_dir.clone(),
         allowed_cns: (!allowed.is_empty()).then(|| allowed.into_iter().collect()),
         upload_limits: Limits {
-            max_bytes: args.max_upload_bytes,
+            max_bytes: args.max_upload_bytes.0,
             max_entries: args.max_upload_entries,
             max_depth: args.max_upload_depth,
         },
@@ -312,7 +313,7 @@ fn config_from(args: Args) -> anyhow::Result<Config> {
         max_handshakes: args.max_handshakes as usize,
         max_handshakes_per_address: args.max_handshakes_per_address as usize,
         env_cache: !args.no_env_cache,
-        env_cache_max_bytes: args.env_cache_max_bytes,
+        env_cache_max_bytes: args.env_cache_max_bytes.0,
         share_env_cache: args.share_env_cache,
         sandbox_network: args.sandbox_network,
         sandbox,

@@ -1,8 +1,10 @@
-//! The time limits of a job's run, which one stopped it, and how a duration reads in
-//! messages and logs. A leaf module: errors, executors and the listener all use it.
+//! The time limits of a job's run, and which one stopped it. A leaf module: errors,
+//! executors and the listener all use it.
 
 use std::fmt;
 use std::time::Duration;
+
+use lrpymrpc_units::human_duration;
 
 /// Time limits of one run.
 #[derive(Debug, Clone, Copy)]
@@ -23,18 +25,8 @@ pub enum Limit {
 impl fmt::Display for Limit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Limit::Wall(limit) => write!(f, "it ran longer than {}", human(*limit)),
-            Limit::Idle(limit) => write!(f, "it printed nothing for {}", human(*limit)),
+            Limit::Wall(limit) => write!(f, "it ran longer than {}", human_duration(*limit)),
+            Limit::Idle(limit) => write!(f, "it printed nothing for {}", human_duration(*limit)),
         }
-    }
-}
-
-/// "0.5 s", "15 min", "4 h": a limit as messages and logs show it.
-pub fn human(duration: Duration) -> String {
-    let seconds = duration.as_secs();
-    match seconds {
-        0..120 => format!("{:.1} s", duration.as_secs_f64()),
-        120..7200 => format!("{} min", seconds / 60),
-        _ => format!("{} h", seconds / 3600),
     }
 }

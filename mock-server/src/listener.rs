@@ -122,7 +122,7 @@ async fn accept_loop(
                     warn!(peer = %peer, reason = error.to_string().as_str(), "TLS handshake refused");
                 }
                 Err(_) => {
-                    let reason = format!("not finished within {}", crate::limits::human(limits.timeout));
+                    let reason = format!("not finished within {}", lrpymrpc_units::human_duration(limits.timeout));
                     warn!(peer = %peer, reason = reason.as_str(), "TLS handshake refused");
                 }
             }

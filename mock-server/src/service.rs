@@ -87,7 +87,8 @@ impl FileService for Service {
         let idle_limit = self.state.config.upload_idle_timeout;
         let chunks = stream.map(|chunk| chunk.map(|chunk| chunk.data).map_err(|status| status.message().to_string()));
         let fed = feed(chunks, chunk_tx, Some(idle_limit)).await;
-        let stalled = matches!(fed, Fed::Stalled).then(|| JobError::UploadStalled(crate::limits::human(idle_limit)));
+        let stalled =
+            matches!(fed, Fed::Stalled).then(|| JobError::UploadStalled(lrpymrpc_units::human_duration(idle_limit)));
         let report = unpack.await.map_err(|e| JobError::task("unpacking the upload", e))?;
         drop(job_use);
         if let Some(error) = stalled {

@@ -114,7 +114,7 @@ fn options_come_from_the_command_line_then_the_environment_then_the_config_file(
     env.bare_client()
         .env("LRPYMRPC_CONFIG", &config)
         .assert()
-        .code(101)
+        .code(2)
         .stderr(predicate::str::contains(format!(
             "config file `{}` line 1: `SERVR_PORT` is not an option",
             config.display()

@@ -142,7 +142,7 @@ fn refuses_a_run_name_that_is_not_one_directory_name() {
         env.client()
             .args(["--RUN_NAME", bad])
             .assert()
-            .code(101)
+            .code(2)
             .stderr(predicate::str::contains(format!("--RUN_NAME `{bad}` refused")))
             .stderr(predicate::str::contains("hint:"));
     }

@@ -145,7 +145,7 @@ fn an_unreachable_server_fails_with_a_hint() {
     env.bare_client()
         .args(["--CMD", "true", "--SERVER_IP", &format!("127.0.0.1:{port}"), "--SERVER_PORT", "9"])
         .assert()
-        .code(101)
+        .code(2)
         .stderr(predicate::str::contains(format!("names port {port}, but --SERVER_PORT says 9")));
 }
 

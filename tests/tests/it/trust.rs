@@ -48,7 +48,7 @@ fn result_paths_that_climb_out_and_an_unusable_results_dir_are_refused_before_an
         env.client()
             .args(["--CMD", "touch ran", "--RESULT", result])
             .assert()
-            .code(101)
+            .code(2)
             .stderr(predicate::str::contains(format!("--RESULT `{result}` is refused")));
     }
     env.write("a-file", "not a directory");
@@ -131,7 +131,7 @@ fn config_shows_every_setting_with_its_origin_and_errors_name_the_origin() {
         .env("LRPYMRPC_SERVER_PORT", "abc")
         .args(["--CMD", "true"])
         .assert()
-        .code(101)
+        .code(2)
         .stderr(predicate::str::contains(
             "--SERVER_PORT `abc` is not a TCP port (from environment LRPYMRPC_SERVER_PORT)",
         ));
@@ -140,6 +140,61 @@ fn config_shows_every_setting_with_its_origin_and_errors_name_the_origin() {
         .env("LRPYMRPC_CONFIG", &file)
         .args(["--CMD", "true"])
         .assert()
-        .code(101)
+        .code(2)
         .stderr(predicate::str::contains(format!("(from config file `{}` line 2)", file.display())));
+}
+
+#[test]
+fn durations_and_sizes_read_the_usual_forms_in_both_binaries_and_bad_values_are_usage_errors() {
+    use crate::env::{pseudo_random, spawn_server_binary, wait_exit};
+    let mut env = TestEnv::bare();
+    let server_args = ["--max-upload-bytes", "16K", "--job-timeout", "1h30m", "--idle-timeout", "1h 30m"];
+    let (mut server, port) = spawn_server_binary(&env, &server_args);
+    env.set_addr(([127, 0, 0, 1], port).into());
+    env.write("source/x", "x");
+    env.client()
+        .args(["--CMD", "echo ran", "--timeout", "1h30m", "--stall-timeout", "1m30s", "--max-result-bytes", "64GiB"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("]:ran"));
+    // 16K is 16 KiB on the server: an upload of 64 KiB of incompressible bytes is refused.
+    let big = env.write("source/big", pseudo_random(64 * 1024, 7));
+    env.client()
+        .args(["--CMD", "echo ran"])
+        .assert()
+        .code(103)
+        .stderr(predicate::str::contains("16384 bytes"))
+        .stdout(predicate::str::contains("]:ran").not());
+    std::fs::remove_file(big).unwrap();
+
+    // Bad values are usage errors (2) that name the option and, off the command line,
+    // where the value came from.
+    let jobs_before = env.job_dirs();
+    env.client()
+        .args(["--timeout", "5w"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("`w` in `5w` is not a unit"));
+    env.client()
+        .env("LRPYMRPC_STALL_TIMEOUT", "soon")
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("(from environment LRPYMRPC_STALL_TIMEOUT)"))
+        .stderr(predicate::str::contains("hint: fix or unset LRPYMRPC_STALL_TIMEOUT"));
+    let file = env.root.path().join("lrpymrpc.conf");
+    std::fs::write(&file, "# sizes\nmax-result-bytes = 64X\n").unwrap();
+    env.client()
+        .env("LRPYMRPC_CONFIG", &file)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(format!("(from config file `{}` line 2)", file.display())));
+    env.client().args(["--SERVER_PORT", "http"]).assert().code(2).stderr(predicate::str::contains("not a TCP port"));
+    assert_eq!(env.job_dirs(), jobs_before, "no bad value ran anything");
+
+    let server_binary = env!("CARGO_BIN_EXE_lrpymrpc-e2e-mock-server");
+    for bad in [["--job-timeout", "soon"], ["--max-upload-bytes", "lots"]] {
+        assert_cmd::Command::new(server_binary).args(bad).assert().code(2).stderr(predicate::str::contains(bad[0]));
+    }
+    crate::env::send_signal(&server, libc::SIGTERM);
+    wait_exit(&mut server, std::time::Duration::from_secs(15));
 }
