@@ -40,6 +40,32 @@ impl Summary {
         Summary::from_der(der)
     }
 
+    /// Every certificate in a PEM text (a CA bundle), in order; an error names the
+    /// first one that does not parse (1-based).
+    pub fn all_from_pem(pem: &str) -> Result<Vec<Summary>, CertError> {
+        let blocks: Vec<Vec<u8>> = x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes())
+            .filter_map(Result::ok)
+            .filter(|block| block.label == "CERTIFICATE")
+            .map(|block| block.contents)
+            .collect();
+        if blocks.is_empty() {
+            return Err(CertError::Parse("it holds no PEM CERTIFICATE block".into()));
+        }
+        let count = blocks.len();
+        blocks
+            .into_iter()
+            .enumerate()
+            .map(|(index, der)| {
+                Summary::from_der(der).map_err(|error| match (error, count) {
+                    (CertError::Parse(why), 2..) => {
+                        CertError::Parse(format!("certificate {} of {count}: {why}", index + 1))
+                    }
+                    (error, _) => error,
+                })
+            })
+            .collect()
+    }
+
     pub fn from_der(der: Vec<u8>) -> Result<Summary, CertError> {
         let (_, cert) = X509Certificate::from_der(&der)
             .map_err(|e| CertError::Parse(format!("it is not a well-formed certificate: {e}")))?;

@@ -266,16 +266,22 @@ pub enum TlsAction {
         #[arg(long)]
         force: bool,
     },
-    /// Check that DIR's certificate matches its key, chains to ca.crt, is valid now and
-    /// is meant for client authentication; with --server, that the server and this
-    /// client accept each other. Exit 0 only when everything is usable
+    /// Check that the certificate matches its key (kept private), chains to a
+    /// certificate of the ca.crt bundle, is valid now and is meant for client
+    /// authentication; then that the server and this client accept each other and that
+    /// the server lets this CN run jobs. Options resolve as a job's do: DIR defaults to
+    /// TLS_CONFIG_DIR (command line, environment, config file), the server to
+    /// SERVER_IP:SERVER_PORT. Exit 0 only when everything is usable
     Check {
-        /// The TLS directory
-        #[arg(long, value_name = "DIR", env = "LRPYMRPC_TLS_CONFIG_DIR", default_value = DEFAULT_TLS_DIR)]
-        dir: String,
-        /// Also make a real handshake with this server
-        #[arg(long, value_name = "HOST:PORT")]
+        /// The TLS directory [default: TLS_CONFIG_DIR, else ~/.tls/tls_lrpymrpc]
+        #[arg(long, value_name = "DIR")]
+        dir: Option<String>,
+        /// The server to make a real handshake with [default: SERVER_IP:SERVER_PORT]
+        #[arg(long, value_name = "HOST:PORT", conflicts_with = "local_only")]
         server: Option<String>,
+        /// Check only the files; contact no server
+        #[arg(long)]
+        local_only: bool,
     },
 }
 

@@ -43,6 +43,9 @@ pub struct Job {
     pub retries: u32,
     /// Upstream defaults in use, to say so.
     pub defaulted: Vec<&'static str>,
+    /// What the TLS files' checks warn about (a key others can read, an expiring
+    /// certificate), shown before the job starts.
+    pub tls_warnings: Vec<crate::tls_audit::Finding>,
     /// `--stall-timeout`: how long a step may get no answer.
     pub stall: std::time::Duration,
     pub verbosity: Verbosity,
@@ -55,7 +58,12 @@ impl Job {
         validate_run_name(&args.run_name).map_err(|error| error.from_origin(&said("RUN_NAME")))?;
         let tls = match args.tls_config_dir.trim() {
             "" => None,
-            dir => Some(tls::load(dir)?),
+            dir => Some(tls::load(dir).map_err(|error| error.from_origin(&said("TLS_CONFIG_DIR")))?),
+        };
+        // The local checks of `tls check`, in its words, before any connection.
+        let tls_warnings = match &tls {
+            Some(tls) => crate::tls_audit::for_job(tls)?,
+            None => Vec::new(),
         };
         let workdir = std::env::current_dir()
             .map_err(|e| ClientError::local(format!("cannot read the working directory: {e}")))?;
@@ -105,6 +113,7 @@ impl Job {
             retries: args.retries,
             stall: args.stall_timeout,
             defaulted: args.defaulted,
+            tls_warnings,
             verbosity,
         })
     }
@@ -117,14 +126,14 @@ pub fn verbosity(args: &Args) -> Verbosity {
 
 /// Where a setting came from, when that was not the command line: `LRPYMRPC_X` or the
 /// config file's line, for messages about its value.
-fn origin(settings: &[crate::settings::Setting], option: &str) -> Option<String> {
+pub(crate) fn origin(settings: &[crate::settings::Setting], option: &str) -> Option<String> {
     let setting = settings.iter().find(|setting| setting.option == option)?;
     (setting.origin != "command line" && setting.origin != "default").then(|| setting.origin.clone())
 }
 
 /// The server's host and port from `--SERVER_IP` (which may carry a port, as people
 /// write it: `10.0.0.5:8766`, `[::1]:8766`) and `--SERVER_PORT`.
-fn server_address(
+pub(crate) fn server_address(
     server_ip: &str,
     server_port: &str,
     said: &dyn Fn(&str) -> Option<String>,

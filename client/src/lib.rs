@@ -22,6 +22,7 @@ pub mod snippets;
 pub mod source;
 mod steps;
 pub mod tls;
+pub mod tls_audit;
 
 use std::process::ExitCode;
 
@@ -49,8 +50,8 @@ pub fn main_impl() -> ExitCode {
         Some(cli::Command::Tls { action: cli::TlsAction::Init { cn, dir, force } }) => {
             commands::tls::init_command(cn, dir, *force)
         }
-        Some(cli::Command::Tls { action: cli::TlsAction::Check { dir, server } }) => {
-            commands::tls::check(dir, server.as_deref())
+        Some(cli::Command::Tls { action: cli::TlsAction::Check { dir, server, local_only } }) => {
+            commands::tls::check(&args, dir.as_deref(), server.as_deref(), *local_only)
         }
         None => commands::job::run(args),
     }

@@ -114,8 +114,16 @@ impl Output {
 
     /// A warning on stderr; the job goes on. Hidden by `--quiet`.
     pub fn warn(&self, text: &str) {
+        self.warn_with_hint(text, None);
+    }
+
+    /// A warning, then a `hint:` line when a fix is known; hidden by `--quiet`.
+    pub fn warn_with_hint(&self, text: &str, hint: Option<&str>) {
         if !self.verbosity.quiet {
-            self.write(true, &format!("lrpymrpc: {}: {}", self.paint("warning", YELLOW), clean_text(text)));
+            self.write(true, &format!("lrpymrpc: {}: {}", self.paint("warning", YELLOW), clean_text(&in_words(text))));
+            if let Some(hint) = hint {
+                self.write(true, &format!("{}: {}", self.paint("hint", CYAN), clean_text(hint)));
+            }
         }
     }
 
@@ -130,7 +138,8 @@ impl Output {
     pub fn error(&self, error: &ClientError) {
         self.finish_progress();
         // Error messages quote what a server said (statuses, entry names): cleaned.
-        self.write(true, &format!("lrpymrpc: {}: {}", self.paint("error", RED), clean_text(&error.to_string())));
+        let message = in_words(&error.to_string());
+        self.write(true, &format!("lrpymrpc: {}: {}", self.paint("error", RED), clean_text(&message)));
         if let Some(hint) = error.hint() {
             self.write(true, &format!("{}: {}", self.paint("hint", CYAN), clean_text(hint)));
         }
@@ -222,6 +231,61 @@ pub fn seconds(duration: Duration) -> String {
     format!("{:.2} s", duration.as_secs_f64())
 }
 
+/// A message in users' words: the `(os error N)` that Rust appends to system errors
+/// dropped (the words before it say the same), and a TLS alert's name (`received fatal
+/// alert: CertificateExpired`) said as what it means. Every error and warning the
+/// client prints goes through here.
+pub fn in_words(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(" (os error ") {
+        let after = &rest[at + " (os error ".len()..];
+        let digits = after.chars().take_while(char::is_ascii_digit).count();
+        out.push_str(&rest[..at]);
+        if digits > 0 && after[digits..].starts_with(')') {
+            rest = &after[digits + 1..];
+        } else {
+            out.push_str(" (os error ");
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    match out.find("received fatal alert: ") {
+        Some(at) => {
+            let name_at = at + "received fatal alert: ".len();
+            let name_len = out[name_at..].chars().take_while(char::is_ascii_alphanumeric).count();
+            let name = out[name_at..name_at + name_len].to_string();
+            out.replace_range(at..name_at + name_len, &alert_in_words(&name));
+            out
+        }
+        None => out,
+    }
+}
+
+/// What a TLS alert from the server means for the user.
+fn alert_in_words(name: &str) -> String {
+    let meaning = match name {
+        "CertificateExpired" => "the server says this client certificate has expired",
+        "BadCertificate" | "CertificateUnknown" => "the server refused this client certificate",
+        "UnknownCA" => "the server does not trust the CA that signed this client certificate",
+        "CertificateRevoked" => "the server says this client certificate was revoked",
+        "CertificateRequired" => "the server requires a client certificate",
+        "AccessDenied" => "the server denied access",
+        "HandshakeFailure" => "the server found no TLS version or cipher in common",
+        "ProtocolVersion" => "the server does not speak this TLS version",
+        "DecryptError" => "the server could not verify this client's key (does the key match the certificate?)",
+        _ => "the server ended the TLS session",
+    };
+    let mut snake = String::new();
+    for (index, c) in name.char_indices() {
+        if c.is_ascii_uppercase() && index > 0 && !name[..index].ends_with(|p: char| p.is_ascii_uppercase()) {
+            snake.push('_');
+        }
+        snake.push(c.to_ascii_lowercase());
+    }
+    format!("{meaning} (TLS alert {snake})")
+}
+
 /// Text that may quote a server (diagnostics, job ids) made safe to print: each line
 /// cleaned as [`clean_line`] does, with no colour kept and carriage returns dropped
 /// (so a quoted value cannot erase the words before it); line breaks stay.
@@ -296,6 +360,25 @@ pub fn clean_line(line: &str, keep_colour: bool) -> std::borrow::Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn messages_lose_os_error_numbers_and_name_tls_alerts_in_words() {
+        assert_eq!(
+            in_words("cannot read `a`: No such file or directory (os error 2)"),
+            "cannot read `a`: No such file or directory"
+        );
+        assert_eq!(in_words("x (os error 2): y (os error 2)"), "x: y");
+        assert_eq!(in_words("kept (os error two)"), "kept (os error two)");
+        assert_eq!(
+            in_words("cannot connect to h:1: received fatal alert: CertificateExpired"),
+            "cannot connect to h:1: the server says this client certificate has expired (TLS alert certificate_expired)"
+        );
+        assert!(in_words("received fatal alert: UnknownCA").ends_with("(TLS alert unknown_ca)"));
+        assert!(
+            in_words("received fatal alert: NoRenegotiation")
+                .contains("ended the TLS session (TLS alert no_renegotiation)")
+        );
+    }
 
     #[test]
     fn remote_lines_lose_control_sequences_and_keep_colour_only_when_asked() {

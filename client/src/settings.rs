@@ -36,8 +36,13 @@ pub enum SettingsError {
 pub fn parse(argv: Vec<OsString>) -> Result<Args, SettingsError> {
     refuse_version_with_job_options(&argv)?;
     let matches = Args::command().try_get_matches_from(&argv).map_err(|error| naming_the_environment(error, &argv))?;
-    // `config` shows the merged settings; other subcommands take none of them.
-    let showing = matches.subcommand_name() == Some("config");
+    // `config` shows the merged settings and `tls check` resolves the TLS directory and
+    // the server as a job does; other subcommands take none of them.
+    let showing = match matches.subcommand() {
+        Some(("config", _)) => true,
+        Some(("tls", tls)) => tls.subcommand_name() == Some("check"),
+        _ => false,
+    };
     if matches.subcommand().is_some() && !showing {
         return args_from(&matches, None);
     }

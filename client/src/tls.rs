@@ -40,7 +40,9 @@ pub fn load(dir_arg: &str) -> Result<ClientTls, ClientError> {
         return Err(ClientError::Local {
             message: format!("--TLS_CONFIG_DIR `{}` is not a directory", dir.display()),
             hint: Some(
-                "give the directory holding client.key, client.crt and ca.crt, or leave it empty for plaintext".into(),
+                "give the directory holding client.key, client.crt and ca.crt (`lrpymrpc tls init --cn YOUR_NAME` \
+                 makes a key and a request for one), or leave it empty for plaintext"
+                    .into(),
             ),
         });
     }

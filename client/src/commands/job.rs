@@ -27,6 +27,9 @@ pub fn run(args: Args) -> ExitCode {
         }
     };
     let out = Output::new(&job.peer.host, &job.port_text, job.verbosity);
+    for warning in &job.tls_warnings {
+        out.warn_with_hint(&warning.text, warning.hint.as_deref());
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {

@@ -1,22 +1,19 @@
 //! `lrpymrpc tls init` and `lrpymrpc tls check`: a user's side of certificate
 //! bootstrap, without openssl. `init` makes a key (0600) and a CSR for a CN in the
 //! nested layout and says what to send and where the answer goes; `check` says whether
-//! the directory is usable, and with `--server` whether that server and this client
-//! accept each other.
+//! the directory is usable (the findings of `tls_audit`), and whether the server a job
+//! would use and this client accept each other.
 
 use std::process::ExitCode;
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use lrpymrpc_certs::inspect::Summary;
 use lrpymrpc_certs::{layout, request, write_private, write_public};
 
+use crate::cli::{Args, DEFAULT_TLS_DIR};
 use crate::connect::{Peer, TransportFault, connect};
 use crate::exit::{self, ClientError};
 use crate::server_cert::{self, name_mismatch_hint};
 use crate::tls::{self, expand_tilde};
-
-/// A certificate expiring sooner than this gets a warning.
-const EXPIRY_WARNING_DAYS: i64 = 30;
+use crate::tls_audit::{self, Finding, Level};
 
 /// `tls init`: a new key and CSR in `dir`.
 pub fn init(cn: &str, dir_arg: &str, force: bool) -> Result<(), ClientError> {
@@ -72,6 +69,19 @@ impl Findings {
         print_problem(text, hint);
     }
 
+    fn record(&mut self, finding: &Finding) {
+        match finding.level {
+            Level::Ok => self.ok(&finding.text),
+            Level::Warning => {
+                self.warn(&finding.text);
+                if let Some(hint) = &finding.hint {
+                    println!("hint: {hint}");
+                }
+            }
+            Level::Problem => self.local_problem(&finding.text, finding.hint.as_deref()),
+        }
+    }
+
     fn server_problem(&mut self, text: &str, hint: Option<&str>) {
         self.server_problems += 1;
         print_problem(text, hint);
@@ -79,29 +89,64 @@ impl Findings {
 }
 
 fn print_problem(text: &str, hint: Option<&str>) {
-    println!("error: {text}");
+    println!("error: {}", crate::output::in_words(text));
     if let Some(hint) = hint {
         println!("hint: {hint}");
     }
 }
 
 /// `tls check`: 0 when everything is usable, 101 for a problem with the files, 102 for
-/// one with the server.
-pub fn check(dir_arg: &str, server: Option<&str>) -> ExitCode {
+/// one with the server. The directory and the server resolve as a job's do.
+pub fn check(args: &Args, dir: Option<&str>, server: Option<&str>, local_only: bool) -> ExitCode {
     let mut findings = Findings::default();
-    let tls = match tls::load(dir_arg) {
+    let said = |option: &str| crate::job::origin(&args.origins, option);
+    let (dir, dir_origin) = match (dir, args.tls_config_dir.trim()) {
+        (Some(dir), _) => (dir.to_string(), "--dir".to_string()),
+        (None, "") => (DEFAULT_TLS_DIR.to_string(), "the default".to_string()),
+        (None, configured) => {
+            (configured.to_string(), said("TLS_CONFIG_DIR").unwrap_or_else(|| "--TLS_CONFIG_DIR".into()))
+        }
+    };
+    println!("TLS directory: {} (from {dir_origin})", expand_tilde(&dir).display());
+    if !expand_tilde(&dir).exists() {
+        findings.local_problem(
+            &format!("there is no TLS directory at `{}`", expand_tilde(&dir).display()),
+            Some(&format!(
+                "make a key and a certificate request there with `lrpymrpc tls init --cn YOUR_NAME --dir {dir}`, \
+                 and send the request to the server's administrator"
+            )),
+        );
+        return exit::for_tls_check(findings.local_problems, findings.server_problems);
+    }
+    let tls = match tls::load(&dir) {
         Ok(tls) => tls,
         Err(error) => {
             findings.local_problem(&error.to_string(), error.hint());
             return exit::for_tls_check(findings.local_problems, findings.server_problems);
         }
     };
-    check_files(&tls, &mut findings);
-    if let (Some(server), 0) = (server, findings.local_problems) {
-        match parse_server(server) {
-            Ok((host, port)) => check_server(Peer { host, port, tls: Some(tls) }, &mut findings),
-            Err(message) => findings.local_problem(&message, Some("give --server HOST:PORT, e.g. 10.0.0.5:8766")),
+    for finding in tls_audit::audit(&tls) {
+        findings.record(&finding);
+    }
+    let target = match (server, local_only) {
+        (_, true) => None,
+        (Some(server), _) => Some(parse_server(server).map(|address| (address, "--server".to_string()))),
+        (None, _) => Some(
+            crate::job::server_address(&args.server_ip, &args.server_port, &said)
+                .map(|address| (address, server_origin(args)))
+                .map_err(|error| error.to_string()),
+        ),
+    };
+    match (target, findings.local_problems) {
+        (Some(Ok(((host, port), origin))), 0) => {
+            let peer = Peer { host, port, tls: Some(tls) };
+            println!("server: {} ({origin})", crate::connect::authority(&peer));
+            check_server(peer, &mut findings);
         }
+        (Some(Err(message)), _) => {
+            findings.local_problem(&message, Some("give --server HOST:PORT, e.g. 10.0.0.5:8766"))
+        }
+        _ => {}
     }
     if findings.local_problems + findings.server_problems == 0 {
         println!("usable: yes");
@@ -109,67 +154,16 @@ pub fn check(dir_arg: &str, server: Option<&str>) -> ExitCode {
     exit::for_tls_check(findings.local_problems, findings.server_problems)
 }
 
-fn check_files(tls: &tls::ClientTls, findings: &mut Findings) {
-    let (cert_path, key_path, ca_path) = (&tls.files.cert, &tls.files.key, &tls.files.ca);
-    let cert = match Summary::from_pem(&tls.cert_pem) {
-        Ok(cert) => cert,
-        Err(error) => return findings.local_problem(&format!("`{}`: {error}", cert_path.display()), None),
-    };
-    let ca = match Summary::from_pem(&tls.ca_pem) {
-        Ok(ca) => ca,
-        Err(error) => return findings.local_problem(&format!("`{}`: {error}", ca_path.display()), None),
-    };
-    let who = cert.cn.clone().unwrap_or_else(|| "(no CN)".into());
-    match cert.matches_key(&tls.key_pem) {
-        Ok(true) => findings.ok(&format!("`{}` (CN={who}) belongs to `{}`", cert_path.display(), key_path.display())),
-        Ok(false) => findings.local_problem(
-            &format!("`{}` does not belong to the key `{}`", cert_path.display(), key_path.display()),
-            Some("the certificate was issued for another key: was the key made again after the CSR was signed? send a new CSR"),
-        ),
-        Err(error) => findings.local_problem(&format!("`{}`: {error}", key_path.display()), None),
-    }
-    if cert.signed_by(&ca) {
-        findings.ok(&format!(
-            "it is signed by the CA in `{}` (CN={})",
-            ca_path.display(),
-            ca.cn.as_deref().unwrap_or("?")
-        ));
-    } else {
-        findings.local_problem(
-            &format!(
-                "`{}` is not signed by the CA in `{}` (CN={})",
-                cert_path.display(),
-                ca_path.display(),
-                ca.cn.as_deref().unwrap_or("?")
-            ),
-            Some("put the CA certificate of the server that signed your certificate at that path"),
-        );
-    }
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
-    let days_left = (cert.not_after - now) / 86_400;
-    if now < cert.not_before {
-        findings.local_problem(
-            &format!("`{}` is not valid yet (from {})", cert_path.display(), date(cert.not_before)),
-            Some("check this machine's clock"),
-        );
-    } else if now > cert.not_after {
-        findings.local_problem(
-            &format!("`{}` expired on {}", cert_path.display(), date(cert.not_after)),
-            Some("send a new CSR (`lrpymrpc tls init --force --cn NAME`) to the server's administrator"),
-        );
-    } else if days_left < EXPIRY_WARNING_DAYS {
-        findings.warn(&format!("`{}` expires in {days_left} days, on {}", cert_path.display(), date(cert.not_after)));
-    } else {
-        findings.ok(&format!("valid until {}", date(cert.not_after)));
-    }
-    if cert.client_auth && !cert.is_ca {
-        findings.ok("meant for client authentication");
-    } else {
-        findings.local_problem(
-            &format!("`{}` is not meant for client authentication", cert_path.display()),
-            Some("it may be a server or CA certificate; the administrator signs client certificates with `ca sign`"),
-        );
-    }
+/// Where the job's server address came from, for the line that names it.
+fn server_origin(args: &Args) -> String {
+    let origins: Vec<String> = ["SERVER_IP", "SERVER_PORT"]
+        .iter()
+        .map(|option| {
+            let origin = args.origins.iter().find(|s| s.option == *option).map_or("default", |s| s.origin.as_str());
+            format!("{option} from {origin}")
+        })
+        .collect();
+    origins.join(", ")
 }
 
 fn check_server(peer: Peer, findings: &mut Findings) {
@@ -235,11 +229,6 @@ fn parse_server(text: &str) -> Result<(String, u16), String> {
     }
 }
 
-/// `2026-11-25` for Unix seconds (UTC).
-fn date(unix: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(unix).map_or_else(|_| format!("@{unix}"), |t| t.date().to_string())
-}
-
 /// `lrpymrpc tls init` as a command: the exit code, the error printed.
 pub fn init_command(cn: &str, dir_arg: &str, force: bool) -> ExitCode {
     match init(cn, dir_arg, force) {
@@ -256,9 +245,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn dates_and_server_addresses() {
-        assert_eq!(date(0), "1970-01-01");
-        assert_eq!(date(1_795_564_800), "2026-11-25");
+    fn server_addresses() {
         assert_eq!(parse_server("10.0.0.5:8766").unwrap(), ("10.0.0.5".into(), 8766));
         assert_eq!(parse_server("[::1]:1").unwrap(), ("::1".into(), 1));
         assert!(parse_server("host").is_err() && parse_server("host:0").is_err() && parse_server(":5").is_err());

@@ -125,7 +125,7 @@ fn check_spoiled(spoil: impl FnOnce(&TestEnv, &Path)) -> assert_cmd::assert::Ass
         std::fs::copy(from, to).unwrap();
     }
     spoil(&env, &user);
-    env.bare_client().args(["tls", "check", "--dir"]).arg(&user).assert()
+    env.bare_client().args(["tls", "check", "--local-only", "--dir"]).arg(&user).assert()
 }
 
 #[test]
@@ -196,4 +196,126 @@ fn tls_check_and_a_job_name_the_server_certificate_names_when_the_dialled_one_is
         .code(102)
         .stderr(predicate::str::contains("hint: the server's certificate names `localhost`"));
     env.client().args(["--SERVER_IP", "localhost", "--CMD", "true"]).assert().success();
+}
+
+#[test]
+fn tls_check_resolves_the_directory_and_the_server_as_a_job_does() {
+    let env = TestEnv::new();
+    let config = env.root.path().join("lrpymrpc.conf");
+    std::fs::write(&config, format!("# the lab\nTLS_CONFIG_DIR = {}\nSERVER_IP = 127.0.0.1\n", env.tls.display()))
+        .unwrap();
+    env.bare_client()
+        .env("LRPYMRPC_CONFIG", &config)
+        .env("LRPYMRPC_SERVER_PORT", env.addr.port().to_string())
+        .args(["tls", "check"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(format!(
+            "TLS directory: {} (from config file `{}` line 2)",
+            env.tls.display(),
+            config.display()
+        )))
+        .stdout(predicate::str::contains(format!(
+            "server: 127.0.0.1:{} (SERVER_IP from config file `{}` line 3, SERVER_PORT from environment \
+             LRPYMRPC_SERVER_PORT)",
+            env.addr.port(),
+            config.display()
+        )))
+        .stdout(predicate::str::contains("accepts this client certificate and lets it run jobs"))
+        .stdout(predicate::str::contains("usable: yes"));
+    // With the server named nowhere, the job's default is checked, as a job would use it.
+    let (_socket, closed) = crate::env::closed_port(false);
+    env.bare_client()
+        .env("LRPYMRPC_CONFIG", &config)
+        .env("LRPYMRPC_SERVER_PORT", closed.port().to_string())
+        .args(["tls", "check"])
+        .assert()
+        .code(102)
+        .stdout(predicate::str::contains("usable: yes").not());
+    env.bare_client()
+        .env("LRPYMRPC_CONFIG", &config)
+        .env("LRPYMRPC_SERVER_PORT", closed.port().to_string())
+        .args(["tls", "check", "--local-only"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("server:").not());
+}
+
+#[test]
+fn tls_check_without_a_tls_directory_points_at_tls_init() {
+    let env = TestEnv::bare();
+    let home = env.root.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    env.bare_client()
+        .env("HOME", &home)
+        .args(["tls", "check"])
+        .assert()
+        .code(101)
+        .stdout(predicate::str::contains(format!(
+            "there is no TLS directory at `{}`",
+            home.join(".tls/tls_lrpymrpc").display()
+        )))
+        .stdout(predicate::str::contains("hint: make a key and a certificate request there with `lrpymrpc tls init"));
+}
+
+#[test]
+fn tls_check_reads_every_certificate_of_a_ca_bundle_and_warns_about_a_readable_key() {
+    check_spoiled(|env, user| {
+        // A bundle: a stranger's CA first, then the one that signed the certificate.
+        let stranger = Ca::new("stranger CA").unwrap();
+        let ours = std::fs::read_to_string(layout::ca_cert(&env.tls)).unwrap();
+        let files = layout::client_nested(user);
+        std::fs::write(&files.ca, format!("{}{ours}", stranger.pair.cert_pem)).unwrap();
+        std::fs::set_permissions(&files.key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    })
+    .success()
+    .stdout(predicate::str::contains("ok: it is signed by certificate 2 of 2 in"))
+    .stdout(predicate::str::contains("warning: the private key"))
+    .stdout(predicate::str::contains("can be read by other users (mode 644)"))
+    .stdout(predicate::str::contains("hint: chmod 600"))
+    .stdout(predicate::str::contains("usable: yes"));
+    check_spoiled(|_, user| {
+        let files = layout::client_nested(user);
+        std::fs::write(&files.ca, "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n").unwrap();
+    })
+    .code(101)
+    .stdout(predicate::str::contains("ca.crt`: it is not a well-formed certificate"));
+}
+
+#[test]
+fn a_job_makes_the_local_checks_first_and_speaks_their_words() {
+    let env = TestEnv::new();
+    env.write("source/x", "x");
+    let user = env.root.path().join("user");
+    let (fixture, mine) = (layout::client_nested(&env.tls), layout::client_nested(&user));
+    std::fs::create_dir_all(mine.key.parent().unwrap()).unwrap();
+    std::fs::create_dir_all(mine.ca.parent().unwrap()).unwrap();
+    for (from, to) in [(&fixture.key, &mine.key), (&fixture.cert, &mine.cert), (&fixture.ca, &mine.ca)] {
+        std::fs::copy(from, to).unwrap();
+    }
+    let port = env.addr.port().to_string();
+    let job = |dir: &Path| {
+        let mut command = env.bare_client();
+        command.args(["--SERVER_IP", "127.0.0.1", "--SERVER_PORT", &port, "--CMD", "echo ran", "--TLS_CONFIG_DIR"]);
+        command.arg(dir);
+        command
+    };
+    std::fs::set_permissions(&mine.key, std::fs::Permissions::from_mode(0o640)).unwrap();
+    job(&user)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("]:ran"))
+        .stderr(predicate::str::contains("can be read by other users (mode 640)"))
+        .stderr(predicate::str::contains("hint: chmod 600"));
+    // A key that no longer belongs to the certificate is named as such, before any connection.
+    let other = Ca::new("other").unwrap().issue_client("alice").unwrap();
+    write_public(&mine.key, &other.key_pem).unwrap();
+    let jobs_before = env.job_dirs();
+    job(&user)
+        .assert()
+        .code(101)
+        .stderr(predicate::str::contains("does not belong to the key"))
+        .stderr(predicate::str::contains("ca.crt").not())
+        .stderr(predicate::str::contains("`lrpymrpc tls check` checks every file"));
+    assert_eq!(env.job_dirs(), jobs_before);
 }

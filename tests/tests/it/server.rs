@@ -56,14 +56,34 @@ fn expired_client_certificates_and_server_certificates_are_refused() {
         key_pem: std::fs::read_to_string(layout::server_key(&env.tls)).unwrap(),
     };
     let server_as_client = client_dir_with(&env, "server-as-client", &server_pair);
-    for dir in [expired, server_as_client] {
+    // The client's own checks refuse both before connecting, in `tls check`'s words ...
+    for (dir, why) in
+        [(&expired, "expired on 2021-01-01"), (&server_as_client, "is not meant for client authentication")]
+    {
         env.client()
             .arg("--TLS_CONFIG_DIR")
-            .arg(&dir)
+            .arg(dir)
             .args(["--retries", "0"])
             .assert()
-            .code(102)
+            .code(101)
+            .stderr(predicate::str::contains(why))
             .stderr(predicate::str::contains("hint:"));
+    }
+    // ... and the server refuses them from a client that makes no such checks.
+    // (An accepted certificate gets its bad archive judged: INVALID_ARGUMENT.)
+    let mut env = env;
+    let addr = env.addr;
+    for (dir, accepted) in [(env.tls.clone(), true), (expired, false), (server_as_client, false)] {
+        let shown = dir.display().to_string();
+        let served = env.runtime().block_on(async move {
+            let Ok(mut client) = crate::tls::raw_client(addr, &dir, true).await else { return false };
+            let chunk = lrpymrpc_proto::DataChunk { data: b"not even an archive".to_vec() };
+            match client.upload(tokio_stream::iter(vec![chunk])).await {
+                Ok(_) => true,
+                Err(status) => status.code() == tonic::Code::InvalidArgument,
+            }
+        });
+        assert_eq!(served, accepted, "the server judged the certificate in {shown} wrongly");
     }
     assert!(env.job_dirs().is_empty(), "{:?}", env.job_dirs());
 }
