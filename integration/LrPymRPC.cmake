@@ -18,7 +18,8 @@
 #   CMAKE_CURRENT_SOURCE_DIR or absolute (generated files too); each is uploaded under
 #   its base name, and every file below them is a dependency (re-globbed at build time).
 # Options: DEPENDS (more dependencies), COMMENT. A failed remote command fails the build
-# and leaves earlier outputs untouched. Cache variables: LRPYMRPC_EXECUTABLE,
+# and leaves earlier outputs untouched. Each step's lines start `[host:port OUTPUT]:`
+# (LRPYMRPC_FLAGS "--no-prefix" or "--prefix;..." replaces it). Cache variables: LRPYMRPC_EXECUTABLE,
 # LRPYMRPC_SERVER_IP, LRPYMRPC_SERVER_PORT, LRPYMRPC_TLS_CONFIG_DIR, LRPYMRPC_FLAGS
 # (empty ones leave the choice to the client's environment variables and config file).
 
@@ -53,6 +54,8 @@ function(lrpymrpc_add_command)
     list(APPEND outputs "${output}")
     list(APPEND results "${result}")
   endforeach()
+  # Each step's lines start `[host:port FIRST_OUTPUT]:`, to tell parallel steps apart.
+  list(GET results 0 first_result)
 
   # The client uploads paths below its working directory, under their base names: it
   # runs in a directory of links to the SOURCES, one per step.
@@ -97,7 +100,7 @@ function(lrpymrpc_add_command)
 
   add_custom_command(
     OUTPUT ${outputs}
-    COMMAND "${LRPYMRPC_EXECUTABLE}" ${server} ${LRPYMRPC_FLAGS}
+    COMMAND "${LRPYMRPC_EXECUTABLE}" ${server} --prefix "[{host}:{port} ${first_result}]:" ${LRPYMRPC_FLAGS}
             --strict --no-results-on-failure --results-dir "${CMAKE_CURRENT_BINARY_DIR}"
             --REPO_URL "${ARG_REPO_URL}" --CMD "${ARG_COMMAND}"
             ${sources} --RESULT ${results}

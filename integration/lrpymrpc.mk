@@ -15,8 +15,10 @@
 #   CMD      the remote command line (write `$$` for a `$` the shell should see)
 #   REPO_URL the `name=url,...` mapping pip installs first (optional)
 # The step fails, and leaves earlier outputs untouched, when the remote command fails.
-# Steps run in parallel under `make -j`. Any LRPYMRPC_* variable you set (for example
-# LRPYMRPC_FLAGS = --verbose, or LRPYMRPC_RETRIES = 5) reaches the client.
+# Steps run in parallel under `make -j`; each step's lines start `[host:port OUTPUT]:`.
+# Any LRPYMRPC_* variable you set (for example LRPYMRPC_FLAGS = --verbose, or
+# LRPYMRPC_RETRIES = 5) reaches the client; LRPYMRPC_FLAGS = --no-prefix or
+# --prefix '...' replaces the step's prefix.
 
 LRPYMRPC ?= lrpymrpc
 LRPYMRPC_FLAGS ?=
@@ -28,12 +30,14 @@ lrpymrpc_server = $(foreach o,SERVER_IP SERVER_PORT TLS_CONFIG_DIR,$(if $(LRPYMR
 # Every file below SOURCES (version-control directories left out, as the client does).
 lrpymrpc_files = $(foreach s,$(1),$(if $(wildcard $(s)/.),$(shell find '$(s)' \( -name .git -o -name .hg -o -name .svn \) -prune -o -type f -print),$(s)))
 
+# A value as one shell word: single-quoted, `'` escaped, and `$` doubled so that make
+# hands it to the shell as written.
+lrpymrpc_quote = '$(subst $$,$$$$,$(subst ','\'',$(1)))'
+
+# The whole command is on the recipe line, so `make -n` shows what would run; each
+# step's lines carry its first output in their prefix, to tell `make -j` steps apart.
 define lrpymrpc_step
-$(1): export LRPYMRPC_RESULT = $(1)
-$(1): export LRPYMRPC_SOURCE = $(2)
-$(1): export LRPYMRPC_CMD = $(3)
-$(1): export LRPYMRPC_REPO_URL = $(4)
 $(1) &: $(call lrpymrpc_files,$(2))
-	$$(LRPYMRPC) $$(lrpymrpc_server) --strict --no-results-on-failure $$(LRPYMRPC_FLAGS)
+	$$(LRPYMRPC) $$(lrpymrpc_server) --prefix $(call lrpymrpc_quote,[{host}:{port} $(firstword $(1))]:) --strict --no-results-on-failure $$(LRPYMRPC_FLAGS) --RESULT $(call lrpymrpc_quote,$(1)) --SOURCE $(call lrpymrpc_quote,$(2)) --REPO_URL $(call lrpymrpc_quote,$(4)) --CMD $(call lrpymrpc_quote,$(3))
 	@for output in $(1); do test -e "$$$$output" || { echo "lrpymrpc.mk: the remote step did not make $$$$output" >&2; exit 1; }; done
 endef

@@ -209,7 +209,12 @@ pub struct Args {
     #[arg(long, env = "LRPYMRPC_VERBOSE", value_parser = FalseyValueParser::new(), help_heading = "Beyond lrPymRPC")]
     pub verbose: bool,
 
-    /// Print lines without the `[host:port]:` prefix
+    /// What starts each line: `{host}`, `{port}` and `{server}` are filled in (Make and
+    /// CMake rules add the step's output, to tell `make -j` steps apart)
+    #[arg(long, env = "LRPYMRPC_PREFIX", value_name = "TEMPLATE", default_value = crate::output::DEFAULT_PREFIX, help_heading = "Beyond lrPymRPC")]
+    pub prefix: String,
+
+    /// Print lines without a prefix
     #[arg(long, env = "LRPYMRPC_NO_PREFIX", value_parser = FalseyValueParser::new(), help_heading = "Beyond lrPymRPC")]
     pub no_prefix: bool,
 

@@ -18,7 +18,8 @@ pub struct Job {
     /// The server, and the TLS material to present.
     pub peer: Peer,
     /// `--SERVER_PORT` as given, for the `[host:port]:` prefix.
-    pub port_text: String,
+    /// What starts each printed line: `--prefix` rendered, empty with `--no-prefix`.
+    pub prefix: String,
     pub repo_url: String,
     pub command: String,
     pub sources: Vec<String>,
@@ -55,6 +56,13 @@ impl Job {
     pub fn from_args(args: Args) -> Result<Job, ClientError> {
         let said = |option: &str| origin(&args.origins, option);
         let (host, port) = server_address(&args.server_ip, &args.server_port, &said)?;
+        let prefix = match args.no_prefix {
+            true => String::new(),
+            false => crate::output::render_prefix(&args.prefix, &host, port).map_err(|why| {
+                let hint = Some(format!("the upstream prefix is `{}`", crate::output::DEFAULT_PREFIX));
+                ClientError::Usage { message: format!("--prefix {why}"), hint }.from_origin(&said("prefix"))
+            })?,
+        };
         validate_run_name(&args.run_name).map_err(|error| error.from_origin(&said("RUN_NAME")))?;
         let tls = match args.tls_config_dir.trim() {
             "" => None,
@@ -92,7 +100,7 @@ impl Job {
         }
         Ok(Job {
             peer: Peer { host, port, tls },
-            port_text: port.to_string(),
+            prefix,
             repo_url: args.repo_url,
             command: args.cmd,
             sources: split_paths(&args.source),
@@ -119,9 +127,9 @@ impl Job {
     }
 }
 
-/// `--quiet`, `--verbose`, `--no-prefix`, `--no-progress`.
+/// `--quiet`, `--verbose`, `--no-progress`.
 pub fn verbosity(args: &Args) -> Verbosity {
-    Verbosity { quiet: args.quiet, verbose: args.verbose, no_prefix: args.no_prefix, no_progress: args.no_progress }
+    Verbosity { quiet: args.quiet, verbose: args.verbose, no_progress: args.no_progress }
 }
 
 /// Where a setting came from, when that was not the command line: `LRPYMRPC_X` or the

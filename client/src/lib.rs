@@ -39,7 +39,7 @@ pub fn main_impl() -> ExitCode {
             return exit::for_usage(&error);
         }
         Err(settings::SettingsError::Config(error)) => {
-            Output::new("", "", output::Verbosity::default()).error(&error);
+            Output::new("", output::Verbosity::default()).error(&error);
             return exit::for_error(&error);
         }
     };

@@ -17,13 +17,49 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::exit::{ClientError, Step};
 
-/// How much to show; from `--quiet`, `--verbose`, `--no-prefix`, `--no-progress`.
+/// How much to show; from `--quiet`, `--verbose`, `--no-progress`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Verbosity {
     pub quiet: bool,
     pub verbose: bool,
-    pub no_prefix: bool,
     pub no_progress: bool,
+}
+
+/// The upstream client's line prefix, `--prefix`'s default.
+pub const DEFAULT_PREFIX: &str = "[{host}:{port}]:";
+
+/// The line prefix from a `--prefix` template: `{host}`, `{port}` and `{server}`
+/// (`host:port`, IPv6 in brackets) are replaced, `{{` and `}}` are braces.
+pub fn render_prefix(template: &str, host: &str, port: u16) -> Result<String, String> {
+    let server = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
+    let mut out = String::new();
+    let mut rest = template;
+    while let Some(at) = rest.find(['{', '}']) {
+        out.push_str(&rest[..at]);
+        let tail = &rest[at..];
+        if let Some(after) = tail.strip_prefix("{{").or_else(|| tail.strip_prefix("}}")) {
+            out.push_str(&tail[..1]);
+            rest = after;
+            continue;
+        }
+        let close = tail.find('}').filter(|_| tail.starts_with('{'));
+        let Some(close) = close else {
+            return Err(format!("`{template}` has a lone `{}`; write `{{{{` or `}}}}` for a brace", &tail[..1]));
+        };
+        match &tail[1..close] {
+            "host" => out.push_str(host),
+            "port" => out.push_str(&port.to_string()),
+            "server" => out.push_str(&server),
+            other => {
+                return Err(format!(
+                    "`{{{other}}}` in `{template}` is not a placeholder; use {{host}}, {{port}} or {{server}}"
+                ));
+            }
+        }
+        rest = &tail[close + 1..];
+    }
+    out.push_str(rest);
+    Ok(clean_line(&out, false).into_owned())
 }
 
 /// The terminal facts that decide colours, bars and escape sequences.
@@ -64,8 +100,9 @@ struct State {
 }
 
 impl Output {
-    pub fn new(host: &str, port: &str, verbosity: Verbosity) -> Output {
-        let prefix = if verbosity.no_prefix { String::new() } else { format!("[{host}:{port}]:") };
+    /// `prefix` starts every remote line and status line (see [`render_prefix`]).
+    pub fn new(prefix: &str, verbosity: Verbosity) -> Output {
+        let prefix = prefix.to_string();
         let state = State { step: Step::Connect, started: Instant::now(), bar: None };
         Output { prefix, verbosity, terminal: Terminal::detect(), state: Arc::new(Mutex::new(state)) }
     }
@@ -360,6 +397,18 @@ pub fn clean_line(line: &str, keep_colour: bool) -> std::borrow::Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prefix_templates_fill_in_the_server_and_refuse_unknown_placeholders() {
+        assert_eq!(render_prefix(DEFAULT_PREFIX, "h", 8766).unwrap(), "[h:8766]:");
+        assert_eq!(render_prefix("[{server} lib/x.lib]: ", "::1", 1).unwrap(), "[[::1]:1 lib/x.lib]: ");
+        assert_eq!(render_prefix("{{{host}}}", "h", 1).unwrap(), "{h}");
+        assert_eq!(render_prefix("", "h", 1).unwrap(), "");
+        assert!(render_prefix("{hots}", "h", 1).unwrap_err().contains("`{hots}` in `{hots}` is not a placeholder"));
+        assert!(render_prefix("a}b", "h", 1).unwrap_err().contains("lone `}`"));
+        assert!(render_prefix("{host", "h", 1).unwrap_err().contains("lone `{`"));
+        assert_eq!(render_prefix("\x1b[2J{host}", "h", 1).unwrap(), "h");
+    }
 
     #[test]
     fn messages_lose_os_error_numbers_and_name_tls_alerts_in_words() {

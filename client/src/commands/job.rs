@@ -22,11 +22,11 @@ pub fn run(args: Args) -> ExitCode {
     let job = match Job::from_args(args) {
         Ok(job) => job,
         Err(error) => {
-            Output::new("", "", verbosity).error(&error);
+            Output::new("", verbosity).error(&error);
             return exit::for_error(&error);
         }
     };
-    let out = Output::new(&job.peer.host, &job.port_text, job.verbosity);
+    let out = Output::new(&job.prefix, job.verbosity);
     for warning in &job.tls_warnings {
         out.warn_with_hint(&warning.text, warning.hint.as_deref());
     }

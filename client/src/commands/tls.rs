@@ -234,7 +234,7 @@ pub fn init_command(cn: &str, dir_arg: &str, force: bool) -> ExitCode {
     match init(cn, dir_arg, force) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            crate::output::Output::new("", "", crate::output::Verbosity::default()).error(&error);
+            crate::output::Output::new("", crate::output::Verbosity::default()).error(&error);
             crate::exit::for_error(&error)
         }
     }

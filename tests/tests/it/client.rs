@@ -281,3 +281,24 @@ fn the_upload_gzip_level_can_be_chosen_and_is_checked() {
     }
     env.client().args(["--gzip-level", "10"]).assert().code(2).stderr(predicate::str::contains("--gzip-level"));
 }
+
+#[test]
+fn the_prefix_is_a_template_and_a_bad_one_is_a_usage_error() {
+    let env = TestEnv::new();
+    env.write("source/x", "x");
+    let port = env.addr.port();
+    env.client()
+        .args(["--prefix", "{server} cell-a| ", "--CMD", "echo out; echo err >&2"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(format!("127.0.0.1:{port} cell-a| out\n")))
+        .stdout(predicate::str::contains(format!("127.0.0.1:{port} cell-a| Upload")))
+        .stderr(predicate::str::contains(format!("127.0.0.1:{port} cell-a| err\n")));
+    env.client()
+        .env("LRPYMRPC_PREFIX", "{hots}:")
+        .args(["--CMD", "echo out"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("`{hots}` in `{hots}:` is not a placeholder"))
+        .stderr(predicate::str::contains("(from environment LRPYMRPC_PREFIX)"));
+}

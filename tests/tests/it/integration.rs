@@ -108,9 +108,16 @@ fn write_project(env: &TestEnv, commands: &[&str]) -> PathBuf {
 #[test]
 fn make_j4_runs_four_remote_steps_at_once_and_a_change_reruns_only_its_step() {
     let env = TestEnv::new();
-    let commands: Vec<String> = (1..=4).map(|n| format!("sleep 1; tr a-z A-Z < in{n}/data.txt > out{n}.txt")).collect();
+    // `$$` reaches the remote shell as `$`, and a quote in CMD survives the recipe's quoting.
+    let commands: Vec<String> = (1..=4)
+        .map(|n| format!("echo \"step {n}'s $$(( {n} * 10 ))\"; sleep 1; tr a-z A-Z < in{n}/data.txt > out{n}.txt"))
+        .collect();
     let commands: Vec<&str> = commands.iter().map(String::as_str).collect();
     let project = write_project(&env, &commands);
+    // `make -n` shows the whole command, CMD included.
+    let (ok, dry) = make(&env, &project, &["-n", "out3.txt"]);
+    assert!(ok && dry.contains("--CMD 'echo \"step 3'\\''s $(( 3 * 10 ))\"; sleep 1; tr a-z A-Z"), "{dry}");
+    assert!(env.job_dirs().is_empty(), "make -n ran nothing");
     let (ok, log) = make(&env, &project, &["-j4"]);
     assert!(ok, "{log}");
     for n in 1..=4 {
@@ -118,6 +125,9 @@ fn make_j4_runs_four_remote_steps_at_once_and_a_change_reruns_only_its_step() {
             std::fs::read_to_string(project.join(format!("out{n}.txt"))).unwrap(),
             format!("INPUT NUMBER {n}\n")
         );
+        // Each step's lines say which step they belong to.
+        let line = format!("[127.0.0.1:{} out{n}.txt]:step {n}'s {}", env.addr.port(), n * 10);
+        assert!(log.contains(&line), "{line} in {log}");
     }
     touch(&project.join("in2/data.txt"));
     let (ok, log) = make(&env, &project, &["-j4"]);
@@ -188,6 +198,8 @@ fn the_cmake_example_configures_builds_and_rebuilds_incrementally() {
         assert!(ok, "{generator}: {log}");
         let (ok, log) = cmake_build(&build);
         assert!(ok, "{generator}: {log}");
+        let step = format!("[127.0.0.1:{} lib/CMAKE130.lib]:Upload", env.addr.port());
+        assert!(log.contains(&step), "{generator}: the step's lines name it: {log}");
         let library = std::fs::read_to_string(build.join("lib/CMAKE130.lib")).unwrap();
         assert!(library.contains("cell (nor2)"), "{library}");
 
