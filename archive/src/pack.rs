@@ -43,6 +43,9 @@ pub struct PackOptions<'a> {
     pub keep: &'a dyn Fn(&Candidate<'_>) -> bool,
     /// Called after each regular file went in, with its size: for progress displays.
     pub on_file: &'a dyn Fn(u64),
+    /// Called as file content is read, with the bytes just read: for progress bars
+    /// that move within a large file.
+    pub on_read: &'a dyn Fn(u64),
     /// gzip level, 0 to 9.
     pub level: u32,
 }
@@ -50,7 +53,13 @@ pub struct PackOptions<'a> {
 impl PackOptions<'static> {
     /// Everything, no progress reports.
     pub fn everything(follow_symlinks: bool, level: u32) -> PackOptions<'static> {
-        PackOptions { follow_symlinks, keep: &keep_everything, on_file: &ignore_progress, level }
+        PackOptions {
+            follow_symlinks,
+            keep: &keep_everything,
+            on_file: &ignore_progress,
+            on_read: &ignore_progress,
+            level,
+        }
     }
 }
 
@@ -133,7 +142,8 @@ impl<W: Write> Packer<'_, W> {
         };
         let size = meta.len();
         let mut header = header_for(EntryType::Regular, meta, size);
-        let mut content = ExactSize { inner: file.take(size), remaining: size, failed: None };
+        let reading = ReportingReads { inner: file.take(size), on_read: self.options.on_read };
+        let mut content = ExactSize { inner: reading, remaining: size, failed: None };
         match self.builder.append_data(&mut header, name, &mut content) {
             Ok(()) => {}
             // Only the reader knows whether the file or the output failed.
@@ -184,6 +194,20 @@ pub(crate) fn read_error(path: &Path, source: io::Error) -> PackError {
 /// packed must fail rather than produce an entry shorter than its header says.
 /// It also records whether reading failed, so that a failed write of the archive (a
 /// closed network stream) is not blamed on the file.
+/// A reader that tells `on_read` how many bytes each read returned.
+struct ReportingReads<'a, R> {
+    inner: R,
+    on_read: &'a dyn Fn(u64),
+}
+
+impl<R: Read> Read for ReportingReads<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        (self.on_read)(n as u64);
+        Ok(n)
+    }
+}
+
 pub(crate) struct ExactSize<R> {
     pub(crate) inner: R,
     pub(crate) remaining: u64,

@@ -207,18 +207,57 @@ impl Output {
         }
     }
 
-    /// A progress bar for a transfer, on a terminal only; `None` into a pipe.
+    /// A progress display for a transfer, on a terminal only; nothing into a pipe.
+    /// It spins with bytes and rate until [`Progress::set_total`] gives it a total;
+    /// then it is a bar with a percentage and an ETA.
     pub fn progress(&self, label: &str) -> Progress {
+        self.spinner(label, "{spinner} {prefix:<9} {msg}{binary_bytes:>11} {binary_bytes_per_sec:>13} {elapsed}")
+    }
+
+    /// On a terminal, a line saying that the remote command still runs while it prints
+    /// nothing (lines it prints go above it); into a pipe, nothing.
+    pub fn running(&self) -> Progress {
+        let progress = self.spinner("execute", "{spinner} {prefix:<9} running on the server, {elapsed} so far");
+        if let Some(bar) = &progress.bar {
+            bar.enable_steady_tick(Duration::from_millis(250));
+        }
+        progress
+    }
+
+    fn spinner(&self, label: &str, template: &str) -> Progress {
         if !self.terminal.stderr || self.verbosity.quiet || self.verbosity.no_progress {
             return Progress { bar: None };
         }
-        let style =
-            ProgressStyle::with_template("{spinner} {prefix:<9} {msg}{bytes:>11} {binary_bytes_per_sec:>13} {elapsed}")
-                .unwrap_or_else(|_| ProgressStyle::default_spinner());
+        let style = ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_spinner());
         let bar = ProgressBar::new_spinner().with_style(style).with_prefix(label.to_string());
         bar.enable_steady_tick(Duration::from_millis(120));
         self.state().bar = Some(bar.clone());
         Progress { bar: Some(bar) }
+    }
+
+    /// Ends a transfer with its one summary line (`uploaded 2,000 files, 200.0 MiB in
+    /// 2.6 s`), on stderr; hidden by `--quiet`.
+    pub fn transferred(&self, verb: &str, files: u64, bytes: u64) {
+        self.finish_progress();
+        if self.verbosity.quiet {
+            return;
+        }
+        let took = self.state().started.elapsed();
+        let rate = match took.as_secs_f64() {
+            secs if secs >= 0.5 => format!(" ({}/s)", lrpymrpc_units::human_bytes((bytes as f64 / secs) as u64)),
+            _ => String::new(),
+        };
+        let files = match files {
+            1 => "1 file".to_string(),
+            n => format!("{} files", lrpymrpc_units::human_count(n)),
+        };
+        let summary = format!("{verb} {files}, {} in {}{rate}", lrpymrpc_units::human_bytes(bytes), seconds(took));
+        self.write(true, &format!("lrpymrpc: {summary}"));
+    }
+
+    /// Ends the display of [`Output::running`] or a transfer without a line.
+    pub fn clear_progress(&self) {
+        self.finish_progress();
     }
 
     fn finish_progress(&self) {
@@ -248,6 +287,12 @@ pub struct Progress {
 }
 
 impl Progress {
+    /// Whether anything is shown (a terminal): work done only for the display, such
+    /// as counting what an upload will send, is skipped otherwise.
+    pub fn is_shown(&self) -> bool {
+        self.bar.is_some()
+    }
+
     /// Counts bytes moved.
     pub fn add_bytes(&self, bytes: u64) {
         if let Some(bar) = &self.bar {
@@ -255,10 +300,26 @@ impl Progress {
         }
     }
 
-    /// Shows a file count beside the bytes.
-    pub fn set_files(&self, files: u64) {
+    /// Shows a file count beside the bytes; `of`, when the total is known.
+    pub fn set_files(&self, files: u64, of: Option<u64>) {
         if let Some(bar) = &self.bar {
-            bar.set_message(format!("{files} files "));
+            match of {
+                Some(total) => bar.set_message(format!("{files}/{total} ")),
+                None => bar.set_message(format!("{files} files ")),
+            }
+        }
+    }
+
+    /// Turns the spinner into a bar of `bytes`, with a percentage and an ETA.
+    pub fn set_total(&self, bytes: u64) {
+        if let Some(bar) = &self.bar {
+            // Short enough for an 80-column terminal (a wrapped bar redraws badly).
+            let template = "{spinner} {prefix} {msg}[{bar:16}] {percent:>3}% {binary_bytes}/{binary_total_bytes} \
+                            {binary_bytes_per_sec} ETA {eta}";
+            if let Ok(style) = ProgressStyle::with_template(template) {
+                bar.set_style(style.progress_chars("=> "));
+            }
+            bar.set_length(bytes);
         }
     }
 }

@@ -109,17 +109,24 @@ impl Session {
         let (chunk_tx, chunk_rx) = mpsc::channel(QUEUED_CHUNKS);
         let rules = job.rules.clone();
         let level = job.gzip_level;
-        // Bytes are counted as they go on the wire; files as they go into the archive.
+        // On a terminal, what will be sent is counted first, for a bar with a total;
+        // files and their bytes are counted as they go into the archive.
         let progress = out.progress("upload");
-        let sent = progress.clone();
         let pack = tokio::task::spawn_blocking(move || {
             let keep = |candidate: &Candidate<'_>| rules.keeps(candidate);
+            let total_files =
+                progress.is_shown().then(|| count_sources(&roots, &keep)).flatten().map(|(files, bytes)| {
+                    progress.set_total(bytes);
+                    files
+                });
             let files = std::cell::Cell::new(0);
             let on_file = |_size: u64| {
                 files.set(files.get() + 1);
-                progress.set_files(files.get());
+                progress.set_files(files.get(), total_files);
             };
-            let options = PackOptions { follow_symlinks: true, keep: &keep, on_file: &on_file, level };
+            let on_read = |bytes: u64| progress.add_bytes(bytes);
+            let options =
+                PackOptions { follow_symlinks: true, keep: &keep, on_file: &on_file, on_read: &on_read, level };
             let (report, writer) = pack_tar_gz(&roots, &options, ChunkWriter::new(chunk_tx, UPLOAD_CHUNK_BYTES))?;
             writer.finish().map_err(PackError::Write)?;
             Ok::<_, PackError>(report)
@@ -128,7 +135,6 @@ impl Session {
         let moved = Arc::new(AtomicU64::new(0));
         let counted = moved.clone();
         let chunks = ReceiverStream::new(chunk_rx).map(move |data: Vec<u8>| {
-            sent.add_bytes(data.len() as u64);
             counted.fetch_add(data.len() as u64, Ordering::Relaxed);
             DataChunk { data }
         });
@@ -158,6 +164,8 @@ impl Session {
         let failed = |status| self.failed(Step::Execute, status);
         let mut lines = client.execute(request).await.map_err(failed)?.into_inner();
         let mut reported = Reported::default();
+        // On a terminal, a line below the output says the command still runs.
+        let _running = out.running();
         while let Some(response) = lines.message().await.map_err(failed)? {
             if let Some(status) = response.exit_status {
                 reported.field = Some(status);
@@ -176,6 +184,7 @@ impl Session {
                 OutputStream::Stdout | OutputStream::Unspecified => out.remote(text),
             }
         }
+        out.clear_progress();
         Ok(reported)
     }
 
@@ -236,6 +245,22 @@ impl Session {
         }
         unpacked
     }
+}
+
+/// The files and bytes an upload of `roots` will send, for the progress bar's total;
+/// `None` when the walk fails (packing then says why).
+fn count_sources(roots: &[PackRoot], keep: &dyn Fn(&Candidate<'_>) -> bool) -> Option<(u64, u64)> {
+    let (mut files, mut bytes) = (0, 0);
+    let options = lrpymrpc_archive::walk::WalkOptions { follow_symlinks: true, keep };
+    let mut count = |found: lrpymrpc_archive::walk::Found<'_>| {
+        if let lrpymrpc_archive::walk::Found::File { meta, .. } = found {
+            files += 1;
+            bytes += meta.len();
+        }
+        Ok(())
+    };
+    lrpymrpc_archive::walk::walk(roots, &options, &mut count).ok()?;
+    Some((files, bytes))
 }
 
 /// `work`'s output, or `None` when `progress` stops moving for `limit` first.

@@ -81,7 +81,7 @@ async fn upload(session: &Session, job: &Job, roots: &[PackRoot], out: &Output) 
     out.status("Upload");
     out.begin(Step::Upload);
     let (unique_id, report) = retrying(job, out, Step::Upload, || session.upload(job, roots.to_vec(), out)).await?;
-    out.end(&format!("{} files, {}", report.files, lrpymrpc_units::human_bytes(report.content_bytes)));
+    out.transferred("uploaded", report.files, report.content_bytes);
     for (path, why) in &report.skipped {
         out.warn(&format!("`{}` not uploaded: {why}", path.display()));
     }
@@ -116,7 +116,7 @@ async fn fetch_results(
     out.begin(Step::Download);
     let request = DownloadRequest { unique_id, result_dir };
     let fetched = retrying(job, out, Step::Download, || session.download(job, request.clone(), out)).await?;
-    out.end(&format!("{} files, {}", fetched.report.files, lrpymrpc_units::human_bytes(fetched.report.content_bytes)));
+    out.transferred("downloaded", fetched.report.files, fetched.report.content_bytes);
     out.status("Extract result.");
     Ok(warn_missing(fetched.missing, out))
 }

@@ -213,14 +213,69 @@ fn quiet_shows_only_remote_output_and_verbose_adds_timings() {
         .code(5)
         .stdout("bare\n")
         .stderr(predicate::str::contains("exit status 5"));
+    // Each transfer leaves one summary line; --verbose adds the other steps' timings.
+    env.write("source/y", "yy");
+    env.client()
+        .args(["--CMD", "mkdir build; echo r > build/r"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("lrpymrpc: uploaded 2 files, 3 B in "))
+        .stderr(predicate::str::contains("lrpymrpc: downloaded 1 file, 2 B in "))
+        .stderr(predicate::str::contains(" took ").not());
     env.client()
         .args(["--verbose", "--CMD", "mkdir build; echo r > build/r"])
         .assert()
         .success()
-        .stderr(predicate::str::contains("lrpymrpc: upload took "))
-        .stderr(predicate::str::contains(" s, 1 files, 1 B\n"))
+        .stderr(predicate::str::contains("lrpymrpc: uploaded 2 files, 3 B in "))
         .stderr(predicate::str::contains("lrpymrpc: execute took"))
-        .stderr(predicate::str::contains("lrpymrpc: download took"));
+        .stderr(predicate::str::contains("lrpymrpc: check took"));
+}
+
+/// Runs the client on a pseudo-terminal (util-linux `script`) and returns what the
+/// terminal got, or `None` when `script` is missing (in CI, `.ci/run` installs it).
+fn on_a_terminal(env: &TestEnv, args: &[&str]) -> Option<String> {
+    let script = match which::which("script") {
+        Ok(script) => script,
+        Err(_) if std::env::var_os("CI").is_some() => panic!("`script` is missing; .ci/run installs bsdutils"),
+        Err(_) => return None,
+    };
+    let client = env!("CARGO_BIN_EXE_lrpymrpc-e2e-client");
+    let mut line = format!(
+        "'{client}' --SERVER_IP 127.0.0.1 --SERVER_PORT {} --TLS_CONFIG_DIR '{}'",
+        env.addr.port(),
+        env.tls.display()
+    );
+    for arg in args {
+        line.push_str(&format!(" '{}'", arg.replace('\'', "'\\''")));
+    }
+    let typescript = env.root.path().join("typescript");
+    let mut command = std::process::Command::new(script);
+    command
+        .current_dir(&env.work)
+        .env("LRPYMRPC_CONFIG", "")
+        .env("COLUMNS", "80")
+        .arg("-qfec")
+        .arg(&line)
+        .arg(&typescript);
+    let output = crate::env::output_within(&mut command, crate::env::PROCESS_LIMIT);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    Some(String::from_utf8_lossy(&std::fs::read(typescript).unwrap()).into_owned())
+}
+
+#[test]
+fn on_a_terminal_an_upload_shows_a_bar_with_total_and_eta_and_a_quiet_command_shows_it_runs() {
+    let env = TestEnv::new();
+    env.write("source/big", crate::env::pseudo_random(32 << 20, 3));
+    let Some(screen) = on_a_terminal(&env, &["--CMD", "sleep 1.5; echo done"]) else {
+        println!("SKIPPED: `script` (util-linux) is not installed");
+        return;
+    };
+    // The bar knows the total from the start: a percentage, the total and an ETA.
+    assert!(screen.contains("upload [") && screen.contains("/32.00 MiB") && screen.contains("% "), "{screen}");
+    assert!(screen.contains(" ETA "), "{screen}");
+    assert!(screen.contains("running on the server, 1s so far"), "{screen}");
+    assert!(screen.contains("lrpymrpc: uploaded 1 file, 32.0 MiB in "), "{screen}");
+    assert!(screen.contains("]:done"), "{screen}");
 }
 
 #[test]
