@@ -160,7 +160,12 @@ impl Session {
             Some(marker) => marker.wrap(&job.command),
             None => job.command.clone(),
         };
-        let request = ExecuteRequest { unique_id: unique_id.to_string(), tool: job.repo_url.clone(), command_opt };
+        let request = ExecuteRequest {
+            unique_id: unique_id.to_string(),
+            tool: job.repo_url.clone(),
+            command_opt,
+            separate_streams: true,
+        };
         let failed = |status| self.failed(Step::Execute, status);
         let mut lines = client.execute(request).await.map_err(failed)?.into_inner();
         let mut reported = Reported::default();

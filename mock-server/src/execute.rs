@@ -32,6 +32,9 @@ pub struct Context<'a> {
     pub sandbox: Option<&'a Sandbox>,
     /// The command may use the network inside the sandbox (`--sandbox-network`).
     pub sandbox_network: bool,
+    /// Send stdout and stderr as one stream, in the order written (the client did not
+    /// ask for separate streams).
+    pub merged_output: bool,
 }
 
 /// How an Execute step ended, for the job's lifecycle and the log.
@@ -266,6 +269,7 @@ fn launch_in(
         args: args.iter().map(|arg| arg.to_os_string()).collect(),
         env: full_env,
         dir: job_dir.to_path_buf(),
+        merged_output: context.merged_output,
     };
     match context.sandbox {
         Some(sandbox) => sandbox.wrap(launch, reach),

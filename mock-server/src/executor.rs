@@ -23,6 +23,9 @@ pub struct Launch {
     pub args: Vec<OsString>,
     pub env: Vec<(OsString, OsString)>,
     pub dir: PathBuf,
+    /// stdout and stderr as one pipe, in the order they were written (for clients
+    /// that do not ask for separate streams), or as two.
+    pub merged_output: bool,
 }
 
 /// Which output pipe a line came from.
@@ -30,6 +33,8 @@ pub struct Launch {
 pub enum Pipe {
     Stdout,
     Stderr,
+    /// stdout and stderr as one pipe ([`Launch::merged_output`]).
+    Merged,
 }
 
 /// What an Execute step reports as it goes; `service.rs` turns each into a message.

@@ -16,8 +16,10 @@ use tokio::sync::mpsc;
 
 use crate::executor::{Events, Executor, JobEvent, Launch, Limit, Pipe, ProcessEnd, TimeLimits};
 
-/// A line longer than this is sent in pieces, so one endless line cannot exhaust memory.
-const MAX_LINE_BYTES: usize = 64 * 1024;
+/// A line longer than this is sent in pieces, so one endless line cannot exhaust
+/// memory; shorter lines stay whole. Well below gRPC's default 4 MiB message limit,
+/// which the Python client keeps (`docs/protocol.md`).
+pub const MAX_LINE_BYTES: usize = 1024 * 1024;
 
 /// How long a process group gets between SIGTERM and SIGKILL.
 const KILL_GRACE: Duration = Duration::from_secs(2);
@@ -57,20 +59,42 @@ impl Executor for LocalExecutor {
     /// behind in its group are terminated once it exits, so their open pipes cannot
     /// hold the job open.
     async fn run(&self, launch: Launch, events: &Events, limits: TimeLimits) -> io::Result<ProcessEnd> {
+        let merged = launch.merged_output;
         let mut command = self.command(launch);
-        command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0).kill_on_drop(true);
+        command.stdin(Stdio::null()).process_group(0).kill_on_drop(true);
+        // Merged: both descriptors are one pipe's writing end, so lines keep the order
+        // the command wrote them in, as in a terminal.
+        let merged_reader = match merged {
+            true => {
+                let (reader, writer) = io::pipe()?;
+                command.stdout(writer.try_clone()?).stderr(writer);
+                Some(reader)
+            }
+            false => {
+                command.stdout(Stdio::piped()).stderr(Stdio::piped());
+                None
+            }
+        };
         let mut child = command.spawn()?;
+        // The parent's copies of the writing end go, so the reader sees the end.
+        drop(command);
         let group = ProcessGroup { id: child.id().and_then(|id| i32::try_from(id).ok()) };
         let _registered = group.id.map(|id| Registered::new(self, id));
         let wall_deadline = tokio::time::Instant::now() + limits.wall;
         let mut idle_deadline = tokio::time::Instant::now() + limits.idle;
         let (line_tx, mut lines) = mpsc::channel::<JobEvent>(256);
+        if let Some(reader) = merged_reader {
+            let reader = tokio::net::unix::pipe::Receiver::from_owned_fd(std::os::fd::OwnedFd::from(reader))?;
+            tokio::spawn(pump_lines(reader, Pipe::Merged, line_tx.clone()));
+        }
         if let Some(stdout) = child.stdout.take() {
             tokio::spawn(pump_lines(stdout, Pipe::Stdout, line_tx.clone()));
         }
         if let Some(stderr) = child.stderr.take() {
-            tokio::spawn(pump_lines(stderr, Pipe::Stderr, line_tx));
+            tokio::spawn(pump_lines(stderr, Pipe::Stderr, line_tx.clone()));
         }
+        // The pumps hold the only senders: the loop below ends when every pipe closed.
+        drop(line_tx);
         let mut exit = None;
         loop {
             tokio::select! {

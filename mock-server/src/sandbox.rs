@@ -58,7 +58,13 @@ impl Sandbox {
             .collect();
         let sandbox = Sandbox { bwrap, hidden, shown };
         let reach = Reach { writable: &[], readable: &[], network: false };
-        let probe = Launch { program: "true".into(), args: Vec::new(), env: Vec::new(), dir: root.to_path_buf() };
+        let probe = Launch {
+            program: "true".into(),
+            args: Vec::new(),
+            env: Vec::new(),
+            dir: root.to_path_buf(),
+            merged_output: false,
+        };
         let probe = sandbox.wrap(probe, reach);
         let output = std::process::Command::new(&probe.program)
             .args(&probe.args)
@@ -105,6 +111,12 @@ impl Sandbox {
         push(&[OsStr::new("--chdir"), launch.dir.as_os_str(), OsStr::new("--"), &launch.program]);
         args.extend(launch.args);
         // bwrap itself needs no environment: the sandboxed process gets `--setenv`'s.
-        Launch { program: self.bwrap.clone().into_os_string(), args, env: Vec::new(), dir: launch.dir }
+        Launch {
+            program: self.bwrap.clone().into_os_string(),
+            args,
+            env: Vec::new(),
+            dir: launch.dir,
+            merged_output: launch.merged_output,
+        }
     }
 }

@@ -124,6 +124,8 @@ impl FileService for Service {
         info!(job = %id, cn = caller.name(), repo_url = request.tool.as_str(), command = request.command_opt.as_str(), "execute");
         let requirements = parse_repo_url(&request.tool)?;
         let run = self.state.jobs.start_command(&job_use)?;
+        // As the Python server: one ordered stream, unless the client asks for two.
+        let merged = !request.separate_streams || self.state.config.legacy_protocol;
         let (tx, rx) = mpsc::channel(64);
         let state = self.state.clone();
         let cn = caller.name().to_string();
@@ -138,6 +140,7 @@ impl FileService for Service {
                 env_scope: if config.share_env_cache { "*" } else { &cn },
                 sandbox: config.sandbox.as_ref(),
                 sandbox_network: config.sandbox_network,
+                merged_output: merged,
             };
             let ended = execute::execute(&dir, &requirements, &request.command_opt, &context).await;
             run.ended(match &ended {
@@ -219,6 +222,7 @@ fn to_message(event: Result<JobEvent, JobError>, legacy: bool) -> Option<Result<
             let stream = match pipe {
                 Pipe::Stdout => OutputStream::Stdout,
                 Pipe::Stderr => OutputStream::Stderr,
+                Pipe::Merged => OutputStream::Unspecified,
             };
             ExecuteResponse { message: text, stream: stream as i32, exit_status: None }
         }

@@ -4,6 +4,7 @@
 mod cancel;
 mod certs;
 mod client;
+mod compat;
 mod env;
 mod extensions;
 mod faults;

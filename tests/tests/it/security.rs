@@ -30,7 +30,7 @@ fn client_as(env: &TestEnv, tls_dir: &Path, work: &Path) -> assert_cmd::Command 
 }
 
 /// A one-file upload through a raw gRPC client; returns the job id.
-async fn raw_upload(
+pub async fn raw_upload(
     client: &mut lrpymrpc_proto::file_service_client::FileServiceClient<tonic::transport::Channel>,
 ) -> String {
     let archive = gzip(&tar_bytes(&[file("x", "x")]));
@@ -97,7 +97,7 @@ fn results_are_not_read_while_the_command_runs_and_a_swapped_link_ships_nothing(
         let mut client = crate::tls::raw_client(addr, &tls, true).await.unwrap();
         let id = raw_upload(&mut client).await;
         let request =
-            ExecuteRequest { unique_id: id.clone(), tool: String::new(), command_opt: "echo on; sleep 2".into() };
+            ExecuteRequest { unique_id: id.clone(), command_opt: "echo on; sleep 2".into(), ..Default::default() };
         let mut lines = client.execute(request.clone()).await.unwrap().into_inner();
         assert!(lines.message().await.unwrap().unwrap().message.contains("on"));
         let check = CheckRequest { unique_id: id.clone(), result_dir: "x".into() };
@@ -278,15 +278,12 @@ fn a_repo_url_naming_a_device_or_a_fifo_does_not_stall_other_users() {
         for tool in ["x=/dev/zero", "x=/dev/zero", "x=./fifo.whl", "x=./fifo.whl", "x=/dev/zero"] {
             let id = raw_upload(&mut client).await;
             if tool.contains("fifo") {
-                let made = ExecuteRequest {
-                    unique_id: id.clone(),
-                    tool: String::new(),
-                    command_opt: "mkfifo fifo.whl".into(),
-                };
+                let made =
+                    ExecuteRequest { unique_id: id.clone(), command_opt: "mkfifo fifo.whl".into(), ..Default::default() };
                 let mut lines = client.execute(made).await.unwrap().into_inner();
                 while lines.message().await.unwrap().is_some() {}
             }
-            let request = ExecuteRequest { unique_id: id, tool: tool.into(), command_opt: "true".into() };
+            let request = ExecuteRequest { unique_id: id, tool: tool.into(), command_opt: "true".into(), ..Default::default() };
             held.push(client.execute(request).await);
         }
         held

@@ -164,7 +164,7 @@ fn job_directories_go_after_their_results_were_fetched_and_forgotten_ones_after_
     let (addr, tls) = (env.addr, env.tls.clone());
     let status = env.runtime().block_on(async move {
         let mut client = crate::tls::raw_client(addr, &tls, true).await.unwrap();
-        let request = ExecuteRequest { unique_id: id, tool: String::new(), command_opt: "true".into() };
+        let request = ExecuteRequest { unique_id: id, command_opt: "true".into(), ..Default::default() };
         client.execute(request).await.unwrap_err()
     });
     assert_eq!(status.code(), tonic::Code::NotFound);
