@@ -35,8 +35,12 @@ mod tests {
     // Field numbers are the contract: these bytes are what the Python peers send.
     #[test]
     fn execute_request_encodes_with_the_deployed_field_numbers() {
-        let request =
-            ExecuteRequest { unique_id: "u".into(), tool: "t".into(), command_opt: "c".into(), separate_streams: false };
+        let request = ExecuteRequest {
+            unique_id: "u".into(),
+            tool: "t".into(),
+            command_opt: "c".into(),
+            separate_streams: false,
+        };
         assert_eq!(request.encode_to_vec(), b"\x0a\x01u\x12\x01t\x1a\x01c");
         // Ours asks for separate streams in field 4, which the deployed peers skip.
         let ours = ExecuteRequest { separate_streams: true, ..request };

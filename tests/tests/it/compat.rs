@@ -1,10 +1,18 @@
 //! Compatibility with the deployed peers: a client that knows none of our extensions
 //! (the Python client) gets from our server what the Python server sends: one stream
-//! in the order the command wrote it, unlabelled, long lines whole.
+//! in the order the command wrote it, unlabelled, long lines whole. And whole jobs
+//! both ways with grpcio peers written from the proto (`tests/python/`): our client
+//! against a grpcio server, a grpcio client against our server.
 
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use lrpymrpc_certs::layout;
 use lrpymrpc_proto::{ExecuteRequest, OutputStream};
+use predicates::prelude::*;
 
-use crate::env::TestEnv;
+use crate::env::{PROCESS_LIMIT, TestEnv, output_within};
 use crate::security::raw_upload;
 use crate::tls::raw_client;
 
@@ -48,4 +56,113 @@ fn a_client_without_the_extension_gets_one_ordered_stream_with_long_lines_whole(
     let lines = execute_lines(&mut env, "echo out; echo err >&2", true);
     assert!(lines.contains(&("out".into(), OutputStream::Stdout as i32)), "{lines:?}");
     assert!(lines.contains(&("err".into(), OutputStream::Stderr as i32)), "{lines:?}");
+}
+
+/// A Python interpreter with grpcio and grpcio-tools (`LRPYMRPC_GRPCIO_PYTHON`, else
+/// `python3`), or `None` when there is none; in CI, `.ci/run` installs them.
+fn grpcio_python() -> Option<PathBuf> {
+    let python = std::env::var_os("LRPYMRPC_GRPCIO_PYTHON").map_or_else(|| PathBuf::from("python3"), PathBuf::from);
+    let mut probe = Command::new(&python);
+    probe.args(["-c", "import grpc, grpc_tools"]);
+    match output_within(&mut probe, PROCESS_LIMIT) {
+        output if output.status.success() => Some(python),
+        _ if std::env::var_os("CI").is_some() => panic!("{} lacks grpcio; .ci/run installs it", python.display()),
+        _ => {
+            println!("SKIPPED: no Python with grpcio and grpcio-tools (set LRPYMRPC_GRPCIO_PYTHON)");
+            None
+        }
+    }
+}
+
+fn repo_file(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
+}
+
+/// The grpcio server on a free loopback port, with the fixture's server certificate;
+/// killed when dropped.
+struct GrpcioServer {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl GrpcioServer {
+    fn start(python: &Path, env: &TestEnv) -> GrpcioServer {
+        let root = env.root.path().join("grpcio-jobs");
+        std::fs::create_dir_all(&root).unwrap();
+        let mut child = Command::new(python)
+            .arg(repo_file("tests/python/grpcio_server.py"))
+            .arg("--proto")
+            .arg(repo_file("proto/file_service.proto"))
+            .arg("--root")
+            .arg(&root)
+            .arg("--server-cert")
+            .arg(layout::server_cert(&env.tls))
+            .arg("--server-key")
+            .arg(layout::server_key(&env.tls))
+            .arg("--ca")
+            .arg(layout::ca_cert(&env.tls))
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(env.root.path().join("grpcio-server.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+        let port = first.trim().rsplit(':').next().and_then(|p| p.parse().ok());
+        let log = || std::fs::read_to_string(env.root.path().join("grpcio-server.log")).unwrap_or_default();
+        let port = port.unwrap_or_else(|| panic!("the grpcio server did not start: {first:?} {}", log()));
+        GrpcioServer { child, port }
+    }
+}
+
+impl Drop for GrpcioServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn our_client_runs_whole_jobs_against_a_grpcio_server_written_from_the_proto() {
+    let Some(python) = grpcio_python() else { return };
+    let mut env = TestEnv::bare();
+    let server = GrpcioServer::start(&python, &env);
+    env.set_addr(([127, 0, 0, 1], server.port).into());
+    env.write("source/data.txt", "cell data\n");
+    let prefix = env.prefix();
+    env.client()
+        .args(["--CMD", "echo hello; cat source/data.txt; echo oops >&2; mkdir build; echo made > build/out"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(format!("{prefix}hello\n{prefix}cell data\n{prefix}oops\n")))
+        .stdout(predicate::str::contains(format!("{prefix}Finish.")))
+        .stderr(predicate::str::contains("the server does not report the command's exit status"));
+    assert_eq!(std::fs::read_to_string(env.work.join("build/out")).unwrap(), "made\n");
+    // Without a reported status, the marker recovers it.
+    env.client().args(["--exit-status-marker", "--CMD", "echo before; exit 3"]).assert().code(3);
+}
+
+#[test]
+fn a_grpcio_client_written_from_the_proto_runs_a_whole_job_against_our_server() {
+    let Some(python) = grpcio_python() else { return };
+    let env = TestEnv::new();
+    env.write("cells/nand2.sp", "* nand2\n");
+    let server = format!("127.0.0.1:{}", env.addr.port());
+    let mut command = Command::new(&python);
+    command
+        .current_dir(&env.work)
+        .arg(repo_file("tests/python/grpcio_client.py"))
+        .arg("--proto")
+        .arg(repo_file("proto/file_service.proto"))
+        .args(["--server", &server, "--tls-dir"])
+        .arg(&env.tls)
+        .args(["--source", "cells", "--result", "lib"])
+        .args(["--cmd", "echo start; echo warn >&2; mkdir lib; cp cells/nand2.sp lib/nand2.lib; echo end"]);
+    let output = output_within(&mut command, PROCESS_LIMIT);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    let prefix = format!("[{server}]:");
+    // One merged stream, in order, as the Python server sends it.
+    assert!(stdout.contains(&format!("{prefix}start\n{prefix}warn\n{prefix}end\n")), "{stdout}");
+    assert!(stdout.contains(&format!("{prefix}Check: Download data is exist.")), "{stdout}");
+    assert_eq!(std::fs::read_to_string(env.work.join("lib/nand2.lib")).unwrap(), "* nand2\n");
 }

@@ -278,12 +278,16 @@ fn a_repo_url_naming_a_device_or_a_fifo_does_not_stall_other_users() {
         for tool in ["x=/dev/zero", "x=/dev/zero", "x=./fifo.whl", "x=./fifo.whl", "x=/dev/zero"] {
             let id = raw_upload(&mut client).await;
             if tool.contains("fifo") {
-                let made =
-                    ExecuteRequest { unique_id: id.clone(), command_opt: "mkfifo fifo.whl".into(), ..Default::default() };
+                let made = ExecuteRequest {
+                    unique_id: id.clone(),
+                    command_opt: "mkfifo fifo.whl".into(),
+                    ..Default::default()
+                };
                 let mut lines = client.execute(made).await.unwrap().into_inner();
                 while lines.message().await.unwrap().is_some() {}
             }
-            let request = ExecuteRequest { unique_id: id, tool: tool.into(), command_opt: "true".into(), ..Default::default() };
+            let request =
+                ExecuteRequest { unique_id: id, tool: tool.into(), command_opt: "true".into(), ..Default::default() };
             held.push(client.execute(request).await);
         }
         held
