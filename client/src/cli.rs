@@ -196,6 +196,12 @@ pub struct Args {
     #[arg(long, env = "LRPYMRPC_STALL_TIMEOUT", value_name = "DURATION", default_value = "60s", value_parser = parse_positive_duration, help_heading = "Beyond lrPymRPC")]
     pub stall_timeout: Duration,
 
+    /// How often to ping a server that sends nothing while the command runs; one that
+    /// does not answer within 20 s is taken for lost (exit 104). gRPC C-core servers
+    /// (the Python one) hang up on pings more often than every 5 minutes
+    #[arg(long, env = "LRPYMRPC_KEEPALIVE", value_name = "DURATION", default_value = crate::connect::DEFAULT_KEEPALIVE, value_parser = parse_positive_duration, help_heading = "Beyond lrPymRPC")]
+    pub keepalive: Duration,
+
     /// How often to retry connecting, and Upload, Check or Download after a lost
     /// connection (Execute is never repeated)
     #[arg(long, env = "LRPYMRPC_RETRIES", value_name = "N", default_value_t = 3, help_heading = "Beyond lrPymRPC")]

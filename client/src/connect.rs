@@ -25,6 +25,9 @@ pub struct Peer {
     pub port: u16,
     /// `None` speaks plaintext.
     pub tls: Option<ClientTls>,
+    /// How often to ping a server that sends nothing (`--keepalive`); one that does
+    /// not answer within `KEEPALIVE_TIMEOUT` is taken for lost.
+    pub keepalive: Duration,
 }
 
 /// How long a TCP connect plus TLS handshake may take.
@@ -33,9 +36,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// TCP keepalive keeps NAT and firewall state alive through an hour-long silent target.
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 
-/// HTTP/2 pings detect a dead server. gRPC C-core servers (the Python server) treat
-/// pings more frequent than every 5 minutes without data as abuse and hang up.
-const HTTP2_PING_INTERVAL: Duration = Duration::from_secs(300);
+/// HTTP/2 pings detect a dead server during a long silent command; `--keepalive`'s
+/// default. gRPC C-core servers (the Python server) treat pings more frequent than
+/// every 5 minutes without data as abuse and hang up.
+pub const DEFAULT_KEEPALIVE: &str = "5m";
 
 /// HTTP/2 flow-control windows for what the server sends.
 const RECEIVE_WINDOW_BYTES: u32 = 512 * 1024;
@@ -100,7 +104,7 @@ pub async fn connect(target: &Peer) -> Result<(Channel, Capabilities), ClientErr
         .map_err(|e| ClientError::local(format!("--SERVER_IP `{}` is not a host name or address: {e}", target.host)))?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_keepalive(Some(TCP_KEEPALIVE))
-        .http2_keep_alive_interval(HTTP2_PING_INTERVAL)
+        .http2_keep_alive_interval(target.keepalive)
         .keep_alive_timeout(lrpymrpc_proto::KEEPALIVE_TIMEOUT)
         // hyper's defaults (2 MiB per stream, 5 MiB per connection) let a fast server
         // park megabytes of results in the client; 512 KiB still fills a LAN.
@@ -460,7 +464,7 @@ mod tests {
             cert_pem: String::new(),
             key_pem: String::new(),
         });
-        Peer { host: "build-server".into(), port: 8766, tls }
+        Peer { host: "build-server".into(), port: 8766, tls, keepalive: Duration::from_secs(300) }
     }
 
     #[test]

@@ -99,7 +99,7 @@ impl Job {
             check_result_path(result).map_err(|error| error.from_origin(&said("RESULT")))?;
         }
         Ok(Job {
-            peer: Peer { host, port, tls },
+            peer: Peer { host, port, tls, keepalive: args.keepalive },
             prefix,
             repo_url: args.repo_url,
             command: args.cmd,

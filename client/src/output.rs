@@ -97,13 +97,19 @@ struct State {
     step: Step,
     started: Instant,
     bar: Option<ProgressBar>,
+    /// The pipe (stderr or not) of the remote progress text the status line shows; a
+    /// line from that pipe ends it.
+    progress_on_stderr: Option<bool>,
 }
+
+/// What the status line says while the remote command runs and shows no progress.
+const RUNNING: &str = "running on the server";
 
 impl Output {
     /// `prefix` starts every remote line and status line (see [`render_prefix`]).
     pub fn new(prefix: &str, verbosity: Verbosity) -> Output {
         let prefix = prefix.to_string();
-        let state = State { step: Step::Connect, started: Instant::now(), bar: None };
+        let state = State { step: Step::Connect, started: Instant::now(), bar: None, progress_on_stderr: None };
         Output { prefix, verbosity, terminal: Terminal::detect(), state: Arc::new(Mutex::new(state)) }
     }
 
@@ -139,14 +145,37 @@ impl Output {
 
     /// A line the remote command printed on stdout (or an unlabelled one).
     pub fn remote(&self, text: &str) {
+        self.end_remote_progress(false);
         let text = clean_line(text, self.terminal.stdout && self.terminal.colour);
         self.write(false, &format!("{}{text}", self.prefix));
     }
 
     /// A line the remote command printed on stderr.
     pub fn remote_stderr(&self, text: &str) {
+        self.end_remote_progress(true);
         let text = clean_line(text, self.terminal.stderr && self.terminal.colour);
         self.write(true, &format!("{}{text}", self.prefix));
+    }
+
+    /// The remote command rewrote a line in place (tqdm, pip): on a terminal the
+    /// status line shows it, with the time so far, until that pipe's next line; into a
+    /// pipe nothing (the line itself comes when it is finished).
+    pub fn remote_progress(&self, text: &str, on_stderr: bool) {
+        let mut state = self.state();
+        if let Some(bar) = &state.bar {
+            bar.set_message(clean_line(text, false).into_owned());
+            state.progress_on_stderr = Some(on_stderr);
+        }
+    }
+
+    fn end_remote_progress(&self, on_stderr: bool) {
+        let mut state = self.state();
+        if state.progress_on_stderr == Some(on_stderr) {
+            state.progress_on_stderr = None;
+            if let Some(bar) = &state.bar {
+                bar.set_message(RUNNING);
+            }
+        }
     }
 
     /// A warning on stderr; the job goes on. Hidden by `--quiet`.
@@ -217,8 +246,9 @@ impl Output {
     /// On a terminal, a line saying that the remote command still runs while it prints
     /// nothing (lines it prints go above it); into a pipe, nothing.
     pub fn running(&self) -> Progress {
-        let progress = self.spinner("execute", "{spinner} {prefix:<9} running on the server, {elapsed} so far");
+        let progress = self.spinner("execute", "{spinner} {prefix:<9} {elapsed:>3} {wide_msg}");
         if let Some(bar) = &progress.bar {
+            bar.set_message(RUNNING);
             bar.enable_steady_tick(Duration::from_millis(250));
         }
         progress

@@ -165,6 +165,7 @@ impl Session {
             tool: job.repo_url.clone(),
             command_opt,
             separate_streams: true,
+            progress_updates: true,
         };
         let failed = |status| self.failed(Step::Execute, status);
         let mut lines = client.execute(request).await.map_err(failed)?.into_inner();
@@ -184,9 +185,11 @@ impl Session {
                 }
                 text = before;
             }
-            match response.stream() {
-                OutputStream::Stderr => out.remote_stderr(text),
-                OutputStream::Stdout | OutputStream::Unspecified => out.remote(text),
+            let on_stderr = response.stream() == OutputStream::Stderr;
+            match (response.progress, on_stderr) {
+                (true, _) => out.remote_progress(text, on_stderr),
+                (false, true) => out.remote_stderr(text),
+                (false, false) => out.remote(text),
             }
         }
         out.clear_progress();

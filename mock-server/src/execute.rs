@@ -35,6 +35,8 @@ pub struct Context<'a> {
     /// Send stdout and stderr as one stream, in the order written (the client did not
     /// ask for separate streams).
     pub merged_output: bool,
+    /// Report rewritten lines as progress (the client asked for it).
+    pub progress_updates: bool,
 }
 
 /// How an Execute step ended, for the job's lifecycle and the log.
@@ -270,6 +272,7 @@ fn launch_in(
         env: full_env,
         dir: job_dir.to_path_buf(),
         merged_output: context.merged_output,
+        progress_updates: context.progress_updates,
     };
     match context.sandbox {
         Some(sandbox) => sandbox.wrap(launch, reach),

@@ -26,6 +26,9 @@ pub struct Launch {
     /// stdout and stderr as one pipe, in the order they were written (for clients
     /// that do not ask for separate streams), or as two.
     pub merged_output: bool,
+    /// Report text rewritten after a carriage return as [`JobEvent::Progress`], and
+    /// send of each line only what a terminal would show (clients that ask for it).
+    pub progress_updates: bool,
 }
 
 /// Which output pipe a line came from.
@@ -42,6 +45,9 @@ pub enum Pipe {
 pub enum JobEvent {
     /// One line a process printed (without its line break).
     Line { pipe: Pipe, text: String },
+    /// The text of a line a process is rewriting in place (after a carriage return),
+    /// as it is now; the next event replaces it.
+    Progress { pipe: Pipe, text: String },
     /// A note from the server itself (a cached environment reused, a wait).
     Note(String),
     /// The command ended with this status: the last event of a run.

@@ -59,7 +59,7 @@ impl Executor for LocalExecutor {
     /// behind in its group are terminated once it exits, so their open pipes cannot
     /// hold the job open.
     async fn run(&self, launch: Launch, events: &Events, limits: TimeLimits) -> io::Result<ProcessEnd> {
-        let merged = launch.merged_output;
+        let (merged, progress) = (launch.merged_output, launch.progress_updates);
         let mut command = self.command(launch);
         command.stdin(Stdio::null()).process_group(0).kill_on_drop(true);
         // Merged: both descriptors are one pipe's writing end, so lines keep the order
@@ -85,13 +85,13 @@ impl Executor for LocalExecutor {
         let (line_tx, mut lines) = mpsc::channel::<JobEvent>(256);
         if let Some(reader) = merged_reader {
             let reader = tokio::net::unix::pipe::Receiver::from_owned_fd(std::os::fd::OwnedFd::from(reader))?;
-            tokio::spawn(pump_lines(reader, Pipe::Merged, line_tx.clone()));
+            tokio::spawn(pump_lines(reader, Pipe::Merged, progress, line_tx.clone()));
         }
         if let Some(stdout) = child.stdout.take() {
-            tokio::spawn(pump_lines(stdout, Pipe::Stdout, line_tx.clone()));
+            tokio::spawn(pump_lines(stdout, Pipe::Stdout, progress, line_tx.clone()));
         }
         if let Some(stderr) = child.stderr.take() {
-            tokio::spawn(pump_lines(stderr, Pipe::Stderr, line_tx.clone()));
+            tokio::spawn(pump_lines(stderr, Pipe::Stderr, progress, line_tx.clone()));
         }
         // The pumps hold the only senders: the loop below ends when every pipe closed.
         drop(line_tx);
@@ -189,46 +189,127 @@ fn signal_group(id: i32, signal: i32) {
     }
 }
 
-async fn pump_lines<R: AsyncRead + Unpin>(reader: R, pipe: Pipe, lines: mpsc::Sender<JobEvent>) {
+/// At most this often a rewritten line is reported as progress (tqdm redraws up to ten
+/// times a second).
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Turns one pipe's bytes into line events. With `progress`, text that ends in a
+/// carriage return is a line being rewritten: reported as progress (rate-limited), and
+/// the line finally sent is what a terminal would show (its last rewrite). Without,
+/// lines end at newlines only and keep their carriage returns (a trailing one goes).
+async fn pump_lines<R: AsyncRead + Unpin>(reader: R, pipe: Pipe, progress: bool, lines: mpsc::Sender<JobEvent>) {
     let mut reader = BufReader::new(reader);
-    let mut line = Vec::new();
+    let stops: &[u8] = if progress { b"\r\n" } else { b"\n" };
+    let mut segment = Vec::new();
+    // The last text that ended in `\r`: a `\n` right after makes it the line (`\r\n`).
+    let mut rewritten: Option<String> = None;
+    let mut last_progress: Option<tokio::time::Instant> = None;
     loop {
-        line.clear();
-        match read_line_capped(&mut reader, &mut line).await {
-            Ok(0) | Err(_) => return,
+        segment.clear();
+        match read_segment_capped(&mut reader, &mut segment, stops).await {
+            Ok(0) | Err(_) => break,
             Ok(_) => {}
         }
-        if line.last() == Some(&b'\n') {
-            line.pop();
-        }
-        if line.last() == Some(&b'\r') {
-            line.pop();
-        }
-        let text = String::from_utf8_lossy(&line).into_owned();
-        if lines.send(JobEvent::Line { pipe, text }).await.is_err() {
+        let event = match segment.last() {
+            Some(b'\r') if progress => {
+                segment.pop();
+                let text = String::from_utf8_lossy(&segment).into_owned();
+                rewritten = Some(text.clone());
+                let due = last_progress.is_none_or(|at| at.elapsed() >= PROGRESS_INTERVAL);
+                if !due {
+                    continue;
+                }
+                last_progress = Some(tokio::time::Instant::now());
+                JobEvent::Progress { pipe, text }
+            }
+            Some(b'\n') => {
+                segment.pop();
+                let text = match (segment.is_empty(), rewritten.take()) {
+                    (true, Some(before)) if progress => before,
+                    _ => {
+                        if segment.last() == Some(&b'\r') {
+                            segment.pop();
+                        }
+                        String::from_utf8_lossy(&segment).into_owned()
+                    }
+                };
+                JobEvent::Line { pipe, text }
+            }
+            // A piece of a line longer than the cap.
+            _ => {
+                rewritten = None;
+                JobEvent::Line { pipe, text: String::from_utf8_lossy(&segment).into_owned() }
+            }
+        };
+        if lines.send(event).await.is_err() {
             return;
+        }
+    }
+    // Output that ended mid-rewrite: what the terminal would show stays.
+    if let Some(text) = rewritten {
+        let _ = lines.send(JobEvent::Line { pipe, text }).await;
+    }
+}
+
+/// Reads up to and including the next byte of `stops`, or [`MAX_LINE_BYTES`],
+/// whichever comes first. Returns the number of bytes read; 0 at end of file.
+async fn read_segment_capped<R: AsyncBufReadExt + Unpin>(
+    reader: &mut R,
+    segment: &mut Vec<u8>,
+    stops: &[u8],
+) -> io::Result<usize> {
+    loop {
+        let available = reader.fill_buf().await?;
+        if available.is_empty() {
+            return Ok(segment.len());
+        }
+        let room = MAX_LINE_BYTES - segment.len();
+        let stop = available.iter().position(|b| stops.contains(b));
+        let (take, done) = match stop {
+            Some(at) if at < room => (at + 1, true),
+            _ => (available.len().min(room), available.len() >= room),
+        };
+        segment.extend_from_slice(&available[..take]);
+        reader.consume(take);
+        if done {
+            return Ok(segment.len());
         }
     }
 }
 
-/// Reads up to and including the next newline, or [`MAX_LINE_BYTES`], whichever
-/// comes first. Returns the number of bytes read; 0 at end of file.
-async fn read_line_capped<R: AsyncBufReadExt + Unpin>(reader: &mut R, line: &mut Vec<u8>) -> io::Result<usize> {
-    loop {
-        let available = reader.fill_buf().await?;
-        if available.is_empty() {
-            return Ok(line.len());
-        }
-        let room = MAX_LINE_BYTES - line.len();
-        let newline = available.iter().position(|&b| b == b'\n');
-        let (take, done) = match newline {
-            Some(at) if at < room => (at + 1, true),
-            _ => (available.len().min(room), available.len() >= room),
-        };
-        line.extend_from_slice(&available[..take]);
-        reader.consume(take);
-        if done {
-            return Ok(line.len());
-        }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn events(bytes: &'static [u8], progress: bool) -> Vec<JobEvent> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        runtime.block_on(async {
+            let (tx, mut rx) = mpsc::channel(64);
+            pump_lines(bytes, Pipe::Stdout, progress, tx).await;
+            let mut events = Vec::new();
+            while let Some(event) = rx.recv().await {
+                events.push(event);
+            }
+            events
+        })
+    }
+
+    fn line(text: &str) -> JobEvent {
+        JobEvent::Line { pipe: Pipe::Stdout, text: text.into() }
+    }
+
+    #[test]
+    fn rewritten_lines_become_progress_and_the_line_is_what_a_terminal_shows() {
+        let got = events(b"crlf\r\n 10%\r 50%\r100%\nend\rpartial", true);
+        // The first rewrite is reported at once; the next ones within 100 ms are not.
+        assert_eq!(got[0], JobEvent::Progress { pipe: Pipe::Stdout, text: "crlf".into() });
+        let lines: Vec<&JobEvent> = got.iter().filter(|e| matches!(e, JobEvent::Line { .. })).collect();
+        assert_eq!(lines, [&line("crlf"), &line("100%"), &line("partial")]);
+    }
+
+    #[test]
+    fn without_progress_lines_end_at_newlines_and_keep_their_rewrites() {
+        let got = events(b"crlf\r\n 10%\r100%\nend", false);
+        assert_eq!(got, [line("crlf"), line(" 10%\r100%"), line("end")]);
     }
 }

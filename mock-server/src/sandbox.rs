@@ -64,6 +64,7 @@ impl Sandbox {
             env: Vec::new(),
             dir: root.to_path_buf(),
             merged_output: false,
+            progress_updates: false,
         };
         let probe = sandbox.wrap(probe, reach);
         let output = std::process::Command::new(&probe.program)
@@ -117,6 +118,7 @@ impl Sandbox {
             env: Vec::new(),
             dir: launch.dir,
             merged_output: launch.merged_output,
+            progress_updates: launch.progress_updates,
         }
     }
 }

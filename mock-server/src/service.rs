@@ -126,6 +126,7 @@ impl FileService for Service {
         let run = self.state.jobs.start_command(&job_use)?;
         // As the Python server: one ordered stream, unless the client asks for two.
         let merged = !request.separate_streams || self.state.config.legacy_protocol;
+        let progress_updates = request.progress_updates && !self.state.config.legacy_protocol;
         let (tx, rx) = mpsc::channel(64);
         let state = self.state.clone();
         let cn = caller.name().to_string();
@@ -141,6 +142,7 @@ impl FileService for Service {
                 sandbox: config.sandbox.as_ref(),
                 sandbox_network: config.sandbox_network,
                 merged_output: merged,
+                progress_updates,
             };
             let ended = execute::execute(&dir, &requirements, &request.command_opt, &context).await;
             run.ended(match &ended {
@@ -216,15 +218,13 @@ impl FileService for Service {
 fn to_message(event: Result<JobEvent, JobError>, legacy: bool) -> Option<Result<ExecuteResponse, Status>> {
     let message = match event {
         Err(error) => return Some(Err(error.into())),
-        Ok(JobEvent::Exited { .. }) if legacy => return None,
+        Ok(JobEvent::Exited { .. } | JobEvent::Progress { .. }) if legacy => return None,
         Ok(JobEvent::Line { text, .. }) if legacy => ExecuteResponse { message: text, ..Default::default() },
         Ok(JobEvent::Line { pipe, text }) => {
-            let stream = match pipe {
-                Pipe::Stdout => OutputStream::Stdout,
-                Pipe::Stderr => OutputStream::Stderr,
-                Pipe::Merged => OutputStream::Unspecified,
-            };
-            ExecuteResponse { message: text, stream: stream as i32, exit_status: None }
+            ExecuteResponse { message: text, stream: stream_of(pipe) as i32, ..Default::default() }
+        }
+        Ok(JobEvent::Progress { pipe, text }) => {
+            ExecuteResponse { message: text, stream: stream_of(pipe) as i32, progress: true, ..Default::default() }
         }
         Ok(JobEvent::Note(text)) => {
             ExecuteResponse { message: format!("[lrpymrpc-mock-server] {text}"), ..Default::default() }
@@ -238,10 +238,20 @@ fn to_message(event: Result<JobEvent, JobError>, legacy: bool) -> Option<Result<
                 message: format!("[lrpymrpc-mock-server] command ended with {words}"),
                 stream: OutputStream::Unspecified as i32,
                 exit_status: Some(ExitStatus { code, signal }),
+                progress: false,
             }
         }
     };
     Some(Ok(message))
+}
+
+/// The wire label of a pipe: unspecified for one merged pipe.
+fn stream_of(pipe: Pipe) -> OutputStream {
+    match pipe {
+        Pipe::Stdout => OutputStream::Stdout,
+        Pipe::Stderr => OutputStream::Stderr,
+        Pipe::Merged => OutputStream::Unspecified,
+    }
 }
 
 /// The RESULT paths (space-separated, relative to the job directory), sanitized.

@@ -40,11 +40,13 @@ mod tests {
             tool: "t".into(),
             command_opt: "c".into(),
             separate_streams: false,
+            progress_updates: false,
         };
         assert_eq!(request.encode_to_vec(), b"\x0a\x01u\x12\x01t\x1a\x01c");
-        // Ours asks for separate streams in field 4, which the deployed peers skip.
-        let ours = ExecuteRequest { separate_streams: true, ..request };
-        assert_eq!(ours.encode_to_vec(), b"\x0a\x01u\x12\x01t\x1a\x01c\x20\x01");
+        // Ours asks for separate streams and progress in fields 4 and 5, which the
+        // deployed peers skip.
+        let ours = ExecuteRequest { separate_streams: true, progress_updates: true, ..request };
+        assert_eq!(ours.encode_to_vec(), b"\x0a\x01u\x12\x01t\x1a\x01c\x20\x01\x28\x01");
     }
 
     #[test]
@@ -71,6 +73,7 @@ mod tests {
             message: String::new(),
             stream: OutputStream::Stderr as i32,
             exit_status: Some(ExitStatus { code: 3, signal: 0 }),
+            progress: false,
         };
         assert_eq!(last.encode_to_vec(), b"\x10\x02\x1a\x02\x08\x03");
     }

@@ -1,7 +1,7 @@
 """A FileService client written from the proto with grpcio, as the deployed Python
-client (lrPymRPC 0.2.9) works: pack the sources under their base names into one
-tar.gz, upload it in 1 MiB chunks, print every Execute message prefixed
-`[ip:port]:`, check, download and unpack the results. It knows none of lrpymrpc's
+client (lrPymRPC) works: pack the sources under their base names into one tar.gz,
+upload it in 1 MiB chunks, print every Execute message as it comes, check, download
+and unpack the results, with its status lines. It knows none of lrpymrpc's
 extensions. Used by the compatibility tests only."""
 
 import argparse
@@ -48,20 +48,20 @@ def main():
         data = archive.getvalue()
         chunks = (pb2.DataChunk(data=data[i : i + CHUNK]) for i in range(0, len(data), CHUNK))
         unique_id = stub.Upload(chunks).unique_id
-        print(f"{prefix}Upload: unique id={unique_id}", flush=True)
+        print(f"{prefix}unique id={unique_id}", flush=True)
         request = pb2.ExecuteRequest(unique_id=unique_id, tool=args.repo_url, command_opt=args.cmd)
         for response in stub.Execute(request):
-            print(f"{prefix}{response.message}", flush=True)
+            print(response.message, flush=True)
         result_dir = " ".join(args.result)
         if stub.Check(pb2.CheckRequest(unique_id=unique_id, result_dir=result_dir)).has_stream:
-            print(f"{prefix}Check: Download data is exist.", flush=True)
+            print(f"{prefix}Download data is exist.", flush=True)
             received = io.BytesIO()
             for chunk in stub.Download(pb2.DownloadRequest(unique_id=unique_id, result_dir=result_dir)):
                 received.write(chunk.data)
             received.seek(0)
             with tarfile.open(fileobj=received, mode="r:gz") as tar:
                 tar.extractall(".", filter="data")
-        print(f"{prefix}Finish: done.", flush=True)
+        print(f"{prefix}Finish.", flush=True)
 
 
 if __name__ == "__main__":

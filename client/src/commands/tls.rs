@@ -139,7 +139,7 @@ pub fn check(args: &Args, dir: Option<&str>, server: Option<&str>, local_only: b
     };
     match (target, findings.local_problems) {
         (Some(Ok(((host, port), origin))), 0) => {
-            let peer = Peer { host, port, tls: Some(tls) };
+            let peer = Peer { host, port, tls: Some(tls), keepalive: args.keepalive };
             println!("server: {} ({origin})", crate::connect::authority(&peer));
             check_server(peer, &mut findings);
         }

@@ -263,6 +263,29 @@ fn on_a_terminal(env: &TestEnv, args: &[&str]) -> Option<String> {
 }
 
 #[test]
+fn a_remote_progress_meter_shows_live_on_a_terminal_and_only_its_last_state_into_a_pipe() {
+    let env = TestEnv::new();
+    env.write("source/x", "x");
+    let meter = "for i in 1 2 3 4 5 6; do printf '\\rstep %d/6' $i >&2; sleep 0.3; done; echo >&2; echo done";
+    let prefix = env.prefix();
+    // Into a pipe: the finished line only, as a terminal would show it.
+    env.client()
+        .args(["--CMD", meter])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains(format!("{prefix}step 6/6\n")))
+        .stderr(predicate::str::contains("step 3/6").not())
+        .stdout(predicate::str::contains(format!("{prefix}done\n")));
+    let Some(screen) = on_a_terminal(&env, &["--CMD", meter]) else {
+        println!("SKIPPED: `script` (util-linux) is not installed");
+        return;
+    };
+    // On a terminal: the meter's states show on the status line as they come.
+    assert!(screen.contains("step 3/6") && screen.contains("step 4/6"), "{screen}");
+    assert!(screen.contains(&format!("{prefix}step 6/6")), "{screen}");
+}
+
+#[test]
 fn on_a_terminal_an_upload_shows_a_bar_with_total_and_eta_and_a_quiet_command_shows_it_runs() {
     let env = TestEnv::new();
     env.write("source/big", crate::env::pseudo_random(32 << 20, 3));
@@ -273,7 +296,7 @@ fn on_a_terminal_an_upload_shows_a_bar_with_total_and_eta_and_a_quiet_command_sh
     // The bar knows the total from the start: a percentage, the total and an ETA.
     assert!(screen.contains("upload [") && screen.contains("/32.00 MiB") && screen.contains("% "), "{screen}");
     assert!(screen.contains(" ETA "), "{screen}");
-    assert!(screen.contains("running on the server, 1s so far"), "{screen}");
+    assert!(screen.contains(" 1s running on the server"), "{screen}");
     assert!(screen.contains("lrpymrpc: uploaded 1 file, 32.0 MiB in "), "{screen}");
     assert!(screen.contains("]:done"), "{screen}");
 }

@@ -35,6 +35,38 @@ fn a_stopped_server_fails_the_connect_step_after_the_stall_limit() {
     assert!(started.elapsed() < Duration::from_secs(60), "bounded by the stall limit, not by luck");
 }
 
+#[test]
+fn a_server_stopped_during_a_silent_command_is_found_lost_by_keepalive_pings() {
+    use std::io::{BufRead, BufReader};
+    let mut env = TestEnv::bare();
+    let (mut server, port) = spawn_server_binary(&env, &[]);
+    env.set_addr(([127, 0, 0, 1], port).into());
+    env.write("source/x", "x");
+    let mut client = env
+        .client_std()
+        .args(["--keepalive", "1s", "--retries", "0", "--CMD", "echo started; sleep 120"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = BufReader::new(client.stdout.take().unwrap());
+    assert!(stdout.lines().map_while(Result::ok).any(|line| line.ends_with("]:started")));
+    // The command now prints nothing for minutes; the server stops answering anything.
+    send_signal(&server, libc::SIGSTOP);
+    let stopped = Instant::now();
+    let status = wait_exit(&mut client, Duration::from_secs(60));
+    let took = stopped.elapsed();
+    send_signal(&server, libc::SIGCONT);
+    send_signal(&server, libc::SIGKILL);
+    wait_exit(&mut server, Duration::from_secs(10));
+    let output = crate::env::child_output_within(client, crate::env::PROCESS_LIMIT);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(status.code(), Some(104), "{stderr}");
+    assert!(stderr.contains(&format!("execute failed: lost the connection to 127.0.0.1:{port}")), "{stderr}");
+    // One unanswered ping: the interval plus the 20 s the answer may take.
+    assert!(took < Duration::from_secs(40), "found lost after {took:?}");
+}
+
 /// Where [`Silent`] goes quiet.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Quiet {
