@@ -21,4 +21,4 @@ pub use merge::{MergeError, merge_tree};
 pub use pack::{Candidate, PackError, PackOptions, PackReport, PackRoot, pack_tar_gz};
 pub use paths::{NameError, find_below, sanitize_relative};
 pub use results::pack_results_tar_gz;
-pub use unpack::{Limits, MtimePolicy, UnpackError, UnpackOptions, UnpackReport, unpack_tar_gz};
+pub use unpack::{Limits, MtimePolicy, ReadProgress, UnpackError, UnpackOptions, UnpackReport, unpack_tar_gz};

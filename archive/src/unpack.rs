@@ -63,6 +63,18 @@ pub struct UnpackOptions {
     /// When set, the only paths (sanitized, relative) an entry may be at or below:
     /// the RESULT paths a client asked for. `None` accepts any path (uploads).
     pub only: Option<Vec<PathBuf>>,
+    /// Told the decompressed bytes as they are read: for a progress bar.
+    pub progress: Option<ReadProgress>,
+}
+
+/// A callback told how many decompressed bytes were just read.
+#[derive(Clone)]
+pub struct ReadProgress(pub std::sync::Arc<dyn Fn(u64) + Send + Sync>);
+
+impl std::fmt::Debug for ReadProgress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReadProgress")
+    }
 }
 
 #[derive(Debug, Default)]
@@ -103,7 +115,11 @@ impl UnpackError {
 /// directory, normally a fresh empty one (a job directory, a staging directory).
 /// On error, what was already written stays: the caller removes `dest`.
 pub fn unpack_tar_gz<R: Read>(input: R, dest: &Path, options: &UnpackOptions) -> Result<UnpackReport, UnpackError> {
-    let capped = CappedReader { inner: GzDecoder::new(input), remaining: options.limits.max_bytes };
+    let capped = CappedReader {
+        inner: GzDecoder::new(input),
+        remaining: options.limits.max_bytes,
+        progress: options.progress.clone(),
+    };
     let mut archive = tar::Archive::new(capped);
     let mut unpacker =
         Unpacker { placer: Placer::new(dest, options), options, report: UnpackReport::default(), entries: 0 };
@@ -230,6 +246,7 @@ impl Unpacker<'_> {
 struct CappedReader<R> {
     inner: R,
     remaining: u64,
+    progress: Option<ReadProgress>,
 }
 
 impl<R: Read> Read for CappedReader<R> {
@@ -243,6 +260,9 @@ impl<R: Read> Read for CappedReader<R> {
             return Err(io::Error::new(io::ErrorKind::FileTooLarge, "decompressed size limit reached"));
         }
         self.remaining -= n as u64;
+        if let Some(ReadProgress(progress)) = &self.progress {
+            progress(n as u64);
+        }
         Ok(n)
     }
 }

@@ -105,7 +105,7 @@ proptest! {
         let before = snapshot(root);
 
         let archive = archive_of(&entries, canary);
-        let options = UnpackOptions { limits: Limits::DEFAULT, mtime: MtimePolicy::FromArchive, only: None };
+        let options = UnpackOptions { limits: Limits::DEFAULT, mtime: MtimePolicy::FromArchive, only: None, progress: None };
         let _ = unpack_tar_gz(&archive[..], dest, &options);
 
         let after: Vec<_> = snapshot(root).into_iter().filter(|(p, _, _)| !Path::new(p).starts_with(dest)).collect();
@@ -130,7 +130,7 @@ proptest! {
             let archive = archive_of(entries, canary);
             let staging = dest.join(".staging");
             fs::create_dir(&staging).unwrap();
-            let options = UnpackOptions { limits: Limits::DEFAULT, mtime: MtimePolicy::Now, only: None };
+            let options = UnpackOptions { limits: Limits::DEFAULT, mtime: MtimePolicy::Now, only: None, progress: None };
             if unpack_tar_gz(&archive[..], &staging, &options).is_ok() {
                 let _ = crate::merge_tree(&staging, dest);
             }

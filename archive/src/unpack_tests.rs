@@ -33,7 +33,7 @@ impl Scene {
     }
 
     fn unpack_with(&self, archive: &[u8], limits: Limits) -> Result<UnpackReport, UnpackError> {
-        let options = UnpackOptions { limits, mtime: MtimePolicy::FromArchive, only: None };
+        let options = UnpackOptions { limits, mtime: MtimePolicy::FromArchive, only: None, progress: None };
         unpack_tar_gz(archive, &self.dest, &options)
     }
 
@@ -298,7 +298,8 @@ fn links_are_judged_against_the_final_tree_whatever_the_order() {
 fn with_only_entries_outside_the_paths_asked_for_are_refused() {
     let only = Some(vec![PathBuf::from("out"), PathBuf::from("logs/run1")]);
     let unpack = |scene: &Scene, entries: &[crate::testing::Raw<'_>]| {
-        let options = UnpackOptions { limits: Limits::DEFAULT, mtime: MtimePolicy::Now, only: only.clone() };
+        let options =
+            UnpackOptions { limits: Limits::DEFAULT, mtime: MtimePolicy::Now, only: only.clone(), progress: None };
         unpack_tar_gz(&gzip(&tar_bytes(entries))[..], &scene.dest, &options)
     };
     let scene = Scene::new();
@@ -337,7 +338,7 @@ fn two_downloads_cannot_chain_links_across_a_merge() {
     let download = |scene: &Scene, entries: &[crate::testing::Raw<'_>]| {
         let staging = scene.dest.join(".staging");
         fs::create_dir(&staging).unwrap();
-        let options = UnpackOptions { limits: Limits::DEFAULT, mtime: MtimePolicy::Now, only: None };
+        let options = UnpackOptions { limits: Limits::DEFAULT, mtime: MtimePolicy::Now, only: None, progress: None };
         let result = unpack_tar_gz(&gzip(&tar_bytes(entries))[..], &staging, &options)
             .map_err(|e| e.to_string())
             .and_then(|_| merge_tree(&staging, &scene.dest).map_err(|e| e.to_string()));

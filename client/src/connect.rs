@@ -66,16 +66,24 @@ pub fn parse_address(text: &str) -> Result<(String, Option<u16>), String> {
         };
     }
     match text.matches(':').count() {
-        0 => Ok((text.to_string(), None)),
+        0 => Ok((host_name(text)?, None)),
         1 => {
             let (host, port) = text.split_once(':').unwrap_or((text, ""));
             if host.is_empty() {
                 return Err("it has no host before `:`".into());
             }
-            Ok((host.to_string(), Some(parse_port(port)?)))
+            Ok((host_name(host)?, Some(parse_port(port)?)))
         }
         _ if text.parse::<std::net::Ipv6Addr>().is_ok() => Ok((text.to_string(), None)),
         _ => Err("it is not a host, an address, or `[IPv6]:PORT`".into()),
+    }
+}
+
+/// A host name or IPv4 address as written: letters, digits, `-`, `.` and `_` only.
+fn host_name(text: &str) -> Result<String, String> {
+    match text.chars().find(|&c| !(c.is_alphanumeric() || "-._".contains(c))) {
+        None => Ok(text.to_string()),
+        Some(c) => Err(format!("`{}` cannot be in a host name", c.escape_default())),
     }
 }
 
@@ -90,6 +98,29 @@ pub fn authority(peer: &Peer) -> String {
         format!("[{}]:{}", peer.host, peer.port)
     } else {
         format!("{}:{}", peer.host, peer.port)
+    }
+}
+
+/// Resolves a host name before dialling, so a name that does not resolve is said in
+/// words (the connector's error only has the resolver's); IP literals pass.
+async fn resolve(target: &Peer) -> Result<(), ClientError> {
+    if target.host.parse::<std::net::IpAddr>().is_ok() {
+        return Ok(());
+    }
+    let resolved = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::lookup_host((target.host.as_str(), target.port)));
+    let found = match resolved.await {
+        Ok(Ok(mut addresses)) => addresses.next().is_some(),
+        _ => false,
+    };
+    match found {
+        true => Ok(()),
+        false => Err(ClientError::Connect {
+            peer: authority(target),
+            reason: format!("the host name `{}` does not resolve to an address", target.host),
+            hint: Some("check the spelling of --SERVER_IP, or give the server's IP address".into()),
+            transient: false,
+            fault: TransportFault::UnknownHost,
+        }),
     }
 }
 
@@ -124,6 +155,7 @@ pub async fn connect(target: &Peer) -> Result<(Channel, Capabilities), ClientErr
             })?
         }
     };
+    resolve(target).await?;
     let channel = match endpoint.connect().await {
         Ok(channel) => channel,
         Err(error) => return Err(name_the_names(connect_error(&peer, &error, target), target).await),
@@ -187,6 +219,8 @@ pub async fn capabilities(channel: Channel) -> Result<Capabilities, Status> {
 /// `TimeoutExpired`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TransportFault {
+    /// The host name does not resolve (found by resolving it first, not from words).
+    UnknownHost,
     /// Nothing listens at that address.
     Refused,
     /// Nothing answered in time.
@@ -295,6 +329,7 @@ impl TransportFault {
     /// The fault in words, where ours say it better than the error's.
     pub fn describe(&self) -> Option<String> {
         Some(match self {
+            TransportFault::UnknownHost => "the host name does not resolve to an address".into(),
             TransportFault::Refused => "the connection was refused".into(),
             TransportFault::TimedOut => "nothing answered in time".into(),
             TransportFault::NameMismatch => "the server's certificate does not name the host dialled".into(),
@@ -430,7 +465,9 @@ mod tests {
         assert_eq!(ok("::1"), ("::1".into(), None));
         assert_eq!(ok("[::1]"), ("::1".into(), None));
         assert_eq!(ok("[fe80::1]:9000"), ("fe80::1".into(), Some(9000)));
-        for bad in ["", "host:", "host:0", "host:99999", ":5", "[::1", "[x]:5", "[::1]9", "a:b:c"] {
+        assert!(parse_address("bad host").unwrap_err().contains("` ` cannot be in a host name"));
+        assert!(parse_address("h/x:1").unwrap_err().contains("`/` cannot be in a host name"));
+        for bad in ["", "host:", "host:0", "host:99999", ":5", "[::1", "[x]:5", "[::1]9", "a:b:c", "a b"] {
             assert!(parse_address(bad).is_err(), "{bad:?} accepted");
         }
     }

@@ -12,11 +12,13 @@ use std::time::{Duration, Instant};
 
 use lrpymrpc_archive::bridge::{ChunkReader, ChunkWriter, Fed, feed};
 use lrpymrpc_archive::{
-    Candidate, MtimePolicy, PackError, PackOptions, PackReport, PackRoot, UnpackOptions, UnpackReport, merge_tree,
-    pack_tar_gz, sanitize_relative, unpack_tar_gz,
+    Candidate, MtimePolicy, PackError, PackOptions, PackReport, PackRoot, ReadProgress, UnpackOptions, UnpackReport,
+    merge_tree, pack_tar_gz, sanitize_relative, unpack_tar_gz,
 };
 use lrpymrpc_proto::file_service_client::FileServiceClient;
-use lrpymrpc_proto::{CheckRequest, DataChunk, DownloadRequest, ExecuteRequest, ExitStatus, OutputStream};
+use lrpymrpc_proto::{
+    CheckRequest, CheckResponse, DataChunk, DownloadRequest, ExecuteRequest, ExitStatus, OutputStream,
+};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
@@ -80,14 +82,15 @@ impl Session {
     }
 
     /// Whether any of the RESULT paths (joined by spaces) exist in the job.
-    pub async fn check(&self, unique_id: &str, result_dir: &str) -> Result<bool, ClientError> {
+    /// Whether there is something to download, and its size when the server says it.
+    pub async fn check(&self, unique_id: &str, result_dir: &str) -> Result<CheckResponse, ClientError> {
         let request = CheckRequest { unique_id: unique_id.to_string(), result_dir: result_dir.to_string() };
         let mut files = self.files.clone();
         let response = tokio::time::timeout(self.stall, files.check(request))
             .await
             .map_err(|_| self.stalled(Step::Check))?
             .map_err(|s| self.failed(Step::Check, s))?;
-        Ok(response.into_inner().has_stream)
+        Ok(response.into_inner())
     }
 
     /// Tells the server nothing will be fetched (a Check for no paths), so it can
@@ -199,7 +202,14 @@ impl Session {
     /// Unpacks the result stream into a staging directory inside the destination, then
     /// moves it into place: a failed, refused or cancelled download leaves earlier results
     /// as they were and no staging directory behind.
-    pub async fn download(&self, job: &Job, request: DownloadRequest, out: &Output) -> Result<Fetched, ClientError> {
+    /// `total`: the result's size when the server said it (Check), for a bar with an ETA.
+    pub async fn download(
+        &self,
+        job: &Job,
+        request: DownloadRequest,
+        total: Option<u64>,
+        out: &Output,
+    ) -> Result<Fetched, ClientError> {
         let mut client = self.files.clone();
         let dest = job.results_dest.clone();
         let limits = job.result_limits;
@@ -225,8 +235,19 @@ impl Session {
             .filter_map(|name| sanitize_relative(name.as_bytes()).ok().map(|rel| (name.clone(), rel)))
             .collect();
         let only = asked.iter().map(|(_, rel)| rel.clone()).collect();
+        // With a total, the bar follows the unpacked bytes; without, the bytes received.
+        let progress: Progress = out.progress("download");
+        let unpacked = match total {
+            Some(total) if progress.is_shown() => {
+                progress.set_total(total);
+                let bar = progress.clone();
+                Some(ReadProgress(Arc::new(move |bytes| bar.add_bytes(bytes))))
+            }
+            _ => None,
+        };
+        let count_received = unpacked.is_none();
         let unpack = tokio::task::spawn_blocking(move || {
-            let options = UnpackOptions { limits, mtime: MtimePolicy::Now, only: Some(only) };
+            let options = UnpackOptions { limits, mtime: MtimePolicy::Now, only: Some(only), progress: unpacked };
             let report =
                 unpack_tar_gz(ChunkReader::new(chunk_rx), staging.path(), &options).map_err(ResultsError::from)?;
             let missing = asked
@@ -237,10 +258,11 @@ impl Session {
             merge_tree(staging.path(), &dest).map_err(ResultsError::from)?;
             Ok::<_, ClientError>(Fetched { report, missing })
         });
-        let progress: Progress = out.progress("download");
         let chunks = stream.map(|chunk| {
             chunk.map(|chunk| {
-                progress.add_bytes(chunk.data.len() as u64);
+                if count_received {
+                    progress.add_bytes(chunk.data.len() as u64);
+                }
                 chunk.data
             })
         });

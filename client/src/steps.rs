@@ -106,7 +106,8 @@ async fn fetch_results(
     out.begin(Step::Check);
     let result_dir = job.results.join(" ");
     let checking = retrying(job, out, Step::Check, || session.check(&unique_id, &result_dir));
-    let has_stream = patiently(out, job, "Check", checking).await?;
+    let checked = patiently(out, job, "Check", checking).await?;
+    let has_stream = checked.has_stream;
     out.end("");
     if !has_stream {
         out.status("Download data is not exist.");
@@ -115,7 +116,8 @@ async fn fetch_results(
     out.status("Download data is exist.");
     out.begin(Step::Download);
     let request = DownloadRequest { unique_id, result_dir };
-    let fetched = retrying(job, out, Step::Download, || session.download(job, request.clone(), out)).await?;
+    let total = (checked.result_bytes > 0).then_some(checked.result_bytes);
+    let fetched = retrying(job, out, Step::Download, || session.download(job, request.clone(), total, out)).await?;
     out.transferred("downloaded", fetched.report.files, fetched.report.content_bytes);
     out.status("Extract result.");
     Ok(warn_missing(fetched.missing, out))

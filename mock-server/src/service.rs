@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use lrpymrpc_archive::bridge::{CHANNEL_CHUNKS, ChunkReader, ChunkWriter, Fed, feed};
-use lrpymrpc_archive::{MtimePolicy, UnpackOptions, find_below, pack_results_tar_gz, sanitize_relative, unpack_tar_gz};
+use lrpymrpc_archive::{
+    MtimePolicy, PackRoot, UnpackOptions, find_below, pack_results_tar_gz, sanitize_relative, unpack_tar_gz,
+};
 use lrpymrpc_proto::file_service_server::FileService;
 use lrpymrpc_proto::{
     CHUNK_SIZE, CheckRequest, CheckResponse, DataChunk, DownloadRequest, ExecuteRequest, ExecuteResponse, ExitStatus,
@@ -71,8 +73,12 @@ impl FileService for Service {
         })?;
         let stream = request.into_inner();
         let (chunk_tx, chunk_rx) = mpsc::channel(CHANNEL_CHUNKS);
-        let options =
-            UnpackOptions { limits: self.state.config.upload_limits, mtime: MtimePolicy::FromArchive, only: None };
+        let options = UnpackOptions {
+            limits: self.state.config.upload_limits,
+            mtime: MtimePolicy::FromArchive,
+            only: None,
+            progress: None,
+        };
         let (jobs, unpack_id) = (self.state.jobs.clone(), id.clone());
         // The blocking task owns the cleanup, so a failed upload leaves no directory
         // even when this handler is dropped half-way.
@@ -176,16 +182,20 @@ impl FileService for Service {
         let request = request.into_inner();
         let (dir, job_use) = self.state.jobs.open_ended(&request.unique_id, caller.cn.as_deref())?;
         let names = result_names(&request.result_dir)?;
-        // Many paths, a slow disk: looked up off the async threads.
-        let found = tokio::task::spawn_blocking(move || existing_results(&dir, &names))
-            .await
-            .map_err(|e| JobError::task("looking up the results", e))?;
-        let has_stream = !found?.is_empty();
+        // Many paths, a slow disk: looked up off the async threads. The command has
+        // ended (the job's phase says so), so nothing changes what is measured.
+        let found = tokio::task::spawn_blocking(move || {
+            existing_results(&dir, &names).map(|found| (result_bytes(&dir, &found), found))
+        })
+        .await
+        .map_err(|e| JobError::task("looking up the results", e))?;
+        let (result_bytes, found) = found?;
+        let has_stream = !found.is_empty();
         if !has_stream {
             // Nothing to download: the client is done with this job.
             self.state.jobs.finished(job_use.id(), Done::Fetched);
         }
-        Ok(Response::new(CheckResponse { has_stream }))
+        Ok(Response::new(CheckResponse { has_stream, result_bytes }))
     }
 
     type DownloadStream = ResponseStream<DataChunk>;
@@ -280,6 +290,23 @@ fn existing_results(job_dir: &Path, names: &[PathBuf]) -> Result<Vec<PathBuf>, J
         }
     }
     Ok(found)
+}
+
+/// The bytes of the regular files below the found result paths, links not followed:
+/// the total of a download's progress bar (0 when the walk fails).
+fn result_bytes(job_dir: &Path, found: &[PathBuf]) -> u64 {
+    use lrpymrpc_archive::walk::{Found, WalkOptions, walk};
+    let roots: Vec<PackRoot> =
+        found.iter().map(|name| PackRoot { disk: job_dir.join(name), name: name.clone() }).collect();
+    let mut bytes = 0;
+    let options = WalkOptions { follow_symlinks: false, keep: &|_| true };
+    let mut add = |found: Found<'_>| {
+        if let Found::File { meta, .. } = found {
+            bytes += meta.len();
+        }
+        Ok(())
+    };
+    walk(&roots, &options, &mut add).map_or(0, |_| bytes)
 }
 
 /// `message` with the job directory's absolute path taken out.

@@ -55,7 +55,7 @@ mod tests {
         let download = DownloadRequest { unique_id: "u".into(), result_dir: "a b".into() };
         assert_eq!(check.encode_to_vec(), b"\x0a\x01u\x12\x03a b");
         assert_eq!(check.encode_to_vec(), download.encode_to_vec());
-        assert_eq!(CheckResponse { has_stream: true }.encode_to_vec(), b"\x08\x01");
+        assert_eq!(CheckResponse { has_stream: true, result_bytes: 0 }.encode_to_vec(), b"\x08\x01");
         assert_eq!(DataChunk { data: b"z".to_vec() }.encode_to_vec(), b"\x0a\x01z");
         assert_eq!(UploadResponse { unique_id: "u".into() }.encode_to_vec(), b"\x0a\x01u");
         assert_eq!(ExecuteResponse { message: "m".into(), ..Default::default() }.encode_to_vec(), b"\x0a\x01m");

@@ -286,10 +286,11 @@ fn a_remote_progress_meter_shows_live_on_a_terminal_and_only_its_last_state_into
 }
 
 #[test]
-fn on_a_terminal_an_upload_shows_a_bar_with_total_and_eta_and_a_quiet_command_shows_it_runs() {
+fn on_a_terminal_transfers_show_bars_with_total_and_eta_and_a_quiet_command_shows_it_runs() {
     let env = TestEnv::new();
     env.write("source/big", crate::env::pseudo_random(32 << 20, 3));
-    let Some(screen) = on_a_terminal(&env, &["--CMD", "sleep 1.5; echo done"]) else {
+    let command = "mkdir build; head -c 33554432 /dev/urandom > build/big; sleep 1.5; echo done";
+    let Some(screen) = on_a_terminal(&env, &["--CMD", command]) else {
         println!("SKIPPED: `script` (util-linux) is not installed");
         return;
     };
@@ -298,6 +299,11 @@ fn on_a_terminal_an_upload_shows_a_bar_with_total_and_eta_and_a_quiet_command_sh
     assert!(screen.contains(" ETA "), "{screen}");
     assert!(screen.contains(" 1s running on the server"), "{screen}");
     assert!(screen.contains("lrpymrpc: uploaded 1 file, 32.0 MiB in "), "{screen}");
+    // The server says the result's size at Check: the download has a total too.
+    let download = screen.find("download [").map(|at| &screen[at..]).unwrap_or_default();
+    assert!(download.contains("/32.00 MiB") && download.contains(" ETA "), "{screen}");
+    assert!(screen.contains("lrpymrpc: downloaded 1 file, 32.0 MiB in "), "{screen}");
+    assert_eq!(std::fs::metadata(env.work.join("build/big")).unwrap().len(), 32 << 20);
     assert!(screen.contains("]:done"), "{screen}");
 }
 

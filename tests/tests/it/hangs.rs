@@ -110,7 +110,7 @@ impl FileService for Silent {
         if self.quiet == Quiet::Check {
             std::future::pending::<()>().await;
         }
-        Ok(Response::new(CheckResponse { has_stream: true }))
+        Ok(Response::new(CheckResponse { has_stream: true, ..Default::default() }))
     }
 
     type DownloadStream = Chunks;

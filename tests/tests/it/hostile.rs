@@ -36,7 +36,7 @@ impl FileService for CraftedResults {
     }
 
     async fn check(&self, _: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
-        Ok(Response::new(CheckResponse { has_stream: true }))
+        Ok(Response::new(CheckResponse { has_stream: true, ..Default::default() }))
     }
 
     type DownloadStream = Chunks;

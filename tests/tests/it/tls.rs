@@ -147,6 +147,21 @@ fn an_unreachable_server_fails_with_a_hint() {
         .assert()
         .code(2)
         .stderr(predicate::str::contains(format!("names port {port}, but --SERVER_PORT says 9")));
+    // A name that does not resolve is said so, once, without the resolver's wording.
+    env.bare_client()
+        .args(["--CMD", "true", "--SERVER_IP", "no-such-host.invalid", "--TLS_CONFIG_DIR"])
+        .arg(&env.tls)
+        .assert()
+        .code(102)
+        .stderr(predicate::str::contains("the host name `no-such-host.invalid` does not resolve to an address"))
+        .stderr(predicate::str::contains("hint: check the spelling of --SERVER_IP"))
+        .stderr(predicate::str::contains("dns error").not())
+        .stderr(predicate::str::contains("tried").not());
+    env.bare_client()
+        .args(["--CMD", "true", "--SERVER_IP", "build server"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("` ` cannot be in a host name"));
 }
 
 #[test]
