@@ -162,6 +162,11 @@ pub struct Args {
     #[arg(long, env = "LRPYMRPC_EXIT_STATUS_MARKER", value_parser = FalseyValueParser::new(), help_heading = "Beyond lrPymRPC")]
     pub exit_status_marker: bool,
 
+    /// Send the sources as one tar.gz even to a server that keeps what it was sent
+    /// (content-addressed upload), as to the Python server
+    #[arg(long, env = "LRPYMRPC_NO_CAS", value_parser = FalseyValueParser::new(), help_heading = "Beyond lrPymRPC")]
+    pub no_cas: bool,
+
     /// gzip level of the upload, 0 (store) to 9 (smallest); 1 suits a LAN
     #[arg(long, env = "LRPYMRPC_GZIP_LEVEL", value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=9), help_heading = "Beyond lrPymRPC")]
     pub gzip_level: u32,

@@ -47,6 +47,8 @@ pub struct Job {
     /// What the TLS files' checks warn about (a key others can read, an expiring
     /// certificate), shown before the job starts.
     pub tls_warnings: Vec<crate::tls_audit::Finding>,
+    /// `--no-cas`: always a tar.gz upload.
+    pub no_cas: bool,
     /// `--stall-timeout`: how long a step may get no answer.
     pub stall: std::time::Duration,
     pub verbosity: Verbosity,
@@ -107,6 +109,7 @@ impl Job {
             results,
             rules: Arc::new(rules),
             strict: args.strict,
+            no_cas: args.no_cas,
             results_dest,
             no_results_on_failure: args.no_results_on_failure,
             gzip_level: args.gzip_level,

@@ -277,11 +277,33 @@ impl Output {
             secs if secs >= 0.5 => format!(" ({}/s)", lrpymrpc_units::human_bytes((bytes as f64 / secs) as u64)),
             _ => String::new(),
         };
-        let files = match files {
-            1 => "1 file".to_string(),
-            n => format!("{} files", lrpymrpc_units::human_count(n)),
-        };
+        let files = lrpymrpc_units::count_of(files, "file");
         let summary = format!("{verb} {files}, {} in {}{rate}", lrpymrpc_units::human_bytes(bytes), seconds(took));
+        self.write(true, &format!("lrpymrpc: {summary}"));
+    }
+
+    /// Ends a content-addressed upload with its summary line: what the tree holds, and
+    /// what of it travelled (`uploaded 1 of 2,000 files (10.0 KiB of 200.0 MiB) in
+    /// 0.12 s; the server had the rest`); hidden by `--quiet`.
+    pub fn transferred_tree(&self, files: u64, file_bytes: u64, sent_blobs: u64, sent_bytes: u64) {
+        self.finish_progress();
+        if self.verbosity.quiet {
+            return;
+        }
+        let took = seconds(self.state().started.elapsed());
+        let (count, human) = (lrpymrpc_units::human_count, lrpymrpc_units::human_bytes);
+        let tree = format!("{}, {}", lrpymrpc_units::count_of(files, "file"), human(file_bytes));
+        let summary = match (sent_blobs, sent_bytes == file_bytes) {
+            (0, _) => format!("uploaded nothing in {took}: the server had the whole tree ({tree})"),
+            (_, true) => format!("uploaded {tree} in {took}"),
+            (blobs, false) => format!(
+                "uploaded {} of {} files ({} of {}) in {took}; the server had the rest",
+                count(blobs),
+                count(files),
+                human(sent_bytes),
+                human(file_bytes)
+            ),
+        };
         self.write(true, &format!("lrpymrpc: {summary}"));
     }
 

@@ -16,6 +16,7 @@ use lrpymrpc_archive::{
     merge_tree, pack_tar_gz, sanitize_relative, unpack_tar_gz,
 };
 use lrpymrpc_proto::file_service_client::FileServiceClient;
+use lrpymrpc_proto::v1::extensions_client::ExtensionsClient;
 use lrpymrpc_proto::{
     CheckRequest, CheckResponse, DataChunk, DownloadRequest, ExecuteRequest, ExitStatus, OutputStream,
 };
@@ -43,11 +44,16 @@ const UPLOAD_CHUNK_BYTES: usize = 256 * 1024;
 /// Results arrive in the server's chunk size (1 MiB from ours).
 const QUEUED_CHUNKS: usize = 2;
 
+#[path = "cas_upload.rs"]
+mod cas_upload;
+pub use cas_upload::TreeUpload;
+
 /// A connection to one server, proven by its capabilities call.
 #[derive(Debug, Clone)]
 pub struct Session {
     peer: Peer,
     files: FileServiceClient<Channel>,
+    extensions: ExtensionsClient<Channel>,
     capabilities: Capabilities,
     /// A step whose server says nothing for this long fails (`--stall-timeout`).
     stall: Duration,
@@ -61,8 +67,9 @@ impl Session {
             Ok(connected) => connected?,
             Err(_) => return Err(stalled_connect(peer, stall)),
         };
-        let files = FileServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
-        Ok(Session { peer: peer.clone(), files, capabilities, stall })
+        let files = FileServiceClient::new(channel.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES);
+        let extensions = ExtensionsClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
+        Ok(Session { peer: peer.clone(), files, extensions, capabilities, stall })
     }
 
     /// A step that got no answer within the stall limit: a lost connection, worth a retry.

@@ -76,13 +76,25 @@ pub async fn run(job: &Job, out: &Output) -> Result<(), ClientError> {
     }
 }
 
-/// The Upload step, retried as a whole; returns the job id.
+/// The Upload step, retried as a whole; returns the job id. To a server that takes
+/// content-addressed uploads, only the blobs it lacks travel; to others, a tar.gz.
 async fn upload(session: &Session, job: &Job, roots: &[PackRoot], out: &Output) -> Result<String, ClientError> {
     out.status("Upload");
     out.begin(Step::Upload);
-    let (unique_id, report) = retrying(job, out, Step::Upload, || session.upload(job, roots.to_vec(), out)).await?;
-    out.transferred("uploaded", report.files, report.content_bytes);
-    for (path, why) in &report.skipped {
+    let (unique_id, skipped) = match session.takes_trees() && !job.no_cas {
+        true => {
+            let tree = retrying(job, out, Step::Upload, || session.upload_tree(job, roots.to_vec(), out)).await?;
+            out.transferred_tree(tree.files, tree.file_bytes, tree.sent_blobs, tree.sent_bytes);
+            (tree.unique_id, tree.skipped)
+        }
+        false => {
+            let (unique_id, report) =
+                retrying(job, out, Step::Upload, || session.upload(job, roots.to_vec(), out)).await?;
+            out.transferred("uploaded", report.files, report.content_bytes);
+            (unique_id, report.skipped)
+        }
+    };
+    for (path, why) in &skipped {
         out.warn(&format!("`{}` not uploaded: {why}", path.display()));
     }
     let left_out = job.rules.left_out_vcs();

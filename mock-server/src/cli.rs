@@ -111,6 +111,15 @@ struct Args {
     #[arg(long, value_name = "SIZE", default_value_t = SizeArg(defaults().env_cache_max_bytes), help_heading = "Python environments")]
     env_cache_max_bytes: SizeArg,
 
+    /// Refuse content-addressed upload: every client sends a whole tar.gz, as to the
+    /// Python server
+    #[arg(long, help_heading = "Content store")]
+    no_cas: bool,
+    /// Size bound of the content store (blobs clients upload once and reuse); least
+    /// recently used go first, never one a job is being made from
+    #[arg(long, value_name = "SIZE", default_value_t = SizeArg(defaults().cas_max_bytes), help_heading = "Content store")]
+    cas_max_bytes: SizeArg,
+
     /// Log lines as text or as JSON objects (one per line)
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -314,6 +323,8 @@ fn config_from(args: Args) -> anyhow::Result<Config> {
         max_handshakes_per_address: args.max_handshakes_per_address as usize,
         env_cache: !args.no_env_cache,
         env_cache_max_bytes: args.env_cache_max_bytes.0,
+        cas: !args.no_cas,
+        cas_max_bytes: args.cas_max_bytes.0,
         share_env_cache: args.share_env_cache,
         sandbox_network: args.sandbox_network,
         sandbox,

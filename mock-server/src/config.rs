@@ -53,6 +53,10 @@ pub struct Config {
     pub env_cache: bool,
     /// The cache's size bound; least recently used environments go first.
     pub env_cache_max_bytes: u64,
+    /// Content-addressed upload (`store.rs`): on, unless `--no-cas` or legacy.
+    pub cas: bool,
+    /// Size bound of the content store; least recently used blobs go first.
+    pub cas_max_bytes: u64,
     /// Share cached environments between certificates (CNs), not only within one.
     pub share_env_cache: bool,
     /// Let sandboxed commands use the network (pip always may).
@@ -88,6 +92,8 @@ impl Config {
             keepalive_interval: Duration::from_secs(60),
             env_cache: true,
             env_cache_max_bytes: 8 << 30,
+            cas: true,
+            cas_max_bytes: 32 << 30,
             share_env_cache: false,
             sandbox_network: false,
             sandbox: None,

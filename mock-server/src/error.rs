@@ -1,6 +1,9 @@
 //! Every way a job step fails, and the one place where each becomes a gRPC status.
 
 use lrpymrpc_archive::{PackError, UnpackError};
+use lrpymrpc_cas::TreeError;
+
+use crate::store::BlobError;
 use tonic::Status;
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +47,14 @@ pub enum JobError {
     TaskFailed { what: &'static str, why: String },
     #[error("server-side I/O error: {0}")]
     Io(#[from] std::io::Error),
+    #[error("blob refused: {0}")]
+    Blob(#[from] crate::store::BlobError),
+    #[error("input tree refused: {0}")]
+    Tree(#[from] lrpymrpc_cas::TreeError),
+    #[error("digest function `{0}` is not spoken here; use sha256")]
+    DigestFunction(String),
+    #[error("content-addressed upload is off on this server (--no-cas)")]
+    NoStore,
 }
 
 impl JobError {
@@ -77,6 +88,16 @@ impl From<JobError> for Status {
             JobError::Io(io) if is_out_of_space(io) => Status::resource_exhausted(message),
             JobError::Draining => Status::unavailable(message),
             JobError::Pack(_) | JobError::Io(_) | JobError::TaskFailed { .. } => Status::internal(message),
+            JobError::Blob(BlobError::Io(io)) if is_out_of_space(io) => Status::resource_exhausted(message),
+            JobError::Blob(BlobError::Io(_)) => Status::internal(message),
+            JobError::Blob(BlobError::TooLarge { .. }) => Status::resource_exhausted(message),
+            JobError::Blob(_) | JobError::DigestFunction(_) => Status::invalid_argument(message),
+            JobError::Tree(TreeError::TooLarge(_) | TreeError::TooManyEntries(_)) => {
+                Status::resource_exhausted(message)
+            }
+            JobError::Tree(TreeError::Write { .. }) => Status::internal(message),
+            JobError::Tree(_) => Status::invalid_argument(message),
+            JobError::NoStore => Status::unimplemented(message),
         }
     }
 }

@@ -1,18 +1,34 @@
 //! Our extension service, `lrpymrpc.v1.Extensions` (`proto/lrpymrpc_v1.proto`), served
 //! beside `FileService` unless `--legacy-protocol`: what this server can do, its
-//! limits and load, and who the caller is to it. Every later extension is announced
-//! here, so a client finds out in one round trip and falls back from a legacy server.
+//! limits and load, and who the caller is to it; and content-addressed upload
+//! (`CreateJob`, `UploadBlobs`), which makes the same jobs as `Upload` from a tree of
+//! blobs kept in the content store (`store.rs`). Every extension is announced by
+//! `Capabilities`, so a client finds out in one round trip and falls back from a
+//! legacy server.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
+use lrpymrpc_cas::{DIGEST_FUNCTION, TreeError, directory_digest, materialise, plan};
 use lrpymrpc_proto::v1::extensions_server::Extensions;
-use lrpymrpc_proto::v1::{Caller, CapabilitiesRequest, CapabilitiesResponse, Features, Limits, Load};
-use tonic::{Request, Response, Status};
+use lrpymrpc_proto::v1::{
+    BlobChunk, Caller, CapabilitiesRequest, CapabilitiesResponse, CreateJobResponse, Digest, Features, Limits, Load,
+    TreePart, UploadBlobsResponse,
+};
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{info, warn};
 
-use crate::auth::{check_allowed, identify};
+use crate::auth::{self, check_allowed, identify};
+use crate::error::JobError;
 use crate::executor::Executor;
 use crate::state::State;
+use crate::store::{BlobError, ContentStore};
+
+/// The most missing digests one CreateJob answer lists (`Limits.max_batch_blobs`).
+pub const MAX_MISSING_LISTED: usize = 20_000;
 
 /// The largest message the server decodes: tonic's default, said out loud.
 pub const MAX_MESSAGE_BYTES: u64 = 4 * 1024 * 1024;
@@ -54,7 +70,7 @@ impl Extensions for ExtensionService {
             server: format!("lrpymrpc-mock-server {}", env!("CARGO_PKG_VERSION")),
             features: Some(Features {
                 exit_status: true,
-                content_addressed_upload: false,
+                content_addressed_upload: self.state.store.is_some(),
                 result_encodings: Vec::new(),
                 action_cache: false,
                 durable_jobs: false,
@@ -63,7 +79,7 @@ impl Extensions for ExtensionService {
             limits: Some(Limits {
                 max_message_bytes: MAX_MESSAGE_BYTES,
                 max_upload_bytes: config.upload_limits.max_bytes,
-                max_batch_blobs: 0,
+                max_batch_blobs: MAX_MISSING_LISTED as u32,
             }),
             load: Some(Load {
                 max_jobs: u32::try_from(config.max_jobs).unwrap_or(u32::MAX),
@@ -74,5 +90,206 @@ impl Extensions for ExtensionService {
             caller: Some(caller),
         };
         Ok(Response::new(response))
+    }
+
+    async fn create_job(&self, request: Request<Streaming<TreePart>>) -> Result<Response<CreateJobResponse>, Status> {
+        let caller = self.authorized(&request, "create_job")?;
+        let store = self.state.store.as_ref().ok_or(JobError::NoStore)?;
+        if self.state.draining.load(Ordering::SeqCst) {
+            return Err(JobError::Draining.into());
+        }
+        let started = Instant::now();
+        let limits = self.state.config.upload_limits;
+        let (root, directories) = self.receive_tree(request.into_inner()).await?;
+        let plan = plan(&root, &directories, &limits).map_err(JobError::from)?;
+        let cn = caller.cn.clone().unwrap_or_default();
+        let missing = store.missing(&cn, plan.files.iter().map(|(_, digest, _)| digest));
+        if !missing.is_empty() {
+            return Ok(Response::new(missing_response(missing)));
+        }
+        let (id, dir, job_use) = self.state.jobs.create(caller.cn.as_deref())?;
+        let mut hashes: Vec<String> = plan.files.iter().map(|(_, digest, _)| digest.hash.clone()).collect();
+        hashes.sort_unstable();
+        hashes.dedup();
+        store.pin(&hashes);
+        let (state, job) = (self.state.clone(), id.clone());
+        let (files, bytes) = (plan.files.len(), plan.bytes);
+        // Copies, on a blocking thread; a failure removes the job directory.
+        let made = tokio::task::spawn_blocking(move || {
+            let store = state.store.as_ref().expect("checked above");
+            let made = materialise(&plan, &|hash| store.blob_path(hash), &dir);
+            store.unpin(&hashes);
+            if made.is_err() {
+                state.jobs.discard(&job);
+            }
+            made
+        })
+        .await
+        .map_err(|e| JobError::task("making the job from the store", e))?;
+        drop(job_use);
+        match made {
+            Ok(()) => {
+                info!(
+                    job = %id, cn = caller.name(), fingerprint = %caller.fingerprint, peer = %caller.address,
+                    files, bytes, ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                    "job made from the content store"
+                );
+                Ok(Response::new(CreateJobResponse { unique_id: id, ..Default::default() }))
+            }
+            // Evicted since it was counted present: the client sends it again.
+            Err(TreeError::BlobGone(hash)) => {
+                let size = store_size_of(&directories, &hash);
+                Ok(Response::new(missing_response(vec![Digest { hash, size }])))
+            }
+            Err(error) => Err(JobError::from(error).into()),
+        }
+    }
+
+    async fn upload_blobs(
+        &self,
+        request: Request<Streaming<BlobChunk>>,
+    ) -> Result<Response<UploadBlobsResponse>, Status> {
+        let caller = self.authorized(&request, "upload_blobs")?;
+        if self.state.store.is_none() {
+            return Err(JobError::NoStore.into());
+        }
+        let cn = caller.cn.clone().unwrap_or_default();
+        let limit = self.state.config.upload_limits.max_bytes;
+        let idle = self.state.config.upload_idle_timeout;
+        let (tx, rx) = mpsc::channel(8);
+        let state = self.state.clone();
+        let receiving = tokio::task::spawn_blocking(move || {
+            receive_blobs(state.store.as_ref().expect("checked above"), &cn, rx, limit)
+        });
+        let mut stream = request.into_inner();
+        let mut stalled = false;
+        loop {
+            match tokio::time::timeout(idle, stream.message()).await {
+                Err(_) => {
+                    stalled = true;
+                    break;
+                }
+                Ok(Ok(Some(chunk))) => {
+                    if tx.send(chunk).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(Ok(None)) => break,
+                // The client went away: what it sent whole is kept, the rest is not.
+                Ok(Err(_)) => {
+                    stalled = true;
+                    break;
+                }
+            }
+        }
+        drop(tx);
+        let received = receiving.await.map_err(|e| JobError::task("storing blobs", e))?;
+        if stalled {
+            return Err(JobError::UploadStalled(lrpymrpc_units::human_duration(idle)).into());
+        }
+        match received {
+            Ok(stored) => Ok(Response::new(UploadBlobsResponse { stored })),
+            Err(error) => {
+                warn!(cn = caller.name(), peer = %caller.address, reason = error.to_string().as_str(), "blob refused");
+                Err(JobError::from(error).into())
+            }
+        }
+    }
+}
+
+impl ExtensionService {
+    fn authorized<T>(&self, request: &Request<T>, rpc: &str) -> Result<auth::Caller, Status> {
+        let config = &self.state.config;
+        auth::authorize(request, config.tls.is_some(), config.allowed_cns.as_ref()).map_err(|error| {
+            let peer = request.remote_addr().map_or_else(|| "?".to_string(), |a| a.to_string());
+            warn!(rpc, peer = %peer, reason = error.to_string().as_str(), "refused");
+            Status::from(error)
+        })
+    }
+
+    /// Reads a CreateJob stream: the digest function and root from its first part,
+    /// every directory by the digest of its encoding as the server computes it.
+    async fn receive_tree(
+        &self,
+        mut stream: Streaming<TreePart>,
+    ) -> Result<(Digest, HashMap<String, lrpymrpc_proto::v1::Directory>), JobError> {
+        let limits = self.state.config.upload_limits;
+        let idle = self.state.config.upload_idle_timeout;
+        let mut head: Option<(String, Option<Digest>)> = None;
+        let mut directories = HashMap::new();
+        loop {
+            let part = match tokio::time::timeout(idle, stream.message()).await {
+                Err(_) => return Err(JobError::UploadStalled(lrpymrpc_units::human_duration(idle))),
+                Ok(Err(status)) => {
+                    return Err(JobError::TaskFailed { what: "receiving the tree", why: status.message().to_string() });
+                }
+                Ok(Ok(None)) => break,
+                Ok(Ok(Some(part))) => part,
+            };
+            if head.is_none() {
+                head = Some((part.digest_function.clone(), part.root.clone()));
+            }
+            for directory in part.directories {
+                if directories.len() as u64 >= limits.max_entries {
+                    return Err(TreeError::TooManyEntries(limits.max_entries).into());
+                }
+                directories.insert(directory_digest(&directory).hash, directory);
+            }
+        }
+        let (function, root) = head.unwrap_or_default();
+        if function != DIGEST_FUNCTION {
+            return Err(JobError::DigestFunction(function.chars().take(40).collect()));
+        }
+        let root = root.ok_or_else(|| TreeError::MissingDirectory("(no root was named)".into()))?;
+        Ok((root, directories))
+    }
+}
+
+/// A CreateJob answer listing missing blobs, at most [`MAX_MISSING_LISTED`].
+fn missing_response(mut missing: Vec<Digest>) -> CreateJobResponse {
+    let more_missing = missing.len() > MAX_MISSING_LISTED;
+    missing.truncate(MAX_MISSING_LISTED);
+    CreateJobResponse { unique_id: String::new(), missing, more_missing }
+}
+
+/// The size of a file blob named in the tree (for a blob evicted under a job).
+fn store_size_of(directories: &HashMap<String, lrpymrpc_proto::v1::Directory>, hash: &str) -> u64 {
+    directories
+        .values()
+        .flat_map(|d| d.files.iter())
+        .filter_map(|f| f.digest.as_ref())
+        .find(|d| d.hash == hash)
+        .map_or(0, |d| d.size)
+}
+
+/// Stores the blobs of one UploadBlobs stream, each verified; returns how many.
+fn receive_blobs(
+    store: &ContentStore,
+    cn: &str,
+    mut chunks: mpsc::Receiver<BlobChunk>,
+    limit: u64,
+) -> Result<u32, BlobError> {
+    let mut current = None;
+    let mut stored = 0;
+    while let Some(chunk) = chunks.blocking_recv() {
+        if let Some(digest) = chunk.digest {
+            if let Some(unfinished) = current.take() {
+                return Err(crate::store::BlobWriter::truncated(&unfinished));
+            }
+            current = Some(store.begin(&digest, limit)?);
+        }
+        let Some(writer) = current.as_mut() else {
+            return Err(BlobError::Unnamed);
+        };
+        writer.write(&chunk.data)?;
+        if writer.complete() {
+            let done = current.take().expect("just used");
+            store.finish(cn, done)?;
+            stored += 1;
+        }
+    }
+    match current {
+        Some(unfinished) => Err(unfinished.truncated()),
+        None => Ok(stored),
     }
 }

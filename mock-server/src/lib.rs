@@ -22,6 +22,7 @@ mod repo_url;
 pub mod sandbox;
 mod service;
 mod state;
+mod store;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -8,6 +8,7 @@ use crate::config::Config;
 use crate::envs::EnvCache;
 use crate::jobs::{Jobs, sweep_orphans};
 use crate::local::LocalExecutor;
+use crate::store::ContentStore;
 
 #[derive(Debug)]
 pub struct State {
@@ -16,6 +17,8 @@ pub struct State {
     /// Where job processes run.
     pub executor: LocalExecutor,
     pub env_cache: Option<EnvCache>,
+    /// Blobs of content-addressed uploads; `None` when that is off.
+    pub store: Option<ContentStore>,
     /// Set at shutdown: uploads are refused, running jobs finish.
     pub draining: AtomicBool,
 }
@@ -26,6 +29,11 @@ impl State {
         let swept = sweep_orphans(&config.root);
         let env_cache = match config.env_cache {
             true => Some(EnvCache::new(&config.root, config.env_cache_max_bytes)?),
+            false => None,
+        };
+        let store = match config.cas && !config.legacy_protocol {
+            // A blob just sent is held for its job as long as an upload may idle, twice.
+            true => Some(ContentStore::new(&config.root, config.cas_max_bytes, config.upload_idle_timeout * 2)?),
             false => None,
         };
         let jobs = Arc::new(Jobs::new(
@@ -44,8 +52,14 @@ impl State {
                  --sandbox or a kernel with user namespaces prevents that"
             );
         }
-        let state =
-            State { config, jobs, executor: LocalExecutor::new(contain), env_cache, draining: AtomicBool::new(false) };
+        let state = State {
+            config,
+            jobs,
+            executor: LocalExecutor::new(contain),
+            env_cache,
+            store,
+            draining: AtomicBool::new(false),
+        };
         Ok((state, swept))
     }
 }

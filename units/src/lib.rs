@@ -189,6 +189,14 @@ pub fn human_count(count: u64) -> String {
     out
 }
 
+/// "1 file", "2,000 files": a count with its noun (plural by adding `s`).
+pub fn count_of(count: u64, noun: &str) -> String {
+    match count {
+        1 => format!("1 {noun}"),
+        n => format!("{} {noun}s", human_count(n)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -257,5 +265,6 @@ mod tests {
         assert_eq!(human_count(2000), "2,000");
         assert_eq!(human_count(999), "999");
         assert_eq!(human_count(1_234_567), "1,234,567");
+        assert_eq!((count_of(1, "file"), count_of(2000, "file")), ("1 file".into(), "2,000 files".into()));
     }
 }

@@ -216,14 +216,14 @@ fn quiet_shows_only_remote_output_and_verbose_adds_timings() {
     // Each transfer leaves one summary line; --verbose adds the other steps' timings.
     env.write("source/y", "yy");
     env.client()
-        .args(["--CMD", "mkdir build; echo r > build/r"])
+        .args(["--no-cas", "--CMD", "mkdir build; echo r > build/r"])
         .assert()
         .success()
         .stderr(predicate::str::contains("lrpymrpc: uploaded 2 files, 3 B in "))
         .stderr(predicate::str::contains("lrpymrpc: downloaded 1 file, 2 B in "))
         .stderr(predicate::str::contains(" took ").not());
     env.client()
-        .args(["--verbose", "--CMD", "mkdir build; echo r > build/r"])
+        .args(["--verbose", "--no-cas", "--CMD", "mkdir build; echo r > build/r"])
         .assert()
         .success()
         .stderr(predicate::str::contains("lrpymrpc: uploaded 2 files, 3 B in "))

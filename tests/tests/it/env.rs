@@ -154,7 +154,7 @@ impl TestEnv {
     /// The names in the job root: job directories, their markers and environments
     /// (the shared environment cache aside).
     pub fn job_dirs(&self) -> Vec<String> {
-        names_in(&self.jobs).into_iter().filter(|name| name != "lrpymrpc-env-cache").collect()
+        names_in(&self.jobs).into_iter().filter(|name| name != "lrpymrpc-env-cache" && name != "lrpymrpc-cas").collect()
     }
 }
 

@@ -206,7 +206,8 @@ fn sigterm_lets_a_short_job_finish_logs_json_and_exits_zero() {
     assert!(wait_exit(&mut client, Duration::from_secs(15)).success(), "and its results came back");
     assert!(wait_exit(&mut server, Duration::from_secs(15)).success());
     let log = std::fs::read_to_string(env.root.path().join("server.log")).unwrap();
-    let upload = log.lines().find(|l| l.contains("upload unpacked")).unwrap_or_else(|| panic!("{log}"));
+    let made = |l: &&str| l.contains("upload unpacked") || l.contains("job made from the content store");
+    let upload = log.lines().find(made).unwrap_or_else(|| panic!("{log}"));
     assert!(upload.starts_with('{') && upload.ends_with('}'), "a JSON object per line: {upload}");
     assert!(upload.contains(r#""cn":"e2e-user""#) && upload.contains(r#""fingerprint":"sha256:"#), "{upload}");
     assert!(log.contains(r#""message":"command ended""#), "{log}");

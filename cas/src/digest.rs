@@ -1,0 +1,67 @@
+//! Digests: SHA-256 over a blob's bytes, named `sha256` on the wire; a directory's
+//! digest is that of its `Directory` message's encoding.
+
+use lrpymrpc_proto::v1::{Digest, Directory};
+use prost::Message;
+
+/// The digest function's name on the wire.
+pub const DIGEST_FUNCTION: &str = "sha256";
+
+/// Hashes bytes as they go by.
+pub struct Hasher {
+    context: ring::digest::Context,
+    size: u64,
+}
+
+impl Default for Hasher {
+    fn default() -> Hasher {
+        Hasher { context: ring::digest::Context::new(&ring::digest::SHA256), size: 0 }
+    }
+}
+
+impl Hasher {
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.context.update(bytes);
+        self.size += bytes.len() as u64;
+    }
+
+    pub fn finish(self) -> Digest {
+        Digest { hash: hex(self.context.finish().as_ref()), size: self.size }
+    }
+}
+
+/// The digest of `bytes`.
+pub fn digest_of(bytes: &[u8]) -> Digest {
+    let mut hasher = Hasher::default();
+    hasher.update(bytes);
+    hasher.finish()
+}
+
+/// The digest of a directory: of its message's encoding (prost encodes the fields of
+/// equal messages identically, in field order).
+pub fn directory_digest(directory: &Directory) -> Digest {
+    digest_of(&directory.encode_to_vec())
+}
+
+/// 64 lowercase hex digits: the only hash text a peer accepts (it names a file).
+pub fn is_valid_hash(hash: &str) -> bool {
+    hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sha256_of_known_text_and_hash_checks() {
+        let digest = digest_of(b"abc");
+        assert_eq!(digest.hash, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(digest.size, 3);
+        assert!(is_valid_hash(&digest.hash));
+        assert!(!is_valid_hash("../../etc/passwd") && !is_valid_hash(&digest.hash.to_uppercase()));
+    }
+}

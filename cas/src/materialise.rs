@@ -1,0 +1,182 @@
+//! The server's side: a tree a client sent is checked against the same policy as a
+//! tar upload (one-component names, depth, entry count, total size) before anything
+//! is written, then copied out of the store into a fresh job directory. Copies, never
+//! hard links: a command that edits its inputs must not change the store or another
+//! job (`std::fs::copy` shares extents where the filesystem can, at no risk).
+
+use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use lrpymrpc_archive::Limits;
+use lrpymrpc_proto::v1::{Digest, Directory};
+
+/// What a checked tree makes: directories (parents first) and files.
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub directories: Vec<PathBuf>,
+    /// Path, blob digest, executable.
+    pub files: Vec<(PathBuf, Digest, bool)>,
+    pub bytes: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TreeError {
+    #[error("the tree names directory {0}, which was not sent")]
+    MissingDirectory(String),
+    #[error("`{path}` is refused: {why}")]
+    BadName { path: String, why: &'static str },
+    #[error("an entry has no digest")]
+    NoDigest,
+    #[error("the tree is deeper than the limit of {0}")]
+    TooDeep(usize),
+    #[error("the tree has more entries than the limit of {0}")]
+    TooManyEntries(u64),
+    #[error("the tree's files hold more than the limit of {0} bytes")]
+    TooLarge(u64),
+    #[error("cannot write `{path}`: {source}")]
+    Write { path: String, source: std::io::Error },
+    #[error("blob {0} is no longer in the store")]
+    BlobGone(String),
+}
+
+/// Checks the tree under `root` (directories by their digest's hash) and lists what it
+/// makes. Shared directories are expanded where they are used; the limits count every
+/// use, so a small tree that names one directory many times cannot grow unbounded.
+pub fn plan(root: &Digest, directories: &HashMap<String, Directory>, limits: &Limits) -> Result<Plan, TreeError> {
+    let mut plan = Plan::default();
+    let mut entries = 0u64;
+    let mut stack: Vec<(PathBuf, String, usize)> = vec![(PathBuf::new(), root.hash.clone(), 0)];
+    while let Some((path, hash, depth)) = stack.pop() {
+        if depth > limits.max_depth {
+            return Err(TreeError::TooDeep(limits.max_depth));
+        }
+        let directory = directories.get(&hash).ok_or_else(|| TreeError::MissingDirectory(hash.clone()))?;
+        let mut names: Vec<&str> = Vec::new();
+        for file in &directory.files {
+            let child = checked_child(&path, &file.name)?;
+            let digest = file.digest.clone().ok_or(TreeError::NoDigest)?;
+            plan.bytes = plan.bytes.saturating_add(digest.size);
+            if plan.bytes > limits.max_bytes {
+                return Err(TreeError::TooLarge(limits.max_bytes));
+            }
+            names.push(&file.name);
+            plan.files.push((child, digest, file.executable));
+        }
+        for sub in &directory.directories {
+            let child = checked_child(&path, &sub.name)?;
+            let digest = sub.digest.as_ref().ok_or(TreeError::NoDigest)?;
+            names.push(&sub.name);
+            plan.directories.push(child.clone());
+            stack.push((child, digest.hash.clone(), depth + 1));
+        }
+        names.sort_unstable();
+        if names.windows(2).any(|pair| pair[0] == pair[1]) {
+            let name = names.windows(2).find(|pair| pair[0] == pair[1]).map(|pair| pair[0]).unwrap_or_default();
+            return Err(TreeError::BadName { path: path.join(name).display().to_string(), why: "it appears twice" });
+        }
+        entries += names.len() as u64;
+        if entries > limits.max_entries {
+            return Err(TreeError::TooManyEntries(limits.max_entries));
+        }
+    }
+    // Parents before children: a path sorts after its parent.
+    plan.directories.sort();
+    Ok(plan)
+}
+
+/// `name` must be one path component: not empty, `.` or `..`, no `/`, no NUL.
+fn checked_child(parent: &Path, name: &str) -> Result<PathBuf, TreeError> {
+    let why = if name.is_empty() {
+        Some("an empty name")
+    } else if name == "." || name == ".." {
+        Some("`.` and `..` are not names")
+    } else if name.contains('/') {
+        Some("a name with `/` in it")
+    } else if name.contains('\0') {
+        Some("a name with a NUL byte in it")
+    } else {
+        None
+    };
+    match why {
+        None => Ok(parent.join(name)),
+        Some(why) => {
+            Err(TreeError::BadName { path: parent.join(name.escape_default().to_string()).display().to_string(), why })
+        }
+    }
+}
+
+/// Makes the plan's directories and files below `dest` (a fresh, empty directory
+/// nobody else writes to), each file a copy of its blob at `blob_path(hash)`.
+pub fn materialise(plan: &Plan, blob_path: &dyn Fn(&str) -> PathBuf, dest: &Path) -> Result<(), TreeError> {
+    let write_error = |path: &Path, source| TreeError::Write { path: path.display().to_string(), source };
+    for directory in &plan.directories {
+        std::fs::create_dir(dest.join(directory)).map_err(|e| write_error(directory, e))?;
+    }
+    for (path, digest, executable) in &plan.files {
+        let target = dest.join(path);
+        match std::fs::copy(blob_path(&digest.hash), &target) {
+            Ok(_) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                return Err(TreeError::BlobGone(digest.hash.clone()));
+            }
+            Err(error) => return Err(write_error(path, error)),
+        }
+        let mode = if *executable { 0o755 } else { 0o644 };
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode)).map_err(|e| write_error(path, e))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use lrpymrpc_proto::v1::{DirectoryNode, FileNode};
+
+    use super::*;
+    use crate::digest::{digest_of, directory_digest};
+
+    fn tree(directories: Vec<Directory>) -> HashMap<String, Directory> {
+        directories.into_iter().map(|d| (directory_digest(&d).hash, d)).collect()
+    }
+
+    fn file(name: &str, bytes: &[u8]) -> FileNode {
+        FileNode { name: name.into(), digest: Some(digest_of(bytes)), executable: false }
+    }
+
+    #[test]
+    fn hostile_names_and_bombs_are_refused_before_anything_is_written() {
+        for name in ["", ".", "..", "a/b", "nul\0"] {
+            let root = Directory { files: vec![file(name, b"x")], directories: vec![] };
+            let error = plan(&directory_digest(&root), &tree(vec![root]), &Limits::DEFAULT).unwrap_err();
+            assert!(matches!(error, TreeError::BadName { .. }), "{name:?}: {error}");
+        }
+        let twice = Directory { files: vec![file("a", b"x"), file("a", b"y")], directories: vec![] };
+        assert!(plan(&directory_digest(&twice), &tree(vec![twice]), &Limits::DEFAULT).is_err());
+        // A chain of directories, each naming the next twice: 2^40 entries from 40 messages.
+        let mut directories = vec![Directory::default()];
+        for _ in 0..40 {
+            let below = directory_digest(directories.last().unwrap());
+            let node = |name: &str| DirectoryNode { name: name.into(), digest: Some(below.clone()) };
+            directories.push(Directory { files: vec![], directories: vec![node("a"), node("b")] });
+        }
+        let root = directory_digest(directories.last().unwrap());
+        let limits = Limits { max_depth: 64, ..Limits::DEFAULT };
+        assert!(matches!(plan(&root, &tree(directories), &limits), Err(TreeError::TooManyEntries(_))));
+        let big = Directory {
+            files: vec![FileNode { digest: Some(Digest { hash: "0".repeat(64), size: u64::MAX }), ..file("big", b"") }],
+            directories: vec![],
+        };
+        assert!(matches!(
+            plan(&directory_digest(&big), &tree(vec![big]), &Limits::DEFAULT),
+            Err(TreeError::TooLarge(_))
+        ));
+        let missing = Directory {
+            files: vec![],
+            directories: vec![DirectoryNode { name: "d".into(), digest: Some(digest_of(b"?")) }],
+        };
+        assert!(matches!(
+            plan(&directory_digest(&missing), &tree(vec![missing]), &Limits::DEFAULT),
+            Err(TreeError::MissingDirectory(_))
+        ));
+    }
+}

@@ -1,0 +1,159 @@
+//! The client's side: the input tree built from the same selection as a tar upload
+//! (the sources' walk, links followed, the filters), every file hashed as it is read.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use lrpymrpc_archive::walk::{Found, WalkOptions, walk};
+use lrpymrpc_archive::{Candidate, PackError, PackRoot};
+use lrpymrpc_proto::v1::{Digest, Directory, DirectoryNode, FileNode};
+
+use crate::digest::{Hasher, directory_digest};
+
+/// An input tree: its root, every directory (by digest), and where each blob's bytes
+/// are on disk.
+#[derive(Debug, Default)]
+pub struct InputTree {
+    pub root: Digest,
+    /// Every distinct directory of the tree, the root included.
+    pub directories: Vec<Directory>,
+    /// For each file digest (hash), one file on disk with those bytes, and its digest.
+    pub blobs: HashMap<String, (PathBuf, Digest)>,
+    pub files: u64,
+    /// Bytes of all files (each file counted, even when two have the same bytes).
+    pub file_bytes: u64,
+    /// What was passed over and why (as a tar upload reports it).
+    pub skipped: Vec<(PathBuf, String)>,
+}
+
+/// One entry below the root, by its path in the tree.
+enum Node {
+    Directory,
+    File { digest: Digest, executable: bool },
+}
+
+/// Walks `roots` as a tar upload would (links followed, `keep` deciding) and hashes
+/// every file. `on_read` is told the bytes read, for a progress bar.
+pub fn build_tree(
+    roots: &[PackRoot],
+    keep: &dyn Fn(&Candidate<'_>) -> bool,
+    on_read: &dyn Fn(u64),
+) -> Result<InputTree, PackError> {
+    let mut nodes: BTreeMap<PathBuf, Node> = BTreeMap::new();
+    let mut tree = InputTree::default();
+    let options = WalkOptions { follow_symlinks: true, keep };
+    let mut visit = |found: Found<'_>| -> Result<(), PackError> {
+        match found {
+            Found::Directory { name, .. } => {
+                if !name.as_os_str().is_empty() {
+                    nodes.insert(name.to_path_buf(), Node::Directory);
+                }
+            }
+            Found::File { disk, name, meta } => {
+                let digest = hash_file(disk, on_read)?;
+                tree.files += 1;
+                tree.file_bytes += digest.size;
+                tree.blobs.entry(digest.hash.clone()).or_insert_with(|| (disk.to_path_buf(), digest.clone()));
+                let executable = meta.permissions().mode() & 0o111 != 0;
+                nodes.insert(name.to_path_buf(), Node::File { digest, executable });
+            }
+            // Links are followed for uploads; a dangling one is reported as skipped.
+            Found::Symlink { .. } => {}
+        }
+        Ok(())
+    };
+    tree.skipped = walk(roots, &options, &mut visit)?;
+    let (root, directories) = assemble(&nodes);
+    tree.root = root;
+    tree.directories = directories;
+    Ok(tree)
+}
+
+/// Hashes a file's bytes.
+fn hash_file(path: &Path, on_read: &dyn Fn(u64)) -> Result<Digest, PackError> {
+    let read_error = |source| PackError::Read { path: path.to_path_buf(), source };
+    let mut file = File::open(path).map_err(read_error)?;
+    let mut hasher = Hasher::default();
+    let mut buffer = vec![0; 256 * 1024];
+    loop {
+        let n = file.read(&mut buffer).map_err(read_error)?;
+        if n == 0 {
+            return Ok(hasher.finish());
+        }
+        hasher.update(&buffer[..n]);
+        on_read(n as u64);
+    }
+}
+
+/// Builds the directories bottom-up; returns the root's digest and every distinct
+/// directory.
+fn assemble(nodes: &BTreeMap<PathBuf, Node>) -> (Digest, Vec<Directory>) {
+    let mut children: BTreeMap<PathBuf, Vec<(String, &Node, PathBuf)>> = BTreeMap::new();
+    children.entry(PathBuf::new()).or_default();
+    for (path, node) in nodes {
+        let parent = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        children.entry(parent).or_default().push((name, node, path.clone()));
+        if let Node::Directory = node {
+            children.entry(path.clone()).or_default();
+        }
+    }
+    // Deepest first, so every child directory's digest is known before its parent's.
+    let mut order: Vec<&PathBuf> = children.keys().collect();
+    order.sort_by_key(|path| std::cmp::Reverse(path.components().count()));
+    let mut digests: HashMap<PathBuf, Digest> = HashMap::new();
+    let mut directories: HashMap<String, Directory> = HashMap::new();
+    for path in order {
+        let mut directory = Directory::default();
+        let mut entries = children[path].iter().collect::<Vec<_>>();
+        entries.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        for (name, node, child_path) in entries {
+            match node {
+                Node::File { digest, executable } => directory.files.push(FileNode {
+                    name: name.clone(),
+                    digest: Some(digest.clone()),
+                    executable: *executable,
+                }),
+                Node::Directory => directory
+                    .directories
+                    .push(DirectoryNode { name: name.clone(), digest: digests.get(child_path).cloned() }),
+            }
+        }
+        let digest = directory_digest(&directory);
+        directories.entry(digest.hash.clone()).or_insert(directory);
+        digests.insert(path.clone(), digest);
+    }
+    let root = digests.remove(Path::new("")).unwrap_or_default();
+    (root, directories.into_values().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn everything(_: &Candidate<'_>) -> bool {
+        true
+    }
+
+    #[test]
+    fn equal_trees_have_equal_roots_and_a_change_changes_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("cells");
+        std::fs::create_dir_all(src.join("sub/empty")).unwrap();
+        std::fs::write(src.join("a.sp"), "a").unwrap();
+        std::fs::write(src.join("sub/b.sp"), "b").unwrap();
+        std::fs::write(src.join("sub/same.sp"), "a").unwrap();
+        let roots = [PackRoot { disk: src.clone(), name: "cells".into() }];
+        let first = build_tree(&roots, &everything, &|_| {}).unwrap();
+        assert_eq!((first.files, first.file_bytes, first.blobs.len()), (3, 3, 2), "two files share bytes");
+        // root, cells, sub, empty
+        assert_eq!(first.directories.len(), 4);
+        let again = build_tree(&roots, &everything, &|_| {}).unwrap();
+        assert_eq!(again.root, first.root);
+        std::fs::write(src.join("sub/b.sp"), "B").unwrap();
+        assert_ne!(build_tree(&roots, &everything, &|_| {}).unwrap().root, first.root);
+    }
+}

@@ -1,0 +1,213 @@
+//! Content-addressed upload, for servers that announce it: the sources become a tree
+//! of digests (the same selection as a tar upload), the server is asked to make the
+//! job from it, and only the blobs it lacks for this CN travel, each read again and
+//! hashed as it is sent. An unchanged tree costs one call. A child of `session`.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use lrpymrpc_archive::{Candidate, PackError, PackRoot};
+use lrpymrpc_cas::{DIGEST_FUNCTION, Hasher, InputTree, build_tree};
+use lrpymrpc_proto::v1::{BlobChunk, CreateJobResponse, Digest, TreePart};
+use prost::Message;
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt as _;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::{QUEUED_CHUNKS, Session, unless_stalled};
+use crate::exit::{ClientError, Step};
+use crate::job::Job;
+use crate::output::Output;
+
+/// How many times the client sends what the server says it lacks before it gives up
+/// (a store evicting faster than the client sends).
+const ROUNDS: usize = 3;
+
+/// The bytes of directories one CreateJob message carries at most.
+const TREE_PART_BYTES: usize = 1024 * 1024;
+
+/// What a content-addressed upload did.
+#[derive(Debug, Default)]
+pub struct TreeUpload {
+    pub unique_id: String,
+    /// Files in the tree and their bytes.
+    pub files: u64,
+    pub file_bytes: u64,
+    /// Blobs sent, and their bytes (the rest the server had).
+    pub sent_blobs: u64,
+    pub sent_bytes: u64,
+    pub skipped: Vec<(PathBuf, String)>,
+}
+
+impl Session {
+    /// Whether the server takes content-addressed uploads.
+    pub fn takes_trees(&self) -> bool {
+        self.capabilities().and_then(|c| c.features.as_ref()).is_some_and(|f| f.content_addressed_upload)
+    }
+
+    /// Uploads the sources as a tree; returns the job id and what travelled.
+    pub async fn upload_tree(&self, job: &Job, roots: Vec<PackRoot>, out: &Output) -> Result<TreeUpload, ClientError> {
+        let rules = job.rules.clone();
+        let progress = out.progress("hash");
+        let hashing = progress.clone();
+        let tree = tokio::task::spawn_blocking(move || {
+            let keep = |candidate: &Candidate<'_>| rules.keeps(candidate);
+            build_tree(&roots, &keep, &|bytes| hashing.add_bytes(bytes))
+        })
+        .await
+        .map_err(|e| ClientError::local(format!("hashing task failed: {e}")))?
+        .map_err(|error| ClientError::Local { message: format!("cannot read the sources: {error}"), hint: None })?;
+        out.clear_progress();
+        let tree = Arc::new(tree);
+        let mut upload = TreeUpload {
+            files: tree.files,
+            file_bytes: tree.file_bytes,
+            skipped: tree.skipped.clone(),
+            ..TreeUpload::default()
+        };
+        for _ in 0..ROUNDS {
+            let answer = self.create_job(&tree).await?;
+            if !answer.unique_id.is_empty() {
+                upload.unique_id = answer.unique_id;
+                return Ok(upload);
+            }
+            let (blobs, bytes) = self.send_blobs(&tree, answer.missing, out).await?;
+            upload.sent_blobs += blobs;
+            upload.sent_bytes += bytes;
+        }
+        Err(ClientError::Server {
+            step: Step::Upload,
+            peer: crate::connect::authority(&self.peer),
+            code: tonic::Code::ResourceExhausted,
+            message: format!(
+                "the server still lacked blobs after {ROUNDS} rounds of sending them (its content store may be \
+                 smaller than this tree: --cas-max-bytes)"
+            ),
+        })
+    }
+
+    /// Sends the tree; the server answers a job id or the blobs it lacks.
+    async fn create_job(&self, tree: &InputTree) -> Result<CreateJobResponse, ClientError> {
+        let mut parts = Vec::new();
+        let mut part = TreePart {
+            digest_function: DIGEST_FUNCTION.into(),
+            root: Some(tree.root.clone()),
+            directories: Vec::new(),
+        };
+        let mut bytes = 0;
+        for directory in &tree.directories {
+            let size = directory.encoded_len();
+            if bytes + size > TREE_PART_BYTES && !part.directories.is_empty() {
+                parts.push(std::mem::take(&mut part));
+                bytes = 0;
+            }
+            part.directories.push(directory.clone());
+            bytes += size;
+        }
+        parts.push(part);
+        let mut client = self.extensions.clone();
+        let call = client.create_job(tokio_stream::iter(parts));
+        let answer = tokio::time::timeout(self.stall, call)
+            .await
+            .map_err(|_| self.stalled(Step::Upload))?
+            .map_err(|status| self.failed(Step::Upload, status))?;
+        Ok(answer.into_inner())
+    }
+
+    /// Streams the missing blobs, each read and hashed as it goes; a file that changed
+    /// since it was hashed stops the upload, so no wrong bytes are ever stored.
+    async fn send_blobs(
+        &self,
+        tree: &Arc<InputTree>,
+        missing: Vec<Digest>,
+        out: &Output,
+    ) -> Result<(u64, u64), ClientError> {
+        let total: u64 = missing.iter().map(|d| d.size).sum();
+        let progress = out.progress("upload");
+        progress.set_total(total);
+        let (tx, rx) = mpsc::channel(QUEUED_CHUNKS);
+        let tree = tree.clone();
+        let counted = progress.clone();
+        let reading =
+            tokio::task::spawn_blocking(move || read_blobs(&tree.blobs, &missing, &tx, &|n| counted.add_bytes(n)));
+        let moved = Arc::new(AtomicU64::new(0));
+        let counting = moved.clone();
+        let chunks = ReceiverStream::new(rx).map(move |chunk: BlobChunk| {
+            counting.fetch_add(chunk.data.len() as u64 + 1, Ordering::Relaxed);
+            chunk
+        });
+        let mut client = self.extensions.clone();
+        let both = async { tokio::join!(client.upload_blobs(chunks), reading) };
+        let (sent, read) = unless_stalled(both, &moved, self.stall).await.ok_or_else(|| self.stalled(Step::Upload))?;
+        out.clear_progress();
+        let read = read.map_err(|e| ClientError::local(format!("reading task failed: {e}")))?;
+        match (sent, read) {
+            (_, Err(BlobReadError::Read(error))) => {
+                Err(ClientError::Local { message: format!("cannot read the sources: {error}"), hint: None })
+            }
+            (_, Err(BlobReadError::Changed(path))) => Err(ClientError::Local {
+                message: format!("`{}` changed while it was being uploaded", path.display()),
+                hint: Some("run the step again once nothing writes to its sources".into()),
+            }),
+            (Err(status), _) => Err(self.failed(Step::Upload, status)),
+            (Ok(_), Err(BlobReadError::Closed)) => Err(ClientError::local("the blob stream closed early")),
+            (Ok(_), Ok(sent)) => Ok(sent),
+        }
+    }
+}
+
+enum BlobReadError {
+    Read(PackError),
+    Changed(PathBuf),
+    /// The stream was dropped (the call failed): its status says why.
+    Closed,
+}
+
+/// Reads each missing blob from its file, in chunks, hashing as it goes.
+fn read_blobs(
+    blobs: &HashMap<String, (PathBuf, Digest)>,
+    missing: &[Digest],
+    tx: &mpsc::Sender<BlobChunk>,
+    on_read: &dyn Fn(u64),
+) -> Result<(u64, u64), BlobReadError> {
+    let (mut count, mut bytes) = (0, 0);
+    for wanted in missing {
+        // The server may only ask for what the tree holds.
+        let Some((path, digest)) = blobs.get(&wanted.hash) else { continue };
+        let read_error = |source| BlobReadError::Read(PackError::Read { path: path.clone(), source });
+        let mut file = std::fs::File::open(path).map_err(read_error)?;
+        let mut hasher = Hasher::default();
+        let mut first = Some(digest.clone());
+        let mut left = digest.size;
+        loop {
+            let mut buffer = vec![0; (left.min(lrpymrpc_proto::CHUNK_SIZE as u64)) as usize];
+            let n = if buffer.is_empty() { 0 } else { file.read(&mut buffer).map_err(read_error)? };
+            if n == 0 && left > 0 {
+                return Err(BlobReadError::Changed(path.clone()));
+            }
+            buffer.truncate(n);
+            hasher.update(&buffer);
+            left -= n as u64;
+            on_read(n as u64);
+            let last = left == 0;
+            if last {
+                let grew = file.read(&mut [0u8; 1]).map_err(read_error)? > 0;
+                if grew || std::mem::take(&mut hasher).finish().hash != digest.hash {
+                    return Err(BlobReadError::Changed(path.clone()));
+                }
+            }
+            if tx.blocking_send(BlobChunk { digest: first.take(), data: buffer }).is_err() {
+                return Err(BlobReadError::Closed);
+            }
+            if last {
+                break;
+            }
+        }
+        count += 1;
+        bytes += digest.size;
+    }
+    Ok((count, bytes))
+}

@@ -1,0 +1,237 @@
+//! The content store behind content-addressed upload: blobs by SHA-256 under
+//! `ROOT/lrpymrpc-cas/`, each verified against its digest before it is kept; which CN
+//! has sent which blob (presence is answered per CN, so a client learns nothing about
+//! other users' files, while the bytes are stored once); a size bound with
+//! least-recently-used eviction that never removes a blob a job is being made from,
+//! nor one just sent for a job still to be made (for up to `hold`). The bound may be
+//! passed while uploads in progress need more; a job, once made, needs nothing from
+//! the store (its files are copies).
+
+use std::collections::{HashMap, HashSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use lrpymrpc_cas::{Hasher, is_valid_hash};
+use lrpymrpc_proto::v1::Digest;
+
+/// The store's directory below the job root (never swept: it has no job marker).
+pub const STORE_DIR: &str = "lrpymrpc-cas";
+
+/// Why a blob was not stored.
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    #[error("`{0}` is not a SHA-256 digest (64 lowercase hex digits)")]
+    BadDigest(String),
+    #[error("blob {hash} is {size} bytes, more than the limit of {limit} (--max-upload-bytes)")]
+    TooLarge { hash: String, size: u64, limit: u64 },
+    #[error("blob {expected}: its bytes hash to {actual}; nothing was kept")]
+    Mismatch { expected: String, actual: String },
+    #[error("blob {hash}: more bytes came than its size ({size})")]
+    TooLong { hash: String, size: u64 },
+    #[error("blob {hash}: the stream ended after {got} of {size} bytes")]
+    Truncated { hash: String, got: u64, size: u64 },
+    #[error("a chunk came without a blob to belong to (the first chunk of a blob names its digest)")]
+    Unnamed,
+    #[error("the content store: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+#[derive(Debug)]
+pub struct ContentStore {
+    dir: PathBuf,
+    max_bytes: u64,
+    /// How long a blob just sent is kept for the job it was sent for.
+    hold: std::time::Duration,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// Per CN (empty over plaintext), the blobs it sent.
+    present: HashMap<String, HashSet<String>>,
+    /// Blobs on disk: size and last use.
+    blobs: HashMap<String, (u64, u64)>,
+    total: u64,
+    clock: u64,
+    /// Blobs a job is being made from right now, with how many such jobs.
+    pinned: HashMap<String, usize>,
+    /// Blobs sent and not yet used by a job, with when they came.
+    pending: HashMap<String, std::time::Instant>,
+}
+
+impl ContentStore {
+    /// Opens (or makes) the store under `root`; blobs an earlier run stored stay, but
+    /// count as sent by nobody until a client sends them again.
+    pub fn new(root: &Path, max_bytes: u64, hold: std::time::Duration) -> std::io::Result<ContentStore> {
+        let dir = root.join(STORE_DIR);
+        let _ = std::fs::remove_dir_all(dir.join("incoming"));
+        std::fs::create_dir_all(dir.join("incoming"))?;
+        std::fs::create_dir_all(dir.join("blobs"))?;
+        let mut inner = Inner::default();
+        for shard in std::fs::read_dir(dir.join("blobs"))?.flatten() {
+            for blob in std::fs::read_dir(shard.path()).into_iter().flatten().flatten() {
+                let name = blob.file_name().to_string_lossy().into_owned();
+                if let (true, Ok(meta)) = (is_valid_hash(&name), blob.metadata()) {
+                    inner.total += meta.len();
+                    inner.blobs.insert(name, (meta.len(), 0));
+                }
+            }
+        }
+        Ok(ContentStore { dir, max_bytes, hold, inner: Mutex::new(inner) })
+    }
+
+    fn inner(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Where a blob's bytes are.
+    pub fn blob_path(&self, hash: &str) -> PathBuf {
+        self.dir.join("blobs").join(&hash[..2.min(hash.len())]).join(hash)
+    }
+
+    /// The digests that `cn` has not sent, or that are no longer stored.
+    pub fn missing<'d>(&self, cn: &str, digests: impl Iterator<Item = &'d Digest>) -> Vec<Digest> {
+        let inner = self.inner();
+        let sent = inner.present.get(cn);
+        let mut seen = HashSet::new();
+        digests
+            .filter(|d| seen.insert(d.hash.clone()))
+            .filter(|d| !(sent.is_some_and(|s| s.contains(&d.hash)) && inner.blobs.contains_key(&d.hash)))
+            .cloned()
+            .collect()
+    }
+
+    /// Keeps `hashes` from eviction until [`ContentStore::unpin`], and marks them used.
+    pub fn pin(&self, hashes: &[String]) {
+        let mut inner = self.inner();
+        inner.clock += 1;
+        let now = inner.clock;
+        for hash in hashes {
+            *inner.pinned.entry(hash.clone()).or_default() += 1;
+            if let Some(entry) = inner.blobs.get_mut(hash) {
+                entry.1 = now;
+            }
+        }
+    }
+
+    /// Ends a pin; the blobs were used, so they are no longer held as just sent.
+    pub fn unpin(&self, hashes: &[String]) {
+        let mut inner = self.inner();
+        for hash in hashes {
+            inner.pending.remove(hash);
+            if let Some(count) = inner.pinned.get_mut(hash) {
+                *count -= 1;
+                if *count == 0 {
+                    inner.pinned.remove(hash);
+                }
+            }
+        }
+        self.evict(&mut inner);
+    }
+
+    /// Starts receiving a blob `cn` sends.
+    pub fn begin(&self, digest: &Digest, limit: u64) -> Result<BlobWriter, BlobError> {
+        if !is_valid_hash(&digest.hash) {
+            return Err(BlobError::BadDigest(digest.hash.chars().take(80).collect()));
+        }
+        if digest.size > limit {
+            return Err(BlobError::TooLarge { hash: digest.hash.clone(), size: digest.size, limit });
+        }
+        let file = tempfile::NamedTempFile::new_in(self.dir.join("incoming"))?;
+        Ok(BlobWriter { digest: digest.clone(), file, hasher: Hasher::default(), received: 0 })
+    }
+
+    /// Verifies a received blob and keeps it, as sent by `cn`; then evicts what the
+    /// size bound asks for.
+    pub fn finish(&self, cn: &str, writer: BlobWriter) -> Result<(), BlobError> {
+        let BlobWriter { digest, file, hasher, .. } = writer;
+        let actual = hasher.finish();
+        if actual.size < digest.size {
+            return Err(BlobError::Truncated { hash: digest.hash, got: actual.size, size: digest.size });
+        }
+        if actual.hash != digest.hash {
+            return Err(BlobError::Mismatch { expected: digest.hash, actual: actual.hash });
+        }
+        let path = self.blob_path(&digest.hash);
+        let known = self.inner().blobs.contains_key(&digest.hash);
+        if !known {
+            std::fs::create_dir_all(path.parent().unwrap_or(&self.dir))?;
+            let file = file.persist(&path).map_err(|e| BlobError::Io(e.error))?;
+            // Read-only: a copy made from it is given its own mode.
+            let _ = file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o444));
+        }
+        let mut inner = self.inner();
+        inner.clock += 1;
+        let now = inner.clock;
+        if let Some(entry) = inner.blobs.get_mut(&digest.hash) {
+            entry.1 = now;
+        } else {
+            inner.blobs.insert(digest.hash.clone(), (digest.size, now));
+            inner.total += digest.size;
+        }
+        inner.pending.insert(digest.hash.clone(), std::time::Instant::now());
+        inner.present.entry(cn.to_string()).or_default().insert(digest.hash);
+        self.evict(&mut inner);
+        Ok(())
+    }
+
+    /// Removes the least recently used blobs nobody is being made from, until the
+    /// store fits its bound.
+    fn evict(&self, inner: &mut Inner) {
+        if inner.total <= self.max_bytes {
+            return;
+        }
+        let hold = self.hold;
+        inner.pending.retain(|_, came| came.elapsed() < hold);
+        let mut candidates: Vec<(u64, String, u64)> = inner
+            .blobs
+            .iter()
+            .filter(|(hash, _)| !inner.pinned.contains_key(*hash) && !inner.pending.contains_key(*hash))
+            .map(|(hash, (size, used))| (*used, hash.clone(), *size))
+            .collect();
+        candidates.sort();
+        for (_, hash, size) in candidates {
+            if inner.total <= self.max_bytes {
+                break;
+            }
+            if std::fs::remove_file(self.blob_path(&hash)).is_ok() {
+                inner.blobs.remove(&hash);
+                inner.total -= size;
+                for sent in inner.present.values_mut() {
+                    sent.remove(&hash);
+                }
+            }
+        }
+    }
+}
+
+/// A blob being received: its bytes go to a temporary file and through the hash.
+pub struct BlobWriter {
+    digest: Digest,
+    file: tempfile::NamedTempFile,
+    hasher: Hasher,
+    received: u64,
+}
+
+impl BlobWriter {
+    pub fn write(&mut self, bytes: &[u8]) -> Result<(), BlobError> {
+        if self.received + bytes.len() as u64 > self.digest.size {
+            return Err(BlobError::TooLong { hash: self.digest.hash.clone(), size: self.digest.size });
+        }
+        self.hasher.update(bytes);
+        self.file.write_all(bytes)?;
+        self.received += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Whether every byte of the blob came.
+    pub fn complete(&self) -> bool {
+        self.received == self.digest.size
+    }
+
+    /// The error for a stream that ended before the blob did.
+    pub fn truncated(&self) -> BlobError {
+        BlobError::Truncated { hash: self.digest.hash.clone(), got: self.received, size: self.digest.size }
+    }
+}

@@ -1,0 +1,185 @@
+//! Content-addressed upload end to end (issue 13): only what changed travels; a blob
+//! is verified before it is kept; a job that edits its inputs changes neither the
+//! store nor another job; presence is answered per CN; a small store evicts without
+//! breaking a job; legacy servers and `--no-cas` still get the tar.gz Upload.
+
+use lrpymrpc_cas::digest_of;
+use lrpymrpc_proto::v1::extensions_client::ExtensionsClient;
+use lrpymrpc_proto::v1::{BlobChunk, Digest, Directory, FileNode, TreePart};
+use predicates::prelude::*;
+
+use crate::env::{TestEnv, client_dir_for, pseudo_random};
+
+fn store_blobs(env: &TestEnv) -> Vec<std::path::PathBuf> {
+    let mut blobs = Vec::new();
+    for shard in std::fs::read_dir(env.jobs.join("lrpymrpc-cas/blobs")).into_iter().flatten().flatten() {
+        blobs.extend(std::fs::read_dir(shard.path()).unwrap().flatten().map(|e| e.path()));
+    }
+    blobs
+}
+
+#[test]
+fn a_second_upload_sends_only_the_changed_file_and_an_unchanged_tree_nothing() {
+    let env = TestEnv::new();
+    env.write("source/big.bin", pseudo_random(2 << 20, 1));
+    env.write("source/netlist.sp", "* v1\n");
+    env.write("source/empty/.keep", "");
+    env.client()
+        .args(["--CMD", "cat source/netlist.sp; ls source"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("lrpymrpc: uploaded 3 files, 2.0 MiB in "))
+        .stdout(predicate::str::contains("]:* v1\n"));
+    env.client()
+        .args(["--CMD", "cat source/netlist.sp"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("lrpymrpc: uploaded nothing in "))
+        .stderr(predicate::str::contains("the server had the whole tree (3 files, 2.0 MiB)"));
+    env.write("source/netlist.sp", "* v2\n");
+    env.client()
+        .args(["--CMD", "cat source/netlist.sp; md5sum source/big.bin"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("lrpymrpc: uploaded 1 of 3 files (5 B of 2.0 MiB) in "))
+        .stdout(predicate::str::contains("]:* v2\n"));
+    // The tree arrived whole: the same bytes as a tar upload makes.
+    let tar = env.client().args(["--no-cas", "--CMD", "md5sum source/big.bin"]).output().unwrap();
+    let tree = env.client().args(["--CMD", "md5sum source/big.bin"]).output().unwrap();
+    let sum = |output: &std::process::Output| {
+        String::from_utf8_lossy(&output.stdout).lines().find(|l| l.contains("big.bin")).unwrap_or_default().to_string()
+    };
+    assert!(!sum(&tar).is_empty() && sum(&tar) == sum(&tree), "{} / {}", sum(&tar), sum(&tree));
+    assert!(String::from_utf8_lossy(&tar.stderr).contains("uploaded 3 files, 2.0 MiB in"), "--no-cas sends a tar.gz");
+}
+
+/// A raw extension client with the fixture's certificate (or another CN's directory).
+async fn raw_extensions(
+    env_addr: std::net::SocketAddr,
+    tls: &std::path::Path,
+) -> ExtensionsClient<tonic::transport::Channel> {
+    let files = lrpymrpc_certs::layout::client_nested(tls);
+    let config = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(std::fs::read(&files.ca).unwrap()))
+        .identity(tonic::transport::Identity::from_pem(
+            std::fs::read(&files.cert).unwrap(),
+            std::fs::read(&files.key).unwrap(),
+        ))
+        .domain_name("localhost");
+    let channel = tonic::transport::Endpoint::from_shared(format!("https://{env_addr}"))
+        .unwrap()
+        .tls_config(config)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    ExtensionsClient::new(channel)
+}
+
+/// CreateJob for a tree of one file `x` with `digest`.
+fn one_file_tree(digest: &Digest) -> Vec<TreePart> {
+    let root = Directory {
+        files: vec![FileNode { name: "x".into(), digest: Some(digest.clone()), executable: false }],
+        directories: vec![],
+    };
+    vec![TreePart {
+        digest_function: "sha256".into(),
+        root: Some(lrpymrpc_cas::directory_digest(&root)),
+        directories: vec![root],
+    }]
+}
+
+#[test]
+fn a_corrupt_blob_is_refused_and_presence_is_not_revealed_across_cns() {
+    let mut env = TestEnv::new();
+    let other = client_dir_for(&env, "mallory");
+    let (addr, tls) = (env.addr, env.tls.clone());
+    let blobs_before = store_blobs(&env);
+    let (corrupt, alice_sees, mallory_sees, mallory_after) = env.runtime().block_on(async move {
+        let mut alice = raw_extensions(addr, &tls).await;
+        let claimed = digest_of(b"the real bytes");
+        let lie = BlobChunk { digest: Some(claimed.clone()), data: b"the fake bytes".to_vec() };
+        let corrupt = alice.upload_blobs(tokio_stream::iter([lie])).await.unwrap_err();
+        let alice_sees = alice.create_job(tokio_stream::iter(one_file_tree(&claimed))).await.unwrap().into_inner();
+        // Alice stores a blob; Mallory asks whether the server has it.
+        let secret = digest_of(b"alice's private netlist");
+        let real = BlobChunk { digest: Some(secret.clone()), data: b"alice's private netlist".to_vec() };
+        assert_eq!(alice.upload_blobs(tokio_stream::iter([real])).await.unwrap().into_inner().stored, 1);
+        let mut mallory = raw_extensions(addr, &other).await;
+        let mallory_sees = mallory.create_job(tokio_stream::iter(one_file_tree(&secret))).await.unwrap().into_inner();
+        // Once Mallory sends the bytes herself, the job is hers to make.
+        let same = BlobChunk { digest: Some(secret.clone()), data: b"alice's private netlist".to_vec() };
+        mallory.upload_blobs(tokio_stream::iter([same])).await.unwrap();
+        let mallory_after = mallory.create_job(tokio_stream::iter(one_file_tree(&secret))).await.unwrap().into_inner();
+        (corrupt, alice_sees, mallory_sees, mallory_after)
+    });
+    assert_eq!(corrupt.code(), tonic::Code::InvalidArgument, "{corrupt:?}");
+    assert!(corrupt.message().contains("its bytes hash to"), "{}", corrupt.message());
+    assert!(
+        alice_sees.unique_id.is_empty() && alice_sees.missing.len() == 1,
+        "nothing of the lie was kept: {alice_sees:?}"
+    );
+    assert!(
+        mallory_sees.unique_id.is_empty() && mallory_sees.missing.len() == 1,
+        "Alice's blob is not Mallory's: {mallory_sees:?}"
+    );
+    assert!(!mallory_after.unique_id.is_empty());
+    // One copy of the bytes for both users; none of the lie.
+    assert_eq!(store_blobs(&env).len(), blobs_before.len() + 1);
+}
+
+#[test]
+fn a_job_that_edits_its_inputs_changes_neither_the_store_nor_the_next_job() {
+    let env = TestEnv::new();
+    env.write("source/input.txt", "original\n");
+    env.client()
+        .args(["--CMD", "echo tampered > source/input.txt; chmod 777 source; cat source/input.txt"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("]:tampered"));
+    env.client()
+        .args(["--CMD", "cat source/input.txt"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("uploaded nothing"))
+        .stdout(predicate::str::contains("]:original"));
+    for blob in store_blobs(&env) {
+        let bytes = std::fs::read(&blob).unwrap();
+        assert_eq!(digest_of(&bytes).hash, blob.file_name().unwrap().to_string_lossy(), "{}", blob.display());
+    }
+}
+
+#[test]
+fn a_small_store_evicts_without_breaking_a_running_job() {
+    let env = TestEnv::configured(|config| config.cas_max_bytes = 1024);
+    env.write("source/a.bin", pseudo_random(64 << 10, 2));
+    // A job that reads its input only after the next job has come and gone.
+    let mut slow = env.client_std();
+    slow.args(["--CMD", "sleep 3; md5sum source/a.bin"]).stdout(std::process::Stdio::piped());
+    let slow = slow.spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let expected = {
+        use std::process::Command;
+        let output = Command::new("md5sum").arg(env.work.join("source/a.bin")).output().unwrap();
+        String::from_utf8_lossy(&output.stdout).split_whitespace().next().unwrap_or_default().to_string()
+    };
+    env.write("source/a.bin", pseudo_random(64 << 10, 3));
+    env.client().args(["--CMD", "true"]).assert().success();
+    let output = crate::env::child_output_within(slow, crate::env::PROCESS_LIMIT);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success() && stdout.contains(&expected), "{stdout}");
+    // The store keeps to its bound once nothing needs the old blob: at most the newest.
+    assert!(store_blobs(&env).len() <= 1, "{:?}", store_blobs(&env));
+}
+
+#[test]
+fn a_legacy_server_still_gets_the_tar_gz_upload() {
+    let env = TestEnv::legacy();
+    env.write("source/x", "x");
+    env.client()
+        .args(["--CMD", "cat source/x"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("uploaded 1 file, 1 B in "));
+    assert!(!env.jobs.join("lrpymrpc-cas").exists(), "a legacy server keeps no store");
+}
