@@ -6,8 +6,10 @@
 
 pub mod digest;
 pub mod materialise;
+pub mod stat_cache;
 pub mod tree;
 
 pub use digest::{DIGEST_FUNCTION, Hasher, digest_of, directory_digest, is_valid_hash};
 pub use materialise::{Plan, TreeError, materialise, plan};
+pub use stat_cache::StatCache;
 pub use tree::{InputTree, build_tree};

@@ -12,6 +12,7 @@ use lrpymrpc_archive::{Candidate, PackError, PackRoot};
 use lrpymrpc_proto::v1::{Digest, Directory, DirectoryNode, FileNode};
 
 use crate::digest::{Hasher, directory_digest};
+use crate::stat_cache::StatCache;
 
 /// An input tree: its root, every directory (by digest), and where each blob's bytes
 /// are on disk.
@@ -27,6 +28,9 @@ pub struct InputTree {
     pub file_bytes: u64,
     /// What was passed over and why (as a tar upload reports it).
     pub skipped: Vec<(PathBuf, String)>,
+    /// Files that were read to be hashed (the stat cache knew the others).
+    pub hashed_files: u64,
+    pub hashed_bytes: u64,
 }
 
 /// One entry below the root, by its path in the tree.
@@ -36,11 +40,13 @@ enum Node {
 }
 
 /// Walks `roots` as a tar upload would (links followed, `keep` deciding) and hashes
-/// every file. `on_read` is told the bytes read, for a progress bar.
+/// every file the stat cache does not know. `on_read` is told the bytes read, for a
+/// progress bar.
 pub fn build_tree(
     roots: &[PackRoot],
     keep: &dyn Fn(&Candidate<'_>) -> bool,
     on_read: &dyn Fn(u64),
+    cache: &mut StatCache,
 ) -> Result<InputTree, PackError> {
     let mut nodes: BTreeMap<PathBuf, Node> = BTreeMap::new();
     let mut tree = InputTree::default();
@@ -53,7 +59,16 @@ pub fn build_tree(
                 }
             }
             Found::File { disk, name, meta } => {
-                let digest = hash_file(disk, on_read)?;
+                let digest = match cache.lookup(meta) {
+                    Some(digest) => digest,
+                    None => {
+                        let digest = hash_file(disk, on_read)?;
+                        cache.insert(meta, &digest);
+                        tree.hashed_files += 1;
+                        tree.hashed_bytes += digest.size;
+                        digest
+                    }
+                };
                 tree.files += 1;
                 tree.file_bytes += digest.size;
                 tree.blobs.entry(digest.hash.clone()).or_insert_with(|| (disk.to_path_buf(), digest.clone()));
@@ -147,13 +162,14 @@ mod tests {
         std::fs::write(src.join("sub/b.sp"), "b").unwrap();
         std::fs::write(src.join("sub/same.sp"), "a").unwrap();
         let roots = [PackRoot { disk: src.clone(), name: "cells".into() }];
-        let first = build_tree(&roots, &everything, &|_| {}).unwrap();
+        let mut cache = StatCache::default();
+        let first = build_tree(&roots, &everything, &|_| {}, &mut cache).unwrap();
         assert_eq!((first.files, first.file_bytes, first.blobs.len()), (3, 3, 2), "two files share bytes");
         // root, cells, sub, empty
         assert_eq!(first.directories.len(), 4);
-        let again = build_tree(&roots, &everything, &|_| {}).unwrap();
+        let again = build_tree(&roots, &everything, &|_| {}, &mut cache).unwrap();
         assert_eq!(again.root, first.root);
         std::fs::write(src.join("sub/b.sp"), "B").unwrap();
-        assert_ne!(build_tree(&roots, &everything, &|_| {}).unwrap().root, first.root);
+        assert_ne!(build_tree(&roots, &everything, &|_| {}, &mut cache).unwrap().root, first.root);
     }
 }

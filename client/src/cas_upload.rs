@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use lrpymrpc_archive::{Candidate, PackError, PackRoot};
-use lrpymrpc_cas::{DIGEST_FUNCTION, Hasher, InputTree, build_tree};
+use lrpymrpc_cas::{DIGEST_FUNCTION, Hasher, InputTree, StatCache, build_tree};
 use lrpymrpc_proto::v1::{BlobChunk, CreateJobResponse, Digest, TreePart};
 use prost::Message;
 use tokio::sync::mpsc;
@@ -53,14 +53,31 @@ impl Session {
         let rules = job.rules.clone();
         let progress = out.progress("hash");
         let hashing = progress.clone();
-        let tree = tokio::task::spawn_blocking(move || {
+        let (tree, saved) = tokio::task::spawn_blocking(move || {
             let keep = |candidate: &Candidate<'_>| rules.keeps(candidate);
-            build_tree(&roots, &keep, &|bytes| hashing.add_bytes(bytes))
+            let path = stat_cache_path();
+            let mut cache = path.as_deref().map(StatCache::load).unwrap_or_default();
+            let tree = build_tree(&roots, &keep, &|bytes| hashing.add_bytes(bytes), &mut cache)?;
+            let saved = cache.save().map_err(|error| (path.unwrap_or_default(), error));
+            Ok::<_, PackError>((tree, saved))
         })
         .await
         .map_err(|e| ClientError::local(format!("hashing task failed: {e}")))?
         .map_err(|error| ClientError::Local { message: format!("cannot read the sources: {error}"), hint: None })?;
         out.clear_progress();
+        out.verbose(&format!(
+            "hashed {} ({}); the stat cache knew the other {} of {}",
+            lrpymrpc_units::count_of(tree.hashed_files, "file"),
+            lrpymrpc_units::human_bytes(tree.hashed_bytes),
+            lrpymrpc_units::human_count(tree.files - tree.hashed_files),
+            lrpymrpc_units::count_of(tree.files, "file"),
+        ));
+        if let Err((path, error)) = saved {
+            out.note(&format!(
+                "cannot save the stat cache `{}`: {error}; files are hashed again next time",
+                path.display()
+            ));
+        }
         let tree = Arc::new(tree);
         let mut upload = TreeUpload {
             files: tree.files,
@@ -157,6 +174,16 @@ impl Session {
             (Ok(_), Ok(sent)) => Ok(sent),
         }
     }
+}
+
+/// The stat cache's file: `$XDG_CACHE_HOME/lrpymrpc/stat-cache`, else
+/// `~/.cache/lrpymrpc/stat-cache`; `None` with no home to put it in.
+fn stat_cache_path() -> Option<PathBuf> {
+    let base = match std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(std::env::var_os("HOME").filter(|v| !v.is_empty())?).join(".cache"),
+    };
+    Some(base.join("lrpymrpc").join("stat-cache"))
 }
 
 enum BlobReadError {

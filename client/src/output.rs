@@ -193,6 +193,13 @@ impl Output {
         }
     }
 
+    /// A detail for `--verbose` only.
+    pub fn verbose(&self, text: &str) {
+        if self.verbosity.verbose && !self.verbosity.quiet {
+            self.write(true, &format!("lrpymrpc: {}", clean_text(text)));
+        }
+    }
+
     /// Something worth knowing that is not a problem; hidden by `--quiet`.
     pub fn note(&self, text: &str) {
         if !self.verbosity.quiet {

@@ -183,3 +183,30 @@ fn a_legacy_server_still_gets_the_tar_gz_upload() {
         .stderr(predicate::str::contains("uploaded 1 file, 1 B in "));
     assert!(!env.jobs.join("lrpymrpc-cas").exists(), "a legacy server keeps no store");
 }
+
+#[test]
+fn a_warm_stat_cache_hashes_nothing_and_a_changed_file_is_hashed_again() {
+    let env = TestEnv::new();
+    env.write("source/a.sp", "a");
+    env.write("source/b.sp", "b");
+    // Past the racy window of the files' own timestamps, so the cache may trust them.
+    std::thread::sleep(std::time::Duration::from_millis(2200));
+    env.client()
+        .args(["--verbose", "--CMD", "true"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("lrpymrpc: hashed 2 files (2 B); the stat cache knew the other 0 of 2 files"));
+    assert!(env.root.path().join("cache/lrpymrpc/stat-cache").is_file());
+    env.client()
+        .args(["--verbose", "--CMD", "true"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("lrpymrpc: hashed 0 files (0 B); the stat cache knew the other 2 of 2 files"));
+    env.write("source/b.sp", "B!");
+    env.client()
+        .args(["--verbose", "--CMD", "cat source/b.sp"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("lrpymrpc: hashed 1 file (2 B); the stat cache knew the other 1 of 2 files"))
+        .stdout(predicate::str::contains("]:B!"));
+}

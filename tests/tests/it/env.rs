@@ -131,6 +131,8 @@ impl TestEnv {
             }
         }
         command.env("LRPYMRPC_CONFIG", "");
+        // The stat cache of content-addressed uploads: the test's own.
+        command.env("XDG_CACHE_HOME", self.root.path().join("cache"));
         command
     }
 
