@@ -28,6 +28,8 @@ pub enum TreeError {
     BadName { path: String, why: &'static str },
     #[error("an entry has no digest")]
     NoDigest,
+    #[error("`{0}` is not a SHA-256 digest (64 lowercase hex digits)")]
+    BadDigest(String),
     #[error("the tree is deeper than the limit of {0}")]
     TooDeep(usize),
     #[error("the tree has more entries than the limit of {0}")]
@@ -55,7 +57,7 @@ pub fn plan(root: &Digest, directories: &HashMap<String, Directory>, limits: &Li
         let mut names: Vec<&str> = Vec::new();
         for file in &directory.files {
             let child = checked_child(&path, &file.name)?;
-            let digest = file.digest.clone().ok_or(TreeError::NoDigest)?;
+            let digest = checked_digest(file.digest.as_ref())?.clone();
             plan.bytes = plan.bytes.saturating_add(digest.size);
             if plan.bytes > limits.max_bytes {
                 return Err(TreeError::TooLarge(limits.max_bytes));
@@ -65,7 +67,7 @@ pub fn plan(root: &Digest, directories: &HashMap<String, Directory>, limits: &Li
         }
         for sub in &directory.directories {
             let child = checked_child(&path, &sub.name)?;
-            let digest = sub.digest.as_ref().ok_or(TreeError::NoDigest)?;
+            let digest = checked_digest(sub.digest.as_ref())?;
             names.push(&sub.name);
             plan.directories.push(child.clone());
             stack.push((child, digest.hash.clone(), depth + 1));
@@ -83,6 +85,15 @@ pub fn plan(root: &Digest, directories: &HashMap<String, Directory>, limits: &Li
     // Parents before children: a path sorts after its parent.
     plan.directories.sort();
     Ok(plan)
+}
+
+/// A digest whose hash can name a file in the store: nothing else is ever looked up.
+fn checked_digest(digest: Option<&Digest>) -> Result<&Digest, TreeError> {
+    let digest = digest.ok_or(TreeError::NoDigest)?;
+    match crate::digest::is_valid_hash(&digest.hash) {
+        true => Ok(digest),
+        false => Err(TreeError::BadDigest(digest.hash.chars().take(80).collect())),
+    }
 }
 
 /// `name` must be one path component: not empty, `.` or `..`, no `/`, no NUL.
@@ -170,6 +181,11 @@ mod tests {
             plan(&directory_digest(&big), &tree(vec![big]), &Limits::DEFAULT),
             Err(TreeError::TooLarge(_))
         ));
+        let climbing = Digest { hash: "../../etc/passwd".into(), size: 1 };
+        let sneaky =
+            Directory { files: vec![FileNode { digest: Some(climbing), ..file("x", b"") }], directories: vec![] };
+        let refused = plan(&directory_digest(&sneaky), &tree(vec![sneaky]), &Limits::DEFAULT);
+        assert!(matches!(refused, Err(TreeError::BadDigest(_))), "{refused:?}");
         let missing = Directory {
             files: vec![],
             directories: vec![DirectoryNode { name: "d".into(), digest: Some(digest_of(b"?")) }],

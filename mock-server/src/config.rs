@@ -93,7 +93,7 @@ impl Config {
             env_cache: true,
             env_cache_max_bytes: 8 << 30,
             cas: true,
-            cas_max_bytes: 32 << 30,
+            cas_max_bytes: 64 << 30,
             share_env_cache: false,
             sandbox_network: false,
             sandbox: None,

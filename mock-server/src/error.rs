@@ -90,7 +90,7 @@ impl From<JobError> for Status {
             JobError::Pack(_) | JobError::Io(_) | JobError::TaskFailed { .. } => Status::internal(message),
             JobError::Blob(BlobError::Io(io)) if is_out_of_space(io) => Status::resource_exhausted(message),
             JobError::Blob(BlobError::Io(_)) => Status::internal(message),
-            JobError::Blob(BlobError::TooLarge { .. }) => Status::resource_exhausted(message),
+            JobError::Blob(BlobError::TooLarge { .. } | BlobError::Full) => Status::resource_exhausted(message),
             JobError::Blob(_) | JobError::DigestFunction(_) => Status::invalid_argument(message),
             JobError::Tree(TreeError::TooLarge(_) | TreeError::TooManyEntries(_)) => {
                 Status::resource_exhausted(message)

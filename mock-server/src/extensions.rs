@@ -17,6 +17,7 @@ use lrpymrpc_proto::v1::{
     BlobChunk, Caller, CapabilitiesRequest, CapabilitiesResponse, CreateJobResponse, Digest, Features, Limits, Load,
     TreePart, UploadBlobsResponse,
 };
+use prost::Message;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
@@ -26,6 +27,10 @@ use crate::error::JobError;
 use crate::executor::Executor;
 use crate::state::State;
 use crate::store::{BlobError, ContentStore};
+
+/// The most bytes of directory messages one CreateJob may send (about two million
+/// entries with short names).
+const MAX_TREE_BYTES: usize = 256 << 20;
 
 /// The most missing digests one CreateJob answer lists (`Limits.max_batch_blobs`).
 pub const MAX_MISSING_LISTED: usize = 20_000;
@@ -217,6 +222,8 @@ impl ExtensionService {
         let idle = self.state.config.upload_idle_timeout;
         let mut head: Option<(String, Option<Digest>)> = None;
         let mut directories = HashMap::new();
+        // A tree's description is held in memory: bounded apart from its entries.
+        let mut received = 0usize;
         loop {
             let part = match tokio::time::timeout(idle, stream.message()).await {
                 Err(_) => return Err(JobError::UploadStalled(lrpymrpc_units::human_duration(idle))),
@@ -228,6 +235,10 @@ impl ExtensionService {
             };
             if head.is_none() {
                 head = Some((part.digest_function.clone(), part.root.clone()));
+            }
+            received = received.saturating_add(part.encoded_len());
+            if received > MAX_TREE_BYTES {
+                return Err(TreeError::TooManyEntries(limits.max_entries).into());
             }
             for directory in part.directories {
                 if directories.len() as u64 >= limits.max_entries {

@@ -33,6 +33,8 @@ pub enum BlobError {
     Truncated { hash: String, got: u64, size: u64 },
     #[error("a chunk came without a blob to belong to (the first chunk of a blob names its digest)")]
     Unnamed,
+    #[error("the content store is full of blobs sent for jobs not yet made (--cas-max-bytes); try again later")]
+    Full,
     #[error("the content store: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -138,6 +140,15 @@ impl ContentStore {
         if digest.size > limit {
             return Err(BlobError::TooLarge { hash: digest.hash.clone(), size: digest.size, limit });
         }
+        // Blobs waiting for their job cannot be evicted: they may not fill the disk.
+        let waiting: u64 = {
+            let inner = self.inner();
+            let held = inner.pending.iter().filter(|(_, came)| came.elapsed() < self.hold);
+            held.filter_map(|(hash, _)| inner.blobs.get(hash)).map(|(size, _)| size).sum()
+        };
+        if waiting.saturating_add(digest.size) > self.max_bytes.max(digest.size) {
+            return Err(BlobError::Full);
+        }
         let file = tempfile::NamedTempFile::new_in(self.dir.join("incoming"))?;
         Ok(BlobWriter { digest: digest.clone(), file, hasher: Hasher::default(), received: 0 })
     }
@@ -233,5 +244,59 @@ impl BlobWriter {
     /// The error for a stream that ended before the blob did.
     pub fn truncated(&self) -> BlobError {
         BlobError::Truncated { hash: self.digest.hash.clone(), got: self.received, size: self.digest.size }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use lrpymrpc_cas::digest_of;
+
+    use super::*;
+
+    fn send(store: &ContentStore, cn: &str, bytes: &[u8]) -> Result<Digest, BlobError> {
+        let digest = digest_of(bytes);
+        let mut writer = store.begin(&digest, u64::MAX)?;
+        writer.write(bytes)?;
+        store.finish(cn, writer)?;
+        Ok(digest)
+    }
+
+    #[test]
+    fn presence_is_per_cn_and_a_lie_keeps_nothing() {
+        let root = tempfile::tempdir().unwrap();
+        let store = ContentStore::new(root.path(), 1 << 20, Duration::from_secs(60)).unwrap();
+        let digest = send(&store, "alice", b"netlist").unwrap();
+        assert!(store.missing("alice", [&digest].into_iter()).is_empty());
+        assert_eq!(store.missing("bob", [&digest].into_iter()), vec![digest.clone()]);
+        let claimed = digest_of(b"real");
+        let mut writer = store.begin(&claimed, u64::MAX).unwrap();
+        writer.write(b"fake").unwrap();
+        assert!(matches!(store.finish("bob", writer), Err(BlobError::Mismatch { .. })));
+        assert!(!store.blob_path(&claimed.hash).exists());
+        assert_eq!(std::fs::read_dir(root.path().join(STORE_DIR).join("incoming")).unwrap().count(), 0);
+        let mut long = store.begin(&digest_of(b"ab"), u64::MAX).unwrap();
+        assert!(matches!(long.write(b"abc"), Err(BlobError::TooLong { .. })));
+    }
+
+    #[test]
+    fn eviction_spares_pinned_and_pending_blobs_and_waiting_blobs_cannot_fill_the_disk() {
+        let root = tempfile::tempdir().unwrap();
+        let store = ContentStore::new(root.path(), 10, Duration::ZERO).unwrap();
+        let a = send(&store, "c", b"aaaaaaaa").unwrap();
+        store.pin(std::slice::from_ref(&a.hash));
+        let b = send(&store, "c", b"bbbbbbbb").unwrap();
+        assert!(store.blob_path(&a.hash).exists(), "pinned: a job is being made from it");
+        assert!(!store.blob_path(&b.hash).exists(), "the least recently used unpinned blob went");
+        store.unpin(std::slice::from_ref(&a.hash));
+        assert!(store.blob_path(&a.hash).exists(), "within the bound");
+        let e = send(&store, "c", b"eeeeeeee").unwrap();
+        assert!(!store.blob_path(&a.hash).exists() && store.blob_path(&e.hash).exists(), "least recently used first");
+        // Held for their job: no eviction, and no more than the bound may wait.
+        let held = ContentStore::new(&root.path().join("held"), 10, Duration::from_secs(60)).unwrap();
+        let c = send(&held, "c", b"cccccccc").unwrap();
+        assert!(matches!(send(&held, "c", b"dddddddd"), Err(BlobError::Full)));
+        assert!(held.blob_path(&c.hash).exists());
     }
 }

@@ -8,7 +8,13 @@
 //! - W3: 8 concurrent W1 jobs with distinct RUN_NAMEs.
 //! - W4 (`--big`): W2 at 2 GB, to show the client's memory stays flat.
 //! - W5: a job whose REPO_URL is a local wheel, first run versus repeated run.
+//! - W2c: W2 with content-addressed upload into a cold store (a fresh server each run).
+//! - W6: then one file of W2 replaced by 10 KB and the job run again: the bytes and the
+//!   time of the upload step against the first upload's.
+//! - W7: then the unchanged tree again, with a warm stat cache: the upload step's time
+//!   and the client's CPU time on 2,000 files.
 //!
+//! W1 to W5 send a tar.gz (`--no-cas`), as to the Python server.
 //! References: `python3 -c pass` (the floor of any interpreter-based client),
 //! `tar c | tar x`, `tar c | gzip -1`, and the `tar c | pigz -1 | gunzip | tar x` round
 //! trip (twice: our job moves the bytes up and down), with gzip when pigz is missing.
@@ -22,6 +28,13 @@ use anyhow::{Context, bail};
 
 use crate::deployment::{self, Binaries, MockServer};
 use crate::workspace_root;
+
+/// A content-addressed job: what it cost, and its upload step.
+struct TreeRun {
+    sample: Sample,
+    upload: Duration,
+    sent_bytes: u64,
+}
 
 /// What one run of the client cost.
 #[derive(Debug, Clone, Copy)]
@@ -43,13 +56,14 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     let Binaries { client, server } = deployment::build(true)?;
     let scratch = tempfile::Builder::new().prefix("lrpymrpc-bench-").tempdir()?;
     let (tls, jobs) = deployment::certificates_and_root(scratch.path(), "bench")?;
-    let server = MockServer::start(&server, &jobs, &tls, &["--max-jobs", "32"])?;
-    let bench = Bench { client, tls, port: server.port().to_string(), scratch: scratch.path().to_path_buf() };
+    let running = MockServer::start(&server, &jobs, &tls, &["--max-jobs", "32"])?;
+    let bench = Bench { client, server, tls, port: running.port().to_string(), scratch: scratch.path().to_path_buf() };
     bench.all(options)
 }
 
 struct Bench {
     client: PathBuf,
+    server: PathBuf,
     tls: PathBuf,
     port: String,
     scratch: PathBuf,
@@ -122,6 +136,9 @@ impl Bench {
             std::fs::remove_dir_all(&w4)?;
         }
 
+        eprintln!("xtask bench: W2c, W6, W7: content-addressed upload");
+        rows.extend(self.content_addressed(&w2, repeats)?);
+
         eprintln!("xtask bench: W5, REPO_URL with a local wheel");
         rows.push(self.environment_reuse(repeats)?);
 
@@ -172,6 +189,97 @@ impl Bench {
                 note: String::new(),
             },
         ])
+    }
+
+    /// W2c, W6 and W7 on W2's tree: a cold store each run (a fresh server), then one
+    /// 10 KB file changed, then nothing changed.
+    fn content_addressed(&self, dir: &Path, repeats: usize) -> anyhow::Result<Vec<Row>> {
+        let fresh_server = |n: usize| -> anyhow::Result<MockServer> {
+            let root = self.scratch.join(format!("cas-jobs-{n}"));
+            std::fs::create_dir_all(&root)?;
+            MockServer::start(&self.server, &root, &self.tls, &["--max-jobs", "32"])
+        };
+        let cache = self.scratch.join("cache");
+        let mut cold = Vec::new();
+        for n in 0..repeats {
+            let server = fresh_server(n)?;
+            let _ = std::fs::remove_dir_all(&cache);
+            cold.push(self.tree_job(dir, server.port(), "cp -r source build")?);
+        }
+        std::fs::remove_dir_all(dir.join("build")).ok();
+        // The last server's store is warm; the stat cache too.
+        let server = fresh_server(repeats)?;
+        let first = self.tree_job(dir, server.port(), "true")?;
+        let changed = dir.join("source/d0/e0/f0");
+        std::fs::write(&changed, vec![b'x'; 10 * 1024])?;
+        let second = self.tree_job(dir, server.port(), "true")?;
+        let unchanged: Vec<TreeRun> =
+            (0..repeats.max(3)).map(|_| self.tree_job(dir, server.port(), "true")).collect::<anyhow::Result<_>>()?;
+        let cpu = median(&cold.iter().map(|r| r.sample.cpu).collect::<Vec<_>>());
+        let w7_cpu = median(&unchanged.iter().map(|r| r.sample.cpu).collect::<Vec<_>>());
+        Ok(vec![
+            Row {
+                name: "W2c 200 MB round trip, content-addressed, cold store".into(),
+                samples: cold.iter().map(|r| r.sample.wall).collect(),
+                reference: None,
+                note: format!(
+                    "client CPU {}, peak RSS {} KiB",
+                    seconds(cpu),
+                    cold.iter().map(|r| r.sample.max_rss_kib).max().unwrap_or(0)
+                ),
+            },
+            Row {
+                name: "W6 one 10 KB file changed, upload step".into(),
+                samples: vec![second.upload],
+                reference: Some(("first upload step".into(), first.upload.max(cold[0].upload))),
+                note: format!(
+                    "sent {} of {} the first time ({:.3}%)",
+                    lrpymrpc_units::human_bytes(second.sent_bytes),
+                    lrpymrpc_units::human_bytes(cold[0].sent_bytes),
+                    100.0 * second.sent_bytes as f64 / cold[0].sent_bytes.max(1) as f64
+                ),
+            },
+            Row {
+                name: "W7 unchanged tree, upload step".into(),
+                samples: unchanged.iter().map(|r| r.upload).collect(),
+                reference: None,
+                note: format!("client CPU for the whole job {}, warm stat cache", seconds(w7_cpu)),
+            },
+        ])
+    }
+
+    /// A job with content-addressed upload (the client's own stat cache under the
+    /// scratch directory); the upload step's time and bytes from its summary line.
+    fn tree_job(&self, dir: &Path, port: &str, command: &str) -> anyhow::Result<TreeRun> {
+        let start = Instant::now();
+        let mut client = self.command(dir, &[], command);
+        client.env("XDG_CACHE_HOME", self.scratch.join("cache")).args(["--SERVER_PORT", port]);
+        let mut child = client.spawn()?;
+        let mut stderr = String::new();
+        if let Some(pipe) = child.stderr.as_mut() {
+            std::io::Read::read_to_string(pipe, &mut stderr)?;
+        }
+        let sample = wait_sample(child, start)?;
+        let summary = stderr
+            .lines()
+            .find_map(|line| line.strip_prefix("lrpymrpc: uploaded "))
+            .with_context(|| format!("no upload summary in: {stderr}"))?;
+        let upload = summary
+            .split(" in ")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|secs| secs.parse::<f64>().ok())
+            .map(Duration::from_secs_f64)
+            .with_context(|| format!("no time in: {summary}"))?;
+        let sent_bytes = if summary.starts_with("nothing") {
+            0
+        } else if let Some(inner) = summary.split_once('(').and_then(|(_, rest)| rest.split_once(" of ")) {
+            lrpymrpc_units::parse_size(inner.0).map_err(anyhow::Error::msg)?
+        } else {
+            let size = summary.split(", ").nth(1).and_then(|rest| rest.split(" in ").next()).unwrap_or_default();
+            lrpymrpc_units::parse_size(size).map_err(anyhow::Error::msg)?
+        };
+        Ok(TreeRun { sample, upload, sent_bytes })
     }
 
     /// W5: the execute step of a job with REPO_URL, first (pip) versus repeated (cache).
@@ -227,7 +335,7 @@ impl Bench {
 
     fn spawn_job(&self, dir: &Path, extra: &[&str], command: &str) -> anyhow::Result<std::process::Child> {
         // With --quiet, stderr holds errors only: a pipe's buffer is plenty.
-        Ok(self.command(dir, extra, command).arg("--quiet").spawn()?)
+        Ok(self.command(dir, extra, command).args(["--quiet", "--no-cas"]).spawn()?)
     }
 
     fn job(&self, dir: &Path, extra: &[&str], command: &str) -> anyhow::Result<Sample> {
