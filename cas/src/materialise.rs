@@ -118,25 +118,46 @@ fn checked_child(parent: &Path, name: &str) -> Result<PathBuf, TreeError> {
 }
 
 /// Makes the plan's directories and files below `dest` (a fresh, empty directory
-/// nobody else writes to), each file a copy of its blob at `blob_path(hash)`.
-pub fn materialise(plan: &Plan, blob_path: &dyn Fn(&str) -> PathBuf, dest: &Path) -> Result<(), TreeError> {
-    let write_error = |path: &Path, source| TreeError::Write { path: path.display().to_string(), source };
+/// nobody else writes to), each file a copy of its blob at `blob_path(hash)`; the
+/// copies run on up to four threads (many small files are bound by system calls).
+pub fn materialise(plan: &Plan, blob_path: &(dyn Fn(&str) -> PathBuf + Sync), dest: &Path) -> Result<(), TreeError> {
     for directory in &plan.directories {
         std::fs::create_dir(dest.join(directory)).map_err(|e| write_error(directory, e))?;
     }
-    for (path, digest, executable) in &plan.files {
-        let target = dest.join(path);
-        match std::fs::copy(blob_path(&digest.hash), &target) {
-            Ok(_) => {}
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                return Err(TreeError::BlobGone(digest.hash.clone()));
-            }
-            Err(error) => return Err(write_error(path, error)),
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4);
+    let share = plan.files.len().div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = plan
+            .files
+            .chunks(share)
+            .map(|files| scope.spawn(move || files.iter().try_for_each(|file| copy_one(file, blob_path, dest))))
+            .collect();
+        workers.into_iter().try_for_each(|worker| {
+            let panicked = || Err(write_error(dest, std::io::Error::other("a copying thread panicked")));
+            worker.join().unwrap_or_else(|_| panicked())
+        })
+    })
+}
+
+fn write_error(path: &Path, source: std::io::Error) -> TreeError {
+    TreeError::Write { path: path.display().to_string(), source }
+}
+
+fn copy_one(
+    (path, digest, executable): &(PathBuf, Digest, bool),
+    blob_path: &(dyn Fn(&str) -> PathBuf + Sync),
+    dest: &Path,
+) -> Result<(), TreeError> {
+    let target = dest.join(path);
+    match std::fs::copy(blob_path(&digest.hash), &target) {
+        Ok(_) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            return Err(TreeError::BlobGone(digest.hash.clone()));
         }
-        let mode = if *executable { 0o755 } else { 0o644 };
-        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode)).map_err(|e| write_error(path, e))?;
+        Err(error) => return Err(write_error(path, error)),
     }
-    Ok(())
+    let mode = if *executable { 0o755 } else { 0o644 };
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode)).map_err(|e| write_error(path, e))
 }
 
 #[cfg(test)]
