@@ -7,6 +7,7 @@
 //! Client and server both use it.
 
 pub mod bridge;
+pub mod encoding;
 pub mod merge;
 pub mod pack;
 pub mod paths;
@@ -17,8 +18,11 @@ pub mod testing;
 pub mod unpack;
 pub mod walk;
 
+pub use encoding::Encoding;
 pub use merge::{MergeError, merge_tree};
 pub use pack::{Candidate, PackError, PackOptions, PackReport, PackRoot, pack_tar_gz};
 pub use paths::{NameError, find_below, sanitize_relative};
-pub use results::pack_results_tar_gz;
-pub use unpack::{Limits, MtimePolicy, ReadProgress, UnpackError, UnpackOptions, UnpackReport, unpack_tar_gz};
+pub use results::{pack_results_tar, pack_results_tar_gz};
+pub use unpack::{
+    Limits, MtimePolicy, ReadProgress, UnpackError, UnpackOptions, UnpackReport, unpack_tar, unpack_tar_gz,
+};

@@ -18,8 +18,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use flate2::Compression;
-use flate2::write::GzEncoder;
+use crate::encoding::{Encoder, Encoding};
 use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags};
 use tar::EntryType;
 
@@ -37,11 +36,20 @@ pub fn pack_results_tar_gz<W: Write>(
     level: u32,
     out: W,
 ) -> Result<(PackReport, W), PackError> {
+    pack_results_tar(dir, names, Encoding::Gzip, level, out)
+}
+
+/// [`pack_results_tar_gz`] in any [`Encoding`] (`level`: gzip's).
+pub fn pack_results_tar<W: Write>(
+    dir: &Path,
+    names: &[PathBuf],
+    encoding: Encoding,
+    level: u32,
+    out: W,
+) -> Result<(PackReport, W), PackError> {
     let root = open_dir(rustix::fs::CWD, dir.as_os_str()).map_err(|e| read_error(Path::new("."), e))?;
-    let mut walker = Walker {
-        builder: tar::Builder::new(GzEncoder::new(out, Compression::new(level.min(9)))),
-        report: PackReport::default(),
-    };
+    let encoder = encoding.encoder(out, level).map_err(PackError::Write)?;
+    let mut walker = Walker { builder: tar::Builder::new(encoder), report: PackReport::default() };
     for name in names {
         let Some(leaf) = name.file_name() else { continue };
         let parent = match open_parents(&root, name)? {
@@ -88,7 +96,7 @@ fn open_dir(parent: BorrowedFd<'_>, name: &OsStr) -> io::Result<OwnedFd> {
 }
 
 struct Walker<W: Write> {
-    builder: tar::Builder<GzEncoder<W>>,
+    builder: tar::Builder<Encoder<W>>,
     report: PackReport,
 }
 

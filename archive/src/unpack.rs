@@ -27,7 +27,7 @@ use std::fs;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
-use flate2::read::GzDecoder;
+use crate::encoding::Encoding;
 use tar::EntryType;
 
 use crate::paths::{NameError, depth, sanitize_relative};
@@ -115,11 +115,19 @@ impl UnpackError {
 /// directory, normally a fresh empty one (a job directory, a staging directory).
 /// On error, what was already written stays: the caller removes `dest`.
 pub fn unpack_tar_gz<R: Read>(input: R, dest: &Path, options: &UnpackOptions) -> Result<UnpackReport, UnpackError> {
-    let capped = CappedReader {
-        inner: GzDecoder::new(input),
-        remaining: options.limits.max_bytes,
-        progress: options.progress.clone(),
-    };
+    unpack_tar(input, Encoding::Gzip, dest, options)
+}
+
+/// [`unpack_tar_gz`] for a tar stream in any [`Encoding`].
+pub fn unpack_tar<R: Read>(
+    input: R,
+    encoding: Encoding,
+    dest: &Path,
+    options: &UnpackOptions,
+) -> Result<UnpackReport, UnpackError> {
+    let decoder = encoding.decoder(input).map_err(|e| malformed(e, options))?;
+    let capped =
+        CappedReader { inner: decoder, remaining: options.limits.max_bytes, progress: options.progress.clone() };
     let mut archive = tar::Archive::new(capped);
     let mut unpacker =
         Unpacker { placer: Placer::new(dest, options), options, report: UnpackReport::default(), entries: 0 };

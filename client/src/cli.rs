@@ -167,6 +167,11 @@ pub struct Args {
     #[arg(long, env = "LRPYMRPC_NO_CAS", value_parser = FalseyValueParser::new(), help_heading = "Beyond lrPymRPC")]
     pub no_cas: bool,
 
+    /// How results travel from a server that offers a choice: `auto` takes none on
+    /// loopback and zstd elsewhere; the Python server always sends gzip
+    #[arg(long, env = "LRPYMRPC_RESULT_ENCODING", value_enum, default_value_t = ResultEncoding::Auto, help_heading = "Beyond lrPymRPC")]
+    pub result_encoding: ResultEncoding,
+
     /// gzip level of the upload, 0 (store) to 9 (smallest); 1 suits a LAN
     #[arg(long, env = "LRPYMRPC_GZIP_LEVEL", value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=9), help_heading = "Beyond lrPymRPC")]
     pub gzip_level: u32,
@@ -255,6 +260,15 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+/// `--result-encoding`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ResultEncoding {
+    Auto,
+    Gzip,
+    Zstd,
+    Identity,
 }
 
 /// Which integration file `snippet` prints.

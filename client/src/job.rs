@@ -49,6 +49,8 @@ pub struct Job {
     pub tls_warnings: Vec<crate::tls_audit::Finding>,
     /// `--no-cas`: always a tar.gz upload.
     pub no_cas: bool,
+    /// `--result-encoding`.
+    pub result_encoding: crate::cli::ResultEncoding,
     /// `--stall-timeout`: how long a step may get no answer.
     pub stall: std::time::Duration,
     pub verbosity: Verbosity,
@@ -110,6 +112,7 @@ impl Job {
             rules: Arc::new(rules),
             strict: args.strict,
             no_cas: args.no_cas,
+            result_encoding: args.result_encoding,
             results_dest,
             no_results_on_failure: args.no_results_on_failure,
             gzip_level: args.gzip_level,

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use lrpymrpc_archive::bridge::{ChunkReader, ChunkWriter, Fed, feed};
 use lrpymrpc_archive::{
-    Candidate, MtimePolicy, PackError, PackOptions, PackReport, PackRoot, ReadProgress, UnpackOptions, UnpackReport,
-    merge_tree, pack_tar_gz, sanitize_relative, unpack_tar_gz,
+    Candidate, Encoding, MtimePolicy, PackError, PackOptions, PackReport, PackRoot, ReadProgress, UnpackOptions,
+    UnpackReport, merge_tree, pack_tar_gz, sanitize_relative, unpack_tar,
 };
 use lrpymrpc_proto::file_service_client::FileServiceClient;
 use lrpymrpc_proto::v1::extensions_client::ExtensionsClient;
@@ -26,6 +26,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 use tonic::transport::Channel;
 
+use crate::cli::ResultEncoding;
 use crate::connect::{Capabilities, Peer, TransportFault, authority, classify, connect};
 use crate::exit::{ClientError, ResultsError, Step};
 use crate::job::Job;
@@ -76,6 +77,31 @@ impl Session {
     fn stalled(&self, step: Step) -> ClientError {
         let reason = format!("no answer for {} (--stall-timeout)", crate::output::seconds(self.stall));
         ClientError::Lost { step, peer: authority(&self.peer), reason }
+    }
+
+    /// The encoding results come in: what `wanted` asks, when the server speaks it;
+    /// `auto` takes none on loopback (compressing only costs time there), else zstd,
+    /// else gzip, the contract.
+    pub fn result_encoding(&self, wanted: ResultEncoding, out: &Output) -> Encoding {
+        let offered = |name: &str| {
+            self.capabilities()
+                .and_then(|c| c.features.as_ref())
+                .is_some_and(|f| f.result_encodings.iter().any(|e| e == name))
+        };
+        let loopback = self.peer.host == "localhost"
+            || self.peer.host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+        let asked = match wanted {
+            ResultEncoding::Auto if loopback && offered("identity") => return Encoding::Identity,
+            ResultEncoding::Auto if offered("zstd") => return Encoding::Zstd,
+            ResultEncoding::Auto | ResultEncoding::Gzip => return Encoding::Gzip,
+            ResultEncoding::Zstd => Encoding::Zstd,
+            ResultEncoding::Identity => Encoding::Identity,
+        };
+        if offered(asked.name()) {
+            return asked;
+        }
+        out.note(&format!("the server does not send results in {}; they come in gzip", asked.name()));
+        Encoding::Gzip
     }
 
     /// What the server said it can do; `None` for a legacy server.
@@ -220,6 +246,7 @@ impl Session {
         let mut client = self.files.clone();
         let dest = job.results_dest.clone();
         let limits = job.result_limits;
+        let encoding = Encoding::from_name(&request.encoding).unwrap_or_default();
         let local = |what: &'static str, path: &Path, source: io::Error| {
             ClientError::Results(ResultsError::Local { what, path: path.to_path_buf(), source })
         };
@@ -255,8 +282,8 @@ impl Session {
         let count_received = unpacked.is_none();
         let unpack = tokio::task::spawn_blocking(move || {
             let options = UnpackOptions { limits, mtime: MtimePolicy::Now, only: Some(only), progress: unpacked };
-            let report =
-                unpack_tar_gz(ChunkReader::new(chunk_rx), staging.path(), &options).map_err(ResultsError::from)?;
+            let report = unpack_tar(ChunkReader::new(chunk_rx), encoding, staging.path(), &options)
+                .map_err(ResultsError::from)?;
             let missing = asked
                 .into_iter()
                 .filter(|(_, rel)| staging.path().join(rel).symlink_metadata().is_err())

@@ -127,7 +127,8 @@ async fn fetch_results(
     }
     out.status("Download data is exist.");
     out.begin(Step::Download);
-    let request = DownloadRequest { unique_id, result_dir };
+    let encoding = session.result_encoding(job.result_encoding, out);
+    let request = DownloadRequest { unique_id, result_dir, encoding: encoding.name().into() };
     let total = (checked.result_bytes > 0).then_some(checked.result_bytes);
     let fetched = retrying(job, out, Step::Download, || session.download(job, request.clone(), total, out)).await?;
     out.transferred("downloaded", fetched.report.files, fetched.report.content_bytes);

@@ -53,6 +53,8 @@ pub enum JobError {
     Tree(#[from] lrpymrpc_cas::TreeError),
     #[error("digest function `{0}` is not spoken here; use sha256")]
     DigestFunction(String),
+    #[error("result encoding `{0}` is not spoken here; use gzip, zstd or identity")]
+    Encoding(String),
     #[error("content-addressed upload is off on this server (--no-cas)")]
     NoStore,
 }
@@ -91,7 +93,9 @@ impl From<JobError> for Status {
             JobError::Blob(BlobError::Io(io)) if is_out_of_space(io) => Status::resource_exhausted(message),
             JobError::Blob(BlobError::Io(_)) => Status::internal(message),
             JobError::Blob(BlobError::TooLarge { .. } | BlobError::Full) => Status::resource_exhausted(message),
-            JobError::Blob(_) | JobError::DigestFunction(_) => Status::invalid_argument(message),
+            JobError::Blob(_) | JobError::DigestFunction(_) | JobError::Encoding(_) => {
+                Status::invalid_argument(message)
+            }
             JobError::Tree(TreeError::TooLarge(_) | TreeError::TooManyEntries(_)) => {
                 Status::resource_exhausted(message)
             }

@@ -76,7 +76,7 @@ impl Extensions for ExtensionService {
             features: Some(Features {
                 exit_status: true,
                 content_addressed_upload: self.state.store.is_some(),
-                result_encodings: Vec::new(),
+                result_encodings: vec!["zstd".into(), "identity".into()],
                 action_cache: false,
                 durable_jobs: false,
                 executor: "local".into(),

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use lrpymrpc_archive::bridge::{CHANNEL_CHUNKS, ChunkReader, ChunkWriter, Fed, feed};
 use lrpymrpc_archive::{
-    MtimePolicy, PackRoot, UnpackOptions, find_below, pack_results_tar_gz, sanitize_relative, unpack_tar_gz,
+    Encoding, MtimePolicy, PackRoot, UnpackOptions, find_below, pack_results_tar, sanitize_relative, unpack_tar_gz,
 };
 use lrpymrpc_proto::file_service_server::FileService;
 use lrpymrpc_proto::{
@@ -205,15 +205,22 @@ impl FileService for Service {
         let request = request.into_inner();
         let (dir, job_use) = self.state.jobs.open_ended(&request.unique_id, caller.cn.as_deref())?;
         let names = result_names(&request.result_dir)?;
+        // A legacy server speaks gzip only, whatever is asked.
+        let encoding = match (self.state.config.legacy_protocol, Encoding::from_name(&request.encoding)) {
+            (true, _) => Encoding::Gzip,
+            (false, Some(encoding)) => encoding,
+            (false, None) => return Err(JobError::Encoding(request.encoding.chars().take(40).collect()).into()),
+        };
         let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
         let state = self.state.clone();
         let cn = caller.name().to_string();
         tokio::spawn(async move {
             let started = Instant::now();
-            let sent = stream_results(dir, names, tx).await;
+            let sent = stream_results(dir, names, encoding, tx).await;
             if let Some(bytes) = sent {
                 state.jobs.finished(job_use.id(), Done::Fetched);
-                info!(job = %job_use.id(), cn = cn.as_str(), bytes, ms = millis(started), "results sent");
+                let encoding = encoding.name();
+                info!(job = %job_use.id(), cn = cn.as_str(), bytes, encoding, ms = millis(started), "results sent");
             }
             drop(job_use);
         });
@@ -319,10 +326,16 @@ fn strip_dir(message: &str, job_dir: &Path) -> String {
 /// links are shipped as links, never followed, so neither a link the job made to
 /// `/etc/shadow` nor a directory swapped for a link ships the target's bytes.
 /// Returns the bytes sent when the whole stream went out.
-async fn stream_results(dir: PathBuf, names: Vec<PathBuf>, tx: mpsc::Sender<Result<DataChunk, Status>>) -> Option<u64> {
+async fn stream_results(
+    dir: PathBuf,
+    names: Vec<PathBuf>,
+    encoding: Encoding,
+    tx: mpsc::Sender<Result<DataChunk, Status>>,
+) -> Option<u64> {
     let (chunk_tx, mut chunk_rx) = mpsc::channel(CHANNEL_CHUNKS);
     let pack = tokio::task::spawn_blocking(move || {
-        let (_, writer) = pack_results_tar_gz(&dir, &names, RESULT_GZIP_LEVEL, ChunkWriter::new(chunk_tx, CHUNK_SIZE))?;
+        let out = ChunkWriter::new(chunk_tx, CHUNK_SIZE);
+        let (_, writer) = pack_results_tar(&dir, &names, encoding, RESULT_GZIP_LEVEL, out)?;
         writer.finish().map_err(lrpymrpc_archive::PackError::Write)?;
         Ok::<_, lrpymrpc_archive::PackError>(())
     });

@@ -52,7 +52,7 @@ mod tests {
     #[test]
     fn check_and_download_requests_share_their_field_numbers() {
         let check = CheckRequest { unique_id: "u".into(), result_dir: "a b".into() };
-        let download = DownloadRequest { unique_id: "u".into(), result_dir: "a b".into() };
+        let download = DownloadRequest { unique_id: "u".into(), result_dir: "a b".into(), encoding: String::new() };
         assert_eq!(check.encode_to_vec(), b"\x0a\x01u\x12\x03a b");
         assert_eq!(check.encode_to_vec(), download.encode_to_vec());
         assert_eq!(CheckResponse { has_stream: true, result_bytes: 0 }.encode_to_vec(), b"\x08\x01");

@@ -189,3 +189,37 @@ fn a_grpcio_client_written_from_the_proto_runs_a_whole_job_against_our_server() 
     assert!(stdout.contains(&format!("{prefix}Download data is exist.")), "{stdout}");
     assert_eq!(std::fs::read_to_string(env.work.join("lib/nand2.lib")).unwrap(), "* nand2\n");
 }
+
+#[test]
+fn results_come_back_in_the_encoding_the_server_offers_and_gzip_to_everyone_else() {
+    use crate::env::{spawn_server_binary, wait_exit};
+    let mut env = TestEnv::bare();
+    let (mut server, port) = spawn_server_binary(&env, &[]);
+    env.set_addr(([127, 0, 0, 1], port).into());
+    env.write("source/x", "x");
+    let make = "mkdir -p build; seq 100000 > build/numbers";
+    for (asked, sent) in [("auto", "identity"), ("zstd", "zstd"), ("gzip", "gzip"), ("identity", "identity")] {
+        std::fs::remove_dir_all(env.work.join("build")).ok();
+        env.client().args(["--result-encoding", asked, "--CMD", make]).assert().success();
+        let numbers = std::fs::read_to_string(env.work.join("build/numbers")).unwrap();
+        assert_eq!(numbers.lines().count(), 100_000, "{asked}");
+        let log = std::fs::read_to_string(env.root.path().join("server.log")).unwrap();
+        let last = log.lines().rev().find(|l| l.contains("results sent")).unwrap_or_default().to_string();
+        assert!(
+            last.contains(&format!("encoding=\"{sent}\"")) || last.contains(&format!("encoding={sent}")),
+            "{asked}: {last}"
+        );
+    }
+    crate::env::send_signal(&server, libc::SIGTERM);
+    wait_exit(&mut server, std::time::Duration::from_secs(15));
+    // A legacy server sends gzip whatever is asked, and the client says so.
+    let legacy = TestEnv::legacy();
+    legacy.write("source/x", "x");
+    legacy
+        .client()
+        .args(["--result-encoding", "zstd", "--CMD", make])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("the server does not send results in zstd; they come in gzip"));
+    assert_eq!(std::fs::read_to_string(legacy.work.join("build/numbers")).unwrap().lines().count(), 100_000);
+}
