@@ -18,6 +18,7 @@ use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::{QUEUED_CHUNKS, Session, unless_stalled};
+use crate::cli::BlobCompression;
 use crate::exit::{ClientError, Step};
 use crate::job::Job;
 use crate::output::Output;
@@ -39,6 +40,8 @@ pub struct TreeUpload {
     /// Blobs sent, and their bytes (the rest the server had).
     pub sent_blobs: u64,
     pub sent_bytes: u64,
+    /// What those bytes took on the wire (less when compressed).
+    pub wire_bytes: u64,
     pub skipped: Vec<(PathBuf, String)>,
 }
 
@@ -46,6 +49,21 @@ impl Session {
     /// Whether the server takes content-addressed uploads.
     pub fn takes_trees(&self) -> bool {
         self.capabilities().and_then(|c| c.features.as_ref()).is_some_and(|f| f.content_addressed_upload)
+    }
+
+    /// Whether blobs travel compressed: when the server takes zstd and `wanted` is
+    /// `zstd`, or `auto` and the server is not on this machine (on loopback compressing
+    /// only costs time).
+    fn compress_blobs(&self, wanted: BlobCompression) -> bool {
+        let offered = self
+            .capabilities()
+            .and_then(|c| c.features.as_ref())
+            .is_some_and(|f| f.blob_compressions.iter().any(|c| c == "zstd"));
+        match wanted {
+            BlobCompression::Auto => offered && !self.peer_is_loopback(),
+            BlobCompression::Zstd => offered,
+            BlobCompression::None => false,
+        }
     }
 
     /// Uploads the sources as a tree; returns the job id and what travelled.
@@ -91,9 +109,11 @@ impl Session {
                 upload.unique_id = answer.unique_id;
                 return Ok(upload);
             }
-            let (blobs, bytes) = self.send_blobs(&tree, answer.missing, out).await?;
+            let compress = self.compress_blobs(job.blob_compression);
+            let (blobs, bytes, wire) = self.send_blobs(&tree, answer.missing, compress, out).await?;
             upload.sent_blobs += blobs;
             upload.sent_bytes += bytes;
+            upload.wire_bytes += wire;
         }
         Err(ClientError::Server {
             step: Step::Upload,
@@ -140,20 +160,24 @@ impl Session {
         &self,
         tree: &Arc<InputTree>,
         missing: Vec<Digest>,
+        compress: bool,
         out: &Output,
-    ) -> Result<(u64, u64), ClientError> {
+    ) -> Result<(u64, u64, u64), ClientError> {
         let total: u64 = missing.iter().map(|d| d.size).sum();
         let progress = out.progress("upload");
         progress.set_total(total);
         let (tx, rx) = mpsc::channel(QUEUED_CHUNKS);
         let tree = tree.clone();
         let counted = progress.clone();
-        let reading =
-            tokio::task::spawn_blocking(move || read_blobs(&tree.blobs, &missing, &tx, &|n| counted.add_bytes(n)));
+        let reading = tokio::task::spawn_blocking(move || {
+            read_blobs(&tree.blobs, &missing, compress, &tx, &|n| counted.add_bytes(n))
+        });
         let moved = Arc::new(AtomicU64::new(0));
-        let counting = moved.clone();
+        let wire = Arc::new(AtomicU64::new(0));
+        let (counting, on_wire) = (moved.clone(), wire.clone());
         let chunks = ReceiverStream::new(rx).map(move |chunk: BlobChunk| {
             counting.fetch_add(chunk.data.len() as u64 + 1, Ordering::Relaxed);
+            on_wire.fetch_add(chunk.data.len() as u64, Ordering::Relaxed);
             chunk
         });
         let mut client = self.extensions.clone();
@@ -171,7 +195,7 @@ impl Session {
             }),
             (Err(status), _) => Err(self.failed(Step::Upload, status)),
             (Ok(_), Err(BlobReadError::Closed)) => Err(ClientError::local("the blob stream closed early")),
-            (Ok(_), Ok(sent)) => Ok(sent),
+            (Ok(_), Ok((blobs, bytes))) => Ok((blobs, bytes, wire.load(Ordering::Relaxed))),
         }
     }
 }
@@ -193,48 +217,105 @@ enum BlobReadError {
     Closed,
 }
 
-/// Reads each missing blob from its file, in chunks, hashing as it goes.
+/// Blobs smaller than this go as they are: compressing them saves nothing worth a frame.
+const COMPRESS_FROM: u64 = 1024;
+
+/// A blob is sent compressed when its first bytes compress to less than this share.
+const WORTH_COMPRESSING: f64 = 0.9;
+
+/// Reads each missing blob from its file, in chunks, hashing as it goes; with
+/// `compress`, a blob whose first 64 KiB shrink by a tenth or more travels as one zstd
+/// frame.
 fn read_blobs(
     blobs: &HashMap<String, (PathBuf, Digest)>,
     missing: &[Digest],
+    compress: bool,
     tx: &mpsc::Sender<BlobChunk>,
-    on_read: &dyn Fn(u64),
+    on_read: &(dyn Fn(u64) + Sync),
 ) -> Result<(u64, u64), BlobReadError> {
     let (mut count, mut bytes) = (0, 0);
     for wanted in missing {
         // The server may only ask for what the tree holds.
         let Some((path, digest)) = blobs.get(&wanted.hash) else { continue };
-        let read_error = |source| BlobReadError::Read(PackError::Read { path: path.clone(), source });
-        let mut file = std::fs::File::open(path).map_err(read_error)?;
-        let mut hasher = Hasher::default();
-        let mut first = Some(digest.clone());
-        let mut left = digest.size;
-        loop {
-            let mut buffer = vec![0; (left.min(lrpymrpc_proto::CHUNK_SIZE as u64)) as usize];
-            let n = if buffer.is_empty() { 0 } else { file.read(&mut buffer).map_err(read_error)? };
-            if n == 0 && left > 0 {
-                return Err(BlobReadError::Changed(path.clone()));
-            }
-            buffer.truncate(n);
-            hasher.update(&buffer);
-            left -= n as u64;
-            on_read(n as u64);
-            let last = left == 0;
-            if last {
-                let grew = file.read(&mut [0u8; 1]).map_err(read_error)? > 0;
-                if grew || std::mem::take(&mut hasher).finish().hash != digest.hash {
-                    return Err(BlobReadError::Changed(path.clone()));
-                }
-            }
-            if tx.blocking_send(BlobChunk { digest: first.take(), data: buffer }).is_err() {
-                return Err(BlobReadError::Closed);
-            }
-            if last {
-                break;
-            }
-        }
+        send_blob(path, digest, compress, tx, on_read)?;
         count += 1;
         bytes += digest.size;
     }
     Ok((count, bytes))
+}
+
+fn send_blob(
+    path: &PathBuf,
+    digest: &Digest,
+    compress: bool,
+    tx: &mpsc::Sender<BlobChunk>,
+    on_read: &(dyn Fn(u64) + Sync),
+) -> Result<(), BlobReadError> {
+    let read_error = |source| BlobReadError::Read(PackError::Read { path: path.clone(), source });
+    let file = std::fs::File::open(path).map_err(read_error)?;
+    // One byte more than expected is read, so a file that grew is seen.
+    let mut reader = HashingReader { inner: file.take(digest.size + 1), hasher: Hasher::default(), on_read };
+    let mut sample = vec![0; digest.size.min(64 * 1024) as usize];
+    reader.read_exact(&mut sample).map_err(|_| BlobReadError::Changed(path.clone()))?;
+    let compressed = compress
+        && digest.size >= COMPRESS_FROM
+        && zstd::bulk::compress(&sample, 1).is_ok_and(|c| (c.len() as f64) < sample.len() as f64 * WORTH_COMPRESSING);
+    let mut first = Some(BlobChunk {
+        digest: Some(digest.clone()),
+        data: Vec::new(),
+        compression: if compressed { "zstd".into() } else { String::new() },
+    });
+    let send = |first: &mut Option<BlobChunk>, data: Vec<u8>| -> Result<(), BlobReadError> {
+        let chunk = match first.take() {
+            Some(first) => BlobChunk { data, ..first },
+            None => BlobChunk { data, ..BlobChunk::default() },
+        };
+        tx.blocking_send(chunk).map_err(|_| BlobReadError::Closed)
+    };
+    let body = std::io::Cursor::new(sample).chain(&mut reader);
+    let mut source: Box<dyn Read> = match compressed {
+        true => Box::new(zstd::stream::read::Encoder::new(body, 1).map_err(read_error)?),
+        false => Box::new(body),
+    };
+    loop {
+        let mut buffer = vec![0; lrpymrpc_proto::CHUNK_SIZE];
+        let mut filled = 0;
+        while filled < buffer.len() {
+            match source.read(&mut buffer[filled..]).map_err(read_error)? {
+                0 => break,
+                n => filled += n,
+            }
+        }
+        buffer.truncate(filled);
+        let done = filled == 0;
+        // An empty blob still sends its first chunk, which names it.
+        if !done || first.is_some() {
+            send(&mut first, buffer)?;
+        }
+        if done {
+            break;
+        }
+    }
+    drop(source);
+    let read = std::mem::take(&mut reader.hasher).finish();
+    if read.size != digest.size || read.hash != digest.hash {
+        return Err(BlobReadError::Changed(path.clone()));
+    }
+    Ok(())
+}
+
+/// Hashes and counts what is read through it.
+struct HashingReader<'a, R> {
+    inner: R,
+    hasher: Hasher,
+    on_read: &'a (dyn Fn(u64) + Sync),
+}
+
+impl<R: Read> Read for HashingReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        (self.on_read)(n as u64);
+        Ok(n)
+    }
 }

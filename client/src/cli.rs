@@ -172,6 +172,11 @@ pub struct Args {
     #[arg(long, env = "LRPYMRPC_RESULT_ENCODING", value_enum, default_value_t = ResultEncoding::Auto, help_heading = "Beyond lrPymRPC")]
     pub result_encoding: ResultEncoding,
 
+    /// How the blobs of a content-addressed upload travel: `auto` compresses them with
+    /// zstd unless the server is on this machine, skipping small and incompressible ones
+    #[arg(long, env = "LRPYMRPC_BLOB_COMPRESSION", value_enum, default_value_t = BlobCompression::Auto, help_heading = "Beyond lrPymRPC")]
+    pub blob_compression: BlobCompression,
+
     /// gzip level of the upload, 0 (store) to 9 (smallest); 1 suits a LAN
     #[arg(long, env = "LRPYMRPC_GZIP_LEVEL", value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=9), help_heading = "Beyond lrPymRPC")]
     pub gzip_level: u32,
@@ -269,6 +274,14 @@ pub enum ResultEncoding {
     Gzip,
     Zstd,
     Identity,
+}
+
+/// `--blob-compression`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BlobCompression {
+    Auto,
+    Zstd,
+    None,
 }
 
 /// Which integration file `snippet` prints.

@@ -51,6 +51,8 @@ pub struct Job {
     pub no_cas: bool,
     /// `--result-encoding`.
     pub result_encoding: crate::cli::ResultEncoding,
+    /// `--blob-compression`.
+    pub blob_compression: crate::cli::BlobCompression,
     /// `--stall-timeout`: how long a step may get no answer.
     pub stall: std::time::Duration,
     pub verbosity: Verbosity,
@@ -113,6 +115,7 @@ impl Job {
             strict: args.strict,
             no_cas: args.no_cas,
             result_encoding: args.result_encoding,
+            blob_compression: args.blob_compression,
             results_dest,
             no_results_on_failure: args.no_results_on_failure,
             gzip_level: args.gzip_level,

@@ -88,8 +88,7 @@ impl Session {
                 .and_then(|c| c.features.as_ref())
                 .is_some_and(|f| f.result_encodings.iter().any(|e| e == name))
         };
-        let loopback = self.peer.host == "localhost"
-            || self.peer.host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+        let loopback = self.peer_is_loopback();
         let asked = match wanted {
             ResultEncoding::Auto if loopback && offered("identity") => return Encoding::Identity,
             ResultEncoding::Auto if offered("zstd") => return Encoding::Zstd,
@@ -102,6 +101,11 @@ impl Session {
         }
         out.note(&format!("the server does not send results in {}; they come in gzip", asked.name()));
         Encoding::Gzip
+    }
+
+    /// Whether the server is on this machine: compressing for it only costs time.
+    pub fn peer_is_loopback(&self) -> bool {
+        self.peer.host == "localhost" || self.peer.host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
     }
 
     /// What the server said it can do; `None` for a legacy server.

@@ -85,6 +85,10 @@ async fn upload(session: &Session, job: &Job, roots: &[PackRoot], out: &Output) 
         true => {
             let tree = retrying(job, out, Step::Upload, || session.upload_tree(job, roots.to_vec(), out)).await?;
             out.transferred_tree(tree.files, tree.file_bytes, tree.sent_blobs, tree.sent_bytes);
+            if tree.wire_bytes < tree.sent_bytes {
+                let human = lrpymrpc_units::human_bytes;
+                out.verbose(&format!("zstd sent {} as {}", human(tree.sent_bytes), human(tree.wire_bytes)));
+            }
             (tree.unique_id, tree.skipped)
         }
         false => {

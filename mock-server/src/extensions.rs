@@ -77,6 +77,7 @@ impl Extensions for ExtensionService {
                 exit_status: true,
                 content_addressed_upload: self.state.store.is_some(),
                 result_encodings: vec!["zstd".into(), "identity".into()],
+                blob_compressions: vec!["zstd".into()],
                 action_cache: false,
                 durable_jobs: false,
                 executor: "local".into(),
@@ -280,27 +281,27 @@ fn receive_blobs(
     mut chunks: mpsc::Receiver<BlobChunk>,
     limit: u64,
 ) -> Result<u32, BlobError> {
+    // A blob ends where the next one begins, or with the stream: a compressed one's
+    // frame may end after its last decompressed byte. Its size and hash say whether
+    // all of it came.
     let mut current = None;
     let mut stored = 0;
     while let Some(chunk) = chunks.blocking_recv() {
         if let Some(digest) = chunk.digest {
-            if let Some(unfinished) = current.take() {
-                return Err(crate::store::BlobWriter::truncated(&unfinished));
+            if let Some(done) = current.take() {
+                store.finish(cn, done)?;
+                stored += 1;
             }
-            current = Some(store.begin(&digest, limit)?);
+            current = Some(store.begin(&digest, &chunk.compression, limit)?);
         }
         let Some(writer) = current.as_mut() else {
             return Err(BlobError::Unnamed);
         };
         writer.write(&chunk.data)?;
-        if writer.complete() {
-            let done = current.take().expect("just used");
-            store.finish(cn, done)?;
-            stored += 1;
-        }
     }
-    match current {
-        Some(unfinished) => Err(unfinished.truncated()),
-        None => Ok(stored),
+    if let Some(done) = current {
+        store.finish(cn, done)?;
+        stored += 1;
     }
+    Ok(stored)
 }

@@ -35,6 +35,8 @@ pub enum BlobError {
     Unnamed,
     #[error("the content store is full of blobs sent for jobs not yet made (--cas-max-bytes); try again later")]
     Full,
+    #[error("blob compression `{0}` is not spoken here; send zstd or nothing")]
+    Compression(String),
     #[error("the content store: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -132,8 +134,8 @@ impl ContentStore {
         self.evict(&mut inner);
     }
 
-    /// Starts receiving a blob `cn` sends.
-    pub fn begin(&self, digest: &Digest, limit: u64) -> Result<BlobWriter, BlobError> {
+    /// Starts receiving a blob, sent as it is or (`compression` `zstd`) compressed.
+    pub fn begin(&self, digest: &Digest, compression: &str, limit: u64) -> Result<BlobWriter, BlobError> {
         if !is_valid_hash(&digest.hash) {
             return Err(BlobError::BadDigest(digest.hash.chars().take(80).collect()));
         }
@@ -150,13 +152,19 @@ impl ContentStore {
             return Err(BlobError::Full);
         }
         let file = tempfile::NamedTempFile::new_in(self.dir.join("incoming"))?;
-        Ok(BlobWriter { digest: digest.clone(), file, hasher: Hasher::default(), received: 0 })
+        let sink = BlobSink { file, hasher: Hasher::default(), received: 0, size: digest.size, overflow: false };
+        let body = match compression {
+            "" => Body::Plain(sink),
+            "zstd" => Body::Zstd(zstd::stream::write::Decoder::new(sink)?),
+            other => return Err(BlobError::Compression(other.chars().take(40).collect())),
+        };
+        Ok(BlobWriter { digest: digest.clone(), body })
     }
 
     /// Verifies a received blob and keeps it, as sent by `cn`; then evicts what the
     /// size bound asks for.
     pub fn finish(&self, cn: &str, writer: BlobWriter) -> Result<(), BlobError> {
-        let BlobWriter { digest, file, hasher, .. } = writer;
+        let (digest, BlobSink { file, hasher, .. }) = writer.into_sink()?;
         let actual = hasher.finish();
         if actual.size < digest.size {
             return Err(BlobError::Truncated { hash: digest.hash, got: actual.size, size: digest.size });
@@ -217,33 +225,78 @@ impl ContentStore {
     }
 }
 
-/// A blob being received: its bytes go to a temporary file and through the hash.
+/// A blob being received: its bytes (decompressed, when they came compressed) go to a
+/// temporary file and through the hash; never more of them than its size.
 pub struct BlobWriter {
     digest: Digest,
+    body: Body,
+}
+
+enum Body {
+    Plain(BlobSink),
+    Zstd(zstd::stream::write::Decoder<'static, BlobSink>),
+}
+
+struct BlobSink {
     file: tempfile::NamedTempFile,
     hasher: Hasher,
     received: u64,
+    size: u64,
+    /// More bytes came than the blob's size (a decompression bomb stops here).
+    overflow: bool,
 }
 
-impl BlobWriter {
-    pub fn write(&mut self, bytes: &[u8]) -> Result<(), BlobError> {
-        if self.received + bytes.len() as u64 > self.digest.size {
-            return Err(BlobError::TooLong { hash: self.digest.hash.clone(), size: self.digest.size });
+impl Write for BlobSink {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        if self.received + bytes.len() as u64 > self.size {
+            self.overflow = true;
+            return Err(std::io::Error::other("more bytes than the blob's size"));
         }
         self.hasher.update(bytes);
         self.file.write_all(bytes)?;
         self.received += bytes.len() as u64;
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
+}
 
-    /// Whether every byte of the blob came.
-    pub fn complete(&self) -> bool {
-        self.received == self.digest.size
+impl BlobWriter {
+    pub fn write(&mut self, bytes: &[u8]) -> Result<(), BlobError> {
+        let written = match &mut self.body {
+            Body::Plain(sink) => sink.write_all(bytes),
+            Body::Zstd(decoder) => decoder.write_all(bytes),
+        };
+        written.map_err(|error| match self.sink().overflow {
+            true => BlobError::TooLong { hash: self.digest.hash.clone(), size: self.digest.size },
+            false => BlobError::Io(error),
+        })
     }
 
-    /// The error for a stream that ended before the blob did.
-    pub fn truncated(&self) -> BlobError {
-        BlobError::Truncated { hash: self.digest.hash.clone(), got: self.received, size: self.digest.size }
+    fn sink(&self) -> &BlobSink {
+        match &self.body {
+            Body::Plain(sink) => sink,
+            Body::Zstd(decoder) => decoder.get_ref(),
+        }
+    }
+
+    /// The blob's bytes as received: the decoder flushed, the sink handed back.
+    fn into_sink(self) -> Result<(Digest, BlobSink), BlobError> {
+        let digest = self.digest;
+        match self.body {
+            Body::Plain(sink) => Ok((digest, sink)),
+            Body::Zstd(mut decoder) => {
+                let flushed = decoder.flush();
+                let sink = decoder.into_inner();
+                match (flushed, sink.overflow) {
+                    (_, true) => Err(BlobError::TooLong { hash: digest.hash, size: digest.size }),
+                    (Err(error), false) => Err(BlobError::Io(error)),
+                    (Ok(()), false) => Ok((digest, sink)),
+                }
+            }
+        }
     }
 }
 
@@ -257,7 +310,7 @@ mod tests {
 
     fn send(store: &ContentStore, cn: &str, bytes: &[u8]) -> Result<Digest, BlobError> {
         let digest = digest_of(bytes);
-        let mut writer = store.begin(&digest, u64::MAX)?;
+        let mut writer = store.begin(&digest, "", u64::MAX)?;
         writer.write(bytes)?;
         store.finish(cn, writer)?;
         Ok(digest)
@@ -271,13 +324,35 @@ mod tests {
         assert!(store.missing("alice", [&digest].into_iter()).is_empty());
         assert_eq!(store.missing("bob", [&digest].into_iter()), vec![digest.clone()]);
         let claimed = digest_of(b"real");
-        let mut writer = store.begin(&claimed, u64::MAX).unwrap();
+        let mut writer = store.begin(&claimed, "", u64::MAX).unwrap();
         writer.write(b"fake").unwrap();
         assert!(matches!(store.finish("bob", writer), Err(BlobError::Mismatch { .. })));
         assert!(!store.blob_path(&claimed.hash).exists());
         assert_eq!(std::fs::read_dir(root.path().join(STORE_DIR).join("incoming")).unwrap().count(), 0);
-        let mut long = store.begin(&digest_of(b"ab"), u64::MAX).unwrap();
+        let mut long = store.begin(&digest_of(b"ab"), "", u64::MAX).unwrap();
         assert!(matches!(long.write(b"abc"), Err(BlobError::TooLong { .. })));
+    }
+
+    #[test]
+    fn compressed_blobs_are_stored_as_their_bytes_and_a_bomb_stops_at_the_size() {
+        let root = tempfile::tempdir().unwrap();
+        let store = ContentStore::new(root.path(), 1 << 30, Duration::from_secs(60)).unwrap();
+        let bytes = vec![b'a'; 1 << 20];
+        let digest = digest_of(&bytes);
+        let frame = zstd::bulk::compress(&bytes, 1).unwrap();
+        assert!(frame.len() < 1000);
+        let mut writer = store.begin(&digest, "zstd", u64::MAX).unwrap();
+        for piece in frame.chunks(100) {
+            writer.write(piece).unwrap();
+        }
+        store.finish("c", writer).unwrap();
+        assert_eq!(std::fs::read(store.blob_path(&digest.hash)).unwrap(), bytes);
+        // The same frame claimed as a 1 KiB blob: decompression stops at the size.
+        let small = Digest { hash: digest.hash.clone(), size: 1024 };
+        let mut bomb = store.begin(&small, "zstd", u64::MAX).unwrap();
+        let refused = frame.chunks(100).try_for_each(|piece| bomb.write(piece)).and_then(|()| store.finish("d", bomb));
+        assert!(matches!(refused, Err(BlobError::TooLong { .. })), "{refused:?}");
+        assert!(matches!(store.begin(&digest, "br", u64::MAX), Err(BlobError::Compression(_))));
     }
 
     #[test]

@@ -98,17 +98,19 @@ fn a_corrupt_blob_is_refused_and_presence_is_not_revealed_across_cns() {
     let (corrupt, alice_sees, mallory_sees, mallory_after) = env.runtime().block_on(async move {
         let mut alice = raw_extensions(addr, &tls).await;
         let claimed = digest_of(b"the real bytes");
-        let lie = BlobChunk { digest: Some(claimed.clone()), data: b"the fake bytes".to_vec() };
+        let lie = BlobChunk { digest: Some(claimed.clone()), data: b"the fake bytes".to_vec(), ..Default::default() };
         let corrupt = alice.upload_blobs(tokio_stream::iter([lie])).await.unwrap_err();
         let alice_sees = alice.create_job(tokio_stream::iter(one_file_tree(&claimed))).await.unwrap().into_inner();
         // Alice stores a blob; Mallory asks whether the server has it.
         let secret = digest_of(b"alice's private netlist");
-        let real = BlobChunk { digest: Some(secret.clone()), data: b"alice's private netlist".to_vec() };
+        let real =
+            BlobChunk { digest: Some(secret.clone()), data: b"alice's private netlist".to_vec(), ..Default::default() };
         assert_eq!(alice.upload_blobs(tokio_stream::iter([real])).await.unwrap().into_inner().stored, 1);
         let mut mallory = raw_extensions(addr, &other).await;
         let mallory_sees = mallory.create_job(tokio_stream::iter(one_file_tree(&secret))).await.unwrap().into_inner();
         // Once Mallory sends the bytes herself, the job is hers to make.
-        let same = BlobChunk { digest: Some(secret.clone()), data: b"alice's private netlist".to_vec() };
+        let same =
+            BlobChunk { digest: Some(secret.clone()), data: b"alice's private netlist".to_vec(), ..Default::default() };
         mallory.upload_blobs(tokio_stream::iter([same])).await.unwrap();
         let mallory_after = mallory.create_job(tokio_stream::iter(one_file_tree(&secret))).await.unwrap().into_inner();
         (corrupt, alice_sees, mallory_sees, mallory_after)
@@ -209,4 +211,30 @@ fn a_warm_stat_cache_hashes_nothing_and_a_changed_file_is_hashed_again() {
         .success()
         .stderr(predicate::str::contains("lrpymrpc: hashed 1 file (2 B); the stat cache knew the other 1 of 2 files"))
         .stdout(predicate::str::contains("]:B!"));
+}
+
+#[test]
+fn compressed_blobs_arrive_as_their_bytes_whatever_they_hold() {
+    let env = TestEnv::new();
+    let text: String = (0..60_000).map(|n| format!("cell nand{n} delay {n}\n")).collect();
+    env.write("source/text.lib", &text);
+    env.write("source/random.bin", pseudo_random(300 << 10, 4));
+    env.write("source/tiny", "t");
+    env.write("source/empty", "");
+    let sums = |output: &std::process::Output| -> Vec<String> {
+        let text = String::from_utf8_lossy(&output.stdout);
+        let mut sums: Vec<String> =
+            text.lines().filter_map(|l| l.split(']').nth(1)).map(|l| l.trim_start_matches(':').to_string()).collect();
+        sums.retain(|l| l.contains("  source/"));
+        sums
+    };
+    let command = ["--verbose", "--blob-compression", "zstd", "--CMD", "md5sum source/*"];
+    let remote = env.client().args(command).output().unwrap();
+    assert!(remote.status.success(), "{}", String::from_utf8_lossy(&remote.stderr));
+    let local =
+        std::process::Command::new("sh").arg("-c").arg("md5sum source/*").current_dir(&env.work).output().unwrap();
+    let local: Vec<String> = String::from_utf8_lossy(&local.stdout).lines().map(str::to_string).collect();
+    assert_eq!(sums(&remote), local);
+    let stderr = String::from_utf8_lossy(&remote.stderr);
+    assert!(stderr.contains("uploaded 4 files") && stderr.contains("lrpymrpc: zstd sent 1.8 MiB as "), "{stderr}");
 }
