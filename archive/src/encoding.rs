@@ -6,8 +6,9 @@
 use std::io::{self, BufReader, Read, Write};
 
 use flate2::Compression;
-use flate2::read::GzDecoder;
-use flate2::write::GzEncoder;
+use flate2::read::MultiGzDecoder;
+
+use crate::pargz::ParallelGzEncoder;
 
 /// A stream encoding, by its name on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -41,7 +42,10 @@ impl Encoding {
     /// Wraps `out`; `level` is gzip's 0-9 (zstd uses its fast level 1 whatever it is).
     pub fn encoder<W: Write>(self, out: W, level: u32) -> io::Result<Encoder<W>> {
         Ok(match self {
-            Encoding::Gzip => Encoder::Gzip(GzEncoder::new(out, Compression::new(level.min(9)))),
+            Encoding::Gzip => {
+                let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(4);
+                Encoder::Gzip(ParallelGzEncoder::new(out, Compression::new(level.min(9)), threads))
+            }
             Encoding::Zstd => Encoder::Zstd(zstd::Encoder::new(out, 1)?),
             Encoding::Identity => Encoder::Identity(out),
         })
@@ -49,7 +53,7 @@ impl Encoding {
 
     pub fn decoder<R: Read>(self, input: R) -> io::Result<Decoder<R>> {
         Ok(match self {
-            Encoding::Gzip => Decoder::Gzip(Box::new(GzDecoder::new(input))),
+            Encoding::Gzip => Decoder::Gzip(Box::new(MultiGzDecoder::new(input))),
             Encoding::Zstd => Decoder::Zstd(zstd::Decoder::new(input)?),
             Encoding::Identity => Decoder::Identity(input),
         })
@@ -58,7 +62,8 @@ impl Encoding {
 
 /// A compressing writer; [`Encoder::finish`] writes the stream's trailer.
 pub enum Encoder<W: Write> {
-    Gzip(GzEncoder<W>),
+    /// Members compressed on several threads (`pargz.rs`).
+    Gzip(ParallelGzEncoder<W>),
     Zstd(zstd::Encoder<'static, W>),
     Identity(W),
 }
@@ -93,8 +98,9 @@ impl<W: Write> Write for Encoder<W> {
 
 /// A decompressing reader.
 pub enum Decoder<R: Read> {
-    /// Boxed: gzip's state is several times the others'.
-    Gzip(Box<GzDecoder<R>>),
+    /// Boxed: gzip's state is several times the others'. Several members read as one
+    /// stream, as parallel gzip writes them.
+    Gzip(Box<MultiGzDecoder<R>>),
     Zstd(zstd::Decoder<'static, BufReader<R>>),
     Identity(R),
 }

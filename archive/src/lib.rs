@@ -10,6 +10,7 @@ pub mod bridge;
 pub mod encoding;
 pub mod merge;
 pub mod pack;
+pub mod pargz;
 pub mod paths;
 mod place;
 pub mod results;

@@ -8,10 +8,9 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use flate2::Compression;
-use flate2::write::GzEncoder;
 use tar::{EntryType, Header};
 
+use crate::encoding::{Encoder, Encoding};
 use crate::walk::{Found, WalkOptions, walk};
 
 /// One path to pack: where it is on disk and the name it gets in the archive
@@ -96,7 +95,8 @@ pub fn pack_tar_gz<W: Write>(
     options: &PackOptions<'_>,
     out: W,
 ) -> Result<(PackReport, W), PackError> {
-    let encoder = GzEncoder::new(out, Compression::new(options.level.min(9)));
+    // gzip on every core (members in order: `pargz.rs`), as the Python server reads it.
+    let encoder = Encoding::Gzip.encoder(out, options.level).map_err(PackError::Write)?;
     let mut packer = Packer { builder: tar::Builder::new(encoder), options, report: PackReport::default() };
     let walk_options = WalkOptions { follow_symlinks: options.follow_symlinks, keep: options.keep };
     let skipped = walk(roots, &walk_options, &mut |found| packer.add(found))?;
@@ -111,7 +111,7 @@ pub fn pack_tar_gz<W: Write>(
 
 /// Writes what the walk finds as tar entries.
 struct Packer<'a, W: Write> {
-    builder: tar::Builder<GzEncoder<W>>,
+    builder: tar::Builder<Encoder<W>>,
     options: &'a PackOptions<'a>,
     report: PackReport,
 }

@@ -132,6 +132,9 @@ fn our_client_runs_whole_jobs_against_a_grpcio_server_written_from_the_proto() {
     let server = GrpcioServer::start(&python, &env);
     env.set_addr(([127, 0, 0, 1], server.port).into());
     env.write("source/data.txt", "cell data\n");
+    // Larger than one parallel-gzip member: the Python side reads several as one stream.
+    let big = crate::env::pseudo_random(700 << 10, 5);
+    env.write("source/big.bin", &big);
     let prefix = env.prefix();
     env.client()
         .args(["--CMD", "echo hello; cat source/data.txt; echo oops >&2; mkdir build; echo made > build/out"])
@@ -141,6 +144,8 @@ fn our_client_runs_whole_jobs_against_a_grpcio_server_written_from_the_proto() {
         .stdout(predicate::str::contains(format!("{prefix}Finish.")))
         .stderr(predicate::str::contains("the server does not report the command's exit status"));
     assert_eq!(std::fs::read_to_string(env.work.join("build/out")).unwrap(), "made\n");
+    env.client().args(["--CMD", "mkdir -p build; cp source/big.bin build/"]).assert().success();
+    assert!(std::fs::read(env.work.join("build/big.bin")).unwrap() == big, "700 KiB both ways intact");
     // The status lines, word for word as the published Python client prints them
     // (log greps rely on them), in order.
     let output = env.client().args(["--CMD", "mkdir build; echo made > build/out"]).output().unwrap();
@@ -179,7 +184,11 @@ fn a_grpcio_client_written_from_the_proto_runs_a_whole_job_against_our_server() 
         .args(["--server", &server, "--tls-dir"])
         .arg(&env.tls)
         .args(["--source", "cells", "--result", "lib"])
-        .args(["--cmd", "echo start; echo warn >&2; mkdir lib; cp cells/nand2.sp lib/nand2.lib; echo end"]);
+        .args([
+            "--cmd",
+            "echo start; echo warn >&2; mkdir lib; cp cells/nand2.sp lib/nand2.lib; head -c 900000 /dev/urandom > \
+             lib/big.bin; echo end",
+        ]);
     let output = output_within(&mut command, PROCESS_LIMIT);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
@@ -188,6 +197,8 @@ fn a_grpcio_client_written_from_the_proto_runs_a_whole_job_against_our_server() 
     assert!(stdout.contains("\nstart\nwarn\nend\n"), "{stdout}");
     assert!(stdout.contains(&format!("{prefix}Download data is exist.")), "{stdout}");
     assert_eq!(std::fs::read_to_string(env.work.join("lib/nand2.lib")).unwrap(), "* nand2\n");
+    // Results of several gzip members (our server compresses in parallel) read as one.
+    assert_eq!(std::fs::metadata(env.work.join("lib/big.bin")).unwrap().len(), 900_000);
 }
 
 #[test]
