@@ -7,6 +7,7 @@ use std::io::{self, BufReader, Read, Write};
 
 use flate2::Compression;
 use flate2::read::MultiGzDecoder;
+use flate2::write::GzEncoder;
 
 use crate::pargz::ParallelGzEncoder;
 
@@ -40,11 +41,19 @@ impl Encoding {
     }
 
     /// Wraps `out`; `level` is gzip's 0-9 (zstd uses its fast level 1 whatever it is).
+    /// gzip uses every core (up to four) for several members.
     pub fn encoder<W: Write>(self, out: W, level: u32) -> io::Result<Encoder<W>> {
+        self.encoder_on(out, level, cores())
+    }
+
+    /// [`Encoding::encoder`] on `threads` threads for gzip: one writes one member
+    /// inline, as plain gzip does (the right choice when the peer shares this machine's
+    /// cores).
+    pub fn encoder_on<W: Write>(self, out: W, level: u32, threads: usize) -> io::Result<Encoder<W>> {
         Ok(match self {
+            Encoding::Gzip if threads <= 1 => Encoder::Gzip(GzEncoder::new(out, Compression::new(level.min(9)))),
             Encoding::Gzip => {
-                let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(4);
-                Encoder::Gzip(ParallelGzEncoder::new(out, Compression::new(level.min(9)), threads))
+                Encoder::ParallelGzip(ParallelGzEncoder::new(out, Compression::new(level.min(9)), threads))
             }
             Encoding::Zstd => Encoder::Zstd(zstd::Encoder::new(out, 1)?),
             Encoding::Identity => Encoder::Identity(out),
@@ -60,10 +69,16 @@ impl Encoding {
     }
 }
 
+/// The cores to compress on: every one, up to four.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get()).min(4)
+}
+
 /// A compressing writer; [`Encoder::finish`] writes the stream's trailer.
 pub enum Encoder<W: Write> {
+    Gzip(GzEncoder<W>),
     /// Members compressed on several threads (`pargz.rs`).
-    Gzip(ParallelGzEncoder<W>),
+    ParallelGzip(ParallelGzEncoder<W>),
     Zstd(zstd::Encoder<'static, W>),
     Identity(W),
 }
@@ -72,6 +87,7 @@ impl<W: Write> Encoder<W> {
     pub fn finish(self) -> io::Result<W> {
         match self {
             Encoder::Gzip(encoder) => encoder.finish(),
+            Encoder::ParallelGzip(encoder) => encoder.finish(),
             Encoder::Zstd(encoder) => encoder.finish(),
             Encoder::Identity(out) => Ok(out),
         }
@@ -82,6 +98,7 @@ impl<W: Write> Write for Encoder<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Encoder::Gzip(encoder) => encoder.write(buf),
+            Encoder::ParallelGzip(encoder) => encoder.write(buf),
             Encoder::Zstd(encoder) => encoder.write(buf),
             Encoder::Identity(out) => out.write(buf),
         }
@@ -90,6 +107,7 @@ impl<W: Write> Write for Encoder<W> {
     fn flush(&mut self) -> io::Result<()> {
         match self {
             Encoder::Gzip(encoder) => encoder.flush(),
+            Encoder::ParallelGzip(encoder) => encoder.flush(),
             Encoder::Zstd(encoder) => encoder.flush(),
             Encoder::Identity(out) => out.flush(),
         }
@@ -124,7 +142,7 @@ mod tests {
         let data: Vec<u8> = (0..100_000u32).flat_map(|n| (n % 251).to_le_bytes()).collect();
         for encoding in [Encoding::Gzip, Encoding::Zstd, Encoding::Identity] {
             assert_eq!(Encoding::from_name(encoding.name()), Some(encoding));
-            let mut encoder = encoding.encoder(Vec::new(), 1).unwrap();
+            let mut encoder = encoding.encoder_on(Vec::new(), 1, 3).unwrap();
             encoder.write_all(&data).unwrap();
             let encoded = encoder.finish().unwrap();
             let mut decoded = Vec::new();

@@ -47,6 +47,9 @@ pub struct PackOptions<'a> {
     pub on_read: &'a dyn Fn(u64),
     /// gzip level, 0 to 9.
     pub level: u32,
+    /// Threads that compress: one for a single gzip member written inline (a server
+    /// on this machine needs the other cores), more for members in parallel.
+    pub gzip_threads: usize,
 }
 
 impl PackOptions<'static> {
@@ -58,6 +61,7 @@ impl PackOptions<'static> {
             on_file: &ignore_progress,
             on_read: &ignore_progress,
             level,
+            gzip_threads: 1,
         }
     }
 }
@@ -95,8 +99,9 @@ pub fn pack_tar_gz<W: Write>(
     options: &PackOptions<'_>,
     out: W,
 ) -> Result<(PackReport, W), PackError> {
-    // gzip on every core (members in order: `pargz.rs`), as the Python server reads it.
-    let encoder = Encoding::Gzip.encoder(out, options.level).map_err(PackError::Write)?;
+    // gzip on `gzip_threads` cores (members in order: `pargz.rs`), as the Python server
+    // reads it.
+    let encoder = Encoding::Gzip.encoder_on(out, options.level, options.gzip_threads).map_err(PackError::Write)?;
     let mut packer = Packer { builder: tar::Builder::new(encoder), options, report: PackReport::default() };
     let walk_options = WalkOptions { follow_symlinks: options.follow_symlinks, keep: options.keep };
     let skipped = walk(roots, &walk_options, &mut |found| packer.add(found))?;

@@ -437,7 +437,14 @@ fn a_directory_left_out_takes_its_contents_and_progress_counts_files() {
     };
     let counted = Cell::new(0u64);
     let on_file = |size: u64| counted.set(counted.get() + size);
-    let options = PackOptions { follow_symlinks: true, keep: &keep, on_file: &on_file, on_read: &|_| {}, level: 1 };
+    let options = PackOptions {
+        follow_symlinks: true,
+        keep: &keep,
+        on_file: &on_file,
+        on_read: &|_| {},
+        level: 1,
+        gzip_threads: 2,
+    };
     let roots = [PackRoot { disk: tree.clone(), name: "tree".into() }];
     let (report, bytes) = pack_tar_gz(&roots, &options, Vec::new()).unwrap();
     assert_eq!((report.files, report.directories, counted.get()), (1, 1, 4));

@@ -149,6 +149,9 @@ impl Session {
         let (chunk_tx, chunk_rx) = mpsc::channel(QUEUED_CHUNKS);
         let rules = job.rules.clone();
         let level = job.gzip_level;
+        // Parallel gzip pays when the server has cores of its own; on this machine it
+        // competes with the server for them.
+        let gzip_threads = if self.peer_is_loopback() { 1 } else { lrpymrpc_archive::encoding::cores() };
         // On a terminal, what will be sent is counted first, for a bar with a total;
         // files and their bytes are counted as they go into the archive.
         let progress = out.progress("upload");
@@ -165,8 +168,14 @@ impl Session {
                 progress.set_files(files.get(), total_files);
             };
             let on_read = |bytes: u64| progress.add_bytes(bytes);
-            let options =
-                PackOptions { follow_symlinks: true, keep: &keep, on_file: &on_file, on_read: &on_read, level };
+            let options = PackOptions {
+                follow_symlinks: true,
+                keep: &keep,
+                on_file: &on_file,
+                on_read: &on_read,
+                level,
+                gzip_threads,
+            };
             let (report, writer) = pack_tar_gz(&roots, &options, ChunkWriter::new(chunk_tx, UPLOAD_CHUNK_BYTES))?;
             writer.finish().map_err(PackError::Write)?;
             Ok::<_, PackError>(report)

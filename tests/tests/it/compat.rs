@@ -132,7 +132,7 @@ fn our_client_runs_whole_jobs_against_a_grpcio_server_written_from_the_proto() {
     let server = GrpcioServer::start(&python, &env);
     env.set_addr(([127, 0, 0, 1], server.port).into());
     env.write("source/data.txt", "cell data\n");
-    // Larger than one parallel-gzip member: the Python side reads several as one stream.
+    // Several 256 KiB blocks both ways (a single gzip member up, from loopback).
     let big = crate::env::pseudo_random(700 << 10, 5);
     env.write("source/big.bin", &big);
     let prefix = env.prefix();
@@ -197,7 +197,8 @@ fn a_grpcio_client_written_from_the_proto_runs_a_whole_job_against_our_server() 
     assert!(stdout.contains("\nstart\nwarn\nend\n"), "{stdout}");
     assert!(stdout.contains(&format!("{prefix}Download data is exist.")), "{stdout}");
     assert_eq!(std::fs::read_to_string(env.work.join("lib/nand2.lib")).unwrap(), "* nand2\n");
-    // Results of several gzip members (our server compresses in parallel) read as one.
+    // Results of several gzip members (our server compresses in parallel): Python's
+    // tarfile reads them as one stream.
     assert_eq!(std::fs::metadata(env.work.join("lib/big.bin")).unwrap().len(), 900_000);
 }
 
