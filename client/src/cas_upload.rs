@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::{QUEUED_CHUNKS, Session, unless_stalled};
+use super::{QUEUED_CHUNKS, Session, UPLOAD_CHUNK_BYTES, unless_stalled};
 use crate::cli::BlobCompression;
 use crate::exit::{ClientError, Step};
 use crate::job::Job;
@@ -278,7 +278,7 @@ fn send_blob(
         false => Box::new(body),
     };
     loop {
-        let mut buffer = vec![0; lrpymrpc_proto::CHUNK_SIZE];
+        let mut buffer = vec![0; UPLOAD_CHUNK_BYTES];
         let mut filled = 0;
         while filled < buffer.len() {
             match source.read(&mut buffer[filled..]).map_err(read_error)? {
