@@ -46,6 +46,20 @@ pub fn walk(
     Ok(walker.skipped)
 }
 
+/// The regular files a walk of `roots` finds, and their bytes: the total of a progress
+/// bar (what an upload will send, what a download will bring).
+pub fn count_files(roots: &[PackRoot], options: &WalkOptions<'_>) -> Result<(u64, u64), PackError> {
+    let (mut files, mut bytes) = (0, 0);
+    walk(roots, options, &mut |found| {
+        if let Found::File { meta, .. } = found {
+            files += 1;
+            bytes += meta.len();
+        }
+        Ok(())
+    })?;
+    Ok((files, bytes))
+}
+
 struct Walker<'a, 'v> {
     options: &'a WalkOptions<'a>,
     visit: &'v mut dyn FnMut(Found<'_>) -> Result<(), PackError>,

@@ -27,6 +27,9 @@ use crate::output::Output;
 /// (a store evicting faster than the client sends).
 const ROUNDS: usize = 3;
 
+/// The slowest copy rate a server's disk is expected to have, for CreateJob's limit.
+const COPY_BYTES_PER_SECOND: u64 = 20 << 20;
+
 /// The bytes of directories one CreateJob message carries at most.
 const TREE_PART_BYTES: usize = 1024 * 1024;
 
@@ -49,6 +52,13 @@ impl Session {
     /// Whether the server takes content-addressed uploads.
     pub fn takes_trees(&self) -> bool {
         self.capabilities().and_then(|c| c.features.as_ref()).is_some_and(|f| f.content_addressed_upload)
+    }
+
+    /// How long a CreateJob may take: the stall limit, plus the time the server may need
+    /// to copy the tree into the job directory before it answers (at a slow disk's
+    /// [`COPY_BYTES_PER_SECOND`]), so a large tree is not taken for a silent server.
+    fn create_job_limit(&self, tree: &InputTree) -> std::time::Duration {
+        self.stall + std::time::Duration::from_secs(tree.file_bytes / COPY_BYTES_PER_SECOND)
     }
 
     /// Whether blobs travel compressed: when the server takes zstd and `wanted` is
@@ -147,7 +157,7 @@ impl Session {
         parts.push(part);
         let mut client = self.extensions.clone();
         let call = client.create_job(tokio_stream::iter(parts));
-        let answer = tokio::time::timeout(self.stall, call)
+        let answer = tokio::time::timeout(self.create_job_limit(tree), call)
             .await
             .map_err(|_| self.stalled(Step::Upload))?
             .map_err(|status| self.failed(Step::Upload, status))?;

@@ -327,17 +327,8 @@ impl Session {
 /// The files and bytes an upload of `roots` will send, for the progress bar's total;
 /// `None` when the walk fails (packing then says why).
 fn count_sources(roots: &[PackRoot], keep: &dyn Fn(&Candidate<'_>) -> bool) -> Option<(u64, u64)> {
-    let (mut files, mut bytes) = (0, 0);
     let options = lrpymrpc_archive::walk::WalkOptions { follow_symlinks: true, keep };
-    let mut count = |found: lrpymrpc_archive::walk::Found<'_>| {
-        if let lrpymrpc_archive::walk::Found::File { meta, .. } = found {
-            files += 1;
-            bytes += meta.len();
-        }
-        Ok(())
-    };
-    lrpymrpc_archive::walk::walk(roots, &options, &mut count).ok()?;
-    Some((files, bytes))
+    lrpymrpc_archive::walk::count_files(roots, &options).ok()
 }
 
 /// `work`'s output, or `None` when `progress` stops moving for `limit` first.

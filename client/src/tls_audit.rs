@@ -199,7 +199,7 @@ fn now() -> i64 {
 }
 
 /// `2026-11-25` for Unix seconds (UTC).
-pub fn date(unix: i64) -> String {
+fn date(unix: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(unix).map_or_else(|_| format!("@{unix}"), |t| t.date().to_string())
 }
 

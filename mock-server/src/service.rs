@@ -302,18 +302,11 @@ fn existing_results(job_dir: &Path, names: &[PathBuf]) -> Result<Vec<PathBuf>, J
 /// The bytes of the regular files below the found result paths, links not followed:
 /// the total of a download's progress bar (0 when the walk fails).
 fn result_bytes(job_dir: &Path, found: &[PathBuf]) -> u64 {
-    use lrpymrpc_archive::walk::{Found, WalkOptions, walk};
+    use lrpymrpc_archive::walk::{WalkOptions, count_files};
     let roots: Vec<PackRoot> =
         found.iter().map(|name| PackRoot { disk: job_dir.join(name), name: name.clone() }).collect();
-    let mut bytes = 0;
     let options = WalkOptions { follow_symlinks: false, keep: &|_| true };
-    let mut add = |found: Found<'_>| {
-        if let Found::File { meta, .. } = found {
-            bytes += meta.len();
-        }
-        Ok(())
-    };
-    walk(&roots, &options, &mut add).map_or(0, |_| bytes)
+    count_files(&roots, &options).map_or(0, |(_, bytes)| bytes)
 }
 
 /// `message` with the job directory's absolute path taken out.
