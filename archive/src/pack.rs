@@ -91,6 +91,9 @@ pub enum PackError {
     Changed { path: PathBuf },
     #[error("cannot send the archive: {0}")]
     Write(io::Error),
+    /// Content-addressed trees name files in UTF-8; a tar.gz takes any bytes.
+    #[error("`{path}` has a name that is not UTF-8")]
+    NotUtf8 { path: PathBuf },
 }
 
 /// Writes `roots` as one tar.gz stream into `out` and returns what went in.

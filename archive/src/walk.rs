@@ -71,13 +71,21 @@ struct Walker<'a, 'v> {
 impl Walker<'_, '_> {
     fn add(&mut self, disk: &Path, name: &Path, is_root: bool) -> Result<(), PackError> {
         let link_meta = fs::symlink_metadata(disk).map_err(|e| read_error(disk, e))?;
-        let meta = match (link_meta.file_type().is_symlink() && self.options.follow_symlinks, fs::metadata(disk)) {
-            (false, _) => link_meta,
-            (true, Ok(meta)) => meta,
-            (true, Err(error)) => {
-                self.skip(disk, format!("broken symbolic link ({error})"));
-                return Ok(());
-            }
+        self.add_with(disk, name, is_root, link_meta)
+    }
+
+    /// [`Walker::add`] with the entry's own (not followed) metadata already read.
+    fn add_with(&mut self, disk: &Path, name: &Path, is_root: bool, link_meta: Metadata) -> Result<(), PackError> {
+        // Only a link is looked up again (through it): one stat per entry otherwise.
+        let meta = match link_meta.file_type().is_symlink() && self.options.follow_symlinks {
+            false => link_meta,
+            true => match fs::metadata(disk) {
+                Ok(meta) => meta,
+                Err(error) => {
+                    self.skip(disk, format!("broken symbolic link ({error})"));
+                    return Ok(());
+                }
+            },
         };
         let file_type = meta.file_type();
         let candidate = Candidate { disk, name, is_dir: file_type.is_dir() };
@@ -104,15 +112,20 @@ impl Walker<'_, '_> {
             return Ok(());
         }
         (self.visit)(Found::Directory { disk, name, meta })?;
-        let mut children: Vec<_> = fs::read_dir(disk)
+        // Each entry's metadata is read relative to the open directory (no walk down
+        // the whole path again for every file).
+        let mut children: Vec<(std::ffi::OsString, Metadata)> = fs::read_dir(disk)
             .map_err(|e| read_error(disk, e))?
-            .map(|entry| entry.map(|e| e.file_name()))
-            .collect::<Result<_, _>>()
-            .map_err(|e| read_error(disk, e))?;
+            .map(|entry| {
+                let entry = entry.map_err(|e| read_error(disk, e))?;
+                let meta = entry.metadata().map_err(|e| read_error(&entry.path(), e))?;
+                Ok((entry.file_name(), meta))
+            })
+            .collect::<Result<_, PackError>>()?;
         // Sorted, so the same tree always walks (and packs) the same way.
-        children.sort();
-        for child in children {
-            self.add(&disk.join(&child), &name.join(&child), false)?;
+        children.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        for (child, meta) in children {
+            self.add_with(&disk.join(&child), &name.join(&child), false, meta)?;
         }
         self.ancestors.remove(&identity);
         Ok(())

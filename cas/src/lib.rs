@@ -10,6 +10,6 @@ pub mod stat_cache;
 pub mod tree;
 
 pub use digest::{DIGEST_FUNCTION, Hasher, digest_of, directory_digest, is_valid_hash};
-pub use materialise::{Plan, TreeError, materialise, plan};
+pub use materialise::{Patched, Plan, TreeError, materialise, patch, plan};
 pub use stat_cache::StatCache;
 pub use tree::{InputTree, build_tree};

@@ -2,9 +2,10 @@
 //! tar upload (one-component names, depth, entry count, total size) before anything
 //! is written, then copied out of the store into a fresh job directory. Copies, never
 //! hard links: a command that edits its inputs must not change the store or another
-//! job (`std::fs::copy` shares extents where the filesystem can, at no risk).
+//! job (`std::fs::copy` shares extents where the filesystem can, at no risk). `patch`
+//! turns a copy of one tree into a copy of another at the cost of what differs.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -118,17 +119,92 @@ fn checked_child(parent: &Path, name: &str) -> Result<PathBuf, TreeError> {
 }
 
 /// Makes the plan's directories and files below `dest` (a fresh, empty directory
-/// nobody else writes to), each file a copy of its blob at `blob_path(hash)`; the
-/// copies run on up to four threads (many small files are bound by system calls).
+/// nobody else writes to), each file a copy of its blob at `blob_path(hash)`.
 pub fn materialise(plan: &Plan, blob_path: &(dyn Fn(&str) -> PathBuf + Sync), dest: &Path) -> Result<(), TreeError> {
     for directory in &plan.directories {
         std::fs::create_dir(dest.join(directory)).map_err(|e| write_error(directory, e))?;
     }
+    let files: Vec<&(PathBuf, Digest, bool)> = plan.files.iter().collect();
+    copy_all(&files, blob_path, dest)
+}
+
+/// What [`patch`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Patched {
+    /// Files already right, left as they were.
+    pub kept: usize,
+    /// Files copied out of the store.
+    pub copied: usize,
+    /// Files and directories removed (a directory counts once, whatever it held).
+    pub removed: usize,
+}
+
+/// Turns `dest`, which holds exactly what `materialise(old)` made (nobody has written
+/// to it since), into what `materialise(new)` would make: a file both plans hold at the
+/// same path with the same digest stays; the rest is removed, made or copied. What it
+/// costs follows what changed, not the size of the tree.
+pub fn patch(
+    old: &Plan,
+    new: &Plan,
+    blob_path: &(dyn Fn(&str) -> PathBuf + Sync),
+    dest: &Path,
+) -> Result<Patched, TreeError> {
+    let mut done = Patched::default();
+    let new_files: HashMap<&Path, (&str, bool)> = new
+        .files
+        .iter()
+        .map(|(path, digest, executable)| (path.as_path(), (digest.hash.as_str(), *executable)))
+        .collect();
+    let mut kept: HashSet<&Path> = HashSet::new();
+    for (path, digest, executable) in &old.files {
+        match new_files.get(path.as_path()) {
+            Some(&(hash, wanted)) if hash == digest.hash => {
+                if wanted != *executable {
+                    set_mode(&dest.join(path), path, wanted)?;
+                }
+                kept.insert(path);
+            }
+            _ => {
+                std::fs::remove_file(dest.join(path)).map_err(|e| write_error(path, e))?;
+                done.removed += 1;
+            }
+        }
+    }
+    let new_directories: HashSet<&Path> = new.directories.iter().map(PathBuf::as_path).collect();
+    let old_directories: HashSet<&Path> = old.directories.iter().map(PathBuf::as_path).collect();
+    // Parents sort first: a directory whose parent went already is gone with it.
+    for directory in old.directories.iter().filter(|d| !new_directories.contains(d.as_path())) {
+        match std::fs::remove_dir_all(dest.join(directory)) {
+            Ok(()) => done.removed += 1,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => return Err(write_error(directory, error)),
+        }
+    }
+    for directory in new.directories.iter().filter(|d| !old_directories.contains(d.as_path())) {
+        std::fs::create_dir(dest.join(directory)).map_err(|e| write_error(directory, e))?;
+    }
+    let copies: Vec<&(PathBuf, Digest, bool)> =
+        new.files.iter().filter(|(path, ..)| !kept.contains(path.as_path())).collect();
+    copy_all(&copies, blob_path, dest)?;
+    done.kept = kept.len();
+    done.copied = copies.len();
+    Ok(done)
+}
+
+/// Copies files out of the store on up to four threads (many small files are bound by
+/// system calls, not by bytes).
+fn copy_all(
+    files: &[&(PathBuf, Digest, bool)],
+    blob_path: &(dyn Fn(&str) -> PathBuf + Sync),
+    dest: &Path,
+) -> Result<(), TreeError> {
+    if files.len() < 2 {
+        return files.iter().try_for_each(|file| copy_one(file, blob_path, dest));
+    }
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4);
-    let share = plan.files.len().div_ceil(threads).max(1);
+    let share = files.len().div_ceil(threads).max(1);
     std::thread::scope(|scope| {
-        let workers: Vec<_> = plan
-            .files
+        let workers: Vec<_> = files
             .chunks(share)
             .map(|files| scope.spawn(move || files.iter().try_for_each(|file| copy_one(file, blob_path, dest))))
             .collect();
@@ -156,8 +232,12 @@ fn copy_one(
         }
         Err(error) => return Err(write_error(path, error)),
     }
-    let mode = if *executable { 0o755 } else { 0o644 };
-    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode)).map_err(|e| write_error(path, e))
+    set_mode(&target, path, *executable)
+}
+
+fn set_mode(target: &Path, path: &Path, executable: bool) -> Result<(), TreeError> {
+    let mode = if executable { 0o755 } else { 0o644 };
+    std::fs::set_permissions(target, std::fs::Permissions::from_mode(mode)).map_err(|e| write_error(path, e))
 }
 
 #[cfg(test)]
@@ -173,6 +253,80 @@ mod tests {
 
     fn file(name: &str, bytes: &[u8]) -> FileNode {
         FileNode { name: name.into(), digest: Some(digest_of(bytes)), executable: false }
+    }
+
+    /// A file's bytes and executable bit; `None` for a directory.
+    type Content = Option<(Vec<u8>, bool)>;
+
+    /// Every file below `dir` with its bytes and executable bit, and every directory.
+    fn snapshot(dir: &Path) -> Vec<(String, Content)> {
+        let mut seen = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(at) = stack.pop() {
+            for entry in std::fs::read_dir(&at).unwrap() {
+                let path = entry.unwrap().path();
+                let name = path.strip_prefix(dir).unwrap().display().to_string();
+                let meta = std::fs::symlink_metadata(&path).unwrap();
+                if meta.is_dir() {
+                    seen.push((name, None));
+                    stack.push(path);
+                } else {
+                    seen.push((name, Some((std::fs::read(&path).unwrap(), meta.permissions().mode() & 0o111 != 0))));
+                }
+            }
+        }
+        seen.sort();
+        seen
+    }
+
+    #[test]
+    fn a_patched_copy_is_what_a_fresh_copy_would_be() {
+        let store = tempfile::tempdir().unwrap();
+        let blob = |bytes: &[u8]| {
+            let digest = digest_of(bytes);
+            std::fs::write(store.path().join(&digest.hash), bytes).unwrap();
+            digest
+        };
+        let node = |name: &str, bytes: &[u8], executable: bool| FileNode {
+            name: name.into(),
+            digest: Some(blob(bytes)),
+            executable,
+        };
+        let dir = |name: &str, d: &Directory| DirectoryNode { name: name.into(), digest: Some(directory_digest(d)) };
+        // Old: a/{x, y}, b/{z}, c (a file), run.sh, same/{k}.
+        let same = Directory { files: vec![node("k", b"kept", false)], directories: vec![] };
+        let a_old = Directory { files: vec![node("x", b"x1", false), node("y", b"y", false)], directories: vec![] };
+        let b_old = Directory { files: vec![node("z", b"z", false)], directories: vec![] };
+        let old_root = Directory {
+            files: vec![node("c", b"c-file", false), node("run.sh", b"#!", false)],
+            directories: vec![dir("a", &a_old), dir("b", &b_old), dir("same", &same)],
+        };
+        // New: a/{x changed, w new}, b is now a file, c is now a directory, run.sh executable.
+        let a_new = Directory { files: vec![node("w", b"w", false), node("x", b"x2", false)], directories: vec![] };
+        let c_new = Directory {
+            files: vec![node("inner", b"in", true)],
+            directories: vec![Directory::default()].into_iter().map(|d| dir("empty", &d)).collect(),
+        };
+        let new_root = Directory {
+            files: vec![node("b", b"b-file", false), node("run.sh", b"#!", true)],
+            directories: vec![dir("a", &a_new), dir("c", &c_new), dir("same", &same)],
+        };
+        let all = vec![same, a_old, b_old, a_new, c_new, Directory::default(), old_root.clone(), new_root.clone()];
+        let directories = tree(all);
+        let old = plan(&directory_digest(&old_root), &directories, &Limits::DEFAULT).unwrap();
+        let new = plan(&directory_digest(&new_root), &directories, &Limits::DEFAULT).unwrap();
+        let blob_path = |hash: &str| store.path().join(hash);
+        let (patched, fresh) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        materialise(&old, &blob_path, patched.path()).unwrap();
+        let done = patch(&old, &new, &blob_path, patched.path()).unwrap();
+        materialise(&new, &blob_path, fresh.path()).unwrap();
+        assert_eq!(snapshot(patched.path()), snapshot(fresh.path()));
+        // Kept: same/k, and run.sh (its mode changed in place). Copied: a/w, a/x, b,
+        // c/inner. Removed: a/x, a/y, b/z, the file c, then the directory b.
+        assert_eq!(done, Patched { kept: 2, copied: 4, removed: 5 }, "{done:?}");
+        // Patching a tree to itself touches nothing.
+        let again = patch(&new, &new, &blob_path, patched.path()).unwrap();
+        assert_eq!(again, Patched { kept: new.files.len(), copied: 0, removed: 0 });
     }
 
     #[test]

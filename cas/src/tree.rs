@@ -1,7 +1,7 @@
 //! The client's side: the input tree built from the same selection as a tar upload
 //! (the sources' walk, links followed, the filters), every file hashed as it is read.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
@@ -48,11 +48,16 @@ pub fn build_tree(
     on_read: &dyn Fn(u64),
     cache: &mut StatCache,
 ) -> Result<InputTree, PackError> {
-    let mut nodes: BTreeMap<PathBuf, Node> = BTreeMap::new();
+    // By path: a later root with the same name merges into the earlier one, as a tar
+    // upload's later entries replace earlier ones.
+    let mut nodes: HashMap<PathBuf, Node> = HashMap::new();
     let mut tree = InputTree::default();
     let options = WalkOptions { follow_symlinks: true, keep };
     let mut visit = |found: Found<'_>| -> Result<(), PackError> {
         match found {
+            Found::Directory { name, .. } | Found::File { name, .. } if name.to_str().is_none() => {
+                return Err(PackError::NotUtf8 { path: name.to_path_buf() });
+            }
             Found::Directory { name, .. } => {
                 if !name.as_os_str().is_empty() {
                     nodes.insert(name.to_path_buf(), Node::Directory);
@@ -71,7 +76,9 @@ pub fn build_tree(
                 };
                 tree.files += 1;
                 tree.file_bytes += digest.size;
-                tree.blobs.entry(digest.hash.clone()).or_insert_with(|| (disk.to_path_buf(), digest.clone()));
+                if !tree.blobs.contains_key(&digest.hash) {
+                    tree.blobs.insert(digest.hash.clone(), (disk.to_path_buf(), digest.clone()));
+                }
                 let executable = meta.permissions().mode() & 0o111 != 0;
                 nodes.insert(name.to_path_buf(), Node::File { digest, executable });
             }
@@ -105,41 +112,43 @@ fn hash_file(path: &Path, on_read: &dyn Fn(u64)) -> Result<Digest, PackError> {
 
 /// Builds the directories bottom-up; returns the root's digest and every distinct
 /// directory.
-fn assemble(nodes: &BTreeMap<PathBuf, Node>) -> (Digest, Vec<Directory>) {
-    let mut children: BTreeMap<PathBuf, Vec<(String, &Node, PathBuf)>> = BTreeMap::new();
-    children.entry(PathBuf::new()).or_default();
+fn assemble(nodes: &HashMap<PathBuf, Node>) -> (Digest, Vec<Directory>) {
+    let mut children: HashMap<&Path, Vec<(&str, &Node, &Path)>> = HashMap::with_capacity(nodes.len() / 4 + 1);
+    children.entry(Path::new("")).or_default();
+    // Every name is UTF-8: `build_tree` refuses others.
     for (path, node) in nodes {
-        let parent = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        children.entry(parent).or_default().push((name, node, path.clone()));
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
+            continue;
+        };
+        children.entry(parent).or_default().push((name, node, path.as_path()));
         if let Node::Directory = node {
-            children.entry(path.clone()).or_default();
+            children.entry(path.as_path()).or_default();
         }
     }
     // Deepest first, so every child directory's digest is known before its parent's.
-    let mut order: Vec<&PathBuf> = children.keys().collect();
-    order.sort_by_key(|path| std::cmp::Reverse(path.components().count()));
-    let mut digests: HashMap<PathBuf, Digest> = HashMap::new();
-    let mut directories: HashMap<String, Directory> = HashMap::new();
-    for path in order {
+    let mut order: Vec<(usize, &Path)> = children.keys().map(|path| (path.components().count(), *path)).collect();
+    order.sort_unstable_by_key(|(depth, _)| std::cmp::Reverse(*depth));
+    let mut digests: HashMap<&Path, Digest> = HashMap::with_capacity(order.len());
+    let mut directories: HashMap<String, Directory> = HashMap::with_capacity(order.len());
+    for (_, path) in order {
         let mut directory = Directory::default();
-        let mut entries = children[path].iter().collect::<Vec<_>>();
-        entries.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        let mut entries = std::mem::take(children.get_mut(path).expect("every key is in the map"));
+        entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
         for (name, node, child_path) in entries {
             match node {
                 Node::File { digest, executable } => directory.files.push(FileNode {
-                    name: name.clone(),
+                    name: name.to_string(),
                     digest: Some(digest.clone()),
                     executable: *executable,
                 }),
                 Node::Directory => directory
                     .directories
-                    .push(DirectoryNode { name: name.clone(), digest: digests.get(child_path).cloned() }),
+                    .push(DirectoryNode { name: name.to_string(), digest: digests.get(child_path).cloned() }),
             }
         }
         let digest = directory_digest(&directory);
         directories.entry(digest.hash.clone()).or_insert(directory);
-        digests.insert(path.clone(), digest);
+        digests.insert(path, digest);
     }
     let root = digests.remove(Path::new("")).unwrap_or_default();
     (root, directories.into_values().collect())

@@ -105,7 +105,7 @@ impl Session {
 
     /// Whether the server is on this machine: compressing for it only costs time.
     pub fn peer_is_loopback(&self) -> bool {
-        self.peer.host == "localhost" || self.peer.host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        self.peer.is_loopback()
     }
 
     /// What the server said it can do; `None` for a legacy server.

@@ -81,9 +81,12 @@ pub async fn run(job: &Job, out: &Output) -> Result<(), ClientError> {
 async fn upload(session: &Session, job: &Job, roots: &[PackRoot], out: &Output) -> Result<String, ClientError> {
     out.status("Upload");
     out.begin(Step::Upload);
-    let (unique_id, skipped) = match session.takes_trees() && !job.no_cas {
-        true => {
-            let tree = retrying(job, out, Step::Upload, || session.upload_tree(job, roots.to_vec(), out)).await?;
+    let tree = match session.takes_trees() && !job.no_cas {
+        true => retrying(job, out, Step::Upload, || session.upload_tree(job, roots.to_vec(), out)).await?,
+        false => None,
+    };
+    let (unique_id, skipped) = match tree {
+        Some(tree) => {
             out.transferred_tree(tree.files, tree.file_bytes, tree.sent_blobs, tree.sent_bytes);
             if tree.wire_bytes < tree.sent_bytes {
                 let human = lrpymrpc_units::human_bytes;
@@ -91,7 +94,7 @@ async fn upload(session: &Session, job: &Job, roots: &[PackRoot], out: &Output) 
             }
             (tree.unique_id, tree.skipped)
         }
-        false => {
+        None => {
             let (unique_id, report) =
                 retrying(job, out, Step::Upload, || session.upload(job, roots.to_vec(), out)).await?;
             out.transferred("uploaded", report.files, report.content_bytes);

@@ -119,6 +119,12 @@ struct Args {
     /// recently used go first, never one a job is being made from
     #[arg(long, value_name = "SIZE", default_value_t = SizeArg(defaults().cas_max_bytes), help_heading = "Content store")]
     cas_max_bytes: SizeArg,
+    /// How many input trees (the latest of each CN) to keep ready as spare copies, so
+    /// that a CN's next job from the same or a slightly changed tree is made by
+    /// patching what changed instead of copying it all; each takes the tree's size on
+    /// disk. 0 turns this off
+    #[arg(long, value_name = "N", default_value_t = defaults().cas_spare_trees, help_heading = "Content store")]
+    cas_spare_trees: usize,
 
     /// Log lines as text or as JSON objects (one per line)
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
@@ -325,6 +331,7 @@ fn config_from(args: Args) -> anyhow::Result<Config> {
         env_cache_max_bytes: args.env_cache_max_bytes.0,
         cas: !args.no_cas,
         cas_max_bytes: args.cas_max_bytes.0,
+        cas_spare_trees: args.cas_spare_trees,
         share_env_cache: args.share_env_cache,
         sandbox_network: args.sandbox_network,
         sandbox,

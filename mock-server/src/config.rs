@@ -57,6 +57,8 @@ pub struct Config {
     pub cas: bool,
     /// Size bound of the content store; least recently used blobs go first.
     pub cas_max_bytes: u64,
+    /// How many spare copies of recent trees (one per CN) are kept ready (`spares.rs`).
+    pub cas_spare_trees: usize,
     /// Share cached environments between certificates (CNs), not only within one.
     pub share_env_cache: bool,
     /// Let sandboxed commands use the network (pip always may).
@@ -94,6 +96,7 @@ impl Config {
             env_cache_max_bytes: 8 << 30,
             cas: true,
             cas_max_bytes: 64 << 30,
+            cas_spare_trees: 4,
             share_env_cache: false,
             sandbox_network: false,
             sandbox: None,

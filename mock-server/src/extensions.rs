@@ -7,11 +7,12 @@
 //! legacy server.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use lrpymrpc_cas::{DIGEST_FUNCTION, TreeError, directory_digest, materialise, plan};
+use lrpymrpc_cas::{DIGEST_FUNCTION, Plan, TreeError, directory_digest, materialise, patch, plan};
 use lrpymrpc_proto::v1::extensions_server::Extensions;
 use lrpymrpc_proto::v1::{
     BlobChunk, Caller, CapabilitiesRequest, CapabilitiesResponse, CreateJobResponse, Digest, Features, Limits, Load,
@@ -25,6 +26,7 @@ use tracing::{info, warn};
 use crate::auth::{self, check_allowed, identify};
 use crate::error::JobError;
 use crate::executor::Executor;
+use crate::spares::Spare;
 use crate::state::State;
 use crate::store::{BlobError, ContentStore};
 
@@ -118,15 +120,17 @@ impl Extensions for ExtensionService {
         hashes.sort_unstable();
         hashes.dedup();
         store.pin(&hashes);
-        let (state, job) = (self.state.clone(), id.clone());
+        let (state, job, owner) = (self.state.clone(), id.clone(), cn.clone());
         let (files, bytes) = (plan.files.len(), plan.bytes);
+        let plan = Arc::new(plan);
         // Copies, on a blocking thread; a failure removes the job directory.
         let made = tokio::task::spawn_blocking(move || {
             let store = state.store.as_ref().expect("checked above");
-            let made = materialise(&plan, &|hash| store.blob_path(hash), &dir);
+            let made = make_job_dir(&state, &owner, &plan, &dir);
             store.unpin(&hashes);
-            if made.is_err() {
-                state.jobs.discard(&job);
+            match &made {
+                Ok(_) => make_spare(&state, &owner, plan),
+                Err(_) => state.jobs.discard(&job),
             }
             made
         })
@@ -134,11 +138,12 @@ impl Extensions for ExtensionService {
         .map_err(|e| JobError::task("making the job from the store", e))?;
         drop(job_use);
         match made {
-            Ok(()) => {
+            Ok(how) => {
+                let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
                 info!(
                     job = %id, cn = caller.name(), fingerprint = %caller.fingerprint, peer = %caller.address,
-                    files, bytes, ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-                    "job made from the content store"
+                    files, bytes, ms, kept = how.kept, copied = how.copied, removed = how.removed,
+                    from_spare = how.from_spare, "job made from the content store"
                 );
                 Ok(Response::new(CreateJobResponse { unique_id: id, ..Default::default() }))
             }
@@ -255,6 +260,55 @@ impl ExtensionService {
         let root = root.ok_or_else(|| TreeError::MissingDirectory("(no root was named)".into()))?;
         Ok((root, directories))
     }
+}
+
+/// How a job directory was made: from a spare tree (patched) or copied whole.
+struct JobMade {
+    from_spare: bool,
+    kept: usize,
+    copied: usize,
+    removed: usize,
+}
+
+/// Fills the empty job directory `dir` with `plan`'s tree: `cn`'s spare renamed into
+/// place and patched, when it has a whole one, else every file copied.
+fn make_job_dir(state: &State, cn: &str, plan: &Plan, dir: &Path) -> Result<JobMade, TreeError> {
+    let store = state.store.as_ref().expect("only called with a store");
+    let blob_path = |hash: &str| store.blob_path(hash);
+    if let Some(spare) = state.spares.as_ref().and_then(|spares| spares.take(cn)) {
+        // A spare replaces the empty job directory in one rename (same filesystem).
+        if spare.wait() && std::fs::rename(&spare.path, dir).is_ok() {
+            let done = patch(&spare.plan, plan, &blob_path, dir)?;
+            return Ok(JobMade { from_spare: true, kept: done.kept, copied: done.copied, removed: done.removed });
+        }
+        let _ = std::fs::remove_dir_all(&spare.path);
+    }
+    materialise(plan, &blob_path, dir)?;
+    Ok(JobMade { from_spare: false, kept: 0, copied: plan.files.len(), removed: 0 })
+}
+
+/// Makes a spare copy of `plan`'s tree for `cn`'s next job (see `spares.rs`), its
+/// blobs pinned meanwhile; on the calling (blocking) thread.
+fn make_spare(state: &Arc<State>, cn: &str, plan: Arc<Plan>) {
+    let Some((path, made, replaced)) = state.spares.as_ref().and_then(|spares| spares.reserve(cn, plan.clone())) else {
+        return;
+    };
+    let state = state.clone();
+    std::thread::spawn(move || {
+        replaced.into_iter().for_each(Spare::discard);
+        let store = state.store.as_ref().expect("spares are made only beside a store");
+        let mut hashes: Vec<String> = plan.files.iter().map(|(_, digest, _)| digest.hash.clone()).collect();
+        hashes.sort_unstable();
+        hashes.dedup();
+        store.pin(&hashes);
+        let outcome = materialise(&plan, &|hash| store.blob_path(hash), &path);
+        store.unpin(&hashes);
+        if let Err(error) = &outcome {
+            warn!(error = %error, "a spare tree could not be made; the next job is copied whole");
+            let _ = std::fs::remove_dir_all(&path);
+        }
+        made.set(outcome.is_ok());
+    });
 }
 
 /// A CreateJob answer listing missing blobs, at most [`MAX_MISSING_LISTED`].

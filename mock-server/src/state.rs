@@ -8,7 +8,8 @@ use crate::config::Config;
 use crate::envs::EnvCache;
 use crate::jobs::{Jobs, sweep_orphans};
 use crate::local::LocalExecutor;
-use crate::store::ContentStore;
+use crate::spares::Spares;
+use crate::store::{ContentStore, STORE_DIR};
 
 #[derive(Debug)]
 pub struct State {
@@ -19,6 +20,8 @@ pub struct State {
     pub env_cache: Option<EnvCache>,
     /// Blobs of content-addressed uploads; `None` when that is off.
     pub store: Option<ContentStore>,
+    /// Spare copies of recent trees, beside the store.
+    pub spares: Option<Spares>,
     /// Set at shutdown: uploads are refused, running jobs finish.
     pub draining: AtomicBool,
 }
@@ -35,6 +38,10 @@ impl State {
             // A blob just sent is held for its job as long as an upload may idle, twice.
             true => Some(ContentStore::new(&config.root, config.cas_max_bytes, config.upload_idle_timeout * 2)?),
             false => None,
+        };
+        let spares = match &store {
+            Some(_) => Some(Spares::new(&config.root.join(STORE_DIR), config.cas_spare_trees)?),
+            None => None,
         };
         let jobs = Arc::new(Jobs::new(
             config.root.clone(),
@@ -58,6 +65,7 @@ impl State {
             executor: LocalExecutor::new(contain),
             env_cache,
             store,
+            spares,
             draining: AtomicBool::new(false),
         };
         Ok((state, swept))

@@ -143,10 +143,17 @@ impl ContentStore {
             return Err(BlobError::TooLarge { hash: digest.hash.clone(), size: digest.size, limit });
         }
         // Blobs waiting for their job cannot be evicted: they may not fill the disk.
+        // They are stored blobs, so while everything stored fits, so do they (and the
+        // sum over every waiting blob is not needed for each blob of an upload).
         let waiting: u64 = {
             let inner = self.inner();
-            let held = inner.pending.iter().filter(|(_, came)| came.elapsed() < self.hold);
-            held.filter_map(|(hash, _)| inner.blobs.get(hash)).map(|(size, _)| size).sum()
+            match inner.total.saturating_add(digest.size) <= self.max_bytes {
+                true => 0,
+                false => {
+                    let held = inner.pending.iter().filter(|(_, came)| came.elapsed() < self.hold);
+                    held.filter_map(|(hash, _)| inner.blobs.get(hash)).map(|(size, _)| size).sum()
+                }
+            }
         };
         if waiting.saturating_add(digest.size) > self.max_bytes.max(digest.size) {
             return Err(BlobError::Full);

@@ -166,10 +166,11 @@ pub fn human_bytes(count: u64) -> String {
     }
 }
 
-/// "0.5 s", "15 min", "4 h": a duration in messages and logs.
+/// "10 ms", "2.6 s", "15 min", "4 h": a duration in messages and logs.
 pub fn human_duration(duration: Duration) -> String {
     let seconds = duration.as_secs();
     match seconds {
+        0 if duration < Duration::from_millis(100) => format!("{} ms", duration.as_millis()),
         0..120 => format!("{:.1} s", duration.as_secs_f64()),
         120..7200 => format!("{} min", seconds / 60),
         _ => format!("{} h", seconds / 3600),
@@ -261,6 +262,8 @@ mod tests {
         assert_eq!(human_bytes(512), "512 B");
         assert_eq!(human_bytes(200 << 20), "200.0 MiB");
         assert_eq!(human_duration(Duration::from_millis(2600)), "2.6 s");
+        assert_eq!(human_duration(Duration::from_millis(10)), "10 ms");
+        assert_eq!(human_duration(Duration::from_millis(500)), "0.5 s");
         assert_eq!(human_duration(Duration::from_secs(900)), "15 min");
         assert_eq!(human_count(2000), "2,000");
         assert_eq!(human_count(999), "999");

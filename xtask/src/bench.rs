@@ -13,6 +13,8 @@
 //!   time of the upload step against the first upload's.
 //! - W7: then the unchanged tree again, with a warm stat cache: the upload step's time
 //!   and the client's CPU time on 2,000 files.
+//! - W2n: W2 through a link with 10 ms of delay each way (`link.rs`), as to a server on
+//!   another machine, as a tar.gz and content-addressed.
 //!
 //! W1 to W5 send a tar.gz (`--no-cas`), as to the Python server.
 //! References: `python3 -c pass` (the floor of any interpreter-based client),
@@ -45,19 +47,32 @@ struct Sample {
 }
 
 /// Options of `cargo xtask bench`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Options {
     pub big: bool,
     pub repeats: usize,
+    /// Workload names to run (W1, W2c, ...); empty: all.
+    pub only: Vec<String>,
+}
+
+impl Options {
+    /// Whether any of `names` was asked for.
+    fn wants(&self, names: &[&str]) -> bool {
+        self.only.is_empty() || self.only.iter().any(|only| names.iter().any(|name| only.eq_ignore_ascii_case(name)))
+    }
 }
 
 pub fn run(options: Options) -> anyhow::Result<()> {
     eprintln!("xtask bench: building release binaries");
     let Binaries { client, server } = deployment::build(true)?;
     let scratch = tempfile::Builder::new().prefix("lrpymrpc-bench-").tempdir()?;
-    let (tls, jobs) = deployment::certificates_and_root(scratch.path(), "bench")?;
+    // The server's certificate also names this machine's network address, for W2n.
+    let network = crate::link::local_network_address();
+    let names: Vec<String> = network.iter().map(|ip| ip.to_string()).collect();
+    let (tls, jobs) = deployment::certificates_and_root_for(scratch.path(), "bench", &names)?;
     let running = MockServer::start(&server, &jobs, &tls, &["--max-jobs", "32"])?;
-    let bench = Bench { client, server, tls, port: running.port().to_string(), scratch: scratch.path().to_path_buf() };
+    let bench =
+        Bench { client, server, tls, port: running.port().to_string(), scratch: scratch.path().to_path_buf(), network };
     bench.all(options)
 }
 
@@ -67,6 +82,8 @@ struct Bench {
     tls: PathBuf,
     port: String,
     scratch: PathBuf,
+    /// This machine's network address, if it has one (W2n).
+    network: Option<std::net::IpAddr>,
 }
 
 struct Row {
@@ -80,8 +97,43 @@ impl Bench {
     fn all(&self, options: Options) -> anyhow::Result<()> {
         let mut rows = Vec::new();
         let repeats = options.repeats.max(1);
+        if options.wants(&["W1", "W3"]) {
+            rows.extend(self.small_jobs(repeats)?);
+        }
+        let w2 = self.scratch.join("w2");
+        if options.wants(&["W2", "W2n", "W2c", "W6", "W7"]) {
+            generate(&w2.join("source"), 2000, 100 * 1024, 10, 10)?;
+        }
+        if options.wants(&["W2"]) {
+            eprintln!("xtask bench: W2, 200 MB round trip");
+            rows.extend(self.round_trip("W2 200 MB round trip", &w2, repeats)?);
+        }
+        if options.big && options.wants(&["W4"]) {
+            eprintln!("xtask bench: W4, 2 GB round trip");
+            let w4 = self.scratch.join("w4");
+            generate(&w4.join("source"), 2000, 1024 * 1024, 10, 10)?;
+            rows.extend(self.round_trip("W4 2 GB round trip", &w4, 1)?);
+            std::fs::remove_dir_all(&w4)?;
+        }
+        if options.wants(&["W2n"]) {
+            eprintln!("xtask bench: W2n, 200 MB round trip over a 20 ms link");
+            rows.extend(self.over_a_link(&w2, repeats)?);
+        }
+        if options.wants(&["W2c", "W6", "W7"]) {
+            eprintln!("xtask bench: W2c, W6, W7: content-addressed upload");
+            rows.extend(self.content_addressed(&w2, repeats)?);
+        }
+        if options.wants(&["W5"]) {
+            eprintln!("xtask bench: W5, REPO_URL with a local wheel");
+            rows.push(self.environment_reuse(repeats)?);
+        }
+        print_table(&rows);
+        Ok(())
+    }
 
-        // The floor an interpreter-based client cannot go below.
+    /// W1 and W3, against the floor an interpreter-based client cannot go below.
+    fn small_jobs(&self, repeats: usize) -> anyhow::Result<Vec<Row>> {
+        let mut rows = Vec::new();
         let python = median(&time_repeated(repeats * 2, || run_quiet(Command::new("python3").args(["-c", "pass"])))?);
 
         eprintln!("xtask bench: W1, a small job");
@@ -122,28 +174,7 @@ impl Bench {
             reference: Some(("8 x W1 median".into(), median(&rows[0].samples) * 8)),
             note: String::new(),
         });
-
-        eprintln!("xtask bench: W2, 200 MB round trip");
-        let w2 = self.scratch.join("w2");
-        generate(&w2.join("source"), 2000, 100 * 1024, 10, 10)?;
-        rows.extend(self.round_trip("W2 200 MB round trip", &w2, repeats)?);
-
-        if options.big {
-            eprintln!("xtask bench: W4, 2 GB round trip");
-            let w4 = self.scratch.join("w4");
-            generate(&w4.join("source"), 2000, 1024 * 1024, 10, 10)?;
-            rows.extend(self.round_trip("W4 2 GB round trip", &w4, 1)?);
-            std::fs::remove_dir_all(&w4)?;
-        }
-
-        eprintln!("xtask bench: W2c, W6, W7: content-addressed upload");
-        rows.extend(self.content_addressed(&w2, repeats)?);
-
-        eprintln!("xtask bench: W5, REPO_URL with a local wheel");
-        rows.push(self.environment_reuse(repeats)?);
-
-        print_table(&rows);
-        Ok(())
+        Ok(rows)
     }
 
     /// W2 and W4: the job, then the reference pipelines on the same bytes.
@@ -191,6 +222,53 @@ impl Bench {
         ])
     }
 
+    /// W2n: W2's round trip through a link with 10 ms of delay each way, the client
+    /// dialling this machine's network address (so it treats the server as remote:
+    /// its network-sized receive window, several blob streams, compression where it
+    /// pays), as a tar.gz and content-addressed into a cold store.
+    fn over_a_link(&self, dir: &Path, repeats: usize) -> anyhow::Result<Vec<Row>> {
+        let Some(ip) = self.network else {
+            eprintln!("xtask bench: W2n skipped: this machine has no network address besides loopback");
+            return Ok(Vec::new());
+        };
+        let fresh_server = |n: usize| -> anyhow::Result<MockServer> {
+            let root = self.scratch.join(format!("link-jobs-{n}"));
+            std::fs::create_dir_all(&root)?;
+            MockServer::start(&self.server, &root, &self.tls, &["--max-jobs", "32"])
+        };
+        let delay = Duration::from_millis(10);
+        let mut rows = Vec::new();
+        for (name, extra) in [("tar.gz", "--no-cas"), ("content-addressed, cold store", "")] {
+            let mut samples = Vec::new();
+            for n in 0..repeats {
+                let server = fresh_server(n)?;
+                let target: std::net::SocketAddr = server.address.parse()?;
+                let link = crate::link::SlowLink::start(std::net::SocketAddr::new(ip, 0), target, delay)?;
+                let _ = std::fs::remove_dir_all(self.scratch.join("cache"));
+                let start = Instant::now();
+                let mut client = self.command(dir, &[], "cp -r source build");
+                client
+                    .env("XDG_CACHE_HOME", self.scratch.join("cache"))
+                    .args(["--SERVER_IP", &ip.to_string(), "--SERVER_PORT", &link.addr.port().to_string()])
+                    .args(extra.split_whitespace())
+                    .arg("--quiet");
+                samples.push(wait_sample(client.spawn()?, start)?);
+                std::fs::remove_dir_all(dir.join("build")).ok();
+            }
+            rows.push(Row {
+                name: format!("W2n 200 MB round trip, 20 ms round-trip link, {name}"),
+                samples: samples.iter().map(|s| s.wall).collect(),
+                reference: None,
+                note: format!(
+                    "client CPU {}, peak RSS {} KiB",
+                    seconds(median(&samples.iter().map(|s| s.cpu).collect::<Vec<_>>())),
+                    max_rss(&samples)
+                ),
+            });
+        }
+        Ok(rows)
+    }
+
     /// W2c, W6 and W7 on W2's tree: a cold store each run (a fresh server), then one
     /// 10 KB file changed, then nothing changed.
     fn content_addressed(&self, dir: &Path, repeats: usize) -> anyhow::Result<Vec<Row>> {
@@ -208,13 +286,19 @@ impl Bench {
         }
         std::fs::remove_dir_all(dir.join("build")).ok();
         // The last server's store is warm; the stat cache too.
+        // A real step runs for a while; meanwhile the server makes its spare copy of the
+        // tree (see mock-server `spares.rs`). `STEP` stands for that step; the
+        // back-to-back run follows a job that ran nothing.
+        const STEP: &str = "sleep 2";
         let server = fresh_server(repeats)?;
-        let first = self.tree_job(dir, server.port(), "true")?;
+        let first = self.tree_job(dir, server.port(), STEP)?;
         let changed = dir.join("source/d0/e0/f0");
         std::fs::write(&changed, vec![b'x'; 10 * 1024])?;
         let second = self.tree_job(dir, server.port(), "true")?;
+        std::fs::write(&changed, vec![b'y'; 10 * 1024])?;
+        let back_to_back = self.tree_job(dir, server.port(), STEP)?;
         let unchanged: Vec<TreeRun> =
-            (0..repeats.max(3)).map(|_| self.tree_job(dir, server.port(), "true")).collect::<anyhow::Result<_>>()?;
+            (0..repeats.max(3)).map(|_| self.tree_job(dir, server.port(), STEP)).collect::<anyhow::Result<_>>()?;
         let cpu = median(&cold.iter().map(|r| r.sample.cpu).collect::<Vec<_>>());
         let w7_cpu = median(&unchanged.iter().map(|r| r.sample.cpu).collect::<Vec<_>>());
         Ok(vec![
@@ -233,17 +317,23 @@ impl Bench {
                 samples: vec![second.upload],
                 reference: Some(("first upload step".into(), first.upload.max(cold[0].upload))),
                 note: format!(
-                    "sent {} of {} the first time ({:.3}%)",
+                    "after a 2 s step; sent {} of {} the first time ({:.3}%)",
                     lrpymrpc_units::human_bytes(second.sent_bytes),
                     lrpymrpc_units::human_bytes(cold[0].sent_bytes),
                     100.0 * second.sent_bytes as f64 / cold[0].sent_bytes.max(1) as f64
                 ),
             },
             Row {
+                name: "W6 the same, back to back".into(),
+                samples: vec![back_to_back.upload],
+                reference: Some(("first upload step".into(), first.upload.max(cold[0].upload))),
+                note: "right after a job that ran nothing: waits for the server's spare copy".into(),
+            },
+            Row {
                 name: "W7 unchanged tree, upload step".into(),
                 samples: unchanged.iter().map(|r| r.upload).collect(),
                 reference: None,
-                note: format!("client CPU for the whole job {}, warm stat cache", seconds(w7_cpu)),
+                note: format!("after a 2 s step; client CPU for the whole job {}, warm stat cache", seconds(w7_cpu)),
             },
         ])
     }

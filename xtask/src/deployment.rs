@@ -31,10 +31,21 @@ pub fn build(release: bool) -> anyhow::Result<Binaries> {
 
 /// Throwaway certificates in `scratch/tls` and a job root in `scratch/jobs`.
 pub fn certificates_and_root(scratch: &Path, client_cn: &str) -> anyhow::Result<(PathBuf, PathBuf)> {
+    certificates_and_root_for(scratch, client_cn, &[])
+}
+
+/// [`certificates_and_root`] with more names in the server's certificate.
+pub fn certificates_and_root_for(
+    scratch: &Path,
+    client_cn: &str,
+    more_names: &[String],
+) -> anyhow::Result<(PathBuf, PathBuf)> {
     let tls = scratch.join("tls");
     let jobs = scratch.join("jobs");
     std::fs::create_dir_all(&jobs)?;
-    lrpymrpc_certs::Throwaway::new(client_cn, &lrpymrpc_certs::loopback_names())?.write(&tls)?;
+    let mut names = lrpymrpc_certs::loopback_names();
+    names.extend_from_slice(more_names);
+    lrpymrpc_certs::Throwaway::new(client_cn, &names)?.write(&tls)?;
     Ok((tls, jobs))
 }
 

@@ -1,11 +1,13 @@
 //! `cargo xtask ...`: the project's automation, in Rust so it runs wherever cargo does.
 //! `certs` writes throwaway TLS material; `demo` runs a whole job end to end;
 //! `snippets` writes the Make and CMake integration files into `integration/`;
-//! `bench` measures the workloads of `bench.rs` against reference pipelines.
+//! `bench` measures the workloads of `bench.rs` against reference pipelines;
+//! `slow-link` puts a wide-area link's delay in front of a server, to try by hand.
 
 mod bench;
 mod demo;
 mod deployment;
+mod link;
 
 use std::path::PathBuf;
 
@@ -37,6 +39,19 @@ enum Task {
     /// `integration/LrPymRPC.cmake`) from the client's generator; a test fails when the
     /// committed copies are stale.
     Snippets,
+    /// Listen on a loopback port and forward to TO, every byte held DELAY in each
+    /// direction (a wide-area link's latency); runs until interrupted
+    SlowLink {
+        /// Where to listen (`127.0.0.1:0`: a free loopback port)
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: std::net::SocketAddr,
+        /// Where to forward (`127.0.0.1:8766`)
+        #[arg(long)]
+        to: std::net::SocketAddr,
+        /// One-way delay (`10ms`)
+        #[arg(long, default_value = "10ms")]
+        delay: lrpymrpc_units::DurationArg,
+    },
     /// Measure the client and server (release builds) on generated workloads against
     /// reference pipelines (`tar`, `gzip`, `pigz`, `python3 -c pass`); prints one table
     Bench {
@@ -46,6 +61,9 @@ enum Task {
         /// Runs per workload (W1 runs twice as many)
         #[arg(long, default_value_t = 3)]
         repeats: usize,
+        /// Only these workloads (`--only W6,W7`); W2c, W6 and W7 run together, as do W1 and W3
+        #[arg(long, value_delimiter = ',', value_name = "WORKLOADS")]
+        only: Vec<String>,
     },
 }
 
@@ -62,7 +80,14 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Task::Demo => demo::run(),
-        Task::Bench { big, repeats } => bench::run(bench::Options { big, repeats }),
+        Task::SlowLink { listen, to, delay } => {
+            let link = link::SlowLink::start(listen, to, delay.0)?;
+            println!("{} -> {to}, {} each way; Ctrl-C stops", link.addr, lrpymrpc_units::human_duration(delay.0));
+            loop {
+                std::thread::park();
+            }
+        }
+        Task::Bench { big, repeats, only } => bench::run(bench::Options { big, repeats, only }),
         Task::Snippets => {
             let dir = workspace_root().join("integration");
             std::fs::create_dir_all(&dir)?;

@@ -8,7 +8,7 @@ use lrpymrpc_proto::v1::extensions_client::ExtensionsClient;
 use lrpymrpc_proto::v1::{BlobChunk, Digest, Directory, FileNode, TreePart};
 use predicates::prelude::*;
 
-use crate::env::{TestEnv, client_dir_for, pseudo_random};
+use crate::env::{TestEnv, client_dir_for, pseudo_random, wait_until};
 
 fn store_blobs(env: &TestEnv) -> Vec<std::path::PathBuf> {
     let mut blobs = Vec::new();
@@ -151,6 +151,78 @@ fn a_job_that_edits_its_inputs_changes_neither_the_store_nor_the_next_job() {
     }
 }
 
+/// The inode of `rel` in the server's spare trees, if one holds it.
+fn spare_inodes(env: &TestEnv, rel: &str) -> Vec<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let spares = std::fs::read_dir(env.jobs.join("lrpymrpc-cas/spares")).into_iter().flatten().flatten();
+    spares.filter_map(|spare| std::fs::metadata(spare.path().join(rel)).ok()).map(|meta| meta.ino()).collect()
+}
+
+/// The lines a job's command printed, without the client's prefix and status lines.
+fn job_lines(output: &std::process::Output) -> Vec<String> {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let lines = stdout.lines().map(|line| line.split_once("]:").map_or(line, |(_, rest)| rest));
+    let command = lines.skip_while(|line| !line.starts_with("Execute target=")).skip(1);
+    command.take_while(|line| *line != "Check result.").map(str::to_string).collect()
+}
+
+#[test]
+fn a_spare_tree_serves_the_next_job_pristine_and_never_another_cn() {
+    let env = TestEnv::new();
+    env.write("source/input.txt", "original\n");
+    env.write("source/keep.txt", "keep\n");
+    env.write("source/gone.txt", "gone\n");
+    let tamper =
+        "echo tampered > source/input.txt; rm source/keep.txt; echo new > source/added; chmod 777 source/gone.txt";
+    env.client().args(["--CMD", tamper]).assert().success();
+    // The server copies the tree again, for the next job, while this client goes on.
+    let limit = std::time::Duration::from_secs(30);
+    wait_until(limit, "a spare tree", || spare_inodes(&env, "source/keep.txt").len() == 1);
+    let spare = spare_inodes(&env, "source/input.txt")[0];
+    let show = "find source | sort; cat source/*; stat -c 'inode %i %a' source/input.txt source/gone.txt";
+    let output = env.client().args(["--CMD", show]).output().unwrap();
+    let lines = job_lines(&output);
+    let expected = [
+        "source",
+        "source/gone.txt",
+        "source/input.txt",
+        "source/keep.txt",
+        "gone",
+        "original",
+        "keep",
+        &format!("inode {spare} 644"),
+    ];
+    assert_eq!(&lines[..expected.len()], expected, "the spare, untouched by the job before: {lines:?}");
+    assert!(lines[expected.len()].ends_with(" 644"), "gone.txt's mode is the tree's: {lines:?}");
+    // Mallory, with the same tree, gets copies of her own: never Alice's spare.
+    wait_until(limit, "the next spare", || spare_inodes(&env, "source/keep.txt").len() == 1);
+    let alices = spare_inodes(&env, "source/input.txt")[0];
+    let mallory = client_dir_for(&env, "mallory");
+    let mallory_work = env.root.path().join("mallory-work");
+    for (rel, text) in [("input.txt", "original\n"), ("keep.txt", "keep\n"), ("gone.txt", "gone\n")] {
+        std::fs::create_dir_all(mallory_work.join("source")).unwrap();
+        std::fs::write(mallory_work.join("source").join(rel), text).unwrap();
+    }
+    let output = crate::security::client_as(&env, &mallory, &mallory_work)
+        .args(["--CMD", "stat -c 'inode %i' source/input.txt"])
+        .output()
+        .unwrap();
+    let theirs = job_lines(&output);
+    assert!(output.status.success() && theirs.len() == 1, "{output:?}");
+    assert_ne!(theirs[0], format!("inode {alices}"), "Mallory's job is not Alice's spare");
+    assert!(spare_inodes(&env, "source/input.txt").contains(&alices), "Alice's spare is still hers");
+    // Alice changes, removes and adds files: her next job is exactly the new tree.
+    env.write("source/input.txt", "v2\n");
+    std::fs::remove_file(env.work.join("source/gone.txt")).unwrap();
+    env.write("source/sub/added.txt", "added\n");
+    let output =
+        env.client().args(["--CMD", "find source | sort; cat source/input.txt source/sub/added.txt"]).output().unwrap();
+    let lines = job_lines(&output);
+    let expected =
+        ["source", "source/input.txt", "source/keep.txt", "source/sub", "source/sub/added.txt", "v2", "added"];
+    assert_eq!(lines, expected, "{output:?}");
+}
+
 #[test]
 fn a_small_store_evicts_without_breaking_a_running_job() {
     let env = TestEnv::configured(|config| config.cas_max_bytes = 1024);
@@ -197,19 +269,22 @@ fn a_warm_stat_cache_hashes_nothing_and_a_changed_file_is_hashed_again() {
         .args(["--verbose", "--CMD", "true"])
         .assert()
         .success()
-        .stderr(predicate::str::contains("lrpymrpc: hashed 2 files (2 B); the stat cache knew the other 0 of 2 files"));
+        .stderr(predicate::str::contains("lrpymrpc: hashed 2 files (2 B) in "))
+        .stderr(predicate::str::contains("; the stat cache knew the other 0 of 2 files"));
     assert!(env.root.path().join("cache/lrpymrpc/stat-cache").is_file());
     env.client()
         .args(["--verbose", "--CMD", "true"])
         .assert()
         .success()
-        .stderr(predicate::str::contains("lrpymrpc: hashed 0 files (0 B); the stat cache knew the other 2 of 2 files"));
+        .stderr(predicate::str::contains("lrpymrpc: hashed 0 files (0 B) in "))
+        .stderr(predicate::str::contains("; the stat cache knew the other 2 of 2 files"));
     env.write("source/b.sp", "B!");
     env.client()
         .args(["--verbose", "--CMD", "cat source/b.sp"])
         .assert()
         .success()
-        .stderr(predicate::str::contains("lrpymrpc: hashed 1 file (2 B); the stat cache knew the other 1 of 2 files"))
+        .stderr(predicate::str::contains("lrpymrpc: hashed 1 file (2 B) in "))
+        .stderr(predicate::str::contains("; the stat cache knew the other 1 of 2 files"))
         .stdout(predicate::str::contains("]:B!"));
 }
 
@@ -237,4 +312,21 @@ fn compressed_blobs_arrive_as_their_bytes_whatever_they_hold() {
     assert_eq!(sums(&remote), local);
     let stderr = String::from_utf8_lossy(&remote.stderr);
     assert!(stderr.contains("uploaded 4 files") && stderr.contains("lrpymrpc: zstd sent 1.8 MiB as "), "{stderr}");
+}
+
+#[test]
+fn a_name_that_is_not_utf8_still_travels_as_a_tar_gz() {
+    use std::os::unix::ffi::OsStrExt;
+    let env = TestEnv::new();
+    env.write("source/plain.txt", "plain\n");
+    let odd = env.work.join("source").join(std::ffi::OsStr::from_bytes(b"cell-\xff.sp"));
+    std::fs::write(&odd, "odd\n").unwrap();
+    env.client()
+        .args(["--CMD", "cat source/cell-*.sp source/plain.txt"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("has a name that is not UTF-8: the sources go as a tar.gz"))
+        .stderr(predicate::str::contains("uploaded 2 files"))
+        .stdout(predicate::str::contains("]:odd\n"))
+        .stdout(predicate::str::contains("]:plain\n"));
 }

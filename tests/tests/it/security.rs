@@ -18,7 +18,7 @@ use crate::env::{
 use crate::hostile::{assert_canary_untouched, fake_server_sending, plant_canary};
 
 /// The client as another user (`tls_dir`), in another working directory.
-fn client_as(env: &TestEnv, tls_dir: &Path, work: &Path) -> assert_cmd::Command {
+pub fn client_as(env: &TestEnv, tls_dir: &Path, work: &Path) -> assert_cmd::Command {
     std::fs::create_dir_all(work).unwrap();
     let mut command = env.bare_client();
     command
