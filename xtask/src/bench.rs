@@ -6,7 +6,8 @@
 //! - W2: about 200 MB in 2,000 files (half text, half random bytes, three levels deep):
 //!   upload, a remote `cp -r`, download; wall time, client CPU time and peak RSS.
 //! - W3: 8 concurrent W1 jobs with distinct RUN_NAMEs.
-//! - W4 (`--big`): W2 at 2 GB, to show the client's memory stays flat.
+//! - W4 (`--big`): W2 at 2 GB, to show the client's memory stays flat; W4c the same
+//!   content-addressed, into a cold store.
 //! - W5: a job whose REPO_URL is a local wheel, first run versus repeated run.
 //! - W2c: W2 with content-addressed upload into a cold store (a fresh server each run).
 //! - W6: then one file of W2 replaced by 10 KB and the job run again: the bytes and the
@@ -15,6 +16,9 @@
 //!   and the client's CPU time on 2,000 files.
 //! - W2n: W2 through a link with 10 ms of delay each way (`link.rs`), as to a server on
 //!   another machine, as a tar.gz and content-addressed.
+//!
+//! - W9: 300,000 output lines from the grpcio server of `tests/python/`: our client
+//!   against a grpcio client working as the Python client does, on the same server.
 //!
 //! W1 to W5 send a tar.gz (`--no-cas`), as to the Python server.
 //! References: `python3 -c pass` (the floor of any interpreter-based client),
@@ -113,6 +117,8 @@ impl Bench {
             let w4 = self.scratch.join("w4");
             generate(&w4.join("source"), 2000, 1024 * 1024, 10, 10)?;
             rows.extend(self.round_trip("W4 2 GB round trip", &w4, 1)?);
+            eprintln!("xtask bench: W4c, 2 GB round trip, content-addressed");
+            rows.push(self.cold_tree_round_trip("W4c 2 GB round trip, content-addressed, cold store", &w4, 1)?);
             std::fs::remove_dir_all(&w4)?;
         }
         if options.wants(&["W2n"]) {
@@ -122,6 +128,10 @@ impl Bench {
         if options.wants(&["W2c", "W6", "W7"]) {
             eprintln!("xtask bench: W2c, W6, W7: content-addressed upload");
             rows.extend(self.content_addressed(&w2, repeats)?);
+        }
+        if options.wants(&["W9"]) {
+            eprintln!("xtask bench: W9, 300,000 output lines from a grpcio server");
+            rows.extend(self.output_heavy()?);
         }
         if options.wants(&["W5"]) {
             eprintln!("xtask bench: W5, REPO_URL with a local wheel");
@@ -222,6 +232,102 @@ impl Bench {
         ])
     }
 
+    /// W9: 300,000 output lines through the grpcio server of `tests/python/` (the
+    /// Python server's behaviour: one message per line), our client against the
+    /// grpcio client that works as the Python client does, once each on the same server.
+    /// Skipped without a Python that has grpcio (`LRPYMRPC_GRPCIO_PYTHON`, as `.ci/run`
+    /// makes it).
+    fn output_heavy(&self) -> anyhow::Result<Vec<Row>> {
+        let python = std::env::var_os("LRPYMRPC_GRPCIO_PYTHON").map_or_else(|| PathBuf::from("python3"), PathBuf::from);
+        if run_quiet(Command::new(&python).args(["-c", "import grpc, grpc_tools"])).is_err() {
+            eprintln!("xtask bench: W9 skipped: {} has no grpcio (set LRPYMRPC_GRPCIO_PYTHON)", python.display());
+            return Ok(Vec::new());
+        }
+        let repo = workspace_root();
+        let root = self.scratch.join("grpcio-jobs");
+        std::fs::create_dir_all(&root)?;
+        let mut server = Command::new(&python)
+            .arg(repo.join("tests/python/grpcio_server.py"))
+            .arg("--proto")
+            .arg(repo.join("proto/file_service.proto"))
+            .arg("--root")
+            .arg(&root)
+            .arg("--server-cert")
+            .arg(lrpymrpc_certs::layout::server_cert(&self.tls))
+            .arg("--server-key")
+            .arg(lrpymrpc_certs::layout::server_key(&self.tls))
+            .arg("--ca")
+            .arg(lrpymrpc_certs::layout::ca_cert(&self.tls))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let mut first = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(server.stdout.take().context("the grpcio server's stdout")?),
+            &mut first,
+        )?;
+        let port = first.trim().rsplit(':').next().unwrap_or_default().to_string();
+        let dir = self.scratch.join("w9");
+        std::fs::create_dir_all(dir.join("source"))?;
+        std::fs::write(dir.join("source/input.txt"), "input\n")?;
+        let command = "seq 300000";
+        let measured = (|| -> anyhow::Result<(Sample, Sample)> {
+            let start = Instant::now();
+            let mut ours = self.command(&dir, &[], command);
+            ours.args(["--SERVER_PORT", &port]);
+            let ours = wait_sample(ours.spawn()?, start)?;
+            let start = Instant::now();
+            let theirs = Command::new(&python)
+                .current_dir(&dir)
+                .arg(repo.join("tests/python/grpcio_client.py"))
+                .arg("--proto")
+                .arg(repo.join("proto/file_service.proto"))
+                .args(["--server", &format!("127.0.0.1:{port}"), "--tls-dir"])
+                .arg(&self.tls)
+                .args(["--source", "source", "--result", "build", "--cmd", command])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()?;
+            Ok((ours, wait_sample(theirs, start)?))
+        })();
+        let _ = server.kill();
+        let _ = server.wait();
+        let (ours, theirs) = measured?;
+        Ok(vec![Row {
+            name: "W9 300,000 output lines from a grpcio server".into(),
+            samples: vec![ours.wall],
+            reference: Some(("grpcio client, as the Python client".into(), theirs.wall)),
+            note: format!("client CPU {} (the grpcio client's: {})", seconds(ours.cpu), seconds(theirs.cpu)),
+        }])
+    }
+
+    /// W4c: a content-addressed round trip into a cold store (a fresh server, no stat
+    /// cache), for the client's peak RSS at 2 GB.
+    fn cold_tree_round_trip(&self, name: &str, dir: &Path, repeats: usize) -> anyhow::Result<Row> {
+        let mut runs = Vec::new();
+        for n in 0..repeats {
+            let root = self.scratch.join(format!("big-cas-jobs-{n}"));
+            std::fs::create_dir_all(&root)?;
+            let server = MockServer::start(&self.server, &root, &self.tls, &["--max-jobs", "32"])?;
+            let _ = std::fs::remove_dir_all(self.scratch.join("cache"));
+            runs.push(self.tree_job(dir, server.port(), "cp -r source build")?);
+            std::fs::remove_dir_all(dir.join("build")).ok();
+            drop(server);
+            std::fs::remove_dir_all(&root).ok();
+        }
+        let samples: Vec<Sample> = runs.iter().map(|r| r.sample).collect();
+        Ok(Row {
+            name: name.into(),
+            samples: samples.iter().map(|s| s.wall).collect(),
+            reference: None,
+            note: format!(
+                "client CPU {}, peak RSS {} KiB",
+                seconds(median(&samples.iter().map(|s| s.cpu).collect::<Vec<_>>())),
+                max_rss(&samples)
+            ),
+        })
+    }
+
     /// W2n: W2's round trip through a link with 10 ms of delay each way, the client
     /// dialling this machine's network address (so it treats the server as remote:
     /// its network-sized receive window, several blob streams, compression where it
@@ -283,8 +389,8 @@ impl Bench {
             let server = fresh_server(n)?;
             let _ = std::fs::remove_dir_all(&cache);
             cold.push(self.tree_job(dir, server.port(), "cp -r source build")?);
+            std::fs::remove_dir_all(dir.join("build")).ok();
         }
-        std::fs::remove_dir_all(dir.join("build")).ok();
         // The last server's store is warm; the stat cache too.
         // A real step runs for a while; meanwhile the server makes its spare copy of the
         // tree (see mock-server `spares.rs`). `STEP` stands for that step; the
