@@ -162,6 +162,16 @@ pub struct Args {
     #[arg(long, env = "LRPYMRPC_EXIT_STATUS_MARKER", value_parser = FalseyValueParser::new(), help_heading = "Beyond lrPymRPC")]
     pub exit_status_marker: bool,
 
+    /// Let a server with an action cache answer with a recorded run of this very step
+    /// (same inputs, CMD, RESULT and REPO_URL) instead of running it again: its output,
+    /// exit status and results, byte for byte
+    #[arg(long, env = "LRPYMRPC_CACHE", value_parser = FalseyValueParser::new(), help_heading = "Beyond lrPymRPC")]
+    pub cache: bool,
+    /// Run the step even when the action cache has it, and record this run instead
+    /// (implies --cache)
+    #[arg(long, env = "LRPYMRPC_REFRESH", value_parser = FalseyValueParser::new(), help_heading = "Beyond lrPymRPC")]
+    pub refresh: bool,
+
     /// Send the sources as one tar.gz even to a server that keeps what it was sent
     /// (content-addressed upload), as to the Python server
     #[arg(long, env = "LRPYMRPC_NO_CAS", value_parser = FalseyValueParser::new(), help_heading = "Beyond lrPymRPC")]

@@ -13,6 +13,16 @@ use crate::output::Verbosity;
 use crate::source::{SourceFilter, SourceRules};
 use crate::tls;
 
+/// What a job asks of the server's action cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheChoice {
+    Off,
+    /// `--cache`: a recorded run may answer.
+    Use,
+    /// `--refresh`: run, and record this run.
+    Refresh,
+}
+
 #[derive(Debug, Clone)]
 pub struct Job {
     /// The server, and the TLS material to present.
@@ -49,6 +59,8 @@ pub struct Job {
     pub tls_warnings: Vec<crate::tls_audit::Finding>,
     /// `--no-cas`: always a tar.gz upload.
     pub no_cas: bool,
+    /// `--cache` / `--refresh`: what to ask of a server's action cache.
+    pub cache: CacheChoice,
     /// `--result-encoding`.
     pub result_encoding: crate::cli::ResultEncoding,
     /// `--blob-compression`.
@@ -114,6 +126,11 @@ impl Job {
             rules: Arc::new(rules),
             strict: args.strict,
             no_cas: args.no_cas,
+            cache: match (args.refresh, args.cache) {
+                (true, _) => CacheChoice::Refresh,
+                (false, true) => CacheChoice::Use,
+                (false, false) => CacheChoice::Off,
+            },
             result_encoding: args.result_encoding,
             blob_compression: args.blob_compression,
             results_dest,

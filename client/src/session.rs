@@ -18,7 +18,7 @@ use lrpymrpc_archive::{
 use lrpymrpc_proto::file_service_client::FileServiceClient;
 use lrpymrpc_proto::v1::extensions_client::ExtensionsClient;
 use lrpymrpc_proto::{
-    CheckRequest, CheckResponse, DataChunk, DownloadRequest, ExecuteRequest, ExitStatus, OutputStream,
+    CachePolicy, CheckRequest, CheckResponse, DataChunk, DownloadRequest, ExecuteRequest, ExitStatus, OutputStream,
 };
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
@@ -106,6 +106,11 @@ impl Session {
     /// Whether the server is on this machine: compressing for it only costs time.
     pub fn peer_is_loopback(&self) -> bool {
         self.peer.is_loopback()
+    }
+
+    /// Whether the server keeps an action cache (`--cache`).
+    pub fn has_action_cache(&self) -> bool {
+        self.capabilities().and_then(|c| c.features.as_ref()).is_some_and(|f| f.action_cache)
     }
 
     /// What the server said it can do; `None` for a legacy server.
@@ -203,7 +208,13 @@ impl Session {
 
     /// Prints the command's output as it arrives and returns how its end was reported.
     /// Never repeated: the command may not be safe to run twice.
-    pub async fn execute(&self, job: &Job, unique_id: &str, out: &Output) -> Result<Reported, ClientError> {
+    pub async fn execute(
+        &self,
+        job: &Job,
+        unique_id: &str,
+        cache: CachePolicy,
+        out: &Output,
+    ) -> Result<Reported, ClientError> {
         let mut client = self.files.clone();
         let command_opt = match &job.exit_marker {
             Some(marker) => marker.wrap(&job.command),
@@ -215,6 +226,11 @@ impl Session {
             command_opt,
             separate_streams: true,
             progress_updates: true,
+            cache: cache as i32,
+            cache_results: match cache {
+                CachePolicy::Unspecified => String::new(),
+                _ => job.results.join(" "),
+            },
         };
         let failed = |status| self.failed(Step::Execute, status);
         let mut lines = client.execute(request).await.map_err(failed)?.into_inner();
@@ -222,6 +238,10 @@ impl Session {
         // On a terminal, a line below the output says the command still runs.
         let _running = out.running();
         while let Some(response) = lines.message().await.map_err(failed)? {
+            if let Some(hit) = response.cache_hit {
+                out.note(&served_from_cache(&hit));
+                continue;
+            }
             if let Some(status) = response.exit_status {
                 reported.field = Some(status);
                 continue;
@@ -398,5 +418,14 @@ impl Reported {
             (None, None) => return None,
         };
         Some(if code == 0 { Ok(()) } else { Err(ClientError::RemoteExit { code }) })
+    }
+}
+
+/// "served from cache: ran 12m03s on 2026-11-20".
+fn served_from_cache(hit: &lrpymrpc_proto::CacheHit) -> String {
+    let took = lrpymrpc_units::clock_duration(Duration::from_millis(hit.ran_for_ms));
+    match time::OffsetDateTime::from_unix_timestamp(hit.ran_at_unix_seconds) {
+        Ok(when) => format!("served from cache: ran {took} on {}", when.date()),
+        Err(_) => format!("served from cache: ran {took}"),
     }
 }

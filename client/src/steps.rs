@@ -8,10 +8,10 @@ use std::future::Future;
 use std::time::Duration;
 
 use lrpymrpc_archive::PackRoot;
-use lrpymrpc_proto::DownloadRequest;
+use lrpymrpc_proto::{CachePolicy, DownloadRequest};
 
 use crate::exit::{ClientError, Step};
-use crate::job::Job;
+use crate::job::{CacheChoice, Job};
 use crate::output::Output;
 use crate::session::Session;
 use crate::source;
@@ -50,12 +50,13 @@ pub async fn run(job: &Job, out: &Output) -> Result<(), ClientError> {
     for warning in &warnings {
         out.warn(warning);
     }
-    let unique_id = upload(&session, job, &roots, out).await?;
+    let (unique_id, from_tree) = upload(&session, job, &roots, out).await?;
+    let cache = cache_policy(&session, job, from_tree, out);
 
     out.status(&format!("pip install   ={}", job.repo_url));
     out.status(&format!("Execute target={}", job.command));
     out.begin(Step::Execute);
-    let reported = session.execute(job, &unique_id, out).await?;
+    let reported = session.execute(job, &unique_id, cache, out).await?;
     out.end("");
     let remote_outcome = reported.outcome();
 
@@ -78,13 +79,35 @@ pub async fn run(job: &Job, out: &Output) -> Result<(), ClientError> {
 
 /// The Upload step, retried as a whole; returns the job id. To a server that takes
 /// content-addressed uploads, only the blobs it lacks travel; to others, a tar.gz.
-async fn upload(session: &Session, job: &Job, roots: &[PackRoot], out: &Output) -> Result<String, ClientError> {
+/// What to ask of the server's action cache: what the user asked, when the server has
+/// one and the job came as a tree (a tar.gz has no digest to name it by); else
+/// nothing, with a note saying why.
+fn cache_policy(session: &Session, job: &Job, from_tree: bool, out: &Output) -> CachePolicy {
+    let asked = match job.cache {
+        CacheChoice::Off => return CachePolicy::Unspecified,
+        CacheChoice::Use => CachePolicy::Use,
+        CacheChoice::Refresh => CachePolicy::Refresh,
+    };
+    if !session.has_action_cache() {
+        out.note("this server keeps no action cache (--cache): the step runs");
+        return CachePolicy::Unspecified;
+    }
+    if !from_tree {
+        out.note("the sources went as a tar.gz, which the action cache cannot name (--cache): the step runs");
+        return CachePolicy::Unspecified;
+    }
+    asked
+}
+
+/// The Upload step; returns the job id and whether the job was made from a tree.
+async fn upload(session: &Session, job: &Job, roots: &[PackRoot], out: &Output) -> Result<(String, bool), ClientError> {
     out.status("Upload");
     out.begin(Step::Upload);
     let tree = match session.takes_trees() && !job.no_cas {
         true => retrying(job, out, Step::Upload, || session.upload_tree(job, roots.to_vec(), out)).await?,
         false => None,
     };
+    let from_tree = tree.is_some();
     let (unique_id, skipped) = match tree {
         Some(tree) => {
             out.transferred_tree(tree.files, tree.file_bytes, tree.sent_blobs, tree.sent_bytes);
@@ -110,7 +133,7 @@ async fn upload(session: &Session, job: &Job, roots: &[PackRoot], out: &Output) 
         out.note(&format!("left out version-control directories: {} (--include-vcs sends them)", list.join(", ")));
     }
     out.status(&format!("unique id={unique_id}"));
-    Ok(unique_id)
+    Ok((unique_id, from_tree))
 }
 
 /// Check, then Download when there is something to fetch, each retried; returns the

@@ -126,6 +126,24 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = defaults().cas_spare_trees, help_heading = "Content store")]
     cas_spare_trees: usize,
 
+    /// Keep an action cache: a client asking for it (`lrpymrpc --cache`) gets a step
+    /// already run on the same inputs, command, RESULT paths and environment from the
+    /// record (its output, exit status and results) instead of a new run. Only runs
+    /// that exited 0 are recorded; records live in the content store
+    #[arg(long, help_heading = "Action cache")]
+    action_cache: bool,
+    /// Size bound of the recorded runs' output and results; least recently used go first
+    #[arg(long, value_name = "SIZE", default_value_t = SizeArg(defaults().action_cache_max_bytes), help_heading = "Action cache")]
+    action_cache_max_bytes: SizeArg,
+    /// A text that is part of every run's key: change it to drop every record at once
+    /// (after a tool or server update that changes what runs make)
+    #[arg(long, value_name = "TEXT", default_value = "", help_heading = "Action cache")]
+    action_cache_salt: String,
+    /// Serve records to every CN, not only to the one whose run made them. Any user
+    /// then gets results another user's run made (see the README)
+    #[arg(long, help_heading = "Action cache")]
+    share_action_cache: bool,
+
     /// Log lines as text or as JSON objects (one per line)
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -332,6 +350,10 @@ fn config_from(args: Args) -> anyhow::Result<Config> {
         cas: !args.no_cas,
         cas_max_bytes: args.cas_max_bytes.0,
         cas_spare_trees: args.cas_spare_trees,
+        action_cache: args.action_cache,
+        action_cache_max_bytes: args.action_cache_max_bytes.0,
+        action_cache_salt: args.action_cache_salt.clone(),
+        share_action_cache: args.share_action_cache,
         share_env_cache: args.share_env_cache,
         sandbox_network: args.sandbox_network,
         sandbox,

@@ -59,6 +59,14 @@ pub struct Config {
     pub cas_max_bytes: u64,
     /// How many spare copies of recent trees (one per CN) are kept ready (`spares.rs`).
     pub cas_spare_trees: usize,
+    /// Answer Execute from recorded runs when the client asks (`action_cache.rs`).
+    pub action_cache: bool,
+    /// Size bound of the recorded runs' blobs; least recently used go first.
+    pub action_cache_max_bytes: u64,
+    /// Part of every run's key: changing it drops every record at once.
+    pub action_cache_salt: String,
+    /// Records serve every CN, not only the one whose run made them.
+    pub share_action_cache: bool,
     /// Share cached environments between certificates (CNs), not only within one.
     pub share_env_cache: bool,
     /// Let sandboxed commands use the network (pip always may).
@@ -97,6 +105,10 @@ impl Config {
             cas: true,
             cas_max_bytes: 64 << 30,
             cas_spare_trees: 4,
+            action_cache: false,
+            action_cache_max_bytes: 16 << 30,
+            action_cache_salt: String::new(),
+            share_action_cache: false,
             share_env_cache: false,
             sandbox_network: false,
             sandbox: None,

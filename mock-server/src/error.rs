@@ -57,6 +57,8 @@ pub enum JobError {
     Encoding(String),
     #[error("content-addressed upload is off on this server (--no-cas)")]
     NoStore,
+    #[error("this job's results come from the action cache, recorded for RESULT `{recorded}` only; ask for those")]
+    OtherResults { recorded: String },
 }
 
 impl JobError {
@@ -102,6 +104,7 @@ impl From<JobError> for Status {
             JobError::Tree(TreeError::Write { .. }) => Status::internal(message),
             JobError::Tree(_) => Status::invalid_argument(message),
             JobError::NoStore => Status::unimplemented(message),
+            JobError::OtherResults { .. } => Status::failed_precondition(message),
         }
     }
 }

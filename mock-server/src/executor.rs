@@ -52,6 +52,9 @@ pub enum JobEvent {
     Note(String),
     /// The command ended with this status: the last event of a run.
     Exited { code: i32, signal: i32 },
+    /// Nothing runs: the action cache answers from the run recorded then, which took
+    /// this long (`cached_execute.rs`); the first event of such an answer.
+    Served { ran_at_unix_seconds: i64, ran_for_ms: u64 },
 }
 
 /// Where the events of one Execute go; an error ends the step. The receiver going

@@ -80,7 +80,7 @@ impl Extensions for ExtensionService {
                 content_addressed_upload: self.state.store.is_some(),
                 result_encodings: vec!["zstd".into(), "identity".into()],
                 blob_compressions: vec!["zstd".into()],
-                action_cache: false,
+                action_cache: self.state.action_cache.is_some(),
                 durable_jobs: false,
                 executor: "local".into(),
             }),
@@ -116,6 +116,7 @@ impl Extensions for ExtensionService {
             return Ok(Response::new(missing_response(missing)));
         }
         let (id, dir, job_use) = self.state.jobs.create(caller.cn.as_deref())?;
+        self.state.jobs.set_input_root(&id, &root.hash);
         let mut hashes: Vec<String> = plan.files.iter().map(|(_, digest, _)| digest.hash.clone()).collect();
         hashes.sort_unstable();
         hashes.dedup();

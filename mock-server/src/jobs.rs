@@ -56,6 +56,19 @@ struct Entry {
     phase: Phase,
     /// Set when the job is finished: remove it at this time.
     remove_at: Option<Instant>,
+    /// The digest (hash) of the input tree it was made from (content-addressed).
+    input_root: Option<String>,
+    /// Its results as the action cache recorded them (a hit, or a recorded run):
+    /// Check and Download answer from the record.
+    recorded: Option<Recorded>,
+}
+
+/// A job's results as recorded in the action cache.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub record: crate::action_cache::Record,
+    /// The RESULT paths the run was recorded for (single spaces).
+    pub requested: String,
 }
 
 /// Where a job is in its life; what each call may do depends on it, decided here.
@@ -135,6 +148,8 @@ impl Jobs {
             slot: Some(slot),
             phase: Phase::Uploaded,
             remove_at: None,
+            input_root: None,
+            recorded: None,
         };
         self.table().insert(id.clone(), entry);
         Ok((id.clone(), dir, JobUse { jobs: self.clone(), id }))
@@ -190,6 +205,8 @@ impl Jobs {
             entry.slot = slot;
         }
         entry.phase = Phase::Running;
+        // What a new command makes replaces what an earlier one recorded.
+        entry.recorded = None;
         Ok(CommandRun { jobs: self.clone(), id: job_use.id.clone(), end: CommandEnd::Failed })
     }
 
@@ -211,6 +228,30 @@ impl Jobs {
             entry.phase = Phase::Done(why);
             entry.remove_at = Some(Instant::now() + self.grace);
         }
+    }
+
+    /// Records the digest of the tree the job was made from.
+    pub fn set_input_root(&self, id: &str, hash: &str) {
+        if let Some(entry) = self.table().get_mut(id) {
+            entry.input_root = Some(hash.to_string());
+        }
+    }
+
+    /// The digest of the tree the job was made from, when it was made from one.
+    pub fn input_root(&self, id: &str) -> Option<String> {
+        self.table().get(id).and_then(|entry| entry.input_root.clone())
+    }
+
+    /// The job's results are the action cache's record from now on.
+    pub fn set_recorded(&self, id: &str, recorded: Recorded) {
+        if let Some(entry) = self.table().get_mut(id) {
+            entry.recorded = Some(recorded);
+        }
+    }
+
+    /// The job's recorded results, if the action cache answered or recorded it.
+    pub fn recorded(&self, id: &str) -> Option<Recorded> {
+        self.table().get(id).and_then(|entry| entry.recorded.clone())
     }
 
     /// Removes the failed upload's directory at once.

@@ -4,7 +4,9 @@
 //! group, results streamed back) over mutual TLS. A library with a thin binary, so
 //! tests start it in-process with [`run`] on port 0.
 
+mod action_cache;
 mod auth;
+mod cached_execute;
 pub mod cli;
 pub mod config;
 mod contain;

@@ -12,8 +12,8 @@ use lrpymrpc_archive::{
 };
 use lrpymrpc_proto::file_service_server::FileService;
 use lrpymrpc_proto::{
-    CHUNK_SIZE, CheckRequest, CheckResponse, DataChunk, DownloadRequest, ExecuteRequest, ExecuteResponse, ExitStatus,
-    OutputStream, UploadResponse,
+    CHUNK_SIZE, CacheHit, CachePolicy, CheckRequest, CheckResponse, DataChunk, DownloadRequest, ExecuteRequest,
+    ExecuteResponse, ExitStatus, OutputStream, UploadResponse,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -22,6 +22,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
 use crate::auth::{Caller, authorize};
+use crate::cached_execute::{self, CacheAsk, Plan};
 use crate::error::JobError;
 use crate::execute::{self, StepEnd};
 use crate::executor::{JobEvent, Pipe, TimeLimits, describe};
@@ -133,14 +134,59 @@ impl FileService for Service {
         // As the Python server: one ordered stream, unless the client asks for two.
         let merged = !request.separate_streams || self.state.config.legacy_protocol;
         let progress_updates = request.progress_updates && !self.state.config.legacy_protocol;
+        let ask = match (CachePolicy::try_from(request.cache), self.state.config.legacy_protocol) {
+            (Ok(CachePolicy::Use), false) => Some(CacheAsk { refresh: false, results: request.cache_results.clone() }),
+            (Ok(CachePolicy::Refresh), false) => {
+                Some(CacheAsk { refresh: true, results: request.cache_results.clone() })
+            }
+            _ => None,
+        };
         let (tx, rx) = mpsc::channel(64);
         let state = self.state.clone();
         let cn = caller.name().to_string();
+        let owner = caller.cn.clone().unwrap_or_default();
         tokio::spawn(async move {
             let started = Instant::now();
+            let plan = match &ask {
+                Some(ask) => {
+                    let run = cached_execute::Run {
+                        job: &id,
+                        cn: &owner,
+                        dir: &dir,
+                        requirements: &requirements,
+                        command: &request.command_opt,
+                    };
+                    cached_execute::plan(&state, run, ask, &tx).await
+                }
+                None => Plan::Off,
+            };
+            if let (Plan::Serve(record), Some(ask)) = (&plan, &ask) {
+                let served = cached_execute::serve(&state, &id, record, ask, merged, &tx).await;
+                run.ended(match &served {
+                    Ok(()) => CommandEnd::Exited { code: 0, signal: 0 },
+                    Err(_) => CommandEnd::Failed,
+                });
+                match served {
+                    Ok(()) => info!(job = %id, cn = cn.as_str(), ms = millis(started), "served from the action cache"),
+                    Err(error) => {
+                        warn!(job = %id, cn = cn.as_str(), reason = %error, "serving from the action cache failed");
+                        let _ = tx.send(Err(error)).await;
+                    }
+                }
+                drop(job_use);
+                return;
+            }
+            let (events, recording) = match (plan, ask) {
+                (Plan::Record(key), Some(ask)) => {
+                    let (events, task) =
+                        cached_execute::recorder(state.clone(), id.clone(), dir.clone(), key, ask, tx.clone());
+                    (events, Some(task))
+                }
+                _ => (tx.clone(), None),
+            };
             let config = &state.config;
             let context = execute::Context {
-                events: &tx,
+                events: &events,
                 limits: TimeLimits { wall: config.job_timeout, idle: config.idle_timeout },
                 executor: &state.executor,
                 env_cache: state.env_cache.as_ref(),
@@ -151,6 +197,12 @@ impl FileService for Service {
                 progress_updates,
             };
             let ended = execute::execute(&dir, &requirements, &request.command_opt, &context).await;
+            // The recorder forwards what is left, and keeps the record, before the
+            // command counts as ended.
+            drop(events);
+            if let Some(recording) = recording {
+                let _ = recording.await;
+            }
             run.ended(match &ended {
                 StepEnd::Ran(status) => {
                     use std::os::unix::process::ExitStatusExt;
@@ -182,14 +234,23 @@ impl FileService for Service {
         let request = request.into_inner();
         let (dir, job_use) = self.state.jobs.open_ended(&request.unique_id, caller.cn.as_deref())?;
         let names = result_names(&request.result_dir)?;
-        // Many paths, a slow disk: looked up off the async threads. The command has
-        // ended (the job's phase says so), so nothing changes what is measured.
-        let found = tokio::task::spawn_blocking(move || {
-            existing_results(&dir, &names).map(|found| (result_bytes(&dir, &found), found))
-        })
-        .await
-        .map_err(|e| JobError::task("looking up the results", e))?;
-        let (result_bytes, found) = found?;
+        let (result_bytes, found) = match self.state.jobs.recorded(job_use.id()) {
+            Some(recorded) => {
+                let record = recorded_for(&recorded, &request.result_dir)?;
+                (record.result_bytes, record.found.iter().map(PathBuf::from).collect())
+            }
+            None => {
+                // Many paths, a slow disk: looked up off the async threads. The command
+                // has ended (the job's phase says so), so nothing changes what is measured.
+                let found = tokio::task::spawn_blocking(move || {
+                    existing_results(&dir, &names).map(|found| (result_bytes(&dir, &found), found))
+                })
+                .await
+                .map_err(|e| JobError::task("looking up the results", e))?;
+                found?
+            }
+        };
+        let found: Vec<PathBuf> = found;
         let has_stream = !found.is_empty();
         if !has_stream {
             // Nothing to download: the client is done with this job.
@@ -214,9 +275,19 @@ impl FileService for Service {
         let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
         let state = self.state.clone();
         let cn = caller.name().to_string();
+        let recorded = match state.jobs.recorded(job_use.id()) {
+            Some(recorded) => Some(recorded_for(&recorded, &request.result_dir)?.results.clone()),
+            None => None,
+        };
         tokio::spawn(async move {
             let started = Instant::now();
-            let sent = stream_results(dir, names, encoding, tx).await;
+            let sent = match recorded {
+                Some(blob) => match state.store.as_ref() {
+                    Some(store) => stream_recorded(store.blob_path(&blob.hash), encoding, tx).await,
+                    None => None,
+                },
+                None => stream_results(dir, names, encoding, tx).await,
+            };
             if let Some(bytes) = sent {
                 state.jobs.finished(job_use.id(), Done::Fetched);
                 let encoding = encoding.name();
@@ -235,7 +306,12 @@ impl FileService for Service {
 fn to_message(event: Result<JobEvent, JobError>, legacy: bool) -> Option<Result<ExecuteResponse, Status>> {
     let message = match event {
         Err(error) => return Some(Err(error.into())),
-        Ok(JobEvent::Exited { .. } | JobEvent::Progress { .. }) if legacy => return None,
+        Ok(JobEvent::Exited { .. } | JobEvent::Progress { .. } | JobEvent::Served { .. }) if legacy => return None,
+        Ok(JobEvent::Served { ran_at_unix_seconds, ran_for_ms }) => ExecuteResponse {
+            message: "[lrpymrpc-mock-server] served from the action cache: nothing runs".into(),
+            cache_hit: Some(CacheHit { ran_at_unix_seconds, ran_for_ms }),
+            ..Default::default()
+        },
         Ok(JobEvent::Line { text, .. }) if legacy => ExecuteResponse { message: text, ..Default::default() },
         Ok(JobEvent::Line { pipe, text }) => {
             ExecuteResponse { message: text, stream: stream_of(pipe) as i32, ..Default::default() }
@@ -255,7 +331,7 @@ fn to_message(event: Result<JobEvent, JobError>, legacy: bool) -> Option<Result<
                 message: format!("[lrpymrpc-mock-server] command ended with {words}"),
                 stream: OutputStream::Unspecified as i32,
                 exit_status: Some(ExitStatus { code, signal }),
-                progress: false,
+                ..Default::default()
             }
         }
     };
@@ -272,7 +348,7 @@ fn stream_of(pipe: Pipe) -> OutputStream {
 }
 
 /// The RESULT paths (space-separated, relative to the job directory), sanitized.
-fn result_names(result_dir: &str) -> Result<Vec<PathBuf>, JobError> {
+pub(crate) fn result_names(result_dir: &str) -> Result<Vec<PathBuf>, JobError> {
     let mut names = Vec::new();
     for name in result_dir.split_whitespace() {
         let refuse = |reason: String| JobError::BadResultPath { path: name.to_string(), reason };
@@ -286,7 +362,7 @@ fn result_names(result_dir: &str) -> Result<Vec<PathBuf>, JobError> {
 }
 
 /// The RESULT paths that exist, found without following any link on the way.
-fn existing_results(job_dir: &Path, names: &[PathBuf]) -> Result<Vec<PathBuf>, JobError> {
+pub(crate) fn existing_results(job_dir: &Path, names: &[PathBuf]) -> Result<Vec<PathBuf>, JobError> {
     let mut found = Vec::new();
     for name in names {
         let refuse = |reason: String| JobError::BadResultPath { path: name.display().to_string(), reason };
@@ -301,7 +377,7 @@ fn existing_results(job_dir: &Path, names: &[PathBuf]) -> Result<Vec<PathBuf>, J
 
 /// The bytes of the regular files below the found result paths, links not followed:
 /// the total of a download's progress bar (0 when the walk fails).
-fn result_bytes(job_dir: &Path, found: &[PathBuf]) -> u64 {
+pub(crate) fn result_bytes(job_dir: &Path, found: &[PathBuf]) -> u64 {
     use lrpymrpc_archive::walk::{WalkOptions, count_files};
     let roots: Vec<PackRoot> =
         found.iter().map(|name| PackRoot { disk: job_dir.join(name), name: name.clone() }).collect();
@@ -313,6 +389,60 @@ fn result_bytes(job_dir: &Path, found: &[PathBuf]) -> u64 {
 fn strip_dir(message: &str, job_dir: &Path) -> String {
     let prefix = format!("{}/", job_dir.display());
     message.replace(&prefix, "")
+}
+
+/// A job's recorded results, when the client asks for the RESULT paths they were
+/// recorded for (the record holds no others).
+fn recorded_for<'r>(
+    recorded: &'r crate::jobs::Recorded,
+    result_dir: &str,
+) -> Result<&'r crate::action_cache::Record, JobError> {
+    match cached_execute::normalized(result_dir) == recorded.requested {
+        true => Ok(&recorded.record),
+        false => Err(JobError::OtherResults { recorded: recorded.requested.clone() }),
+    }
+}
+
+/// Sends a recorded run's results (an uncompressed tar in the store) in `encoding`.
+/// Returns the bytes sent when the whole stream went out.
+async fn stream_recorded(
+    blob: PathBuf,
+    encoding: Encoding,
+    tx: mpsc::Sender<Result<DataChunk, Status>>,
+) -> Option<u64> {
+    let (chunk_tx, mut chunk_rx) = mpsc::channel(CHANNEL_CHUNKS);
+    let copy = tokio::task::spawn_blocking(move || {
+        let out = ChunkWriter::new(chunk_tx, CHUNK_SIZE);
+        let mut encoder = encoding.encoder_on(out, RESULT_GZIP_LEVEL, lrpymrpc_archive::encoding::cores())?;
+        // Opened once: a blob evicted now stays readable through this handle.
+        let mut file = std::fs::File::open(&blob).map_err(|error| match error.kind() {
+            std::io::ErrorKind::NotFound => std::io::Error::other(
+                "the recorded results were evicted from the content store since the step was served; \
+                 run it again with --refresh",
+            ),
+            _ => error,
+        })?;
+        std::io::copy(&mut file, &mut encoder)?;
+        encoder.finish()?.finish()
+    });
+    let mut sent = 0u64;
+    let mut complete = true;
+    while let Some(data) = chunk_rx.recv().await {
+        sent += data.len() as u64;
+        if tx.send(Ok(DataChunk { data })).await.is_err() {
+            complete = false;
+            break;
+        }
+    }
+    drop(chunk_rx);
+    let status = match copy.await {
+        Ok(Ok(_)) if complete => return Some(sent),
+        Ok(Ok(_)) => return None,
+        Ok(Err(error)) => Status::from(JobError::Io(error)),
+        Err(error) => Status::from(JobError::task("sending the recorded results", error)),
+    };
+    let _ = tx.send(Err(status)).await;
+    None
 }
 
 /// Packs the results into the response stream, walking relative to directory handles:

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
+use crate::action_cache::ActionCache;
 use crate::config::Config;
 use crate::envs::EnvCache;
 use crate::jobs::{Jobs, sweep_orphans};
@@ -22,6 +23,8 @@ pub struct State {
     pub store: Option<ContentStore>,
     /// Spare copies of recent trees, beside the store.
     pub spares: Option<Spares>,
+    /// Recorded runs (`--action-cache`), beside the store.
+    pub action_cache: Option<ActionCache>,
     /// Set at shutdown: uploads are refused, running jobs finish.
     pub draining: AtomicBool,
 }
@@ -42,6 +45,15 @@ impl State {
         let spares = match &store {
             Some(_) => Some(Spares::new(&config.root.join(STORE_DIR), config.cas_spare_trees)?),
             None => None,
+        };
+        let action_cache = match (&store, config.action_cache) {
+            (Some(_), true) => Some(ActionCache::new(
+                &config.root.join(STORE_DIR),
+                config.action_cache_max_bytes,
+                &config.action_cache_salt,
+                config.share_action_cache,
+            )?),
+            _ => None,
         };
         let jobs = Arc::new(Jobs::new(
             config.root.clone(),
@@ -66,6 +78,7 @@ impl State {
             env_cache,
             store,
             spares,
+            action_cache,
             draining: AtomicBool::new(false),
         };
         Ok((state, swept))

@@ -202,6 +202,43 @@ impl ContentStore {
         Ok(())
     }
 
+    /// Whether the blob is stored.
+    pub fn holds(&self, hash: &str) -> bool {
+        self.inner().blobs.contains_key(hash)
+    }
+
+    /// A blob the server writes itself (a recorded run's output or results): bytes go
+    /// to a temporary file and through the hash; [`ContentStore::keep`] stores it.
+    pub fn local_blob(&self) -> std::io::Result<LocalBlob> {
+        let file = tempfile::NamedTempFile::new_in(self.dir.join("incoming"))?;
+        Ok(LocalBlob { file, hasher: Hasher::default() })
+    }
+
+    /// Stores a blob the server wrote, under the digest of what was written; counted
+    /// as sent by nobody (no client learns of it), evictable like any other.
+    pub fn keep(&self, blob: LocalBlob) -> Result<Digest, BlobError> {
+        let LocalBlob { mut file, hasher } = blob;
+        file.flush()?;
+        let digest = hasher.finish();
+        let path = self.blob_path(&digest.hash);
+        if !self.inner().blobs.contains_key(&digest.hash) {
+            std::fs::create_dir_all(path.parent().unwrap_or(&self.dir))?;
+            let file = file.persist(&path).map_err(|e| BlobError::Io(e.error))?;
+            let _ = file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o444));
+        }
+        let mut inner = self.inner();
+        inner.clock += 1;
+        let now = inner.clock;
+        if let Some(entry) = inner.blobs.get_mut(&digest.hash) {
+            entry.1 = now;
+        } else {
+            inner.blobs.insert(digest.hash.clone(), (digest.size, now));
+            inner.total += digest.size;
+        }
+        self.evict(&mut inner);
+        Ok(digest)
+    }
+
     /// Removes the least recently used blobs nobody is being made from, until the
     /// store fits its bound.
     fn evict(&self, inner: &mut Inner) {
@@ -229,6 +266,24 @@ impl ContentStore {
                 }
             }
         }
+    }
+}
+
+/// A blob the server is writing (see [`ContentStore::local_blob`]).
+pub struct LocalBlob {
+    file: tempfile::NamedTempFile,
+    hasher: Hasher,
+}
+
+impl Write for LocalBlob {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let n = self.file.write(bytes)?;
+        self.hasher.update(&bytes[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
     }
 }
 

@@ -41,12 +41,17 @@ mod tests {
             command_opt: "c".into(),
             separate_streams: false,
             progress_updates: false,
+            cache: CachePolicy::Unspecified as i32,
+            cache_results: String::new(),
         };
         assert_eq!(request.encode_to_vec(), b"\x0a\x01u\x12\x01t\x1a\x01c");
         // Ours asks for separate streams and progress in fields 4 and 5, which the
         // deployed peers skip.
         let ours = ExecuteRequest { separate_streams: true, progress_updates: true, ..request };
         assert_eq!(ours.encode_to_vec(), b"\x0a\x01u\x12\x01t\x1a\x01c\x20\x01\x28\x01");
+        // The action cache in fields 6 and 7.
+        let cached = ExecuteRequest { cache: CachePolicy::Use as i32, cache_results: "b".into(), ..ours };
+        assert_eq!(cached.encode_to_vec(), b"\x0a\x01u\x12\x01t\x1a\x01c\x20\x01\x28\x01\x30\x01\x3a\x01b");
     }
 
     #[test]
@@ -74,8 +79,11 @@ mod tests {
             stream: OutputStream::Stderr as i32,
             exit_status: Some(ExitStatus { code: 3, signal: 0 }),
             progress: false,
+            cache_hit: None,
         };
         assert_eq!(last.encode_to_vec(), b"\x10\x02\x1a\x02\x08\x03");
+        let hit = ExecuteResponse { cache_hit: Some(CacheHit { ran_at_unix_seconds: 1, ran_for_ms: 2 }), ..plain };
+        assert_eq!(hit.encode_to_vec(), b"\x0a\x01m\x2a\x04\x08\x01\x10\x02");
     }
 
     #[test]

@@ -177,6 +177,16 @@ pub fn human_duration(duration: Duration) -> String {
     }
 }
 
+/// "5.2s", "12m03s", "1h02m": a duration as a clock shows it, for how long a run took.
+pub fn clock_duration(duration: Duration) -> String {
+    let seconds = duration.as_secs();
+    match seconds {
+        0..60 => format!("{:.1}s", duration.as_secs_f64()),
+        60..3600 => format!("{}m{:02}s", seconds / 60, seconds % 60),
+        _ => format!("{}h{:02}m", seconds / 3600, seconds / 60 % 60),
+    }
+}
+
 /// "2,000": a count with thousands separated, as summaries show file counts.
 pub fn human_count(count: u64) -> String {
     let digits = count.to_string();
@@ -263,6 +273,9 @@ mod tests {
         assert_eq!(human_bytes(200 << 20), "200.0 MiB");
         assert_eq!(human_duration(Duration::from_millis(2600)), "2.6 s");
         assert_eq!(human_duration(Duration::from_millis(10)), "10 ms");
+        assert_eq!(clock_duration(Duration::from_millis(5240)), "5.2s");
+        assert_eq!(clock_duration(Duration::from_secs(723)), "12m03s");
+        assert_eq!(clock_duration(Duration::from_secs(3720)), "1h02m");
         assert_eq!(human_duration(Duration::from_millis(500)), "0.5 s");
         assert_eq!(human_duration(Duration::from_secs(900)), "15 min");
         assert_eq!(human_count(2000), "2,000");

@@ -73,6 +73,18 @@ impl TestEnv {
         env.serve(config)
     }
 
+    /// Stops the server and starts it again on the same directories, with settings
+    /// changed by `change` (what it kept on disk is there for the new one).
+    pub fn restarted(mut self, change: impl FnOnce(&mut Config)) -> TestEnv {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_timeout(Duration::from_secs(10));
+        }
+        self.serve_configured(change)
+    }
+
     /// Starts the reference server in-process with `config`.
     pub fn serve(mut self, config: Config) -> TestEnv {
         let runtime = tokio::runtime::Runtime::new().unwrap();

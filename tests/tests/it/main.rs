@@ -1,6 +1,7 @@
 //! End-to-end tests: the real client binary against the reference server (started
 //! in-process on a free loopback port) or a fake one, over real mutual TLS.
 
+mod action_cache;
 mod cancel;
 mod cas;
 mod certs;

@@ -1,0 +1,259 @@
+//! Execute with the action cache (`action_cache.rs`): before anything runs, decide
+//! whether the run can be named (a job made from a tree, an environment that can be
+//! pinned) and whether a record answers it; a hit replays the recorded lines and exit
+//! status and gives the job the recorded results; a miss runs as always while its
+//! lines are recorded, and a run that exits 0 has its results packed into the store
+//! before its exit status goes out, so the record exists by the time the client asks.
+
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use lrpymrpc_archive::Encoding;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::warn;
+
+use crate::action_cache::{ActionParts, OutputLog, Record, read_output};
+use crate::error::JobError;
+use crate::executor::{Events, JobEvent, Pipe};
+use crate::jobs::Recorded;
+use crate::repo_url::Requirement;
+use crate::state::State;
+
+/// What the client asked of the cache.
+#[derive(Debug, Clone)]
+pub struct CacheAsk {
+    /// Run and record again, whatever is recorded (`--refresh`).
+    pub refresh: bool,
+    /// The RESULT paths the client will fetch.
+    pub results: String,
+}
+
+/// What an Execute does about the cache.
+#[derive(Debug)]
+pub enum Plan {
+    /// Run as always, recording nothing.
+    Off,
+    /// Answer from this record; nothing runs.
+    Serve(Record),
+    /// Run, and record the run under this key if it exits 0.
+    Record(String),
+}
+
+/// A note to the client among the command's lines.
+async fn note(events: &Events, text: String) {
+    let _ = events.send(Ok(JobEvent::Note(text))).await;
+}
+
+/// The run an Execute asks for: whose job, where, with what.
+#[derive(Debug, Clone, Copy)]
+pub struct Run<'a> {
+    pub job: &'a str,
+    /// The caller's CN (empty over plaintext).
+    pub cn: &'a str,
+    pub dir: &'a Path,
+    pub requirements: &'a [Requirement],
+    pub command: &'a str,
+}
+
+/// Names the run and looks it up; says in a note why a run cannot be cached.
+pub async fn plan(state: &State, run: Run<'_>, ask: &CacheAsk, events: &Events) -> Plan {
+    let Run { job, cn, dir, requirements, command } = run;
+    let (Some(cache), Some(store)) = (state.action_cache.as_ref(), state.store.as_ref()) else {
+        return Plan::Off;
+    };
+    let Some(input_root) = state.jobs.input_root(job) else {
+        note(events, "not cached: only jobs uploaded content-addressed can be (this one came as a tar.gz)".into())
+            .await;
+        return Plan::Off;
+    };
+    let environment = match environment_key(state, cn, dir, requirements).await {
+        Ok(key) => key,
+        Err(why) => {
+            note(events, format!("not cached: {why}")).await;
+            return Plan::Off;
+        }
+    };
+    let config = &state.config;
+    let executor = match (&config.sandbox, config.sandbox_network) {
+        (None, _) => "local",
+        (Some(_), false) => "local+sandbox",
+        (Some(_), true) => "local+sandbox+network",
+    };
+    let parts = ActionParts {
+        cn,
+        input_root: &input_root,
+        command,
+        results: &ask.results,
+        environment: &environment,
+        executor,
+    };
+    let key = cache.key(&parts);
+    if !ask.refresh
+        && let Some(record) = cache.lookup(&key, store)
+    {
+        return Plan::Serve(record);
+    }
+    Plan::Record(key)
+}
+
+/// The key of the Python environment the command would run in: `none` without
+/// REPO_URL, else the environment cache's key of the pinned REPO_URL.
+async fn environment_key(state: &State, cn: &str, dir: &Path, requirements: &[Requirement]) -> Result<String, String> {
+    if requirements.is_empty() {
+        return Ok("none".into());
+    }
+    let Some(env_cache) = state.env_cache.as_ref() else {
+        return Err("this server builds a Python environment for every job (--no-env-cache)".into());
+    };
+    let scope = if state.config.share_env_cache { "*".to_string() } else { cn.to_string() };
+    let (requirements, dir, incoming) = (requirements.to_vec(), dir.to_path_buf(), env_cache.incoming_dir());
+    let pinned = tokio::task::spawn_blocking(move || crate::envs::pin(&requirements, &dir, &incoming, &scope))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("pinning REPO_URL: {e}"))?;
+    match pinned {
+        Some(pinned) => Ok(pinned.key.clone()),
+        None => Err("REPO_URL names local files that cannot be pinned".into()),
+    }
+}
+
+/// Answers the Execute from `record`: the hit first, then the recorded lines (one
+/// stream when the client asked for the merged order), then exit status 0; the job's
+/// results become the recorded ones.
+pub async fn serve(
+    state: &State,
+    job: &str,
+    record: &Record,
+    ask: &CacheAsk,
+    merged: bool,
+    events: &Events,
+) -> Result<(), JobError> {
+    let store = state.store.as_ref().ok_or(JobError::NoStore)?;
+    let hit = JobEvent::Served { ran_at_unix_seconds: record.ran_at_unix_seconds, ran_for_ms: record.ran_for_ms };
+    let _ = events.send(Ok(hit)).await;
+    let path = store.blob_path(&record.output.hash);
+    let (lines, mut replayed) = mpsc::channel(64);
+    let reading = tokio::task::spawn_blocking(move || {
+        let file = std::fs::File::open(path)?;
+        read_output(std::io::BufReader::new(file), |pipe, text| {
+            let _ = lines.blocking_send((pipe, text));
+        })
+    });
+    while let Some((pipe, text)) = replayed.recv().await {
+        let pipe = match (merged, pipe) {
+            (true, _) | (false, 0) => Pipe::Merged,
+            (false, 1) => Pipe::Stdout,
+            (false, _) => Pipe::Stderr,
+        };
+        if events.send(Ok(JobEvent::Line { pipe, text })).await.is_err() {
+            break;
+        }
+    }
+    reading.await.map_err(|e| JobError::task("replaying recorded output", e))??;
+    state.jobs.set_recorded(job, Recorded { record: record.clone(), requested: normalized(&ask.results) });
+    let _ = events.send(Ok(JobEvent::Exited { code: 0, signal: 0 })).await;
+    Ok(())
+}
+
+/// RESULT paths as one canonical string (single spaces), to compare requests by.
+pub fn normalized(results: &str) -> String {
+    results.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Puts a recorder between a run and the client: returns the sender the run writes
+/// to and the task that forwards every event to `events`, keeping the lines; when the
+/// command exits 0 it packs the results and keeps the record before it forwards the
+/// exit status. The task ends once the returned sender and its clones are dropped.
+pub fn recorder(
+    state: std::sync::Arc<State>,
+    job: String,
+    dir: PathBuf,
+    key: String,
+    ask: CacheAsk,
+    events: Events,
+) -> (Events, JoinHandle<()>) {
+    let (tx, mut rx) = mpsc::channel::<Result<JobEvent, JobError>>(64);
+    let task = tokio::spawn(async move {
+        let started = (Instant::now(), SystemTime::now());
+        let store = state.store.as_ref().expect("a cache plan needs the store");
+        let mut log = match OutputLog::new(store) {
+            Ok(log) => Some(log),
+            Err(error) => {
+                warn!(job = %job, error = %error, "cannot record the run's output; it is not cached");
+                None
+            }
+        };
+        while let Some(event) = rx.recv().await {
+            match &event {
+                Ok(JobEvent::Line { pipe, text }) => {
+                    let code = match pipe {
+                        Pipe::Merged => 0,
+                        Pipe::Stdout => 1,
+                        Pipe::Stderr => 2,
+                    };
+                    if log.as_mut().is_some_and(|log| log.push(code, text).is_err()) {
+                        log = None;
+                    }
+                }
+                Ok(JobEvent::Exited { code: 0, signal: 0 }) => {
+                    if let Some(log) = log.take() {
+                        let kept = keep_run(&state, &job, &dir, &key, &ask, log, started).await;
+                        if let Err(error) = kept {
+                            warn!(job = %job, error = %error, "the run could not be recorded");
+                        }
+                    }
+                }
+                _ => {}
+            }
+            if events.send(event).await.is_err() {
+                // The client went away: dropping the receiver stops the run.
+                break;
+            }
+        }
+    });
+    (tx, task)
+}
+
+/// Packs the found RESULT paths (uncompressed) and the log into the store, then keeps
+/// the record and gives the job its recorded results.
+async fn keep_run(
+    state: &std::sync::Arc<State>,
+    job: &str,
+    dir: &Path,
+    key: &str,
+    ask: &CacheAsk,
+    log: OutputLog,
+    (started, started_at): (Instant, SystemTime),
+) -> Result<(), JobError> {
+    let names = crate::service::result_names(&ask.results)?;
+    let (state_for_pack, dir) = (state.clone(), dir.to_path_buf());
+    let packed = tokio::task::spawn_blocking(move || -> Result<Option<Record>, JobError> {
+        let store = state_for_pack.store.as_ref().ok_or(JobError::NoStore)?;
+        let Some(log) = log.finish()? else { return Ok(None) };
+        let output = store.keep(log)?;
+        let found = crate::service::existing_results(&dir, &names)?;
+        let result_bytes = crate::service::result_bytes(&dir, &found);
+        let blob = store.local_blob()?;
+        let (_, blob) = lrpymrpc_archive::pack_results_tar(&dir, &found, Encoding::Identity, 1, blob)?;
+        let results = store.keep(blob)?;
+        Ok(Some(Record {
+            ran_at_unix_seconds: started_at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64),
+            ran_for_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            output,
+            results,
+            found: found.iter().map(|path| path.display().to_string()).collect(),
+            result_bytes,
+        }))
+    })
+    .await
+    .map_err(|e| JobError::task("recording the run", e))??;
+    let Some(record) = packed else {
+        warn!(job = %job, "the run printed too much to be recorded; it is not cached");
+        return Ok(());
+    };
+    let cache = state.action_cache.as_ref().ok_or(JobError::NoStore)?;
+    cache.insert(key, record.clone())?;
+    state.jobs.set_recorded(job, Recorded { record, requested: normalized(&ask.results) });
+    Ok(())
+}

@@ -1,0 +1,179 @@
+//! The action cache end to end (issue 14): a step run again with the same inputs,
+//! command, RESULT paths, environment and salt is served from the record, with the
+//! same output, exit status and results, byte for byte; anything changed runs; a
+//! failed run is never served; `--refresh` runs again; another CN gets nothing of it
+//! unless the administrator shares the cache.
+
+use predicates::prelude::*;
+
+use crate::env::{TestEnv, client_dir_for};
+
+/// A step that counts its runs in `runs` (outside the job, where the test sees it),
+/// prints to both streams and makes a result that differs on every run.
+fn step(env: &TestEnv) -> String {
+    let runs = env.root.path().join("runs");
+    format!(
+        "echo ran >> {}; cat source/input.txt; echo to-stderr >&2; mkdir -p build/sub; \
+         date +%s%N > build/stamp; cp source/input.txt build/sub/copy; echo \"made $(cat build/stamp)\"",
+        runs.display()
+    )
+}
+
+fn runs(env: &TestEnv) -> usize {
+    std::fs::read_to_string(env.root.path().join("runs")).unwrap_or_default().lines().count()
+}
+
+fn cached() -> TestEnv {
+    let env = TestEnv::configured(|config| config.action_cache = true);
+    env.write("source/input.txt", "v1\n");
+    env
+}
+
+fn run(env: &TestEnv, command: &str, extra: &[&str]) -> std::process::Output {
+    env.client().args(["--cache", "--RESULT", "build", "--CMD", command]).args(extra).output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The lines the command printed, without the client's status lines.
+fn command_lines(output: &std::process::Output) -> Vec<String> {
+    text(&output.stdout)
+        .lines()
+        .map(|line| line.split_once("]:").map_or(line, |(_, rest)| rest).to_string())
+        .filter(|line| !line.contains('='))
+        .filter(|line| {
+            !["Upload", "Check result.", "Download data is exist.", "Extract result.", "Finish."]
+                .contains(&line.as_str())
+        })
+        .collect()
+}
+
+#[test]
+fn a_hit_serves_the_same_output_exit_status_and_results_without_running() {
+    let env = cached();
+    let command = step(&env);
+    let first = run(&env, &command, &[]);
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    assert!(!text(&first.stderr).contains("served from cache"));
+    let stamp = env.read("build/stamp");
+    assert_eq!(runs(&env), 1);
+    std::fs::remove_dir_all(env.work.join("build")).unwrap();
+    let second = run(&env, &command, &[]);
+    assert!(second.status.success(), "{}", text(&second.stderr));
+    assert_eq!(runs(&env), 1, "nothing ran");
+    let said = text(&second.stderr);
+    assert!(said.contains("lrpymrpc: note: served from cache: ran ") && said.contains(" on 20"), "{said}");
+    assert!(said.contains("to-stderr"), "stderr lines replayed on stderr: {said}");
+    assert_eq!(command_lines(&second), command_lines(&first));
+    assert!(command_lines(&first).iter().any(|line| line.starts_with("made ")), "{:?}", command_lines(&first));
+    assert_eq!(env.read("build/stamp"), stamp, "the recorded results, byte for byte");
+    assert_eq!(env.read("build/sub/copy"), b"v1\n");
+    // Without --cache, the step runs.
+    env.client().args(["--RESULT", "build", "--CMD", &command]).assert().success();
+    assert_eq!(runs(&env), 2);
+}
+
+#[test]
+fn a_changed_input_command_or_result_list_runs_and_so_does_a_new_salt() {
+    let env = cached();
+    let command = step(&env);
+    assert!(run(&env, &command, &[]).status.success());
+    env.write("source/input.txt", "v2\n");
+    assert!(run(&env, &command, &[]).status.success());
+    assert_eq!(runs(&env), 2, "a changed input runs");
+    assert_eq!(env.read("build/sub/copy"), b"v2\n");
+    assert!(run(&env, &format!("{command}; true"), &[]).status.success());
+    assert_eq!(runs(&env), 3, "a changed command runs");
+    let other_results =
+        env.client().args(["--cache", "--RESULT", "build nothing", "--CMD", &command]).output().unwrap();
+    assert!(other_results.status.success());
+    assert_eq!(runs(&env), 4, "another RESULT list runs");
+    assert!(run(&env, &command, &[]).status.success());
+    assert_eq!(runs(&env), 4, "and the first is still served");
+    let env = env.restarted(|config| {
+        config.action_cache = true;
+        config.action_cache_salt = "after the tool update".into();
+    });
+    assert!(run(&env, &command, &[]).status.success());
+    assert_eq!(runs(&env), 5, "a new salt runs");
+    let env = env.restarted(|config| {
+        config.action_cache = true;
+        config.action_cache_salt = "after the tool update".into();
+    });
+    let again = run(&env, &command, &[]);
+    assert!(text(&again.stderr).contains("served from cache"), "records outlive a restart: {}", text(&again.stderr));
+    assert_eq!(runs(&env), 5);
+}
+
+#[test]
+fn a_failed_run_is_never_served_and_refresh_runs_again() {
+    let env = cached();
+    let failing = format!("{}; exit 3", step(&env));
+    for expected_runs in 1..=2 {
+        env.client()
+            .args(["--cache", "--RESULT", "build", "--CMD", &failing])
+            .assert()
+            .code(3)
+            .stderr(predicate::str::contains("served from cache").not());
+        assert_eq!(runs(&env), expected_runs);
+    }
+    let command = step(&env);
+    assert!(run(&env, &command, &[]).status.success());
+    let refreshed = run(&env, &command, &["--refresh"]);
+    assert!(refreshed.status.success() && !text(&refreshed.stderr).contains("served from cache"));
+    assert_eq!(runs(&env), 4, "--refresh runs");
+    let stamp = env.read("build/stamp");
+    assert!(run(&env, &command, &[]).status.success());
+    assert_eq!((runs(&env), env.read("build/stamp")), (4, stamp), "the refreshed run is the record now");
+}
+
+#[test]
+fn another_cn_gets_nothing_unless_the_cache_is_shared() {
+    for shared in [false, true] {
+        let env = TestEnv::configured(|config| {
+            config.action_cache = true;
+            config.share_action_cache = shared;
+        });
+        env.write("source/input.txt", "v1\n");
+        let command = step(&env);
+        assert!(run(&env, &command, &[]).status.success());
+        let mallory = client_dir_for(&env, "mallory");
+        let work = env.root.path().join("mallory-work");
+        std::fs::create_dir_all(work.join("source")).unwrap();
+        std::fs::write(work.join("source/input.txt"), "v1\n").unwrap();
+        let output = crate::security::client_as(&env, &mallory, &work)
+            .args(["--cache", "--RESULT", "build", "--CMD", &command])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", text(&output.stderr));
+        assert_eq!(text(&output.stderr).contains("served from cache"), shared, "{}", text(&output.stderr));
+        assert_eq!(runs(&env), if shared { 1 } else { 2 });
+    }
+}
+
+#[test]
+fn without_a_cache_or_a_tree_the_step_runs_and_says_why() {
+    let env = TestEnv::new();
+    env.write("source/input.txt", "v1\n");
+    let command = step(&env);
+    for _ in 0..2 {
+        env.client()
+            .args(["--cache", "--RESULT", "build", "--CMD", &command])
+            .assert()
+            .success()
+            .stderr(predicate::str::contains("this server keeps no action cache (--cache): the step runs"));
+    }
+    assert_eq!(runs(&env), 2);
+    let env = cached();
+    let command = step(&env);
+    for _ in 0..2 {
+        env.client()
+            .args(["--cache", "--no-cas", "--RESULT", "build", "--CMD", &command])
+            .assert()
+            .success()
+            .stderr(predicate::str::contains("the sources went as a tar.gz, which the action cache cannot name"));
+    }
+    assert_eq!(runs(&env), 2);
+}
