@@ -94,12 +94,10 @@ fn serve<'a>(
     let mut builder = Server::builder()
         .max_concurrent_streams(config.max_streams_per_connection)
         .http2_keepalive_interval(Some(config.keepalive_interval))
-        .http2_keepalive_timeout(Some(lrpymrpc_proto::KEEPALIVE_TIMEOUT))
-        // What a client may send ahead of the server reading it: room for a link's
-        // bandwidth-delay product (hyper's 1 MiB held uploads through a 20 ms round
-        // trip to 26 MiB/s), fixed, so a connection holds at most this much memory.
-        .initial_stream_window_size(Some(RECEIVE_WINDOW_BYTES))
-        .initial_connection_window_size(Some(2 * RECEIVE_WINDOW_BYTES));
+        .http2_keepalive_timeout(Some(lrpymrpc_proto::KEEPALIVE_TIMEOUT));
+    // The receive windows stay hyper's (1 MiB): enough for a LAN; through a 20 ms
+    // round trip they held uploads to 26 MiB/s, and 4 MiB windows cost clients on
+    // this machine 1.3 MB of peak RSS at 2 GB (docs/benchmarks.md).
     // A legacy server knows nothing of the extension service: clients see UNIMPLEMENTED.
     let extensions =
         (!config.legacy_protocol).then(|| ExtensionsServer::new(extensions::ExtensionService::new(state.clone())));
@@ -171,9 +169,6 @@ async fn drain(
     }
     served
 }
-
-/// The HTTP/2 receive window of one stream (a connection's is twice this).
-const RECEIVE_WINDOW_BYTES: u32 = 4 << 20;
 
 /// After stopping commands (and after the last call), how long connections get to close.
 const DRAIN_AFTER_STOP: Duration = Duration::from_secs(5);
