@@ -20,7 +20,8 @@
 # Options: DEPENDS (more dependencies), COMMENT. A failed remote command fails the build
 # and leaves earlier outputs untouched. Each step's lines start `[host:port OUTPUT]:`
 # (LRPYMRPC_FLAGS "--no-prefix" or "--prefix;..." replaces it). Cache variables: LRPYMRPC_EXECUTABLE,
-# LRPYMRPC_SERVER_IP, LRPYMRPC_SERVER_PORT, LRPYMRPC_TLS_CONFIG_DIR, LRPYMRPC_FLAGS
+# LRPYMRPC_SERVER_IP, LRPYMRPC_SERVER_PORT, LRPYMRPC_TLS_CONFIG_DIR, LRPYMRPC_FLAGS, and the option
+# LRPYMRPC_CACHE (a server with an action cache answers steps it already ran on the same inputs)
 # (empty ones leave the choice to the client's environment variables and config file).
 
 include_guard(GLOBAL)
@@ -30,6 +31,7 @@ set(LRPYMRPC_SERVER_IP "" CACHE STRING "lrPymRPC server host or address")
 set(LRPYMRPC_SERVER_PORT "" CACHE STRING "lrPymRPC server port")
 set(LRPYMRPC_TLS_CONFIG_DIR "" CACHE PATH "directory with the client key, certificate and CA")
 set(LRPYMRPC_FLAGS "" CACHE STRING "more lrpymrpc options (a ;-list)")
+option(LRPYMRPC_CACHE "let the server's action cache answer steps it already ran on the same inputs" OFF)
 
 function(lrpymrpc_add_command)
   cmake_parse_arguments(PARSE_ARGV 0 ARG "" "COMMAND;REPO_URL;COMMENT" "OUTPUT;SOURCES;DEPENDS")
@@ -96,6 +98,9 @@ function(lrpymrpc_add_command)
   endif()
   if(LRPYMRPC_TLS_CONFIG_DIR)
     list(APPEND server --TLS_CONFIG_DIR "${LRPYMRPC_TLS_CONFIG_DIR}")
+  endif()
+  if(LRPYMRPC_CACHE)
+    list(APPEND server --cache)
   endif()
 
   add_custom_command(

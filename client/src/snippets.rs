@@ -35,6 +35,8 @@ pub fn make() -> String {
 #   REPO_URL the `name=url,...` mapping pip installs first (optional)
 # The step fails, and leaves earlier outputs untouched, when the remote command fails.
 # Steps run in parallel under `make -j`; each step's lines start `[host:port OUTPUT]:`.
+# LRPYMRPC_CACHE = 1 lets a server with an action cache answer a step it already ran
+# with the same inputs (`make clean; make` then runs nothing remotely twice).
 # Any LRPYMRPC_* variable you set (for example LRPYMRPC_FLAGS = --verbose, or
 # LRPYMRPC_RETRIES = 5) reaches the client; LRPYMRPC_FLAGS = --no-prefix or
 # --prefix '...' replaces the step's prefix.
@@ -45,6 +47,9 @@ LRPYMRPC_FLAGS ?=
 # The server options that are set (here or in the environment); unset ones are left to
 # the client's environment variables and config file.
 lrpymrpc_server = $(foreach o,SERVER_IP SERVER_PORT TLS_CONFIG_DIR,$(if $(LRPYMRPC_$(o)),--$(o) '$(LRPYMRPC_$(o))'))
+
+# --cache when LRPYMRPC_CACHE is set to anything but 0, no, false or off.
+lrpymrpc_cache = $(if $(filter-out 0 no false off,$(LRPYMRPC_CACHE)),--cache)
 
 # Every file below SOURCES (version-control directories left out, as the client does).
 lrpymrpc_files = $(foreach s,$(1),$(if $(wildcard $(s)/.),$(shell find '$(s)' \( -name .git -o -name .hg -o -name .svn \) -prune -o -type f -print),$(s)))
@@ -57,7 +62,7 @@ lrpymrpc_quote = '$(subst $$,$$$$,$(subst ','\'',$(1)))'
 # step's lines carry its first output in their prefix, to tell `make -j` steps apart.
 define lrpymrpc_step
 $(1) &: $(call lrpymrpc_files,$(2))
-	$$(LRPYMRPC) $$(lrpymrpc_server) --prefix $(call lrpymrpc_quote,[{host}:{port} $(firstword $(1))]:) --strict --no-results-on-failure $$(LRPYMRPC_FLAGS) --RESULT $(call lrpymrpc_quote,$(1)) --SOURCE $(call lrpymrpc_quote,$(2)) --REPO_URL $(call lrpymrpc_quote,$(4)) --CMD $(call lrpymrpc_quote,$(3))
+	$$(LRPYMRPC) $$(lrpymrpc_server) --prefix $(call lrpymrpc_quote,[{host}:{port} $(firstword $(1))]:) --strict --no-results-on-failure $$(lrpymrpc_cache) $$(LRPYMRPC_FLAGS) --RESULT $(call lrpymrpc_quote,$(1)) --SOURCE $(call lrpymrpc_quote,$(2)) --REPO_URL $(call lrpymrpc_quote,$(4)) --CMD $(call lrpymrpc_quote,$(3))
 	@for output in $(1); do test -e "$$$$output" || { echo "lrpymrpc.mk: the remote step did not make $$$$output" >&2; exit 1; }; done
 endef
 "#
@@ -85,7 +90,8 @@ pub fn cmake() -> String {
 # Options: DEPENDS (more dependencies), COMMENT. A failed remote command fails the build
 # and leaves earlier outputs untouched. Each step's lines start `[host:port OUTPUT]:`
 # (LRPYMRPC_FLAGS "--no-prefix" or "--prefix;..." replaces it). Cache variables: LRPYMRPC_EXECUTABLE,
-# LRPYMRPC_SERVER_IP, LRPYMRPC_SERVER_PORT, LRPYMRPC_TLS_CONFIG_DIR, LRPYMRPC_FLAGS
+# LRPYMRPC_SERVER_IP, LRPYMRPC_SERVER_PORT, LRPYMRPC_TLS_CONFIG_DIR, LRPYMRPC_FLAGS, and the option
+# LRPYMRPC_CACHE (a server with an action cache answers steps it already ran on the same inputs)
 # (empty ones leave the choice to the client's environment variables and config file).
 
 include_guard(GLOBAL)
@@ -95,6 +101,7 @@ set(LRPYMRPC_SERVER_IP "" CACHE STRING "lrPymRPC server host or address")
 set(LRPYMRPC_SERVER_PORT "" CACHE STRING "lrPymRPC server port")
 set(LRPYMRPC_TLS_CONFIG_DIR "" CACHE PATH "directory with the client key, certificate and CA")
 set(LRPYMRPC_FLAGS "" CACHE STRING "more lrpymrpc options (a ;-list)")
+option(LRPYMRPC_CACHE "let the server's action cache answer steps it already ran on the same inputs" OFF)
 
 function(lrpymrpc_add_command)
   cmake_parse_arguments(PARSE_ARGV 0 ARG "" "COMMAND;REPO_URL;COMMENT" "OUTPUT;SOURCES;DEPENDS")
@@ -161,6 +168,9 @@ function(lrpymrpc_add_command)
   endif()
   if(LRPYMRPC_TLS_CONFIG_DIR)
     list(APPEND server --TLS_CONFIG_DIR "${LRPYMRPC_TLS_CONFIG_DIR}")
+  endif()
+  if(LRPYMRPC_CACHE)
+    list(APPEND server --cache)
   endif()
 
   add_custom_command(

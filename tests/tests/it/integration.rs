@@ -88,6 +88,27 @@ fn the_make_example_builds_then_does_nothing_then_reruns_when_a_cell_changes() {
     assert_eq!(printed.stdout, std::fs::read(repo().join("integration/lrpymrpc.mk")).unwrap());
 }
 
+#[test]
+fn with_the_action_cache_make_clean_then_make_runs_no_remote_command_again() {
+    let env = TestEnv::configured(|config| config.action_cache = true);
+    let example = copy_examples(&env).join("make");
+    let (ok, log) = make(&env, &example, &["LRPYMRPC_CACHE=1"]);
+    assert!(ok && log.contains("Upload") && !log.contains("served from cache"), "{log}");
+    let library = std::fs::read(example.join("lib/MAKE130.lib")).unwrap();
+    // The seed's own instructions: `make clean; make`.
+    let (ok, log) = make(&env, &example, &["clean"]);
+    assert!(ok && !example.join("lib").exists(), "{log}");
+    let (ok, log) = make(&env, &example, &["LRPYMRPC_CACHE=1"]);
+    assert!(ok && log.contains("make_wheel.py"), "the local step ran again: {log}");
+    assert!(log.contains("served from cache: ran "), "the remote step did not: {log}");
+    assert_eq!(std::fs::read(example.join("lib/MAKE130.lib")).unwrap(), library);
+    assert!(example.join("lib/MAKE130.md").is_file());
+    // Without LRPYMRPC_CACHE the step runs as ever.
+    make(&env, &example, &["clean"]);
+    let (ok, log) = make(&env, &example, &[]);
+    assert!(ok && !log.contains("served from cache"), "{log}");
+}
+
 /// A Makefile with `steps` remote steps `outN.txt <- inN/data.txt`, each command given.
 fn write_project(env: &TestEnv, commands: &[&str]) -> PathBuf {
     let project = env.work.join("project");
