@@ -17,6 +17,7 @@
 //! - W2n: W2 through a link with 10 ms of delay each way (`link.rs`), as to a server on
 //!   another machine, as a tar.gz and content-addressed.
 //!
+//! - W10: a 5 s step run again with `--cache` against a server with an action cache.
 //! - W9: 300,000 output lines from the grpcio server of `tests/python/`: our client
 //!   against a grpcio client working as the Python client does, on the same server.
 //!
@@ -133,6 +134,10 @@ impl Bench {
             eprintln!("xtask bench: W9, 300,000 output lines from a grpcio server");
             rows.extend(self.output_heavy()?);
         }
+        if options.wants(&["W10"]) {
+            eprintln!("xtask bench: W10, a 5 s step run again with the action cache");
+            rows.push(self.action_cache(repeats)?);
+        }
         if options.wants(&["W5"]) {
             eprintln!("xtask bench: W5, REPO_URL with a local wheel");
             rows.push(self.environment_reuse(repeats)?);
@@ -230,6 +235,31 @@ impl Bench {
                 note: String::new(),
             },
         ])
+    }
+
+    /// W10: a 5 s step with a small result, run with `--cache` against a server with
+    /// an action cache: the first run against the repeated ones, whole jobs.
+    fn action_cache(&self, repeats: usize) -> anyhow::Result<Row> {
+        let root = self.scratch.join("action-cache-jobs");
+        std::fs::create_dir_all(&root)?;
+        let server = MockServer::start(&self.server, &root, &self.tls, &["--action-cache"])?;
+        let dir = self.scratch.join("w10");
+        generate(&dir.join("source"), 10, 1024, 1, 1)?;
+        let command = "sleep 5; mkdir -p build; cat source/*/*/* > build/joined";
+        let job = || -> anyhow::Result<Duration> {
+            let start = Instant::now();
+            let mut client = self.command(&dir, &["--cache"], command);
+            client.env("XDG_CACHE_HOME", self.scratch.join("cache")).args(["--SERVER_PORT", server.port()]);
+            Ok(wait_sample(client.spawn()?, start)?.wall)
+        };
+        let first = job()?;
+        let repeated: Vec<Duration> = (0..repeats).map(|_| job()).collect::<anyhow::Result<_>>()?;
+        Ok(Row {
+            name: "W10 a 5 s step again, action cache".into(),
+            samples: repeated,
+            reference: Some(("first run".into(), first)),
+            note: "whole jobs: upload (nothing), served, results downloaded".into(),
+        })
     }
 
     /// W9: 300,000 output lines through the grpcio server of `tests/python/` (the
