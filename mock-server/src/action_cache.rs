@@ -107,6 +107,33 @@ pub struct ActionCache {
     salt: String,
     shared: bool,
     inner: Mutex<Inner>,
+    /// Runs in progress by key: an identical step arriving meanwhile waits for the
+    /// one running instead of running too.
+    flights: Mutex<HashMap<String, tokio::sync::watch::Receiver<()>>>,
+}
+
+/// Whether this Execute runs the step (and others with the same key wait for it), or
+/// waits for the run already in progress.
+#[derive(Debug)]
+pub enum Flight {
+    /// This run leads; when the guard drops (its record kept, or not), waiters go on.
+    Lead(FlightGuard),
+    /// Another run with the same key is in progress; this resolves when it is done.
+    Follow(tokio::sync::watch::Receiver<()>),
+}
+
+/// Held by the run that leads a flight; dropping it ends the flight.
+#[derive(Debug)]
+pub struct FlightGuard {
+    cache: std::sync::Arc<ActionCache>,
+    key: String,
+    _done: tokio::sync::watch::Sender<()>,
+}
+
+impl Drop for FlightGuard {
+    fn drop(&mut self) {
+        self.cache.flights.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.key);
+    }
 }
 
 #[derive(Debug, Default)]
@@ -137,7 +164,25 @@ impl ActionCache {
                 }
             }
         }
-        Ok(ActionCache { dir, max_bytes, salt: salt.to_string(), shared, inner: Mutex::new(inner) })
+        Ok(ActionCache {
+            dir,
+            max_bytes,
+            salt: salt.to_string(),
+            shared,
+            inner: Mutex::new(inner),
+            flights: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Leads the run of `key`, or follows the one in progress.
+    pub fn fly(self: &std::sync::Arc<Self>, key: &str) -> Flight {
+        let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(running) = flights.get(key) {
+            return Flight::Follow(running.clone());
+        }
+        let (done, waiting) = tokio::sync::watch::channel(());
+        flights.insert(key.to_string(), waiting);
+        Flight::Lead(FlightGuard { cache: self.clone(), key: key.to_string(), _done: done })
     }
 
     fn inner(&self) -> MutexGuard<'_, Inner> {

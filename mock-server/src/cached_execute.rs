@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::warn;
 
-use crate::action_cache::{ActionParts, OutputLog, Record, read_output};
+use crate::action_cache::{ActionParts, Flight, FlightGuard, OutputLog, Record, read_output};
 use crate::error::JobError;
 use crate::executor::{Events, JobEvent, Pipe};
 use crate::jobs::Recorded;
@@ -36,8 +36,11 @@ pub enum Plan {
     Off,
     /// Answer from this record; nothing runs.
     Serve(Record),
-    /// Run, and record the run under this key if it exits 0.
-    Record(String),
+    /// Run, and record the run under this key if it exits 0; identical steps arriving
+    /// meanwhile wait for it while the guard (when this run leads) is held.
+    Record(String, Option<FlightGuard>),
+    /// The client went away while waiting for an identical step.
+    Gone,
 }
 
 /// A note to the client among the command's lines.
@@ -89,12 +92,35 @@ pub async fn plan(state: &State, run: Run<'_>, ask: &CacheAsk, events: &Events) 
         executor,
     };
     let key = cache.key(&parts);
-    if !ask.refresh
-        && let Some(record) = cache.lookup(&key, store)
-    {
-        return Plan::Serve(record);
+    let mut said = false;
+    loop {
+        if !ask.refresh
+            && let Some(record) = cache.lookup(&key, store)
+        {
+            return Plan::Serve(record);
+        }
+        match cache.fly(&key) {
+            Flight::Lead(guard) => return Plan::Record(key, Some(guard)),
+            // A refresh runs whatever runs already.
+            Flight::Follow(_) if ask.refresh => return Plan::Record(key, None),
+            Flight::Follow(mut running) => {
+                if !said {
+                    note(
+                        events,
+                        "the same step is running for another job: waiting for it instead of running it".into(),
+                    )
+                    .await;
+                    said = true;
+                }
+                // It ends when the running one drops its guard; then its record (if
+                // it exited 0) answers, or this run leads.
+                tokio::select! {
+                    _ = running.changed() => {}
+                    () = events.closed() => return Plan::Gone,
+                }
+            }
+        }
     }
-    Plan::Record(key)
 }
 
 /// The key of the Python environment the command would run in: `none` without
@@ -169,12 +195,14 @@ pub fn recorder(
     state: std::sync::Arc<State>,
     job: String,
     dir: PathBuf,
-    key: String,
+    (key, flight): (String, Option<FlightGuard>),
     ask: CacheAsk,
     events: Events,
 ) -> (Events, JoinHandle<()>) {
     let (tx, mut rx) = mpsc::channel::<Result<JobEvent, JobError>>(64);
     let task = tokio::spawn(async move {
+        // Identical steps waiting for this run go on once it is recorded, or is over.
+        let _flight = flight;
         let started = (Instant::now(), SystemTime::now());
         let store = state.store.as_ref().expect("a cache plan needs the store");
         let mut log = match OutputLog::new(store) {

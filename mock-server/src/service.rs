@@ -176,10 +176,23 @@ impl FileService for Service {
                 drop(job_use);
                 return;
             }
+            if let Plan::Gone = plan {
+                run.ended(CommandEnd::Cancelled);
+                state.jobs.finished(&id, Done::Cancelled);
+                warn!(job = %id, cn = cn.as_str(), "client went away while waiting for the same step");
+                drop(job_use);
+                return;
+            }
             let (events, recording) = match (plan, ask) {
-                (Plan::Record(key), Some(ask)) => {
-                    let (events, task) =
-                        cached_execute::recorder(state.clone(), id.clone(), dir.clone(), key, ask, tx.clone());
+                (Plan::Record(key, flight), Some(ask)) => {
+                    let (events, task) = cached_execute::recorder(
+                        state.clone(),
+                        id.clone(),
+                        dir.clone(),
+                        (key, flight),
+                        ask,
+                        tx.clone(),
+                    );
                     (events, Some(task))
                 }
                 _ => (tx.clone(), None),

@@ -24,7 +24,7 @@ pub struct State {
     /// Spare copies of recent trees, beside the store.
     pub spares: Option<Spares>,
     /// Recorded runs (`--action-cache`), beside the store.
-    pub action_cache: Option<ActionCache>,
+    pub action_cache: Option<Arc<ActionCache>>,
     /// Set at shutdown: uploads are refused, running jobs finish.
     pub draining: AtomicBool,
 }
@@ -47,12 +47,12 @@ impl State {
             None => None,
         };
         let action_cache = match (&store, config.action_cache) {
-            (Some(_), true) => Some(ActionCache::new(
+            (Some(_), true) => Some(Arc::new(ActionCache::new(
                 &config.root.join(STORE_DIR),
                 config.action_cache_max_bytes,
                 &config.action_cache_salt,
                 config.share_action_cache,
-            )?),
+            )?)),
             _ => None,
         };
         let jobs = Arc::new(Jobs::new(

@@ -42,7 +42,7 @@ fn command_lines(output: &std::process::Output) -> Vec<String> {
     text(&output.stdout)
         .lines()
         .map(|line| line.split_once("]:").map_or(line, |(_, rest)| rest).to_string())
-        .filter(|line| !line.contains('='))
+        .filter(|line| !line.contains('=') && !line.starts_with("[lrpymrpc-mock-server]"))
         .filter(|line| {
             !["Upload", "Check result.", "Download data is exist.", "Extract result.", "Finish."]
                 .contains(&line.as_str())
@@ -176,4 +176,28 @@ fn without_a_cache_or_a_tree_the_step_runs_and_says_why() {
             .stderr(predicate::str::contains("the sources went as a tar.gz, which the action cache cannot name"));
     }
     assert_eq!(runs(&env), 2);
+}
+
+#[test]
+fn two_identical_steps_started_together_run_once() {
+    let env = cached();
+    let command = format!("sleep 2; {}", step(&env));
+    let start = |run_name: &str| {
+        let mut client = env.client_std();
+        client
+            .args(["--cache", "--RESULT", "build", "--RUN_NAME", run_name, "--CMD", &command])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        client.spawn().unwrap()
+    };
+    let (first, second) = (start("a"), start("b"));
+    let first = crate::env::child_output_within(first, crate::env::PROCESS_LIMIT);
+    let second = crate::env::child_output_within(second, crate::env::PROCESS_LIMIT);
+    assert!(first.status.success() && second.status.success(), "{}{}", text(&first.stderr), text(&second.stderr));
+    assert_eq!(runs(&env), 1, "one run for both");
+    let said = [&first.stdout, &first.stderr, &second.stdout, &second.stderr].map(|bytes| text(bytes)).concat();
+    // The server's note is a line of the step's output; the client's, on stderr.
+    assert!(said.contains("waiting for it instead of running it") && said.contains("served from cache"), "{said}");
+    assert_eq!(command_lines(&first), command_lines(&second));
+    assert_eq!(env.read("a/build/stamp"), env.read("b/build/stamp"), "the same results");
 }
