@@ -201,3 +201,37 @@ fn two_identical_steps_started_together_run_once() {
     assert_eq!(command_lines(&first), command_lines(&second));
     assert_eq!(env.read("a/build/stamp"), env.read("b/build/stamp"), "the same results");
 }
+
+#[test]
+fn another_repo_url_runs_and_the_same_one_is_served() {
+    let env = cached();
+    let mut wheels = Vec::new();
+    for (version, text) in [("v1", "one"), ("v2", "two")] {
+        let package = env.root.path().join(format!("pkg-{version}/greeter"));
+        std::fs::create_dir_all(&package).unwrap();
+        std::fs::write(package.join("__init__.py"), format!("def hello():\n    return '{text}'\n")).unwrap();
+        let wheel = crate::env::build_wheel(&package, "greeter", &env.work.join("dist").join(version));
+        wheels.push(format!("greeter=./dist/{version}/{}", wheel.file_name().unwrap().to_string_lossy()));
+    }
+    // Both wheels are always uploaded: only REPO_URL differs between the runs.
+    let command = format!(
+        "echo ran >> {}; python -c 'import greeter; print(\"hello\", greeter.hello())'",
+        env.root.path().join("runs").display()
+    );
+    let step = |repo_url: &str| {
+        let output = env
+            .client()
+            .args(["--cache", "--SOURCE", "dist", "--RESULT", "build", "--REPO_URL", repo_url, "--CMD", &command])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", text(&output.stderr));
+        (text(&output.stdout), text(&output.stderr))
+    };
+    let (out, _) = step(&wheels[0]);
+    assert!(out.contains("]:hello one"), "{out}");
+    let (out, said) = step(&wheels[1]);
+    assert!(out.contains("]:hello two") && !said.contains("served from cache"), "another REPO_URL runs: {out}{said}");
+    let (out, said) = step(&wheels[0]);
+    assert!(out.contains("]:hello one") && said.contains("served from cache"), "{out}{said}");
+    assert_eq!(runs(&env), 2);
+}
