@@ -97,10 +97,14 @@ pub async fn plan(state: &State, run: Run<'_>, ask: &CacheAsk, events: &Events) 
         if !ask.refresh
             && let Some(record) = cache.lookup(&key, store)
         {
+            crate::metrics::Metrics::count(&state.metrics.action_cache, "hit", 1);
             return Plan::Serve(record);
         }
         match cache.fly(&key) {
-            Flight::Lead(guard) => return Plan::Record(key, Some(guard)),
+            Flight::Lead(guard) => {
+                crate::metrics::Metrics::count(&state.metrics.action_cache, "miss", 1);
+                return Plan::Record(key, Some(guard));
+            }
             // A refresh runs whatever runs already.
             Flight::Follow(_) if ask.refresh => return Plan::Record(key, None),
             Flight::Follow(mut running) => {
@@ -282,6 +286,7 @@ async fn keep_run(
     };
     let cache = state.action_cache.as_ref().ok_or(JobError::NoStore)?;
     cache.insert(key, record.clone())?;
+    crate::metrics::Metrics::count(&state.metrics.action_cache, "recorded", 1);
     state.jobs.set_recorded(job, Recorded { record, requested: normalized(&ask.results) });
     Ok(())
 }

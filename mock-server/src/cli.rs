@@ -144,6 +144,20 @@ struct Args {
     #[arg(long, help_heading = "Action cache")]
     share_action_cache: bool,
 
+    /// Serve Prometheus metrics (`GET /metrics`) on this address, say 127.0.0.1:9466:
+    /// jobs, refusals, bytes, step durations, caches. Plain HTTP without
+    /// authentication: keep it on loopback or a management network
+    #[arg(long, value_name = "ADDR", help_heading = "Monitoring")]
+    metrics_listen: Option<std::net::SocketAddr>,
+    /// Also count finished jobs per client certificate CN (one series per CN)
+    #[arg(long, help_heading = "Monitoring")]
+    metrics_per_cn: bool,
+    /// Answer the standard gRPC health check (`grpc.health.v1.Health`) to clients
+    /// without a certificate, as load balancers and scripts call it; every other call
+    /// still needs one. It reveals only whether the server serves
+    #[arg(long, help_heading = "Monitoring")]
+    health_without_auth: bool,
+
     /// Log lines as text or as JSON objects (one per line)
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -354,6 +368,9 @@ fn config_from(args: Args) -> anyhow::Result<Config> {
         action_cache_max_bytes: args.action_cache_max_bytes.0,
         action_cache_salt: args.action_cache_salt.clone(),
         share_action_cache: args.share_action_cache,
+        metrics_listen: args.metrics_listen,
+        metrics_per_cn: args.metrics_per_cn,
+        health_without_auth: args.health_without_auth,
         share_env_cache: args.share_env_cache,
         sandbox_network: args.sandbox_network,
         sandbox,

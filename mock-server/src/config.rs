@@ -67,6 +67,13 @@ pub struct Config {
     pub action_cache_salt: String,
     /// Records serve every CN, not only the one whose run made them.
     pub share_action_cache: bool,
+    /// Where Prometheus scrapes `GET /metrics` (`metrics.rs`); `None`: not served.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Count finished jobs per client certificate CN too.
+    pub metrics_per_cn: bool,
+    /// Answer `grpc.health.v1.Health` without a client certificate (the TLS handshake
+    /// then accepts clients without one; every other call still requires it).
+    pub health_without_auth: bool,
     /// Share cached environments between certificates (CNs), not only within one.
     pub share_env_cache: bool,
     /// Let sandboxed commands use the network (pip always may).
@@ -109,6 +116,9 @@ impl Config {
             action_cache_max_bytes: 16 << 30,
             action_cache_salt: String::new(),
             share_action_cache: false,
+            metrics_listen: None,
+            metrics_per_cn: false,
+            health_without_auth: false,
             share_env_cache: false,
             sandbox_network: false,
             sandbox: None,

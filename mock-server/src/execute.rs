@@ -23,6 +23,8 @@ use crate::sandbox::{Reach, Sandbox};
 #[derive(Debug, Clone)]
 pub struct Context<'a> {
     pub events: &'a Events,
+    /// Where pip's time and the environment cache's hits are counted.
+    pub metrics: &'a crate::metrics::Metrics,
     pub limits: TimeLimits,
     pub executor: &'a dyn Executor,
     pub env_cache: Option<&'a EnvCache>,
@@ -133,6 +135,7 @@ async fn prepare_environment(
             say(context.events, why).await;
         }
         let venv = jobs::venv_dir(job_dir);
+        crate::metrics::Metrics::count(&context.metrics.env_cache, "unshared", 1);
         let built = build_environment(&venv, job_dir, requirements, &[], context).await?;
         return Ok(built.then_some(Environment::Own(venv)));
     };
@@ -149,6 +152,8 @@ async fn prepare_environment(
     let Some((lease, origin)) = cache.acquire(&pinned.key, waiting, build).await? else {
         return Ok(None);
     };
+    let event = if origin == Origin::Reused { "hit" } else { "build" };
+    crate::metrics::Metrics::count(&context.metrics.env_cache, event, 1);
     if origin == Origin::Reused {
         say(context.events, "REPO_URL already installed: reusing the cached Python environment").await;
     }
@@ -198,6 +203,7 @@ async fn build_environment(
     context: &Context<'_>,
 ) -> Result<bool, JobError> {
     let python = python()?.executable;
+    let started = std::time::Instant::now();
     std::fs::create_dir_all(venv)?;
     let venv_arg = venv.as_os_str();
     let reach = Reach { writable: &[venv], readable: &[], network: true };
@@ -216,7 +222,9 @@ async fn build_environment(
     let env = [(OsString::from("PIP_NO_INPUT"), OsString::from("1"))];
     let pip = launch_in(context, job_dir, reach, Step::Setup, &env, venv_python.as_os_str(), &pip_args);
     let names: Vec<_> = requirements.iter().map(|r| r.url.as_str()).collect();
-    setup_step(pip, &format!("pip install {}", names.join(" ")), context).await
+    let installed = setup_step(pip, &format!("pip install {}", names.join(" ")), context).await;
+    context.metrics.step("pip", started.elapsed());
+    installed
 }
 
 /// Which kind of job process: setup (venv, pip) may see pip's settings and proxies.

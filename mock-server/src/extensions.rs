@@ -104,6 +104,7 @@ impl Extensions for ExtensionService {
         let caller = self.authorized(&request, "create_job")?;
         let store = self.state.store.as_ref().ok_or(JobError::NoStore)?;
         if self.state.draining.load(Ordering::SeqCst) {
+            self.state.metrics.refused("draining");
             return Err(JobError::Draining.into());
         }
         let started = Instant::now();
@@ -112,10 +113,18 @@ impl Extensions for ExtensionService {
         let plan = plan(&root, &directories, &limits).map_err(JobError::from)?;
         let cn = caller.cn.clone().unwrap_or_default();
         let missing = store.missing(&cn, plan.files.iter().map(|(_, digest, _)| digest));
+        let metrics = &self.state.metrics;
+        crate::metrics::Metrics::count(&metrics.store_files, "missing", missing.len() as u64);
+        crate::metrics::Metrics::count(
+            &metrics.store_files,
+            "present",
+            (plan.files.len() - missing.len().min(plan.files.len())) as u64,
+        );
         if !missing.is_empty() {
             return Ok(Response::new(missing_response(missing)));
         }
-        let (id, dir, job_use) = self.state.jobs.create(caller.cn.as_deref())?;
+        let (id, dir, job_use) =
+            self.state.jobs.create(caller.cn.as_deref()).inspect_err(|error| metrics.refused_for(error))?;
         self.state.jobs.set_input_root(&id, &root.hash);
         let mut hashes: Vec<String> = plan.files.iter().map(|(_, digest, _)| digest.hash.clone()).collect();
         hashes.sort_unstable();
@@ -140,6 +149,7 @@ impl Extensions for ExtensionService {
         drop(job_use);
         match made {
             Ok(how) => {
+                self.state.metrics.step("upload", started.elapsed());
                 let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
                 info!(
                     job = %id, cn = caller.name(), fingerprint = %caller.fingerprint, peer = %caller.address,
@@ -182,6 +192,7 @@ impl Extensions for ExtensionService {
                     break;
                 }
                 Ok(Ok(Some(chunk))) => {
+                    self.state.metrics.uploaded_bytes.inc_by(chunk.data.len() as u64);
                     if tx.send(chunk).await.is_err() {
                         break;
                     }
@@ -213,6 +224,7 @@ impl ExtensionService {
     fn authorized<T>(&self, request: &Request<T>, rpc: &str) -> Result<auth::Caller, Status> {
         let config = &self.state.config;
         auth::authorize(request, config.tls.is_some(), config.allowed_cns.as_ref()).map_err(|error| {
+            self.state.metrics.refused_for(&error);
             let peer = request.remote_addr().map_or_else(|| "?".to_string(), |a| a.to_string());
             warn!(rpc, peer = %peer, reason = error.to_string().as_str(), "refused");
             Status::from(error)

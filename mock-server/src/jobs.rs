@@ -302,6 +302,11 @@ impl Jobs {
         self.table().values().filter(|e| e.in_use > 0 || e.slot.is_some() || matches!(e.phase, Phase::Ended(_))).count()
     }
 
+    /// Jobs uploaded whose command has not started.
+    pub fn waiting(&self) -> usize {
+        self.table().values().filter(|e| e.phase == Phase::Uploaded).count()
+    }
+
     /// Slots free now: jobs that could start.
     pub fn free_slots(&self) -> usize {
         self.slots.available_permits()

@@ -19,6 +19,7 @@ mod jobs;
 mod limits;
 mod listener;
 mod local;
+mod metrics;
 mod python;
 mod repo_url;
 pub mod sandbox;
@@ -50,6 +51,8 @@ pub enum ServeError {
     Setup { root: std::path::PathBuf, source: std::io::Error },
     #[error("cannot set up TLS: {0}")]
     Tls(String),
+    #[error("--metrics-listen {address}: cannot listen there: {source}")]
+    Metrics { address: std::net::SocketAddr, source: std::io::Error },
     #[error(transparent)]
     Transport(#[from] tonic::transport::Error),
 }
@@ -70,16 +73,31 @@ pub async fn run(
     }
     let state = Arc::new(state);
     let reaper = tokio::spawn(reap_forever(state.clone()));
+    let metrics = match state.config.metrics_listen {
+        Some(address) => {
+            let listener = metrics::bind(address).await.map_err(|source| ServeError::Metrics { address, source })?;
+            info!(address = %listener.local_addr().unwrap_or(address), "serving metrics at /metrics");
+            let refresh_state = state.clone();
+            let refresh = Arc::new(move || refresh_gauges(&refresh_state));
+            Some(tokio::spawn(metrics::serve(listener, state.metrics.clone(), refresh)))
+        }
+        None => None,
+    };
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<FileServiceServer<service::Service>>().await;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serve = serve(listener, &state, async {
+    let serve = serve(listener, &state, health_service, async {
         let _ = stopped.await;
     })?;
     tokio::pin!(serve);
     let outcome = tokio::select! {
         outcome = &mut serve => outcome,
-        () = shutdown => drain(&state, &mut serve, stop).await,
+        () = shutdown => drain(&state, &health, &mut serve, stop).await,
     };
     reaper.abort();
+    if let Some(metrics) = metrics {
+        metrics.abort();
+    }
     outcome.map_err(ServeError::from)
 }
 
@@ -88,6 +106,7 @@ pub async fn run(
 fn serve<'a>(
     listener: TcpListener,
     state: &'a Arc<state::State>,
+    health: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
     stopped: impl Future<Output = ()> + Send + 'a,
 ) -> Result<Serving<'a>, ServeError> {
     let config = &state.config;
@@ -103,21 +122,23 @@ fn serve<'a>(
         (!config.legacy_protocol).then(|| ExtensionsServer::new(extensions::ExtensionService::new(state.clone())));
     let router = builder
         .add_service(FileServiceServer::new(service::Service::new(state.clone())))
-        .add_optional_service(extensions);
+        .add_optional_service(extensions)
+        .add_service(health);
     // serve_with_incoming ignores the builder's TCP settings: the incoming stream sets
     // them. Without TCP_NODELAY, each small response waits out a delayed ACK (40 ms).
     Ok(match &config.tls {
         // Client certificates are mandatory: the handshake fails before any RPC, so no
         // byte of an unauthenticated upload reaches the disk.
         Some(tls) => {
-            let acceptor = listener::tls_acceptor(tls).map_err(ServeError::Tls)?;
+            let acceptor = listener::tls_acceptor(tls, config.health_without_auth).map_err(ServeError::Tls)?;
             let limits = listener::HandshakeLimits {
                 max_in_progress: config.max_handshakes,
                 max_per_address: config.max_handshakes_per_address,
                 timeout: config.tls_handshake_timeout,
                 keepalive: config.keepalive_interval,
             };
-            Box::pin(router.serve_with_incoming_shutdown(listener::accept_tls(listener, acceptor, limits), stopped))
+            let incoming = listener::accept_tls(listener, acceptor, limits, state.metrics.clone());
+            Box::pin(router.serve_with_incoming_shutdown(incoming, stopped))
         }
         None => {
             let incoming =
@@ -135,10 +156,14 @@ type Serving<'a> = Pin<Box<dyn Future<Output = Result<(), tonic::transport::Erro
 /// stopped, and the connections get [`DRAIN_AFTER_STOP`] to close.
 async fn drain(
     state: &state::State,
+    health: &tonic_health::server::HealthReporter,
     serve: &mut Pin<&mut Serving<'_>>,
     stop: tokio::sync::oneshot::Sender<()>,
 ) -> Result<(), tonic::transport::Error> {
     state.draining.store(true, std::sync::atomic::Ordering::SeqCst);
+    // Load balancers and scripts see it first: no new jobs here.
+    health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+    health.set_not_serving::<FileServiceServer<service::Service>>().await;
     info!(active = state.jobs.active(), "shutting down: no new jobs; running jobs may finish");
     let deadline = tokio::time::Instant::now() + state.config.shutdown_grace;
     let mut stopped_commands = false;
@@ -172,6 +197,16 @@ async fn drain(
 
 /// After stopping commands (and after the last call), how long connections get to close.
 const DRAIN_AFTER_STOP: Duration = Duration::from_secs(5);
+
+/// The gauges read when metrics are scraped.
+fn refresh_gauges(state: &state::State) {
+    let metrics = &state.metrics;
+    metrics.jobs_running.set(i64::try_from(state.executor.running()).unwrap_or(i64::MAX));
+    metrics.jobs_waiting.set(i64::try_from(state.jobs.waiting()).unwrap_or(i64::MAX));
+    if let Some(store) = &state.store {
+        metrics.store_bytes.set(i64::try_from(store.total_bytes()).unwrap_or(i64::MAX));
+    }
+}
 
 /// Removes finished and forgotten jobs as they fall due.
 async fn reap_forever(state: Arc<state::State>) {

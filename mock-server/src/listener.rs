@@ -41,7 +41,9 @@ pub struct HandshakeLimits {
 
 /// The rustls server side of mutual TLS: our certificate, client certificates required
 /// and verified against the client CA, HTTP/2 by ALPN.
-pub fn tls_acceptor(material: &TlsMaterial) -> Result<TlsAcceptor, String> {
+/// With `health_without_auth`, a client without a certificate completes the handshake
+/// too; every call but the health check then refuses it (`auth.rs`).
+pub fn tls_acceptor(material: &TlsMaterial, health_without_auth: bool) -> Result<TlsAcceptor, String> {
     let pem_error = |what: &str, error: rustls::pki_types::pem::Error| format!("cannot read the {what}: {error}");
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(material.cert_pem.as_bytes())
         .collect::<Result<_, _>>()
@@ -53,9 +55,12 @@ pub fn tls_acceptor(material: &TlsMaterial) -> Result<TlsAcceptor, String> {
         roots.add(ca).map_err(|e| format!("the client CA is not usable: {e}"))?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider.clone())
-        .build()
-        .map_err(|e| format!("cannot verify clients with the client CA: {e}"))?;
+    let builder = rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider.clone());
+    let builder = match health_without_auth {
+        true => builder.allow_unauthenticated(),
+        false => builder,
+    };
+    let verifier = builder.build().map_err(|e| format!("cannot verify clients with the client CA: {e}"))?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
@@ -71,9 +76,10 @@ pub fn accept_tls(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     limits: HandshakeLimits,
+    metrics: Arc<crate::metrics::Metrics>,
 ) -> ReceiverStream<io::Result<TlsStream<TcpStream>>> {
     let (tx, rx) = mpsc::channel(16);
-    tokio::spawn(accept_loop(listener, acceptor, limits, tx));
+    tokio::spawn(accept_loop(listener, acceptor, limits, tx, metrics));
     ReceiverStream::new(rx)
 }
 
@@ -82,6 +88,7 @@ async fn accept_loop(
     acceptor: TlsAcceptor,
     limits: HandshakeLimits,
     tx: mpsc::Sender<io::Result<TlsStream<TcpStream>>>,
+    metrics: Arc<crate::metrics::Metrics>,
 ) {
     let in_progress = Arc::new(Semaphore::new(limits.max_in_progress.max(1)));
     let per_address = Arc::new(Mutex::new(HashMap::new()));
@@ -100,17 +107,19 @@ async fn accept_loop(
             return;
         }
         let Ok(permit) = in_progress.clone().try_acquire_owned() else {
+            metrics.refused("handshake");
             closed.note(peer, "too many TLS handshakes in progress");
             continue;
         };
         let Some(from_address) = AddressSlot::take(&per_address, peer.ip(), limits.max_per_address) else {
+            metrics.refused("handshake");
             closed.note(peer, "too many TLS handshakes in progress from this address");
             continue;
         };
         let _ = tcp.set_nodelay(true);
         let keepalive = socket2::TcpKeepalive::new().with_time(limits.keepalive);
         let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive);
-        let (acceptor, tx) = (acceptor.clone(), tx.clone());
+        let (acceptor, tx, metrics) = (acceptor.clone(), tx.clone(), metrics.clone());
         tokio::spawn(async move {
             let outcome = tokio::time::timeout(limits.timeout, acceptor.accept(tcp)).await;
             drop((permit, from_address));
@@ -119,9 +128,11 @@ async fn accept_loop(
                     let _ = tx.send(Ok(stream)).await;
                 }
                 Ok(Err(error)) => {
+                    metrics.refused("handshake");
                     warn!(peer = %peer, reason = error.to_string().as_str(), "TLS handshake refused");
                 }
                 Err(_) => {
+                    metrics.refused("handshake");
                     let reason = format!("not finished within {}", lrpymrpc_units::human_duration(limits.timeout));
                     warn!(peer = %peer, reason = reason.as_str(), "TLS handshake refused");
                 }

@@ -48,6 +48,7 @@ impl Service {
     fn caller<T>(&self, request: &Request<T>, rpc: &str) -> Result<Caller, Status> {
         let config = &self.state.config;
         authorize(request, config.tls.is_some(), config.allowed_cns.as_ref()).map_err(|error| {
+            self.state.metrics.refused_for(&error);
             let peer = request.remote_addr().map_or_else(|| "?".to_string(), |a| a.to_string());
             warn!(rpc, peer = %peer, reason = error.to_string().as_str(), "refused");
             Status::from(error)
@@ -65,10 +66,12 @@ impl FileService for Service {
         // Who, then a slot: a refused client's bytes never reach the disk.
         let caller = self.caller(&request, "upload")?;
         if self.state.draining.load(std::sync::atomic::Ordering::SeqCst) {
+            self.state.metrics.refused("draining");
             return Err(JobError::Draining.into());
         }
         let started = Instant::now();
         let (id, dir, job_use) = self.state.jobs.create(caller.cn.as_deref()).map_err(|error| {
+            self.state.metrics.refused_for(&error);
             warn!(cn = caller.name(), peer = %caller.address, reason = error.to_string().as_str(), "upload refused");
             Status::from(error)
         })?;
@@ -92,7 +95,14 @@ impl FileService for Service {
         });
         // A client that trickles or stalls holds its slot only up to the idle limit.
         let idle_limit = self.state.config.upload_idle_timeout;
-        let chunks = stream.map(|chunk| chunk.map(|chunk| chunk.data).map_err(|status| status.message().to_string()));
+        let metrics = self.state.metrics.clone();
+        let chunks = stream.map(move |chunk| {
+            let data = chunk.map(|chunk| chunk.data).map_err(|status| status.message().to_string());
+            if let Ok(data) = &data {
+                metrics.uploaded_bytes.inc_by(data.len() as u64);
+            }
+            data
+        });
         let fed = feed(chunks, chunk_tx, Some(idle_limit)).await;
         let stalled =
             matches!(fed, Fed::Stalled).then(|| JobError::UploadStalled(lrpymrpc_units::human_duration(idle_limit)));
@@ -104,6 +114,7 @@ impl FileService for Service {
         }
         match report {
             Ok(report) => {
+                self.state.metrics.step("upload", started.elapsed());
                 info!(
                     job = %id, cn = caller.name(), fingerprint = %caller.fingerprint, peer = %caller.address,
                     files = report.files, bytes = report.content_bytes, ms = millis(started),
@@ -166,6 +177,7 @@ impl FileService for Service {
                     Ok(()) => CommandEnd::Exited { code: 0, signal: 0 },
                     Err(_) => CommandEnd::Failed,
                 });
+                state.metrics.finished(&cn, if served.is_ok() { "cached" } else { "error" });
                 match served {
                     Ok(()) => info!(job = %id, cn = cn.as_str(), ms = millis(started), "served from the action cache"),
                     Err(error) => {
@@ -200,6 +212,7 @@ impl FileService for Service {
             let config = &state.config;
             let context = execute::Context {
                 events: &events,
+                metrics: &state.metrics,
                 limits: TimeLimits { wall: config.job_timeout, idle: config.idle_timeout },
                 executor: &state.executor,
                 env_cache: state.env_cache.as_ref(),
@@ -225,6 +238,17 @@ impl FileService for Service {
                 StepEnd::Failed(_) => CommandEnd::Failed,
             });
             let ms = millis(started);
+            state.metrics.step("command", started.elapsed());
+            state.metrics.finished(
+                &cn,
+                match &ended {
+                    StepEnd::Ran(status) if status.success() => "success",
+                    StepEnd::Ran(status) if status.code().is_some() => "failure",
+                    StepEnd::Ran(_) => "signal",
+                    StepEnd::Cancelled => "cancelled",
+                    StepEnd::Failed(_) => "error",
+                },
+            );
             match &ended {
                 StepEnd::Ran(status) => {
                     info!(job = %id, cn = cn.as_str(), status = %describe(status), ms, "command ended")
@@ -302,6 +326,8 @@ impl FileService for Service {
                 None => stream_results(dir, names, encoding, tx).await,
             };
             if let Some(bytes) = sent {
+                state.metrics.downloaded_bytes.inc_by(bytes);
+                state.metrics.step("download", started.elapsed());
                 state.jobs.finished(job_use.id(), Done::Fetched);
                 let encoding = encoding.name();
                 info!(job = %job_use.id(), cn = cn.as_str(), bytes, encoding, ms = millis(started), "results sent");

@@ -25,6 +25,8 @@ pub struct State {
     pub spares: Option<Spares>,
     /// Recorded runs (`--action-cache`), beside the store.
     pub action_cache: Option<Arc<ActionCache>>,
+    /// What `--metrics-listen` serves (always counted: it costs nothing to keep).
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// Set at shutdown: uploads are refused, running jobs finish.
     pub draining: AtomicBool,
 }
@@ -71,6 +73,7 @@ impl State {
                  --sandbox or a kernel with user namespaces prevents that"
             );
         }
+        let metrics = Arc::new(crate::metrics::Metrics::new(config.metrics_per_cn));
         let state = State {
             config,
             jobs,
@@ -79,6 +82,7 @@ impl State {
             store,
             spares,
             action_cache,
+            metrics,
             draining: AtomicBool::new(false),
         };
         Ok((state, swept))

@@ -202,6 +202,11 @@ impl ContentStore {
         Ok(())
     }
 
+    /// The bytes of every blob stored.
+    pub fn total_bytes(&self) -> u64 {
+        self.inner().total
+    }
+
     /// Whether the blob is stored.
     pub fn holds(&self, hash: &str) -> bool {
         self.inner().blobs.contains_key(hash)

@@ -73,6 +73,13 @@ impl TestEnv {
         env.serve(config)
     }
 
+    /// Starts the server's draining shutdown (as SIGTERM does) and leaves it running.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
     /// Stops the server and starts it again on the same directories, with settings
     /// changed by `change` (what it kept on disk is there for the new one).
     pub fn restarted(mut self, change: impl FnOnce(&mut Config)) -> TestEnv {

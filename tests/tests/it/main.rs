@@ -15,6 +15,7 @@ mod hostile;
 mod integration;
 mod job;
 mod load;
+mod monitoring;
 mod proxy;
 mod security;
 mod server;

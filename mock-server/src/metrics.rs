@@ -1,0 +1,281 @@
+//! What the server counts, for Prometheus (`--metrics-listen ADDR`, off by default):
+//! jobs by state and outcome, refusals by reason, bytes moved, step durations, the
+//! environment cache, the content store and the action cache. Labels only ever hold
+//! values from small fixed sets (never a job id, a CMD or a path); the CN only with
+//! `--metrics-per-cn`. The exposition format is prometheus-client's; the endpoint is a
+//! minimal HTTP/1.1 responder for `GET /metrics` (it reads at most one small request
+//! per connection, within a time limit, and answers nothing else).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tracing::warn;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Outcome {
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CnOutcome {
+    pub cn: String,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Reason {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Step {
+    pub step: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Event {
+    pub event: &'static str,
+}
+
+/// Durations from 10 ms to about 7 hours, four times wider each.
+fn step_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.01, 4.0, 11))
+}
+
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    per_cn: bool,
+    /// Commands running now, and jobs uploaded whose command has not started (set
+    /// when scraped).
+    pub jobs_running: Gauge,
+    pub jobs_waiting: Gauge,
+    pub jobs_finished: Family<Outcome, Counter>,
+    pub jobs_finished_by_cn: Family<CnOutcome, Counter>,
+    pub refusals: Family<Reason, Counter>,
+    pub uploaded_bytes: Counter,
+    pub downloaded_bytes: Counter,
+    pub step_seconds: Family<Step, Histogram, fn() -> Histogram>,
+    pub env_cache: Family<Event, Counter>,
+    /// Bytes in the content store (set when scraped).
+    pub store_bytes: Gauge,
+    /// Files of content-addressed uploads the server had, and did not have.
+    pub store_files: Family<Event, Counter>,
+    pub action_cache: Family<Event, Counter>,
+}
+
+impl Metrics {
+    pub fn new(per_cn: bool) -> Metrics {
+        let mut registry = Registry::with_prefix("lrpymrpc");
+        let metrics = Metrics {
+            registry: Registry::default(),
+            per_cn,
+            jobs_running: Gauge::default(),
+            jobs_waiting: Gauge::default(),
+            jobs_finished: Family::default(),
+            jobs_finished_by_cn: Family::default(),
+            refusals: Family::default(),
+            uploaded_bytes: Counter::default(),
+            downloaded_bytes: Counter::default(),
+            step_seconds: Family::new_with_constructor(step_histogram as fn() -> Histogram),
+            env_cache: Family::default(),
+            store_bytes: Gauge::default(),
+            store_files: Family::default(),
+            action_cache: Family::default(),
+        };
+        registry.register("jobs_running", "Commands running now", metrics.jobs_running.clone());
+        registry.register("jobs_waiting", "Jobs uploaded whose command has not started", metrics.jobs_waiting.clone());
+        registry.register(
+            "jobs_finished",
+            "Execute steps ended, by outcome (success, failure, signal, error, cancelled, cached)",
+            metrics.jobs_finished.clone(),
+        );
+        if per_cn {
+            registry.register(
+                "jobs_finished_by_cn",
+                "Execute steps ended, by client certificate CN and outcome (--metrics-per-cn)",
+                metrics.jobs_finished_by_cn.clone(),
+            );
+        }
+        registry.register(
+            "refusals",
+            "Calls and connections refused, by reason (permission, identity, busy, draining, handshake, request)",
+            metrics.refusals.clone(),
+        );
+        registry.register("uploaded_bytes", "Bytes received in uploads (as sent)", metrics.uploaded_bytes.clone());
+        registry.register("downloaded_bytes", "Bytes of results sent (as sent)", metrics.downloaded_bytes.clone());
+        registry.register(
+            "step_duration_seconds",
+            "How long steps took (upload, pip, command, download)",
+            metrics.step_seconds.clone(),
+        );
+        registry.register(
+            "env_cache",
+            "Python environments: reused (hit), built for the cache (build), built for one job (unshared)",
+            metrics.env_cache.clone(),
+        );
+        registry.register("store_bytes", "Bytes in the content store", metrics.store_bytes.clone());
+        registry.register(
+            "store_files",
+            "Files of content-addressed uploads the server had (present) or asked for (missing)",
+            metrics.store_files.clone(),
+        );
+        registry.register(
+            "action_cache",
+            "Action cache lookups: served (hit), run (miss), runs recorded (recorded)",
+            metrics.action_cache.clone(),
+        );
+        Metrics { registry, ..metrics }
+    }
+
+    /// Counts an Execute step's end.
+    pub fn finished(&self, cn: &str, outcome: &'static str) {
+        self.jobs_finished.get_or_create(&Outcome { outcome }).inc();
+        if self.per_cn {
+            self.jobs_finished_by_cn.get_or_create(&CnOutcome { cn: cn.to_string(), outcome }).inc();
+        }
+    }
+
+    pub fn refused(&self, reason: &'static str) {
+        self.refusals.get_or_create(&Reason { reason }).inc();
+    }
+
+    /// Counts a refusal of a call, when `error` is one (a failure is not).
+    pub fn refused_for(&self, error: &crate::error::JobError) {
+        use crate::error::JobError;
+        let reason = match error {
+            JobError::NotAllowed { .. } => "permission",
+            JobError::NoIdentity(_) => "identity",
+            JobError::Busy { .. } | JobError::BusyForCn { .. } => "busy",
+            JobError::Draining => "draining",
+            JobError::BadJobId(_) | JobError::BadResultPath { .. } | JobError::BadRepoUrl { .. } => "request",
+            _ => return,
+        };
+        self.refused(reason);
+    }
+
+    pub fn step(&self, step: &'static str, took: Duration) {
+        self.step_seconds.get_or_create(&Step { step }).observe(took.as_secs_f64());
+    }
+
+    pub fn count(family: &Family<Event, Counter>, event: &'static str, by: u64) {
+        family.get_or_create(&Event { event }).inc_by(by);
+    }
+
+    /// The text exposition of everything.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        if let Err(error) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
+            warn!(error = %error, "cannot encode the metrics");
+        }
+        text
+    }
+}
+
+/// The most bytes of a request the endpoint reads.
+const MAX_REQUEST_BYTES: usize = 8 * 1024;
+
+/// How long a scraper has to send its request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Serves `GET /metrics` on `listener` until the task is dropped; `refresh` sets the
+/// gauges read at scrape time before each answer.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, refresh: Arc<dyn Fn() + Send + Sync>) {
+    loop {
+        let Ok((mut stream, peer)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let (metrics, refresh) = (metrics.clone(), refresh.clone());
+        tokio::spawn(async move {
+            let request = tokio::time::timeout(REQUEST_TIMEOUT, read_head(&mut stream)).await;
+            let response = match request {
+                Ok(Some(head)) if is_metrics_get(&head) => {
+                    refresh();
+                    let body = metrics.encode();
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\n\
+                         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                }
+                Ok(Some(_)) => not_found(),
+                _ => {
+                    warn!(peer = %peer, "metrics request not read (too slow or too large)");
+                    return;
+                }
+            };
+            let _ = stream.write_all(response.as_bytes()).await;
+            let _ = stream.shutdown().await;
+        });
+    }
+}
+
+fn not_found() -> String {
+    let body = "only GET /metrics is served here\n";
+    format!(
+        "HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// `GET /metrics` (with or without a query), any HTTP/1.x version.
+fn is_metrics_get(head: &str) -> bool {
+    let mut words = head.split_whitespace();
+    let (method, target) = (words.next(), words.next().unwrap_or_default());
+    method == Some("GET") && (target == "/metrics" || target.starts_with("/metrics?"))
+}
+
+/// The request's head (up to the blank line), or `None` when it is too large or the
+/// peer closes first.
+async fn read_head(stream: &mut tokio::net::TcpStream) -> Option<String> {
+    let mut head = Vec::new();
+    let mut buffer = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
+        let n = stream.read(&mut buffer).await.ok()?;
+        if n == 0 || head.len() + n > MAX_REQUEST_BYTES {
+            return None;
+        }
+        head.extend_from_slice(&buffer[..n]);
+    }
+    Some(String::from_utf8_lossy(&head).into_owned())
+}
+
+/// Binds the metrics address (`--metrics-listen`).
+pub async fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(address).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_exposition_names_what_moved_and_nothing_per_cn_unless_asked() {
+        let metrics = Metrics::new(false);
+        metrics.finished("alice", "success");
+        metrics.refused("permission");
+        metrics.step("command", Duration::from_millis(1500));
+        metrics.uploaded_bytes.inc_by(42);
+        let text = metrics.encode();
+        assert!(text.contains("lrpymrpc_jobs_finished_total{outcome=\"success\"} 1"), "{text}");
+        assert!(text.contains("lrpymrpc_refusals_total{reason=\"permission\"} 1"), "{text}");
+        assert!(text.contains("lrpymrpc_uploaded_bytes_total 42"), "{text}");
+        assert!(text.contains("lrpymrpc_step_duration_seconds_count{step=\"command\"} 1"), "{text}");
+        assert!(!text.contains("alice"), "{text}");
+        let per_cn = Metrics::new(true);
+        per_cn.finished("alice", "success");
+        assert!(per_cn.encode().contains("cn=\"alice\""));
+        assert!(is_metrics_get("GET /metrics HTTP/1.1\r\n") && !is_metrics_get("POST /metrics HTTP/1.1"));
+        assert!(!is_metrics_get("GET /metrics/../x HTTP/1.1"));
+    }
+}
