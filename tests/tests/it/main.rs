@@ -16,6 +16,7 @@ mod integration;
 mod job;
 mod load;
 mod monitoring;
+mod packaging;
 mod proxy;
 mod security;
 mod server;
