@@ -16,6 +16,9 @@ use clap::builder::FalseyValueParser;
 use clap::{ArgAction, Parser, Subcommand};
 use lrpymrpc_units::{SizeArg, parse_positive_duration};
 
+/// `--SERVER_PORT` when none is given, as upstream.
+pub const DEFAULT_SERVER_PORT: &str = "8766";
+
 /// Runs a build step on a remote lrPymRPC server: uploads SOURCE, pip-installs
 /// REPO_URL, runs CMD in a fresh job directory and downloads RESULT.
 ///
@@ -24,9 +27,6 @@ use lrpymrpc_units::{SizeArg, parse_positive_duration};
 /// lines of `OPTION = value`); the command line wins over the environment, which
 /// wins over the file. Exit status: the remote command's; 101-105, 124, 130 and 143 are the
 /// client's own failures (see the README).
-/// `--SERVER_PORT` when none is given, as upstream.
-pub const DEFAULT_SERVER_PORT: &str = "8766";
-
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "lrpymrpc",

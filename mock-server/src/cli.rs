@@ -26,6 +26,10 @@ use lrpymrpc_archive::Limits;
 struct Args {
     #[command(subcommand)]
     command: Option<Command>,
+    /// Read options from this TOML file (`max-jobs = 16`, `tls-dir = "/etc/lrpymrpc/tls"`;
+    /// see examples/server/); options on the command line win
+    #[arg(long, value_name = "FILE", env = "LRPYMRPC_SERVER_CONFIG")]
+    config: Option<PathBuf>,
     /// Address to listen on; port 0 picks a free port.
     #[arg(long, default_value = "127.0.0.1:8766")]
     listen: SocketAddr,
@@ -185,6 +189,13 @@ enum Command {
         #[command(subcommand)]
         action: CaAction,
     },
+    /// Check a config file without serving: its keys and values, the TLS directory it
+    /// names (certificate and key fit, the client CA), the job root, the allow-list
+    /// and the sandbox; exits non-zero naming what is wrong
+    CheckConfig {
+        /// The TOML file `--config` would read
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -216,6 +227,11 @@ enum CaAction {
     },
 }
 
+/// The command line's definition (for man pages and completions).
+pub fn command() -> clap::Command {
+    <Args as clap::CommandFactory>::command()
+}
+
 /// Runs the server binary with the process's arguments.
 pub fn main_impl() -> ExitCode {
     match dispatch() {
@@ -228,14 +244,87 @@ pub fn main_impl() -> ExitCode {
 }
 
 fn dispatch() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let args = with_config_file(std::env::args_os().collect())?;
     match &args.command {
         Some(Command::Ca { action: CaAction::Init { dir, names, force } }) => ca_init(dir, names, *force),
         Some(Command::Ca { action: CaAction::Sign { csr, ca_dir, days, out } }) => {
             ca_sign(csr, ca_dir, *days, out.as_deref())
         }
+        Some(Command::CheckConfig { file }) => check_config(file),
         None => serve(args),
     }
+}
+
+/// The arguments, with those of the config file (`--config`) merged in under the
+/// command line's.
+fn with_config_file(argv: Vec<std::ffi::OsString>) -> anyhow::Result<Args> {
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Args::command().get_matches_from(&argv);
+    let args = Args::from_arg_matches(&matches)?;
+    let Some(path) = args.config.clone().filter(|_| args.command.is_none()) else { return Ok(args) };
+    let set_on_command_line: std::collections::HashSet<String> = Args::command()
+        .get_arguments()
+        .filter(|arg| matches.value_source(arg.get_id().as_str()) == Some(clap::parser::ValueSource::CommandLine))
+        .filter_map(|arg| arg.get_long().map(str::to_string))
+        .collect();
+    let text = std::fs::read_to_string(&path).with_context(|| format!("--config `{}`", path.display()))?;
+    let from_file =
+        crate::config_file::arguments::<Args>(&path, &text, &set_on_command_line).map_err(anyhow::Error::msg)?;
+    let mut merged: Vec<std::ffi::OsString> = argv.iter().take(1).cloned().collect();
+    merged.extend(from_file.into_iter().map(Into::into));
+    merged.extend(argv.into_iter().skip(1));
+    let matches = Args::command().try_get_matches_from(merged).map_err(|error| {
+        anyhow::anyhow!("{} (from the config file `{}` or the command line)", clap_message(&error), path.display())
+    })?;
+    Ok(Args::from_arg_matches(&matches)?)
+}
+
+/// A clap error's first line, without its `error: `.
+fn clap_message(error: &clap::Error) -> String {
+    let text = error.to_string();
+    let line = text.lines().next().unwrap_or_default();
+    line.strip_prefix("error: ").unwrap_or(line).to_string()
+}
+
+/// What `check-config FILE` does: everything serving would check, then a summary.
+fn check_config(file: &Path) -> anyhow::Result<()> {
+    use clap::{CommandFactory, FromArgMatches};
+    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read `{}`", file.display()))?;
+    let from_file =
+        crate::config_file::arguments::<Args>(file, &text, &Default::default()).map_err(anyhow::Error::msg)?;
+    let argv = std::iter::once("lrpymrpc-mock-server".to_string()).chain(from_file);
+    let matches = Args::command()
+        .try_get_matches_from(argv)
+        .map_err(|error| anyhow::anyhow!("config file `{}`: {}", file.display(), clap_message(&error)))?;
+    let args = Args::from_arg_matches(&matches)?;
+    let listen = args.listen;
+    let config = config_from(args).with_context(|| format!("config file `{}`", file.display()))?;
+    if let Some(tls) = &config.tls {
+        crate::listener::tls_acceptor(tls, config.health_without_auth)
+            .map_err(|error| anyhow::anyhow!("config file `{}`: tls-dir: {error}", file.display()))?;
+    }
+    let probe = tempfile::Builder::new().prefix(".check-config-").tempfile_in(&config.root).with_context(|| {
+        format!("config file `{}`: the job root `{}` is not writable", file.display(), config.root.display())
+    })?;
+    drop(probe);
+    println!("config file `{}` is valid", file.display());
+    println!("  listen:  {listen}");
+    println!("  root:    {} (writable)", config.root.display());
+    match &config.tls_dir {
+        Some(dir) => println!("  tls:     {} (certificate and key fit; client CA read)", dir.display()),
+        None => println!("  tls:     none: PLAINTEXT, anyone who reaches the port can run commands"),
+    }
+    let on = |flag: bool| if flag { "on" } else { "off" };
+    println!(
+        "  content store: {}, action cache: {}, sandbox: {}",
+        on(config.cas),
+        on(config.action_cache),
+        on(config.sandbox.is_some())
+    );
+    if let Some(metrics) = config.metrics_listen {
+        println!("  metrics: http://{metrics}/metrics");
+    }
+    Ok(())
 }
 
 fn ca_init(dir: &Path, names: &[String], force: bool) -> anyhow::Result<()> {

@@ -9,6 +9,7 @@ mod auth;
 mod cached_execute;
 pub mod cli;
 pub mod config;
+mod config_file;
 mod contain;
 mod envs;
 mod error;

@@ -2,12 +2,14 @@
 //! `certs` writes throwaway TLS material; `demo` runs a whole job end to end;
 //! `snippets` writes the Make and CMake integration files into `integration/`;
 //! `bench` measures the workloads of `bench.rs` against reference pipelines;
-//! `slow-link` puts a wide-area link's delay in front of a server, to try by hand.
+//! `slow-link` puts a wide-area link's delay in front of a server, to try by hand;
+//! `man` writes the man pages into `docs/man/`.
 
 mod bench;
 mod demo;
 mod deployment;
 mod link;
+mod man;
 
 use std::path::PathBuf;
 
@@ -39,6 +41,9 @@ enum Task {
     /// `integration/LrPymRPC.cmake`) from the client's generator; a test fails when the
     /// committed copies are stale.
     Snippets,
+    /// Write the man pages of both binaries into `docs/man/` from their clap definitions
+    /// (a test fails when the committed pages are stale)
+    Man,
     /// Listen on a loopback port and forward to TO, every byte held DELAY in each
     /// direction (a wide-area link's latency); runs until interrupted
     SlowLink {
@@ -80,6 +85,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Task::Demo => demo::run(),
+        Task::Man => man::write(),
         Task::SlowLink { listen, to, delay } => {
             let link = link::SlowLink::start(listen, to, delay.0)?;
             println!("{} -> {to}, {} each way; Ctrl-C stops", link.addr, lrpymrpc_units::human_duration(delay.0));

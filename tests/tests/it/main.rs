@@ -2,6 +2,7 @@
 //! in-process on a free loopback port) or a fake one, over real mutual TLS.
 
 mod action_cache;
+mod admin;
 mod cancel;
 mod cas;
 mod certs;

@@ -44,7 +44,7 @@ fn build_wheels(maturin: &Path, out: &Path) {
         Command::new("python3")
             .arg(repo_file("packaging/build_wheels.py"))
             .args(["--debug", "--out"])
-            .arg(&out)
+            .arg(out)
             .arg("--maturin")
             .arg(maturin),
         PROCESS_LIMIT,
@@ -116,8 +116,11 @@ fn the_upstream_package_beside_the_compat_one_is_said_every_time() {
     );
     let site = PathBuf::from(String::from_utf8_lossy(&site.stdout).trim());
     std::fs::create_dir_all(site.join("lrPymRPC-0.2.9.dist-info")).unwrap();
-    std::fs::write(site.join("lrPymRPC-0.2.9.dist-info/METADATA"), "Metadata-Version: 2.1\nName: lrPymRPC\nVersion: 0.2.9\n")
-        .unwrap();
+    std::fs::write(
+        site.join("lrPymRPC-0.2.9.dist-info/METADATA"),
+        "Metadata-Version: 2.1\nName: lrPymRPC\nVersion: 0.2.9\n",
+    )
+    .unwrap();
     let warned = output_within(Command::new(&python).args(["-m", "lrPymRPC", "--version"]), PROCESS_LIMIT);
     let stderr = String::from_utf8_lossy(&warned.stderr);
     assert!(stderr.contains("the upstream lrPymRPC package is installed in this environment too"), "{stderr}");
