@@ -107,19 +107,42 @@ pub struct ActionCache {
     salt: String,
     shared: bool,
     inner: Mutex<Inner>,
-    /// Runs in progress by key: an identical step arriving meanwhile waits for the
-    /// one running instead of running too.
-    flights: Mutex<HashMap<String, tokio::sync::watch::Receiver<()>>>,
+    /// Runs in progress by key: an identical step arriving meanwhile follows the one
+    /// running (its lines as they come) instead of running too.
+    flights: Mutex<HashMap<String, Followed>>,
 }
 
-/// Whether this Execute runs the step (and others with the same key wait for it), or
-/// waits for the run already in progress.
+/// The most bytes of a run's lines kept for its followers; past it they get the rest
+/// from the record once the run is done.
+pub const MAX_FOLLOWED_BYTES: usize = 16 << 20;
+
+/// What followers of a run share: its lines so far, and how many there are (the
+/// sender's end closes when the run is done).
+#[derive(Debug, Default)]
+pub struct FlightLog {
+    lines: Mutex<Vec<(u8, String)>>,
+    bytes: std::sync::atomic::AtomicUsize,
+}
+
+impl FlightLog {
+    /// The lines from `from` on.
+    pub fn since(&self, from: usize) -> Vec<(u8, String)> {
+        let lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
+        lines.get(from..).map(<[_]>::to_vec).unwrap_or_default()
+    }
+}
+
+type Followed = (std::sync::Arc<FlightLog>, tokio::sync::watch::Receiver<usize>);
+
+/// Whether this Execute runs the step (and others with the same key follow it), or
+/// follows the run already in progress.
 #[derive(Debug)]
 pub enum Flight {
-    /// This run leads; when the guard drops (its record kept, or not), waiters go on.
+    /// This run leads; when the guard drops (its record kept, or not), followers go on.
     Lead(FlightGuard),
-    /// Another run with the same key is in progress; this resolves when it is done.
-    Follow(tokio::sync::watch::Receiver<()>),
+    /// Another run with the same key is in progress: its lines, and their count, which
+    /// ends (an error on `changed`) when the run is done.
+    Follow(std::sync::Arc<FlightLog>, tokio::sync::watch::Receiver<usize>),
 }
 
 /// Held by the run that leads a flight; dropping it ends the flight.
@@ -127,7 +150,25 @@ pub enum Flight {
 pub struct FlightGuard {
     cache: std::sync::Arc<ActionCache>,
     key: String,
-    _done: tokio::sync::watch::Sender<()>,
+    log: std::sync::Arc<FlightLog>,
+    count: tokio::sync::watch::Sender<usize>,
+}
+
+impl FlightGuard {
+    /// A line of the leading run, for its followers (up to [`MAX_FOLLOWED_BYTES`]).
+    pub fn push(&self, pipe: u8, text: &str) {
+        use std::sync::atomic::Ordering;
+        let size = text.len() + 1;
+        if self.log.bytes.fetch_add(size, Ordering::Relaxed) + size > MAX_FOLLOWED_BYTES {
+            return;
+        }
+        let count = {
+            let mut lines = self.log.lines.lock().unwrap_or_else(|p| p.into_inner());
+            lines.push((pipe, text.to_string()));
+            lines.len()
+        };
+        self.count.send_replace(count);
+    }
 }
 
 impl Drop for FlightGuard {
@@ -177,12 +218,13 @@ impl ActionCache {
     /// Leads the run of `key`, or follows the one in progress.
     pub fn fly(self: &std::sync::Arc<Self>, key: &str) -> Flight {
         let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(running) = flights.get(key) {
-            return Flight::Follow(running.clone());
+        if let Some((log, count)) = flights.get(key) {
+            return Flight::Follow(log.clone(), count.clone());
         }
-        let (done, waiting) = tokio::sync::watch::channel(());
-        flights.insert(key.to_string(), waiting);
-        Flight::Lead(FlightGuard { cache: self.clone(), key: key.to_string(), _done: done })
+        let log = std::sync::Arc::new(FlightLog::default());
+        let (count, following) = tokio::sync::watch::channel(0);
+        flights.insert(key.to_string(), (log.clone(), following));
+        Flight::Lead(FlightGuard { cache: self.clone(), key: key.to_string(), log, count })
     }
 
     fn inner(&self) -> MutexGuard<'_, Inner> {

@@ -34,8 +34,9 @@ pub struct CacheAsk {
 pub enum Plan {
     /// Run as always, recording nothing.
     Off,
-    /// Answer from this record; nothing runs.
-    Serve(Record),
+    /// Answer from this record (its first lines already sent while following the run
+    /// that made it); nothing runs.
+    Serve(Record, usize),
     /// Run, and record the run under this key if it exits 0; identical steps arriving
     /// meanwhile wait for it while the guard (when this run leads) is held.
     Record(String, Option<FlightGuard>),
@@ -57,11 +58,13 @@ pub struct Run<'a> {
     pub dir: &'a Path,
     pub requirements: &'a [Requirement],
     pub command: &'a str,
+    /// The client asked for one stream in the order written.
+    pub merged: bool,
 }
 
 /// Names the run and looks it up; says in a note why a run cannot be cached.
 pub async fn plan(state: &State, run: Run<'_>, ask: &CacheAsk, events: &Events) -> Plan {
-    let Run { job, cn, dir, requirements, command } = run;
+    let Run { job, cn, dir, requirements, command, merged } = run;
     let (Some(cache), Some(store)) = (state.action_cache.as_ref(), state.store.as_ref()) else {
         return Plan::Off;
     };
@@ -92,38 +95,66 @@ pub async fn plan(state: &State, run: Run<'_>, ask: &CacheAsk, events: &Events) 
         executor,
     };
     let key = cache.key(&parts);
-    let mut said = false;
+    // Lines of a run this one followed, already sent.
+    let mut followed = 0;
     loop {
         if !ask.refresh
             && let Some(record) = cache.lookup(&key, store)
         {
             crate::metrics::Metrics::count(&state.metrics.action_cache, "hit", 1);
-            return Plan::Serve(record);
+            return Plan::Serve(record, followed);
         }
         match cache.fly(&key) {
             Flight::Lead(guard) => {
                 crate::metrics::Metrics::count(&state.metrics.action_cache, "miss", 1);
+                if followed > 0 {
+                    note(events, "that run did not end in a result to serve: running the step for this job".into())
+                        .await;
+                }
                 return Plan::Record(key, Some(guard));
             }
             // A refresh runs whatever runs already.
-            Flight::Follow(_) if ask.refresh => return Plan::Record(key, None),
-            Flight::Follow(mut running) => {
-                if !said {
-                    note(
-                        events,
-                        "the same step is running for another job: waiting for it instead of running it".into(),
-                    )
+            Flight::Follow(..) if ask.refresh => return Plan::Record(key, None),
+            Flight::Follow(log, mut count) => {
+                note(events, "the same step is running for another job: following it instead of running it".into())
                     .await;
-                    said = true;
+                // Its lines as they come; when it is done, its record (if it exited 0)
+                // answers, or this run leads.
+                followed = 0;
+                loop {
+                    if !send_lines(&log, &mut followed, merged, events).await {
+                        return Plan::Gone;
+                    }
+                    tokio::select! {
+                        changed = count.changed() => if changed.is_err() { break },
+                        () = events.closed() => return Plan::Gone,
+                    }
                 }
-                // It ends when the running one drops its guard; then its record (if
-                // it exited 0) answers, or this run leads.
-                tokio::select! {
-                    _ = running.changed() => {}
-                    () = events.closed() => return Plan::Gone,
+                if !send_lines(&log, &mut followed, merged, events).await {
+                    return Plan::Gone;
                 }
             }
         }
+    }
+}
+
+/// Sends the followed run's lines from `sent` on; false when the client went away.
+async fn send_lines(log: &crate::action_cache::FlightLog, sent: &mut usize, merged: bool, events: &Events) -> bool {
+    for (pipe, text) in log.since(*sent) {
+        *sent += 1;
+        if events.send(Ok(JobEvent::Line { pipe: pipe_of(pipe, merged), text })).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+/// The pipe of a recorded line as this client asked for it.
+fn pipe_of(code: u8, merged: bool) -> Pipe {
+    match (merged, code) {
+        (true, _) | (false, 0) => Pipe::Merged,
+        (false, 1) => Pipe::Stdout,
+        (false, _) => Pipe::Stderr,
     }
 }
 
@@ -154,7 +185,7 @@ async fn environment_key(state: &State, cn: &str, dir: &Path, requirements: &[Re
 pub async fn serve(
     state: &State,
     job: &str,
-    record: &Record,
+    (record, skip): (&Record, usize),
     ask: &CacheAsk,
     merged: bool,
     events: &Events,
@@ -170,13 +201,14 @@ pub async fn serve(
             let _ = lines.blocking_send((pipe, text));
         })
     });
+    let mut skipped = 0;
     while let Some((pipe, text)) = replayed.recv().await {
-        let pipe = match (merged, pipe) {
-            (true, _) | (false, 0) => Pipe::Merged,
-            (false, 1) => Pipe::Stdout,
-            (false, _) => Pipe::Stderr,
-        };
-        if events.send(Ok(JobEvent::Line { pipe, text })).await.is_err() {
+        // Lines a follower already got while the run went on.
+        if skipped < skip {
+            skipped += 1;
+            continue;
+        }
+        if events.send(Ok(JobEvent::Line { pipe: pipe_of(pipe, merged), text })).await.is_err() {
             break;
         }
     }
@@ -205,8 +237,8 @@ pub fn recorder(
 ) -> (Events, JoinHandle<()>) {
     let (tx, mut rx) = mpsc::channel::<Result<JobEvent, JobError>>(64);
     let task = tokio::spawn(async move {
-        // Identical steps waiting for this run go on once it is recorded, or is over.
-        let _flight = flight;
+        // Identical steps following this run go on once it is recorded, or is over.
+        let flight = flight;
         let started = (Instant::now(), SystemTime::now());
         let store = state.store.as_ref().expect("a cache plan needs the store");
         let mut log = match OutputLog::new(store) {
@@ -226,6 +258,9 @@ pub fn recorder(
                     };
                     if log.as_mut().is_some_and(|log| log.push(code, text).is_err()) {
                         log = None;
+                    }
+                    if let Some(flight) = &flight {
+                        flight.push(code, text);
                     }
                 }
                 Ok(JobEvent::Exited { code: 0, signal: 0 }) => {

@@ -166,13 +166,14 @@ impl FileService for Service {
                         dir: &dir,
                         requirements: &requirements,
                         command: &request.command_opt,
+                        merged,
                     };
                     cached_execute::plan(&state, run, ask, &tx).await
                 }
                 None => Plan::Off,
             };
-            if let (Plan::Serve(record), Some(ask)) = (&plan, &ask) {
-                let served = cached_execute::serve(&state, &id, record, ask, merged, &tx).await;
+            if let (Plan::Serve(record, followed), Some(ask)) = (&plan, &ask) {
+                let served = cached_execute::serve(&state, &id, (record, *followed), ask, merged, &tx).await;
                 run.ended(match &served {
                     Ok(()) => CommandEnd::Exited { code: 0, signal: 0 },
                     Err(_) => CommandEnd::Failed,

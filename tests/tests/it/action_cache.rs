@@ -6,7 +6,7 @@
 
 use predicates::prelude::*;
 
-use crate::env::{TestEnv, client_dir_for};
+use crate::env::{PROCESS_LIMIT, TestEnv, client_dir_for, wait_until};
 
 /// A step that counts its runs in `runs` (outside the job, where the test sees it),
 /// prints to both streams and makes a result that differs on every run.
@@ -179,9 +179,11 @@ fn without_a_cache_or_a_tree_the_step_runs_and_says_why() {
 }
 
 #[test]
-fn two_identical_steps_started_together_run_once() {
+fn two_identical_steps_started_together_run_once_and_the_second_follows_the_first_live() {
+    use std::io::BufRead;
     let env = cached();
-    let command = format!("sleep 2; {}", step(&env));
+    // The step prints at once, then takes a while.
+    let command = format!("{}; sleep 3", step(&env));
     let start = |run_name: &str| {
         let mut client = env.client_std();
         client
@@ -190,16 +192,53 @@ fn two_identical_steps_started_together_run_once() {
             .stderr(std::process::Stdio::piped());
         client.spawn().unwrap()
     };
-    let (first, second) = (start("a"), start("b"));
-    let first = crate::env::child_output_within(first, crate::env::PROCESS_LIMIT);
-    let second = crate::env::child_output_within(second, crate::env::PROCESS_LIMIT);
+    let mut first = start("a");
+    wait_until(PROCESS_LIMIT, "the first step to start", || runs(&env) == 1);
+    let mut second = start("b");
+    // The second shows the first's line while the first still runs.
+    let mut followed = String::new();
+    let mut lines = std::io::BufReader::new(second.stdout.take().unwrap());
+    while !followed.contains("]:v1") {
+        let mut line = String::new();
+        assert!(lines.read_line(&mut line).unwrap() > 0, "the second ended without the line: {followed}");
+        followed.push_str(&line);
+    }
+    assert!(first.try_wait().unwrap().is_none(), "the line came while the first still ran");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut lines, &mut rest).unwrap();
+    followed.push_str(&rest);
+    let second = crate::env::child_output_within(second, PROCESS_LIMIT);
+    let first = crate::env::child_output_within(first, PROCESS_LIMIT);
     assert!(first.status.success() && second.status.success(), "{}{}", text(&first.stderr), text(&second.stderr));
     assert_eq!(runs(&env), 1, "one run for both");
-    let said = [&first.stdout, &first.stderr, &second.stdout, &second.stderr].map(|bytes| text(bytes)).concat();
-    // The server's note is a line of the step's output; the client's, on stderr.
-    assert!(said.contains("waiting for it instead of running it") && said.contains("served from cache"), "{said}");
-    assert_eq!(command_lines(&first), command_lines(&second));
+    assert!(followed.contains("following it instead of running it"), "{followed}");
+    assert!(text(&second.stderr).contains("served from cache"), "{}", text(&second.stderr));
+    let second_lines = std::process::Output { stdout: followed.into_bytes(), ..second };
+    assert_eq!(command_lines(&first), command_lines(&second_lines), "each line once, in order");
     assert_eq!(env.read("a/build/stamp"), env.read("b/build/stamp"), "the same results");
+}
+
+#[test]
+fn a_follower_of_a_run_that_fails_runs_the_step_itself() {
+    let env = cached();
+    let command = format!("{}; sleep 2; exit 3", step(&env));
+    let start = |run_name: &str| {
+        let mut client = env.client_std();
+        client
+            .args(["--cache", "--RESULT", "build", "--RUN_NAME", run_name, "--CMD", &command])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        client.spawn().unwrap()
+    };
+    let first = start("a");
+    wait_until(PROCESS_LIMIT, "the first step to start", || runs(&env) == 1);
+    let second = start("b");
+    let first = crate::env::child_output_within(first, PROCESS_LIMIT);
+    let second = crate::env::child_output_within(second, PROCESS_LIMIT);
+    assert_eq!((first.status.code(), second.status.code()), (Some(3), Some(3)));
+    assert_eq!(runs(&env), 2, "the follower ran the step itself");
+    let said = text(&second.stdout);
+    assert!(said.contains("following it") && said.contains("running the step for this job"), "{said}");
 }
 
 #[test]
