@@ -21,6 +21,9 @@ use lrpymrpc_proto::v1::Digest;
 
 use crate::store::{ContentStore, LocalBlob};
 
+/// Longer than any line a run's output is cut into.
+const MAX_RECORDED_LINE: usize = 4 << 20;
+
 /// The most output one recorded run may have; a run printing more is not recorded.
 pub const MAX_RECORDED_OUTPUT: u64 = 256 << 20;
 
@@ -344,6 +347,11 @@ pub fn read_output(mut reader: impl Read, mut line: impl FnMut(u8, String)) -> s
         }
         reader.read_exact(&mut head[1..])?;
         let length = u32::from_le_bytes([head[1], head[2], head[3], head[4]]) as usize;
+        // No line the server records is longer (lines are cut at 1 MiB): a longer one
+        // means a damaged blob, not a reason to allocate gigabytes.
+        if length > MAX_RECORDED_LINE {
+            return Err(std::io::Error::other("a recorded output log is damaged (a line longer than any recorded)"));
+        }
         let mut text = vec![0; length];
         reader.read_exact(&mut text)?;
         line(head[0], String::from_utf8_lossy(&text).into_owned());
@@ -420,5 +428,8 @@ mod tests {
         read_output(std::fs::File::open(store.blob_path(&digest.hash)).unwrap(), |pipe, text| lines.push((pipe, text)))
             .unwrap();
         assert_eq!(lines, [(1, "out".to_string()), (2, String::new()), (0, "ünïcode".to_string())]);
+        // A damaged log claiming a 4 GiB line is refused, not allocated.
+        let damaged = [1u8, 0xff, 0xff, 0xff, 0xff];
+        assert!(read_output(&damaged[..], |_, _| {}).is_err());
     }
 }

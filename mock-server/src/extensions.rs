@@ -59,6 +59,12 @@ impl Extensions for ExtensionService {
         let config = &self.state.config;
         // Answered for any certificate the CA signed, even one the allow-list refuses:
         // that is how `tls check` can say so. It reveals the limits, not any job.
+        // Without a certificate (possible only with --health-without-auth), nothing:
+        // the limits and the load are for users.
+        if let Err(error) = identify(&request, config.tls.is_some()) {
+            self.state.metrics.refused_for(&error);
+            return Err(error.into());
+        }
         let caller = match identify(&request, config.tls.is_some()) {
             Ok(caller) => {
                 let refusal = check_allowed(&caller, config.allowed_cns.as_ref()).err();

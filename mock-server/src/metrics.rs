@@ -184,19 +184,27 @@ impl Metrics {
 /// The most bytes of a request the endpoint reads.
 const MAX_REQUEST_BYTES: usize = 8 * 1024;
 
+/// Metrics connections open at once; more are closed as they come.
+const MAX_CONNECTIONS: usize = 16;
+
 /// How long a scraper has to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves `GET /metrics` on `listener` until the task is dropped; `refresh` sets the
 /// gauges read at scrape time before each answer.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, refresh: Arc<dyn Fn() + Send + Sync>) {
+    // A scraper needs one connection; a flood of them is closed at once, so it cannot
+    // take the server's descriptors.
+    let open = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok((mut stream, peer)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
+        let Ok(permit) = open.clone().try_acquire_owned() else { continue };
         let (metrics, refresh) = (metrics.clone(), refresh.clone());
         tokio::spawn(async move {
+            let _permit = permit;
             let request = tokio::time::timeout(REQUEST_TIMEOUT, read_head(&mut stream)).await;
             let response = match request {
                 Ok(Some(head)) if is_metrics_get(&head) => {

@@ -179,11 +179,15 @@ fn health_without_auth_answers_a_client_without_a_certificate_and_nothing_else_d
             .connect()
             .await
             .unwrap();
+        let mut extensions = lrpymrpc_proto::v1::extensions_client::ExtensionsClient::new(channel.clone());
+        let capabilities = extensions.capabilities(lrpymrpc_proto::v1::CapabilitiesRequest::default()).await;
         let mut client = lrpymrpc_proto::file_service_client::FileServiceClient::new(channel);
         let check = lrpymrpc_proto::CheckRequest { unique_id: uuid_zero(), result_dir: "x".into() };
-        client.check(check).await.unwrap_err()
+        (client.check(check).await.unwrap_err(), capabilities.unwrap_err())
     });
+    let (refused, capabilities) = refused;
     assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    assert_eq!(capabilities.code(), tonic::Code::Unauthenticated, "no limits or load without a certificate");
     // And a job with a certificate still runs.
     env.client().args(["--CMD", "true"]).assert().success();
 }
