@@ -30,6 +30,12 @@ pub struct Job {
     /// `--SERVER_PORT` as given, for the `[host:port]:` prefix.
     /// What starts each printed line: `--prefix` rendered, empty with `--no-prefix`.
     pub prefix: String,
+    /// `--prefix` as given (`None` with `--no-prefix`), to render for the server a list
+    /// placed the job on.
+    pub prefix_template: Option<String>,
+    /// Every server of a `--SERVER_IP` list (`host[:port][/slots]`, more than one), with
+    /// its declared slots; empty for a single server (`peer`).
+    pub servers: Vec<(Peer, Option<u32>)>,
     pub repo_url: String,
     pub command: String,
     pub sources: Vec<String>,
@@ -73,7 +79,32 @@ pub struct Job {
 impl Job {
     pub fn from_args(args: Args) -> Result<Job, ClientError> {
         let said = |option: &str| origin(&args.origins, option);
-        let (host, port) = server_address(&args.server_ip, &args.server_port, &said)?;
+        let listed: Vec<&str> =
+            args.server_ip.split(|c: char| c.is_whitespace() || c == ',').filter(|s| !s.is_empty()).collect();
+        let mut servers = Vec::new();
+        if listed.len() > 1 {
+            for entry in &listed {
+                let (address, slots) = match entry.rsplit_once('/') {
+                    Some((address, slots)) => {
+                        let slots = slots.parse::<u32>().ok().filter(|n| *n > 0).ok_or_else(|| {
+                            ClientError::Usage {
+                                message: format!("--SERVER_IP `{entry}`: `{slots}` is not a number of slots"),
+                                hint: Some("write host[:port][/slots], e.g. 10.0.0.5:8766/4".into()),
+                            }
+                            .from_origin(&said("SERVER_IP"))
+                        })?;
+                        (address, Some(slots))
+                    }
+                    None => (*entry, None),
+                };
+                let (host, port) = server_address(address, &args.server_port, &said)?;
+                servers.push((host, port, slots));
+            }
+        }
+        let (host, port) = match servers.first() {
+            Some((host, port, _)) => (host.clone(), *port),
+            None => server_address(&args.server_ip, &args.server_port, &said)?,
+        };
         let prefix = match args.no_prefix {
             true => String::new(),
             false => crate::output::render_prefix(&args.prefix, &host, port).map_err(|why| {
@@ -116,9 +147,15 @@ impl Job {
         for result in &results {
             check_result_path(result).map_err(|error| error.from_origin(&said("RESULT")))?;
         }
+        let servers = servers
+            .into_iter()
+            .map(|(host, port, slots)| (Peer { host, port, tls: tls.clone(), keepalive: args.keepalive }, slots))
+            .collect();
         Ok(Job {
             peer: Peer { host, port, tls, keepalive: args.keepalive },
             prefix,
+            prefix_template: (!args.no_prefix).then(|| args.prefix.clone()),
+            servers,
             repo_url: args.repo_url,
             command: args.cmd,
             sources: split_paths(&args.source),

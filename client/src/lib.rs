@@ -8,6 +8,7 @@
 //! the steps (Upload, Execute, Check, Download) and their retries; [`exit`] maps every
 //! outcome to the process exit code. Each subcommand is a module of `commands`.
 
+mod backoff;
 pub mod cli;
 mod commands;
 pub mod connect;
@@ -15,6 +16,7 @@ pub mod exit;
 pub mod job;
 pub mod marker;
 pub mod output;
+mod placement;
 pub mod server_cert;
 pub mod session;
 pub mod settings;

@@ -106,6 +106,11 @@ struct State {
 const RUNNING: &str = "running on the server";
 
 impl Output {
+    /// The same output with another line prefix (the server a list placed the job on).
+    pub fn with_prefix(&self, prefix: &str) -> Output {
+        Output { prefix: prefix.to_string(), ..self.clone() }
+    }
+
     /// `prefix` starts every remote line and status line (see [`render_prefix`]).
     pub fn new(prefix: &str, verbosity: Verbosity) -> Output {
         let prefix = prefix.to_string();

@@ -108,6 +108,11 @@ impl Session {
         self.peer.is_loopback()
     }
 
+    /// The server this session talks to.
+    pub fn peer(&self) -> &Peer {
+        &self.peer
+    }
+
     /// Whether the server keeps an action cache (`--cache`).
     pub fn has_action_cache(&self) -> bool {
         self.capabilities().and_then(|c| c.features.as_ref()).is_some_and(|f| f.action_cache)

@@ -29,11 +29,33 @@ pub async fn run(job: &Job, out: &Output) -> Result<(), ClientError> {
             hint: Some("fix the --SOURCE list, or leave out --strict to skip such paths with a warning".into()),
         });
     }
-    out.begin(Step::Connect);
-    let connecting = retrying(job, out, Step::Connect, || Session::open(&job.peer, job.stall));
-    let session = patiently(out, job, "connecting", connecting).await?;
-    out.end("");
+    let (session, out, unique_id, from_tree) = match job.servers.is_empty() {
+        true => {
+            out.begin(Step::Connect);
+            let connecting = retrying(job, out, Step::Connect, || Session::open(&job.peer, job.stall));
+            let session = patiently(out, job, "connecting", connecting).await?;
+            out.end("");
+            before_upload(job, &warnings, out);
+            let (unique_id, from_tree) = upload(&session, job, &roots, out).await?;
+            (session, out.clone(), unique_id, from_tree)
+        }
+        false => crate::placement::place(job, &roots, &warnings, out).await?,
+    };
+    let out = &out;
+    let cache = cache_policy(&session, job, from_tree, out);
 
+    out.status(&format!("pip install   ={}", job.repo_url));
+    out.status(&format!("Execute target={}", job.command));
+    out.begin(Step::Execute);
+    let reported = session.execute(job, &unique_id, cache, out).await?;
+    out.end("");
+    let remote_outcome = reported.outcome();
+    finish(job, &session, unique_id, remote_outcome, out).await
+}
+
+/// What is said before the upload: upstream defaults in use, the first status line, and
+/// the SOURCE paths passed over.
+pub(crate) fn before_upload(job: &Job, warnings: &[String], out: &Output) {
     if !job.defaulted.is_empty() {
         let used: Vec<String> = job
             .defaulted
@@ -47,19 +69,19 @@ pub async fn run(job: &Job, out: &Output) -> Result<(), ClientError> {
         out.note(&format!("not given, so lrPymRPC's defaults are used: {}", used.join(", ")));
     }
     out.status(&format!("Compress source={}", job.sources.join(" ")));
-    for warning in &warnings {
+    for warning in warnings {
         out.warn(warning);
     }
-    let (unique_id, from_tree) = upload(&session, job, &roots, out).await?;
-    let cache = cache_policy(&session, job, from_tree, out);
+}
 
-    out.status(&format!("pip install   ={}", job.repo_url));
-    out.status(&format!("Execute target={}", job.command));
-    out.begin(Step::Execute);
-    let reported = session.execute(job, &unique_id, cache, out).await?;
-    out.end("");
-    let remote_outcome = reported.outcome();
-
+/// After Execute: results, unless the command failed and they are not wanted.
+async fn finish(
+    job: &Job,
+    session: &Session,
+    unique_id: String,
+    remote_outcome: Option<Result<(), ClientError>>,
+    out: &Output,
+) -> Result<(), ClientError> {
     if job.no_results_on_failure && matches!(remote_outcome, Some(Err(_))) {
         out.note(
             "the remote command failed: results not fetched (--no-results-on-failure); earlier ones are as they were",
@@ -68,7 +90,7 @@ pub async fn run(job: &Job, out: &Output) -> Result<(), ClientError> {
         out.status("Finish.");
         return remote_outcome.unwrap_or(Ok(()));
     }
-    let missing = fetch_results(&session, job, unique_id, out).await?;
+    let missing = fetch_results(session, job, unique_id, out).await?;
     out.status("Finish.");
     final_outcome(remote_outcome, job, out)?;
     match (job.strict, missing.is_empty()) {
@@ -100,7 +122,12 @@ fn cache_policy(session: &Session, job: &Job, from_tree: bool, out: &Output) -> 
 }
 
 /// The Upload step; returns the job id and whether the job was made from a tree.
-async fn upload(session: &Session, job: &Job, roots: &[PackRoot], out: &Output) -> Result<(String, bool), ClientError> {
+pub(crate) async fn upload(
+    session: &Session,
+    job: &Job,
+    roots: &[PackRoot],
+    out: &Output,
+) -> Result<(String, bool), ClientError> {
     out.status("Upload");
     out.begin(Step::Upload);
     let tree = match session.takes_trees() && !job.no_cas {

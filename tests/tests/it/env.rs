@@ -151,7 +151,9 @@ impl TestEnv {
         }
         command.env("LRPYMRPC_CONFIG", "");
         // The stat cache of content-addressed uploads: the test's own.
-        command.env("XDG_CACHE_HOME", self.root.path().join("cache"));
+        command
+            .env("XDG_CACHE_HOME", self.root.path().join("cache"))
+            .env("XDG_STATE_HOME", self.root.path().join("state"));
         command
     }
 

@@ -21,5 +21,6 @@ mod packaging;
 mod proxy;
 mod security;
 mod server;
+mod servers;
 mod tls;
 mod trust;

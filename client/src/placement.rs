@@ -1,0 +1,174 @@
+//! Several servers behind one client (`--SERVER_IP 'a b:8767 c/4'`), without a central
+//! scheduler: every candidate is asked how busy it is (the capabilities call reports
+//! free slots), the job goes to the one with the most (ties at random), servers that
+//! do not answer the call (legacy) come after in list order. A server that cannot be
+//! reached, is draining or full is skipped and the next one tried, before Execute only
+//! (a job that started belongs to its server: it never runs twice); one that refused
+//! the connection or could not be reached is remembered for a minute (`backoff.rs`). A
+//! refused certificate or a CN the server does not allow is said, never skipped: it is
+//! a misconfiguration to fix, not a server to avoid.
+
+use lrpymrpc_archive::PackRoot;
+
+use crate::connect::{Peer, authority};
+use crate::exit::{ClientError, Step};
+use crate::job::Job;
+use crate::output::Output;
+use crate::session::Session;
+
+/// A server that answered, and how many jobs it could start now (declared slots for
+/// a legacy server).
+struct Candidate {
+    session: Session,
+    free: u32,
+    legacy: bool,
+    order: usize,
+}
+
+/// Places the job on a server of the list: connects, uploads, and returns the session,
+/// the output with that server's prefix, the job id and whether it went as a tree.
+pub async fn place(
+    job: &Job,
+    roots: &[PackRoot],
+    warnings: &[String],
+    out: &Output,
+) -> Result<(Session, Output, String, bool), ClientError> {
+    out.begin(Step::Connect);
+    let backing_off = crate::backoff::backing_off();
+    let fresh: Vec<&(Peer, Option<u32>)> =
+        job.servers.iter().filter(|(peer, _)| !backing_off.contains_key(&authority(peer))).collect();
+    // Unless every one of them failed a moment ago: then they all get another try.
+    let listed: Vec<&(Peer, Option<u32>)> = match fresh.is_empty() {
+        true => job.servers.iter().collect(),
+        false => fresh,
+    };
+    let opened = futures_join(listed.iter().map(|(peer, _)| Session::open(peer, job.stall)).collect::<Vec<_>>()).await;
+    let mut candidates = Vec::new();
+    let mut unreachable = Vec::new();
+    for (order, ((peer, slots), opened)) in listed.iter().zip(opened).enumerate() {
+        match opened {
+            Ok(session) => {
+                let refused = session.capabilities().and_then(|c| c.caller.as_ref()).filter(|caller| !caller.allowed);
+                if let Some(caller) = refused {
+                    return Err(ClientError::Server {
+                        step: Step::Connect,
+                        peer: authority(peer),
+                        code: tonic::Code::PermissionDenied,
+                        message: caller.refusal.clone(),
+                    });
+                }
+                let load = session.capabilities().and_then(|c| c.load.as_ref()).map(|l| (l.draining, l.free_slots));
+                match load {
+                    Some((true, _)) => {
+                        out.verbose(&format!("{} is shutting down: not placing the job there", authority(peer)));
+                    }
+                    Some((false, free)) => candidates.push(Candidate { session, free, legacy: false, order }),
+                    None => candidates.push(Candidate { session, free: slots.unwrap_or(1), legacy: true, order }),
+                }
+            }
+            // A refused certificate is a misconfiguration: said, not skipped.
+            Err(error @ ClientError::Connect { transient: false, .. }) => return Err(error),
+            Err(error) => {
+                crate::backoff::failed(&authority(peer));
+                out.verbose(&format!("skipping {}: {error}", authority(peer)));
+                unreachable.push(error);
+            }
+        }
+    }
+    out.end("");
+    // Most free slots first, ties at random; legacy servers after, in list order.
+    let salt = random_salt();
+    candidates
+        .sort_by_key(|c| (c.legacy, std::cmp::Reverse(if c.legacy { 0 } else { c.free }), tie(c.order, salt), c.order));
+    if candidates.is_empty() {
+        return Err(none_reachable(unreachable));
+    }
+    let mut last = None;
+    let count = candidates.len();
+    for (index, candidate) in candidates.into_iter().enumerate() {
+        let peer = candidate.session.peer().clone();
+        let out = match &job.prefix_template {
+            Some(template) => out.with_prefix(
+                &crate::output::render_prefix(template, &peer.host, peer.port).unwrap_or_else(|_| job.prefix.clone()),
+            ),
+            None => out.clone(),
+        };
+        out.verbose(&format!("placing the job on {} ({} free)", authority(&peer), candidate.free));
+        crate::steps::before_upload(job, warnings, &out);
+        match crate::steps::upload(&candidate.session, job, roots, &out).await {
+            Ok((unique_id, from_tree)) => return Ok((candidate.session, out, unique_id, from_tree)),
+            // Full or draining since it answered: the next one, while there is one.
+            Err(
+                error @ ClientError::Server { code: tonic::Code::ResourceExhausted | tonic::Code::Unavailable, .. },
+            ) if index + 1 < count => {
+                out.note(&format!("{error}; trying the next server"));
+                last = Some(error);
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    Err(last.unwrap_or_else(|| ClientError::local("no server took the job")))
+}
+
+/// No server of the list could take the job: every one named, with why.
+fn none_reachable(unreachable: Vec<ClientError>) -> ClientError {
+    let mut peers = Vec::new();
+    let mut reasons = Vec::new();
+    let mut first_fault = None;
+    for error in unreachable {
+        match error {
+            ClientError::Connect { peer, reason, fault, .. } => {
+                reasons.push(format!("{peer}: {reason}"));
+                peers.push(peer);
+                first_fault.get_or_insert(fault);
+            }
+            other => reasons.push(other.to_string()),
+        }
+    }
+    match first_fault {
+        Some(fault) => ClientError::Connect {
+            peer: peers.join(", "),
+            reason: format!("no server of the list could be reached ({})", reasons.join("; ")),
+            hint: Some(
+                "check that the servers run and listen there; each is skipped for a minute after it fails".into(),
+            ),
+            transient: true,
+            fault,
+        },
+        None => ClientError::local(format!("no server of the list took the job ({})", reasons.join("; "))),
+    }
+}
+
+/// All the futures, concurrently, their outputs in order.
+async fn futures_join<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut pinned: Vec<_> = futures.into_iter().map(Box::pin).collect();
+    let mut done: Vec<Option<F::Output>> = (0..pinned.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (slot, future) in done.iter_mut().zip(pinned.iter_mut()) {
+            if slot.is_none() {
+                match future.as_mut().poll(cx) {
+                    std::task::Poll::Ready(output) => *slot = Some(output),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending { std::task::Poll::Pending } else { std::task::Poll::Ready(()) }
+    })
+    .await;
+    done.into_iter().map(|output| output.expect("every future finished")).collect()
+}
+
+/// A number that differs from run to run, to break ties between equally free servers.
+fn random_salt() -> u64 {
+    let time = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    u64::from(time) ^ (u64::from(std::process::id()) << 32)
+}
+
+/// A pseudo-random rank of a server for this run.
+fn tie(order: usize, salt: u64) -> u64 {
+    let mut x = salt ^ (order as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^ (x >> 33)
+}
