@@ -443,6 +443,22 @@ fn recorded_for<'r>(
     }
 }
 
+/// Moves a result stream's chunks to the client; returns the bytes sent and whether
+/// all went out. Dropping the receiver (the client went away) stops the writer.
+async fn forward_chunks(
+    mut chunks: mpsc::Receiver<Vec<u8>>,
+    tx: &mpsc::Sender<Result<DataChunk, Status>>,
+) -> (u64, bool) {
+    let mut sent = 0u64;
+    while let Some(data) = chunks.recv().await {
+        sent += data.len() as u64;
+        if tx.send(Ok(DataChunk { data })).await.is_err() {
+            return (sent, false);
+        }
+    }
+    (sent, true)
+}
+
 /// Sends a recorded run's results (an uncompressed tar in the store) in `encoding`.
 /// Returns the bytes sent when the whole stream went out.
 async fn stream_recorded(
@@ -450,7 +466,7 @@ async fn stream_recorded(
     encoding: Encoding,
     tx: mpsc::Sender<Result<DataChunk, Status>>,
 ) -> Option<u64> {
-    let (chunk_tx, mut chunk_rx) = mpsc::channel(CHANNEL_CHUNKS);
+    let (chunk_tx, chunk_rx) = mpsc::channel(CHANNEL_CHUNKS);
     let copy = tokio::task::spawn_blocking(move || {
         let out = ChunkWriter::new(chunk_tx, CHUNK_SIZE);
         let mut encoder = encoding.encoder_on(out, RESULT_GZIP_LEVEL, lrpymrpc_archive::encoding::cores())?;
@@ -465,16 +481,7 @@ async fn stream_recorded(
         std::io::copy(&mut file, &mut encoder)?;
         encoder.finish()?.finish()
     });
-    let mut sent = 0u64;
-    let mut complete = true;
-    while let Some(data) = chunk_rx.recv().await {
-        sent += data.len() as u64;
-        if tx.send(Ok(DataChunk { data })).await.is_err() {
-            complete = false;
-            break;
-        }
-    }
-    drop(chunk_rx);
+    let (sent, complete) = forward_chunks(chunk_rx, &tx).await;
     let status = match copy.await {
         Ok(Ok(_)) if complete => return Some(sent),
         Ok(Ok(_)) => return None,
@@ -495,24 +502,14 @@ async fn stream_results(
     encoding: Encoding,
     tx: mpsc::Sender<Result<DataChunk, Status>>,
 ) -> Option<u64> {
-    let (chunk_tx, mut chunk_rx) = mpsc::channel(CHANNEL_CHUNKS);
+    let (chunk_tx, chunk_rx) = mpsc::channel(CHANNEL_CHUNKS);
     let pack = tokio::task::spawn_blocking(move || {
         let out = ChunkWriter::new(chunk_tx, CHUNK_SIZE);
         let (_, writer) = pack_results_tar(&dir, &names, encoding, RESULT_GZIP_LEVEL, out)?;
         writer.finish().map_err(lrpymrpc_archive::PackError::Write)?;
         Ok::<_, lrpymrpc_archive::PackError>(())
     });
-    let mut sent = 0u64;
-    let mut complete = true;
-    while let Some(data) = chunk_rx.recv().await {
-        sent += data.len() as u64;
-        if tx.send(Ok(DataChunk { data })).await.is_err() {
-            // The client went away; dropping the receiver stops the packer.
-            complete = false;
-            break;
-        }
-    }
-    drop(chunk_rx);
+    let (sent, complete) = forward_chunks(chunk_rx, &tx).await;
     let status = match pack.await {
         Ok(Ok(())) if complete => return Some(sent),
         Ok(Ok(())) => return None,

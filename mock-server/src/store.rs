@@ -179,23 +179,7 @@ impl ContentStore {
         if actual.hash != digest.hash {
             return Err(BlobError::Mismatch { expected: digest.hash, actual: actual.hash });
         }
-        let path = self.blob_path(&digest.hash);
-        let known = self.inner().blobs.contains_key(&digest.hash);
-        if !known {
-            std::fs::create_dir_all(path.parent().unwrap_or(&self.dir))?;
-            let file = file.persist(&path).map_err(|e| BlobError::Io(e.error))?;
-            // Read-only: a copy made from it is given its own mode.
-            let _ = file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o444));
-        }
-        let mut inner = self.inner();
-        inner.clock += 1;
-        let now = inner.clock;
-        if let Some(entry) = inner.blobs.get_mut(&digest.hash) {
-            entry.1 = now;
-        } else {
-            inner.blobs.insert(digest.hash.clone(), (digest.size, now));
-            inner.total += digest.size;
-        }
+        let mut inner = self.store(file, &digest)?;
         inner.pending.insert(digest.hash.clone(), std::time::Instant::now());
         inner.present.entry(cn.to_string()).or_default().insert(digest.hash);
         self.evict(&mut inner);
@@ -225,10 +209,19 @@ impl ContentStore {
         let LocalBlob { mut file, hasher } = blob;
         file.flush()?;
         let digest = hasher.finish();
+        let mut inner = self.store(file, &digest)?;
+        self.evict(&mut inner);
+        Ok(digest)
+    }
+
+    /// Moves a verified temporary file into the store under `digest` (unless it is
+    /// there already) and marks the blob used; returns the lock for what follows.
+    fn store(&self, file: tempfile::NamedTempFile, digest: &Digest) -> Result<MutexGuard<'_, Inner>, BlobError> {
         let path = self.blob_path(&digest.hash);
         if !self.inner().blobs.contains_key(&digest.hash) {
             std::fs::create_dir_all(path.parent().unwrap_or(&self.dir))?;
             let file = file.persist(&path).map_err(|e| BlobError::Io(e.error))?;
+            // Read-only: a copy made from it is given its own mode.
             let _ = file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o444));
         }
         let mut inner = self.inner();
@@ -240,8 +233,7 @@ impl ContentStore {
             inner.blobs.insert(digest.hash.clone(), (digest.size, now));
             inner.total += digest.size;
         }
-        self.evict(&mut inner);
-        Ok(digest)
+        Ok(inner)
     }
 
     /// Removes the least recently used blobs nobody is being made from, until the
