@@ -350,11 +350,7 @@ impl Bench {
             name: name.into(),
             samples: samples.iter().map(|s| s.wall).collect(),
             reference: None,
-            note: format!(
-                "client CPU {}, peak RSS {} KiB",
-                seconds(median(&samples.iter().map(|s| s.cpu).collect::<Vec<_>>())),
-                max_rss(&samples)
-            ),
+            note: cpu_and_rss(&samples),
         })
     }
 
@@ -395,11 +391,7 @@ impl Bench {
                 name: format!("W2n 200 MB round trip, 20 ms round-trip link, {name}"),
                 samples: samples.iter().map(|s| s.wall).collect(),
                 reference: None,
-                note: format!(
-                    "client CPU {}, peak RSS {} KiB",
-                    seconds(median(&samples.iter().map(|s| s.cpu).collect::<Vec<_>>())),
-                    max_rss(&samples)
-                ),
+                note: cpu_and_rss(&samples),
             });
         }
         Ok(rows)
@@ -572,6 +564,12 @@ impl Bench {
 }
 
 /// Waits for a child with `wait4`, for its own CPU time and peak RSS.
+/// "client CPU 2.1 s, peak RSS 15072 KiB": the median CPU and the highest peak of runs.
+fn cpu_and_rss(samples: &[Sample]) -> String {
+    let cpu = median(&samples.iter().map(|s| s.cpu).collect::<Vec<_>>());
+    format!("client CPU {}, peak RSS {} KiB", seconds(cpu), max_rss(samples))
+}
+
 fn wait_sample(mut child: std::process::Child, start: Instant) -> anyhow::Result<Sample> {
     let pid = i32::try_from(child.id())?;
     let mut status = 0;

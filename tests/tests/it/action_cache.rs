@@ -178,20 +178,23 @@ fn without_a_cache_or_a_tree_the_step_runs_and_says_why() {
     assert_eq!(runs(&env), 2);
 }
 
+/// `command` with `--cache`, its results under `run_name/`, running in the background.
+fn spawn_cached(env: &TestEnv, command: &str, run_name: &str) -> std::process::Child {
+    let mut client = env.client_std();
+    client
+        .args(["--cache", "--RESULT", "build", "--RUN_NAME", run_name, "--CMD", command])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    client.spawn().unwrap()
+}
+
 #[test]
 fn two_identical_steps_started_together_run_once_and_the_second_follows_the_first_live() {
     use std::io::BufRead;
     let env = cached();
     // The step prints at once, then takes a while.
     let command = format!("{}; sleep 3", step(&env));
-    let start = |run_name: &str| {
-        let mut client = env.client_std();
-        client
-            .args(["--cache", "--RESULT", "build", "--RUN_NAME", run_name, "--CMD", &command])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        client.spawn().unwrap()
-    };
+    let start = |run_name: &str| spawn_cached(&env, &command, run_name);
     let mut first = start("a");
     wait_until(PROCESS_LIMIT, "the first step to start", || runs(&env) == 1);
     let mut second = start("b");
@@ -222,14 +225,7 @@ fn two_identical_steps_started_together_run_once_and_the_second_follows_the_firs
 fn a_follower_of_a_run_that_fails_runs_the_step_itself() {
     let env = cached();
     let command = format!("{}; sleep 2; exit 3", step(&env));
-    let start = |run_name: &str| {
-        let mut client = env.client_std();
-        client
-            .args(["--cache", "--RESULT", "build", "--RUN_NAME", run_name, "--CMD", &command])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        client.spawn().unwrap()
-    };
+    let start = |run_name: &str| spawn_cached(&env, &command, run_name);
     let first = start("a");
     wait_until(PROCESS_LIMIT, "the first step to start", || runs(&env) == 1);
     let second = start("b");

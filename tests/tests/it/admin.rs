@@ -54,34 +54,32 @@ fn check_config_passes_the_example_and_names_what_is_wrong() {
     }
 }
 
+/// A trivial job against the server on `port`.
+fn job_on(env: &TestEnv, port: u16) -> std::process::Output {
+    let mut client = Command::new(crate::env::CLIENT);
+    client
+        .current_dir(&env.work)
+        .env("LRPYMRPC_CONFIG", "")
+        .args(["--SERVER_IP", "127.0.0.1", "--SERVER_PORT", &port.to_string(), "--CMD", "true"])
+        .arg("--TLS_CONFIG_DIR")
+        .arg(&env.tls);
+    output_within(&mut client, PROCESS_LIMIT)
+}
+
 #[test]
 fn the_server_reads_its_config_file_and_the_command_line_wins() {
     let env = TestEnv::bare();
     let config = env.root.path().join("server.toml");
     std::fs::write(&config, "allow-cn = [\"somebody-else\"]\nmax-jobs = 4\n").unwrap();
     let (mut server, port) = spawn_server_binary(&env, &["--config", config.to_str().unwrap()]);
-    let mut client = Command::new(crate::env::CLIENT);
-    client
-        .current_dir(&env.work)
-        .env("LRPYMRPC_CONFIG", "")
-        .args(["--SERVER_IP", "127.0.0.1", "--SERVER_PORT", &port.to_string(), "--CMD", "true"])
-        .arg("--TLS_CONFIG_DIR")
-        .arg(&env.tls);
-    let refused = output_within(&mut client, PROCESS_LIMIT);
+    let refused = job_on(&env, port);
     assert!(!refused.status.success(), "the file's allow-list applies");
     assert!(String::from_utf8_lossy(&refused.stderr).contains("e2e-user"), "{refused:?}");
     let _ = server.kill();
     let _ = server.wait();
     let (mut server, port) =
         spawn_server_binary(&env, &["--config", config.to_str().unwrap(), "--allow-cn", "e2e-user"]);
-    let mut client = Command::new(crate::env::CLIENT);
-    client
-        .current_dir(&env.work)
-        .env("LRPYMRPC_CONFIG", "")
-        .args(["--SERVER_IP", "127.0.0.1", "--SERVER_PORT", &port.to_string(), "--CMD", "true"])
-        .arg("--TLS_CONFIG_DIR")
-        .arg(&env.tls);
-    let allowed = output_within(&mut client, PROCESS_LIMIT);
+    let allowed = job_on(&env, port);
     assert!(
         allowed.status.success(),
         "the command line's allow-list wins: {}",
