@@ -227,6 +227,11 @@ pub struct Args {
     #[arg(long, env = "LRPYMRPC_KEEPALIVE", value_name = "DURATION", default_value = crate::connect::DEFAULT_KEEPALIVE, value_parser = parse_positive_duration, help_heading = "Beyond lrPymRPC")]
     pub keepalive: Duration,
 
+    /// How long a step waits for a free slot when every server is full (all its
+    /// `--max-jobs` taken) before it fails; `0` fails at once
+    #[arg(long, env = "LRPYMRPC_QUEUE_TIMEOUT", value_name = "DURATION", default_value = "1h", value_parser = lrpymrpc_units::parse_duration, help_heading = "Beyond lrPymRPC")]
+    pub queue_timeout: Duration,
+
     /// How often to retry connecting, and Upload, Check or Download after a lost
     /// connection (Execute is never repeated)
     #[arg(long, env = "LRPYMRPC_RETRIES", value_name = "N", default_value_t = 3, help_heading = "Beyond lrPymRPC")]

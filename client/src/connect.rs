@@ -396,6 +396,13 @@ pub fn classify(step: Step, target: &Peer, status: Status) -> ClientError {
             let hint = hint_for(&fault, target);
             ClientError::Connect { peer, reason, hint, transient: false, fault }
         }
+        // The bare words here are the library's (a TLS EOF with a web address in it).
+        TransportFault::Closed => ClientError::Lost {
+            step,
+            peer,
+            reason: "the connection closed mid-call (the server stopped or was killed, or the network dropped it)"
+                .into(),
+        },
         _ => ClientError::Lost { step, peer, reason },
     }
 }

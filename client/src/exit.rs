@@ -165,6 +165,22 @@ impl ClientError {
         }
     }
 
+    /// A server's "full" refusal after the step waited `waited` for a slot in vain.
+    pub fn queued_for(self, waited: std::time::Duration) -> ClientError {
+        match self {
+            ClientError::Server { step, peer, code, message } => ClientError::Server {
+                step,
+                peer,
+                code,
+                message: format!(
+                    "{message} (waited {} for a slot, --queue-timeout)",
+                    lrpymrpc_units::human_duration(waited)
+                ),
+            },
+            other => other,
+        }
+    }
+
     /// Whether repeating the step may help: the server could not be reached or the
     /// connection dropped, as opposed to an answer or a local problem.
     pub fn is_transient(&self) -> bool {

@@ -71,6 +71,8 @@ pub struct Job {
     pub result_encoding: crate::cli::ResultEncoding,
     /// `--blob-compression`.
     pub blob_compression: crate::cli::BlobCompression,
+    /// `--queue-timeout`: how long a step waits for a slot on a full server.
+    pub queue_timeout: std::time::Duration,
     /// `--stall-timeout`: how long a step may get no answer.
     pub stall: std::time::Duration,
     pub verbosity: Verbosity,
@@ -183,6 +185,7 @@ impl Job {
             timeout: args.timeout.map(|limit| (timeout_text, limit)),
             retries: args.retries,
             stall: args.stall_timeout,
+            queue_timeout: args.queue_timeout,
             defaulted: args.defaulted,
             tls_warnings,
             verbosity,

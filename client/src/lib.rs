@@ -17,6 +17,7 @@ pub mod job;
 pub mod marker;
 pub mod output;
 mod placement;
+mod queue;
 pub mod server_cert;
 pub mod session;
 pub mod settings;

@@ -14,6 +14,7 @@ use crate::connect::{Peer, authority};
 use crate::exit::{ClientError, Step};
 use crate::job::Job;
 use crate::output::Output;
+use crate::queue::SlotWait;
 use crate::session::Session;
 
 /// A server that answered, and how many jobs it could start now (declared slots for
@@ -27,6 +28,8 @@ struct Candidate {
 
 /// Places the job on a server of the list: connects, uploads, and returns the session,
 /// the output with that server's prefix, the job id and whether it went as a tree.
+/// When every server is full it waits for a slot (`queue.rs`); when none can be
+/// reached, the whole list is tried again as one server would be (`--retries`).
 pub async fn place(
     job: &Job,
     roots: &[PackRoot],
@@ -34,6 +37,81 @@ pub async fn place(
     out: &Output,
 ) -> Result<(Session, Output, String, bool), ClientError> {
     out.begin(Step::Connect);
+    let connecting = crate::steps::retrying(job, out, Step::Connect, || candidates(job, out));
+    let mut candidates = crate::steps::patiently(out, job, "connecting", connecting).await?;
+    out.end("");
+    let salt = random_salt();
+    let mut wait = SlotWait::new(job.queue_timeout);
+    let mut said_before_upload = false;
+    loop {
+        // Most free slots first, ties at random; legacy servers after, in list order.
+        candidates.sort_by_key(|c| {
+            (c.legacy, std::cmp::Reverse(if c.legacy { 0 } else { c.free }), tie(c.order, salt), c.order)
+        });
+        let mut full = None;
+        let mut last = None;
+        let mut index = 0;
+        while index < candidates.len() {
+            let candidate = &candidates[index];
+            let peer = candidate.session.peer().clone();
+            if !candidate.legacy && candidate.free == 0 {
+                out.verbose(&format!("{} is full", authority(&peer)));
+                full.get_or_insert_with(|| every_slot_taken(&candidates));
+                index += 1;
+                continue;
+            }
+            let out = match &job.prefix_template {
+                Some(template) => out.with_prefix(
+                    &crate::output::render_prefix(template, &peer.host, peer.port)
+                        .unwrap_or_else(|_| job.prefix.clone()),
+                ),
+                None => out.clone(),
+            };
+            out.verbose(&format!("placing the job on {} ({} free)", authority(&peer), candidate.free));
+            if !std::mem::replace(&mut said_before_upload, true) {
+                crate::steps::before_upload(job, warnings, &out);
+            }
+            match crate::steps::upload(&candidate.session, job, roots, &out).await {
+                Ok((unique_id, from_tree)) => {
+                    wait.done(&out);
+                    let session = candidates.swap_remove(index).session;
+                    return Ok((session, out, unique_id, from_tree));
+                }
+                Err(error) if crate::queue::is_full(&candidate.session, &error).await => {
+                    out.verbose(&format!("{error}; trying the next server"));
+                    full = Some(error);
+                    index += 1;
+                }
+                // Draining, out of space or gone since it answered: the job was never
+                // started there, so the next server may take it.
+                Err(
+                    error @ (ClientError::Server {
+                        code: tonic::Code::ResourceExhausted | tonic::Code::Unavailable,
+                        ..
+                    }
+                    | ClientError::Lost { step: Step::Upload, .. }),
+                ) => {
+                    out.note(&format!("{error}; not placing the job there"));
+                    last = Some(error);
+                    candidates.remove(index);
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        let Some(full) = full else {
+            return Err(last.unwrap_or_else(|| ClientError::local("no server of the list took the job")));
+        };
+        let names: Vec<String> = candidates.iter().map(|c| authority(c.session.peer())).collect();
+        if !wait.pause(&names.join(", "), out).await {
+            return Err(wait.gave_up(full));
+        }
+        refresh(&mut candidates, out).await;
+    }
+}
+
+/// Every server of the list that answers, with its load; legacy servers (no load)
+/// with their declared slots. A server in back-off is left out unless all are.
+async fn candidates(job: &Job, out: &Output) -> Result<Vec<Candidate>, ClientError> {
     let backing_off = crate::backoff::backing_off();
     let fresh: Vec<&(Peer, Option<u32>)> =
         job.servers.iter().filter(|(peer, _)| !backing_off.contains_key(&authority(peer))).collect();
@@ -75,39 +153,45 @@ pub async fn place(
             }
         }
     }
-    out.end("");
-    // Most free slots first, ties at random; legacy servers after, in list order.
-    let salt = random_salt();
-    candidates
-        .sort_by_key(|c| (c.legacy, std::cmp::Reverse(if c.legacy { 0 } else { c.free }), tie(c.order, salt), c.order));
-    if candidates.is_empty() {
-        return Err(none_reachable(unreachable));
+    match candidates.is_empty() {
+        true if unreachable.is_empty() => Err(ClientError::local("every server of the list is shutting down")),
+        true => Err(none_reachable(unreachable)),
+        false => Ok(candidates),
     }
-    let mut last = None;
-    let count = candidates.len();
-    for (index, candidate) in candidates.into_iter().enumerate() {
-        let peer = candidate.session.peer().clone();
-        let out = match &job.prefix_template {
-            Some(template) => out.with_prefix(
-                &crate::output::render_prefix(template, &peer.host, peer.port).unwrap_or_else(|_| job.prefix.clone()),
-            ),
-            None => out.clone(),
-        };
-        out.verbose(&format!("placing the job on {} ({} free)", authority(&peer), candidate.free));
-        crate::steps::before_upload(job, warnings, &out);
-        match crate::steps::upload(&candidate.session, job, roots, &out).await {
-            Ok((unique_id, from_tree)) => return Ok((candidate.session, out, unique_id, from_tree)),
-            // Full or draining since it answered: the next one, while there is one.
-            Err(
-                error @ ClientError::Server { code: tonic::Code::ResourceExhausted | tonic::Code::Unavailable, .. },
-            ) if index + 1 < count => {
-                out.note(&format!("{error}; trying the next server"));
-                last = Some(error);
-            }
-            Err(error) => return Err(error),
+}
+
+/// Asks every server that reports its load how busy it is now; one that started
+/// draining or stopped answering is dropped.
+async fn refresh(candidates: &mut Vec<Candidate>, out: &Output) {
+    let loads = futures_join(candidates.iter().map(|c| c.session.load()).collect::<Vec<_>>()).await;
+    let mut loads = loads.into_iter();
+    candidates.retain_mut(|candidate| {
+        let load = loads.next().flatten();
+        if candidate.legacy {
+            return true;
         }
+        match load {
+            Some(load) if !load.draining => {
+                candidate.free = load.free_slots;
+                true
+            }
+            _ => {
+                out.verbose(&format!("{} stopped taking jobs", authority(candidate.session.peer())));
+                false
+            }
+        }
+    });
+}
+
+/// The refusal a step ends with when every server stayed full.
+fn every_slot_taken(candidates: &[Candidate]) -> ClientError {
+    let names: Vec<String> = candidates.iter().map(|c| authority(c.session.peer())).collect();
+    ClientError::Server {
+        step: Step::Upload,
+        peer: names.join(", "),
+        code: tonic::Code::ResourceExhausted,
+        message: "every slot of every server is taken (--max-jobs)".into(),
     }
-    Err(last.unwrap_or_else(|| ClientError::local("no server took the job")))
 }
 
 /// No server of the list could take the job: every one named, with why.

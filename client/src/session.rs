@@ -123,6 +123,16 @@ impl Session {
         self.capabilities.as_ref()
     }
 
+    /// How busy the server is now (asked again; `capabilities` holds what it said at
+    /// connect time); `None` for a legacy server or one that did not answer in time.
+    pub async fn load(&self) -> Option<lrpymrpc_proto::v1::Load> {
+        self.capabilities.as_ref()?;
+        let mut extensions = self.extensions.clone();
+        let request = lrpymrpc_proto::v1::CapabilitiesRequest { client_protocol: lrpymrpc_proto::v1::PROTOCOL };
+        let answered = tokio::time::timeout(self.stall, extensions.capabilities(request)).await;
+        answered.ok()?.ok()?.into_inner().load
+    }
+
     /// A failed call as an error naming the step and this session's peer.
     fn failed(&self, step: Step, status: Status) -> ClientError {
         classify(step, &self.peer, status)

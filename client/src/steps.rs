@@ -36,7 +36,16 @@ pub async fn run(job: &Job, out: &Output) -> Result<(), ClientError> {
             let session = patiently(out, job, "connecting", connecting).await?;
             out.end("");
             before_upload(job, &warnings, out);
-            let (unique_id, from_tree) = upload(&session, job, &roots, out).await?;
+            let mut wait = crate::queue::SlotWait::new(job.queue_timeout);
+            let (unique_id, from_tree) = loop {
+                match upload(&session, job, &roots, out).await {
+                    Err(error) if crate::queue::is_full(&session, &error).await => {
+                        wait.until_free(&session, error, out).await?;
+                    }
+                    uploaded => break uploaded?,
+                }
+            };
+            wait.done(out);
             (session, out.clone(), unique_id, from_tree)
         }
         false => crate::placement::place(job, &roots, &warnings, out).await?,
@@ -222,7 +231,7 @@ fn final_outcome(remote_outcome: Option<Result<(), ClientError>>, job: &Job, out
 const PATIENCE: Duration = Duration::from_secs(2);
 
 /// `step`, saying once after [`PATIENCE`] what it is waiting for.
-async fn patiently<T>(out: &Output, job: &Job, what: &str, step: impl Future<Output = T>) -> T {
+pub(crate) async fn patiently<T>(out: &Output, job: &Job, what: &str, step: impl Future<Output = T>) -> T {
     tokio::pin!(step);
     tokio::select! {
         done = &mut step => return done,
@@ -240,7 +249,7 @@ async fn patiently<T>(out: &Output, job: &Job, what: &str, step: impl Future<Out
 /// unreachable, the connection lost), waiting longer each time. A lost connection
 /// mid-step is said at each retry; a server that cannot be reached yet is said once,
 /// at the end (`tried 4 times in 3.5 s`), or under `--verbose` at each try.
-async fn retrying<T, F, Fut>(job: &Job, out: &Output, step: Step, mut attempt: F) -> Result<T, ClientError>
+pub(crate) async fn retrying<T, F, Fut>(job: &Job, out: &Output, step: Step, mut attempt: F) -> Result<T, ClientError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, ClientError>>,

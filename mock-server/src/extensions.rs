@@ -65,8 +65,10 @@ impl Extensions for ExtensionService {
             self.state.metrics.refused_for(&error);
             return Err(error.into());
         }
+        let mut owner = None;
         let caller = match identify(&request, config.tls.is_some()) {
             Ok(caller) => {
+                owner = caller.cn.clone();
                 let refusal = check_allowed(&caller, config.allowed_cns.as_ref()).err();
                 Caller {
                     cn: caller.cn.unwrap_or_default(),
@@ -77,7 +79,7 @@ impl Extensions for ExtensionService {
             Err(error) => Caller { cn: String::new(), allowed: false, refusal: error.to_string() },
         };
         let running = self.state.executor.running();
-        let free_slots = self.state.jobs.free_slots();
+        let free_slots = self.state.jobs.free_slots_for(owner.as_deref());
         let response = CapabilitiesResponse {
             protocol: lrpymrpc_proto::v1::PROTOCOL,
             server: format!("lrpymrpc-mock-server {}", env!("CARGO_PKG_VERSION")),

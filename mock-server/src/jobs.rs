@@ -312,6 +312,14 @@ impl Jobs {
         self.slots.available_permits()
     }
 
+    /// Jobs `owner` could start now: the free slots, fewer when `owner` already holds
+    /// nearly all it may (`max_jobs_per_cn`), so a client told "free" is not refused.
+    pub fn free_slots_for(&self, owner: Option<&str>) -> usize {
+        let held =
+            self.table().values().filter(|entry| entry.slot.is_some() && entry.owner.as_deref() == owner).count();
+        self.free_slots().min(self.max_jobs_per_cn.saturating_sub(held))
+    }
+
     /// How often [`Jobs::reap`] should run to keep its promises.
     pub fn reap_interval(&self) -> Duration {
         (self.grace.min(self.ttl) / 4).clamp(Duration::from_millis(100), Duration::from_secs(30))
@@ -482,7 +490,10 @@ mod tests {
         let _a = jobs.create(Some("alice")).unwrap();
         let _b = jobs.create(Some("alice")).unwrap();
         assert!(matches!(jobs.create(Some("alice")), Err(JobError::BusyForCn { max_jobs_per_cn: 2 })));
-        assert!(jobs.create(Some("bob")).is_ok());
+        // The load reported to each caller says so: alice could start none, bob two.
+        assert_eq!((jobs.free_slots_for(Some("alice")), jobs.free_slots_for(Some("bob"))), (0, 2));
+        let _c = jobs.create(Some("bob")).unwrap();
+        assert_eq!((jobs.free_slots(), jobs.free_slots_for(Some("bob"))), (1, 1));
     }
 
     #[test]

@@ -17,6 +17,8 @@
 //! - W2n: W2 through a link with 10 ms of delay each way (`link.rs`), as to a server on
 //!   another machine, as a tar.gz and content-addressed.
 //!
+//! - W8: eight 1 s steps with `make -j8` over four servers of two slots each, against
+//!   one server of two slots.
 //! - W10: a 5 s step run again with `--cache` against a server with an action cache.
 //! - W9: 300,000 output lines from the grpcio server of `tests/python/`: our client
 //!   against a grpcio client working as the Python client does, on the same server.
@@ -134,6 +136,10 @@ impl Bench {
             eprintln!("xtask bench: W9, 300,000 output lines from a grpcio server");
             rows.extend(self.output_heavy()?);
         }
+        if options.wants(&["W8"]) {
+            eprintln!("xtask bench: W8, eight 1 s steps with make -j8 over four servers against one");
+            rows.push(self.several_servers(repeats)?);
+        }
         if options.wants(&["W10"]) {
             eprintln!("xtask bench: W10, a 5 s step run again with the action cache");
             rows.push(self.action_cache(repeats)?);
@@ -235,6 +241,50 @@ impl Bench {
                 note: String::new(),
             },
         ])
+    }
+
+    /// W8: `make -j8` of eight 1 s steps over four servers of two slots each, against
+    /// the same build on one server of two slots (the steps beyond the slots wait for
+    /// one, `--queue-timeout`). Whole builds, wall time.
+    fn several_servers(&self, repeats: usize) -> anyhow::Result<Row> {
+        let servers: Vec<MockServer> = (0..4)
+            .map(|n| {
+                let root = self.scratch.join(format!("w8-jobs-{n}"));
+                std::fs::create_dir_all(&root)?;
+                MockServer::start(&self.server, &root, &self.tls, &["--max-jobs", "2"])
+            })
+            .collect::<anyhow::Result<_>>()?;
+        let dir = self.scratch.join("w8");
+        let mut makefile = String::from("all: $(STEPS)\n");
+        let steps: Vec<String> = (1..=8).map(|n| format!("s{n}")).collect();
+        makefile.insert_str(0, &format!("STEPS = {}\n", steps.join(" ")));
+        makefile.push_str(".PHONY: all $(STEPS)\n$(STEPS):\n\tcd $@ && \"$(CLIENT)\" --SERVER_IP \"$(SERVERS)\" --TLS_CONFIG_DIR \"$(TLS)\" --quiet --SOURCE source --RESULT out --CMD 'sleep 1; mkdir out; echo $@ > out/step'\n");
+        for step in &steps {
+            generate(&dir.join(step).join("source"), 10, 1024, 1, 1)?;
+        }
+        std::fs::write(dir.join("Makefile"), makefile)?;
+        let build = |servers: &[&MockServer]| -> anyhow::Result<Duration> {
+            let list: Vec<&str> = servers.iter().map(|server| server.address.as_str()).collect();
+            let mut make = Command::new("make");
+            make.current_dir(&dir)
+                .arg("-j8")
+                .arg(format!("CLIENT={}", self.client.display()))
+                .arg(format!("SERVERS={}", list.join(" ")))
+                .arg(format!("TLS={}", self.tls.display()))
+                .env("LRPYMRPC_CONFIG", "")
+                .env("XDG_STATE_HOME", self.scratch.join("w8-state"))
+                .env("XDG_CACHE_HOME", self.scratch.join("cache"))
+                .env_remove("MAKEFLAGS");
+            run_quiet(&mut make)
+        };
+        let one = time_repeated(repeats, || build(&[&servers[0]]))?;
+        let four = time_repeated(repeats, || build(&servers.iter().collect::<Vec<_>>()))?;
+        Ok(Row {
+            name: "W8 make -j8, eight 1 s steps, four 2-slot servers".into(),
+            samples: four,
+            reference: Some(("one 2-slot server".into(), median(&one))),
+            note: "whole builds; target: at most 35% of one server's time".into(),
+        })
     }
 
     /// W10: a 5 s step with a small result, run with `--cache` against a server with

@@ -54,7 +54,7 @@ fn a_second_upload_sends_only_the_changed_file_and_an_unchanged_tree_nothing() {
 }
 
 /// A raw extension client with the fixture's certificate (or another CN's directory).
-async fn raw_extensions(
+pub(crate) async fn raw_extensions(
     env_addr: std::net::SocketAddr,
     tls: &std::path::Path,
 ) -> ExtensionsClient<tonic::transport::Channel> {

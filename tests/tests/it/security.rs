@@ -454,7 +454,7 @@ fn a_stalled_upload_loses_its_slot_and_one_cn_cannot_take_every_slot() {
     let lines = BufReader::new(holding.stdout.take().unwrap()).lines();
     assert!(lines.map_while(Result::ok).any(|line| line.ends_with("]:holding")));
     env.client()
-        .args(["--CMD", "true"])
+        .args(["--CMD", "true", "--queue-timeout", "0"])
         .assert()
         .code(103)
         .stderr(predicate::str::contains("RESOURCE_EXHAUSTED"))

@@ -100,8 +100,10 @@ fn a_repo_url_that_would_be_a_pip_option_is_an_invalid_argument() {
         .stderr(predicate::str::contains("may not start with `-`"));
 }
 
+// A full server is a queue for our client: the step waits for a slot (`--queue-timeout`),
+// and fails with the server's refusal when the wait is over or not wanted (`0`).
 #[test]
-fn the_job_limit_answers_resource_exhausted_and_frees_its_slot() {
+fn the_job_limit_answers_resource_exhausted_and_a_step_waits_for_the_slot() {
     let env = TestEnv::configured(|config| config.max_jobs = 1);
     env.write("source/x", "x");
     let mut first = env.client_std();
@@ -113,13 +115,27 @@ fn the_job_limit_answers_resource_exhausted_and_frees_its_slot() {
         }
     }
     env.client()
-        .args(["--CMD", "true"])
+        .args(["--CMD", "true", "--queue-timeout", "0"])
         .assert()
         .code(103)
         .stderr(predicate::str::contains("RESOURCE_EXHAUSTED"))
         .stderr(predicate::str::contains("at most 1 jobs at once (--max-jobs)"));
+    env.client()
+        .args(["--CMD", "true", "--queue-timeout", "300ms"])
+        .assert()
+        .code(103)
+        .stderr(predicate::str::contains("every slot is taken; waiting for one"))
+        .stderr(predicate::str::contains("for a slot, --queue-timeout)"));
+    // Waiting (the default), the step runs once the first job gave its slot back.
+    env.client()
+        .args(["--CMD", "echo ran after the wait"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("]:ran after the wait"))
+        .stderr(predicate::str::contains("every slot is taken; waiting for one"))
+        .stderr(predicate::str::contains("a slot was free after"));
     assert!(wait_exit(&mut first, crate::env::PROCESS_LIMIT).success());
-    env.client().args(["--CMD", "true"]).assert().success();
+    env.client().args(["--CMD", "true"]).assert().success().stderr(predicate::str::contains("waiting").not());
 }
 
 #[test]
