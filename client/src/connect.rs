@@ -380,7 +380,11 @@ pub fn classify(step: Step, target: &Peer, status: Status) -> ClientError {
     let peer = authority(target);
     let Some(source) = status.source() else {
         return match status.code() {
-            Code::Unavailable => ClientError::Lost { step, peer, reason: status.message().to_string() },
+            // The server chose it: shutting down (a retry may find it back), or, during
+            // Execute, its scheduler could not start the command (said as the answer it is).
+            Code::Unavailable if step != Step::Execute => {
+                ClientError::Lost { step, peer, reason: status.message().to_string() }
+            }
             code => ClientError::Server { step, peer, code, message: status.message().to_string() },
         };
     };

@@ -81,18 +81,19 @@ pub async fn plan(state: &State, run: Run<'_>, ask: &CacheAsk, events: &Events) 
         }
     };
     let config = &state.config;
-    let executor = match (&config.sandbox, config.sandbox_network) {
-        (None, _) => "local",
-        (Some(_), false) => "local+sandbox",
-        (Some(_), true) => "local+sandbox+network",
+    let sandbox = match (&config.sandbox, config.sandbox_network) {
+        (None, _) => "",
+        (Some(_), false) => "+sandbox",
+        (Some(_), true) => "+sandbox+network",
     };
+    let executor = format!("{}{sandbox}", config.executor.name());
     let parts = ActionParts {
         cn,
         input_root: &input_root,
         command,
         results: &ask.results,
         environment: &environment,
-        executor,
+        executor: &executor,
     };
     let key = cache.key(&parts);
     // Lines of a run this one followed, already sent.

@@ -13,8 +13,9 @@ use lrpymrpc_certs::inspect::Summary;
 use lrpymrpc_certs::{Ca, layout, request};
 use lrpymrpc_units::{DurationArg, SizeArg};
 
-use crate::config::read_allowed_cns;
+use crate::config::{ExecutorChoice, read_allowed_cns};
 use crate::sandbox::Sandbox;
+use crate::slurm::{SlurmExecutor, SlurmOptions};
 use crate::{Config, TlsMaterial};
 use lrpymrpc_archive::Limits;
 
@@ -57,9 +58,10 @@ struct Args {
     sandbox_network: bool,
 
     /// Jobs at once (from Upload until the command ended, and each later command);
-    /// beyond: RESOURCE_EXHAUSTED
-    #[arg(long, default_value_t = defaults().max_jobs as u32, value_parser = clap::value_parser!(u32).range(1..=4096), help_heading = "Limits")]
-    max_jobs: u32,
+    /// beyond: RESOURCE_EXHAUSTED. Default 16; 256 with `--executor slurm`, where Slurm
+    /// bounds what runs and the rest wait in its queue
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4096), help_heading = "Limits")]
+    max_jobs: Option<u32>,
     /// Of those, how many one client certificate may hold (default: all of them)
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4096), help_heading = "Limits")]
     max_jobs_per_cn: Option<u32>,
@@ -103,6 +105,29 @@ struct Args {
     /// On SIGTERM or Ctrl-C: how long running jobs may finish before they are stopped
     #[arg(long, value_name = "DURATION", default_value_t = defaults().shutdown_grace.into(), help_heading = "Lifecycle")]
     shutdown_grace: DurationArg,
+
+    /// Where commands run: `local` (this machine) or `slurm` (a job step through `srun`
+    /// on whichever node is free; the job root must be on a filesystem every node sees,
+    /// which a probe step checks at start). pip always runs on this machine
+    #[arg(long, value_enum, default_value_t = ExecutorKind::Local, help_heading = "Executor")]
+    executor: ExecutorKind,
+    /// The Slurm partition steps run in (default: the cluster's default partition)
+    #[arg(long, value_name = "NAME", help_heading = "Executor")]
+    slurm_partition: Option<String>,
+    /// The Slurm account steps are charged to
+    #[arg(long, value_name = "NAME", help_heading = "Executor")]
+    slurm_account: Option<String>,
+    /// One more srun option for every step, as it is (repeatable):
+    /// `--slurm-arg=--cpus-per-task=4 --slurm-arg=--mem=8G`
+    #[arg(long, value_name = "OPTION", allow_hyphen_values = true, help_heading = "Executor")]
+    slurm_arg: Vec<String>,
+    /// How often steps waiting in Slurm's queue are looked up, all in one `squeue`
+    #[arg(long, value_name = "DURATION", default_value = "1s", help_heading = "Executor")]
+    slurm_poll_interval: DurationArg,
+    /// How long the start-up probe step may wait for a node before the server refuses
+    /// to start
+    #[arg(long, value_name = "DURATION", default_value = "2m", help_heading = "Executor")]
+    slurm_probe_timeout: DurationArg,
 
     /// Build a fresh Python environment for every job instead of sharing one per REPO_URL
     #[arg(long, help_heading = "Python environments")]
@@ -174,6 +199,16 @@ struct Args {
 /// The one source of every default: `Config::new`, shown in `--help` as clap's defaults.
 fn defaults() -> Config {
     Config::new(PathBuf::new(), None)
+}
+
+/// `--max-jobs` with `--executor slurm` when not given: Slurm bounds what runs.
+const SLURM_MAX_JOBS: u32 = 256;
+
+/// `--executor`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ExecutorKind {
+    Local,
+    Slurm,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -378,6 +413,12 @@ fn serve(args: Args) -> anyhow::Result<()> {
     let config = config_from(args)?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
+        // Refuse to start, before listening, where Slurm's nodes cannot see the jobs.
+        if let ExecutorChoice::Slurm(options) = &config.executor {
+            let slurm = SlurmExecutor::new(options.clone(), &config.root, config.job_timeout)?;
+            slurm.probe(&config.root).await?;
+            tracing::info!("Slurm ran the probe step: the job root is shared with the nodes");
+        }
         let listener =
             tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on `{listen}`"))?;
         let address = listener.local_addr()?;
@@ -428,6 +469,30 @@ fn config_from(args: Args) -> anyhow::Result<Config> {
         ),
         false => None,
     };
+    let executor = match args.executor {
+        ExecutorKind::Local => {
+            let slurm_only = [
+                ("--slurm-partition", args.slurm_partition.is_some()),
+                ("--slurm-account", args.slurm_account.is_some()),
+                ("--slurm-arg", !args.slurm_arg.is_empty()),
+            ];
+            if let Some((flag, _)) = slurm_only.iter().find(|(_, given)| *given) {
+                anyhow::bail!("{flag} is for `--executor slurm`; commands run on this machine without it");
+            }
+            ExecutorChoice::Local
+        }
+        ExecutorKind::Slurm => ExecutorChoice::Slurm(SlurmOptions {
+            partition: args.slurm_partition.clone(),
+            account: args.slurm_account.clone(),
+            args: args.slurm_arg.clone(),
+            poll_interval: args.slurm_poll_interval.into(),
+            probe_timeout: args.slurm_probe_timeout.into(),
+        }),
+    };
+    let max_jobs = args.max_jobs.unwrap_or(match executor {
+        ExecutorChoice::Local => defaults().max_jobs as u32,
+        ExecutorChoice::Slurm(_) => SLURM_MAX_JOBS,
+    });
     Ok(Config {
         tls_dir: args.tls_dir.clone(),
         allowed_cns: (!allowed.is_empty()).then(|| allowed.into_iter().collect()),
@@ -436,8 +501,9 @@ fn config_from(args: Args) -> anyhow::Result<Config> {
             max_entries: args.max_upload_entries,
             max_depth: args.max_upload_depth,
         },
-        max_jobs: args.max_jobs as usize,
-        max_jobs_per_cn: args.max_jobs_per_cn.unwrap_or(args.max_jobs) as usize,
+        max_jobs: max_jobs as usize,
+        max_jobs_per_cn: args.max_jobs_per_cn.unwrap_or(max_jobs) as usize,
+        executor,
         upload_idle_timeout: args.upload_idle_timeout.into(),
         job_timeout: args.job_timeout.into(),
         idle_timeout: args.idle_timeout.into(),

@@ -83,6 +83,28 @@ pub struct Config {
     /// Answer Execute exactly as a server predating the protocol extension does:
     /// output lines only, no stream labels, no exit status (for client tests).
     pub legacy_protocol: bool,
+    /// Where commands run (`--executor`).
+    pub executor: ExecutorChoice,
+}
+
+/// Where commands run.
+#[derive(Debug, Clone, Default)]
+pub enum ExecutorChoice {
+    /// On this machine (the default).
+    #[default]
+    Local,
+    /// As Slurm job steps (`slurm.rs`).
+    Slurm(crate::slurm::SlurmOptions),
+}
+
+impl ExecutorChoice {
+    /// Its name, as capabilities and the action cache's key say it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ExecutorChoice::Local => "local",
+            ExecutorChoice::Slurm(_) => "slurm",
+        }
+    }
 }
 
 impl Config {
@@ -123,6 +145,7 @@ impl Config {
             sandbox_network: false,
             sandbox: None,
             legacy_protocol: false,
+            executor: ExecutorChoice::Local,
         }
     }
 }

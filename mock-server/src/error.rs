@@ -43,6 +43,9 @@ pub enum JobError {
     Stopped { step: Option<String>, limit: crate::limits::Limit },
     #[error("the server is shutting down and takes no new jobs; try again later")]
     Draining,
+    /// The executor could not start the command (Slurm down or refusing the step).
+    #[error("{0}")]
+    NotStarted(String),
     #[error("{what} failed on the server: {why}")]
     TaskFailed { what: &'static str, why: String },
     #[error("server-side I/O error: {0}")]
@@ -90,7 +93,7 @@ impl From<JobError> for Status {
             JobError::NoIdentity(_) => Status::unauthenticated(message),
             JobError::Stopped { .. } => Status::deadline_exceeded(message),
             JobError::Io(io) if is_out_of_space(io) => Status::resource_exhausted(message),
-            JobError::Draining => Status::unavailable(message),
+            JobError::Draining | JobError::NotStarted(_) => Status::unavailable(message),
             JobError::Pack(_) | JobError::Io(_) | JobError::TaskFailed { .. } => Status::internal(message),
             JobError::Blob(BlobError::Io(io)) if is_out_of_space(io) => Status::resource_exhausted(message),
             JobError::Blob(BlobError::Io(_)) => Status::internal(message),

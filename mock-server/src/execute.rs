@@ -26,7 +26,10 @@ pub struct Context<'a> {
     /// Where pip's time and the environment cache's hits are counted.
     pub metrics: &'a crate::metrics::Metrics,
     pub limits: TimeLimits,
+    /// Where the command runs (this machine, or a Slurm node).
     pub executor: &'a dyn Executor,
+    /// Where set-up steps (venv, pip) run: this machine, beside the environment cache.
+    pub host: &'a dyn Executor,
     pub env_cache: Option<&'a EnvCache>,
     /// Whose cached environments this job may use: its CN, or everyone's when the
     /// administrator shares them (`--share-env-cache`).
@@ -189,6 +192,7 @@ async fn run_command(
         }
         ProcessEnd::Cancelled => Ok(StepEnd::Cancelled),
         ProcessEnd::LimitReached(limit) => Err(JobError::Stopped { step: None, limit }),
+        ProcessEnd::NotStarted(why) => Err(JobError::NotStarted(why)),
     }
 }
 
@@ -290,10 +294,11 @@ fn launch_in(
 
 /// Runs a setup step; `Ok(false)` when the client went away meanwhile.
 async fn setup_step(launch: Launch, step: &str, context: &Context<'_>) -> Result<bool, JobError> {
-    match context.executor.run(launch, context.events, context.limits).await? {
+    match context.host.run(launch, context.events, context.limits).await? {
         ProcessEnd::Cancelled => Ok(false),
         ProcessEnd::Exited(status) if status.success() => Ok(true),
         ProcessEnd::Exited(status) => Err(JobError::SetupFailed { step: step.to_string(), status: describe(&status) }),
         ProcessEnd::LimitReached(limit) => Err(JobError::Stopped { step: Some(step.to_string()), limit }),
+        ProcessEnd::NotStarted(why) => Err(JobError::NotStarted(why)),
     }
 }

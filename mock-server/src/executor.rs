@@ -3,7 +3,9 @@
 //! an [`Executor`] runs it, streams its output as domain events ([`JobEvent`], never
 //! wire messages), stops it when the client goes away or a limit runs out, and says
 //! how it ended ([`ProcessEnd`]). The sandbox wraps a launch for any executor
-//! (`sandbox.rs`); the local executor (`local.rs`) runs it on this machine.
+//! (`sandbox.rs`); the local executor (`local.rs`) runs it on this machine, the Slurm
+//! executor (`slurm.rs`) as a job step on a node; both stream through
+//! `process_run.rs`.
 
 use std::ffi::OsString;
 use std::fmt;
@@ -69,6 +71,9 @@ pub enum ProcessEnd {
     Cancelled,
     /// A time limit ran out; the run was stopped.
     LimitReached(Limit),
+    /// The executor could not start it (the scheduler refused or is down): not the
+    /// command's failure. The words say why.
+    NotStarted(String),
 }
 
 /// Runs launches somewhere and can stop them all.

@@ -25,7 +25,6 @@ use tracing::{info, warn};
 
 use crate::auth::{self, check_allowed, identify};
 use crate::error::JobError;
-use crate::executor::Executor;
 use crate::spares::Spare;
 use crate::state::State;
 use crate::store::{BlobError, ContentStore};
@@ -78,7 +77,7 @@ impl Extensions for ExtensionService {
             }
             Err(error) => Caller { cn: String::new(), allowed: false, refusal: error.to_string() },
         };
-        let running = self.state.executor.running();
+        let running = self.state.running();
         let free_slots = self.state.jobs.free_slots_for(owner.as_deref());
         let response = CapabilitiesResponse {
             protocol: lrpymrpc_proto::v1::PROTOCOL,
@@ -90,7 +89,7 @@ impl Extensions for ExtensionService {
                 blob_compressions: vec!["zstd".into()],
                 action_cache: self.state.action_cache.is_some(),
                 durable_jobs: false,
-                executor: "local".into(),
+                executor: config.executor.name().into(),
             }),
             limits: Some(Limits {
                 max_message_bytes: MAX_MESSAGE_BYTES,

@@ -21,10 +21,13 @@ mod limits;
 mod listener;
 mod local;
 mod metrics;
+mod process_run;
 mod python;
 mod repo_url;
 pub mod sandbox;
 mod service;
+pub mod slurm;
+pub mod slurm_cluster;
 mod spares;
 mod state;
 mod store;
@@ -41,7 +44,6 @@ use tonic::transport::Server;
 use tracing::{info, warn};
 
 pub use config::{Config, ConfigError, TlsMaterial};
-use executor::Executor;
 use lrpymrpc_proto::file_service_server::FileServiceServer;
 use lrpymrpc_proto::v1::extensions_server::ExtensionsServer;
 
@@ -177,8 +179,8 @@ async fn drain(
             break;
         }
         if now >= deadline && !stopped_commands {
-            warn!(running = state.executor.running(), "shutdown grace over: stopping the commands still running");
-            state.executor.stop_all();
+            warn!(running = state.running(), "shutdown grace over: stopping the commands still running");
+            state.stop_all();
             stopped_commands = true;
         }
         tokio::select! {
@@ -202,7 +204,7 @@ const DRAIN_AFTER_STOP: Duration = Duration::from_secs(5);
 /// The gauges read when metrics are scraped.
 fn refresh_gauges(state: &state::State) {
     let metrics = &state.metrics;
-    metrics.jobs_running.set(i64::try_from(state.executor.running()).unwrap_or(i64::MAX));
+    metrics.jobs_running.set(i64::try_from(state.running()).unwrap_or(i64::MAX));
     metrics.jobs_waiting.set(i64::try_from(state.jobs.waiting()).unwrap_or(i64::MAX));
     if let Some(store) = &state.store {
         metrics.store_bytes.set(i64::try_from(store.total_bytes()).unwrap_or(i64::MAX));

@@ -5,10 +5,12 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use crate::action_cache::ActionCache;
-use crate::config::Config;
+use crate::config::{Config, ExecutorChoice};
 use crate::envs::EnvCache;
+use crate::executor::Executor;
 use crate::jobs::{Jobs, sweep_orphans};
 use crate::local::LocalExecutor;
+use crate::slurm::SlurmExecutor;
 use crate::spares::Spares;
 use crate::store::{ContentStore, STORE_DIR};
 
@@ -16,8 +18,10 @@ use crate::store::{ContentStore, STORE_DIR};
 pub struct State {
     pub config: Config,
     pub jobs: Arc<Jobs>,
-    /// Where job processes run.
-    pub executor: LocalExecutor,
+    /// Where set-up steps run (venv, pip), and commands too unless Slurm runs them.
+    pub host: LocalExecutor,
+    /// Where commands run with `--executor slurm`.
+    pub slurm: Option<SlurmExecutor>,
     pub env_cache: Option<EnvCache>,
     /// Blobs of content-addressed uploads; `None` when that is off.
     pub store: Option<ContentStore>,
@@ -74,10 +78,17 @@ impl State {
             );
         }
         let metrics = Arc::new(crate::metrics::Metrics::new(config.metrics_per_cn));
+        let slurm = match &config.executor {
+            ExecutorChoice::Local => None,
+            ExecutorChoice::Slurm(options) => Some(
+                SlurmExecutor::new(options.clone(), &config.root, config.job_timeout).map_err(std::io::Error::other)?,
+            ),
+        };
         let state = State {
             config,
             jobs,
-            executor: LocalExecutor::new(contain),
+            host: LocalExecutor::new(contain),
+            slurm,
             env_cache,
             store,
             spares,
@@ -86,5 +97,28 @@ impl State {
             draining: AtomicBool::new(false),
         };
         Ok((state, swept))
+    }
+}
+
+impl State {
+    /// Where commands run: Slurm's nodes, or this machine.
+    pub fn executor(&self) -> &dyn Executor {
+        match &self.slurm {
+            Some(slurm) => slurm,
+            None => &self.host,
+        }
+    }
+
+    /// Processes running now: set-up steps and commands, wherever they run.
+    pub fn running(&self) -> usize {
+        self.host.running() + self.slurm.as_ref().map_or(0, Executor::running)
+    }
+
+    /// Stops every run now (shutdown), here and on Slurm.
+    pub fn stop_all(&self) {
+        self.host.stop_all();
+        if let Some(slurm) = &self.slurm {
+            slurm.stop_all();
+        }
     }
 }

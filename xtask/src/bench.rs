@@ -19,6 +19,8 @@
 //!
 //! - W8: eight 1 s steps with `make -j8` over four servers of two slots each, against
 //!   one server of two slots.
+//! - W11: W1 through Slurm (`--executor slurm`, a one-node cluster started for it)
+//!   against the local executor; skipped where Slurm is not installed.
 //! - W10: a 5 s step run again with `--cache` against a server with an action cache.
 //! - W9: 300,000 output lines from the grpcio server of `tests/python/`: our client
 //!   against a grpcio client working as the Python client does, on the same server.
@@ -139,6 +141,15 @@ impl Bench {
         if options.wants(&["W8"]) {
             eprintln!("xtask bench: W8, eight 1 s steps with make -j8 over four servers against one");
             rows.push(self.several_servers(repeats)?);
+        }
+        if options.wants(&["W11"]) {
+            match lrpymrpc_mock_server::slurm_cluster::unavailable() {
+                None => {
+                    eprintln!("xtask bench: W11, a small job through Slurm against the local executor");
+                    rows.push(self.through_slurm(repeats)?);
+                }
+                Some(why) => eprintln!("xtask bench: W11 skipped: {why}"),
+            }
         }
         if options.wants(&["W10"]) {
             eprintln!("xtask bench: W10, a 5 s step run again with the action cache");
@@ -284,6 +295,33 @@ impl Bench {
             samples: four,
             reference: Some(("one 2-slot server".into(), median(&one))),
             note: "whole builds; target: at most 35% of one server's time".into(),
+        })
+    }
+
+    /// W11: W1's small job on a server with `--executor slurm` (a one-node cluster of
+    /// our own on this machine), against the same job on the local executor, one after
+    /// the other in each round: what Slurm adds to a job.
+    fn through_slurm(&self, repeats: usize) -> anyhow::Result<Row> {
+        use lrpymrpc_mock_server::slurm_cluster::OneNodeCluster;
+        let cluster = OneNodeCluster::start(&self.scratch.join("w11-slurm"), 2, &[])?;
+        let root = self.scratch.join("w11-jobs");
+        std::fs::create_dir_all(&root)?;
+        let vars = [("SLURM_CONF", cluster.conf())];
+        let slurm = MockServer::start_with_env(&self.server, &root, &self.tls, &["--executor", "slurm"], &vars)?;
+        let dir = self.scratch.join("w11");
+        generate(&dir.join("source"), 10, 1024, 1, 1)?;
+        let command = "mkdir -p build && cp source/d0/e0/f0 build/";
+        let (mut local, mut through) = (Vec::new(), Vec::new());
+        for _ in 0..repeats * 3 {
+            local.push(self.job(&dir, &[], command)?.wall);
+            through.push(self.job(&dir, &["--SERVER_PORT", slurm.port()], command)?.wall);
+        }
+        let extra = median(&through).saturating_sub(median(&local));
+        Ok(Row {
+            name: "W11 small job through Slurm".into(),
+            samples: through,
+            reference: Some(("local executor".into(), median(&local))),
+            note: format!("Slurm adds {} a job; target: at most 50 ms", seconds(extra)),
         })
     }
 

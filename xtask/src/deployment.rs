@@ -58,7 +58,19 @@ pub struct MockServer {
 
 impl MockServer {
     pub fn start(binary: &Path, jobs: &Path, tls: &Path, extra: &[&str]) -> anyhow::Result<MockServer> {
+        MockServer::start_with_env(binary, jobs, tls, extra, &[])
+    }
+
+    /// [`MockServer::start`] with these environment variables set too (`SLURM_CONF`).
+    pub fn start_with_env(
+        binary: &Path,
+        jobs: &Path,
+        tls: &Path,
+        extra: &[&str],
+        vars: &[(&str, &Path)],
+    ) -> anyhow::Result<MockServer> {
         let mut child = Command::new(binary)
+            .envs(vars.iter().copied())
             .args(["--listen", "127.0.0.1:0", "--root"])
             .arg(jobs)
             .arg("--tls-dir")

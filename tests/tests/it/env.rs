@@ -230,10 +230,21 @@ pub fn spawn_server_binary(env: &TestEnv, extra: &[&str]) -> (std::process::Chil
 
 /// [`spawn_server_binary`] with at most `max_fds` open descriptors, when given.
 pub fn spawn_server_binary_with_fds(env: &TestEnv, extra: &[&str], max_fds: Option<u64>) -> (std::process::Child, u16) {
+    spawn_server_binary_with(env, extra, max_fds, &[])
+}
+
+/// [`spawn_server_binary`] with these environment variables set too.
+pub fn spawn_server_binary_with(
+    env: &TestEnv,
+    extra: &[&str],
+    max_fds: Option<u64>,
+    vars: &[(&str, &std::ffi::OsStr)],
+) -> (std::process::Child, u16) {
     use std::io::{BufRead, BufReader};
     use std::os::unix::process::CommandExt;
     let log = std::fs::File::create(env.root.path().join("server.log")).unwrap();
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_lrpymrpc-e2e-mock-server"));
+    command.envs(vars.iter().copied());
     if let Some(max) = max_fds {
         let limit = libc::rlimit { rlim_cur: max, rlim_max: max };
         // SAFETY: setrlimit is async-signal-safe and gets a valid pointer to a local.

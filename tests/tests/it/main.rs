@@ -22,5 +22,6 @@ mod proxy;
 mod security;
 mod server;
 mod servers;
+mod slurm;
 mod tls;
 mod trust;

@@ -1,0 +1,356 @@
+//! One process on this machine with its output streamed: what every executor shares.
+//! An executor says how to start a launch (a `Command`) and how to stop it (a
+//! [`Stop`]); this module spawns it as the leader of a process group of its own,
+//! streams its lines as events, enforces the wall-clock and idle limits, stops it when
+//! the client goes away, waits for it, and keeps the set of runs a shutdown stops.
+
+use std::collections::HashMap;
+use std::io;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::Command;
+use tokio::sync::mpsc;
+
+use crate::executor::{Events, JobEvent, Limit, Pipe, ProcessEnd, TimeLimits};
+
+/// A line longer than this is sent in pieces, so one endless line cannot exhaust
+/// memory; shorter lines stay whole. Well below gRPC's default 4 MiB message limit,
+/// which the Python client keeps (`docs/protocol.md`).
+pub const MAX_LINE_BYTES: usize = 1024 * 1024;
+
+/// How long a process group gets between SIGTERM and SIGKILL.
+const KILL_GRACE: Duration = Duration::from_secs(2);
+
+/// How an executor stops one of its runs (and everything the run started).
+#[tonic::async_trait]
+pub trait Stop: Send + Sync {
+    /// Stops the run now (the client left, a limit ran out, shutdown); returns once
+    /// the stop is under way, before the run's local process is killed.
+    async fn stop(&self);
+    /// The run's process exited: ends what it left behind.
+    fn reap(&self);
+}
+
+/// The runs in progress, so a shutdown can stop them all.
+#[derive(Default)]
+pub struct Runs {
+    next: AtomicU64,
+    running: Mutex<HashMap<u64, Arc<dyn Stop>>>,
+}
+
+impl std::fmt::Debug for Runs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Runs({})", self.count())
+    }
+}
+
+impl Runs {
+    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<dyn Stop>>> {
+        self.running.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Stops every run now.
+    pub fn stop_all(&self) {
+        let stops: Vec<Arc<dyn Stop>> = self.running().values().cloned().collect();
+        for stop in stops {
+            tokio::spawn(async move { stop.stop().await });
+        }
+    }
+
+    pub fn count(&self) -> usize {
+        self.running().len()
+    }
+}
+
+/// Keeps a run in [`Runs`] while it runs.
+struct Registered<'a> {
+    runs: &'a Runs,
+    id: u64,
+}
+
+impl<'a> Registered<'a> {
+    fn new(runs: &'a Runs, stop: Arc<dyn Stop>) -> Registered<'a> {
+        let id = runs.next.fetch_add(1, Ordering::Relaxed);
+        runs.running().insert(id, stop);
+        Registered { runs, id }
+    }
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.runs.running().remove(&self.id);
+    }
+}
+
+/// How one run's output is read and which of its lines are the executor's own.
+pub struct Streaming {
+    /// stdout and stderr as one pipe, in the order written.
+    pub merged: bool,
+    /// Rewritten lines reported as progress.
+    pub progress: bool,
+    /// Lines the executor's own tools printed (srun's reports), kept out of the
+    /// output and handed back at the end.
+    pub own_line: Option<fn(&str) -> bool>,
+}
+
+/// How a run ended, with the lines `own_line` kept out of its output.
+pub struct Ended {
+    pub end: ProcessEnd,
+    pub own_lines: Vec<String>,
+}
+
+/// Spawns `command` as the leader of a new process group with stdout and stderr
+/// piped, sends every output line to `events`, and waits for it; `stop` (made from
+/// the group's id) stops it when the client leaves, a limit runs out or the server
+/// shuts down. Processes it left behind in its group are terminated once it exits, so
+/// their open pipes cannot hold the job open.
+pub async fn run(
+    mut command: Command,
+    streaming: Streaming,
+    events: &Events,
+    limits: TimeLimits,
+    runs: &Runs,
+    stop: impl FnOnce(Option<i32>) -> Arc<dyn Stop>,
+) -> io::Result<Ended> {
+    command.stdin(Stdio::null()).process_group(0).kill_on_drop(true);
+    // Merged: both descriptors are one pipe's writing end, so lines keep the order
+    // the command wrote them in, as in a terminal.
+    let merged_reader = match streaming.merged {
+        true => {
+            let (reader, writer) = io::pipe()?;
+            command.stdout(writer.try_clone()?).stderr(writer);
+            Some(reader)
+        }
+        false => {
+            command.stdout(Stdio::piped()).stderr(Stdio::piped());
+            None
+        }
+    };
+    let mut child = command.spawn()?;
+    // The parent's copies of the writing end go, so the reader sees the end.
+    drop(command);
+    let stop = stop(child.id().and_then(|id| i32::try_from(id).ok()));
+    let _registered = Registered::new(runs, stop.clone());
+    let wall_deadline = tokio::time::Instant::now() + limits.wall;
+    let mut idle_deadline = tokio::time::Instant::now() + limits.idle;
+    let (line_tx, mut lines) = mpsc::channel::<JobEvent>(256);
+    let progress = streaming.progress;
+    if let Some(reader) = merged_reader {
+        let reader = tokio::net::unix::pipe::Receiver::from_owned_fd(std::os::fd::OwnedFd::from(reader))?;
+        tokio::spawn(pump_lines(reader, Pipe::Merged, progress, line_tx.clone()));
+    }
+    if let Some(stdout) = child.stdout.take() {
+        tokio::spawn(pump_lines(stdout, Pipe::Stdout, progress, line_tx.clone()));
+    }
+    if let Some(stderr) = child.stderr.take() {
+        tokio::spawn(pump_lines(stderr, Pipe::Stderr, progress, line_tx.clone()));
+    }
+    // The pumps hold the only senders: the loop below ends when every pipe closed.
+    drop(line_tx);
+    let mut own_lines = Vec::new();
+    let mut exit = None;
+    // A stopped run is waited for (a little past the SIGKILL) before its process is
+    // dropped: srun killed before it told the controller leaves its job in `squeue`.
+    let ended = async |end, child: &mut tokio::process::Child| {
+        let _ = tokio::time::timeout(KILL_GRACE + Duration::from_secs(1), child.wait()).await;
+        Ok(Ended { end, own_lines: Vec::new() })
+    };
+    loop {
+        tokio::select! {
+            () = events.closed() => {
+                stop.stop().await;
+                return ended(ProcessEnd::Cancelled, &mut child).await;
+            }
+            status = child.wait(), if exit.is_none() => {
+                exit = Some(status?);
+                stop.reap();
+            }
+            () = tokio::time::sleep_until(wall_deadline), if exit.is_none() => {
+                stop.stop().await;
+                return ended(ProcessEnd::LimitReached(Limit::Wall(limits.wall)), &mut child).await;
+            }
+            () = tokio::time::sleep_until(idle_deadline), if exit.is_none() => {
+                stop.stop().await;
+                return ended(ProcessEnd::LimitReached(Limit::Idle(limits.idle)), &mut child).await;
+            }
+            line = lines.recv() => match line {
+                Some(JobEvent::Line { pipe: Pipe::Stderr | Pipe::Merged, text })
+                    if streaming.own_line.is_some_and(|own| own(&text)) =>
+                {
+                    own_lines.push(text);
+                }
+                Some(line) => {
+                    idle_deadline = tokio::time::Instant::now() + limits.idle;
+                    if events.send(Ok(line)).await.is_err() {
+                        stop.stop().await;
+                        return ended(ProcessEnd::Cancelled, &mut child).await;
+                    }
+                }
+                None => break,
+            },
+        }
+    }
+    let status = match exit {
+        Some(status) => status,
+        None => child.wait().await?,
+    };
+    Ok(Ended { end: ProcessEnd::Exited(status), own_lines })
+}
+
+/// A local process group to stop: SIGTERM at once, SIGKILL after [`KILL_GRACE`].
+pub struct ProcessGroup {
+    pub id: Option<i32>,
+}
+
+#[tonic::async_trait]
+impl Stop for ProcessGroup {
+    async fn stop(&self) {
+        self.reap();
+    }
+
+    fn reap(&self) {
+        let Some(id) = self.id else { return };
+        signal_group(id, libc::SIGTERM);
+        tokio::spawn(async move {
+            tokio::time::sleep(KILL_GRACE).await;
+            signal_group(id, libc::SIGKILL);
+        });
+    }
+}
+
+fn signal_group(id: i32, signal: i32) {
+    // SAFETY: killpg takes plain integers and has no memory effects; a group that
+    // is already gone yields ESRCH, which is what we want to ignore.
+    unsafe {
+        libc::killpg(id, signal);
+    }
+}
+
+/// At most this often a rewritten line is reported as progress (tqdm redraws up to ten
+/// times a second).
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Turns one pipe's bytes into line events. With `progress`, text that ends in a
+/// carriage return is a line being rewritten: reported as progress (rate-limited), and
+/// the line finally sent is what a terminal would show (its last rewrite). Without,
+/// lines end at newlines only and keep their carriage returns (a trailing one goes).
+async fn pump_lines<R: AsyncRead + Unpin>(reader: R, pipe: Pipe, progress: bool, lines: mpsc::Sender<JobEvent>) {
+    let mut reader = BufReader::new(reader);
+    let stops: &[u8] = if progress { b"\r\n" } else { b"\n" };
+    let mut segment = Vec::new();
+    // The last text that ended in `\r`: a `\n` right after makes it the line (`\r\n`).
+    let mut rewritten: Option<String> = None;
+    let mut last_progress: Option<tokio::time::Instant> = None;
+    loop {
+        segment.clear();
+        match read_segment_capped(&mut reader, &mut segment, stops).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        let event = match segment.last() {
+            Some(b'\r') if progress => {
+                segment.pop();
+                let text = String::from_utf8_lossy(&segment).into_owned();
+                rewritten = Some(text.clone());
+                let due = last_progress.is_none_or(|at| at.elapsed() >= PROGRESS_INTERVAL);
+                if !due {
+                    continue;
+                }
+                last_progress = Some(tokio::time::Instant::now());
+                JobEvent::Progress { pipe, text }
+            }
+            Some(b'\n') => {
+                segment.pop();
+                let text = match (segment.is_empty(), rewritten.take()) {
+                    (true, Some(before)) if progress => before,
+                    _ => {
+                        if segment.last() == Some(&b'\r') {
+                            segment.pop();
+                        }
+                        String::from_utf8_lossy(&segment).into_owned()
+                    }
+                };
+                JobEvent::Line { pipe, text }
+            }
+            // A piece of a line longer than the cap.
+            _ => {
+                rewritten = None;
+                JobEvent::Line { pipe, text: String::from_utf8_lossy(&segment).into_owned() }
+            }
+        };
+        if lines.send(event).await.is_err() {
+            return;
+        }
+    }
+    // Output that ended mid-rewrite: what the terminal would show stays.
+    if let Some(text) = rewritten {
+        let _ = lines.send(JobEvent::Line { pipe, text }).await;
+    }
+}
+
+/// Reads up to and including the next byte of `stops`, or [`MAX_LINE_BYTES`],
+/// whichever comes first. Returns the number of bytes read; 0 at end of file.
+async fn read_segment_capped<R: AsyncBufReadExt + Unpin>(
+    reader: &mut R,
+    segment: &mut Vec<u8>,
+    stops: &[u8],
+) -> io::Result<usize> {
+    loop {
+        let available = reader.fill_buf().await?;
+        if available.is_empty() {
+            return Ok(segment.len());
+        }
+        let room = MAX_LINE_BYTES - segment.len();
+        let stop = available.iter().position(|b| stops.contains(b));
+        let (take, done) = match stop {
+            Some(at) if at < room => (at + 1, true),
+            _ => (available.len().min(room), available.len() >= room),
+        };
+        segment.extend_from_slice(&available[..take]);
+        reader.consume(take);
+        if done {
+            return Ok(segment.len());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn events(bytes: &'static [u8], progress: bool) -> Vec<JobEvent> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        runtime.block_on(async {
+            let (tx, mut rx) = mpsc::channel(64);
+            pump_lines(bytes, Pipe::Stdout, progress, tx).await;
+            let mut events = Vec::new();
+            while let Some(event) = rx.recv().await {
+                events.push(event);
+            }
+            events
+        })
+    }
+
+    fn line(text: &str) -> JobEvent {
+        JobEvent::Line { pipe: Pipe::Stdout, text: text.into() }
+    }
+
+    #[test]
+    fn rewritten_lines_become_progress_and_the_line_is_what_a_terminal_shows() {
+        let got = events(b"crlf\r\n 10%\r 50%\r100%\nend\rpartial", true);
+        // The first rewrite is reported at once; the next ones within 100 ms are not.
+        assert_eq!(got[0], JobEvent::Progress { pipe: Pipe::Stdout, text: "crlf".into() });
+        let lines: Vec<&JobEvent> = got.iter().filter(|e| matches!(e, JobEvent::Line { .. })).collect();
+        assert_eq!(lines, [&line("crlf"), &line("100%"), &line("partial")]);
+    }
+
+    #[test]
+    fn without_progress_lines_end_at_newlines_and_keep_their_rewrites() {
+        let got = events(b"crlf\r\n 10%\r100%\nend", false);
+        assert_eq!(got, [line("crlf"), line(" 10%\r100%"), line("end")]);
+    }
+}

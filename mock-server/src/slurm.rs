@@ -1,0 +1,458 @@
+//! The Slurm executor (`--executor slurm`): each command runs as a Slurm job step
+//! through `srun` on whichever node is free, its output streamed back live by the same
+//! loop as the local executor's (`process_run.rs`); only starting, stopping and waiting
+//! differ. Set-up steps (venv, pip) stay on this machine, where the environment cache
+//! lives: the job root must be on a filesystem every node sees, which [`probe`] checks
+//! at start.
+//!
+//! - Start: `srun --quiet --job-name=lrpymrpc-<job id> --chdir=<job dir> --ntasks=1
+//!   --time=<--job-timeout> [--partition] [--account] [--slurm-arg...] sh -c
+//!   '<touch the started marker>; exec "$@"' <launch>`. The launch may already be
+//!   wrapped in bwrap (`--sandbox`): the sandbox then applies on the node.
+//! - Stop: `scancel --name=<job name>` and SIGTERM to the local `srun` (SIGKILL after
+//!   a grace), so no step is left in `squeue`.
+//! - Wait: `srun` ends when the step ends; its exit status is the command's (128+N for
+//!   a signal, as srun reports it). A step that never started (no marker, srun failed)
+//!   is the scheduler refusing: `UNAVAILABLE` with srun's own words, never a command
+//!   that failed.
+//! - Queued: one batched `squeue` for all waiting steps at a modest rate
+//!   (`--slurm-poll-interval`); a pending step's reason is told to its client as a
+//!   note, and when it starts. A query that fails means "unknown": nothing is said.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use tokio::process::Command;
+
+use crate::executor::{Events, Executor, JobEvent, Launch, ProcessEnd, TimeLimits};
+use crate::process_run::{self, ProcessGroup, Runs, Stop, Streaming};
+
+/// Every Slurm job this server starts is named with this prefix and the job's id.
+pub const JOB_NAME_PREFIX: &str = "lrpymrpc-";
+
+/// The longest a `squeue` or `scancel` call may take before it counts as failed.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Names per `squeue --name` call: one call for many steps, never an endless argv.
+const NAMES_PER_QUERY: usize = 200;
+
+/// What the administrator chose for Slurm.
+#[derive(Debug, Clone)]
+pub struct SlurmOptions {
+    /// `--slurm-partition`.
+    pub partition: Option<String>,
+    /// `--slurm-account`.
+    pub account: Option<String>,
+    /// `--slurm-arg`, each passed to srun as it is (`--cpus-per-task=4`, `--mem=8G`).
+    pub args: Vec<String>,
+    /// How often waiting steps are looked up in Slurm's queue, all in one query.
+    pub poll_interval: Duration,
+    /// How long the start-up probe step may wait for a node.
+    pub probe_timeout: Duration,
+}
+
+impl Default for SlurmOptions {
+    fn default() -> SlurmOptions {
+        SlurmOptions {
+            partition: None,
+            account: None,
+            args: Vec::new(),
+            poll_interval: Duration::from_secs(1),
+            probe_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Why the Slurm executor cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SlurmError {
+    #[error("--executor slurm: `{0}` is not on PATH")]
+    Missing(&'static str, #[source] which::Error),
+    #[error("--executor slurm: the probe step failed: {0}")]
+    Probe(String),
+    #[error(
+        "--executor slurm: the job root `{root}` is not the same on the node that ran the probe step ({seen}); \
+         hint: put --root on a filesystem every node mounts at the same path (NFS, Lustre, GPFS)"
+    )]
+    NotShared { root: PathBuf, seen: String },
+    #[error("--executor slurm: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Runs commands as Slurm job steps.
+#[derive(Debug, Clone)]
+pub struct SlurmExecutor {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    srun: PathBuf,
+    scancel: PathBuf,
+    squeue: PathBuf,
+    options: SlurmOptions,
+    /// `--time`, from `--job-timeout` (a minute more: our own limit speaks first).
+    time_limit_minutes: u64,
+    /// Where steps leave their "started" markers: on the shared job root.
+    markers: PathBuf,
+    /// The server's `SLURM_*` variables (`SLURM_CONF`): srun needs them to find the
+    /// cluster, whatever the job's own environment.
+    slurm_env: Vec<(OsString, OsString)>,
+    runs: Runs,
+    /// Steps started and not yet seen running, by job name: where to tell their state.
+    waiting: Mutex<HashMap<String, Waiting>>,
+    poller: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+#[derive(Debug)]
+struct Waiting {
+    events: Events,
+    /// The pending reason said last, if any.
+    said: Option<String>,
+}
+
+impl SlurmExecutor {
+    /// Finds srun, scancel and squeue; markers go under `root`.
+    pub fn new(options: SlurmOptions, root: &Path, job_timeout: Duration) -> Result<SlurmExecutor, SlurmError> {
+        let find = |name: &'static str| which::which(name).map_err(|e| SlurmError::Missing(name, e));
+        let markers = root.join("lrpymrpc-slurm");
+        std::fs::create_dir_all(&markers)?;
+        let slurm_env = std::env::vars_os().filter(|(name, _)| name.to_string_lossy().starts_with("SLURM_")).collect();
+        Ok(SlurmExecutor {
+            inner: Arc::new(Inner {
+                srun: find("srun")?,
+                scancel: find("scancel")?,
+                squeue: find("squeue")?,
+                options,
+                time_limit_minutes: job_timeout.as_secs().div_ceil(60) + 1,
+                markers,
+                slurm_env,
+                runs: Runs::default(),
+                waiting: Mutex::default(),
+                poller: Mutex::default(),
+            }),
+        })
+    }
+
+    /// Runs a short step that reads a file just written under the job root: the step's
+    /// node must see the root at the same path. Waits at most the probe timeout.
+    pub async fn probe(&self, root: &Path) -> Result<(), SlurmError> {
+        let inner = &self.inner;
+        let token = format!("lrpymrpc probe {} {:?}", std::process::id(), std::time::SystemTime::now());
+        let name = format!("{JOB_NAME_PREFIX}probe-{}", std::process::id());
+        let file = inner.markers.join(&name);
+        std::fs::write(&file, &token)?;
+        let mut command = inner.srun_command(&name, root);
+        command.arg("cat").arg(&file).stdin(std::process::Stdio::null()).kill_on_drop(true);
+        let outcome = tokio::time::timeout(inner.options.probe_timeout, command.output()).await;
+        let _ = std::fs::remove_file(&file);
+        let output = match outcome {
+            Ok(output) => output?,
+            Err(_) => {
+                inner.cancel(&name).await;
+                return Err(SlurmError::Probe(format!(
+                    "it did not run within {} (no free node?); hint: --slurm-probe-timeout, or check `sinfo`",
+                    lrpymrpc_units::human_duration(inner.options.probe_timeout)
+                )));
+            }
+        };
+        let stderr = String::from_utf8_lossy(&output.stderr).trim().to_string();
+        let read_back = String::from_utf8_lossy(&output.stdout) == token;
+        let not_found = stderr.contains(&file.display().to_string());
+        match (output.status.success(), read_back) {
+            (true, true) => Ok(()),
+            (true, false) => {
+                Err(SlurmError::NotShared { root: root.to_path_buf(), seen: "it read other bytes".into() })
+            }
+            (false, _) if not_found => Err(SlurmError::NotShared { root: root.to_path_buf(), seen: stderr }),
+            (false, _) => Err(SlurmError::Probe(stderr_or(stderr, &format!("srun ended with {}", output.status)))),
+        }
+    }
+
+    /// Starts the queue poller if it is not running (it ends with the executor).
+    fn watch(&self, name: &str, events: &Events) {
+        let inner = &self.inner;
+        inner.waiting().insert(name.to_string(), Waiting { events: events.clone(), said: None });
+        let mut poller = inner.poller.lock().unwrap_or_else(|p| p.into_inner());
+        if poller.as_ref().is_none_or(|task| task.is_finished()) {
+            *poller = Some(tokio::spawn(poll_queue(Arc::downgrade(&self.inner))));
+        }
+    }
+}
+
+fn stderr_or(stderr: String, otherwise: &str) -> String {
+    if stderr.is_empty() { otherwise.to_string() } else { stderr }
+}
+
+impl Inner {
+    fn waiting(&self) -> std::sync::MutexGuard<'_, HashMap<String, Waiting>> {
+        self.waiting.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// `srun` with the administrator's options, a job name and a directory; the program
+    /// and its arguments follow.
+    fn srun_command(&self, name: &str, dir: &Path) -> Command {
+        let mut command = Command::new(&self.srun);
+        command
+            .arg("--quiet")
+            .arg(format!("--job-name={name}"))
+            .arg(format!("--chdir={}", dir.display()))
+            .args(["--ntasks=1", "--nodes=1"])
+            .arg(format!("--time={}", self.time_limit_minutes));
+        if let Some(partition) = &self.options.partition {
+            command.arg(format!("--partition={partition}"));
+        }
+        if let Some(account) = &self.options.account {
+            command.arg(format!("--account={account}"));
+        }
+        command.args(&self.options.args);
+        command
+    }
+
+    /// Cancels every job named `name` (one: the name holds the job id), waiting for
+    /// scancel at most [`QUERY_TIMEOUT`].
+    async fn cancel(&self, name: &str) {
+        let mut scancel = Command::new(&self.scancel);
+        scancel.arg("--quiet").arg(format!("--name={name}")).envs(self.slurm_env.iter().cloned());
+        scancel.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).kill_on_drop(true);
+        match tokio::time::timeout(QUERY_TIMEOUT, scancel.status()).await {
+            Ok(Ok(status)) if status.success() => {}
+            outcome => tracing::warn!(job = name, ?outcome, "scancel did not confirm the cancel"),
+        }
+    }
+}
+
+/// Stops one step: scancel by its name, and the local srun's process group.
+struct SlurmStop {
+    inner: Weak<Inner>,
+    name: String,
+    srun: ProcessGroup,
+}
+
+#[tonic::async_trait]
+impl Stop for SlurmStop {
+    /// scancel first: srun killed before it told the controller leaves the job
+    /// "completing" in `squeue` for a while.
+    async fn stop(&self) {
+        if let Some(inner) = self.inner.upgrade() {
+            inner.cancel(&self.name).await;
+        }
+        self.srun.reap();
+    }
+
+    /// The step ended and srun with it: nothing is left.
+    fn reap(&self) {}
+}
+
+/// Whether a line on srun's stderr is srun's own report of how the task ended
+/// (`srun: error: NODE: task 0: Exited with exit code 3`): the exit status says that
+/// already, so it is not the command's output.
+fn is_srun_report(line: &str) -> bool {
+    line.strip_prefix("srun: ").is_some_and(|rest| {
+        let rest = rest.strip_prefix("error: ").unwrap_or(rest);
+        rest.contains(": task ")
+            || rest.contains(": tasks ")
+            || rest.starts_with("Force Terminated")
+            || rest.starts_with("Unable to allocate")
+            || rest.starts_with("error: ")
+            || rest.starts_with("Job step aborted")
+            || rest.starts_with("forcing job termination")
+            || rest.starts_with("***")
+    })
+}
+
+/// srun exits 128+N when the command was killed by signal N, and says so in its
+/// report (`task 0: Killed`, not `Exited with exit code 137`): the status then says the
+/// signal, as the local executor's does. A command that itself exits 137 stays 137.
+fn signalled(status: std::process::ExitStatus, reports: &[String]) -> std::process::ExitStatus {
+    use std::os::unix::process::ExitStatusExt;
+    let by_signal = reports.iter().any(|line| line.contains(": task ") && !line.contains("Exited with exit code"));
+    match status.code() {
+        Some(code @ 129..=192) if by_signal => std::process::ExitStatus::from_raw(code - 128),
+        _ => status,
+    }
+}
+
+#[tonic::async_trait]
+impl Executor for SlurmExecutor {
+    async fn run(&self, launch: Launch, events: &Events, limits: TimeLimits) -> io::Result<ProcessEnd> {
+        let inner = &self.inner;
+        let id = launch.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = format!("{JOB_NAME_PREFIX}{id}");
+        let marker = inner.markers.join(&name);
+        let _ = std::fs::remove_file(&marker);
+        let streaming = Streaming {
+            merged: launch.merged_output,
+            progress: launch.progress_updates,
+            own_line: Some(is_srun_report),
+        };
+        let mut command = inner.srun_command(&name, &launch.dir);
+        // On the node: leave the marker (the step started), then become the launch.
+        command
+            .args(["/bin/sh", "-c", ": > \"$0\" 2>/dev/null; exec \"$@\""])
+            .arg(&marker)
+            .arg(&launch.program)
+            .args(&launch.args)
+            .current_dir(&launch.dir)
+            .env_clear()
+            .envs(launch.env)
+            .envs(inner.slurm_env.iter().cloned());
+        self.watch(&name, events);
+        let stop_name = name.clone();
+        let weak = Arc::downgrade(&self.inner);
+        let stop =
+            move |id| Arc::new(SlurmStop { inner: weak, name: stop_name, srun: ProcessGroup { id } }) as Arc<dyn Stop>;
+        let ran = process_run::run(command, streaming, events, limits, &inner.runs, stop).await;
+        inner.waiting().remove(&name);
+        let started = marker.exists();
+        let _ = std::fs::remove_file(&marker);
+        let ended = ran?;
+        for line in &ended.own_lines {
+            tracing::info!(job = %name, "{line}");
+        }
+        match ended.end {
+            ProcessEnd::Exited(status) if !status.success() && !started => {
+                let said: Vec<&str> =
+                    ended.own_lines.iter().map(String::as_str).filter(|l| !l.contains(": task ")).collect();
+                let why = match said.is_empty() {
+                    true => format!("srun ended with {}", crate::executor::describe(&status)),
+                    false => said.join("; "),
+                };
+                Ok(ProcessEnd::NotStarted(format!("Slurm did not start the command: {why}")))
+            }
+            ProcessEnd::Exited(status) => Ok(ProcessEnd::Exited(signalled(status, &ended.own_lines))),
+            end => Ok(end),
+        }
+    }
+
+    fn stop_all(&self) {
+        self.inner.runs.stop_all();
+    }
+
+    fn running(&self) -> usize {
+        self.inner.runs.count()
+    }
+}
+
+/// Looks up the waiting steps in Slurm's queue, all in one query, every poll
+/// interval; tells each client its step's pending reason when it changes, and when
+/// the step starts. Ends when the executor is gone.
+async fn poll_queue(inner: Weak<Inner>) {
+    loop {
+        let Some(interval) = inner.upgrade().map(|inner| inner.options.poll_interval) else { return };
+        tokio::time::sleep(interval).await;
+        let Some(inner) = inner.upgrade() else { return };
+        let names: Vec<String> = inner.waiting().keys().cloned().collect();
+        for batch in names.chunks(NAMES_PER_QUERY) {
+            let Some(states) = query(&inner, batch).await else { continue };
+            let mut waiting = inner.waiting();
+            for (name, state) in states {
+                let note = match state {
+                    QueueState::Pending(reason) => {
+                        let Some(entry) = waiting.get_mut(&name) else { continue };
+                        if entry.said.as_ref() == Some(&reason) {
+                            continue;
+                        }
+                        let note = format!("queued by Slurm ({reason}): the command starts when a node is free");
+                        entry.said = Some(reason);
+                        (entry.events.clone(), note)
+                    }
+                    // Started: no longer watched; told only to a client that was told it waited.
+                    QueueState::Running(node) => match waiting.remove(&name) {
+                        Some(Waiting { events, said: Some(_) }) => {
+                            (events, format!("Slurm started the command on {node}"))
+                        }
+                        _ => continue,
+                    },
+                    QueueState::Other => continue,
+                };
+                let (events, note) = note;
+                let _ = events.try_send(Ok(JobEvent::Note(note)));
+            }
+        }
+    }
+}
+
+/// A step's state in Slurm's queue.
+#[derive(Debug, PartialEq, Eq)]
+enum QueueState {
+    Pending(String),
+    Running(String),
+    Other,
+}
+
+/// One `squeue` for `names`; `None` when it failed (the state is unknown, not failed).
+async fn query(inner: &Inner, names: &[String]) -> Option<Vec<(String, QueueState)>> {
+    let mut squeue = Command::new(&inner.squeue);
+    squeue
+        .args(["--noheader", "--format=%j|%T|%r|%N"])
+        .arg(format!("--name={}", names.join(",")))
+        .envs(inner.slurm_env.iter().cloned())
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let output = match tokio::time::timeout(QUERY_TIMEOUT, squeue.output()).await {
+        Ok(Ok(output)) if output.status.success() => output,
+        outcome => {
+            tracing::debug!(?outcome, "squeue failed: the queue state is unknown");
+            return None;
+        }
+    };
+    Some(parse_queue(&String::from_utf8_lossy(&output.stdout)))
+}
+
+/// `name|STATE|reason|nodes` lines into states.
+fn parse_queue(text: &str) -> Vec<(String, QueueState)> {
+    text.lines()
+        .filter_map(|line| {
+            let mut fields = line.trim().splitn(4, '|');
+            let (name, state, reason, nodes) = (fields.next()?, fields.next()?, fields.next()?, fields.next()?);
+            let state = match state {
+                "PENDING" => QueueState::Pending(reason.to_string()),
+                "RUNNING" | "COMPLETING" => QueueState::Running(nodes.to_string()),
+                _ => QueueState::Other,
+            };
+            Some((name.to_string(), state))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn srun_reports_are_told_apart_from_the_commands_lines() {
+        assert!(is_srun_report("srun: error: node1: task 0: Exited with exit code 3"));
+        assert!(is_srun_report("srun: error: node1: tasks 0-3: Killed"));
+        assert!(is_srun_report("srun: error: Unable to allocate resources: Invalid partition name specified"));
+        assert!(!is_srun_report("error: task 0 of my tool failed"));
+        assert!(!is_srun_report("srun is a Slurm command"));
+    }
+
+    #[test]
+    fn a_signal_srun_reports_becomes_the_status() {
+        use std::os::unix::process::ExitStatusExt;
+        let exited = |code: i32| std::process::ExitStatus::from_raw(code << 8);
+        let killed = signalled(exited(137), &["srun: error: n1: task 0: Killed".into()]);
+        assert_eq!((killed.code(), killed.signal()), (None, Some(9)));
+        let own = signalled(exited(137), &["srun: error: n1: task 0: Exited with exit code 137".into()]);
+        assert_eq!(own.code(), Some(137));
+        assert_eq!(signalled(exited(143), &[]).code(), Some(143));
+    }
+
+    #[test]
+    fn queue_lines_parse_into_states() {
+        let states = parse_queue("lrpymrpc-a|PENDING|Resources|\nlrpymrpc-b|RUNNING|None|node7\nbad line\n");
+        assert_eq!(
+            states,
+            [
+                ("lrpymrpc-a".to_string(), QueueState::Pending("Resources".into())),
+                ("lrpymrpc-b".to_string(), QueueState::Running("node7".into())),
+            ]
+        );
+    }
+}

@@ -1,0 +1,270 @@
+//! The server's Slurm executor (issue 16) against a real one-node Slurm cluster from
+//! Debian's packages (`lrpymrpc_mock_server::slurm_cluster`), the real server binary
+//! with `--executor slurm` and the real client over mutual TLS: results and output as
+//! with the local executor, exit statuses and signals, stderr apart, Ctrl-C leaving
+//! nothing in `squeue`, jobs queueing in Slurm (and the client saying so), Slurm down
+//! answered `UNAVAILABLE`, and a job root the node cannot see refused at start.
+//! One cluster at a time: the tests take a lock, each starts its own.
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use lrpymrpc_mock_server::slurm_cluster::{OneNodeCluster, unavailable};
+
+use crate::env::build_wheel;
+use predicates::prelude::*;
+
+use crate::env::{PROCESS_LIMIT, TestEnv, send_signal, spawn_server_binary_with, wait_exit, wait_until};
+
+/// One cluster at a time on this machine: the queueing test counts on the node's CPUs.
+static ONE_CLUSTER: Mutex<()> = Mutex::new(());
+
+/// A test's cluster and a server that runs its commands there.
+struct Fixture {
+    env: TestEnv,
+    cluster: OneNodeCluster,
+    server: std::process::Child,
+    _lock: std::sync::MutexGuard<'static, ()>,
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+}
+
+/// `None` (the test says SKIPPED) where Slurm is not installed or this is not root.
+fn fixture(extra: &[&str]) -> Option<Fixture> {
+    if !slurm_here() {
+        return None;
+    }
+    let lock = ONE_CLUSTER.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut env = TestEnv::bare();
+    let cluster = OneNodeCluster::start(&env.root.path().join("slurm"), 2, &[]).unwrap();
+    let mut args = vec!["--executor", "slurm", "--slurm-poll-interval", "200ms"];
+    args.extend_from_slice(extra);
+    let (server, port) = spawn_server_binary_with(&env, &args, None, &[("SLURM_CONF", cluster.conf().as_os_str())]);
+    env.set_addr(format!("127.0.0.1:{port}").parse().unwrap());
+    env.write("source/input.txt", "some input\n");
+    Some(Fixture { env, cluster, server, _lock: lock })
+}
+
+/// Whether Slurm can run here; says SKIPPED when not, and fails in CI, which installs it.
+fn slurm_here() -> bool {
+    match unavailable() {
+        None => true,
+        Some(why) if std::env::var_os("CI").is_some() => panic!("CI installs Slurm, yet: {why}"),
+        Some(why) => {
+            println!("SKIPPED: {why}");
+            false
+        }
+    }
+}
+
+/// Our jobs in the cluster's queue now.
+fn our_jobs(cluster: &OneNodeCluster) -> Vec<String> {
+    cluster.queue().unwrap_or_default().into_iter().filter(|line| line.starts_with("lrpymrpc-")).collect()
+}
+
+fn server_log(env: &TestEnv) -> String {
+    std::fs::read_to_string(env.root.path().join("server.log")).unwrap_or_default()
+}
+
+#[test]
+fn a_job_runs_as_a_slurm_step_with_its_results_output_and_stderr_apart() {
+    let Some(fixture) = fixture(&[]) else { return };
+    let env = &fixture.env;
+    let command = "echo \"on $SLURM_JOB_NAME\"; echo to-stderr >&2; mkdir -p build; \
+                   cp source/input.txt build/copy.txt; head -c 100000 /dev/urandom > build/random.bin";
+    let output = env.client().args(["--SOURCE", "source", "--RESULT", "build", "--CMD", command]).output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "{stdout}{stderr}\n{}", server_log(env));
+    // The job name carries the job id; srun's own reports are not the command's output.
+    assert!(stdout.contains("]:on lrpymrpc-"), "{stdout}");
+    assert!(stderr.contains("]:to-stderr") && !stdout.contains("]:to-stderr"), "stderr apart: {stdout} / {stderr}");
+    assert!(!stdout.contains("srun") && !stderr.contains("srun:"), "{stdout}{stderr}");
+    assert_eq!(env.read("build/copy.txt"), b"some input\n");
+    assert_eq!(env.read("build/random.bin").len(), 100_000);
+    assert!(our_jobs(&fixture.cluster).is_empty(), "nothing left in squeue");
+}
+
+#[test]
+fn exit_statuses_and_signals_come_back_as_with_the_local_executor() {
+    let Some(fixture) = fixture(&[]) else { return };
+    let env = &fixture.env;
+    env.client().args(["--CMD", "exit 3"]).assert().code(3);
+    env.client()
+        .args(["--CMD", "kill -KILL $$"])
+        .assert()
+        .code(137)
+        .stderr(predicate::str::contains("killed by signal 9"));
+    // A command that exits 143 itself is not a signal.
+    env.client().args(["--CMD", "exit 143"]).assert().code(143).stderr(predicate::str::contains("signal").not());
+}
+
+#[test]
+fn ctrl_c_leaves_nothing_in_squeue_within_two_seconds() {
+    let Some(fixture) = fixture(&[]) else { return };
+    let (env, cluster) = (&fixture.env, &fixture.cluster);
+    let mut client = env.client_std();
+    let mut client = client.args(["--CMD", "echo started; sleep 60"]).stdout(Stdio::piped()).spawn().unwrap();
+    let stdout = BufReader::new(client.stdout.take().unwrap());
+    for line in stdout.lines() {
+        if line.unwrap().ends_with("]:started") {
+            break;
+        }
+    }
+    assert_eq!(our_jobs(cluster).len(), 1, "the step runs in Slurm");
+    send_signal(&client, libc::SIGINT);
+    let interrupted = Instant::now();
+    wait_until(Duration::from_secs(2), "the Slurm job gone from squeue", || our_jobs(cluster).is_empty());
+    eprintln!("gone from squeue {:?} after Ctrl-C", interrupted.elapsed());
+    assert_eq!(wait_exit(&mut client, PROCESS_LIMIT).code(), Some(130));
+}
+
+#[test]
+fn four_jobs_on_a_two_cpu_node_all_finish_two_after_queueing_in_slurm() {
+    let Some(fixture) = fixture(&[]) else { return };
+    let env = &fixture.env;
+    let clients: Vec<_> = (0..4)
+        .map(|n| {
+            let mut client = env.client_std();
+            client
+                .args(["--RUN_NAME", &format!("run{n}"), "--CMD", "sleep 1; mkdir -p build; echo done > build/done"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            client.spawn().unwrap()
+        })
+        .collect();
+    let outputs: Vec<_> = clients.into_iter().map(|c| crate::env::child_output_within(c, PROCESS_LIMIT)).collect();
+    let mut queued = 0;
+    for (n, output) in outputs.iter().enumerate() {
+        let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        assert!(output.status.success(), "{stdout}{stderr}");
+        assert_eq!(env.read(&format!("run{n}/build/done")), b"done\n");
+        if stdout.contains("queued by Slurm (") {
+            assert!(stdout.contains("Slurm started the command on"), "{stdout}");
+            queued += 1;
+        }
+    }
+    assert!(queued >= 2, "two of the four waited in Slurm's queue and their clients said so ({queued})");
+}
+
+#[test]
+fn with_slurm_down_the_client_gets_unavailable_and_nothing_runs() {
+    let Some(mut fixture) = fixture(&[]) else { return };
+    fixture.cluster.stop_controller();
+    let env = &fixture.env;
+    env.client()
+        .args(["--CMD", "touch ran"])
+        .assert()
+        .code(103)
+        .stderr(predicate::str::contains("UNAVAILABLE"))
+        .stderr(predicate::str::contains("Slurm did not start the command"))
+        .stderr(predicate::str::contains("slurm controller"));
+    assert!(!env.work.join("ran").exists());
+}
+
+#[test]
+fn a_job_root_the_nodes_cannot_see_is_refused_at_start() {
+    if !slurm_here() {
+        return;
+    }
+    if which::which("unshare").is_err() {
+        println!("SKIPPED: no unshare (util-linux)");
+        return;
+    }
+    let _lock = ONE_CLUSTER.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let env = TestEnv::bare();
+    // The node runs in a mount namespace of its own where the job root is an empty tmpfs,
+    // as on a node that does not mount the server's filesystem.
+    let jobs = env.jobs.display().to_string();
+    let hide = format!("mount -t tmpfs lrpymrpc-hidden '{jobs}' && exec \"$@\"");
+    let prefix = ["unshare", "--mount", "--propagation", "private", "sh", "-c", &hide, "sh"];
+    let cluster = OneNodeCluster::start(&env.root.path().join("slurm"), 2, &prefix).unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_lrpymrpc-e2e-mock-server"))
+        .args(["--listen", "127.0.0.1:0", "--executor", "slurm", "--root"])
+        .arg(&env.jobs)
+        .arg("--tls-dir")
+        .arg(&env.tls)
+        .env("SLURM_CONF", cluster.conf())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(String::from_utf8_lossy(&output.stdout).is_empty(), "it never listened");
+    assert!(stderr.contains(&format!("the job root `{jobs}` is not the same on the node")), "{stderr}");
+    assert!(stderr.contains("hint: put --root on a filesystem every node mounts"), "{stderr}");
+}
+
+#[test]
+fn slurm_options_without_the_slurm_executor_are_refused() {
+    let env = TestEnv::bare();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_lrpymrpc-e2e-mock-server"))
+        .args(["--listen", "127.0.0.1:0", "--slurm-partition", "big", "--root"])
+        .arg(&env.jobs)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--slurm-partition is for `--executor slurm`"));
+}
+
+#[test]
+fn the_job_timeout_and_a_server_shutdown_remove_the_slurm_job() {
+    let Some(mut fixture) = fixture(&["--job-timeout", "2s", "--shutdown-grace", "1s"]) else { return };
+    let (env, cluster) = (&fixture.env, &fixture.cluster);
+    env.client()
+        .args(["--CMD", "sleep 60"])
+        .assert()
+        .code(103)
+        .stderr(predicate::str::contains("DEADLINE_EXCEEDED"))
+        .stderr(predicate::str::contains("it ran longer than 2.0 s"));
+    wait_until(Duration::from_secs(2), "the timed-out job gone from squeue", || our_jobs(cluster).is_empty());
+
+    let mut client = env.client_std();
+    let mut client =
+        client.args(["--CMD", "echo started; sleep 1.5; sleep 60"]).stdout(Stdio::piped()).spawn().unwrap();
+    let stdout = BufReader::new(client.stdout.take().unwrap());
+    assert!(stdout.lines().map_while(Result::ok).any(|line| line.ends_with("]:started")));
+    send_signal(&fixture.server, libc::SIGTERM);
+    // The grace (1 s) for the job to finish, then it is stopped: gone within 2 s more.
+    wait_until(Duration::from_secs(3), "the job gone from squeue after the shutdown", || our_jobs(cluster).is_empty());
+    assert!(wait_exit(&mut fixture.server, PROCESS_LIMIT).success(), "{}", server_log(env));
+    assert_ne!(wait_exit(&mut client, PROCESS_LIMIT).code(), Some(0));
+}
+
+#[test]
+fn pip_runs_on_the_server_and_the_sandboxed_command_on_the_node() {
+    let probe = TestEnv::bare();
+    if crate::env::sandbox_for(&probe.jobs, &probe.tls).is_none() {
+        return;
+    }
+    let Some(fixture) = fixture(&["--sandbox"]) else { return };
+    let env = &fixture.env;
+    let package = env.root.path().join("pkgsrc/greeter");
+    std::fs::create_dir_all(&package).unwrap();
+    std::fs::write(package.join("__init__.py"), "def greet(who):\n    return f'hello {who} from greeter'\n").unwrap();
+    build_wheel(&package, "greeter", &env.work.join("dist"));
+    let key = lrpymrpc_certs::layout::server_key(&env.tls).display().to_string();
+    let command = format!(
+        "mkdir out && python -c \"import greeter; print(greeter.greet('slurm'))\" | tee out/greeting; \
+         cat '{key}' >/dev/null 2>&1 && echo READ-THE-KEY || echo key-hidden"
+    );
+    let output = env
+        .client()
+        .args(["--REPO_URL", "greeter=./dist/greeter-0.1.0-py3-none-any.whl,", "--SOURCE", "dist", "--RESULT", "out"])
+        .args(["--CMD", &command])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}\n{}", String::from_utf8_lossy(&output.stderr), server_log(env));
+    assert!(stdout.contains("]:hello slurm from greeter"), "{stdout}");
+    assert!(stdout.contains("]:key-hidden"), "the sandbox applies on the node: {stdout}");
+    assert_eq!(env.read("out/greeting"), b"hello slurm from greeter\n");
+    // The probe was job 1; the command (in bwrap, without Slurm's variables) job 2.
+    let controller = std::fs::read_to_string(fixture.cluster.dir().join("slurmctld.log")).unwrap();
+    assert!(controller.contains("_job_complete: JobId=2 WEXITSTATUS 0"), "{controller}");
+}
