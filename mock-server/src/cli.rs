@@ -342,6 +342,16 @@ fn check_config(file: &Path) -> anyhow::Result<()> {
         format!("config file `{}`: the job root `{}` is not writable", file.display(), config.root.display())
     })?;
     drop(probe);
+    // Slurm: the tools found and the probe step run, as at start.
+    if let ExecutorChoice::Slurm(options) = &config.executor {
+        let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+        runtime
+            .block_on(async {
+                let slurm = SlurmExecutor::new(options.clone(), &config.root, config.job_timeout)?;
+                slurm.probe(&config.root).await
+            })
+            .with_context(|| format!("config file `{}`", file.display()))?;
+    }
     println!("config file `{}` is valid", file.display());
     println!("  listen:  {listen}");
     println!("  root:    {} (writable)", config.root.display());
@@ -358,6 +368,9 @@ fn check_config(file: &Path) -> anyhow::Result<()> {
     );
     if let Some(metrics) = config.metrics_listen {
         println!("  metrics: http://{metrics}/metrics");
+    }
+    if let ExecutorChoice::Slurm(_) = &config.executor {
+        println!("  executor: slurm (the probe step saw the job root)");
     }
     Ok(())
 }

@@ -387,10 +387,10 @@ impl Drop for JobUse {
 
 /// Removes job directories that an earlier run of a server left in `root`: only
 /// those with a marker, and without following links (`remove_dir_all` removes a
-/// link, not what it points to). Returns how many were removed.
-pub fn sweep_orphans(root: &Path) -> usize {
-    let Ok(entries) = std::fs::read_dir(root) else { return 0 };
-    let mut removed = 0;
+/// link, not what it points to). Returns the ids of those removed.
+pub fn sweep_orphans(root: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(root) else { return Vec::new() };
+    let mut removed = Vec::new();
     for entry in entries.flatten() {
         let name = entry.file_name();
         let Some(id) = name.to_str().and_then(|n| n.strip_suffix(MARKER_SUFFIX)) else { continue };
@@ -398,7 +398,7 @@ pub fn sweep_orphans(root: &Path) -> usize {
             continue;
         }
         remove_job_files(&root.join(id));
-        removed += 1;
+        removed.push(id.to_string());
     }
     removed
 }
@@ -543,7 +543,7 @@ mod tests {
         std::fs::write(marker(&job), b"").unwrap();
         let unmarked = root.path().join(Uuid::new_v4().to_string());
         std::fs::create_dir(&unmarked).unwrap();
-        assert_eq!(sweep_orphans(root.path()), 1);
+        assert_eq!(sweep_orphans(root.path()).len(), 1);
         assert!(!job.exists() && unmarked.exists());
         assert!(outside.path().join("keep").exists());
     }

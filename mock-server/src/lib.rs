@@ -71,10 +71,14 @@ pub async fn run(
 ) -> Result<(), ServeError> {
     let root = config.root.clone();
     let (state, swept) = state::State::new(config).map_err(|source| ServeError::Setup { root, source })?;
-    if swept > 0 {
-        info!(swept, "removed job directories an earlier run left behind");
+    if !swept.is_empty() {
+        info!(swept = swept.len(), "removed job directories an earlier run left behind");
     }
     let state = Arc::new(state);
+    // Their commands may still run in Slurm's queue (the earlier server was killed).
+    if let Some(slurm) = state.slurm.clone() {
+        tokio::spawn(async move { slurm.cancel_left_behind(&swept).await });
+    }
     let reaper = tokio::spawn(reap_forever(state.clone()));
     let metrics = match state.config.metrics_listen {
         Some(address) => {

@@ -173,6 +173,27 @@ impl SlurmExecutor {
         }
     }
 
+    /// Cancels the Slurm jobs of `job_ids` (jobs an earlier run of the server left
+    /// behind, found by their names), with one `squeue` and one `scancel` per batch.
+    pub async fn cancel_left_behind(&self, job_ids: &[String]) {
+        let names: Vec<String> = job_ids.iter().map(|id| format!("{JOB_NAME_PREFIX}{id}")).collect();
+        for batch in names.chunks(NAMES_PER_QUERY) {
+            let Some(found) = query(&self.inner, batch).await else { continue };
+            let ids: Vec<String> = found.into_iter().map(|job| job.id).collect();
+            if ids.is_empty() {
+                continue;
+            }
+            let mut scancel = Command::new(&self.inner.scancel);
+            scancel.arg("--quiet").args(&ids).envs(self.inner.slurm_env.iter().cloned()).kill_on_drop(true);
+            match tokio::time::timeout(QUERY_TIMEOUT, scancel.status()).await {
+                Ok(Ok(status)) if status.success() => {
+                    tracing::info!(jobs = ids.len(), "cancelled Slurm jobs an earlier run of the server left behind");
+                }
+                outcome => tracing::warn!(?outcome, "could not cancel Slurm jobs an earlier run left behind"),
+            }
+        }
+    }
+
     /// Starts the queue poller if it is not running (it ends with the executor).
     fn watch(&self, name: &str, events: &Events) {
         let inner = &self.inner;
@@ -350,7 +371,7 @@ async fn poll_queue(inner: Weak<Inner>) {
         for batch in names.chunks(NAMES_PER_QUERY) {
             let Some(states) = query(&inner, batch).await else { continue };
             let mut waiting = inner.waiting();
-            for (name, state) in states {
+            for QueuedJob { name, state, .. } in states {
                 let note = match state {
                     QueueState::Pending(reason) => {
                         let Some(entry) = waiting.get_mut(&name) else { continue };
@@ -385,11 +406,19 @@ enum QueueState {
     Other,
 }
 
+/// One job as `squeue` lists it.
+#[derive(Debug, PartialEq, Eq)]
+struct QueuedJob {
+    id: String,
+    name: String,
+    state: QueueState,
+}
+
 /// One `squeue` for `names`; `None` when it failed (the state is unknown, not failed).
-async fn query(inner: &Inner, names: &[String]) -> Option<Vec<(String, QueueState)>> {
+async fn query(inner: &Inner, names: &[String]) -> Option<Vec<QueuedJob>> {
     let mut squeue = Command::new(&inner.squeue);
     squeue
-        .args(["--noheader", "--format=%j|%T|%r|%N"])
+        .args(["--noheader", "--format=%i|%j|%T|%r|%N"])
         .arg(format!("--name={}", names.join(",")))
         .envs(inner.slurm_env.iter().cloned())
         .stdin(std::process::Stdio::null())
@@ -404,18 +433,19 @@ async fn query(inner: &Inner, names: &[String]) -> Option<Vec<(String, QueueStat
     Some(parse_queue(&String::from_utf8_lossy(&output.stdout)))
 }
 
-/// `name|STATE|reason|nodes` lines into states.
-fn parse_queue(text: &str) -> Vec<(String, QueueState)> {
+/// `id|name|STATE|reason|nodes` lines into jobs.
+fn parse_queue(text: &str) -> Vec<QueuedJob> {
     text.lines()
         .filter_map(|line| {
-            let mut fields = line.trim().splitn(4, '|');
-            let (name, state, reason, nodes) = (fields.next()?, fields.next()?, fields.next()?, fields.next()?);
+            let mut fields = line.trim().splitn(5, '|');
+            let (id, name, state, reason, nodes) =
+                (fields.next()?, fields.next()?, fields.next()?, fields.next()?, fields.next()?);
             let state = match state {
                 "PENDING" => QueueState::Pending(reason.to_string()),
                 "RUNNING" | "COMPLETING" => QueueState::Running(nodes.to_string()),
                 _ => QueueState::Other,
             };
-            Some((name.to_string(), state))
+            Some(QueuedJob { id: id.to_string(), name: name.to_string(), state })
         })
         .collect()
 }
@@ -446,12 +476,13 @@ mod tests {
 
     #[test]
     fn queue_lines_parse_into_states() {
-        let states = parse_queue("lrpymrpc-a|PENDING|Resources|\nlrpymrpc-b|RUNNING|None|node7\nbad line\n");
+        let jobs = parse_queue("12|lrpymrpc-a|PENDING|Resources|\n13|lrpymrpc-b|RUNNING|None|node7\nbad line\n");
+        let job = |id: &str, name: &str, state| QueuedJob { id: id.into(), name: name.into(), state };
         assert_eq!(
-            states,
+            jobs,
             [
-                ("lrpymrpc-a".to_string(), QueueState::Pending("Resources".into())),
-                ("lrpymrpc-b".to_string(), QueueState::Running("node7".into())),
+                job("12", "lrpymrpc-a", QueueState::Pending("Resources".into())),
+                job("13", "lrpymrpc-b", QueueState::Running("node7".into())),
             ]
         );
     }

@@ -37,7 +37,7 @@ pub struct State {
 
 impl State {
     /// Sweeps what an earlier run left in the root, then sets up the shared parts.
-    pub fn new(config: Config) -> std::io::Result<(State, usize)> {
+    pub fn new(config: Config) -> std::io::Result<(State, Vec<String>)> {
         let swept = sweep_orphans(&config.root);
         let env_cache = match config.env_cache {
             true => Some(EnvCache::new(&config.root, config.env_cache_max_bytes)?),

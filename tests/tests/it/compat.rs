@@ -60,7 +60,7 @@ fn a_client_without_the_extension_gets_one_ordered_stream_with_long_lines_whole(
 
 /// A Python interpreter with grpcio and grpcio-tools (`LRPYMRPC_GRPCIO_PYTHON`, else
 /// `python3`), or `None` when there is none; in CI, `.ci/run` installs them.
-fn grpcio_python() -> Option<PathBuf> {
+pub(crate) fn grpcio_python() -> Option<PathBuf> {
     let python = std::env::var_os("LRPYMRPC_GRPCIO_PYTHON").map_or_else(|| PathBuf::from("python3"), PathBuf::from);
     let mut probe = Command::new(&python);
     probe.args(["-c", "import grpc, grpc_tools"]);
@@ -78,7 +78,7 @@ fn uuid_like(text: &str) -> bool {
     text.len() == 36 && text.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
 }
 
-fn repo_file(rel: &str) -> PathBuf {
+pub(crate) fn repo_file(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
 }
 

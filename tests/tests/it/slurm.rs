@@ -268,3 +268,47 @@ fn pip_runs_on_the_server_and_the_sandboxed_command_on_the_node() {
     let controller = std::fs::read_to_string(fixture.cluster.dir().join("slurmctld.log")).unwrap();
     assert!(controller.contains("_job_complete: JobId=2 WEXITSTATUS 0"), "{controller}");
 }
+
+#[test]
+fn a_job_an_earlier_killed_server_left_in_slurm_is_cancelled_at_restart() {
+    let Some(mut fixture) = fixture(&[]) else { return };
+    let mut client = fixture.env.client_std();
+    let mut client = client.args(["--CMD", "echo started; sleep 600"]).stdout(Stdio::piped()).spawn().unwrap();
+    let stdout = BufReader::new(client.stdout.take().unwrap());
+    assert!(stdout.lines().map_while(Result::ok).any(|line| line.ends_with("]:started")));
+    // Killed outright: no shutdown, no scancel; its silent step would run for ten minutes.
+    fixture.server.kill().unwrap();
+    let _ = fixture.server.wait();
+    assert_eq!(wait_exit(&mut client, PROCESS_LIMIT).code(), Some(104));
+    assert_eq!(our_jobs(&fixture.cluster).len(), 1, "the step outlived its server");
+    let conf = fixture.cluster.conf().as_os_str().to_owned();
+    let (restarted, _) =
+        spawn_server_binary_with(&fixture.env, &["--executor", "slurm"], None, &[("SLURM_CONF", &conf)]);
+    fixture.server = restarted;
+    wait_until(Duration::from_secs(5), "the left-behind job cancelled", || our_jobs(&fixture.cluster).is_empty());
+    assert!(server_log(&fixture.env).contains("cancelled Slurm jobs an earlier run of the server left behind"));
+}
+
+#[test]
+fn the_python_client_runs_a_whole_job_through_slurm_unaware_of_it() {
+    let Some(python) = crate::compat::grpcio_python() else { return };
+    let Some(fixture) = fixture(&[]) else { return };
+    let env = &fixture.env;
+    env.write("cells/nand2.sp", "* nand2\n");
+    let server = format!("127.0.0.1:{}", env.addr.port());
+    let mut command = std::process::Command::new(&python);
+    command
+        .current_dir(&env.work)
+        .arg(crate::compat::repo_file("tests/python/grpcio_client.py"))
+        .arg("--proto")
+        .arg(crate::compat::repo_file("proto/file_service.proto"))
+        .args(["--server", &server, "--tls-dir"])
+        .arg(&env.tls)
+        .args(["--source", "cells", "--result", "lib"])
+        .args(["--cmd", "echo \"start $SLURM_JOB_NAME\"; mkdir lib; cp cells/nand2.sp lib/nand2.lib; echo end"]);
+    let output = crate::env::output_within(&mut command, PROCESS_LIMIT);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("\nstart lrpymrpc-") && stdout.contains("\nend\n"), "{stdout}");
+    assert_eq!(std::fs::read_to_string(env.work.join("lib/nand2.lib")).unwrap(), "* nand2\n");
+}
