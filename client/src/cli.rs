@@ -210,6 +210,12 @@ pub struct Args {
     #[arg(long, env = "LRPYMRPC_NO_RESULTS_ON_FAILURE", value_parser = FalseyValueParser::new(), help_heading = "Beyond lrPymRPC")]
     pub no_results_on_failure: bool,
 
+    /// Upload, start the command, print the job id and how to follow it, and exit 0:
+    /// the command runs on without this client (`lrpymrpc attach ID` follows it and
+    /// fetches its results; `lrpymrpc jobs`, `lrpymrpc cancel ID`)
+    #[arg(long, env = "LRPYMRPC_DETACH", value_parser = FalseyValueParser::new(), help_heading = "Beyond lrPymRPC")]
+    pub detach: bool,
+
     /// Stop the whole job (and the remote command) after this long: `90`, `90s`,
     /// `15m`, `1h30m`; exit status 124
     #[arg(long, env = "LRPYMRPC_TIMEOUT", value_name = "DURATION", value_parser = parse_positive_duration, help_heading = "Beyond lrPymRPC")]
@@ -279,6 +285,23 @@ pub enum Command {
     Completions {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
+    },
+    /// Follow a job's output (one started with `--detach`, or whose client went away)
+    /// and fetch its results into the current directory, as the command that started
+    /// it would have; exits with its status
+    Attach {
+        /// The job id `--detach` printed (`lrpymrpc jobs` lists them)
+        id: String,
+        /// Only output from now on, not what the job printed before
+        #[arg(long)]
+        from_end: bool,
+    },
+    /// List your jobs on the server(s): id, state, started, duration, command
+    Jobs,
+    /// Stop one of your jobs (its whole process tree)
+    Cancel {
+        /// The job id
+        id: String,
     },
 }
 

@@ -46,6 +46,13 @@ pub struct Job {
     pub strict: bool,
     /// Where results land: the working directory (or `--results-dir`), plus RUN_NAME.
     pub results_dest: PathBuf,
+    /// `--RUN_NAME` and `--results-dir` as given, kept with a durable job for `attach`.
+    pub run_name: String,
+    pub results_dir: Option<String>,
+    /// `--detach`: start the command and leave it running.
+    pub detach: bool,
+    /// `--TLS_CONFIG_DIR` as given, for the `attach` command `--detach` prints.
+    pub tls_config_dir: String,
     /// Skip the download when the remote command failed.
     pub no_results_on_failure: bool,
     /// gzip level of the upload.
@@ -173,6 +180,10 @@ impl Job {
             result_encoding: args.result_encoding,
             blob_compression: args.blob_compression,
             results_dest,
+            run_name: args.run_name.clone(),
+            results_dir: args.results_dir.clone().filter(|dir| !dir.trim().is_empty()),
+            detach: args.detach,
+            tls_config_dir: args.tls_config_dir.clone(),
             no_results_on_failure: args.no_results_on_failure,
             gzip_level: args.gzip_level,
             result_limits: lrpymrpc_archive::Limits {
@@ -190,6 +201,38 @@ impl Job {
             tls_warnings,
             verbosity,
         })
+    }
+}
+
+impl Job {
+    /// The job as `lrpymrpc attach` finishes it: RESULT, RUN_NAME and `--results-dir`
+    /// as the command that started it chose them (kept by the server), checked as if
+    /// given here. A `--results-dir` that is absolute or climbs out of the working
+    /// directory is not taken from a server: results then land here.
+    pub fn attached(mut self, info: &lrpymrpc_proto::AttachInfo) -> Result<(Job, Vec<String>), ClientError> {
+        let mut warnings = Vec::new();
+        let results: Vec<String> = info.result_dir.split_whitespace().map(String::from).collect();
+        for result in &results {
+            check_result_path(result)?;
+        }
+        validate_run_name(&info.run_name)?;
+        let mut base = self.workdir.clone();
+        let dir = info.results_dir.trim();
+        if !dir.is_empty() {
+            match lrpymrpc_archive::sanitize_relative(dir.as_bytes()) {
+                Ok(relative) if !Path::new(dir).is_absolute() => base = base.join(relative),
+                _ => warnings.push(format!(
+                    "the job's --results-dir `{dir}` is not below this directory: its results land here instead"
+                )),
+            }
+        }
+        self.results_dest = match info.run_name.as_str() {
+            "" => base,
+            name => base.join(name),
+        };
+        self.results = results;
+        self.run_name = info.run_name.clone();
+        Ok((self, warnings))
     }
 }
 

@@ -56,6 +56,15 @@ pub fn main_impl() -> ExitCode {
         Some(cli::Command::Tls { action: cli::TlsAction::Check { dir, server, local_only } }) => {
             commands::tls::check(&args, dir.as_deref(), server.as_deref(), *local_only)
         }
+        Some(cli::Command::Attach { id, from_end }) => {
+            let (id, from_end) = (id.clone(), *from_end);
+            commands::durable_jobs::attach(args, &id, from_end)
+        }
+        Some(cli::Command::Jobs) => commands::durable_jobs::jobs(args),
+        Some(cli::Command::Cancel { id }) => {
+            let id = id.clone();
+            commands::durable_jobs::cancel(args, &id)
+        }
         None => commands::job::run(args),
     }
 }

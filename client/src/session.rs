@@ -18,7 +18,8 @@ use lrpymrpc_archive::{
 use lrpymrpc_proto::file_service_client::FileServiceClient;
 use lrpymrpc_proto::v1::extensions_client::ExtensionsClient;
 use lrpymrpc_proto::{
-    CachePolicy, CheckRequest, CheckResponse, DataChunk, DownloadRequest, ExecuteRequest, ExitStatus, OutputStream,
+    AttachInfo, CachePolicy, CheckRequest, CheckResponse, DataChunk, DownloadRequest, Durability, ExecuteRequest,
+    ExecuteResponse, ExitStatus, OutputStream,
 };
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
@@ -48,6 +49,10 @@ const QUEUED_CHUNKS: usize = 2;
 #[path = "cas_upload.rs"]
 mod cas_upload;
 pub use cas_upload::TreeUpload;
+
+#[path = "durable.rs"]
+mod durable;
+pub use durable::Followed;
 
 /// A connection to one server, proven by its capabilities call.
 #[derive(Debug, Clone)]
@@ -222,19 +227,29 @@ impl Session {
     }
 
     /// Prints the command's output as it arrives and returns how its end was reported.
-    /// Never repeated: the command may not be safe to run twice.
+    /// Never repeated: the command may not be safe to run twice. With `durability`
+    /// (a server with durable jobs), a lost call does not stop the command: the
+    /// caller follows it again from `followed.last_seq` (`durable.rs`).
     pub async fn execute(
         &self,
         job: &Job,
         unique_id: &str,
         cache: CachePolicy,
+        durability: Durability,
         out: &Output,
-    ) -> Result<Reported, ClientError> {
+        followed: &mut Followed,
+    ) -> Result<(), ClientError> {
         let mut client = self.files.clone();
         let command_opt = match &job.exit_marker {
             Some(marker) => marker.wrap(&job.command),
             None => job.command.clone(),
         };
+        let attach_info = (durability != Durability::Unspecified).then(|| AttachInfo {
+            result_dir: job.results.join(" "),
+            run_name: job.run_name.clone(),
+            results_dir: job.results_dir.clone().unwrap_or_default(),
+            server: authority(&self.peer),
+        });
         let request = ExecuteRequest {
             unique_id: unique_id.to_string(),
             tool: job.repo_url.clone(),
@@ -246,24 +261,46 @@ impl Session {
                 CachePolicy::Unspecified => String::new(),
                 _ => job.results.join(" "),
             },
+            durability: durability as i32,
+            attach_info,
         };
+        let lines = client.execute(request).await.map_err(|status| self.failed(Step::Execute, status))?.into_inner();
+        if job.detach {
+            return Ok(());
+        }
+        self.show_output(lines, job, out, followed).await
+    }
+
+    /// Prints a run's messages as they come (each once: a number at or below the last
+    /// one shown is a repeat) and notes how its end was reported.
+    async fn show_output(
+        &self,
+        mut lines: tonic::Streaming<ExecuteResponse>,
+        job: &Job,
+        out: &Output,
+        followed: &mut Followed,
+    ) -> Result<(), ClientError> {
         let failed = |status| self.failed(Step::Execute, status);
-        let mut lines = client.execute(request).await.map_err(failed)?.into_inner();
-        let mut reported = Reported::default();
         // On a terminal, a line below the output says the command still runs.
         let _running = out.running();
         while let Some(response) = lines.message().await.map_err(failed)? {
+            if response.seq != 0 {
+                if response.seq <= followed.last_seq {
+                    continue;
+                }
+                followed.last_seq = response.seq;
+            }
             if let Some(hit) = response.cache_hit {
                 out.note(&served_from_cache(&hit));
                 continue;
             }
             if let Some(status) = response.exit_status {
-                reported.field = Some(status);
+                followed.reported.field = Some(status);
                 continue;
             }
             let mut text = response.message.as_str();
             if let Some((before, status)) = job.exit_marker.as_ref().and_then(|m| m.strip(text)) {
-                reported.marker = Some(status);
+                followed.reported.marker = Some(status);
                 if before.is_empty() {
                     continue;
                 }
@@ -277,7 +314,7 @@ impl Session {
             }
         }
         out.clear_progress();
-        Ok(reported)
+        Ok(())
     }
 
     /// Unpacks the result stream into a staging directory inside the destination, then

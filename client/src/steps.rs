@@ -8,7 +8,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use lrpymrpc_archive::PackRoot;
-use lrpymrpc_proto::{CachePolicy, DownloadRequest};
+use lrpymrpc_proto::{CachePolicy, DownloadRequest, Durability};
 
 use crate::exit::{ClientError, Step};
 use crate::job::{CacheChoice, Job};
@@ -20,7 +20,27 @@ use crate::source;
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(500);
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(8);
 
-pub async fn run(job: &Job, out: &Output) -> Result<(), ClientError> {
+/// The durable job whose command runs now, if any: what a Ctrl-C must cancel by name,
+/// since dropping the call no longer does (`commands/job.rs`).
+#[derive(Debug, Default)]
+pub struct RunningJob(std::sync::Mutex<Option<(Session, String)>>);
+
+impl RunningJob {
+    pub(crate) fn set(&self, session: &Session, unique_id: &str) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some((session.clone(), unique_id.to_string()));
+    }
+
+    fn clear(&self) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+
+    /// The job to cancel, once.
+    pub fn take(&self) -> Option<(Session, String)> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+pub async fn run(job: &Job, out: &Output, running: &RunningJob) -> Result<(), ClientError> {
     // Sources are chosen before connecting, so `--strict` refuses before anything is sent.
     let (roots, warnings) = source::select(&job.sources, &job.workdir);
     if let (true, Some(first)) = (job.strict, warnings.first()) {
@@ -35,6 +55,7 @@ pub async fn run(job: &Job, out: &Output) -> Result<(), ClientError> {
             let connecting = retrying(job, out, Step::Connect, || Session::open(&job.peer, job.stall));
             let session = patiently(out, job, "connecting", connecting).await?;
             out.end("");
+            refuse_detach_without_durable_jobs(job, &session)?;
             before_upload(job, &warnings, out);
             let mut wait = crate::queue::SlotWait::new(job.queue_timeout);
             let (unique_id, from_tree) = loop {
@@ -51,15 +72,119 @@ pub async fn run(job: &Job, out: &Output) -> Result<(), ClientError> {
         false => crate::placement::place(job, &roots, &warnings, out).await?,
     };
     let out = &out;
+    if let Err(error) = refuse_detach_without_durable_jobs(job, &session) {
+        session.release(&unique_id).await;
+        return Err(error);
+    }
     let cache = cache_policy(&session, job, from_tree, out);
 
     out.status(&format!("pip install   ={}", job.repo_url));
     out.status(&format!("Execute target={}", job.command));
     out.begin(Step::Execute);
-    let reported = session.execute(job, &unique_id, cache, out).await?;
+    let durability = match (session.has_durable_jobs(), job.detach) {
+        (false, _) => Durability::Unspecified,
+        (true, false) => Durability::Reattach,
+        (true, true) => Durability::Detached,
+    };
+    if durability != Durability::Unspecified {
+        running.set(&session, &unique_id);
+    }
+    let (session, reported) = execute_following(job, session, &unique_id, cache, durability, out, running).await?;
+    running.clear();
     out.end("");
+    if job.detach {
+        say_detached(job, &session, &unique_id, out);
+        return Ok(());
+    }
     let remote_outcome = reported.outcome();
     finish(job, &session, unique_id, remote_outcome, out).await
+}
+
+/// `--detach` needs a server that keeps the command running without its client.
+fn refuse_detach_without_durable_jobs(job: &Job, session: &Session) -> Result<(), ClientError> {
+    match job.detach && !session.has_durable_jobs() {
+        true => Err(ClientError::Local {
+            message: format!(
+                "--detach: {} does not keep a command running without its client",
+                crate::connect::authority(session.peer())
+            ),
+            hint: Some("it is the Python server or an older lrpymrpc-mock-server: run without --detach".into()),
+        }),
+        false => Ok(()),
+    }
+}
+
+/// What `--detach` prints: the job id on stdout (for scripts), how to follow it.
+fn say_detached(job: &Job, session: &Session, unique_id: &str, out: &Output) {
+    out.status(&format!("detached job={unique_id}"));
+    let peer = session.peer();
+    let mut follow = format!("lrpymrpc --SERVER_IP {} --SERVER_PORT {}", peer.host, peer.port);
+    if !job.tls_config_dir.trim().is_empty() {
+        follow.push_str(&format!(" --TLS_CONFIG_DIR {}", job.tls_config_dir.trim()));
+    }
+    out.note(&format!(
+        "the command runs on without this client; follow it and fetch its results with `{follow} attach {unique_id}` \
+         (`lrpymrpc jobs` lists your jobs, `lrpymrpc cancel {unique_id}` stops it)"
+    ));
+}
+
+/// Execute, and with a durable run, following it again after a lost connection: the
+/// output resumes after the last line printed (none lost, none twice), for as long as
+/// reconnecting brings output; a reconnection that brings nothing counts against
+/// `--retries`. Returns the session that saw the end, and how the end was reported.
+async fn execute_following(
+    job: &Job,
+    session: Session,
+    unique_id: &str,
+    cache: CachePolicy,
+    durability: Durability,
+    out: &Output,
+    running: &RunningJob,
+) -> Result<(Session, crate::session::Reported), ClientError> {
+    let mut followed = crate::session::Followed::default();
+    let outcome = session.execute(job, unique_id, cache, durability, out, &mut followed).await;
+    let durable = durability != Durability::Unspecified && !job.detach;
+    follow_to_the_end(job, session, unique_id, outcome, durable, followed, out, running).await
+}
+
+/// After a first `outcome` of following a run: with a `durable` run, follows it again
+/// after each lost connection, as long as reconnecting brings output (a reconnection
+/// that brings nothing counts against `--retries`).
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn follow_to_the_end(
+    job: &Job,
+    session: Session,
+    unique_id: &str,
+    mut outcome: Result<(), ClientError>,
+    durable: bool,
+    mut followed: crate::session::Followed,
+    out: &Output,
+    running: &RunningJob,
+) -> Result<(Session, crate::session::Reported), ClientError> {
+    let mut session = session;
+    let mut fruitless = 0;
+    loop {
+        match outcome {
+            Ok(()) => return Ok((session, followed.reported)),
+            Err(error @ ClientError::Lost { .. }) if durable => {
+                if fruitless >= job.retries {
+                    return Err(error);
+                }
+                out.warn(&format!("{error}; the command goes on on the server: reconnecting to follow it"));
+                let before = followed.last_seq;
+                let peer = session.peer().clone();
+                session = match retrying(job, out, Step::Connect, || Session::open(&peer, job.stall)).await {
+                    Ok(session) => session,
+                    Err(again) => return Err(could_not_reconnect(error, &again, unique_id)),
+                };
+                running.set(&session, unique_id);
+                out.note(&format!("reconnected: following job {unique_id} after line {before}"));
+                outcome = session.follow(job, unique_id, false, out, &mut followed).await;
+                fruitless = if followed.last_seq == before { fruitless + 1 } else { 0 };
+            }
+            Err(error) => return Err(error),
+        }
+    }
 }
 
 /// What is said before the upload: upstream defaults in use, the first status line, and
@@ -83,8 +208,25 @@ pub(crate) fn before_upload(job: &Job, warnings: &[String], out: &Output) {
     }
 }
 
+/// The lost connection, and that following the job again failed too: the job goes
+/// on on the server until nobody came back for its grace.
+fn could_not_reconnect(lost: ClientError, again: &ClientError, unique_id: &str) -> ClientError {
+    match lost {
+        ClientError::Lost { step, peer, reason } => ClientError::Lost {
+            step,
+            peer,
+            reason: format!(
+                "{reason}; reconnecting failed too ({again}): job {unique_id} goes on on the server, which \
+                 cancels it when nobody comes back within its --reattach-grace (`lrpymrpc attach {unique_id}` \
+                 follows it)"
+            ),
+        },
+        other => other,
+    }
+}
+
 /// After Execute: results, unless the command failed and they are not wanted.
-async fn finish(
+pub(crate) async fn finish(
     job: &Job,
     session: &Session,
     unique_id: String,

@@ -99,6 +99,15 @@ struct Args {
     /// A job nobody comes back for is removed after this long
     #[arg(long, value_name = "DURATION", default_value_t = defaults().job_ttl.into(), help_heading = "Lifecycle")]
     job_ttl: DurationArg,
+    /// How long the command of a job whose client lost its connection keeps running
+    /// for the client to come back (lrpymrpc clients follow it again); then it is
+    /// cancelled. Clients without the extension (the Python one): cancelled at once
+    #[arg(long, value_name = "DURATION", default_value_t = defaults().reattach_grace.into(), help_heading = "Lifecycle")]
+    reattach_grace: DurationArg,
+    /// Output one durable job keeps for clients that come back (`16M`); beyond, the
+    /// oldest lines go, and a client that wanted them is told how many
+    #[arg(long, value_name = "SIZE", default_value_t = SizeArg(defaults().spool_max_bytes as u64), help_heading = "Lifecycle")]
+    spool_max_bytes: SizeArg,
     /// How long a job stays after its results were fetched or it was cancelled
     #[arg(long, value_name = "DURATION", default_value_t = defaults().finished_grace.into(), help_heading = "Lifecycle")]
     finished_grace: DurationArg,
@@ -517,6 +526,8 @@ fn config_from(args: Args) -> anyhow::Result<Config> {
         max_jobs: max_jobs as usize,
         max_jobs_per_cn: args.max_jobs_per_cn.unwrap_or(max_jobs) as usize,
         executor,
+        reattach_grace: args.reattach_grace.into(),
+        spool_max_bytes: usize::try_from(args.spool_max_bytes.0).unwrap_or(usize::MAX),
         upload_idle_timeout: args.upload_idle_timeout.into(),
         job_timeout: args.job_timeout.into(),
         idle_timeout: args.idle_timeout.into(),

@@ -85,6 +85,10 @@ pub struct Config {
     pub legacy_protocol: bool,
     /// Where commands run (`--executor`).
     pub executor: ExecutorChoice,
+    /// How long a durable run whose client is gone keeps running (`--reattach-grace`).
+    pub reattach_grace: Duration,
+    /// Message bytes a durable run's spool keeps (`--spool-max-bytes`).
+    pub spool_max_bytes: usize,
 }
 
 /// Where commands run.
@@ -146,6 +150,8 @@ impl Config {
             sandbox: None,
             legacy_protocol: false,
             executor: ExecutorChoice::Local,
+            reattach_grace: Duration::from_secs(600),
+            spool_max_bytes: 16 << 20,
         }
     }
 }

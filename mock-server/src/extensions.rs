@@ -15,8 +15,9 @@ use std::time::Instant;
 use lrpymrpc_cas::{DIGEST_FUNCTION, Plan, TreeError, directory_digest, materialise, patch, plan};
 use lrpymrpc_proto::v1::extensions_server::Extensions;
 use lrpymrpc_proto::v1::{
-    BlobChunk, Caller, CapabilitiesRequest, CapabilitiesResponse, CreateJobResponse, Digest, Features, Limits, Load,
-    TreePart, UploadBlobsResponse,
+    BlobChunk, Caller, CancelRequest, CancelResponse, CapabilitiesRequest, CapabilitiesResponse, CreateJobResponse,
+    Digest, Features, FollowRequest, JobSummary, Limits, ListJobsRequest, ListJobsResponse, Load, TreePart,
+    UploadBlobsResponse,
 };
 use prost::Message;
 use tokio::sync::mpsc;
@@ -51,6 +52,53 @@ impl ExtensionService {
 
 #[tonic::async_trait]
 impl Extensions for ExtensionService {
+    type FollowStream = crate::service::ResponseStream<lrpymrpc_proto::ExecuteResponse>;
+
+    /// A durable run's output from a sequence number on (`spool.rs`).
+    async fn follow(&self, request: Request<FollowRequest>) -> Result<Response<Self::FollowStream>, Status> {
+        let caller = self.authorized(&request, "follow")?;
+        let request = request.into_inner();
+        let spool = self.durable_job(&request.unique_id, caller.cn.as_deref())?;
+        info!(job = %request.unique_id, cn = caller.name(), after = request.after_seq, from_end = request.from_end, "follow");
+        let records = self.state.spools.follow(spool, request.after_seq, request.from_end);
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(records))))
+    }
+
+    /// Stops a durable run's command now (the client's Ctrl-C).
+    async fn cancel(&self, request: Request<CancelRequest>) -> Result<Response<CancelResponse>, Status> {
+        let caller = self.authorized(&request, "cancel")?;
+        let request = request.into_inner();
+        let spool = self.durable_job(&request.unique_id, caller.cn.as_deref())?;
+        let was_running = spool.cancel("the client asked (Ctrl-C or `lrpymrpc cancel`)");
+        info!(job = %request.unique_id, cn = caller.name(), was_running, "cancel");
+        Ok(Response::new(CancelResponse { was_running }))
+    }
+
+    /// The caller's durable runs.
+    async fn list_jobs(&self, request: Request<ListJobsRequest>) -> Result<Response<ListJobsResponse>, Status> {
+        let caller = self.authorized(&request, "list_jobs")?;
+        let jobs = self
+            .state
+            .spools
+            .of(caller.cn.as_deref())
+            .into_iter()
+            .map(|spool| {
+                let (state, started, ran) = spool.summary();
+                let started = started.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                JobSummary {
+                    unique_id: spool.started.id.clone(),
+                    state,
+                    started_unix_seconds: i64::try_from(started).unwrap_or(i64::MAX),
+                    duration_ms: u64::try_from(ran.as_millis()).unwrap_or(u64::MAX),
+                    command: spool.started.command.clone(),
+                    attach_info: spool.started.attach.clone(),
+                    detached: spool.started.detached,
+                }
+            })
+            .collect();
+        Ok(Response::new(ListJobsResponse { jobs }))
+    }
+
     async fn capabilities(
         &self,
         request: Request<CapabilitiesRequest>,
@@ -88,7 +136,7 @@ impl Extensions for ExtensionService {
                 result_encodings: vec!["zstd".into(), "identity".into()],
                 blob_compressions: vec!["zstd".into()],
                 action_cache: self.state.action_cache.is_some(),
-                durable_jobs: false,
+                durable_jobs: true,
                 executor: config.executor.name().into(),
             }),
             limits: Some(Limits {
@@ -228,6 +276,17 @@ impl Extensions for ExtensionService {
 }
 
 impl ExtensionService {
+    /// The caller's durable run `id`; NOT_FOUND (as for any job not the caller's) when
+    /// there is none: gone, never durable, or another CN's.
+    fn durable_job(&self, id: &str, owner: Option<&str>) -> Result<Arc<crate::spool::Spool>, Status> {
+        self.state.spools.get(id, owner).ok_or_else(|| {
+            Status::not_found(format!(
+                "no job `{id}` of yours to follow here: it finished and was removed, the server restarted, or nobody \
+                 came back within its --reattach-grace"
+            ))
+        })
+    }
+
     fn authorized<T>(&self, request: &Request<T>, rpc: &str) -> Result<auth::Caller, Status> {
         let config = &self.state.config;
         auth::authorize(request, config.tls.is_some(), config.allowed_cns.as_ref()).map_err(|error| {

@@ -308,6 +308,11 @@ impl Jobs {
     }
 
     /// Slots free now: jobs that could start.
+    /// Whether job `id` is still in the table (of anyone).
+    pub fn contains(&self, id: &str) -> bool {
+        self.table().contains_key(id)
+    }
+
     pub fn free_slots(&self) -> usize {
         self.slots.available_permits()
     }

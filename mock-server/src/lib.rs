@@ -29,6 +29,7 @@ mod service;
 pub mod slurm;
 pub mod slurm_cluster;
 mod spares;
+mod spool;
 mod state;
 mod store;
 
@@ -224,5 +225,6 @@ async fn reap_forever(state: Arc<state::State>) {
             let _ = tokio::task::spawn_blocking(move || jobs::remove_job_files(&dir)).await;
             info!(job = %job, reason = ?why, "job directory removed");
         }
+        state.spools.retain(|id| state.jobs.contains(id));
     }
 }

@@ -12,8 +12,8 @@ use lrpymrpc_archive::{
 };
 use lrpymrpc_proto::file_service_server::FileService;
 use lrpymrpc_proto::{
-    CHUNK_SIZE, CacheHit, CachePolicy, CheckRequest, CheckResponse, DataChunk, DownloadRequest, ExecuteRequest,
-    ExecuteResponse, ExitStatus, OutputStream, UploadResponse,
+    CHUNK_SIZE, CacheHit, CachePolicy, CheckRequest, CheckResponse, DataChunk, DownloadRequest, Durability,
+    ExecuteRequest, ExecuteResponse, ExitStatus, OutputStream, UploadResponse,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -30,7 +30,7 @@ use crate::jobs::{CommandEnd, Done};
 use crate::repo_url::parse_repo_url;
 use crate::state::State;
 
-type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+pub(crate) type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 /// gzip level for results: the server has cores to spare, the link may be slow.
 const RESULT_GZIP_LEVEL: u32 = 1;
@@ -152,6 +152,20 @@ impl FileService for Service {
             }
             _ => None,
         };
+        // A durable run (lrpymrpc clients) goes on when this call is lost: its output
+        // is spooled, and this call is only its first follower (`spool.rs`).
+        let durable = match (Durability::try_from(request.durability), self.state.config.legacy_protocol) {
+            (Ok(Durability::Reattach), false) => Some(false),
+            (Ok(Durability::Detached), false) => Some(true),
+            _ => None,
+        };
+        let started = durable.map(|detached| crate::spool::Started {
+            id: id.clone(),
+            owner: caller.cn.clone(),
+            command: request.command_opt.clone(),
+            attach: request.attach_info.clone(),
+            detached,
+        });
         let (tx, rx) = mpsc::channel(64);
         let state = self.state.clone();
         let cn = caller.name().to_string();
@@ -263,6 +277,11 @@ impl FileService for Service {
             }
             drop(job_use);
         });
+        if let Some(started) = started {
+            let spool = self.state.spools.start(started, rx);
+            let records = self.state.spools.follow(spool, 0, false);
+            return Ok(Response::new(Box::pin(ReceiverStream::new(records))));
+        }
         let legacy = self.state.config.legacy_protocol;
         let messages = ReceiverStream::new(rx).filter_map(move |event| to_message(event, legacy));
         Ok(Response::new(Box::pin(messages)))
@@ -344,7 +363,7 @@ impl FileService for Service {
 /// label; a note and the exit status in words for clients that only print `message`,
 /// the status also as a field for lrpymrpc clients. `legacy` answers as a server
 /// without the extension: the line only, and no status message at all.
-fn to_message(event: Result<JobEvent, JobError>, legacy: bool) -> Option<Result<ExecuteResponse, Status>> {
+pub(crate) fn to_message(event: Result<JobEvent, JobError>, legacy: bool) -> Option<Result<ExecuteResponse, Status>> {
     let message = match event {
         Err(error) => return Some(Err(error.into())),
         Ok(JobEvent::Exited { .. } | JobEvent::Progress { .. } | JobEvent::Served { .. }) if legacy => return None,

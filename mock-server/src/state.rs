@@ -31,6 +31,8 @@ pub struct State {
     pub action_cache: Option<Arc<ActionCache>>,
     /// What `--metrics-listen` serves (always counted: it costs nothing to keep).
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Durable runs' spools (`ExecuteRequest.durability`).
+    pub spools: Arc<crate::spool::Spools>,
     /// Set at shutdown: uploads are refused, running jobs finish.
     pub draining: AtomicBool,
 }
@@ -78,6 +80,7 @@ impl State {
             );
         }
         let metrics = Arc::new(crate::metrics::Metrics::new(config.metrics_per_cn));
+        let (reattach_grace, spool_max_bytes) = (config.reattach_grace, config.spool_max_bytes);
         let slurm = match &config.executor {
             ExecutorChoice::Local => None,
             ExecutorChoice::Slurm(options) => Some(
@@ -94,6 +97,7 @@ impl State {
             spares,
             action_cache,
             metrics,
+            spools: Arc::new(crate::spool::Spools::new(reattach_grace, spool_max_bytes)),
             draining: AtomicBool::new(false),
         };
         Ok((state, swept))

@@ -9,12 +9,18 @@ include!(concat!(env!("OUT_DIR"), "/_.rs"));
 
 /// Our extension service, `lrpymrpc.v1.Extensions` (`lrpymrpc_v1.proto`): everything
 /// beyond the wire contract, announced by its `Capabilities` call.
-pub mod v1 {
-    #![allow(clippy::all, missing_docs)]
-    include!(concat!(env!("OUT_DIR"), "/lrpymrpc.v1.rs"));
+pub use lrpymrpc::v1;
 
-    /// The extension protocol version this build speaks.
-    pub const PROTOCOL: u32 = 1;
+/// The package path the generated code refers to (`lrpymrpc.v1` names the wire
+/// contract's messages, `ExecuteResponse`, two levels up).
+pub mod lrpymrpc {
+    pub mod v1 {
+        #![allow(clippy::all, missing_docs)]
+        include!(concat!(env!("OUT_DIR"), "/lrpymrpc.v1.rs"));
+
+        /// The extension protocol version this build speaks.
+        pub const PROTOCOL: u32 = 1;
+    }
 }
 
 /// The chunk size the Python client uses for uploads, and ours for both directions;
@@ -43,6 +49,8 @@ mod tests {
             progress_updates: false,
             cache: CachePolicy::Unspecified as i32,
             cache_results: String::new(),
+            durability: Durability::Unspecified as i32,
+            attach_info: None,
         };
         assert_eq!(request.encode_to_vec(), b"\x0a\x01u\x12\x01t\x1a\x01c");
         // Ours asks for separate streams and progress in fields 4 and 5, which the
@@ -50,8 +58,15 @@ mod tests {
         let ours = ExecuteRequest { separate_streams: true, progress_updates: true, ..request };
         assert_eq!(ours.encode_to_vec(), b"\x0a\x01u\x12\x01t\x1a\x01c\x20\x01\x28\x01");
         // The action cache in fields 6 and 7.
-        let cached = ExecuteRequest { cache: CachePolicy::Use as i32, cache_results: "b".into(), ..ours };
+        let cached = ExecuteRequest { cache: CachePolicy::Use as i32, cache_results: "b".into(), ..ours.clone() };
         assert_eq!(cached.encode_to_vec(), b"\x0a\x01u\x12\x01t\x1a\x01c\x20\x01\x28\x01\x30\x01\x3a\x01b");
+        // Durable runs in fields 8 and 9.
+        let durable = ExecuteRequest {
+            durability: Durability::Reattach as i32,
+            attach_info: Some(AttachInfo { run_name: "r".into(), ..Default::default() }),
+            ..ours
+        };
+        assert_eq!(durable.encode_to_vec(), b"\x0a\x01u\x12\x01t\x1a\x01c\x20\x01\x28\x01\x40\x01\x4a\x03\x12\x01r");
     }
 
     #[test]
@@ -80,10 +95,13 @@ mod tests {
             exit_status: Some(ExitStatus { code: 3, signal: 0 }),
             progress: false,
             cache_hit: None,
+            seq: 0,
         };
         assert_eq!(last.encode_to_vec(), b"\x10\x02\x1a\x02\x08\x03");
-        let hit = ExecuteResponse { cache_hit: Some(CacheHit { ran_at_unix_seconds: 1, ran_for_ms: 2 }), ..plain };
+        let hit =
+            ExecuteResponse { cache_hit: Some(CacheHit { ran_at_unix_seconds: 1, ran_for_ms: 2 }), ..plain.clone() };
         assert_eq!(hit.encode_to_vec(), b"\x0a\x01m\x2a\x04\x08\x01\x10\x02");
+        assert_eq!(ExecuteResponse { seq: 7, ..plain }.encode_to_vec(), b"\x0a\x01m\x30\x07");
     }
 
     #[test]

@@ -65,8 +65,9 @@ async fn supervise(job: &Job, out: &Output) -> Result<(), ClientError> {
         }
     };
     let stopped = |signal| ClientError::Interrupted { signal, step: out.step() };
+    let running = steps::RunningJob::default();
     let outcome = tokio::select! {
-        outcome = steps::run(job, out) => return outcome,
+        outcome = steps::run(job, out, &running) => return outcome,
         _ = interrupt.recv() => stopped(libc::SIGINT),
         _ = terminate.recv() => stopped(libc::SIGTERM),
         () = deadline => ClientError::TimedOut {
@@ -76,6 +77,10 @@ async fn supervise(job: &Job, out: &Output) -> Result<(), ClientError> {
     };
     // A second Ctrl-C or SIGTERM now ends the process at once.
     restore_default_signal_handling();
+    // A durable run goes on when its call is dropped: it is cancelled by name.
+    if let Some((session, unique_id)) = running.take() {
+        let _ = tokio::time::timeout(CANCEL_GRACE, session.cancel(&unique_id)).await;
+    }
     // Gives the connection a moment to send the stream reset before the process exits
     // (the closing socket would tell the server too, a little later).
     tokio::time::sleep(Duration::from_millis(100)).await;

@@ -8,6 +8,7 @@ mod cas;
 mod certs;
 mod client;
 mod compat;
+mod durable;
 mod env;
 mod extensions;
 mod faults;

@@ -25,6 +25,9 @@ pub struct FaultProxy {
     pub addr: SocketAddr,
     cut: watch::Sender<u64>,
     refusing: Arc<AtomicBool>,
+    /// New connections are accepted but not forwarded while this is true, as through a
+    /// network that went quiet.
+    holding: watch::Sender<bool>,
     connections: Arc<AtomicU64>,
 }
 
@@ -34,9 +37,11 @@ impl FaultProxy {
     pub fn start(runtime: &tokio::runtime::Runtime, server: SocketAddr, fault: Fault) -> FaultProxy {
         let listener = runtime.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
         let (cut, _) = watch::channel(0);
+        let (holding, _) = watch::channel(false);
         let proxy = FaultProxy {
             addr: listener.local_addr().unwrap(),
             cut,
+            holding,
             refusing: Arc::new(AtomicBool::new(false)),
             connections: Arc::new(AtomicU64::new(0)),
         };
@@ -49,7 +54,12 @@ impl FaultProxy {
                 }
                 running.connections.fetch_add(1, Ordering::SeqCst);
                 let cut = running.cut.subscribe();
-                tokio::spawn(forward(client, server, fault, cut));
+                let mut holding = running.holding.subscribe();
+                tokio::spawn(async move {
+                    // Held: nothing moves until released (the client may give up first).
+                    let _ = holding.wait_for(|held| !held).await;
+                    forward(client, server, fault, cut).await;
+                });
             }
         });
         proxy
@@ -59,6 +69,23 @@ impl FaultProxy {
     pub fn cut_everything(&self) {
         self.refusing.store(true, Ordering::SeqCst);
         self.cut.send_modify(|generation| *generation += 1);
+    }
+
+    /// Cuts every open connection now; new ones are still forwarded.
+    pub fn cut_connections(&self) {
+        self.cut.send_modify(|generation| *generation += 1);
+    }
+
+    /// Cuts every open connection and holds new ones (accepted, nothing forwarded)
+    /// until [`FaultProxy::release`]: a network gone quiet, not a refusing server.
+    pub fn go_quiet(&self) {
+        self.holding.send_replace(true);
+        self.cut_connections();
+    }
+
+    /// Forwards held and new connections again.
+    pub fn release(&self) {
+        self.holding.send_replace(false);
     }
 
     /// Connections accepted so far.

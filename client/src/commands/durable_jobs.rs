@@ -1,0 +1,187 @@
+//! `lrpymrpc attach ID`, `lrpymrpc jobs` and `lrpymrpc cancel ID`: a user's durable
+//! jobs on the configured server(s) (`--SERVER_IP`, its variable or config file; each
+//! server of a list is asked). The server shows a caller only its own CN's jobs.
+
+use std::process::ExitCode;
+
+use lrpymrpc_proto::v1::JobSummary;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::cli::Args;
+use crate::connect::{Peer, authority};
+use crate::exit::{self, ClientError, Step};
+use crate::job::{self, Job};
+use crate::output::Output;
+use crate::session::{Followed, Session};
+use crate::steps;
+
+/// Follows job `id` from its start (or from now) and fetches its results here.
+pub fn attach(args: Args, id: &str, from_end: bool) -> ExitCode {
+    with_job(args, |job, out| async move {
+        let (session, found) = find(&job, &out, id).await?;
+        let out = server_prefix(&job, &out, session.peer());
+        let (job, warnings) = job.attached(&found.attach_info.clone().unwrap_or_default())?;
+        for warning in &warnings {
+            out.warn(warning);
+        }
+        out.note(&format!("following job {id} ({}), started as `{}`", found.state, found.command));
+        let (mut interrupt, mut terminate) = match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+            (Ok(interrupt), Ok(terminate)) => (interrupt, terminate),
+            (Err(e), _) | (_, Err(e)) => return Err(ClientError::local(format!("cannot handle signals: {e}"))),
+        };
+        out.begin(Step::Execute);
+        let following = async {
+            let mut followed = Followed::default();
+            let first = session.follow(&job, id, from_end, &out, &mut followed).await;
+            let running = steps::RunningJob::default();
+            steps::follow_to_the_end(&job, session.clone(), id, first, true, followed, &out, &running).await
+        };
+        // Ctrl-C stops following, not the job: it was not started here.
+        let stopped = |signal| {
+            out.note(&format!("stopped following; the job goes on (`lrpymrpc cancel {id}` stops it)"));
+            ClientError::Interrupted { signal, step: Step::Execute }
+        };
+        let (session, reported) = tokio::select! {
+            followed = following => followed?,
+            _ = interrupt.recv() => return Err(stopped(libc::SIGINT)),
+            _ = terminate.recv() => return Err(stopped(libc::SIGTERM)),
+        };
+        out.end("");
+        steps::finish(&job, &session, id.to_string(), reported.outcome(), &out).await
+    })
+}
+
+/// Lists the caller's jobs on every configured server.
+pub fn jobs(args: Args) -> ExitCode {
+    with_job(args, |job, out| async move {
+        let mut listed = 0;
+        for peer in peers(&job) {
+            let session = connect(&job, &out, &peer).await?;
+            if !session.has_durable_jobs() {
+                out.note(&format!("{} keeps no jobs to list (a legacy server)", authority(&peer)));
+                continue;
+            }
+            for summary in session.list_jobs().await? {
+                if listed == 0 {
+                    println!(
+                        "{:<36}  {:<12}  {:<20}  {:>9}  {:<21}  COMMAND",
+                        "JOB", "STATE", "STARTED", "RAN", "SERVER"
+                    );
+                }
+                listed += 1;
+                println!("{}", row(&summary, &authority(&peer)));
+            }
+        }
+        if listed == 0 {
+            out.note("no jobs of yours on the configured server(s)");
+        }
+        Ok(())
+    })
+}
+
+/// Stops the caller's job `id`.
+pub fn cancel(args: Args, id: &str) -> ExitCode {
+    with_job(args, |job, out| async move {
+        let (session, _) = find(&job, &out, id).await?;
+        match session.cancel(id).await? {
+            true => out.note(&format!("job {id} cancelled: its processes are stopped")),
+            false => out.note(&format!("job {id} had already ended")),
+        }
+        Ok(())
+    })
+}
+
+/// Validates the settings into a job (its server, TLS, prefix) and runs `body` with it.
+fn with_job<F, Fut>(args: Args, body: F) -> ExitCode
+where
+    F: FnOnce(Job, Output) -> Fut,
+    Fut: std::future::Future<Output = Result<(), ClientError>>,
+{
+    let verbosity = job::verbosity(&args);
+    let job = match Job::from_args(args) {
+        Ok(job) => job,
+        Err(error) => {
+            Output::new("", verbosity).error(&error);
+            return exit::for_error(&error);
+        }
+    };
+    let out = Output::new(&job.prefix, job.verbosity);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            let error = ClientError::local(format!("cannot start the async runtime: {e}"));
+            out.error(&error);
+            return exit::for_error(&error);
+        }
+    };
+    let errors = out.clone();
+    match runtime.block_on(body(job, out)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            errors.error(&error);
+            exit::for_error(&error)
+        }
+    }
+}
+
+/// The configured servers: each of a list, or the one.
+fn peers(job: &Job) -> Vec<Peer> {
+    match job.servers.is_empty() {
+        true => vec![job.peer.clone()],
+        false => job.servers.iter().map(|(peer, _)| peer.clone()).collect(),
+    }
+}
+
+async fn connect(job: &Job, out: &Output, peer: &Peer) -> Result<Session, ClientError> {
+    steps::retrying(job, out, Step::Connect, || Session::open(peer, job.stall)).await
+}
+
+/// The server that has the caller's job `id`, and what it says of it.
+async fn find(job: &Job, out: &Output, id: &str) -> Result<(Session, JobSummary), ClientError> {
+    let mut asked = Vec::new();
+    for peer in peers(job) {
+        let session = connect(job, out, &peer).await?;
+        asked.push(authority(&peer));
+        if !session.has_durable_jobs() {
+            continue;
+        }
+        if let Some(found) = session.list_jobs().await?.into_iter().find(|summary| summary.unique_id == id) {
+            return Ok((session, found));
+        }
+    }
+    Err(ClientError::Server {
+        step: Step::Connect,
+        peer: asked.join(", "),
+        code: tonic::Code::NotFound,
+        message: format!(
+            "no job {id} of yours there: it finished and its results were fetched or forgotten, the server \
+             restarted, or it belongs to another certificate (`lrpymrpc jobs` lists yours)"
+        ),
+    })
+}
+
+/// The output with the prefix naming the server the job runs on.
+fn server_prefix(job: &Job, out: &Output, peer: &Peer) -> Output {
+    match &job.prefix_template {
+        Some(template) => match crate::output::render_prefix(template, &peer.host, peer.port) {
+            Ok(prefix) => out.with_prefix(&prefix),
+            Err(_) => out.clone(),
+        },
+        None => out.clone(),
+    }
+}
+
+/// One line of `lrpymrpc jobs`.
+fn row(summary: &JobSummary, server: &str) -> String {
+    let started = time::OffsetDateTime::from_unix_timestamp(summary.started_unix_seconds).map_or_else(
+        |_| "?".to_string(),
+        |at| format!("{} {:02}:{:02}:{:02}Z", at.date(), at.hour(), at.minute(), at.second()),
+    );
+    let ran = lrpymrpc_units::clock_duration(std::time::Duration::from_millis(summary.duration_ms));
+    let state = match summary.detached && summary.state == "running" {
+        true => "running (detached)".to_string(),
+        false => summary.state.clone(),
+    };
+    let command: String = summary.command.chars().map(|c| if c.is_control() { ' ' } else { c }).take(120).collect();
+    format!("{:<36}  {state:<12}  {started:<20}  {ran:>9}  {server:<21}  {command}", summary.unique_id)
+}

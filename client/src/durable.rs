@@ -1,0 +1,81 @@
+//! Durable jobs, the session's side (a child of `session.rs`): following a run again
+//! after the last message shown (`Follow`), cancelling it on purpose (`Cancel`, since
+//! a lost call no longer does), and listing the caller's jobs (`ListJobs`). The
+//! reconnecting is the steps' (`steps.rs`); `attach`, `jobs` and `cancel` are
+//! subcommands (`commands/durable_jobs.rs`).
+
+use lrpymrpc_proto::v1::{CancelRequest, FollowRequest, JobSummary, ListJobsRequest};
+
+use super::{Reported, Session};
+use crate::exit::{ClientError, Step};
+use crate::job::Job;
+use crate::output::Output;
+
+/// How far a run's output got: the number of the last message shown (0: none yet)
+/// and how the command's end was reported.
+#[derive(Debug, Default)]
+pub struct Followed {
+    pub last_seq: u64,
+    pub reported: Reported,
+}
+
+impl Session {
+    /// Whether the server keeps a run going when its call is lost (`Features.durable_jobs`).
+    pub fn has_durable_jobs(&self) -> bool {
+        self.capabilities().and_then(|c| c.features.as_ref()).is_some_and(|f| f.durable_jobs)
+    }
+
+    /// Follows job `unique_id` after `followed.last_seq` (or from now, `from_end`),
+    /// printing as `execute` does, until its end. A job that is gone is said so.
+    pub async fn follow(
+        &self,
+        job: &Job,
+        unique_id: &str,
+        from_end: bool,
+        out: &Output,
+        followed: &mut Followed,
+    ) -> Result<(), ClientError> {
+        let request = FollowRequest { unique_id: unique_id.to_string(), after_seq: followed.last_seq, from_end };
+        let mut extensions = self.extensions.clone();
+        let lines = tokio::time::timeout(self.stall, extensions.follow(request))
+            .await
+            .map_err(|_| self.stalled(Step::Execute))?
+            .map_err(|status| self.job_gone(unique_id, status))?
+            .into_inner();
+        self.show_output(lines, job, out, followed).await
+    }
+
+    /// Stops the command of the caller's job now; `false` when it had already ended.
+    pub async fn cancel(&self, unique_id: &str) -> Result<bool, ClientError> {
+        let request = CancelRequest { unique_id: unique_id.to_string() };
+        let mut extensions = self.extensions.clone();
+        let answer = tokio::time::timeout(self.stall, extensions.cancel(request))
+            .await
+            .map_err(|_| self.stalled(Step::Execute))?
+            .map_err(|status| self.job_gone(unique_id, status))?;
+        Ok(answer.into_inner().was_running)
+    }
+
+    /// The caller's durable jobs on this server, oldest first.
+    pub async fn list_jobs(&self) -> Result<Vec<JobSummary>, ClientError> {
+        let mut extensions = self.extensions.clone();
+        let answer = tokio::time::timeout(self.stall, extensions.list_jobs(ListJobsRequest {}))
+            .await
+            .map_err(|_| self.stalled(Step::Connect))?
+            .map_err(|status| self.failed(Step::Connect, status))?;
+        Ok(answer.into_inner().jobs)
+    }
+
+    /// NOT_FOUND for a job the caller followed: said as what it means.
+    fn job_gone(&self, unique_id: &str, status: tonic::Status) -> ClientError {
+        match status.code() {
+            tonic::Code::NotFound => ClientError::Server {
+                step: Step::Execute,
+                peer: crate::connect::authority(self.peer()),
+                code: tonic::Code::NotFound,
+                message: format!("job {unique_id} is gone: {}", status.message()),
+            },
+            _ => self.failed(Step::Execute, status),
+        }
+    }
+}

@@ -1,0 +1,387 @@
+//! Durable runs (`ExecuteRequest.durability`): a run whose client may lose its call and
+//! come back. Its messages go into a spool, each with a sequence number, instead of
+//! straight into the call; the call that started it, and every `Follow` after, read
+//! the spool from a number on and then live, so a client that resumes after the last
+//! line it printed loses none and gets none twice. The exit status is the last
+//! record. The run is cancelled by `Cancel`, by a limit, or when nobody follows it for
+//! `--reattach-grace` (unless it was started detached).
+//!
+//! The spool keeps at most `--spool-max-bytes` of message text per job; beyond, the
+//! oldest records go, and a follower that wanted them is told how many lines it
+//! missed. Spools live in memory: a restarted server has none (its jobs are swept).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use lrpymrpc_proto::{AttachInfo, ExecuteResponse};
+use tokio::sync::{mpsc, oneshot, watch};
+use tonic::Status;
+use tracing::{info, warn};
+
+use crate::error::JobError;
+use crate::executor::JobEvent;
+
+/// A message of a run as a follower gets it, or the status that ended the run.
+pub type Record = Result<ExecuteResponse, Status>;
+
+/// The durable runs of this server, by job id.
+#[derive(Debug)]
+pub struct Spools {
+    spools: Mutex<HashMap<String, Arc<Spool>>>,
+    /// How long a run whose followers all left keeps running (`--reattach-grace`).
+    grace: Duration,
+    /// Message bytes one spool keeps (`--spool-max-bytes`).
+    max_bytes: usize,
+}
+
+/// What a durable run was started with, for `attach` and `jobs`.
+#[derive(Debug, Clone)]
+pub struct Started {
+    pub id: String,
+    /// The CN that started it (`None` in plaintext); only it may follow, list, cancel.
+    pub owner: Option<String>,
+    pub command: String,
+    pub attach: Option<AttachInfo>,
+    /// Started detached: nobody needs to come back.
+    pub detached: bool,
+}
+
+/// One durable run's spool.
+#[derive(Debug)]
+pub struct Spool {
+    pub started: Started,
+    started_at: (SystemTime, Instant),
+    inner: Mutex<Inner>,
+    /// The next sequence number, sent each time a record is added or the run ends.
+    appended: watch::Sender<u64>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// (sequence number, record), oldest first.
+    records: VecDeque<(u64, Record)>,
+    bytes: usize,
+    next_seq: u64,
+    /// Records before this number were dropped (the bound).
+    first_kept: u64,
+    /// How the run ended, in words, once it has.
+    end: Option<String>,
+    ended_at: Option<Instant>,
+    followers: usize,
+    /// Counts the times the last follower left; a grace timer acts only on its own.
+    departures: u64,
+    /// Stops the run: dropping the receiver of its events.
+    cancel: Option<oneshot::Sender<&'static str>>,
+}
+
+impl Spools {
+    pub fn new(grace: Duration, max_bytes: usize) -> Spools {
+        Spools { spools: Mutex::default(), grace, max_bytes: max_bytes.max(1) }
+    }
+
+    fn spools(&self) -> MutexGuard<'_, HashMap<String, Arc<Spool>>> {
+        self.spools.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Spools the events of a run that starts now, from `events` (the run's output,
+    /// as the Execute step sends it); returns the spool.
+    pub fn start(self: &Arc<Self>, started: Started, events: mpsc::Receiver<Result<JobEvent, JobError>>) -> Arc<Spool> {
+        let (appended, _) = watch::channel(1);
+        let (cancel, cancelled) = oneshot::channel();
+        let spool = Arc::new(Spool {
+            started,
+            started_at: (SystemTime::now(), Instant::now()),
+            inner: Mutex::new(Inner {
+                records: VecDeque::new(),
+                bytes: 0,
+                next_seq: 1,
+                first_kept: 1,
+                end: None,
+                ended_at: None,
+                followers: 0,
+                departures: 0,
+                cancel: Some(cancel),
+            }),
+            appended,
+        });
+        self.spools().insert(spool.started.id.clone(), spool.clone());
+        tokio::spawn(pump(spool.clone(), events, cancelled, self.max_bytes));
+        spool
+    }
+
+    /// The caller's durable run `id`, if there is one.
+    pub fn get(&self, id: &str, owner: Option<&str>) -> Option<Arc<Spool>> {
+        self.spools().get(id).filter(|spool| spool.started.owner.as_deref() == owner).cloned()
+    }
+
+    /// The caller's durable runs, oldest first.
+    pub fn of(&self, owner: Option<&str>) -> Vec<Arc<Spool>> {
+        let mut spools: Vec<Arc<Spool>> =
+            self.spools().values().filter(|spool| spool.started.owner.as_deref() == owner).cloned().collect();
+        spools.sort_by_key(|spool| spool.started_at.1);
+        spools
+    }
+
+    /// Forgets the spools of jobs that are gone (`exists` says which still are).
+    pub fn retain(&self, exists: impl Fn(&str) -> bool) {
+        self.spools().retain(|id, _| exists(id));
+    }
+
+    /// The run's records from after `after_seq` (or from now, `from_end`), then live
+    /// ones until its end, as a stream; the run counts this follower while it reads.
+    pub fn follow(self: &Arc<Self>, spool: Arc<Spool>, after_seq: u64, from_end: bool) -> mpsc::Receiver<Record> {
+        let (tx, rx) = mpsc::channel(64);
+        let next = match from_end {
+            true => spool.inner().next_seq,
+            false => after_seq.saturating_add(1),
+        };
+        spool.inner().followers += 1;
+        let spools = self.clone();
+        tokio::spawn(async move {
+            feed(&spool, next, &tx).await;
+            spools.follower_left(&spool);
+        });
+        rx
+    }
+
+    /// The last follower of a running, not detached run left: it is cancelled if none
+    /// comes back within the grace.
+    fn follower_left(self: &Arc<Self>, spool: &Arc<Spool>) {
+        let departure = {
+            let mut inner = spool.inner();
+            inner.followers -= 1;
+            if inner.followers > 0 || inner.end.is_some() || spool.started.detached {
+                return;
+            }
+            inner.departures += 1;
+            inner.departures
+        };
+        let (spool, grace) = (spool.clone(), self.grace);
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            let abandoned = {
+                let inner = spool.inner();
+                inner.followers == 0 && inner.departures == departure && inner.end.is_none()
+            };
+            if abandoned {
+                warn!(job = %spool.started.id, grace = ?grace, "nobody came back for the job within --reattach-grace: cancelling it");
+                spool.cancel("nobody came back for it within the server's --reattach-grace");
+            }
+        });
+    }
+}
+
+impl Spool {
+    fn inner(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Stops the run (`why` ends its output); `false` when it had already ended.
+    pub fn cancel(&self, why: &'static str) -> bool {
+        match self.inner().cancel.take() {
+            Some(cancel) => cancel.send(why).is_ok(),
+            None => false,
+        }
+    }
+
+    /// "running", or how it ended; when it started; how long it ran (so far).
+    pub fn summary(&self) -> (String, SystemTime, Duration) {
+        let inner = self.inner();
+        let state = inner.end.clone().unwrap_or_else(|| "running".into());
+        let ran = inner.ended_at.unwrap_or_else(Instant::now).duration_since(self.started_at.1);
+        (state, self.started_at.0, ran)
+    }
+}
+
+/// Reads the run's events into the spool until the run ends or is cancelled.
+async fn pump(
+    spool: Arc<Spool>,
+    mut events: mpsc::Receiver<Result<JobEvent, JobError>>,
+    mut cancelled: oneshot::Receiver<&'static str>,
+    max_bytes: usize,
+) {
+    let end = loop {
+        tokio::select! {
+            event = events.recv() => match event {
+                Some(event) => {
+                    let Some(record) = crate::service::to_message(event, false) else { continue };
+                    append(&spool, record, max_bytes);
+                }
+                None => break None,
+            },
+            why = &mut cancelled => match why {
+                Ok(why) => break Some(why),
+                // The sender went: the run ended by itself.
+                Err(_) => break None,
+            },
+        }
+    };
+    if let Some(why) = end {
+        // Dropping the receiver stops the run (the executor sees its events closed).
+        drop(events);
+        info!(job = %spool.started.id, why, "durable job cancelled");
+        let message = format!("job {} was cancelled: {why}", spool.started.id);
+        append(&spool, Err(Status::cancelled(message)), max_bytes);
+    }
+    let mut inner = spool.inner();
+    inner.cancel = None;
+    inner.ended_at = Some(Instant::now());
+    if inner.end.is_none() {
+        inner.end = Some("ended without an exit status".into());
+    }
+    let next = inner.next_seq;
+    drop(inner);
+    // Wakes followers so they see the end even if nothing was added.
+    spool.appended.send_replace(next);
+}
+
+/// Adds a record with the next number; drops the oldest beyond the bound.
+fn append(spool: &Spool, mut record: Record, max_bytes: usize) {
+    let mut inner = spool.inner();
+    let seq = inner.next_seq;
+    inner.next_seq += 1;
+    let size = match &mut record {
+        Ok(message) => {
+            message.seq = seq;
+            if let Some(status) = &message.exit_status {
+                inner.end = Some(match status.signal {
+                    0 => format!("exited {}", status.code),
+                    signal => format!("signal {signal}"),
+                });
+            }
+            message.message.len() + 16
+        }
+        Err(status) => {
+            inner.end = Some(match status.code() {
+                tonic::Code::Cancelled => "cancelled".into(),
+                _ => format!("failed: {}", status.message()),
+            });
+            status.message().len() + 16
+        }
+    };
+    inner.records.push_back((seq, record));
+    inner.bytes += size;
+    while inner.bytes > max_bytes && inner.records.len() > 1 {
+        if let Some((dropped, record)) = inner.records.pop_front() {
+            inner.bytes -= match &record {
+                Ok(message) => message.message.len() + 16,
+                Err(status) => status.message().len() + 16,
+            };
+            inner.first_kept = dropped + 1;
+        }
+    }
+    drop(inner);
+    spool.appended.send_replace(seq + 1);
+}
+
+/// Sends the records from `next` on, then live ones, until the run's end or the
+/// follower leaves.
+async fn feed(spool: &Spool, mut next: u64, tx: &mpsc::Sender<Record>) {
+    let mut appended = spool.appended.subscribe();
+    loop {
+        let (batch, missed, ended) = {
+            let inner = spool.inner();
+            let missed = inner.first_kept.saturating_sub(next);
+            next = next.max(inner.first_kept);
+            let skip = usize::try_from(next - inner.first_kept).unwrap_or(usize::MAX);
+            let batch: Vec<(u64, Record)> = inner.records.iter().skip(skip).take(256).cloned().collect();
+            (batch, missed, inner.end.is_some() && inner.cancel.is_none())
+        };
+        if missed > 0 {
+            let note = format!(
+                "[lrpymrpc-mock-server] {missed} earlier messages are no longer kept (the server keeps the last \
+                 --spool-max-bytes of a job's output)"
+            );
+            if tx.send(Ok(ExecuteResponse { message: note, ..Default::default() })).await.is_err() {
+                return;
+            }
+        }
+        if batch.is_empty() {
+            if ended {
+                return;
+            }
+            tokio::select! {
+                changed = appended.changed() => if changed.is_err() { return },
+                () = tx.closed() => return,
+            }
+            continue;
+        }
+        for (seq, record) in batch {
+            next = seq + 1;
+            if tx.send(record).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(text: &str) -> Result<JobEvent, JobError> {
+        Ok(JobEvent::Line { pipe: crate::executor::Pipe::Stdout, text: text.into() })
+    }
+
+    async fn collect(mut rx: mpsc::Receiver<Record>) -> Vec<(u64, String)> {
+        let mut got = Vec::new();
+        while let Some(record) = rx.recv().await {
+            match record {
+                Ok(message) => got.push((message.seq, message.message)),
+                Err(status) => got.push((0, status.message().to_string())),
+            }
+        }
+        got
+    }
+
+    fn started(detached: bool) -> Started {
+        Started { id: "j".into(), owner: Some("alice".into()), command: "c".into(), attach: None, detached }
+    }
+
+    #[tokio::test]
+    async fn a_follower_resumes_after_the_last_record_it_got_and_the_status_is_last() {
+        let spools = Arc::new(Spools::new(Duration::from_secs(60), 1 << 20));
+        let (tx, rx) = mpsc::channel(8);
+        let spool = spools.start(started(false), rx);
+        for n in 1..=3 {
+            tx.send(line(&format!("line {n}"))).await.unwrap();
+        }
+        tx.send(Ok(JobEvent::Exited { code: 3, signal: 0 })).await.unwrap();
+        drop(tx);
+        let got = collect(spools.follow(spool.clone(), 2, false)).await;
+        assert_eq!(got.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(), [3, 4]);
+        assert_eq!(got[0].1, "line 3");
+        assert_eq!(spool.summary().0, "exited 3");
+        assert!(spools.get("j", Some("mallory")).is_none(), "another CN sees nothing");
+    }
+
+    #[tokio::test]
+    async fn beyond_the_bound_the_oldest_go_and_the_follower_is_told() {
+        let spools = Arc::new(Spools::new(Duration::from_secs(60), 200));
+        let (tx, rx) = mpsc::channel(64);
+        let spool = spools.start(started(false), rx);
+        for n in 0..20 {
+            tx.send(line(&format!("line {n:02} with some text"))).await.unwrap();
+        }
+        drop(tx);
+        let got = collect(spools.follow(spool, 0, false)).await;
+        assert!(got[0].1.contains("earlier messages are no longer kept"), "{got:?}");
+        assert_eq!(got.last().unwrap().1, "line 19 with some text");
+    }
+
+    #[tokio::test]
+    async fn nobody_coming_back_within_the_grace_cancels_unless_detached() {
+        for detached in [false, true] {
+            let spools = Arc::new(Spools::new(Duration::from_millis(200), 1 << 20));
+            let (tx, rx) = mpsc::channel(8);
+            let spool = spools.start(started(detached), rx);
+            drop(spools.follow(spool.clone(), 0, false));
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            assert_eq!(tx.is_closed(), !detached, "detached: {detached}");
+            if !detached {
+                assert_eq!(spool.summary().0, "cancelled");
+            }
+        }
+    }
+}
