@@ -269,10 +269,14 @@ impl Stop for SlurmStop {
     fn reap(&self) {}
 }
 
-/// Whether a line on srun's stderr is srun's own report of how the task ended
-/// (`srun: error: NODE: task 0: Exited with exit code 3`): the exit status says that
-/// already, so it is not the command's output.
+/// Whether a line on srun's stderr is Slurm's own report of how the task ended
+/// (`srun: error: NODE: task 0: Exited with exit code 3`, `slurmstepd-NODE: error: ***
+/// STEP 3.0 ON NODE CANCELLED AT ... ***`): the exit status says that already, so it is
+/// not the command's output.
 fn is_srun_report(line: &str) -> bool {
+    if line.starts_with("slurmstepd") && line.contains(": error: *** ") && line.ends_with(" ***") {
+        return true;
+    }
     line.strip_prefix("srun: ").is_some_and(|rest| {
         let rest = rest.strip_prefix("error: ").unwrap_or(rest);
         rest.contains(": task ")
@@ -459,6 +463,7 @@ mod tests {
         assert!(is_srun_report("srun: error: node1: task 0: Exited with exit code 3"));
         assert!(is_srun_report("srun: error: node1: tasks 0-3: Killed"));
         assert!(is_srun_report("srun: error: Unable to allocate resources: Invalid partition name specified"));
+        assert!(is_srun_report("slurmstepd-node1: error: *** STEP 3.0 ON node1 CANCELLED AT 2026-11-26T07:39:27 ***"));
         assert!(!is_srun_report("error: task 0 of my tool failed"));
         assert!(!is_srun_report("srun is a Slurm command"));
     }

@@ -284,8 +284,8 @@ async fn feed(spool: &Spool, mut next: u64, tx: &mpsc::Sender<Record>) {
             let inner = spool.inner();
             let missed = inner.first_kept.saturating_sub(next);
             next = next.max(inner.first_kept);
-            let skip = usize::try_from(next - inner.first_kept).unwrap_or(usize::MAX);
-            let batch: Vec<(u64, Record)> = inner.records.iter().skip(skip).take(256).cloned().collect();
+            let skip = usize::try_from(next - inner.first_kept).unwrap_or(usize::MAX).min(inner.records.len());
+            let batch: Vec<(u64, Record)> = inner.records.range(skip..).take(256).cloned().collect();
             (batch, missed, inner.end.is_some() && inner.cancel.is_none())
         };
         if missed > 0 {

@@ -106,10 +106,9 @@ where
         }
     };
     let out = Output::new(&job.prefix, job.verbosity);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let runtime = match super::runtime() {
         Ok(runtime) => runtime,
-        Err(e) => {
-            let error = ClientError::local(format!("cannot start the async runtime: {e}"));
+        Err(error) => {
             out.error(&error);
             return exit::for_error(&error);
         }

@@ -30,10 +30,9 @@ pub fn run(args: Args) -> ExitCode {
     for warning in &job.tls_warnings {
         out.warn_with_hint(&warning.text, warning.hint.as_deref());
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let runtime = match super::runtime() {
         Ok(runtime) => runtime,
-        Err(e) => {
-            let error = ClientError::local(format!("cannot start the async runtime: {e}"));
+        Err(error) => {
             out.error(&error);
             return exit::for_error(&error);
         }

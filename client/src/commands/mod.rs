@@ -8,3 +8,12 @@ pub mod durable_jobs;
 pub mod job;
 pub mod snippet;
 pub mod tls;
+
+/// The async runtime a command runs on (two worker threads: the client is light).
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, crate::exit::ClientError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| crate::exit::ClientError::local(format!("cannot start the async runtime: {e}")))
+}

@@ -24,6 +24,18 @@ fn behind_proxy(change: impl FnOnce(&mut lrpymrpc_mock_server::Config)) -> (Test
     (env, proxy)
 }
 
+/// Starts `command` with `--detach`; the job id it printed.
+fn detach(env: &TestEnv, command: &str) -> String {
+    let detached = env.client().args(["--detach", "--CMD", command]).output().unwrap();
+    assert!(detached.status.success(), "{}", String::from_utf8_lossy(&detached.stderr));
+    job_id(&String::from_utf8_lossy(&detached.stdout))
+}
+
+/// The id in `detached job=ID`.
+fn job_id(stdout: &str) -> String {
+    stdout.lines().find_map(|line| line.split("detached job=").nth(1)).expect("the job id").to_string()
+}
+
 /// The `line N` lines of `stdout`, as numbers, in the order printed.
 fn numbered(stdout: &str) -> Vec<u32> {
     stdout.lines().filter_map(|line| line.rsplit_once("]:line ")?.1.parse().ok()).collect()
@@ -96,7 +108,7 @@ fn detach_then_attach_from_elsewhere_gets_the_output_and_the_results() {
         env.client().args(["--detach", "--RUN_NAME", "run7", "--RESULT", "out", "--CMD", command]).output().unwrap();
     let (stdout, stderr) = (String::from_utf8_lossy(&detached.stdout), String::from_utf8_lossy(&detached.stderr));
     assert!(detached.status.success(), "{stdout}{stderr}");
-    let id = stdout.lines().find_map(|line| line.split("detached job=").nth(1)).expect("the job id").to_string();
+    let id = job_id(&stdout);
     assert!(stderr.contains(&format!("attach {id}")), "how to follow it: {stderr}");
     assert!(!stdout.contains("]:first"), "--detach does not follow: {stdout}");
     assert!(!env.work.join("run7").exists());
@@ -128,9 +140,7 @@ fn detach_then_attach_from_elsewhere_gets_the_output_and_the_results() {
 fn cancel_stops_a_detached_jobs_process_tree() {
     let env = TestEnv::new();
     env.write("source/x", "x");
-    let detached = env.client().args(["--detach", "--CMD", "sleep 47.21 & sleep 47.22; wait"]).output().unwrap();
-    let stdout = String::from_utf8_lossy(&detached.stdout);
-    let id = stdout.lines().find_map(|line| line.split("detached job=").nth(1)).expect("the job id").to_string();
+    let id = detach(&env, "sleep 47.21 & sleep 47.22; wait");
     wait_until(Duration::from_secs(20), "the command running", || !processes_running("47.22").is_empty());
     env.client()
         .args(["cancel", &id])
@@ -187,9 +197,7 @@ fn a_client_without_the_extension_still_cancels_by_hanging_up() {
 fn a_job_gone_with_a_server_restart_is_said_not_silently_lost() {
     let env = TestEnv::new();
     env.write("source/x", "x");
-    let detached = env.client().args(["--detach", "--CMD", "sleep 30"]).output().unwrap();
-    let stdout = String::from_utf8_lossy(&detached.stdout);
-    let id = stdout.lines().find_map(|line| line.split("detached job=").nth(1)).expect("the job id").to_string();
+    let id = detach(&env, "sleep 30");
     let env = env.restarted(|_| {});
     env.client()
         .args(["attach", &id])
