@@ -22,6 +22,9 @@ use tracing::{info, warn};
 use crate::error::JobError;
 use crate::executor::JobEvent;
 
+/// Events the pump takes from the run at once, and records a follower takes at once.
+const BURST: usize = 256;
+
 /// A message of a run as a follower gets it, or the status that ended the run.
 pub type Record = Result<ExecuteResponse, Status>;
 
@@ -201,14 +204,17 @@ async fn pump(
     mut cancelled: oneshot::Receiver<&'static str>,
     max_bytes: usize,
 ) {
+    // What came since the last look, appended under one lock with one wake-up for the
+    // followers: a command printing fast costs one notification per burst, not per line.
+    let mut burst = Vec::with_capacity(BURST);
     let end = loop {
         tokio::select! {
-            event = events.recv() => match event {
-                Some(event) => {
-                    let Some(record) = crate::service::to_message(event, false) else { continue };
-                    append(&spool, record, max_bytes);
+            received = events.recv_many(&mut burst, BURST) => match received {
+                0 => break None,
+                _ => {
+                    let records = burst.drain(..).filter_map(|event| crate::service::to_message(event, false));
+                    append(&spool, records, max_bytes);
                 }
-                None => break None,
             },
             why = &mut cancelled => match why {
                 Ok(why) => break Some(why),
@@ -222,7 +228,7 @@ async fn pump(
         drop(events);
         info!(job = %spool.started.id, why, "durable job cancelled");
         let message = format!("job {} was cancelled: {why}", spool.started.id);
-        append(&spool, Err(Status::cancelled(message)), max_bytes);
+        append(&spool, std::iter::once(Err(Status::cancelled(message))), max_bytes);
     }
     let mut inner = spool.inner();
     inner.cancel = None;
@@ -236,43 +242,54 @@ async fn pump(
     spool.appended.send_replace(next);
 }
 
-/// Adds a record with the next number; drops the oldest beyond the bound.
-fn append(spool: &Spool, mut record: Record, max_bytes: usize) {
+/// Adds records with the next numbers, then wakes the followers once.
+fn append(spool: &Spool, records: impl Iterator<Item = Record>, max_bytes: usize) {
     let mut inner = spool.inner();
-    let seq = inner.next_seq;
-    inner.next_seq += 1;
-    let size = match &mut record {
-        Ok(message) => {
-            message.seq = seq;
-            if let Some(status) = &message.exit_status {
-                inner.end = Some(match status.signal {
-                    0 => format!("exited {}", status.code),
-                    signal => format!("signal {signal}"),
-                });
+    for record in records {
+        inner.push(record, max_bytes);
+    }
+    let next = inner.next_seq;
+    drop(inner);
+    spool.appended.send_replace(next);
+}
+
+impl Inner {
+    /// Adds a record with the next number; drops the oldest beyond the bound.
+    fn push(&mut self, mut record: Record, max_bytes: usize) {
+        let inner = self;
+        let seq = inner.next_seq;
+        inner.next_seq += 1;
+        let size = match &mut record {
+            Ok(message) => {
+                message.seq = seq;
+                if let Some(status) = &message.exit_status {
+                    inner.end = Some(match status.signal {
+                        0 => format!("exited {}", status.code),
+                        signal => format!("signal {signal}"),
+                    });
+                }
+                message.message.len() + 16
             }
-            message.message.len() + 16
-        }
-        Err(status) => {
-            inner.end = Some(match status.code() {
-                tonic::Code::Cancelled => "cancelled".into(),
-                _ => format!("failed: {}", status.message()),
-            });
-            status.message().len() + 16
-        }
-    };
-    inner.records.push_back((seq, record));
-    inner.bytes += size;
-    while inner.bytes > max_bytes && inner.records.len() > 1 {
-        if let Some((dropped, record)) = inner.records.pop_front() {
-            inner.bytes -= match &record {
-                Ok(message) => message.message.len() + 16,
-                Err(status) => status.message().len() + 16,
-            };
-            inner.first_kept = dropped + 1;
+            Err(status) => {
+                inner.end = Some(match status.code() {
+                    tonic::Code::Cancelled => "cancelled".into(),
+                    _ => format!("failed: {}", status.message()),
+                });
+                status.message().len() + 16
+            }
+        };
+        inner.records.push_back((seq, record));
+        inner.bytes += size;
+        while inner.bytes > max_bytes && inner.records.len() > 1 {
+            if let Some((dropped, record)) = inner.records.pop_front() {
+                inner.bytes -= match &record {
+                    Ok(message) => message.message.len() + 16,
+                    Err(status) => status.message().len() + 16,
+                };
+                inner.first_kept = dropped + 1;
+            }
         }
     }
-    drop(inner);
-    spool.appended.send_replace(seq + 1);
 }
 
 /// Sends the records from `next` on, then live ones, until the run's end or the
@@ -285,7 +302,7 @@ async fn feed(spool: &Spool, mut next: u64, tx: &mpsc::Sender<Record>) {
             let missed = inner.first_kept.saturating_sub(next);
             next = next.max(inner.first_kept);
             let skip = usize::try_from(next - inner.first_kept).unwrap_or(usize::MAX).min(inner.records.len());
-            let batch: Vec<(u64, Record)> = inner.records.range(skip..).take(256).cloned().collect();
+            let batch: Vec<(u64, Record)> = inner.records.range(skip..).take(BURST).cloned().collect();
             (batch, missed, inner.end.is_some() && inner.cancel.is_none())
         };
         if missed > 0 {
