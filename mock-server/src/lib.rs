@@ -21,6 +21,7 @@ mod limits;
 mod listener;
 mod local;
 mod metrics;
+mod presence;
 mod process_run;
 mod python;
 mod repo_url;

@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
 use lrpymrpc_cas::{Hasher, is_valid_hash};
+
+use crate::presence::PresenceLog;
 use lrpymrpc_proto::v1::Digest;
 
 /// The store's directory below the job root (never swept: it has no job marker).
@@ -44,6 +46,8 @@ pub enum BlobError {
 #[derive(Debug)]
 pub struct ContentStore {
     dir: PathBuf,
+    /// Who sent what, on disk, so a restart keeps it (`presence.rs`).
+    presence: PresenceLog,
     max_bytes: u64,
     /// How long a blob just sent is kept for the job it was sent for.
     hold: std::time::Duration,
@@ -65,8 +69,8 @@ struct Inner {
 }
 
 impl ContentStore {
-    /// Opens (or makes) the store under `root`; blobs an earlier run stored stay, but
-    /// count as sent by nobody until a client sends them again.
+    /// Opens (or makes) the store under `root`; blobs an earlier run stored stay, and
+    /// count as sent by the CNs that sent them then (`presence.rs`).
     pub fn new(root: &Path, max_bytes: u64, hold: std::time::Duration) -> std::io::Result<ContentStore> {
         let dir = root.join(STORE_DIR);
         let _ = std::fs::remove_dir_all(dir.join("incoming"));
@@ -82,7 +86,9 @@ impl ContentStore {
                 }
             }
         }
-        Ok(ContentStore { dir, max_bytes, hold, inner: Mutex::new(inner) })
+        let (presence, present) = PresenceLog::open(&dir, |hash| inner.blobs.contains_key(hash))?;
+        inner.present = present;
+        Ok(ContentStore { dir, presence, max_bytes, hold, inner: Mutex::new(inner) })
     }
 
     fn inner(&self) -> MutexGuard<'_, Inner> {
@@ -181,8 +187,12 @@ impl ContentStore {
         }
         let mut inner = self.store(file, &digest)?;
         inner.pending.insert(digest.hash.clone(), std::time::Instant::now());
-        inner.present.entry(cn.to_string()).or_default().insert(digest.hash);
+        let new = inner.present.entry(cn.to_string()).or_default().insert(digest.hash.clone());
         self.evict(&mut inner);
+        drop(inner);
+        if new {
+            self.presence.record(cn, &digest.hash);
+        }
         Ok(())
     }
 

@@ -330,3 +330,29 @@ fn a_name_that_is_not_utf8_still_travels_as_a_tar_gz() {
         .stdout(predicate::str::contains("]:odd\n"))
         .stdout(predicate::str::contains("]:plain\n"));
 }
+
+// A restarted server still knows which CN sent which blob: the same tree sends nothing
+// again; another CN, which never sent it, still has to.
+#[test]
+fn presence_outlives_a_restart_and_stays_per_cn() {
+    let env = TestEnv::new();
+    env.write("source/big.bin", pseudo_random(1 << 20, 7));
+    env.write("source/netlist.sp", "* v1\n");
+    env.client().args(["--CMD", "true"]).assert().success().stderr(predicate::str::contains("uploaded 2 files"));
+    let env = env.restarted(|_| {});
+    env.client()
+        .args(["--CMD", "cat source/netlist.sp"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("]:* v1"))
+        .stderr(predicate::str::contains("the server had the whole tree (2 files, 1.0 MiB)"));
+    let mallory = crate::env::client_dir_for(&env, "mallory");
+    let elsewhere = env.root.path().join("mallory-work");
+    std::fs::create_dir_all(elsewhere.join("source")).unwrap();
+    std::fs::copy(env.work.join("source/big.bin"), elsewhere.join("source/big.bin")).unwrap();
+    crate::security::client_as(&env, &mallory, &elsewhere)
+        .args(["--CMD", "true"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("uploaded 1 file, 1.0 MiB"));
+}
