@@ -148,8 +148,9 @@ async fn execute_following(
 }
 
 /// After a first `outcome` of following a run: with a `durable` run, follows it again
-/// after each lost connection, as long as reconnecting brings output (a reconnection
-/// that brings nothing counts against `--retries`).
+/// after each lost connection, as long as following works: a reconnection whose call
+/// is lost again within the stall limit without a new message counts against
+/// `--retries` (a long silent command on a flaky link is followed as long as it runs).
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn follow_to_the_end(
     job: &Job,
@@ -179,8 +180,10 @@ pub(crate) async fn follow_to_the_end(
                 };
                 running.set(&session, unique_id);
                 out.note(&format!("reconnected: following job {unique_id} after line {before}"));
+                let following = std::time::Instant::now();
                 outcome = session.follow(job, unique_id, false, out, &mut followed).await;
-                fruitless = if followed.last_seq == before { fruitless + 1 } else { 0 };
+                let held = followed.last_seq > before || following.elapsed() >= job.stall;
+                fruitless = if held { 0 } else { fruitless + 1 };
             }
             Err(error) => return Err(error),
         }

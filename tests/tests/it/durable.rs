@@ -68,6 +68,37 @@ fn three_cuts_during_execute_lose_no_line_and_print_none_twice() {
     assert_eq!(env.read("build/out"), b"made\n", "the results arrive");
 }
 
+// A long silent command on a link that keeps dropping: each reconnection that held for
+// a while counts as working, however few retries are allowed.
+#[test]
+fn a_silent_command_is_followed_through_repeated_cuts() {
+    let (env, proxy) = behind_proxy(|_| {});
+    let mut client = env.client_std();
+    let mut client = client
+        .args(["--retries", "1", "--stall-timeout", "1s", "--CMD", "echo started; sleep 5; echo end"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(client.stdout.take().unwrap());
+    let mut first = String::new();
+    while !first.ends_with("]:started\n") {
+        first.clear();
+        assert!(stdout.read_line(&mut first).unwrap() > 0);
+    }
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(1300));
+        proxy.cut_connections();
+    }
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    let output = crate::env::child_output_within(client, PROCESS_LIMIT);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{rest}{stderr}");
+    assert!(rest.contains("]:end"), "{rest}");
+    assert_eq!(stderr.matches("reconnecting to follow it").count(), 3, "{stderr}");
+}
+
 #[test]
 fn a_cut_longer_than_the_grace_cancels_the_job_and_the_client_says_so() {
     let (env, proxy) = behind_proxy(|config| config.reattach_grace = Duration::from_secs(1));
