@@ -133,11 +133,14 @@ fn make_parallel(env: &TestEnv, dir: &std::path::Path, jobs: usize, extra: &[&st
     (output.status.success(), log)
 }
 
-/// Whether `addr`'s reference server says it is draining.
-fn says_draining(env: &mut TestEnv, addr: SocketAddr) -> bool {
-    let tls = env.tls.clone();
+/// Whether the reference server behind `client` says it is draining (asked on one
+/// connection made before the drain: a draining server keeps serving it).
+fn says_draining(
+    env: &mut TestEnv,
+    client: &lrpymrpc_proto::v1::extensions_client::ExtensionsClient<tonic::transport::Channel>,
+) -> bool {
+    let mut client = client.clone();
     env.runtime().block_on(async move {
-        let mut client = crate::cas::raw_extensions(addr, &tls).await;
         let request = lrpymrpc_proto::v1::CapabilitiesRequest { client_protocol: lrpymrpc_proto::v1::PROTOCOL };
         client.capabilities(request).await.is_ok_and(|r| r.into_inner().load.is_some_and(|load| load.draining))
     })
@@ -156,16 +159,18 @@ fn make_j6_spreads_over_the_servers_that_take_jobs() {
     let (second, _second) = another_server(&mut env, "second", |config| config.max_jobs = 2);
     // The draining server finishes the job it runs and takes no other.
     let mut long = env.client_std();
-    long.args(["--SERVER_IP", &draining.to_string(), "--SERVER_PORT", "8766", "--CMD", "sleep 6"])
+    long.args(["--SERVER_IP", &draining.to_string(), "--SERVER_PORT", "8766", "--CMD", "sleep 10"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
     let long = long.spawn().unwrap();
     wait_until(std::time::Duration::from_secs(30), "the job on the draining server", || jobs_on(&env, "draining") == 1);
+    let tls = env.tls.clone();
+    let watcher = env.runtime().block_on(crate::cas::raw_extensions(draining, &tls));
     stop_draining.send(()).unwrap();
-    wait_until(std::time::Duration::from_secs(10), "the server to drain", || says_draining(&mut env, draining));
+    wait_until(std::time::Duration::from_secs(10), "the server to drain", || says_draining(&mut env, &watcher));
 
     let servers = [stopped, draining, single, first, second].map(|a| a.to_string()).join(" ");
-    let dir = parallel_steps(&env, 6, &servers, "sleep 1");
+    let dir = parallel_steps(&env, 6, &servers, "sleep 2");
     let (ok, log) = make_parallel(&env, &dir, 6, &[]);
     assert!(ok, "{log}");
     for n in 1..=6 {
