@@ -110,20 +110,45 @@ pub async fn place(
 }
 
 /// Every server of the list that answers, with its load; legacy servers (no load)
-/// with their declared slots. A server in back-off is left out unless all are.
+/// with their declared slots. Servers in back-off are asked only when none of the
+/// others can take the job (they may be back; "unless it is the only one left").
 async fn candidates(job: &Job, out: &Output) -> Result<Vec<Candidate>, ClientError> {
     let backing_off = crate::backoff::backing_off();
-    let fresh: Vec<&(Peer, Option<u32>)> =
-        job.servers.iter().filter(|(peer, _)| !backing_off.contains_key(&authority(peer))).collect();
-    // Unless every one of them failed a moment ago: then they all get another try.
-    let listed: Vec<&(Peer, Option<u32>)> = match fresh.is_empty() {
-        true => job.servers.iter().collect(),
-        false => fresh,
-    };
-    let opened = futures_join(listed.iter().map(|(peer, _)| Session::open(peer, job.stall)).collect::<Vec<_>>()).await;
-    let mut candidates = Vec::new();
-    let mut unreachable = Vec::new();
-    for (order, ((peer, slots), opened)) in listed.iter().zip(opened).enumerate() {
+    let (resting, fresh): (Vec<_>, Vec<_>) =
+        job.servers.iter().enumerate().partition(|(_, (peer, _))| backing_off.contains_key(&authority(peer)));
+    let mut looked = look_at(job, out, &fresh).await?;
+    if looked.candidates.is_empty() && !resting.is_empty() {
+        let more = look_at(job, out, &resting).await?;
+        looked.candidates.extend(more.candidates);
+        looked.unreachable.extend(more.unreachable);
+        looked.draining.extend(more.draining);
+    }
+    let Looked { candidates, unreachable, draining } = looked;
+    match (candidates.is_empty(), unreachable.is_empty()) {
+        (false, _) => Ok(candidates),
+        (true, true) => {
+            Err(ClientError::local(format!("every server of the list is shutting down ({})", draining.join(", "))))
+        }
+        (true, false) => Err(none_reachable(unreachable, &draining)),
+    }
+}
+
+/// What asking some servers of the list found.
+#[derive(Default)]
+struct Looked {
+    candidates: Vec<Candidate>,
+    unreachable: Vec<ClientError>,
+    /// Servers that answered that they are shutting down.
+    draining: Vec<String>,
+}
+
+/// Opens a session to each of `servers` (their place in the list, and the entry) at
+/// once; a refused certificate or CN ends it all with that error.
+async fn look_at(job: &Job, out: &Output, servers: &[(usize, &(Peer, Option<u32>))]) -> Result<Looked, ClientError> {
+    let opened =
+        futures_join(servers.iter().map(|(_, (peer, _))| Session::open(peer, job.stall)).collect::<Vec<_>>()).await;
+    let mut looked = Looked::default();
+    for (&(order, (peer, slots)), opened) in servers.iter().zip(opened) {
         match opened {
             Ok(session) => {
                 let refused = session.capabilities().and_then(|c| c.caller.as_ref()).filter(|caller| !caller.allowed);
@@ -139,9 +164,13 @@ async fn candidates(job: &Job, out: &Output) -> Result<Vec<Candidate>, ClientErr
                 match load {
                     Some((true, _)) => {
                         out.verbose(&format!("{} is shutting down: not placing the job there", authority(peer)));
+                        looked.draining.push(authority(peer));
                     }
-                    Some((false, free)) => candidates.push(Candidate { session, free, legacy: false, order }),
-                    None => candidates.push(Candidate { session, free: slots.unwrap_or(1), legacy: true, order }),
+                    Some((false, free)) => looked.candidates.push(Candidate { session, free, legacy: false, order }),
+                    None => {
+                        let free = slots.unwrap_or(1);
+                        looked.candidates.push(Candidate { session, free, legacy: true, order });
+                    }
                 }
             }
             // A refused certificate is a misconfiguration: said, not skipped.
@@ -149,15 +178,11 @@ async fn candidates(job: &Job, out: &Output) -> Result<Vec<Candidate>, ClientErr
             Err(error) => {
                 crate::backoff::failed(&authority(peer));
                 out.verbose(&format!("skipping {}: {error}", authority(peer)));
-                unreachable.push(error);
+                looked.unreachable.push(error);
             }
         }
     }
-    match candidates.is_empty() {
-        true if unreachable.is_empty() => Err(ClientError::local("every server of the list is shutting down")),
-        true => Err(none_reachable(unreachable)),
-        false => Ok(candidates),
-    }
+    Ok(looked)
 }
 
 /// Asks every server that reports its load how busy it is now; one that started
@@ -195,9 +220,9 @@ fn every_slot_taken(candidates: &[Candidate]) -> ClientError {
 }
 
 /// No server of the list could take the job: every one named, with why.
-fn none_reachable(unreachable: Vec<ClientError>) -> ClientError {
+fn none_reachable(unreachable: Vec<ClientError>, draining: &[String]) -> ClientError {
     let mut peers = Vec::new();
-    let mut reasons = Vec::new();
+    let mut reasons: Vec<String> = draining.iter().map(|name| format!("{name}: shutting down")).collect();
     let mut first_fault = None;
     for error in unreachable {
         match error {

@@ -18,12 +18,23 @@ fn another_server(
     name: &str,
     change: impl FnOnce(&mut Config),
 ) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    server_at(env, name, any, change)
+}
+
+/// [`another_server`] listening at `addr`.
+fn server_at(
+    env: &mut TestEnv,
+    name: &str,
+    addr: SocketAddr,
+    change: impl FnOnce(&mut Config),
+) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
     let jobs = env.root.path().join(format!("{name}-jobs"));
     std::fs::create_dir_all(&jobs).unwrap();
     let mut config = Config::new(jobs, Some(TlsMaterial::from_dir(&env.tls).unwrap()));
     change(&mut config);
     let runtime = env.runtime();
-    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let listener = runtime.block_on(tokio::net::TcpListener::bind(addr)).unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     runtime.spawn(lrpymrpc_mock_server::run(listener, config, async {
@@ -281,4 +292,37 @@ fn when_every_server_is_full_the_step_waits_for_a_slot() {
     for holder in holders {
         assert!(crate::env::child_output_within(holder, PROCESS_LIMIT).status.success());
     }
+}
+
+// A server in back-off is skipped only while another can take the job: when the rest
+// of the list is shutting down, it gets another try (it may be back), and takes it.
+#[test]
+fn a_server_in_back_off_gets_another_try_when_the_others_cannot_take_the_job() {
+    let mut env = TestEnv::bare();
+    let (socket, late) = closed_port(false);
+    let (other, stop_other) = another_server(&mut env, "other", |_| {});
+    let servers = format!("{late} {other}");
+    // The late server fails once: remembered for a minute.
+    env.client().args(["--SERVER_IP", &servers, "--SERVER_PORT", "8766", "--CMD", "true"]).assert().success();
+    assert_eq!(jobs_on(&env, "other"), 1);
+    // Now it is up, and the other one drains (a job of its own keeps it serving).
+    drop(socket);
+    let (_, _late_server) = server_at(&mut env, "late", late, |_| {});
+    let mut long = env.client_std();
+    long.args(["--SERVER_IP", &other.to_string(), "--SERVER_PORT", "8766", "--CMD", "sleep 4"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let long = long.spawn().unwrap();
+    wait_until(std::time::Duration::from_secs(30), "the job on the other server", || jobs_on(&env, "other") == 2);
+    let tls = env.tls.clone();
+    let watcher = env.runtime().block_on(crate::cas::raw_extensions(other, &tls));
+    stop_other.send(()).unwrap();
+    wait_until(std::time::Duration::from_secs(10), "the server to drain", || says_draining(&mut env, &watcher));
+    env.client()
+        .args(["--SERVER_IP", &servers, "--SERVER_PORT", "8766", "--CMD", "echo on the late one"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(format!("[{late}]:on the late one")));
+    assert_eq!(jobs_on(&env, "late"), 1);
+    assert!(crate::env::child_output_within(long, PROCESS_LIMIT).status.success());
 }
