@@ -199,8 +199,10 @@ fn connect_error(peer: &str, error: &(dyn std::error::Error + 'static), target: 
     let fault = TransportFault::of(error);
     let reason = fault.describe().unwrap_or_else(|| chain(error));
     let hint = hint_for(&fault, target);
-    // A server that is starting or restarting; a refused certificate is never transient.
-    let transient = matches!(fault, TransportFault::Refused | TransportFault::TimedOut);
+    // A server that is starting, restarting or stopping (a connection closed without a
+    // TLS alert: the listener went away under it); a refused certificate comes with an
+    // alert, and is never transient.
+    let transient = matches!(fault, TransportFault::Refused | TransportFault::TimedOut | TransportFault::Closed);
     ClientError::Connect { peer: peer.to_string(), reason, hint, transient, fault }
 }
 
