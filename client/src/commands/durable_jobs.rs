@@ -10,7 +10,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::cli::Args;
 use crate::connect::{Peer, authority};
 use crate::exit::{self, ClientError, Step};
-use crate::job::{self, Job};
+use crate::job::Job;
 use crate::output::Output;
 use crate::session::{Followed, Session};
 use crate::steps;
@@ -97,13 +97,9 @@ where
     F: FnOnce(Job, Output) -> Fut,
     Fut: std::future::Future<Output = Result<(), ClientError>>,
 {
-    let verbosity = job::verbosity(&args);
-    let job = match Job::from_args(args) {
+    let job = match super::validated(args) {
         Ok(job) => job,
-        Err(error) => {
-            Output::new("", verbosity).error(&error);
-            return exit::for_error(&error);
-        }
+        Err(code) => return code,
     };
     let out = Output::new(&job.prefix, job.verbosity);
     let runtime = match super::runtime() {

@@ -9,7 +9,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::cli::Args;
 use crate::exit::{self, ClientError, Step};
-use crate::job::{self, Job};
+use crate::job::Job;
 use crate::output::Output;
 use crate::steps;
 
@@ -18,13 +18,9 @@ const CANCEL_GRACE: Duration = Duration::from_secs(3);
 
 /// Runs the job the arguments describe and returns the exit code.
 pub fn run(args: Args) -> ExitCode {
-    let verbosity = job::verbosity(&args);
-    let job = match Job::from_args(args) {
+    let job = match super::validated(args) {
         Ok(job) => job,
-        Err(error) => {
-            Output::new("", verbosity).error(&error);
-            return exit::for_error(&error);
-        }
+        Err(code) => return code,
     };
     let out = Output::new(&job.prefix, job.verbosity);
     for warning in &job.tls_warnings {

@@ -17,3 +17,12 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, crate::exit::ClientEr
         .build()
         .map_err(|e| crate::exit::ClientError::local(format!("cannot start the async runtime: {e}")))
 }
+
+/// The arguments validated into a job; said (and its exit code) when they are not.
+pub(crate) fn validated(args: crate::cli::Args) -> Result<crate::job::Job, std::process::ExitCode> {
+    let verbosity = crate::job::verbosity(&args);
+    crate::job::Job::from_args(args).map_err(|error| {
+        crate::output::Output::new("", verbosity).error(&error);
+        crate::exit::for_error(&error)
+    })
+}

@@ -157,6 +157,30 @@ fn says_draining(
     })
 }
 
+/// Starts a job of `seconds` on the server `name` at `addr` (its `jobs` directories
+/// counting `before` already), then drains that server through `stop` and waits
+/// until it says so; returns the job's client, to check it finished.
+fn drain_with_a_job(
+    env: &mut TestEnv,
+    (name, addr, before): (&str, SocketAddr, usize),
+    seconds: u32,
+    stop: tokio::sync::oneshot::Sender<()>,
+) -> std::process::Child {
+    let mut long = env.client_std();
+    long.args(["--SERVER_IP", &addr.to_string(), "--SERVER_PORT", "8766", "--CMD", &format!("sleep {seconds}")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let long = long.spawn().unwrap();
+    wait_until(std::time::Duration::from_secs(30), "the job on the server to drain", || {
+        jobs_on(env, name) == before + 1
+    });
+    let tls = env.tls.clone();
+    let watcher = env.runtime().block_on(crate::cas::raw_extensions(addr, &tls));
+    stop.send(()).unwrap();
+    wait_until(std::time::Duration::from_secs(10), "the server to drain", || says_draining(env, &watcher));
+    long
+}
+
 // The issue's own scenario: five servers, one stopped, one draining, one with a single
 // slot and two healthy; `make -j6` of six remote steps all succeed, spread over the
 // servers that take jobs, the stopped one remembered after its first failure.
@@ -169,16 +193,7 @@ fn make_j6_spreads_over_the_servers_that_take_jobs() {
     let (first, _first) = another_server(&mut env, "first", |config| config.max_jobs = 2);
     let (second, _second) = another_server(&mut env, "second", |config| config.max_jobs = 2);
     // The draining server finishes the job it runs and takes no other.
-    let mut long = env.client_std();
-    long.args(["--SERVER_IP", &draining.to_string(), "--SERVER_PORT", "8766", "--CMD", "sleep 10"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    let long = long.spawn().unwrap();
-    wait_until(std::time::Duration::from_secs(30), "the job on the draining server", || jobs_on(&env, "draining") == 1);
-    let tls = env.tls.clone();
-    let watcher = env.runtime().block_on(crate::cas::raw_extensions(draining, &tls));
-    stop_draining.send(()).unwrap();
-    wait_until(std::time::Duration::from_secs(10), "the server to drain", || says_draining(&mut env, &watcher));
+    let long = drain_with_a_job(&mut env, ("draining", draining, 0), 10, stop_draining);
 
     let servers = [stopped, draining, single, first, second].map(|a| a.to_string()).join(" ");
     let dir = parallel_steps(&env, 6, &servers, "sleep 2");
@@ -308,16 +323,7 @@ fn a_server_in_back_off_gets_another_try_when_the_others_cannot_take_the_job() {
     // Now it is up, and the other one drains (a job of its own keeps it serving).
     drop(socket);
     let (_, _late_server) = server_at(&mut env, "late", late, |_| {});
-    let mut long = env.client_std();
-    long.args(["--SERVER_IP", &other.to_string(), "--SERVER_PORT", "8766", "--CMD", "sleep 4"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    let long = long.spawn().unwrap();
-    wait_until(std::time::Duration::from_secs(30), "the job on the other server", || jobs_on(&env, "other") == 2);
-    let tls = env.tls.clone();
-    let watcher = env.runtime().block_on(crate::cas::raw_extensions(other, &tls));
-    stop_other.send(()).unwrap();
-    wait_until(std::time::Duration::from_secs(10), "the server to drain", || says_draining(&mut env, &watcher));
+    let long = drain_with_a_job(&mut env, ("other", other, 1), 4, stop_other);
     env.client()
         .args(["--SERVER_IP", &servers, "--SERVER_PORT", "8766", "--CMD", "echo on the late one"])
         .assert()
