@@ -80,16 +80,14 @@ impl OneNodeCluster {
         );
         let conf_path = dir.join("slurm.conf");
         std::fs::write(&conf_path, conf)?;
-        let log = |name: &str| std::fs::File::create(dir.join(name));
-        let controller = Command::new("slurmctld")
-            .args(["-D", "-i", "-f"])
-            .arg(&conf_path)
-            .env("SLURM_CONF", &conf_path)
-            .stdin(Stdio::null())
-            .stdout(log("slurmctld.out")?)
-            .stderr(log("slurmctld.err")?)
-            .spawn()?;
-        let mut node = match node_prefix.split_first() {
+        // A daemon in the foreground, pointed at the configuration, logging beside it.
+        let start = |mut command: Command, daemon: &str, args: &[&str]| -> io::Result<Child> {
+            let log = |suffix: &str| std::fs::File::create(dir.join(format!("{daemon}.{suffix}")));
+            command.args(args).arg("-f").arg(&conf_path).env("SLURM_CONF", &conf_path).stdin(Stdio::null());
+            command.stdout(log("out")?).stderr(log("err")?).spawn()
+        };
+        let controller = start(Command::new("slurmctld"), "slurmctld", &["-D", "-i"])?;
+        let node = match node_prefix.split_first() {
             Some((program, args)) => {
                 let mut command = Command::new(program);
                 command.args(args).arg("slurmd");
@@ -97,14 +95,7 @@ impl OneNodeCluster {
             }
             None => Command::new("slurmd"),
         };
-        let node = node
-            .args(["-D", "-N", NODE, "-f"])
-            .arg(&conf_path)
-            .env("SLURM_CONF", &conf_path)
-            .stdin(Stdio::null())
-            .stdout(log("slurmd.out")?)
-            .stderr(log("slurmd.err")?)
-            .spawn()?;
+        let node = start(node, "slurmd", &["-D", "-N", NODE])?;
         let cluster =
             OneNodeCluster { dir: dir.to_path_buf(), conf: conf_path, controller: Some(controller), node: Some(node) };
         let started = Instant::now();
