@@ -8,6 +8,7 @@
 
 pub mod bridge;
 pub mod encoding;
+mod list_ahead;
 pub mod merge;
 pub mod pack;
 pub mod pargz;

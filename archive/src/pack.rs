@@ -136,6 +136,7 @@ impl<W: Write> Packer<'_, W> {
             }
             Found::File { disk, name, meta } => self.add_file(disk, name, meta),
             Found::Symlink { disk, name, meta } => self.add_symlink(disk, name, meta),
+            Found::DirectoryDone { .. } => Ok(()),
         }
     }
 

@@ -9,6 +9,7 @@ use std::fs::{self, Metadata};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use crate::list_ahead::{FinishOnDrop, ListAhead};
 use crate::pack::{Candidate, PackError, PackRoot, read_error};
 
 /// What the walk found at one place.
@@ -21,6 +22,8 @@ pub enum Found<'a> {
     File { disk: &'a Path, name: &'a Path, meta: &'a Metadata },
     /// A symbolic link, not followed.
     Symlink { disk: &'a Path, name: &'a Path, meta: &'a Metadata },
+    /// The end of a directory reported by `Directory`: everything it holds came.
+    DirectoryDone { disk: &'a Path, name: &'a Path },
 }
 
 /// How to walk.
@@ -39,11 +42,17 @@ pub fn walk(
     options: &WalkOptions<'_>,
     visit: &mut dyn FnMut(Found<'_>) -> Result<(), PackError>,
 ) -> Result<Vec<(PathBuf, String)>, PackError> {
-    let mut walker = Walker { options, visit, ancestors: HashSet::new(), skipped: Vec::new() };
-    for root in roots {
-        walker.add(&root.disk, &root.name, true)?;
-    }
-    Ok(walker.skipped)
+    let ahead = ListAhead::default();
+    std::thread::scope(|scope| {
+        // Stopped however the walk ends, before the scope joins it.
+        let _finish = FinishOnDrop(&ahead);
+        scope.spawn(|| ahead.help());
+        let mut walker = Walker { options, visit, ahead: &ahead, ancestors: HashSet::new(), skipped: Vec::new() };
+        for root in roots {
+            walker.add(&root.disk, &root.name, true)?;
+        }
+        Ok(walker.skipped)
+    })
 }
 
 /// The regular files a walk of `roots` finds, and their bytes: the total of a progress
@@ -63,6 +72,7 @@ pub fn count_files(roots: &[PackRoot], options: &WalkOptions<'_>) -> Result<(u64
 struct Walker<'a, 'v> {
     options: &'a WalkOptions<'a>,
     visit: &'v mut dyn FnMut(Found<'_>) -> Result<(), PackError>,
+    ahead: &'a ListAhead,
     /// (device, inode) of the directories being walked, to stop symbolic-link loops.
     ancestors: HashSet<(u64, u64)>,
     skipped: Vec<(PathBuf, String)>,
@@ -71,11 +81,19 @@ struct Walker<'a, 'v> {
 impl Walker<'_, '_> {
     fn add(&mut self, disk: &Path, name: &Path, is_root: bool) -> Result<(), PackError> {
         let link_meta = fs::symlink_metadata(disk).map_err(|e| read_error(disk, e))?;
-        self.add_with(disk, name, is_root, link_meta)
+        self.add_with(disk, name, is_root, link_meta, None)
     }
 
-    /// [`Walker::add`] with the entry's own (not followed) metadata already read.
-    fn add_with(&mut self, disk: &Path, name: &Path, is_root: bool, link_meta: Metadata) -> Result<(), PackError> {
+    /// [`Walker::add`] with the entry's own (not followed) metadata already read, and
+    /// the filter's verdict when it was asked already.
+    fn add_with(
+        &mut self,
+        disk: &Path,
+        name: &Path,
+        is_root: bool,
+        link_meta: Metadata,
+        verdict: Option<bool>,
+    ) -> Result<(), PackError> {
         // Only a link is looked up again (through it): one stat per entry otherwise.
         let meta = match link_meta.file_type().is_symlink() && self.options.follow_symlinks {
             false => link_meta,
@@ -90,7 +108,7 @@ impl Walker<'_, '_> {
         let file_type = meta.file_type();
         let candidate = Candidate { disk, name, is_dir: file_type.is_dir() };
         let always_kept = is_root && candidate.is_dir;
-        if !always_kept && !(self.options.keep)(&candidate) {
+        if !always_kept && !verdict.unwrap_or_else(|| (self.options.keep)(&candidate)) {
             return Ok(());
         }
         if file_type.is_dir() {
@@ -112,23 +130,26 @@ impl Walker<'_, '_> {
             return Ok(());
         }
         (self.visit)(Found::Directory { disk, name, meta })?;
-        // Each entry's metadata is read relative to the open directory (no walk down
-        // the whole path again for every file).
-        let mut children: Vec<(std::ffi::OsString, Metadata)> = fs::read_dir(disk)
-            .map_err(|e| read_error(disk, e))?
-            .map(|entry| {
-                let entry = entry.map_err(|e| read_error(disk, e))?;
-                let meta = entry.metadata().map_err(|e| read_error(&entry.path(), e))?;
-                Ok((entry.file_name(), meta))
-            })
-            .collect::<Result<_, PackError>>()?;
+        let mut children = self.ahead.take(disk)?;
         // Sorted, so the same tree always walks (and packs) the same way.
         children.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        for (child, meta) in children {
-            self.add_with(&disk.join(&child), &name.join(&child), false, meta)?;
+        // The filter decides on subdirectories (not links) first, so that those it
+        // keeps can be listed ahead.
+        let verdicts: Vec<Option<bool>> = children
+            .iter()
+            .map(|(child, meta)| {
+                meta.is_dir().then(|| {
+                    (self.options.keep)(&Candidate { disk: &disk.join(child), name: &name.join(child), is_dir: true })
+                })
+            })
+            .collect();
+        let kept = children.iter().zip(&verdicts).filter(|(_, verdict)| **verdict == Some(true));
+        self.ahead.will_enter(kept.map(|((child, _), _)| disk.join(child)));
+        for ((child, meta), verdict) in children.into_iter().zip(verdicts) {
+            self.add_with(&disk.join(&child), &name.join(&child), false, meta, verdict)?;
         }
         self.ancestors.remove(&identity);
-        Ok(())
+        (self.visit)(Found::DirectoryDone { disk, name })
     }
 
     fn skip(&mut self, disk: &Path, why: String) {
@@ -158,11 +179,12 @@ mod tests {
                 Found::Directory { name, .. } => format!("d {}", name.display()),
                 Found::File { name, .. } => format!("f {}", name.display()),
                 Found::Symlink { name, .. } => format!("l {}", name.display()),
+                Found::DirectoryDone { name, .. } => format!("/d {}", name.display()),
             });
             Ok(())
         })
         .unwrap();
-        assert_eq!(seen, ["d t", "f t/a", "d t/b", "f t/b/f", "d t/c", "f t/c/f"]);
+        assert_eq!(seen, ["d t", "f t/a", "d t/b", "f t/b/f", "/d t/b", "d t/c", "f t/c/f", "/d t/c", "/d t"]);
         assert_eq!(skipped.len(), 2, "the loop, met twice: {skipped:?}");
         let options = WalkOptions { follow_symlinks: false, keep: &everything };
         let mut links = 0;
@@ -172,5 +194,61 @@ mod tests {
         })
         .unwrap();
         assert_eq!(links, 2);
+    }
+
+    /// A tree wide and deep enough that the helper lists much of it: the walk reports
+    /// exactly what a plain recursive walk in sorted order does, the filter obeyed.
+    #[test]
+    fn listing_ahead_changes_nothing_the_walk_reports() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        for a in 0..12 {
+            for b in 0..6 {
+                let leaf = tree.join(format!("d{a}/e{b}"));
+                fs::create_dir_all(leaf.join("empty")).unwrap();
+                for c in 0..5 {
+                    fs::write(leaf.join(format!("f{c}")), format!("{a}{b}{c}")).unwrap();
+                }
+            }
+            fs::create_dir_all(tree.join(format!("d{a}/skip/deeper"))).unwrap();
+            fs::write(tree.join(format!("d{a}/skip/deeper/x")), "x").unwrap();
+        }
+        let keep = |candidate: &Candidate<'_>| candidate.name.file_name().is_none_or(|n| n != "skip");
+        fn expected(disk: &Path, name: &Path, keep: &dyn Fn(&Candidate<'_>) -> bool, out: &mut Vec<String>) {
+            out.push(format!("d {}", name.display()));
+            let mut children: Vec<_> = fs::read_dir(disk).unwrap().map(|e| e.unwrap().file_name()).collect();
+            children.sort();
+            for child in children {
+                let (disk, name) = (disk.join(&child), name.join(&child));
+                let is_dir = disk.is_dir();
+                if !keep(&Candidate { disk: &disk, name: &name, is_dir }) {
+                    continue;
+                }
+                match is_dir {
+                    true => expected(&disk, &name, keep, out),
+                    false => out.push(format!("f {}", name.display())),
+                }
+            }
+            out.push(format!("/d {}", name.display()));
+        }
+        let mut want = Vec::new();
+        expected(&tree, Path::new("t"), &keep, &mut want);
+        let roots = [PackRoot { disk: tree.clone(), name: "t".into() }];
+        let options = WalkOptions { follow_symlinks: true, keep: &keep };
+        for _ in 0..3 {
+            let mut seen = Vec::new();
+            walk(&roots, &options, &mut |found| {
+                match found {
+                    Found::Directory { name, .. } => seen.push(format!("d {}", name.display())),
+                    Found::File { name, .. } => seen.push(format!("f {}", name.display())),
+                    Found::DirectoryDone { name, .. } => seen.push(format!("/d {}", name.display())),
+                    Found::Symlink { .. } => {}
+                }
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(seen, want);
+        }
+        assert!(!want.iter().any(|line| line.contains("skip")) && want.len() > 500, "{}", want.len());
     }
 }

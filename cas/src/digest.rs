@@ -7,6 +7,10 @@ use prost::Message;
 /// The digest function's name on the wire.
 pub const DIGEST_FUNCTION: &str = "sha256";
 
+/// A SHA-256 hash's 32 bytes: what the client keeps per file; its hex text, which
+/// names a blob on the wire, is made once, for the message.
+pub type HashBytes = [u8; 32];
+
 /// Hashes bytes as they go by.
 pub struct Hasher {
     context: ring::digest::Context,
@@ -26,7 +30,15 @@ impl Hasher {
     }
 
     pub fn finish(self) -> Digest {
-        Digest { hash: hex(self.context.finish().as_ref()), size: self.size }
+        let (hash, size) = self.finish_bytes();
+        Digest { hash: hex(&hash), size }
+    }
+
+    /// The hash as bytes, and the size.
+    pub fn finish_bytes(self) -> (HashBytes, u64) {
+        let mut hash = [0; 32];
+        hash.copy_from_slice(self.context.finish().as_ref());
+        (hash, self.size)
     }
 }
 
@@ -48,8 +60,28 @@ pub fn is_valid_hash(hash: &str) -> bool {
     hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// Lowercase hex: two digits a byte.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut text = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        text.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        text.push(char::from(DIGITS[usize::from(byte & 0xf)]));
+    }
+    text
+}
+
+/// The bytes of a hash given as [`is_valid_hash`] text; `None` for any other text.
+pub fn hash_bytes(text: &str) -> Option<HashBytes> {
+    if !is_valid_hash(text) {
+        return None;
+    }
+    let digit = |c: u8| if c.is_ascii_digit() { c - b'0' } else { c - b'a' + 10 };
+    let mut hash = [0; 32];
+    for (byte, pair) in hash.iter_mut().zip(text.as_bytes().chunks_exact(2)) {
+        *byte = digit(pair[0]) << 4 | digit(pair[1]);
+    }
+    Some(hash)
 }
 
 #[cfg(test)]
@@ -63,5 +95,8 @@ mod tests {
         assert_eq!(digest.size, 3);
         assert!(is_valid_hash(&digest.hash));
         assert!(!is_valid_hash("../../etc/passwd") && !is_valid_hash(&digest.hash.to_uppercase()));
+        let bytes = hash_bytes(&digest.hash).expect("valid");
+        assert_eq!(hex(&bytes), digest.hash);
+        assert_eq!(hash_bytes(&digest.hash.to_uppercase()), None);
     }
 }

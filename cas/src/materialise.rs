@@ -15,6 +15,8 @@ use lrpymrpc_proto::v1::{Digest, Directory};
 /// What a checked tree makes: directories (parents first) and files.
 #[derive(Debug, Default)]
 pub struct Plan {
+    /// The hash of the root directory the plan was checked from: equal roots, equal plans.
+    pub root: String,
     pub directories: Vec<PathBuf>,
     /// Path, blob digest, executable.
     pub files: Vec<(PathBuf, Digest, bool)>,
@@ -47,7 +49,7 @@ pub enum TreeError {
 /// makes. Shared directories are expanded where they are used; the limits count every
 /// use, so a small tree that names one directory many times cannot grow unbounded.
 pub fn plan(root: &Digest, directories: &HashMap<String, Directory>, limits: &Limits) -> Result<Plan, TreeError> {
-    let mut plan = Plan::default();
+    let mut plan = Plan { root: root.hash.clone(), ..Plan::default() };
     let mut entries = 0u64;
     let mut stack: Vec<(PathBuf, String, usize)> = vec![(PathBuf::new(), root.hash.clone(), 0)];
     while let Some((path, hash, depth)) = stack.pop() {
@@ -149,6 +151,10 @@ pub fn patch(
     blob_path: &(dyn Fn(&str) -> PathBuf + Sync),
     dest: &Path,
 ) -> Result<Patched, TreeError> {
+    // The same root digest is the same tree, to the last byte and mode bit.
+    if !old.root.is_empty() && old.root == new.root {
+        return Ok(Patched { kept: new.files.len(), ..Patched::default() });
+    }
     let mut done = Patched::default();
     let new_files: HashMap<&Path, (&str, bool)> = new
         .files

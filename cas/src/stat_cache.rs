@@ -7,29 +7,35 @@
 
 use std::collections::HashMap;
 use std::fs::Metadata;
+use std::hash::BuildHasherDefault;
 use std::io::{BufWriter, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use lrpymrpc_proto::v1::Digest;
+use crate::digest::HashBytes;
 
-use crate::digest::is_valid_hash;
-
-/// The most entries kept: about 10 MB of memory and 12 MB of file at most.
+/// The most entries kept: about 8 MB of memory and 7 MB of file at most.
 pub const MAX_ENTRIES: usize = 100_000;
 
 /// Modification this close to (or after) the cache's own write time is not trusted:
 /// wider than the coarsest timestamps of common filesystems (2 s on FAT).
 pub const RACY_NS: i128 = 2_000_000_000;
 
-const HEADER: &str = "lrpymrpc-stat-cache 1";
+/// The file: this header and the write time in nanoseconds on one line, then one
+/// [`RECORD`]-byte record an entry (device, inode, size, mtime and ctime in
+/// nanoseconds, all little-endian, then the SHA-256): read without parsing a number.
+/// A file in another format (an older client's) is an empty cache.
+const HEADER: &str = "lrpymrpc-stat-cache 2";
+
+/// Bytes of one entry in the file.
+const RECORD: usize = 5 * 8 + 32;
 
 #[derive(Debug, Clone)]
 struct Entry {
     size: u64,
     mtime_ns: i128,
     ctime_ns: i128,
-    hash: String,
+    hash: HashBytes,
     /// Looked up or stored by this run: kept first when the cache is cut to size.
     used: bool,
 }
@@ -38,8 +44,28 @@ struct Entry {
 pub struct StatCache {
     path: Option<PathBuf>,
     written_ns: i128,
-    entries: HashMap<(u64, u64), Entry>,
+    entries: HashMap<(u64, u64), Entry, BuildHasherDefault<InodeHasher>>,
     changed: bool,
+}
+
+/// Hashes (device, inode) keys. They come from the user's own file systems, never
+/// from a peer, so a multiplicative hash (FxHash's) is safe here, and a warm walk
+/// looks up every file: SipHash was a visible part of it.
+#[derive(Debug, Default)]
+struct InodeHasher(u64);
+
+impl std::hash::Hasher for InodeHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        bytes.iter().for_each(|byte| self.write_u64(u64::from(*byte)));
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 fn times(meta: &Metadata) -> (i128, i128) {
@@ -51,35 +77,32 @@ impl StatCache {
     /// Reads the cache at `path`; a missing or unreadable file is an empty cache.
     pub fn load(path: &Path) -> StatCache {
         let mut cache = StatCache { path: Some(path.to_path_buf()), ..StatCache::default() };
-        // Read whole (at most about 12 MB) and parsed in place: no allocation per line.
-        let Ok(text) = std::fs::read_to_string(path) else { return cache };
-        let mut lines = text.lines();
-        let header = lines.next().unwrap_or_default();
+        let Ok(bytes) = std::fs::read(path) else { return cache };
+        let Some(newline) = bytes.iter().position(|b| *b == b'\n') else { return cache };
+        let header = std::str::from_utf8(&bytes[..newline]).unwrap_or_default();
         let Some(written) = header.strip_prefix(HEADER).and_then(|rest| rest.trim().parse().ok()) else {
             return cache;
         };
         cache.written_ns = written;
-        cache.entries.reserve(text.len() / 120);
-        for line in lines.take(MAX_ENTRIES) {
-            let mut fields = line.split(' ');
-            let mut next = || fields.next().unwrap_or_default();
-            let [dev, ino, size, mtime, ctime, hash] = [next(), next(), next(), next(), next(), next()];
-            if fields.next().is_some() {
-                continue;
-            }
-            let parsed = (dev.parse(), ino.parse(), size.parse(), mtime.parse(), ctime.parse());
-            if let (Ok(dev), Ok(ino), Ok(size), Ok(mtime_ns), Ok(ctime_ns)) = parsed
-                && is_valid_hash(hash)
-            {
-                let entry = Entry { size, mtime_ns, ctime_ns, hash: hash.to_string(), used: false };
-                cache.entries.insert((dev, ino), entry);
-            }
+        let records = bytes[newline + 1..].chunks_exact(RECORD).take(MAX_ENTRIES);
+        cache.entries.reserve(records.len());
+        for record in records {
+            let word = |n: usize| u64::from_le_bytes(record[n * 8..n * 8 + 8].try_into().expect("eight bytes"));
+            let signed = |n: usize| i128::from(word(n) as i64);
+            let hash: HashBytes = record[40..].try_into().expect("32 bytes");
+            let entry = Entry { size: word(2), mtime_ns: signed(3), ctime_ns: signed(4), hash, used: false };
+            cache.entries.insert((word(0), word(1)), entry);
         }
         cache
     }
 
-    /// The digest of the file `meta` describes, when the cache knows it for sure.
-    pub fn lookup(&mut self, meta: &Metadata) -> Option<Digest> {
+    /// Where the cache is kept, when it is.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// The hash of the file `meta` describes, when the cache knows it for sure.
+    pub fn lookup(&mut self, meta: &Metadata) -> Option<HashBytes> {
         let (mtime_ns, ctime_ns) = times(meta);
         let written = self.written_ns;
         let entry = self.entries.get_mut(&(meta.dev(), meta.ino()))?;
@@ -89,13 +112,13 @@ impl StatCache {
             return None;
         }
         entry.used = true;
-        Some(Digest { hash: entry.hash.clone(), size: entry.size })
+        Some(entry.hash)
     }
 
-    /// Records what a file hashed to.
-    pub fn insert(&mut self, meta: &Metadata, digest: &Digest) {
+    /// Records what a file of `size` bytes hashed to.
+    pub fn insert(&mut self, meta: &Metadata, hash: HashBytes, size: u64) {
         let (mtime_ns, ctime_ns) = times(meta);
-        let entry = Entry { size: digest.size, mtime_ns, ctime_ns, hash: digest.hash.clone(), used: true };
+        let entry = Entry { size, mtime_ns, ctime_ns, hash, used: true };
         self.entries.insert((meta.dev(), meta.ino()), entry);
         // Saved even when the entry was already there (a racy one): the new write time
         // lets the next run trust it.
@@ -122,7 +145,16 @@ impl StatCache {
             let mut entries: Vec<(&(u64, u64), &Entry)> = self.entries.iter().collect();
             entries.sort_by_key(|(_, entry)| !entry.used);
             for ((dev, ino), e) in entries.into_iter().take(MAX_ENTRIES) {
-                writeln!(out, "{dev} {ino} {} {} {} {}", e.size, e.mtime_ns, e.ctime_ns, e.hash)?;
+                // Times beyond i64 nanoseconds (before 1678, after 2261) are not kept.
+                let (Ok(mtime), Ok(ctime)) = (i64::try_from(e.mtime_ns), i64::try_from(e.ctime_ns)) else {
+                    continue;
+                };
+                let mut record = [0u8; RECORD];
+                for (n, word) in [*dev, *ino, e.size, mtime as u64, ctime as u64].into_iter().enumerate() {
+                    record[n * 8..n * 8 + 8].copy_from_slice(&word.to_le_bytes());
+                }
+                record[40..].copy_from_slice(&e.hash);
+                out.write_all(&record)?;
             }
             out.flush()?;
         }
@@ -142,18 +174,29 @@ mod tests {
         let (file, cache_path) = (dir.path().join("f"), dir.path().join("cache"));
         std::fs::write(&file, "one").unwrap();
         let digest = digest_of(b"one");
+        let hash = crate::digest::hash_bytes(&digest.hash).unwrap();
         let mut cache = StatCache::load(&cache_path);
-        cache.insert(&std::fs::metadata(&file).unwrap(), &digest);
+        cache.insert(&std::fs::metadata(&file).unwrap(), hash, digest.size);
         cache.save().unwrap();
         // Just written: the file's mtime is within the racy window, so not trusted.
         let mut cache = StatCache::load(&cache_path);
         assert_eq!(cache.lookup(&std::fs::metadata(&file).unwrap()), None);
         // A cache written long after the file's last change is trusted.
         cache.written_ns += 10 * RACY_NS;
-        assert_eq!(cache.lookup(&std::fs::metadata(&file).unwrap()), Some(digest.clone()));
+        assert_eq!(cache.lookup(&std::fs::metadata(&file).unwrap()), Some(hash));
         std::fs::write(&file, "two").unwrap();
         assert_eq!(cache.lookup(&std::fs::metadata(&file).unwrap()), None, "size and times changed");
+        // Saved and read back whole.
+        cache.insert(&std::fs::metadata(&file).unwrap(), hash, 3);
+        cache.save().unwrap();
+        let saved = StatCache::load(&cache_path);
+        assert_eq!(saved.entries.len(), 1);
+        let entry = saved.entries.values().next().unwrap();
+        assert_eq!((entry.hash, entry.size), (hash, 3));
+        assert_eq!((entry.mtime_ns, entry.ctime_ns), times(&std::fs::metadata(&file).unwrap()));
         std::fs::write(&cache_path, "garbage\n1 2 3").unwrap();
         assert_eq!(StatCache::load(&cache_path).entries.len(), 0);
+        std::fs::write(&cache_path, "lrpymrpc-stat-cache 1 5\n1 2 3 4 5 abc\n").unwrap();
+        assert_eq!(StatCache::load(&cache_path).entries.len(), 0, "an older format is an empty cache");
     }
 }

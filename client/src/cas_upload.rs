@@ -9,19 +9,21 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use lrpymrpc_archive::{Candidate, PackError, PackRoot};
-use lrpymrpc_cas::{DIGEST_FUNCTION, Hasher, InputTree, StatCache, build_tree};
+use lrpymrpc_archive::{PackError, PackRoot};
+use lrpymrpc_cas::{DIGEST_FUNCTION, Hasher, InputTree};
 use lrpymrpc_proto::v1::{BlobChunk, CreateJobResponse, Digest, TreePart};
 use prost::Message;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::ReceiverStream;
 
+use super::made_trees::MadeTrees;
 use super::{QUEUED_CHUNKS, Session, UPLOAD_CHUNK_BYTES, unless_stalled};
 use crate::cli::BlobCompression;
 use crate::exit::{ClientError, Step};
 use crate::job::Job;
 use crate::output::Output;
+use crate::tree_build::{EarlyTree, TreeBuild};
 
 /// How many times the client sends what the server says it lacks before it gives up
 /// (a store evicting faster than the client sends).
@@ -54,6 +56,11 @@ impl Session {
         self.capabilities().and_then(|c| c.features.as_ref()).is_some_and(|f| f.content_addressed_upload)
     }
 
+    /// Whether the server remembers the trees it made jobs from (`TreePart.root_only`).
+    fn knows_trees(&self) -> bool {
+        self.capabilities().and_then(|c| c.features.as_ref()).is_some_and(|f| f.known_trees)
+    }
+
     /// How long a CreateJob may take: the stall limit, plus the time the server may need
     /// to copy the tree into the job directory before it answers (at a slow disk's
     /// [`COPY_BYTES_PER_SECOND`]), so a large tree is not taken for a silent server.
@@ -76,30 +83,27 @@ impl Session {
         }
     }
 
-    /// Uploads the sources as a tree; returns the job id and what travelled, or `None`
-    /// when the sources cannot be one (a name that is not UTF-8: a tar.gz takes it).
+    /// Uploads the sources as a tree, the early build's (`tree_build.rs`) when it is
+    /// fresh; returns the job id and what travelled, or `None` when the sources cannot
+    /// be one (a name that is not UTF-8: a tar.gz takes it).
     pub async fn upload_tree(
         &self,
         job: &Job,
         roots: Vec<PackRoot>,
+        early: &EarlyTree,
         out: &Output,
     ) -> Result<Option<TreeUpload>, ClientError> {
-        let rules = job.rules.clone();
         let progress = out.progress("hash");
-        let hashing = progress.clone();
-        let started = std::time::Instant::now();
-        let built = tokio::task::spawn_blocking(move || {
-            let keep = |candidate: &Candidate<'_>| rules.keeps(candidate);
-            let path = stat_cache_path();
-            let mut cache = path.as_deref().map(StatCache::load).unwrap_or_default();
-            let tree = build_tree(&roots, &keep, &|bytes| hashing.add_bytes(bytes), &mut cache)?;
-            let saved = cache.save().map_err(|error| (path.unwrap_or_default(), error));
-            Ok::<_, PackError>((tree, saved))
-        })
-        .await
-        .map_err(|e| ClientError::local(format!("hashing task failed: {e}")))?;
+        let fresh_build = || TreeBuild::start(job.rules.clone(), roots.clone(), Arc::default());
+        let took_early = early.take();
+        let was_early = took_early.is_some();
+        let mut built = took_early.unwrap_or_else(fresh_build).finish(&progress).await?;
+        if was_early && TreeBuild::is_stale(&built) {
+            out.verbose("the tree was built a while ago: building it again");
+            built = fresh_build().finish(&progress).await?;
+        }
         out.clear_progress();
-        let (tree, saved) = match built {
+        let (tree, cache) = match built.result {
             Ok(built) => built,
             Err(error @ PackError::NotUtf8 { .. }) => {
                 out.note(&format!("{error}: the sources go as a tar.gz, not content-addressed"));
@@ -110,14 +114,19 @@ impl Session {
             }
         };
         out.verbose(&format!(
-            "hashed {} ({}) in {}; the stat cache knew the other {} of {}",
+            "hashed {} ({}) in {}{}; the stat cache knew the other {} of {}",
             lrpymrpc_units::count_of(tree.hashed_files, "file"),
             lrpymrpc_units::human_bytes(tree.hashed_bytes),
-            lrpymrpc_units::human_duration(started.elapsed()),
+            lrpymrpc_units::human_duration(built.took),
+            if was_early { ", begun while connecting" } else { "" },
             lrpymrpc_units::human_count(tree.files - tree.hashed_files),
             lrpymrpc_units::count_of(tree.files, "file"),
         ));
-        if let Err((path, error)) = saved {
+        let saved = tokio::task::spawn_blocking(move || {
+            cache.save().map_err(|error| (cache.path().map(PathBuf::from).unwrap_or_default(), error))
+        })
+        .await;
+        if let Ok(Err((path, error))) = saved {
             out.note(&format!(
                 "cannot save the stat cache `{}`: {error}; files are hashed again next time",
                 path.display()
@@ -130,9 +139,22 @@ impl Session {
             skipped: tree.skipped.clone(),
             ..TreeUpload::default()
         };
+        // A tree this server made a job from is named by its root alone.
+        let server = crate::connect::authority(&self.peer);
+        let mut made =
+            crate::tree_build::cache_file("made-trees").map(|path| MadeTrees::load(&path)).unwrap_or_default();
+        let mut root_only = self.knows_trees() && made.contains(&server, &tree.root.hash);
         for _ in 0..ROUNDS {
-            let answer = self.create_job(&tree).await?;
+            let mut answer = self.create_job(&tree, root_only).await?;
+            if answer.send_tree && root_only {
+                out.verbose("the server no longer knows this tree: sending it whole");
+                root_only = false;
+                answer = self.create_job(&tree, false).await?;
+            }
             if !answer.unique_id.is_empty() {
+                if let Err(error) = made.record(&server, &tree.root.hash) {
+                    out.verbose(&format!("cannot note the tree as made on {server}: {error}"));
+                }
                 upload.unique_id = answer.unique_id;
                 return Ok(Some(upload));
             }
@@ -153,16 +175,19 @@ impl Session {
         })
     }
 
-    /// Sends the tree; the server answers a job id or the blobs it lacks.
-    async fn create_job(&self, tree: &InputTree) -> Result<CreateJobResponse, ClientError> {
+    /// Sends the tree, or with `root_only` its root alone; the server answers a job
+    /// id, the blobs it lacks, or (to a root alone) that it needs the tree.
+    async fn create_job(&self, tree: &InputTree, root_only: bool) -> Result<CreateJobResponse, ClientError> {
         let mut parts = Vec::new();
         let mut part = TreePart {
             digest_function: DIGEST_FUNCTION.into(),
             root: Some(tree.root.clone()),
             directories: Vec::new(),
+            root_only,
         };
         let mut bytes = 0;
-        for directory in &tree.directories {
+        let directories = if root_only { &[][..] } else { &tree.directories[..] };
+        for directory in directories {
             let size = directory.encoded_len();
             if bytes + size > TREE_PART_BYTES && !part.directories.is_empty() {
                 parts.push(std::mem::take(&mut part));
@@ -196,14 +221,16 @@ impl Session {
         progress.set_total(total);
         let moved = Arc::new(AtomicU64::new(0));
         let wire = Arc::new(AtomicU64::new(0));
+        // The server may only ask for what the tree holds: anything else is passed over.
+        let sources = Arc::new(tree.sources_of(&missing));
         let streams = split_missing(missing, stream_count(total, compress, self.peer_is_loopback()));
         let mut calls = tokio::task::JoinSet::new();
         for share in streams {
             let (tx, rx) = mpsc::channel(QUEUED_CHUNKS);
-            let tree = tree.clone();
+            let sources = sources.clone();
             let counted = progress.clone();
             let reading = tokio::task::spawn_blocking(move || {
-                read_blobs(&tree.blobs, &share, compress, &tx, &|n| counted.add_bytes(n))
+                read_blobs(&sources, &share, compress, &tx, &|n| counted.add_bytes(n))
             });
             let (counting, on_wire) = (moved.clone(), wire.clone());
             let chunks = ReceiverStream::new(rx).map(move |chunk: BlobChunk| {
@@ -291,16 +318,6 @@ fn split_missing(mut missing: Vec<Digest>, streams: usize) -> Vec<Vec<Digest>> {
     shares.into_iter().map(|(_, share)| share).filter(|share| !share.is_empty()).collect()
 }
 
-/// The stat cache's file: `$XDG_CACHE_HOME/lrpymrpc/stat-cache`, else
-/// `~/.cache/lrpymrpc/stat-cache`; `None` with no home to put it in.
-fn stat_cache_path() -> Option<PathBuf> {
-    let base = match std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(std::env::var_os("HOME").filter(|v| !v.is_empty())?).join(".cache"),
-    };
-    Some(base.join("lrpymrpc").join("stat-cache"))
-}
-
 enum BlobReadError {
     Read(PackError),
     Changed(PathBuf),
@@ -326,7 +343,6 @@ fn read_blobs(
 ) -> Result<(u64, u64), BlobReadError> {
     let (mut count, mut bytes) = (0, 0);
     for wanted in missing {
-        // The server may only ask for what the tree holds.
         let Some((path, digest)) = blobs.get(&wanted.hash) else { continue };
         send_blob(path, digest, compress, tx, on_read)?;
         count += 1;

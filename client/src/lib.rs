@@ -26,6 +26,7 @@ pub mod source;
 mod steps;
 pub mod tls;
 pub mod tls_audit;
+pub mod tree_build;
 
 use std::process::ExitCode;
 

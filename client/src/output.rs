@@ -388,9 +388,12 @@ impl Progress {
     }
 }
 
-/// "0.42 s", for timings.
+/// "2.42 s", or "0.018 s" below a second (a millisecond counts there), for timings.
 pub fn seconds(duration: Duration) -> String {
-    format!("{:.2} s", duration.as_secs_f64())
+    match duration < Duration::from_secs(1) {
+        true => format!("{:.3} s", duration.as_secs_f64()),
+        false => format!("{:.2} s", duration.as_secs_f64()),
+    }
 }
 
 /// A message in users' words: the `(os error N)` that Rust appends to system errors

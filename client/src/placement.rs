@@ -34,6 +34,7 @@ pub async fn place(
     job: &Job,
     roots: &[PackRoot],
     warnings: &[String],
+    early: &crate::tree_build::EarlyTree,
     out: &Output,
 ) -> Result<(Session, Output, String, bool), ClientError> {
     out.begin(Step::Connect);
@@ -71,7 +72,7 @@ pub async fn place(
             if !std::mem::replace(&mut said_before_upload, true) {
                 crate::steps::before_upload(job, warnings, &out);
             }
-            match crate::steps::upload(&candidate.session, job, roots, &out).await {
+            match crate::steps::upload(&candidate.session, job, roots, early, &out).await {
                 Ok((unique_id, from_tree)) => {
                     wait.done(&out);
                     let session = candidates.swap_remove(index).session;

@@ -50,6 +50,9 @@ const QUEUED_CHUNKS: usize = 2;
 mod cas_upload;
 pub use cas_upload::TreeUpload;
 
+#[path = "made_trees.rs"]
+mod made_trees;
+
 #[path = "durable.rs"]
 mod durable;
 pub use durable::Followed;

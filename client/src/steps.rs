@@ -15,6 +15,7 @@ use crate::job::{CacheChoice, Job};
 use crate::output::Output;
 use crate::session::Session;
 use crate::source;
+use crate::tree_build::EarlyTree;
 
 /// The wait before the first retry; it doubles up to [`MAX_RETRY_DELAY`].
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(500);
@@ -49,6 +50,8 @@ pub async fn run(job: &Job, out: &Output, running: &RunningJob) -> Result<(), Cl
             hint: Some("fix the --SOURCE list, or leave out --strict to skip such paths with a warning".into()),
         });
     }
+    // The tree is walked and hashed while the client connects.
+    let early = EarlyTree::start(job, &roots);
     let (session, out, unique_id, from_tree) = match job.servers.is_empty() {
         true => {
             out.begin(Step::Connect);
@@ -59,7 +62,7 @@ pub async fn run(job: &Job, out: &Output, running: &RunningJob) -> Result<(), Cl
             before_upload(job, &warnings, out);
             let mut wait = crate::queue::SlotWait::new(job.queue_timeout);
             let (unique_id, from_tree) = loop {
-                match upload(&session, job, &roots, out).await {
+                match upload(&session, job, &roots, &early, out).await {
                     Err(error) if crate::queue::is_full(&session, &error).await => {
                         wait.until_free(&session, error, out).await?;
                     }
@@ -69,8 +72,9 @@ pub async fn run(job: &Job, out: &Output, running: &RunningJob) -> Result<(), Cl
             wait.done(out);
             (session, out.clone(), unique_id, from_tree)
         }
-        false => crate::placement::place(job, &roots, &warnings, out).await?,
+        false => crate::placement::place(job, &roots, &warnings, &early, out).await?,
     };
+    drop(early);
     let out = &out;
     if let Err(error) = refuse_detach_without_durable_jobs(job, &session) {
         session.release(&unique_id).await;
@@ -280,13 +284,17 @@ pub(crate) async fn upload(
     session: &Session,
     job: &Job,
     roots: &[PackRoot],
+    early: &EarlyTree,
     out: &Output,
 ) -> Result<(String, bool), ClientError> {
     out.status("Upload");
     out.begin(Step::Upload);
     let tree = match session.takes_trees() && !job.no_cas {
-        true => retrying(job, out, Step::Upload, || session.upload_tree(job, roots.to_vec(), out)).await?,
-        false => None,
+        true => retrying(job, out, Step::Upload, || session.upload_tree(job, roots.to_vec(), early, out)).await?,
+        false => {
+            early.stop();
+            None
+        }
     };
     let from_tree = tree.is_some();
     let (unique_id, skipped) = match tree {

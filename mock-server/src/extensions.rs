@@ -138,6 +138,7 @@ impl Extensions for ExtensionService {
                 action_cache: self.state.action_cache.is_some(),
                 durable_jobs: true,
                 executor: config.executor.name().into(),
+                known_trees: self.state.store.is_some(),
             }),
             limits: Some(Limits {
                 max_message_bytes: MAX_MESSAGE_BYTES,
@@ -164,37 +165,68 @@ impl Extensions for ExtensionService {
         }
         let started = Instant::now();
         let limits = self.state.config.upload_limits;
-        let (root, directories) = self.receive_tree(request.into_inner()).await?;
-        let plan = plan(&root, &directories, &limits).map_err(JobError::from)?;
+        let (head, directories) = self.receive_tree(request.into_inner()).await?;
+        let root = head.root;
         let cn = caller.cn.clone().unwrap_or_default();
-        let missing = store.missing(&cn, plan.files.iter().map(|(_, digest, _)| digest));
         let metrics = &self.state.metrics;
-        crate::metrics::Metrics::count(&metrics.store_files, "missing", missing.len() as u64);
-        crate::metrics::Metrics::count(
-            &metrics.store_files,
-            "present",
-            (plan.files.len() - missing.len().min(plan.files.len())) as u64,
-        );
-        if !missing.is_empty() {
-            return Ok(Response::new(missing_response(missing)));
+        // A tree this CN made a job from before was checked then: the same root is
+        // the same tree (an unchanged build), so a client may name the root alone.
+        let known = self.state.known_trees.get(&cn, &root.hash);
+        if head.root_only && known.is_none() {
+            return Ok(Response::new(CreateJobResponse { send_tree: true, ..Default::default() }));
         }
+        // The tree of this CN's spare was also found present for this CN when the
+        // spare was made, and the spare holds copies of its files.
+        let spare_plan = self.state.spares.as_ref().and_then(|spares| spares.plan_of(&cn, &root.hash));
+        let from_spare = spare_plan.is_some();
+        let plan = match spare_plan {
+            Some(plan) => {
+                crate::metrics::Metrics::count(&metrics.store_files, "present", plan.files.len() as u64);
+                plan
+            }
+            None => {
+                let plan = match known {
+                    Some(plan) => plan,
+                    None => Arc::new(plan(&root, &directories, &limits).map_err(JobError::from)?),
+                };
+                let missing = store.missing(&cn, plan.files.iter().map(|(_, digest, _)| digest));
+                crate::metrics::Metrics::count(&metrics.store_files, "missing", missing.len() as u64);
+                crate::metrics::Metrics::count(
+                    &metrics.store_files,
+                    "present",
+                    (plan.files.len() - missing.len().min(plan.files.len())) as u64,
+                );
+                if !missing.is_empty() {
+                    return Ok(Response::new(missing_response(missing)));
+                }
+                plan
+            }
+        };
         let (id, dir, job_use) =
             self.state.jobs.create(caller.cn.as_deref()).inspect_err(|error| metrics.refused_for(error))?;
         self.state.jobs.set_input_root(&id, &root.hash);
-        let mut hashes: Vec<String> = plan.files.iter().map(|(_, digest, _)| digest.hash.clone()).collect();
-        hashes.sort_unstable();
-        hashes.dedup();
-        store.pin(&hashes);
-        let (state, job, owner) = (self.state.clone(), id.clone(), cn.clone());
+        // The blobs to copy stay in the store until they are copied; the same tree as
+        // the spare's copies none (should another call take the spare first, a blob
+        // evicted meanwhile is asked for again).
+        let hashes = match from_spare {
+            true => Vec::new(),
+            false => {
+                let mut hashes: Vec<String> = plan.files.iter().map(|(_, digest, _)| digest.hash.clone()).collect();
+                hashes.sort_unstable();
+                hashes.dedup();
+                store.pin(&hashes);
+                hashes
+            }
+        };
+        let (state, job, owner, planned) = (self.state.clone(), id.clone(), cn.clone(), plan.clone());
         let (files, bytes) = (plan.files.len(), plan.bytes);
-        let plan = Arc::new(plan);
         // Copies, on a blocking thread; a failure removes the job directory.
         let made = tokio::task::spawn_blocking(move || {
             let store = state.store.as_ref().expect("checked above");
-            let made = make_job_dir(&state, &owner, &plan, &dir);
+            let made = make_job_dir(&state, &owner, &planned, &dir);
             store.unpin(&hashes);
             match &made {
-                Ok(_) => make_spare(&state, &owner, plan),
+                Ok(_) => make_spare(&state, &owner, planned),
                 Err(_) => state.jobs.discard(&job),
             }
             made
@@ -204,6 +236,7 @@ impl Extensions for ExtensionService {
         drop(job_use);
         match made {
             Ok(how) => {
+                self.state.known_trees.remember(&cn, plan);
                 self.state.metrics.step("upload", started.elapsed());
                 let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
                 info!(
@@ -215,7 +248,7 @@ impl Extensions for ExtensionService {
             }
             // Evicted since it was counted present: the client sends it again.
             Err(TreeError::BlobGone(hash)) => {
-                let size = store_size_of(&directories, &hash);
+                let size = plan.files.iter().find(|(_, digest, _)| digest.hash == hash).map_or(0, |(_, d, _)| d.size);
                 Ok(Response::new(missing_response(vec![Digest { hash, size }])))
             }
             Err(error) => Err(JobError::from(error).into()),
@@ -302,10 +335,10 @@ impl ExtensionService {
     async fn receive_tree(
         &self,
         mut stream: Streaming<TreePart>,
-    ) -> Result<(Digest, HashMap<String, lrpymrpc_proto::v1::Directory>), JobError> {
+    ) -> Result<(TreeHead, HashMap<String, lrpymrpc_proto::v1::Directory>), JobError> {
         let limits = self.state.config.upload_limits;
         let idle = self.state.config.upload_idle_timeout;
-        let mut head: Option<(String, Option<Digest>)> = None;
+        let mut head: Option<(String, Option<Digest>, bool)> = None;
         let mut directories = HashMap::new();
         // A tree's description is held in memory: bounded apart from its entries.
         let mut received = 0usize;
@@ -319,7 +352,7 @@ impl ExtensionService {
                 Ok(Ok(Some(part))) => part,
             };
             if head.is_none() {
-                head = Some((part.digest_function.clone(), part.root.clone()));
+                head = Some((part.digest_function.clone(), part.root.clone(), part.root_only));
             }
             received = received.saturating_add(part.encoded_len());
             if received > MAX_TREE_BYTES {
@@ -332,12 +365,16 @@ impl ExtensionService {
                 directories.insert(directory_digest(&directory).hash, directory);
             }
         }
-        let (function, root) = head.unwrap_or_default();
+        let (function, root, root_only) = head.unwrap_or_default();
         if function != DIGEST_FUNCTION {
             return Err(JobError::DigestFunction(function.chars().take(40).collect()));
         }
         let root = root.ok_or_else(|| TreeError::MissingDirectory("(no root was named)".into()))?;
-        Ok((root, directories))
+        // Only a known tree is looked up by its root: the hash must be one.
+        if !lrpymrpc_cas::is_valid_hash(&root.hash) {
+            return Err(TreeError::BadDigest(root.hash.chars().take(80).collect()).into());
+        }
+        Ok((TreeHead { root, root_only: root_only && directories.is_empty() }, directories))
     }
 }
 
@@ -394,17 +431,15 @@ fn make_spare(state: &Arc<State>, cn: &str, plan: Arc<Plan>) {
 fn missing_response(mut missing: Vec<Digest>) -> CreateJobResponse {
     let more_missing = missing.len() > MAX_MISSING_LISTED;
     missing.truncate(MAX_MISSING_LISTED);
-    CreateJobResponse { unique_id: String::new(), missing, more_missing }
+    CreateJobResponse { unique_id: String::new(), missing, more_missing, send_tree: false }
 }
 
 /// The size of a file blob named in the tree (for a blob evicted under a job).
-fn store_size_of(directories: &HashMap<String, lrpymrpc_proto::v1::Directory>, hash: &str) -> u64 {
-    directories
-        .values()
-        .flat_map(|d| d.files.iter())
-        .filter_map(|f| f.digest.as_ref())
-        .find(|d| d.hash == hash)
-        .map_or(0, |d| d.size)
+/// The first part of a CreateJob stream: the tree's root, and whether that is all.
+struct TreeHead {
+    root: Digest,
+    /// Only the root was sent: the job is made from a tree the caller made one from.
+    root_only: bool,
 }
 
 /// Stores the blobs of one UploadBlobs stream, each verified; returns how many.

@@ -17,6 +17,7 @@ mod execute;
 mod executor;
 mod extensions;
 mod jobs;
+mod known_trees;
 mod limits;
 mod listener;
 mod local;

@@ -102,6 +102,12 @@ impl Spares {
         self.inner().by_cn.remove(cn)
     }
 
+    /// The checked plan of `cn`'s spare when it copies the tree named `root`: that tree
+    /// was checked, and found present for `cn`, when the spare was made from it.
+    pub fn plan_of(&self, cn: &str, root: &str) -> Option<Arc<Plan>> {
+        self.inner().by_cn.get(cn).filter(|spare| spare.plan.root == root).map(|spare| spare.plan.clone())
+    }
+
     /// Registers a spare of `plan` for `cn` to be made at the returned path (a new,
     /// empty directory, mode 0700), replacing `cn`'s old one and, beyond the bound,
     /// the least recently made of another CN; the caller copies the tree there and

@@ -27,6 +27,8 @@ pub struct State {
     pub store: Option<ContentStore>,
     /// Spare copies of recent trees, beside the store.
     pub spares: Option<Spares>,
+    /// The trees each CN made jobs from, for `TreePart.root_only`.
+    pub known_trees: crate::known_trees::KnownTrees,
     /// Recorded runs (`--action-cache`), beside the store.
     pub action_cache: Option<Arc<ActionCache>>,
     /// What `--metrics-listen` serves (always counted: it costs nothing to keep).
@@ -95,6 +97,7 @@ impl State {
             env_cache,
             store,
             spares,
+            known_trees: Default::default(),
             action_cache,
             metrics,
             spools: Arc::new(crate::spool::Spools::new(reattach_grace, spool_max_bytes)),

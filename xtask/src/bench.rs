@@ -514,7 +514,7 @@ impl Bench {
         std::fs::write(&changed, vec![b'y'; 10 * 1024])?;
         let back_to_back = self.tree_job(dir, server.port(), STEP)?;
         let unchanged: Vec<TreeRun> =
-            (0..repeats.max(3)).map(|_| self.tree_job(dir, server.port(), STEP)).collect::<anyhow::Result<_>>()?;
+            (0..repeats.max(5)).map(|_| self.tree_job(dir, server.port(), STEP)).collect::<anyhow::Result<_>>()?;
         let cpu = median(&cold.iter().map(|r| r.sample.cpu).collect::<Vec<_>>());
         let w7_cpu = median(&unchanged.iter().map(|r| r.sample.cpu).collect::<Vec<_>>());
         Ok(vec![

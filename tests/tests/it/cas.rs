@@ -86,7 +86,16 @@ fn one_file_tree(digest: &Digest) -> Vec<TreePart> {
         digest_function: "sha256".into(),
         root: Some(lrpymrpc_cas::directory_digest(&root)),
         directories: vec![root],
+        root_only: false,
     }]
+}
+
+/// CreateJob naming only the root of [`one_file_tree`].
+fn root_only(digest: &Digest) -> Vec<TreePart> {
+    let mut parts = one_file_tree(digest);
+    parts[0].directories.clear();
+    parts[0].root_only = true;
+    parts
 }
 
 #[test]
@@ -355,4 +364,77 @@ fn presence_outlives_a_restart_and_stays_per_cn() {
         .assert()
         .success()
         .stderr(predicate::str::contains("uploaded 1 file, 1.0 MiB"));
+}
+
+// An unchanged tree is named by its root alone: known to the CN that made a job from
+// it, to no other CN, and forgotten by a restart, after which the client sends it.
+#[test]
+fn a_known_tree_is_named_by_its_root_alone_and_only_by_its_cn() {
+    let mut env = TestEnv::new();
+    let other = client_dir_for(&env, "mallory");
+    let (addr, tls) = (env.addr, env.tls.clone());
+    let (unknown, made, by_root, mallory_sees) = env.runtime().block_on(async move {
+        let mut alice = raw_extensions(addr, &tls).await;
+        let secret = digest_of(b"alice's cells");
+        let blob = BlobChunk { digest: Some(secret.clone()), data: b"alice's cells".to_vec(), ..Default::default() };
+        alice.upload_blobs(tokio_stream::iter([blob])).await.unwrap();
+        let unknown = alice.create_job(tokio_stream::iter(root_only(&secret))).await.unwrap().into_inner();
+        let made = alice.create_job(tokio_stream::iter(one_file_tree(&secret))).await.unwrap().into_inner();
+        let by_root = alice.create_job(tokio_stream::iter(root_only(&secret))).await.unwrap().into_inner();
+        let mut mallory = raw_extensions(addr, &other).await;
+        let mallory_sees = mallory.create_job(tokio_stream::iter(root_only(&secret))).await.unwrap().into_inner();
+        (unknown, made, by_root, mallory_sees)
+    });
+    assert!(unknown.send_tree && unknown.unique_id.is_empty(), "never made: {unknown:?}");
+    assert!(!made.unique_id.is_empty(), "{made:?}");
+    assert!(!by_root.unique_id.is_empty() && by_root.unique_id != made.unique_id, "{by_root:?}");
+    assert!(env.jobs.join(&by_root.unique_id).join("x").is_file(), "the job holds the tree's file");
+    // The same answer as for a root nobody ever sent: nothing about Alice's tree.
+    assert!(mallory_sees.send_tree && mallory_sees.unique_id.is_empty() && mallory_sees.missing.is_empty());
+
+    // The client names an unchanged tree by its root; a restarted server knows no tree
+    // and asks for it, and the job is still right.
+    env.write("source/netlist.sp", "* v1\n");
+    env.client().args(["--CMD", "true"]).assert().success();
+    env.client()
+        .args(["--verbose", "--CMD", "cat source/netlist.sp"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("]:* v1"))
+        .stderr(predicate::str::contains("no longer knows").not());
+    let env = env.restarted(|_| {});
+    env.client()
+        .args(["--verbose", "--CMD", "cat source/netlist.sp"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("]:* v1"))
+        .stderr(predicate::str::contains("the server no longer knows this tree: sending it whole"));
+}
+
+// The tree is built while the client connects, but a step that waited for a slot
+// sends its sources as they are when the slot comes, not as they were at its start.
+#[test]
+fn a_file_edited_while_the_step_waits_for_a_slot_is_sent_as_edited() {
+    let env = TestEnv::configured(|config| config.max_jobs = 1);
+    env.write("source/netlist.sp", "* before\n");
+    let mut holder = env.client_std();
+    let mut holder =
+        holder.args(["--CMD", "echo holding; sleep 3"]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let holder_out = std::io::BufReader::new(holder.stdout.take().unwrap());
+    for line in std::io::BufRead::lines(holder_out) {
+        if line.unwrap().ends_with("]:holding") {
+            break;
+        }
+    }
+    let mut waiting = env.client_std();
+    waiting.args(["--CMD", "cat source/netlist.sp"]);
+    let waiting = waiting.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    env.write("source/netlist.sp", "* after\n");
+    let output = crate::env::child_output_within(waiting, crate::env::PROCESS_LIMIT);
+    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("waiting for"), "the step waited for the slot: {stderr}");
+    assert!(stdout.contains("]:* after") && !stdout.contains("before"), "{stdout}");
+    assert!(crate::env::child_output_within(holder, crate::env::PROCESS_LIMIT).status.success());
 }

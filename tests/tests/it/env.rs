@@ -92,10 +92,15 @@ impl TestEnv {
         self.serve_configured(change)
     }
 
-    /// Starts the reference server in-process with `config`.
+    /// Starts the reference server in-process with `config`; a restarted one listens on
+    /// its old port when it can, as a redeployed server does.
     pub fn serve(mut self, config: Config) -> TestEnv {
         let runtime = tokio::runtime::Runtime::new().unwrap();
-        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let old = match self.addr.port() {
+            0 => None,
+            _ => runtime.block_on(tokio::net::TcpListener::bind(self.addr)).ok(),
+        };
+        let listener = old.unwrap_or_else(|| runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap());
         self.addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         runtime.spawn(lrpymrpc_mock_server::run(listener, config, async {
