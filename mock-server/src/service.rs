@@ -479,6 +479,15 @@ async fn forward_chunks(
     (sent, true)
 }
 
+/// A download's chunk size: smaller for the encodings only our client asks for (its
+/// memory), the Python client's 1 MiB for gzip.
+fn chunk_size(encoding: Encoding) -> usize {
+    match encoding {
+        Encoding::Gzip => CHUNK_SIZE,
+        Encoding::Zstd | Encoding::Identity => lrpymrpc_proto::EXTENSION_CHUNK_SIZE,
+    }
+}
+
 /// Sends a recorded run's results (an uncompressed tar in the store) in `encoding`.
 /// Returns the bytes sent when the whole stream went out.
 async fn stream_recorded(
@@ -488,7 +497,7 @@ async fn stream_recorded(
 ) -> Option<u64> {
     let (chunk_tx, chunk_rx) = mpsc::channel(CHANNEL_CHUNKS);
     let copy = tokio::task::spawn_blocking(move || {
-        let out = ChunkWriter::new(chunk_tx, CHUNK_SIZE);
+        let out = ChunkWriter::new(chunk_tx, chunk_size(encoding));
         let mut encoder = encoding.encoder_on(out, RESULT_GZIP_LEVEL, lrpymrpc_archive::encoding::cores())?;
         // Opened once: a blob evicted now stays readable through this handle.
         let mut file = std::fs::File::open(&blob).map_err(|error| match error.kind() {
@@ -524,7 +533,7 @@ async fn stream_results(
 ) -> Option<u64> {
     let (chunk_tx, chunk_rx) = mpsc::channel(CHANNEL_CHUNKS);
     let pack = tokio::task::spawn_blocking(move || {
-        let out = ChunkWriter::new(chunk_tx, CHUNK_SIZE);
+        let out = ChunkWriter::new(chunk_tx, chunk_size(encoding));
         let (_, writer) = pack_results_tar(&dir, &names, encoding, RESULT_GZIP_LEVEL, out)?;
         writer.finish().map_err(lrpymrpc_archive::PackError::Write)?;
         Ok::<_, lrpymrpc_archive::PackError>(())

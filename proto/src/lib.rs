@@ -27,6 +27,12 @@ pub mod lrpymrpc {
 /// well under the 4 MiB that gRPC peers accept in one message by default.
 pub const CHUNK_SIZE: usize = 1024 * 1024;
 
+/// The chunk size of a download in an encoding only lrpymrpc clients ask for (zstd,
+/// identity): a client holds a few chunks at once (the one decoding, the queue, the one
+/// unpacking), so a quarter of [`CHUNK_SIZE`] keeps it near 1 MiB instead of 4, at no
+/// visible cost per message.
+pub const EXTENSION_CHUNK_SIZE: usize = 256 * 1024;
+
 /// How long either peer waits for the answer to an HTTP/2 keepalive ping before it
 /// takes the connection for dead: long enough for a loaded server, short enough that
 /// a vanished peer is noticed well within a minute.
