@@ -46,7 +46,8 @@ pub fn walk(
     std::thread::scope(|scope| {
         // Stopped however the walk ends, before the scope joins it.
         let _finish = FinishOnDrop(&ahead);
-        scope.spawn(|| ahead.help());
+        // Without the helper (no thread to be had) the walk lists everything itself.
+        let _ = std::thread::Builder::new().name("lrpymrpc-list-ahead".into()).spawn_scoped(scope, || ahead.help());
         let mut walker = Walker { options, visit, ahead: &ahead, ancestors: HashSet::new(), skipped: Vec::new() };
         for root in roots {
             walker.add(&root.disk, &root.name, true)?;

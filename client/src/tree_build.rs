@@ -45,9 +45,11 @@ impl EarlyTree {
         self.stop.store(true, Ordering::Relaxed);
     }
 
-    /// The early build, if there is one and nobody took it yet.
+    /// The early build, if there is one, nobody took it yet and it was not stopped (a
+    /// legacy server of a list was tried first: the next server builds anew).
     pub(crate) fn take(&self) -> Option<TreeBuild> {
-        self.build.lock().unwrap_or_else(|p| p.into_inner()).take()
+        let build = self.build.lock().unwrap_or_else(|p| p.into_inner()).take();
+        build.filter(|_| !self.stop.load(Ordering::Relaxed))
     }
 }
 

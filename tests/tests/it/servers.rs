@@ -332,3 +332,51 @@ fn a_server_in_back_off_gets_another_try_when_the_others_cannot_take_the_job() {
     assert_eq!(jobs_on(&env, "late"), 1);
     assert!(crate::env::child_output_within(long, PROCESS_LIMIT).status.success());
 }
+
+// Our server full, a legacy one full too: the step offers its tar.gz to the legacy one,
+// which stops the tree the client began building while it connected; when our server
+// frees up, the tree is built anew and the job made from it there.
+#[test]
+fn a_tree_stopped_for_a_legacy_server_is_built_anew_for_ours() {
+    let mut env = TestEnv::bare();
+    let (ours, _ours) = another_server(&mut env, "ours", |config| config.max_jobs = 1);
+    let (legacy, _legacy) = another_server(&mut env, "legacy", |config| {
+        config.max_jobs = 1;
+        config.legacy_protocol = true;
+    });
+    let mut holders = Vec::new();
+    for (server, hold) in [(ours, 2), (legacy, 8)] {
+        let mut holder = env.client_std();
+        holder
+            .args(["--SERVER_IP", &server.to_string(), "--SERVER_PORT", "8766"])
+            .args(["--CMD", &format!("echo holding; sleep {hold}")])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null());
+        let mut holder = holder.spawn().unwrap();
+        let lines = std::io::BufRead::lines(std::io::BufReader::new(holder.stdout.take().unwrap()));
+        for line in lines {
+            if line.unwrap().ends_with("]:holding") {
+                break;
+            }
+        }
+        holders.push(holder);
+    }
+    env.write("source/input", "sent as a tree\n");
+    // Big enough that hashing it is still going on when the legacy server is offered
+    // the job (the stat cache is cold).
+    env.write("source/big.bin", crate::env::pseudo_random(48 << 20, 3));
+    let servers = format!("{ours} {legacy}");
+    let output = env
+        .client()
+        .args(["--SERVER_IP", &servers, "--SERVER_PORT", "8766", "--verbose", "--CMD", "cat source/input"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "{stderr}");
+    assert!(stdout.contains("]:sent as a tree"), "{stdout}");
+    assert!(stderr.contains("RESOURCE_EXHAUSTED"), "the legacy server was offered the job first: {stderr}");
+    assert_eq!(jobs_on(&env, "ours"), 2, "{stderr}");
+    for holder in holders {
+        assert!(crate::env::child_output_within(holder, PROCESS_LIMIT).status.success());
+    }
+}
