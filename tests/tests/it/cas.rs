@@ -383,6 +383,11 @@ fn a_known_tree_is_named_by_its_root_alone_and_only_by_its_cn() {
         let by_root = alice.create_job(tokio_stream::iter(root_only(&secret))).await.unwrap().into_inner();
         let mut mallory = raw_extensions(addr, &other).await;
         let mallory_sees = mallory.create_job(tokio_stream::iter(root_only(&secret))).await.unwrap().into_inner();
+        // A root that is no hash is refused before anything is looked up.
+        let mut bad = root_only(&secret);
+        bad[0].root = Some(Digest { hash: "../../etc/passwd".into(), size: 1 });
+        let refused = mallory.create_job(tokio_stream::iter(bad)).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
         (unknown, made, by_root, mallory_sees)
     });
     assert!(unknown.send_tree && unknown.unique_id.is_empty(), "never made: {unknown:?}");
