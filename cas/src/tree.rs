@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::digest::{HashBytes, Hasher, directory_digest, hex};
+use crate::digest::{HashBytes, Hasher, directory_digest, hash_bytes, hex};
 use crate::stat_cache::StatCache;
 use lrpymrpc_archive::walk::{Found, WalkOptions, walk};
 use lrpymrpc_archive::{Candidate, PackError, PackRoot};
@@ -39,13 +39,13 @@ impl InputTree {
     /// bytes; what is not in the tree is left out. Made only when the server lacks
     /// something, so an unchanged tree never builds it.
     pub fn sources_of(&self, wanted: &[Digest]) -> HashMap<String, (PathBuf, Digest)> {
-        let wanted: HashSet<&str> = wanted.iter().map(|digest| digest.hash.as_str()).collect();
+        let mut wanted: HashSet<HashBytes> = wanted.iter().filter_map(|digest| hash_bytes(&digest.hash)).collect();
         let mut found = HashMap::with_capacity(wanted.len());
         for (path, hash, size) in &self.sources {
-            let hash = hex(hash);
-            if wanted.contains(hash.as_str()) && !found.contains_key(&hash) {
-                let digest = Digest { hash: hash.clone(), size: *size };
-                found.insert(hash, (path.clone(), digest));
+            // Each digest once: the first file found with those bytes.
+            if wanted.remove(hash) {
+                let digest = Digest { hash: hex(hash), size: *size };
+                found.insert(digest.hash.clone(), (path.clone(), digest));
             }
         }
         found
