@@ -1,7 +1,7 @@
 //! Lists the directories a walk is about to enter on a second thread. A warm walk of
-//! a large tree is bound by one stat call per entry; with a helper listing every
-//! other directory ahead (the walk lists the one it needs next itself, the helper the
-//! one after), those calls run on two cores. The walk's order, its filter and
+//! a large tree is bound by one stat call per entry; with a helper listing ahead every
+//! announced directory but the walk's next one (which the walk lists itself), those
+//! calls run on two cores. The walk's order, its filter and
 //! everything it reports stay on the walk's thread; the helper only reads.
 
 use std::collections::{BTreeSet, HashMap};

@@ -98,7 +98,7 @@ impl Session {
         let took_early = early.take();
         let was_early = took_early.is_some();
         let mut built = took_early.unwrap_or_else(fresh_build).finish(&progress).await?;
-        if was_early && TreeBuild::is_stale(&built) {
+        if was_early && built.is_stale() {
             out.verbose("the tree was built a while ago: building it again");
             built = fresh_build().finish(&progress).await?;
         }

@@ -76,6 +76,13 @@ pub(crate) struct Built {
     pub finished: Instant,
 }
 
+impl Built {
+    /// Whether the build ended long enough ago that the sources may have changed.
+    pub(crate) fn is_stale(&self) -> bool {
+        self.finished.elapsed() > FRESH_FOR
+    }
+}
+
 impl TreeBuild {
     pub(crate) fn start(rules: Arc<SourceRules>, roots: Vec<PackRoot>, stop: Arc<AtomicBool>) -> TreeBuild {
         let read = Arc::new(AtomicU64::new(0));
@@ -109,11 +116,6 @@ impl TreeBuild {
                 }
             }
         }
-    }
-
-    /// Whether the build ended long enough ago that the sources may have changed.
-    pub(crate) fn is_stale(built: &Built) -> bool {
-        built.finished.elapsed() > FRESH_FOR
     }
 }
 
