@@ -295,6 +295,11 @@ pub enum Command {
         /// Only output from now on, not what the job printed before
         #[arg(long)]
         from_end: bool,
+        /// The RESULT paths to fetch (repeatable, or several in one quoted value), for
+        /// a job started on another machine: one started here fetches the RESULT it
+        /// was started with, and a server's own list is never taken
+        #[arg(long, value_name = "RESULT", num_args = 1..)]
+        fetch: Vec<String>,
     },
     /// List your jobs on the server(s): id, state, started, duration, command
     Jobs,

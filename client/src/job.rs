@@ -9,7 +9,7 @@ use crate::cli::{Args, DEFAULT_SERVER_PORT, split_paths};
 use crate::connect::Peer;
 use crate::exit::ClientError;
 use crate::marker::ExitMarker;
-use crate::output::Verbosity;
+use crate::output::{Verbosity, clean_text};
 use crate::source::{SourceFilter, SourceRules};
 use crate::tls;
 
@@ -206,32 +206,74 @@ impl Job {
 
 impl Job {
     /// The job as `lrpymrpc attach` finishes it: RESULT, RUN_NAME and `--results-dir`
-    /// as the command that started it chose them (kept by the server), checked as if
-    /// given here. A `--results-dir` that is absolute or climbs out of the working
-    /// directory is not taken from a server: results then land here.
-    pub fn attached(mut self, info: &lrpymrpc_proto::AttachInfo) -> Result<(Job, Vec<String>), ClientError> {
+    /// as the user typed them when it started (`kept` on this machine, `detached.rs`),
+    /// or the RESULT paths given to attach now (`fetch`). A server's list (`server`)
+    /// only narrows what is fetched, never adds to it: a hostile server cannot make
+    /// attach write `Makefile` or `.git/hooks/pre-commit` here. Without either, a job
+    /// whose server names results is refused before anything is followed.
+    pub fn attached(
+        mut self,
+        id: &str,
+        kept: Option<lrpymrpc_proto::AttachInfo>,
+        fetch: &[String],
+        server: &lrpymrpc_proto::AttachInfo,
+    ) -> Result<(Job, Vec<String>), ClientError> {
         let mut warnings = Vec::new();
-        let results: Vec<String> = info.result_dir.split_whitespace().map(String::from).collect();
+        let server_results: Vec<&str> = server.result_dir.split_whitespace().collect();
+        let (results, run_name, results_dir) = match kept {
+            Some(kept) => {
+                let typed: Vec<String> = kept.result_dir.split_whitespace().map(String::from).collect();
+                let (results, dropped): (Vec<String>, Vec<String>) =
+                    typed.into_iter().partition(|r| server_results.contains(&r.as_str()));
+                if !dropped.is_empty() {
+                    warnings.push(format!(
+                        "the server no longer lists {} for this job: not fetched",
+                        dropped.iter().map(|r| format!("`{}`", clean_text(r))).collect::<Vec<_>>().join(", ")
+                    ));
+                }
+                (results, kept.run_name, kept.results_dir)
+            }
+            None if !fetch.is_empty() => {
+                (split_paths(fetch), self.run_name.clone(), self.results_dir.clone().unwrap_or_default())
+            }
+            None if server_results.is_empty() => (Vec::new(), String::new(), String::new()),
+            None => {
+                return Err(ClientError::Usage {
+                    message: format!(
+                        "attach: this machine kept no record of what job {} should fetch (it was started elsewhere), \
+                         and a server's list of results is not taken on its word",
+                        clean_text(id)
+                    ),
+                    hint: Some(format!(
+                        "name the RESULT paths to fetch: `lrpymrpc attach {} --fetch '{}'` (the server says the job \
+                         makes those)",
+                        clean_text(id),
+                        clean_text(&server_results.join(" "))
+                    )),
+                });
+            }
+        };
         for result in &results {
             check_result_path(result)?;
         }
-        validate_run_name(&info.run_name)?;
+        validate_run_name(&run_name)?;
         let mut base = self.workdir.clone();
-        let dir = info.results_dir.trim();
+        let dir = results_dir.trim();
         if !dir.is_empty() {
             match lrpymrpc_archive::sanitize_relative(dir.as_bytes()) {
                 Ok(relative) if !Path::new(dir).is_absolute() => base = base.join(relative),
                 _ => warnings.push(format!(
-                    "the job's --results-dir `{dir}` is not below this directory: its results land here instead"
+                    "the job's --results-dir `{}` is not below this directory: its results land here instead",
+                    clean_text(dir)
                 )),
             }
         }
-        self.results_dest = match info.run_name.as_str() {
+        self.results_dest = match run_name.as_str() {
             "" => base,
             name => base.join(name),
         };
         self.results = results;
-        self.run_name = info.run_name.clone();
+        self.run_name = run_name;
         Ok((self, warnings))
     }
 }

@@ -12,6 +12,7 @@ mod backoff;
 pub mod cli;
 mod commands;
 pub mod connect;
+pub mod detached;
 pub mod exit;
 pub mod job;
 pub mod marker;
@@ -57,9 +58,9 @@ pub fn main_impl() -> ExitCode {
         Some(cli::Command::Tls { action: cli::TlsAction::Check { dir, server, local_only } }) => {
             commands::tls::check(&args, dir.as_deref(), server.as_deref(), *local_only)
         }
-        Some(cli::Command::Attach { id, from_end }) => {
-            let (id, from_end) = (id.clone(), *from_end);
-            commands::durable_jobs::attach(args, &id, from_end)
+        Some(cli::Command::Attach { id, from_end, fetch }) => {
+            let (id, from_end, fetch) = (id.clone(), *from_end, fetch.clone());
+            commands::durable_jobs::attach(args, &id, from_end, &fetch)
         }
         Some(cli::Command::Jobs) => commands::durable_jobs::jobs(args),
         Some(cli::Command::Cancel { id }) => {

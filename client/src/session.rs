@@ -253,6 +253,11 @@ impl Session {
             results_dir: job.results_dir.clone().unwrap_or_default(),
             server: authority(&self.peer),
         });
+        if let Some(typed) = &attach_info
+            && let Err(error) = crate::detached::remember(unique_id, typed)
+        {
+            out.warn(&format!("cannot keep job {unique_id}'s RESULT for `lrpymrpc attach`: {error}"));
+        }
         let request = ExecuteRequest {
             unique_id: unique_id.to_string(),
             tool: job.repo_url.clone(),

@@ -248,7 +248,8 @@ pub(crate) async fn finish(
         out.status("Finish.");
         return remote_outcome.unwrap_or(Ok(()));
     }
-    let missing = fetch_results(session, job, unique_id, out).await?;
+    let missing = fetch_results(session, job, unique_id.clone(), out).await?;
+    crate::detached::forget(&unique_id);
     out.status("Finish.");
     final_outcome(remote_outcome, job, out)?;
     match (job.strict, missing.is_empty()) {

@@ -56,6 +56,9 @@ pub struct Run<'a> {
     /// The caller's CN (empty over plaintext).
     pub cn: &'a str,
     pub dir: &'a Path,
+    /// The digest of the tree the job directory is exactly, when it is (the job's
+    /// first command: `CommandRun::pristine_input_root`).
+    pub input_root: Option<&'a str>,
     pub requirements: &'a [Requirement],
     pub command: &'a str,
     /// The client asked for one stream in the order written.
@@ -64,13 +67,16 @@ pub struct Run<'a> {
 
 /// Names the run and looks it up; says in a note why a run cannot be cached.
 pub async fn plan(state: &State, run: Run<'_>, ask: &CacheAsk, events: &Events) -> Plan {
-    let Run { job, cn, dir, requirements, command, merged } = run;
+    let Run { job, cn, dir, input_root, requirements, command, merged } = run;
     let (Some(cache), Some(store)) = (state.action_cache.as_ref(), state.store.as_ref()) else {
         return Plan::Off;
     };
-    let Some(input_root) = state.jobs.input_root(job) else {
-        note(events, "not cached: only jobs uploaded content-addressed can be (this one came as a tar.gz)".into())
-            .await;
+    let Some(input_root) = input_root else {
+        let why = match state.jobs.made_from_tree(job) {
+            true => "not cached: an earlier command ran in this job and may have changed its inputs",
+            false => "not cached: only jobs uploaded content-addressed can be (this one came as a tar.gz)",
+        };
+        note(events, why.into()).await;
         return Plan::Off;
     };
     let environment = match environment_key(state, cn, dir, requirements).await {
@@ -87,14 +93,8 @@ pub async fn plan(state: &State, run: Run<'_>, ask: &CacheAsk, events: &Events) 
         (Some(_), true) => "+sandbox+network",
     };
     let executor = format!("{}{sandbox}", config.executor.name());
-    let parts = ActionParts {
-        cn,
-        input_root: &input_root,
-        command,
-        results: &ask.results,
-        environment: &environment,
-        executor: &executor,
-    };
+    let parts =
+        ActionParts { cn, input_root, command, results: &ask.results, environment: &environment, executor: &executor };
     let key = cache.key(&parts);
     // Lines of a run this one followed, already sent.
     let mut followed = 0;

@@ -14,7 +14,7 @@ use lrpymrpc_certs::{Ca, layout, request};
 use lrpymrpc_units::{DurationArg, SizeArg};
 
 use crate::config::{ExecutorChoice, read_allowed_cns};
-use crate::sandbox::Sandbox;
+use crate::sandbox::{Sandbox, SandboxPlan};
 use crate::slurm::{SlurmExecutor, SlurmOptions};
 use crate::{Config, TlsMaterial};
 use lrpymrpc_archive::Limits;
@@ -56,6 +56,11 @@ struct Args {
     /// Let sandboxed commands use the network (pip always may, to reach the index)
     #[arg(long, requires = "sandbox", help_heading = "Who may run what")]
     sandbox_network: bool,
+    /// Show sandboxed jobs this directory too, read-only (repeatable): where a lab's
+    /// tools live (`/opt/eda`). A job sees the system's directories (`/usr`, `/etc`,
+    /// ...), the Python installation and its own directory, nothing else of the host
+    #[arg(long, value_name = "DIR", requires = "sandbox", help_heading = "Who may run what")]
+    sandbox_show: Vec<PathBuf>,
 
     /// Jobs at once (from Upload until the command ended, and each later command);
     /// beyond: RESOURCE_EXHAUSTED. Default 16; 256 with `--executor slurm`, where Slurm
@@ -486,8 +491,13 @@ fn config_from(args: Args) -> anyhow::Result<Config> {
     }
     let sandbox = match args.sandbox {
         true => Some(
-            Sandbox::new(&root, args.tls_dir.as_deref())
-                .map_err(|why| anyhow::anyhow!("--sandbox: {why}; refusing to run jobs unsandboxed"))?,
+            Sandbox::new(&SandboxPlan {
+                root: root.clone(),
+                tls_dir: args.tls_dir.clone(),
+                config_file: args.config.clone(),
+                show: args.sandbox_show.clone(),
+            })
+            .map_err(|why| anyhow::anyhow!("--sandbox: {why}; refusing to run jobs unsandboxed"))?,
         ),
         false => None,
     };

@@ -204,10 +204,13 @@ impl Jobs {
         if slot.is_some() {
             entry.slot = slot;
         }
+        // The tree's digest names the directory only until a command may have changed
+        // it: the first command gets it (for the action cache's key), later ones none.
+        let input_root = entry.input_root.clone().filter(|_| entry.phase == Phase::Uploaded);
         entry.phase = Phase::Running;
         // What a new command makes replaces what an earlier one recorded.
         entry.recorded = None;
-        Ok(CommandRun { jobs: self.clone(), id: job_use.id.clone(), end: CommandEnd::Failed })
+        Ok(CommandRun { jobs: self.clone(), id: job_use.id.clone(), end: CommandEnd::Failed, input_root })
     }
 
     /// An existing job of `owner` whose results may be read now: refused while its
@@ -232,14 +235,15 @@ impl Jobs {
 
     /// Records the digest of the tree the job was made from.
     pub fn set_input_root(&self, id: &str, hash: &str) {
+        // (`start_command` hands it to the job's first command only.)
         if let Some(entry) = self.table().get_mut(id) {
             entry.input_root = Some(hash.to_string());
         }
     }
 
-    /// The digest of the tree the job was made from, when it was made from one.
-    pub fn input_root(&self, id: &str) -> Option<String> {
-        self.table().get(id).and_then(|entry| entry.input_root.clone())
+    /// Whether the job was made from a content-addressed tree.
+    pub fn made_from_tree(&self, id: &str) -> bool {
+        self.table().get(id).is_some_and(|entry| entry.input_root.is_some())
     }
 
     /// The job's results are the action cache's record from now on.
@@ -363,9 +367,17 @@ pub struct CommandRun {
     jobs: Arc<Jobs>,
     id: String,
     end: CommandEnd,
+    input_root: Option<String>,
 }
 
 impl CommandRun {
+    /// The digest of the tree the job was made from, when this command is the job's
+    /// first: its directory is then exactly that tree. `None` for a tar.gz job and for
+    /// every later command, whose inputs an earlier one may have edited.
+    pub fn pristine_input_root(&self) -> Option<&str> {
+        self.input_root.as_deref()
+    }
+
     /// The command ended so.
     pub fn ended(mut self, end: CommandEnd) {
         self.end = end;

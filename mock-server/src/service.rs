@@ -178,6 +178,7 @@ impl FileService for Service {
                         job: &id,
                         cn: &owner,
                         dir: &dir,
+                        input_root: run.pristine_input_root(),
                         requirements: &requirements,
                         command: &request.command_opt,
                         merged,

@@ -11,16 +11,17 @@ use crate::cli::Args;
 use crate::connect::{Peer, authority};
 use crate::exit::{self, ClientError, Step};
 use crate::job::Job;
-use crate::output::Output;
+use crate::output::{Output, clean_text};
 use crate::session::{Followed, Session};
 use crate::steps;
 
 /// Follows job `id` from its start (or from now) and fetches its results here.
-pub fn attach(args: Args, id: &str, from_end: bool) -> ExitCode {
+pub fn attach(args: Args, id: &str, from_end: bool, fetch: &[String]) -> ExitCode {
     with_job(args, |job, out| async move {
         let (session, found) = find(&job, &out, id).await?;
         let out = server_prefix(&job, &out, session.peer());
-        let (job, warnings) = job.attached(&found.attach_info.clone().unwrap_or_default())?;
+        let server = found.attach_info.clone().unwrap_or_default();
+        let (job, warnings) = job.attached(id, crate::detached::recall(id), fetch, &server)?;
         for warning in &warnings {
             out.warn(warning);
         }
@@ -177,6 +178,10 @@ fn row(summary: &JobSummary, server: &str) -> String {
         true => "running (detached)".to_string(),
         false => summary.state.clone(),
     };
-    let command: String = summary.command.chars().map(|c| if c.is_control() { ' ' } else { c }).take(120).collect();
-    format!("{:<36}  {state:<12}  {started:<20}  {ran:>9}  {server:<21}  {command}", summary.unique_id)
+    // Every field is the server's text: through the one terminal sanitiser, a line
+    // break in a command shown as a space.
+    let one_line = |text: &str| clean_text(&text.replace(['\n', '\r', '\t'], " "));
+    let command: String = one_line(&summary.command).chars().take(120).collect();
+    let (id, state) = (one_line(&summary.unique_id), one_line(&state));
+    format!("{id:<36}  {state:<12}  {started:<20}  {ran:>9}  {server:<21}  {command}")
 }

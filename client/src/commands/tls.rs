@@ -11,6 +11,7 @@ use lrpymrpc_certs::{layout, request, write_private, write_public};
 use crate::cli::{Args, DEFAULT_TLS_DIR};
 use crate::connect::{Peer, TransportFault, connect};
 use crate::exit::{self, ClientError};
+use crate::output::clean_text;
 use crate::server_cert::{self, name_mismatch_hint};
 use crate::tls::{self, expand_tilde};
 use crate::tls_audit::{self, Finding, Level};
@@ -57,11 +58,11 @@ struct Findings {
 
 impl Findings {
     fn ok(&self, text: &str) {
-        println!("ok: {text}");
+        println!("ok: {}", clean_text(text));
     }
 
     fn warn(&self, text: &str) {
-        println!("warning: {text}");
+        println!("warning: {}", clean_text(text));
     }
 
     fn local_problem(&mut self, text: &str, hint: Option<&str>) {
@@ -75,7 +76,7 @@ impl Findings {
             Level::Warning => {
                 self.warn(&finding.text);
                 if let Some(hint) = &finding.hint {
-                    println!("hint: {hint}");
+                    println!("hint: {}", clean_text(hint));
                 }
             }
             Level::Problem => self.local_problem(&finding.text, finding.hint.as_deref()),
@@ -89,9 +90,9 @@ impl Findings {
 }
 
 fn print_problem(text: &str, hint: Option<&str>) {
-    println!("error: {}", crate::output::in_words(text));
+    println!("error: {}", clean_text(&crate::output::in_words(text)));
     if let Some(hint) = hint {
-        println!("hint: {hint}");
+        println!("hint: {}", clean_text(hint));
     }
 }
 
@@ -173,11 +174,13 @@ fn check_server(peer: Peer, findings: &mut Findings) {
         Err(message) => return findings.server_problem(&message, Some("is the server running at that address?")),
     };
     if let Some(certificate) = &presented.certificate {
-        println!(
+        // Every name in it is the server's text: cleaned like a remote line.
+        let text = format!(
             "server {address} presented CN={} for {}",
             certificate.cn.as_deref().unwrap_or("?"),
             if certificate.names.is_empty() { "no names".into() } else { certificate.names.join(", ") }
         );
+        println!("{}", clean_text(&text));
     }
     match &presented.verdict {
         Err((TransportFault::NameMismatch, _)) => {

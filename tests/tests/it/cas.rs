@@ -77,7 +77,7 @@ pub(crate) async fn raw_extensions(
 }
 
 /// CreateJob for a tree of one file `x` with `digest`.
-fn one_file_tree(digest: &Digest) -> Vec<TreePart> {
+pub(crate) fn one_file_tree(digest: &Digest) -> Vec<TreePart> {
     let root = Directory {
         files: vec![FileNode { name: "x".into(), digest: Some(digest.clone()), executable: false }],
         directories: vec![],

@@ -3,6 +3,7 @@
 
 mod action_cache;
 mod admin;
+mod attacks;
 mod cancel;
 mod cas;
 mod certs;
