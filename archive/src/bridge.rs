@@ -6,7 +6,7 @@
 
 use std::fmt::Display;
 use std::io::{self, Read, Write};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio_stream::{Stream, StreamExt};
@@ -113,34 +113,88 @@ pub enum Fed<E> {
     Failed(E),
     /// Nothing arrived for the idle limit: the reader sees a read error.
     Stalled,
+    /// Less than the minimum rate arrived (a trickle that never idles): the reader
+    /// sees a read error.
+    TooSlow,
     /// The reader stopped first (it refused the data); its own error says why.
     ReaderStopped,
 }
 
+/// How fast a peer must send: something every `idle` (when set), and past `grace`, at
+/// least `min_bytes_per_second` on average since the start (0: no rate). A trickle of
+/// 16 bytes every few seconds never idles, but holds what it holds for hours; the rate
+/// cuts it. The one place that decides whether an incoming stream is too slow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pace {
+    pub idle: Option<Duration>,
+    pub min_bytes_per_second: u64,
+    pub grace: Duration,
+}
+
+impl Pace {
+    /// No limit at all.
+    pub const UNBOUNDED: Pace = Pace { idle: None, min_bytes_per_second: 0, grace: Duration::ZERO };
+
+    /// Only an idle limit.
+    pub fn idle(limit: Duration) -> Pace {
+        Pace { idle: Some(limit), min_bytes_per_second: 0, grace: Duration::ZERO }
+    }
+
+    /// Whether `bytes` received since `started` are fewer than the rate asks for now.
+    pub fn too_slow(&self, started: Instant, bytes: u64) -> bool {
+        let elapsed = started.elapsed();
+        if self.min_bytes_per_second == 0 || elapsed < self.grace {
+            return false;
+        }
+        let wanted = u128::from(self.min_bytes_per_second) * elapsed.as_millis() / 1000;
+        u128::from(bytes) < wanted
+    }
+
+    /// How long to wait for the next piece: the idle limit, and no longer than until
+    /// the rate could next be missed (its check then runs even while nothing comes).
+    pub fn wait(&self) -> Option<Duration> {
+        match (self.idle, self.min_bytes_per_second) {
+            (idle, 0) => idle,
+            (Some(idle), _) => Some(idle.min(self.grace.max(Duration::from_secs(1)))),
+            (None, _) => Some(self.grace.max(Duration::from_secs(1))),
+        }
+    }
+}
+
 /// Moves chunks from `incoming` (the network) into `chunks` (a [`ChunkReader`]'s
-/// channel) until the stream ends, fails, stalls for `idle`, or the reader stops. The
-/// reader sees a clean end of file only after a clean end of stream.
-pub async fn feed<S, E>(incoming: S, chunks: mpsc::Sender<IncomingChunk>, idle: Option<Duration>) -> Fed<E>
+/// channel) until the stream ends, fails, stalls or trickles ([`Pace`]), or the reader
+/// stops. The reader sees a clean end of file only after a clean end of stream.
+pub async fn feed<S, E>(incoming: S, chunks: mpsc::Sender<IncomingChunk>, pace: Pace) -> Fed<E>
 where
     S: Stream<Item = Result<Vec<u8>, E>>,
     E: Display,
 {
     tokio::pin!(incoming);
+    let started = Instant::now();
+    let (mut bytes, mut last) = (0u64, Instant::now());
     loop {
-        let next = match idle {
+        if pace.too_slow(started, bytes) {
+            let slow = io::Error::new(io::ErrorKind::TimedOut, "the peer sends too slowly");
+            let _ = chunks.send(Err(slow)).await;
+            return Fed::TooSlow;
+        }
+        let next = match pace.wait() {
             Some(limit) => match tokio::time::timeout(limit, incoming.next()).await {
                 Ok(next) => next,
-                Err(_) => {
+                Err(_) if pace.idle.is_some_and(|idle| last.elapsed() >= idle) => {
                     let stalled = io::Error::new(io::ErrorKind::TimedOut, "the peer stopped sending");
                     let _ = chunks.send(Err(stalled)).await;
                     return Fed::Stalled;
                 }
+                Err(_) => continue,
             },
             None => incoming.next().await,
         };
         match next {
             None => return Fed::Complete,
             Some(Ok(chunk)) => {
+                bytes += chunk.len() as u64;
+                last = Instant::now();
                 if chunks.send(Ok(chunk)).await.is_err() {
                     return Fed::ReaderStopped;
                 }
@@ -183,7 +237,7 @@ mod tests {
     async fn feed_ends_as_the_stream_ends_and_the_reader_sees_why() {
         let (tx, mut rx) = mpsc::channel(16);
         let items = vec![Ok::<_, String>(b"a".to_vec()), Ok(b"b".to_vec())];
-        assert!(matches!(feed(tokio_stream::iter(items), tx, None).await, Fed::Complete));
+        assert!(matches!(feed(tokio_stream::iter(items), tx, Pace::UNBOUNDED).await, Fed::Complete));
         assert_eq!(
             (rx.recv().await.unwrap().unwrap(), rx.recv().await.unwrap().unwrap()),
             (b"a".to_vec(), b"b".to_vec())
@@ -192,19 +246,38 @@ mod tests {
 
         let (tx, mut rx) = mpsc::channel(16);
         let items = vec![Ok(b"a".to_vec()), Err("reset".to_string())];
-        assert!(matches!(feed(tokio_stream::iter(items), tx, None).await, Fed::Failed(e) if e == "reset"));
+        assert!(matches!(feed(tokio_stream::iter(items), tx, Pace::UNBOUNDED).await, Fed::Failed(e) if e == "reset"));
         rx.recv().await.unwrap().unwrap();
         assert!(rx.recv().await.unwrap().unwrap_err().to_string().contains("reset"));
 
         let (tx, mut rx) = mpsc::channel(16);
         let stalled = tokio_stream::pending::<Result<Vec<u8>, String>>();
-        assert!(matches!(feed(stalled, tx, Some(Duration::from_millis(20))).await, Fed::Stalled));
+        assert!(matches!(feed(stalled, tx, Pace::idle(Duration::from_millis(20))).await, Fed::Stalled));
         assert_eq!(rx.recv().await.unwrap().unwrap_err().kind(), io::ErrorKind::TimedOut);
 
         let (tx, rx) = mpsc::channel(1);
         drop(rx);
         let items = vec![Ok::<_, String>(b"a".to_vec())];
-        assert!(matches!(feed(tokio_stream::iter(items), tx, None).await, Fed::ReaderStopped));
+        assert!(matches!(feed(tokio_stream::iter(items), tx, Pace::UNBOUNDED).await, Fed::ReaderStopped));
+    }
+    #[tokio::test]
+    async fn feeding_cuts_a_trickle_that_never_idles() {
+        let (tx, _rx) = mpsc::channel(64);
+        // 1 byte every 5 ms never idles for 50 ms, but is far below 10 KB/s.
+        let trickle = tokio_stream::iter(0..1000).then(|_| async {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            Ok::<_, String>(vec![0u8])
+        });
+        let pace = Pace {
+            idle: Some(Duration::from_millis(50)),
+            min_bytes_per_second: 10_000,
+            grace: Duration::from_millis(100),
+        };
+        assert!(matches!(feed(trickle, tx, pace).await, Fed::TooSlow));
+        let fast = Pace { min_bytes_per_second: 10, ..pace };
+        let started = Instant::now() - Duration::from_secs(2);
+        assert!(!fast.too_slow(started, 20) && fast.too_slow(started, 19));
+        assert!(!pace.too_slow(Instant::now(), 0), "not within the grace");
     }
 
     #[test]

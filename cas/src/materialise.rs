@@ -43,12 +43,15 @@ pub enum TreeError {
     Write { path: String, source: std::io::Error },
     #[error("blob {0} is no longer in the store")]
     BlobGone(String),
+    #[error("`{}` claims {claimed} bytes, but its blob holds {size}", path.display())]
+    WrongSize { path: PathBuf, claimed: u64, size: u64 },
 }
 
 /// Checks the tree under `root` (directories by their digest's hash) and lists what it
 /// makes. Shared directories are expanded where they are used; the limits count every
 /// use, so a small tree that names one directory many times cannot grow unbounded.
 pub fn plan(root: &Digest, directories: &HashMap<String, Directory>, limits: &Limits) -> Result<Plan, TreeError> {
+    check_expanded_size(root, directories, limits)?;
     let mut plan = Plan { root: root.hash.clone(), ..Plan::default() };
     let mut entries = 0u64;
     let mut stack: Vec<(PathBuf, String, usize)> = vec![(PathBuf::new(), root.hash.clone(), 0)];
@@ -88,6 +91,77 @@ pub fn plan(root: &Digest, directories: &HashMap<String, Directory>, limits: &Li
     // Parents before children: a path sorts after its parent.
     plan.directories.sort();
     Ok(plan)
+}
+
+/// What a directory expands to: its entries (every use of a shared directory counted),
+/// its files' bytes and its height.
+#[derive(Debug, Clone, Copy)]
+struct Expanded {
+    entries: u64,
+    bytes: u64,
+    height: usize,
+}
+
+/// Refuses a tree whose expansion passes a limit before expanding it: each distinct
+/// directory's expanded size is worked out once, children first, so a 4 KB tree of
+/// directories naming each other twenty levels deep (a million entries) costs twenty
+/// steps, not a million.
+fn check_expanded_size(
+    root: &Digest,
+    directories: &HashMap<String, Directory>,
+    limits: &Limits,
+) -> Result<(), TreeError> {
+    let mut sizes: HashMap<&str, Expanded> = HashMap::new();
+    let mut visiting: HashSet<&str> = HashSet::new();
+    let mut stack: Vec<(&str, bool)> = vec![(root.hash.as_str(), false)];
+    while let Some((hash, children_done)) = stack.pop() {
+        if sizes.contains_key(hash) {
+            continue;
+        }
+        let directory = directories.get(hash).ok_or_else(|| TreeError::MissingDirectory(hash.to_string()))?;
+        if !children_done {
+            // Digests cannot name each other in a ring; a crafted one is refused all the same.
+            if !visiting.insert(hash) {
+                return Err(TreeError::TooDeep(limits.max_depth));
+            }
+            stack.push((hash, true));
+            for sub in &directory.directories {
+                let digest = checked_digest(sub.digest.as_ref())?;
+                if !sizes.contains_key(digest.hash.as_str()) {
+                    stack.push((digest.hash.as_str(), false));
+                }
+            }
+            continue;
+        }
+        visiting.remove(hash);
+        let mut size = Expanded {
+            entries: (directory.files.len() + directory.directories.len()) as u64,
+            bytes: directory
+                .files
+                .iter()
+                .filter_map(|f| f.digest.as_ref())
+                .fold(0u64, |sum, d| sum.saturating_add(d.size)),
+            height: 0,
+        };
+        for sub in &directory.directories {
+            let below = sub.digest.as_ref().and_then(|d| sizes.get(d.hash.as_str())).copied();
+            let below = below.ok_or_else(|| TreeError::MissingDirectory(hash.to_string()))?;
+            size.entries = size.entries.saturating_add(below.entries);
+            size.bytes = size.bytes.saturating_add(below.bytes);
+            size.height = size.height.max(below.height + 1);
+        }
+        if size.entries > limits.max_entries {
+            return Err(TreeError::TooManyEntries(limits.max_entries));
+        }
+        if size.bytes > limits.max_bytes {
+            return Err(TreeError::TooLarge(limits.max_bytes));
+        }
+        if size.height > limits.max_depth {
+            return Err(TreeError::TooDeep(limits.max_depth));
+        }
+        sizes.insert(hash, size);
+    }
+    Ok(())
 }
 
 /// A digest whose hash can name a file in the store: nothing else is ever looked up.

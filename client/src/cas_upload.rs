@@ -159,20 +159,25 @@ impl Session {
                 return Ok(Some(upload));
             }
             let compress = self.compress_blobs(job.blob_compression);
-            let (blobs, bytes, wire) = self.send_blobs(&tree, answer.missing, compress, out).await?;
+            let (blobs, bytes, wire) = match self.send_blobs(&tree, answer.missing, compress, out).await {
+                Ok(sent) => sent,
+                // A full store (other users' uploads, or smaller than this tree) is no
+                // reason to fail the job: the tar.gz upload needs no store.
+                Err(ClientError::Server { code: tonic::Code::ResourceExhausted, message, .. }) => {
+                    out.note(&format!("{message}: the sources go as a tar.gz, not content-addressed"));
+                    return Ok(None);
+                }
+                Err(error) => return Err(error),
+            };
             upload.sent_blobs += blobs;
             upload.sent_bytes += bytes;
             upload.wire_bytes += wire;
         }
-        Err(ClientError::Server {
-            step: Step::Upload,
-            peer: crate::connect::authority(&self.peer),
-            code: tonic::Code::ResourceExhausted,
-            message: format!(
-                "the server still lacked blobs after {ROUNDS} rounds of sending them (its content store may be \
-                 smaller than this tree: --cas-max-bytes)"
-            ),
-        })
+        out.note(&format!(
+            "the server still lacked blobs after {ROUNDS} rounds of sending them (its content store may be smaller \
+             than this tree: --cas-max-bytes): the sources go as a tar.gz, not content-addressed"
+        ));
+        Ok(None)
     }
 
     /// Sends the tree, or with `root_only` its root alone; the server answers a job

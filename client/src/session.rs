@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use lrpymrpc_archive::bridge::{ChunkReader, ChunkWriter, Fed, feed};
+use lrpymrpc_archive::bridge::{ChunkReader, ChunkWriter, Fed, Pace, feed};
 use lrpymrpc_archive::{
     Candidate, Encoding, MtimePolicy, PackError, PackOptions, PackReport, PackRoot, ReadProgress, UnpackOptions,
     UnpackReport, merge_tree, pack_tar_gz, sanitize_relative, unpack_tar,
@@ -393,11 +393,11 @@ impl Session {
                 chunk.data
             })
         });
-        let fed = feed(chunks, chunk_tx, Some(self.stall)).await;
+        let fed = feed(chunks, chunk_tx, Pace::idle(self.stall)).await;
         let unpacked = unpack.await.map_err(|e| ClientError::local(format!("unpacking task failed: {e}")))?;
         match fed {
             Fed::Failed(status) => return Err(failed(status)),
-            Fed::Stalled => return Err(self.stalled(Step::Download)),
+            Fed::Stalled | Fed::TooSlow => return Err(self.stalled(Step::Download)),
             Fed::Complete | Fed::ReaderStopped => {}
         }
         unpacked

@@ -67,12 +67,17 @@ struct Args {
     /// bounds what runs and the rest wait in its queue
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4096), help_heading = "Limits")]
     max_jobs: Option<u32>,
-    /// Of those, how many one client certificate may hold (default: all of them)
+    /// Of those, how many one client certificate may hold (default: three quarters of
+    /// them, at least one, so one user's `make -j` leaves the others a quarter)
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4096), help_heading = "Limits")]
     max_jobs_per_cn: Option<u32>,
     /// An upload that sends nothing for this long is abandoned and its slot freed
     #[arg(long, value_name = "DURATION", default_value_t = defaults().upload_idle_timeout.into(), help_heading = "Limits")]
     upload_idle_timeout: DurationArg,
+    /// After its first 30 s, an upload (tar.gz or blobs) that averages less than this
+    /// a second is cut and its slot freed (0: no minimum)
+    #[arg(long, value_name = "SIZE", default_value_t = SizeArg(crate::config::UPLOAD_MIN_RATE), help_heading = "Limits")]
+    upload_min_rate: SizeArg,
     /// Decompressed bytes of one upload (`64G`, `64GiB`, `10GB`)
     #[arg(long, value_name = "SIZE", default_value_t = SizeArg(defaults().upload_limits.max_bytes), help_heading = "Limits")]
     max_upload_bytes: SizeArg,
@@ -113,6 +118,10 @@ struct Args {
     /// oldest lines go, and a client that wanted them is told how many
     #[arg(long, value_name = "SIZE", default_value_t = SizeArg(defaults().spool_max_bytes as u64), help_heading = "Lifecycle")]
     spool_max_bytes: SizeArg,
+    /// Output all durable jobs together keep in memory; past it, a job that prints
+    /// keeps only its share (each line counted as the memory it takes)
+    #[arg(long, value_name = "SIZE", default_value_t = SizeArg(defaults().spools_max_bytes as u64), help_heading = "Lifecycle")]
+    spools_max_bytes: SizeArg,
     /// How long a job stays after its results were fetched or it was cancelled
     #[arg(long, value_name = "DURATION", default_value_t = defaults().finished_grace.into(), help_heading = "Lifecycle")]
     finished_grace: DurationArg,
@@ -534,11 +543,13 @@ fn config_from(args: Args) -> anyhow::Result<Config> {
             max_depth: args.max_upload_depth,
         },
         max_jobs: max_jobs as usize,
-        max_jobs_per_cn: args.max_jobs_per_cn.unwrap_or(max_jobs) as usize,
+        max_jobs_per_cn: args.max_jobs_per_cn.unwrap_or_else(|| default_max_jobs_per_cn(max_jobs)) as usize,
         executor,
         reattach_grace: args.reattach_grace.into(),
         spool_max_bytes: usize::try_from(args.spool_max_bytes.0).unwrap_or(usize::MAX),
+        spools_max_bytes: usize::try_from(args.spools_max_bytes.0).unwrap_or(usize::MAX),
         upload_idle_timeout: args.upload_idle_timeout.into(),
+        upload_min_rate: args.upload_min_rate.0,
         job_timeout: args.job_timeout.into(),
         idle_timeout: args.idle_timeout.into(),
         job_ttl: args.job_ttl.into(),
@@ -566,6 +577,11 @@ fn config_from(args: Args) -> anyhow::Result<Config> {
         legacy_protocol: args.legacy_protocol,
         ..Config::new(root, tls)
     })
+}
+
+/// The default `--max-jobs-per-cn`: three quarters of `--max-jobs`, at least one.
+fn default_max_jobs_per_cn(max_jobs: u32) -> u32 {
+    (max_jobs - max_jobs / 4).max(1)
 }
 
 async fn shutdown_signal() {

@@ -30,6 +30,12 @@ pub struct Config {
     pub max_jobs_per_cn: usize,
     /// An upload that sends nothing for this long is abandoned and its slot freed.
     pub upload_idle_timeout: Duration,
+    /// Past `upload_rate_grace`, an upload (tar.gz or blobs) must average this many
+    /// bytes a second, or it is cut: a trickle that never idles holds nothing for long.
+    pub upload_min_rate: u64,
+    /// How long an upload may send slower than that at first (connecting, a client
+    /// hashing or packing before its first bytes).
+    pub upload_rate_grace: Duration,
     /// The longest a command may run.
     pub job_timeout: Duration,
     /// The longest a command may print nothing.
@@ -87,8 +93,10 @@ pub struct Config {
     pub executor: ExecutorChoice,
     /// How long a durable run whose client is gone keeps running (`--reattach-grace`).
     pub reattach_grace: Duration,
-    /// Message bytes a durable run's spool keeps (`--spool-max-bytes`).
+    /// Bytes a durable run's spool keeps (`--spool-max-bytes`).
     pub spool_max_bytes: usize,
+    /// Bytes all spools together keep (`--spools-max-bytes`).
+    pub spools_max_bytes: usize,
 }
 
 /// Where commands run.
@@ -111,7 +119,19 @@ impl ExecutorChoice {
     }
 }
 
+/// The default `--upload-min-rate`: 16 KiB a second (a slow link sends far more).
+pub const UPLOAD_MIN_RATE: u64 = 16 * 1024;
+
 impl Config {
+    /// How fast an upload must send.
+    pub fn upload_pace(&self) -> lrpymrpc_archive::bridge::Pace {
+        lrpymrpc_archive::bridge::Pace {
+            idle: Some(self.upload_idle_timeout),
+            min_bytes_per_second: self.upload_min_rate,
+            grace: self.upload_rate_grace,
+        }
+    }
+
     /// Defaults for everything but where jobs go and the TLS material.
     pub fn new(root: PathBuf, tls: Option<TlsMaterial>) -> Config {
         Config {
@@ -123,6 +143,8 @@ impl Config {
             max_jobs: 16,
             max_jobs_per_cn: 16,
             upload_idle_timeout: Duration::from_secs(60),
+            upload_min_rate: UPLOAD_MIN_RATE,
+            upload_rate_grace: Duration::from_secs(30),
             job_timeout: Duration::from_secs(24 * 3600),
             idle_timeout: Duration::from_secs(4 * 3600),
             job_ttl: Duration::from_secs(3600),
@@ -152,6 +174,7 @@ impl Config {
             executor: ExecutorChoice::Local,
             reattach_grace: Duration::from_secs(600),
             spool_max_bytes: 16 << 20,
+            spools_max_bytes: 256 << 20,
         }
     }
 }

@@ -16,6 +16,13 @@ pub enum JobError {
     Unpack(#[from] UnpackError),
     #[error("the client sent nothing for {0}; upload abandoned")]
     UploadStalled(String),
+    #[error(
+        "the upload sent less than {} a second (--upload-min-rate); it was stopped and its slot freed",
+        lrpymrpc_units::human_bytes(*.0)
+    )]
+    UploadTooSlow(u64),
+    #[error("{limit} blob uploads at once {whose} (UploadBlobs streams); try again when one has ended")]
+    TooManyBlobStreams { limit: usize, whose: &'static str },
     #[error("the job is busy: {why}")]
     InUse { why: &'static str },
     #[error("result path `{path}` refused: {reason}")]
@@ -86,6 +93,7 @@ impl From<JobError> for Status {
             JobError::Unpack(UnpackError::Write { .. }) => Status::internal(message),
             JobError::Unpack(_) => Status::invalid_argument(message),
             JobError::UploadStalled(_) => Status::deadline_exceeded(message),
+            JobError::UploadTooSlow(_) | JobError::TooManyBlobStreams { .. } => Status::resource_exhausted(message),
             JobError::InUse { .. } => Status::failed_precondition(message),
             JobError::NoPython | JobError::SetupFailed { .. } => Status::failed_precondition(message),
             JobError::Busy { .. } | JobError::BusyForCn { .. } => Status::resource_exhausted(message),
@@ -97,7 +105,9 @@ impl From<JobError> for Status {
             JobError::Pack(_) | JobError::Io(_) | JobError::TaskFailed { .. } => Status::internal(message),
             JobError::Blob(BlobError::Io(io)) if is_out_of_space(io) => Status::resource_exhausted(message),
             JobError::Blob(BlobError::Io(_)) => Status::internal(message),
-            JobError::Blob(BlobError::TooLarge { .. } | BlobError::Full) => Status::resource_exhausted(message),
+            JobError::Blob(BlobError::TooLarge { .. } | BlobError::Full | BlobError::FullForCn) => {
+                Status::resource_exhausted(message)
+            }
             JobError::Blob(_) | JobError::DigestFunction(_) | JobError::Encoding(_) => {
                 Status::invalid_argument(message)
             }

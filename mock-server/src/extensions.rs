@@ -20,7 +20,6 @@ use lrpymrpc_proto::v1::{
     UploadBlobsResponse,
 };
 use prost::Message;
-use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
@@ -28,7 +27,9 @@ use crate::auth::{self, check_allowed, identify};
 use crate::error::JobError;
 use crate::spares::Spare;
 use crate::state::State;
-use crate::store::{BlobError, ContentStore};
+
+/// Trees of one CN checked at once (`per_cn.rs`); its other CreateJobs wait.
+pub const PLANS_PER_CN: usize = 2;
 
 /// The most bytes of directory messages one CreateJob may send (about two million
 /// entries with short names).
@@ -187,7 +188,7 @@ impl Extensions for ExtensionService {
             None => {
                 let plan = match known {
                     Some(plan) => plan,
-                    None => Arc::new(plan(&root, &directories, &limits).map_err(JobError::from)?),
+                    None => self.plan_off_the_runtime(&cn, root.clone(), directories, limits).await?,
                 };
                 let missing = store.missing(&cn, plan.files.iter().map(|(_, digest, _)| digest));
                 crate::metrics::Metrics::count(&metrics.store_files, "missing", missing.len() as u64);
@@ -198,6 +199,16 @@ impl Extensions for ExtensionService {
                 );
                 if !missing.is_empty() {
                     return Ok(Response::new(missing_response(missing)));
+                }
+                // Sizes come from the store: the plan's limits count what is copied.
+                if let Some((claimed, size)) = store.wrong_size(plan.files.iter().map(|(_, digest, _)| digest)) {
+                    let path = plan.files.iter().find(|(_, d, _)| d.hash == claimed.hash).map(|(p, _, _)| p.clone());
+                    return Err(JobError::from(TreeError::WrongSize {
+                        path: path.unwrap_or_default(),
+                        claimed: claimed.size,
+                        size,
+                    })
+                    .into());
                 }
                 plan
             }
@@ -264,45 +275,11 @@ impl Extensions for ExtensionService {
             return Err(JobError::NoStore.into());
         }
         let cn = caller.cn.clone().unwrap_or_default();
-        let limit = self.state.config.upload_limits.max_bytes;
-        let idle = self.state.config.upload_idle_timeout;
-        let (tx, rx) = mpsc::channel(8);
-        let state = self.state.clone();
-        let receiving = tokio::task::spawn_blocking(move || {
-            receive_blobs(state.store.as_ref().expect("checked above"), &cn, rx, limit)
-        });
-        let mut stream = request.into_inner();
-        let mut stalled = false;
-        loop {
-            match tokio::time::timeout(idle, stream.message()).await {
-                Err(_) => {
-                    stalled = true;
-                    break;
-                }
-                Ok(Ok(Some(chunk))) => {
-                    self.state.metrics.uploaded_bytes.inc_by(chunk.data.len() as u64);
-                    if tx.send(chunk).await.is_err() {
-                        break;
-                    }
-                }
-                Ok(Ok(None)) => break,
-                // The client went away: what it sent whole is kept, the rest is not.
-                Ok(Err(_)) => {
-                    stalled = true;
-                    break;
-                }
-            }
-        }
-        drop(tx);
-        let received = receiving.await.map_err(|e| JobError::task("storing blobs", e))?;
-        if stalled {
-            return Err(JobError::UploadStalled(lrpymrpc_units::human_duration(idle)).into());
-        }
-        match received {
+        match crate::blob_upload::receive(self.state.clone(), cn, request.into_inner()).await {
             Ok(stored) => Ok(Response::new(UploadBlobsResponse { stored })),
             Err(error) => {
-                warn!(cn = caller.name(), peer = %caller.address, reason = error.to_string().as_str(), "blob refused");
-                Err(JobError::from(error).into())
+                warn!(cn = caller.name(), peer = %caller.address, reason = error.to_string().as_str(), "blobs refused");
+                Err(error.into())
             }
         }
     }
@@ -332,14 +309,34 @@ impl ExtensionService {
 
     /// Reads a CreateJob stream: the digest function and root from its first part,
     /// every directory by the digest of its encoding as the server computes it.
+    /// Checks a received tree and lists what it makes ([`plan`]), on a blocking thread
+    /// (its directories are hashed there too), at most [`PLANS_PER_CN`] of one CN at
+    /// once: a hostile tree costs its sender's time, not the runtime's.
+    async fn plan_off_the_runtime(
+        &self,
+        cn: &str,
+        root: Digest,
+        directories: Vec<lrpymrpc_proto::v1::Directory>,
+        limits: lrpymrpc_archive::Limits,
+    ) -> Result<Arc<Plan>, JobError> {
+        let _turn = self.state.tree_plans.turn(cn).await;
+        tokio::task::spawn_blocking(move || {
+            let directories: HashMap<String, lrpymrpc_proto::v1::Directory> =
+                directories.into_iter().map(|directory| (directory_digest(&directory).hash, directory)).collect();
+            plan(&root, &directories, &limits).map(Arc::new).map_err(JobError::from)
+        })
+        .await
+        .map_err(|e| JobError::task("checking the tree", e))?
+    }
+
     async fn receive_tree(
         &self,
         mut stream: Streaming<TreePart>,
-    ) -> Result<(TreeHead, HashMap<String, lrpymrpc_proto::v1::Directory>), JobError> {
+    ) -> Result<(TreeHead, Vec<lrpymrpc_proto::v1::Directory>), JobError> {
         let limits = self.state.config.upload_limits;
         let idle = self.state.config.upload_idle_timeout;
         let mut head: Option<(String, Option<Digest>, bool)> = None;
-        let mut directories = HashMap::new();
+        let mut directories = Vec::new();
         // A tree's description is held in memory: bounded apart from its entries.
         let mut received = 0usize;
         loop {
@@ -362,7 +359,7 @@ impl ExtensionService {
                 if directories.len() as u64 >= limits.max_entries {
                     return Err(TreeError::TooManyEntries(limits.max_entries).into());
                 }
-                directories.insert(directory_digest(&directory).hash, directory);
+                directories.push(directory);
             }
         }
         let (function, root, root_only) = head.unwrap_or_default();
@@ -440,36 +437,4 @@ struct TreeHead {
     root: Digest,
     /// Only the root was sent: the job is made from a tree the caller made one from.
     root_only: bool,
-}
-
-/// Stores the blobs of one UploadBlobs stream, each verified; returns how many.
-fn receive_blobs(
-    store: &ContentStore,
-    cn: &str,
-    mut chunks: mpsc::Receiver<BlobChunk>,
-    limit: u64,
-) -> Result<u32, BlobError> {
-    // A blob ends where the next one begins, or with the stream: a compressed one's
-    // frame may end after its last decompressed byte. Its size and hash say whether
-    // all of it came.
-    let mut current = None;
-    let mut stored = 0;
-    while let Some(chunk) = chunks.blocking_recv() {
-        if let Some(digest) = chunk.digest {
-            if let Some(done) = current.take() {
-                store.finish(cn, done)?;
-                stored += 1;
-            }
-            current = Some(store.begin(&digest, &chunk.compression, limit)?);
-        }
-        let Some(writer) = current.as_mut() else {
-            return Err(BlobError::Unnamed);
-        };
-        writer.write(&chunk.data)?;
-    }
-    if let Some(done) = current {
-        store.finish(cn, done)?;
-        stored += 1;
-    }
-    Ok(stored)
 }

@@ -6,6 +6,7 @@
 
 mod action_cache;
 mod auth;
+mod blob_upload;
 mod cached_execute;
 pub mod cli;
 pub mod config;
@@ -22,6 +23,7 @@ mod limits;
 mod listener;
 mod local;
 mod metrics;
+mod per_cn;
 mod presence;
 mod process_run;
 mod python;

@@ -93,7 +93,8 @@ impl FileService for Service {
             }
             result
         });
-        // A client that trickles or stalls holds its slot only up to the idle limit.
+        // A client that stalls or trickles holds its slot only up to the idle limit or
+        // while it sends at the minimum rate.
         let idle_limit = self.state.config.upload_idle_timeout;
         let metrics = self.state.metrics.clone();
         let chunks = stream.map(move |chunk| {
@@ -103,9 +104,12 @@ impl FileService for Service {
             }
             data
         });
-        let fed = feed(chunks, chunk_tx, Some(idle_limit)).await;
-        let stalled =
-            matches!(fed, Fed::Stalled).then(|| JobError::UploadStalled(lrpymrpc_units::human_duration(idle_limit)));
+        let fed = feed(chunks, chunk_tx, self.state.config.upload_pace()).await;
+        let stalled = match fed {
+            Fed::Stalled => Some(JobError::UploadStalled(lrpymrpc_units::human_duration(idle_limit))),
+            Fed::TooSlow => Some(JobError::UploadTooSlow(self.state.config.upload_min_rate)),
+            _ => None,
+        };
         let report = unpack.await.map_err(|e| JobError::task("unpacking the upload", e))?;
         drop(job_use);
         if let Some(error) = stalled {

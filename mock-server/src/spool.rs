@@ -6,11 +6,15 @@
 //! record. The run is cancelled by `Cancel`, by a limit, or when nobody follows it for
 //! `--reattach-grace` (unless it was started detached).
 //!
-//! The spool keeps at most `--spool-max-bytes` of message text per job; beyond, the
-//! oldest records go, and a follower that wanted them is told how many lines it
-//! missed. Spools live in memory: a restarted server has none (its jobs are swept).
+//! A spool keeps at most `--spool-max-bytes` per job, counted as what its records
+//! really take in memory (an empty line is a few hundred bytes, not zero), and all
+//! spools together at most `--spools-max-bytes`: past that, a spool that grows keeps
+//! only its share. Beyond, the oldest records go, and a follower that wanted them is
+//! told how many lines it missed. Spools live in memory: a restarted server has none
+//! (its jobs are swept).
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -28,6 +32,27 @@ const BURST: usize = 256;
 /// A message of a run as a follower gets it, or the status that ended the run.
 pub type Record = Result<ExecuteResponse, Status>;
 
+/// What a record costs besides its text: its slot in the queue and the allocation
+/// that holds its text.
+const RECORD_OVERHEAD: usize = std::mem::size_of::<(u64, Record)>() + 16;
+
+/// What a record takes in memory.
+fn cost(record: &Record) -> usize {
+    RECORD_OVERHEAD
+        + match record {
+            Ok(message) => message.message.capacity(),
+            Err(status) => status.message().len(),
+        }
+}
+
+/// What all spools together may take (`--spools-max-bytes`), and take now.
+#[derive(Debug)]
+struct Budget {
+    max: usize,
+    used: AtomicUsize,
+    spools: AtomicUsize,
+}
+
 /// The durable runs of this server, by job id.
 #[derive(Debug)]
 pub struct Spools {
@@ -36,6 +61,7 @@ pub struct Spools {
     grace: Duration,
     /// Message bytes one spool keeps (`--spool-max-bytes`).
     max_bytes: usize,
+    budget: Arc<Budget>,
 }
 
 /// What a durable run was started with, for `attach` and `jobs`.
@@ -56,6 +82,7 @@ pub struct Spool {
     pub started: Started,
     started_at: (SystemTime, Instant),
     inner: Mutex<Inner>,
+    budget: Arc<Budget>,
     /// The next sequence number, sent each time a record is added or the run ends.
     appended: watch::Sender<u64>,
 }
@@ -79,8 +106,11 @@ struct Inner {
 }
 
 impl Spools {
-    pub fn new(grace: Duration, max_bytes: usize) -> Spools {
-        Spools { spools: Mutex::default(), grace, max_bytes: max_bytes.max(1) }
+    /// Runs whose followers left go on for `grace`; one spool keeps `max_bytes`, all
+    /// of them `total_max_bytes`.
+    pub fn new(grace: Duration, max_bytes: usize, total_max_bytes: usize) -> Spools {
+        let budget = Budget { max: total_max_bytes.max(1), used: AtomicUsize::new(0), spools: AtomicUsize::new(0) };
+        Spools { spools: Mutex::default(), grace, max_bytes: max_bytes.max(1), budget: Arc::new(budget) }
     }
 
     fn spools(&self) -> MutexGuard<'_, HashMap<String, Arc<Spool>>> {
@@ -107,7 +137,9 @@ impl Spools {
                 cancel: Some(cancel),
             }),
             appended,
+            budget: self.budget.clone(),
         });
+        self.budget.spools.fetch_add(1, Ordering::SeqCst);
         self.spools().insert(spool.started.id.clone(), spool.clone());
         tokio::spawn(pump(spool.clone(), events, cancelled, self.max_bytes));
         spool
@@ -172,6 +204,14 @@ impl Spools {
                 spool.cancel("nobody came back for it within the server's --reattach-grace");
             }
         });
+    }
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        let bytes = self.inner.get_mut().map_or_else(|poisoned| poisoned.into_inner().bytes, |inner| inner.bytes);
+        self.budget.used.fetch_sub(bytes, Ordering::SeqCst);
+        self.budget.spools.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -246,7 +286,7 @@ async fn pump(
 fn append(spool: &Spool, records: impl Iterator<Item = Record>, max_bytes: usize) {
     let mut inner = spool.inner();
     for record in records {
-        inner.push(record, max_bytes);
+        inner.push(record, max_bytes, &spool.budget);
     }
     let next = inner.next_seq;
     drop(inner);
@@ -254,12 +294,13 @@ fn append(spool: &Spool, records: impl Iterator<Item = Record>, max_bytes: usize
 }
 
 impl Inner {
-    /// Adds a record with the next number; drops the oldest beyond the bound.
-    fn push(&mut self, mut record: Record, max_bytes: usize) {
+    /// Adds a record with the next number; drops the oldest beyond the bound, which is
+    /// this spool's share of the total while all spools together are past theirs.
+    fn push(&mut self, mut record: Record, max_bytes: usize, budget: &Budget) {
         let inner = self;
         let seq = inner.next_seq;
         inner.next_seq += 1;
-        let size = match &mut record {
+        match &mut record {
             Ok(message) => {
                 message.seq = seq;
                 if let Some(status) = &message.exit_status {
@@ -268,24 +309,27 @@ impl Inner {
                         signal => format!("signal {signal}"),
                     });
                 }
-                message.message.len() + 16
             }
             Err(status) => {
                 inner.end = Some(match status.code() {
                     tonic::Code::Cancelled => "cancelled".into(),
                     _ => format!("failed: {}", status.message()),
                 });
-                status.message().len() + 16
             }
-        };
+        }
+        let size = cost(&record);
         inner.records.push_back((seq, record));
         inner.bytes += size;
-        while inner.bytes > max_bytes && inner.records.len() > 1 {
+        let total = budget.used.fetch_add(size, Ordering::SeqCst) + size;
+        let limit = match total > budget.max {
+            true => max_bytes.min(budget.max / budget.spools.load(Ordering::SeqCst).max(1)),
+            false => max_bytes,
+        };
+        while inner.bytes > limit && inner.records.len() > 1 {
             if let Some((dropped, record)) = inner.records.pop_front() {
-                inner.bytes -= match &record {
-                    Ok(message) => message.message.len() + 16,
-                    Err(status) => status.message().len() + 16,
-                };
+                let size = cost(&record);
+                inner.bytes -= size;
+                budget.used.fetch_sub(size, Ordering::SeqCst);
                 inner.first_kept = dropped + 1;
             }
         }
@@ -358,7 +402,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_follower_resumes_after_the_last_record_it_got_and_the_status_is_last() {
-        let spools = Arc::new(Spools::new(Duration::from_secs(60), 1 << 20));
+        let spools = Arc::new(Spools::new(Duration::from_secs(60), 1 << 20, 1 << 30));
         let (tx, rx) = mpsc::channel(8);
         let spool = spools.start(started(false), rx);
         for n in 1..=3 {
@@ -375,7 +419,7 @@ mod tests {
 
     #[tokio::test]
     async fn beyond_the_bound_the_oldest_go_and_the_follower_is_told() {
-        let spools = Arc::new(Spools::new(Duration::from_secs(60), 200));
+        let spools = Arc::new(Spools::new(Duration::from_secs(60), 2000, 1 << 30));
         let (tx, rx) = mpsc::channel(64);
         let spool = spools.start(started(false), rx);
         for n in 0..20 {
@@ -388,9 +432,47 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn empty_lines_count_what_they_take_and_all_spools_share_one_bound() {
+        // A 1 MiB spool of empty lines keeps a few thousand of them, not a million.
+        let spools = Arc::new(Spools::new(Duration::from_secs(60), 1 << 20, 1 << 30));
+        let (tx, rx) = mpsc::channel(64);
+        let spool = spools.start(started(true), rx);
+        for _ in 0..20_000 {
+            tx.send(line("")).await.unwrap();
+        }
+        drop(tx);
+        let got = collect(spools.follow(spool.clone(), 0, false)).await;
+        assert!(got.len() < (1 << 20) / RECORD_OVERHEAD + 2, "{} records kept", got.len());
+        assert!(spool.inner().bytes <= 1 << 20);
+        // Two spools of 1 MiB each under a 1 MiB total: each keeps about half.
+        let shared = Arc::new(Spools::new(Duration::from_secs(60), 1 << 20, 1 << 20));
+        let mut kept = Vec::new();
+        let mut senders = Vec::new();
+        for id in ["a", "b"] {
+            let (tx, rx) = mpsc::channel(64);
+            kept.push(shared.start(Started { id: id.into(), ..started(true) }, rx));
+            senders.push(tx);
+        }
+        for _ in 0..10_000 {
+            for tx in &senders {
+                tx.send(line("some output")).await.unwrap();
+            }
+        }
+        drop(senders);
+        for spool in &kept {
+            drop(collect(shared.follow(spool.clone(), u64::MAX - 1, false)).await);
+        }
+        let used = shared.budget.used.load(Ordering::SeqCst);
+        assert!(used <= (1 << 20) + 2 * RECORD_OVERHEAD + 64, "{used} bytes in all");
+        drop(kept);
+        shared.retain(|_| false);
+        assert_eq!(shared.budget.used.load(Ordering::SeqCst), 0, "a spool gone gives its bytes back");
+    }
+
+    #[tokio::test]
     async fn nobody_coming_back_within_the_grace_cancels_unless_detached() {
         for detached in [false, true] {
-            let spools = Arc::new(Spools::new(Duration::from_millis(200), 1 << 20));
+            let spools = Arc::new(Spools::new(Duration::from_millis(200), 1 << 20, 1 << 30));
             let (tx, rx) = mpsc::channel(8);
             let spool = spools.start(started(detached), rx);
             drop(spools.follow(spool.clone(), 0, false));

@@ -37,6 +37,10 @@ pub struct State {
     pub spools: Arc<crate::spool::Spools>,
     /// Set at shutdown: uploads are refused, running jobs finish.
     pub draining: AtomicBool,
+    /// UploadBlobs streams open now (`blob_upload.rs`).
+    pub blob_streams: Arc<crate::blob_upload::StreamSlots>,
+    /// CreateJob trees being checked, in turns per CN.
+    pub tree_plans: crate::per_cn::Turns,
 }
 
 impl State {
@@ -82,7 +86,7 @@ impl State {
             );
         }
         let metrics = Arc::new(crate::metrics::Metrics::new(config.metrics_per_cn));
-        let (reattach_grace, spool_max_bytes) = (config.reattach_grace, config.spool_max_bytes);
+        let spool_bounds = (config.reattach_grace, config.spool_max_bytes, config.spools_max_bytes);
         let slurm = match &config.executor {
             ExecutorChoice::Local => None,
             ExecutorChoice::Slurm(options) => Some(
@@ -100,8 +104,10 @@ impl State {
             known_trees: Default::default(),
             action_cache,
             metrics,
-            spools: Arc::new(crate::spool::Spools::new(reattach_grace, spool_max_bytes)),
+            spools: Arc::new(crate::spool::Spools::new(spool_bounds.0, spool_bounds.1, spool_bounds.2)),
             draining: AtomicBool::new(false),
+            blob_streams: Arc::default(),
+            tree_plans: crate::per_cn::Turns::new(crate::extensions::PLANS_PER_CN),
         };
         Ok((state, swept))
     }

@@ -8,7 +8,7 @@ use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use lrpymrpc_certs::layout;
-use lrpymrpc_proto::v1::BlobChunk;
+use lrpymrpc_proto::v1::{BlobChunk, Digest, Directory, FileNode, TreePart};
 use lrpymrpc_proto::{AttachInfo, CachePolicy, Durability, ExecuteRequest};
 
 use crate::env::{TestEnv, send_signal, wait_exit};
@@ -254,4 +254,324 @@ fn jobs_prints_no_control_sequence_a_server_sent() {
     for bad in ['\u{1b}', '\u{7}', '\u{9b}', '\u{202e}'] {
         assert!(!stdout.contains(bad), "{bad:?} reached the terminal: {stdout:?}");
     }
+}
+
+/// A blob's one chunk.
+fn blob(bytes: &[u8]) -> BlobChunk {
+    BlobChunk { digest: Some(lrpymrpc_cas::digest_of(bytes)), data: bytes.to_vec(), ..Default::default() }
+}
+
+// 6: a tree's file sizes come from the store, not from the client: one 8 KiB blob
+// named five times as 1 byte is not a 5-byte job against a 10 KiB limit.
+#[test]
+fn a_tree_cannot_claim_its_files_are_smaller_than_their_blobs() {
+    let mut env = TestEnv::configured(|config| config.upload_limits.max_bytes = 10 * 1024);
+    let (addr, tls) = (env.addr, env.tls.clone());
+    let jobs = env.jobs.clone();
+    env.runtime().block_on(async move {
+        let bytes = vec![b'b'; 8192];
+        let mut client = crate::cas::raw_extensions(addr, &tls).await;
+        assert_eq!(client.upload_blobs(tokio_stream::iter([blob(&bytes)])).await.unwrap().into_inner().stored, 1);
+        let lie = Digest { size: 1, ..lrpymrpc_cas::digest_of(&bytes) };
+        let files = (0..5).map(|i| FileNode { name: format!("f{i}"), digest: Some(lie.clone()), executable: false });
+        let root = Directory { files: files.collect(), directories: vec![] };
+        let part = TreePart {
+            digest_function: "sha256".into(),
+            root: Some(lrpymrpc_cas::directory_digest(&root)),
+            directories: vec![root],
+            root_only: false,
+        };
+        let refused = client.create_job(tokio_stream::iter([part])).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+        assert!(refused.message().contains("`f0` claims 1 bytes, but its blob holds 8192"), "{refused:?}");
+    });
+    let made = std::fs::read_dir(&jobs)
+        .unwrap()
+        .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().starts_with("lrpymrpc-"));
+    assert_eq!(made.count(), 0, "no job directory was made");
+}
+
+// 7: tiny blobs cost the disk whole blocks: a stream of 1,000 distinct 8-byte blobs
+// against a 1 MiB store is refused once what it took fills its share, and what is on
+// disk stays within the bound.
+#[test]
+fn tiny_blobs_cannot_fill_the_disk_while_counted_as_bytes() {
+    let mut env = TestEnv::configured(|config| config.cas_max_bytes = 1 << 20);
+    let (addr, tls) = (env.addr, env.tls.clone());
+    let refused = env.runtime().block_on(async move {
+        let mut client = crate::cas::raw_extensions(addr, &tls).await;
+        let blobs: Vec<BlobChunk> = (0..1000u32).map(|i| blob(format!("{i:08}").as_bytes())).collect();
+        client.upload_blobs(tokio_stream::iter(blobs)).await.unwrap_err()
+    });
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused:?}");
+    let stored = crate::cas::store_blobs(&env).len() as u64;
+    assert!(stored > 0, "some were stored before the bound");
+    assert!(stored * 4096 <= 1 << 20, "{stored} blobs of a 4 KiB block each in 1 MiB");
+}
+
+// 8: blobs still arriving count against the bound, and one CN's waiting blobs take at
+// most half of the store: six concurrent 1.5 MiB uploads of one CN into a 4 MiB store
+// store one; another CN can still upload; and a real client whose tree does not fit
+// its share sends a tar.gz instead of failing.
+#[test]
+fn concurrent_uploads_cannot_overfill_the_store_or_lock_out_other_cns() {
+    let mut env = TestEnv::configured(|config| config.cas_max_bytes = 4 << 20);
+    let other = crate::env::client_dir_for(&env, "other");
+    let (addr, tls, jobs) = (env.addr, env.tls.clone(), env.jobs.clone());
+    let (outcomes, others) = env.runtime().block_on(async move {
+        let piece = 256 * 1024;
+        let mut senders = Vec::new();
+        let mut calls = Vec::new();
+        for i in 0..6u8 {
+            let bytes = vec![i; 3 * piece * 2];
+            let (tx, rx) = tokio::sync::mpsc::channel(16);
+            let digest = lrpymrpc_cas::digest_of(&bytes);
+            tx.send(BlobChunk { digest: Some(digest), data: bytes[..piece].to_vec(), ..Default::default() })
+                .await
+                .unwrap();
+            let mut client = crate::cas::raw_extensions(addr, &tls).await;
+            calls.push(tokio::spawn(async move {
+                client
+                    .upload_blobs(tokio_stream::wrappers::ReceiverStream::new(rx))
+                    .await
+                    .map(|r| r.into_inner().stored)
+            }));
+            senders.push((tx, bytes));
+        }
+        // Every upload has begun (a blob file opened in `incoming/`) or been refused
+        // before any ends.
+        let incoming = jobs.join("lrpymrpc-cas/incoming");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let begun = std::fs::read_dir(&incoming).map_or(0, |dir| dir.count());
+            let refused = calls.iter().filter(|call| call.is_finished()).count();
+            if begun + refused == 6 {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{begun} begun, {refused} refused");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        for (tx, bytes) in senders {
+            for chunk in bytes[piece..].chunks(piece) {
+                let _ = tx.send(BlobChunk { data: chunk.to_vec(), ..Default::default() }).await;
+            }
+        }
+        let mut outcomes = Vec::new();
+        for call in calls {
+            outcomes.push(call.await.unwrap());
+        }
+        let mut others = crate::cas::raw_extensions(addr, &other).await;
+        let others = others.upload_blobs(tokio_stream::iter([blob(&vec![9u8; 3 * piece * 2])])).await;
+        (outcomes, others.map(|r| r.into_inner().stored))
+    });
+    let stored = outcomes.iter().filter(|o| o.is_ok()).count();
+    assert_eq!(stored, 1, "one CN's half of the store holds one 1.5 MiB blob: {outcomes:?}");
+    for refused in outcomes.iter().filter_map(|o| o.as_ref().err()) {
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused:?}");
+    }
+    assert_eq!(others.unwrap(), 1, "another CN is not locked out");
+    let on_disk: u64 = crate::cas::store_blobs(&env).iter().map(|p| std::fs::metadata(p).unwrap().len()).sum();
+    assert!(on_disk <= 4 << 20, "{on_disk} bytes stored in a 4 MiB store");
+    // Two 1.5 MiB files do not fit this CN's half: the real client sends a tar.gz.
+    env.write("source/a", "a".repeat(3 << 19));
+    env.write("source/b", "b".repeat(3 << 19));
+    let output = env.client().args(["--CMD", "wc -c source/a source/b"]).output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "{stdout}{stderr}");
+    assert!(stderr.contains("the sources go as a tar.gz"), "{stderr}");
+    assert!(stdout.contains("3145728 total"), "{stdout}");
+}
+
+// 3: blob uploads hold no thread while they wait for the network and are bounded per
+// CN: eight streams of one CN that each sent a byte and went quiet leave the ninth
+// refused at once, and another user's calls answered at once.
+#[test]
+fn quiet_blob_streams_are_bounded_per_cn_and_starve_nobody() {
+    let mut env = TestEnv::new();
+    let other = crate::env::client_dir_for(&env, "other");
+    let (addr, tls, jobs) = (env.addr, env.tls.clone(), env.jobs.clone());
+    env.runtime().block_on(async move {
+        let mut held = Vec::new();
+        for i in 0..8u8 {
+            let (tx, rx) = tokio::sync::mpsc::channel(4);
+            let digest = lrpymrpc_cas::digest_of(&[i; 1000]);
+            tx.send(BlobChunk { digest: Some(digest), data: vec![i], ..Default::default() }).await.unwrap();
+            let mut client = crate::cas::raw_extensions(addr, &tls).await;
+            let call = tokio::spawn(async move {
+                client.upload_blobs(tokio_stream::wrappers::ReceiverStream::new(rx)).await.map(|_| ())
+            });
+            held.push((tx, call));
+        }
+        // Every one has begun its blob (a file in `incoming/`).
+        let incoming = jobs.join("lrpymrpc-cas/incoming");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::fs::read_dir(&incoming).map_or(0, |dir| dir.count()) < 8 {
+            assert!(std::time::Instant::now() < deadline, "the eight streams began");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut ninth = crate::cas::raw_extensions(addr, &tls).await;
+        let refused = ninth.upload_blobs(tokio_stream::iter([blob(b"ninth")])).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused:?}");
+        assert!(refused.message().contains("8 blob uploads at once of one certificate"), "{refused:?}");
+        // Another user uploads and makes a job meanwhile.
+        let started = std::time::Instant::now();
+        let mut others = crate::cas::raw_extensions(addr, &other).await;
+        let digest = lrpymrpc_cas::digest_of(b"theirs");
+        assert_eq!(others.upload_blobs(tokio_stream::iter([blob(b"theirs")])).await.unwrap().into_inner().stored, 1);
+        let job = others.create_job(tokio_stream::iter(crate::cas::one_file_tree(&digest))).await.unwrap();
+        assert!(!job.into_inner().unique_id.is_empty());
+        assert!(started.elapsed() < Duration::from_secs(5), "another user waited {:?}", started.elapsed());
+        drop(held);
+    });
+}
+
+// 13: an upload that trickles (16 bytes every 100 ms: it never idles) is cut once past
+// its grace for sending less than the minimum rate, and its slot is free again.
+#[test]
+fn a_trickling_upload_is_cut_and_frees_its_slot() {
+    let mut env = TestEnv::configured(|config| {
+        config.max_jobs = 1;
+        config.upload_min_rate = 4096;
+        config.upload_rate_grace = Duration::from_secs(1);
+    });
+    let (addr, tls) = (env.addr, env.tls.clone());
+    env.runtime().block_on(async move {
+        let mut client = crate::tls::raw_client(addr, &tls, true).await.unwrap();
+        let archive =
+            lrpymrpc_archive::testing::gzip(&lrpymrpc_archive::testing::tar_bytes(&[lrpymrpc_archive::testing::file(
+                "x",
+                &"x".repeat(100_000),
+            )]));
+        let trickle = tokio_stream::StreamExt::then(
+            tokio_stream::iter(archive.chunks(16).map(<[u8]>::to_vec).collect::<Vec<_>>()),
+            |data| async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                lrpymrpc_proto::DataChunk { data }
+            },
+        );
+        let started = std::time::Instant::now();
+        let refused = client.upload(trickle).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused:?}");
+        assert!(refused.message().contains("a second (--upload-min-rate)"), "{refused:?}");
+        assert!(started.elapsed() < Duration::from_secs(10), "cut soon after the grace: {:?}", started.elapsed());
+        // The one slot is free: a normal upload gets it.
+        crate::security::raw_upload(&mut client).await;
+    });
+}
+
+// 13: one certificate may hold three quarters of the slots by default, so another user
+// still gets one.
+#[test]
+fn by_default_one_cn_cannot_take_every_slot() {
+    let mut env = TestEnv::bare();
+    let (mut server, port) = crate::env::spawn_server_binary(&env, &["--max-jobs", "4"]);
+    env.set_addr(([127, 0, 0, 1], port).into());
+    let other = crate::env::client_dir_for(&env, "other");
+    let (addr, tls) = (env.addr, env.tls.clone());
+    env.runtime().block_on(async move {
+        let mut mine = crate::tls::raw_client(addr, &tls, true).await.unwrap();
+        for _ in 0..3 {
+            crate::security::raw_upload(&mut mine).await;
+        }
+        let archive =
+            lrpymrpc_archive::testing::gzip(&lrpymrpc_archive::testing::tar_bytes(&[lrpymrpc_archive::testing::file(
+                "x", "x",
+            )]));
+        let refused = mine.upload(tokio_stream::iter([lrpymrpc_proto::DataChunk { data: archive }])).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused:?}");
+        assert!(refused.message().contains("at most 3 jobs at once per certificate"), "{refused:?}");
+        let mut theirs = crate::tls::raw_client(addr, &other, true).await.unwrap();
+        crate::security::raw_upload(&mut theirs).await;
+    });
+    // (Its four uploaded jobs would hold a draining shutdown for its grace.)
+    server.kill().unwrap();
+    wait_exit(&mut server, Duration::from_secs(20));
+}
+
+/// The CPU time a process has used (user and system), from `/proc/PID/stat`.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The fields after the command name (in parentheses, which may hold spaces).
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf has no memory effects.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_millis(ticks * 1000 / per_second)
+}
+
+// 4: a 4 KB tree of forty directories each naming the next twice (2^40 entries) is
+// refused without being expanded: four senders of it cost the server next to no CPU.
+#[test]
+fn a_tree_that_expands_to_a_million_entries_is_refused_without_expanding_it() {
+    let mut env = TestEnv::bare();
+    let (mut server, port) = crate::env::spawn_server_binary(&env, &[]);
+    env.set_addr(([127, 0, 0, 1], port).into());
+    let mut directories = vec![Directory::default()];
+    for _ in 0..40 {
+        let below = lrpymrpc_cas::directory_digest(directories.last().unwrap());
+        let node = |name: &str| lrpymrpc_proto::v1::DirectoryNode { name: name.into(), digest: Some(below.clone()) };
+        directories.push(Directory { files: vec![], directories: vec![node("a"), node("b")] });
+    }
+    let part = TreePart {
+        digest_function: "sha256".into(),
+        root: Some(lrpymrpc_cas::directory_digest(directories.last().unwrap())),
+        directories,
+        root_only: false,
+    };
+    let before = cpu_time(server.id());
+    let (addr, tls) = (env.addr, env.tls.clone());
+    let refusals = env.runtime().block_on(async move {
+        let mut calls = Vec::new();
+        for _ in 0..4 {
+            let mut client = crate::cas::raw_extensions(addr, &tls).await;
+            let part = part.clone();
+            calls.push(tokio::spawn(async move { client.create_job(tokio_stream::iter([part])).await.unwrap_err() }));
+        }
+        let mut refusals = Vec::new();
+        for call in calls {
+            refusals.push(call.await.unwrap());
+        }
+        refusals
+    });
+    for refused in &refusals {
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused:?}");
+        assert!(refused.message().contains("more entries than the limit"), "{refused:?}");
+    }
+    let spent = cpu_time(server.id()) - before;
+    assert!(spent < Duration::from_millis(800), "four hostile trees cost the server {spent:?} of CPU");
+    server.kill().unwrap();
+    wait_exit(&mut server, Duration::from_secs(20));
+}
+
+/// The resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status.lines().find_map(|line| line.strip_prefix("VmRSS:")?.trim().strip_suffix("kB")?.trim().parse().ok()).unwrap()
+}
+
+// 5: a detached job printing three million empty lines is kept within its spool's
+// bound as the memory it really takes (it took 180 MB against a 16 MiB bound).
+#[test]
+fn millions_of_empty_lines_stay_within_the_spool_bound() {
+    let mut env = TestEnv::bare();
+    let (mut server, port) = crate::env::spawn_server_binary(&env, &["--spool-max-bytes", "16M"]);
+    env.set_addr(([127, 0, 0, 1], port).into());
+    env.write("source/x", "x");
+    let before = rss_kib(server.id());
+    let detached = env.client().args(["--detach", "--CMD", "yes '' | head -n 3000000; echo last"]).output().unwrap();
+    assert!(detached.status.success(), "{}", String::from_utf8_lossy(&detached.stderr));
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let jobs = env.client().arg("jobs").output().unwrap();
+        if String::from_utf8_lossy(&jobs.stdout).contains("exited 0") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the job ended");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let grown = rss_kib(server.id()).saturating_sub(before);
+    assert!(grown < 64 * 1024, "the server grew by {grown} KiB for one 16 MiB spool");
+    server.kill().unwrap();
+    wait_exit(&mut server, Duration::from_secs(20));
 }

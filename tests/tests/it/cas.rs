@@ -10,7 +10,7 @@ use predicates::prelude::*;
 
 use crate::env::{TestEnv, client_dir_for, pseudo_random, wait_until};
 
-fn store_blobs(env: &TestEnv) -> Vec<std::path::PathBuf> {
+pub(crate) fn store_blobs(env: &TestEnv) -> Vec<std::path::PathBuf> {
     let mut blobs = Vec::new();
     for shard in std::fs::read_dir(env.jobs.join("lrpymrpc-cas/blobs")).into_iter().flatten().flatten() {
         blobs.extend(std::fs::read_dir(shard.path()).unwrap().flatten().map(|e| e.path()));
