@@ -79,8 +79,10 @@ pub fn build_tree(
                 let (hash, size) = match cache.lookup(meta) {
                     Some(hash) => (hash, meta.len()),
                     None => {
-                        let (hash, size) = hash_file(disk, &mut buffer, on_read, stop)?;
-                        cache.insert(meta, hash, size);
+                        let (hash, size, unchanged) = hash_file(disk, meta, &mut buffer, on_read, stop)?;
+                        if unchanged {
+                            cache.insert(meta, hash, size);
+                        }
                         tree.hashed_files += 1;
                         tree.hashed_bytes += size;
                         (hash, size)
@@ -108,12 +110,17 @@ pub fn build_tree(
 }
 
 /// Hashes a file's bytes, read through `buffer` (one for the whole walk).
+/// The hash and size of the file at `path`, and whether the file read is the one the
+/// walk saw (`seen`: the same inode, size, mtime and ctime after the read): only then
+/// may the stat cache remember the hash under that metadata.
 fn hash_file(
     path: &Path,
+    seen: &std::fs::Metadata,
     buffer: &mut Vec<u8>,
     on_read: &dyn Fn(u64),
     stop: &AtomicBool,
-) -> Result<(HashBytes, u64), PackError> {
+) -> Result<(HashBytes, u64, bool), PackError> {
+    use std::os::unix::fs::MetadataExt;
     let read_error = |source| PackError::Read { path: path.to_path_buf(), source };
     let mut file = File::open(path).map_err(read_error)?;
     let mut hasher = Hasher::default();
@@ -124,7 +131,13 @@ fn hash_file(
         }
         let n = file.read(buffer).map_err(read_error)?;
         if n == 0 {
-            return Ok(hasher.finish_bytes());
+            let (hash, size) = hasher.finish_bytes();
+            let after = file.metadata().map_err(read_error)?;
+            let same = |m: &std::fs::Metadata| {
+                (m.dev(), m.ino(), m.len(), m.mtime(), m.mtime_nsec(), m.ctime(), m.ctime_nsec())
+            };
+            let unchanged = same(&after) == same(seen) && size == seen.len();
+            return Ok((hash, size, unchanged));
         }
         hasher.update(&buffer[..n]);
         on_read(n as u64);
@@ -282,6 +295,24 @@ mod tests {
 
     fn everything(_: &Candidate<'_>) -> bool {
         true
+    }
+
+    #[test]
+    fn a_file_changed_since_the_walk_saw_it_is_not_remembered_under_what_the_walk_saw() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, "before").unwrap();
+        let seen = std::fs::metadata(&path).unwrap();
+        let mut buffer = Vec::new();
+        let stop = AtomicBool::new(false);
+        let (_, _, unchanged) = hash_file(&path, &seen, &mut buffer, &|_| {}, &stop).unwrap();
+        assert!(unchanged, "the file the walk saw");
+        // Replaced by another file (a new inode) after the walk looked at it.
+        std::fs::write(dir.path().join("g"), "after!").unwrap();
+        std::fs::rename(dir.path().join("g"), &path).unwrap();
+        let (hash, size, unchanged) = hash_file(&path, &seen, &mut buffer, &|_| {}, &stop).unwrap();
+        assert_eq!((hash, size), (hash_bytes(&digest_of(b"after!").hash).unwrap(), 6));
+        assert!(!unchanged, "what was read is not what the walk saw: the cache keeps nothing of it");
     }
 
     #[test]

@@ -221,13 +221,20 @@ impl Session {
         compress: bool,
         out: &Output,
     ) -> Result<(u64, u64, u64), ClientError> {
-        let total: u64 = missing.iter().map(|d| d.size).sum();
+        // The server may only ask for what the tree holds: anything else is passed over,
+        // and what it asks for is sized by the tree, never by the server's claim.
+        let sources = Arc::new(tree.sources_of(&missing));
+        let mut listed = std::collections::HashSet::new();
+        let missing: Vec<Digest> = missing
+            .iter()
+            .filter(|wanted| listed.insert(wanted.hash.as_str()))
+            .filter_map(|wanted| sources.get(&wanted.hash).map(|(_, own)| own.clone()))
+            .collect();
+        let total: u64 = missing.iter().fold(0, |sum, d| sum.saturating_add(d.size));
         let progress = out.progress("upload");
         progress.set_total(total);
         let moved = Arc::new(AtomicU64::new(0));
         let wire = Arc::new(AtomicU64::new(0));
-        // The server may only ask for what the tree holds: anything else is passed over.
-        let sources = Arc::new(tree.sources_of(&missing));
         let streams = split_missing(missing, stream_count(total, compress, self.peer_is_loopback()));
         let mut calls = tokio::task::JoinSet::new();
         for share in streams {
@@ -317,7 +324,7 @@ fn split_missing(mut missing: Vec<Digest>, streams: usize) -> Vec<Vec<Digest>> {
     let mut shares: Vec<(u64, Vec<Digest>)> = vec![(0, Vec::new()); streams];
     for digest in missing {
         let lightest = shares.iter_mut().min_by_key(|(bytes, _)| *bytes).expect("at least one share");
-        lightest.0 += digest.size;
+        lightest.0 = lightest.0.saturating_add(digest.size);
         lightest.1.push(digest);
     }
     shares.into_iter().map(|(_, share)| share).filter(|share| !share.is_empty()).collect()

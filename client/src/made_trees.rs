@@ -48,7 +48,11 @@ impl MadeTrees {
             std::fs::create_dir_all(dir)?;
         }
         if self.entries.len() <= MAX_ENTRIES {
-            let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+            // Which servers a user works with and what: the user's alone (0600, and so
+            // made again if an earlier version left it readable by others).
+            use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+            let mut file = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
+            file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
             return file.write_all(format!("{server} {root}\n").as_bytes());
         }
         let keep = &self.entries[self.entries.len() - MAX_ENTRIES / 2..];
@@ -73,6 +77,8 @@ mod tests {
         let mut made = MadeTrees::load(&path);
         assert!(!made.contains("a:1", &root(1)));
         made.record("a:1", &root(1)).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600, "the user's alone");
         let again = MadeTrees::load(&path);
         assert!(again.contains("a:1", &root(1)) && !again.contains("b:1", &root(1)));
         let mut made = again;

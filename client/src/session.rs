@@ -349,7 +349,12 @@ impl Session {
             .tempdir_in(&dest)
             .map_err(|e| local("create a staging directory in", &dest, e))?;
         let failed = |status| self.failed(Step::Download, status);
-        let stream = client.download(request).await.map_err(failed)?.into_inner();
+        // A server that never answers the call is a stall like one that stops sending.
+        let stream = tokio::time::timeout(self.stall, client.download(request))
+            .await
+            .map_err(|_| self.stalled(Step::Download))?
+            .map_err(failed)?
+            .into_inner();
 
         let (chunk_tx, chunk_rx) = mpsc::channel(QUEUED_CHUNKS);
         // The unpacking thread owns the staging directory and the move into place, so a

@@ -325,7 +325,7 @@ fn with_config_file(argv: Vec<std::ffi::OsString>) -> anyhow::Result<Args> {
         .filter(|arg| matches.value_source(arg.get_id().as_str()) == Some(clap::parser::ValueSource::CommandLine))
         .filter_map(|arg| arg.get_long().map(str::to_string))
         .collect();
-    let text = std::fs::read_to_string(&path).with_context(|| format!("--config `{}`", path.display()))?;
+    let text = crate::config::read_admin_file(&path).with_context(|| format!("--config `{}`", path.display()))?;
     let from_file =
         crate::config_file::arguments::<Args>(&path, &text, &set_on_command_line).map_err(anyhow::Error::msg)?;
     let mut merged: Vec<std::ffi::OsString> = argv.iter().take(1).cloned().collect();
@@ -347,7 +347,7 @@ fn clap_message(error: &clap::Error) -> String {
 /// What `check-config FILE` does: everything serving would check, then a summary.
 fn check_config(file: &Path) -> anyhow::Result<()> {
     use clap::{CommandFactory, FromArgMatches};
-    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read `{}`", file.display()))?;
+    let text = crate::config::read_admin_file(file).with_context(|| format!("cannot read `{}`", file.display()))?;
     let from_file =
         crate::config_file::arguments::<Args>(file, &text, &Default::default()).map_err(anyhow::Error::msg)?;
     let argv = std::iter::once("lrpymrpc-mock-server".to_string()).chain(from_file);

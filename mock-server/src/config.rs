@@ -203,9 +203,34 @@ pub enum ConfigError {
     BadCn { path: PathBuf, line: usize, text: String },
 }
 
+/// The most bytes of a file the administrator names (config, allow-list, PEM).
+const MAX_ADMIN_FILE_BYTES: u64 = 16 << 20;
+
+/// Reads a text file the administrator named: a regular file only (a FIFO or a device
+/// would block start-up or never end: it is opened without blocking and refused), at
+/// most [`MAX_ADMIN_FILE_BYTES`].
+pub fn read_admin_file(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::other("not a regular file (a FIFO, device or directory is refused)"));
+    }
+    if meta.len() > MAX_ADMIN_FILE_BYTES {
+        return Err(std::io::Error::other(format!(
+            "larger than {}",
+            lrpymrpc_units::human_bytes(MAX_ADMIN_FILE_BYTES)
+        )));
+    }
+    let mut text = String::new();
+    file.take(MAX_ADMIN_FILE_BYTES).read_to_string(&mut text)?;
+    Ok(text)
+}
+
 /// Reads an allow-list file: one CN per line, `#` comments and blank lines ignored.
 pub fn read_allowed_cns(path: &Path) -> Result<Vec<String>, ConfigError> {
-    let text = fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+    let text = read_admin_file(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
     let mut names = Vec::new();
     for (index, line) in text.lines().enumerate() {
         let name = line.trim();
@@ -233,7 +258,7 @@ impl TlsMaterial {
 }
 
 fn read_pem(path: &Path) -> Result<String, ConfigError> {
-    let text = fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+    let text = read_admin_file(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
     if !text.contains("-----BEGIN ") {
         return Err(ConfigError::NotPem { path: path.to_path_buf() });
     }

@@ -7,24 +7,98 @@
 //!
 //! The handshake is rustls with client certificates required (the CA that signs
 //! clients), so a connection reaches gRPC only once its certificate was verified; the
-//! `TlsStream`s carry the peer's certificates to the calls as tonic's own would.
+//! `TlsStream`s carry the peer's certificates to the calls as tonic's own would. With
+//! `--health-without-auth` a connection without a certificate gets through too (for
+//! the health check alone): those are capped apart ([`MAX_UNAUTHENTICATED`] at once,
+//! [`MAX_UNAUTHENTICATED_PER_ADDRESS`] from one address) and each lives at most
+//! [`UNAUTHENTICATED_LIFETIME`], so they cannot take the descriptors certificate
+//! holders need.
 
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::warn;
 
 use crate::config::TlsMaterial;
+
+/// Connections without a client certificate (`--health-without-auth`) at once.
+pub const MAX_UNAUTHENTICATED: usize = 32;
+/// Of those, from one IP address.
+pub const MAX_UNAUTHENTICATED_PER_ADDRESS: usize = 4;
+/// How long a connection without a client certificate may stay open (a health check
+/// is one call).
+pub const UNAUTHENTICATED_LIFETIME: Duration = Duration::from_secs(30);
+
+/// An accepted connection: its TLS stream, and for one without a client certificate
+/// its place among those and its end of life.
+pub struct Connection {
+    stream: TlsStream<TcpStream>,
+    unauthenticated: Option<Unauthenticated>,
+}
+
+struct Unauthenticated {
+    _permit: OwnedSemaphorePermit,
+    _from_address: AddressSlot,
+    ends: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Connection {
+    /// A connection past its lifetime reads as closed by a time-out.
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        self.unauthenticated.as_mut().is_some_and(|guard| guard.ends.as_mut().poll(cx).is_ready())
+    }
+}
+
+fn expired_error() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "a connection without a client certificate lived its time")
+}
+
+impl AsyncRead for Connection {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if self.expired(cx) {
+            return Poll::Ready(Err(expired_error()));
+        }
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Connection {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        if self.expired(cx) {
+            return Poll::Ready(Err(expired_error()));
+        }
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+impl tonic::transport::server::Connected for Connection {
+    type ConnectInfo = <TlsStream<TcpStream> as tonic::transport::server::Connected>::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.stream.connect_info()
+    }
+}
 
 /// Bounds on connections that have not finished their handshake yet.
 #[derive(Debug, Clone, Copy)]
@@ -77,7 +151,7 @@ pub fn accept_tls(
     acceptor: TlsAcceptor,
     limits: HandshakeLimits,
     metrics: Arc<crate::metrics::Metrics>,
-) -> ReceiverStream<io::Result<TlsStream<TcpStream>>> {
+) -> ReceiverStream<io::Result<Connection>> {
     let (tx, rx) = mpsc::channel(16);
     tokio::spawn(accept_loop(listener, acceptor, limits, tx, metrics));
     ReceiverStream::new(rx)
@@ -87,11 +161,13 @@ async fn accept_loop(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     limits: HandshakeLimits,
-    tx: mpsc::Sender<io::Result<TlsStream<TcpStream>>>,
+    tx: mpsc::Sender<io::Result<Connection>>,
     metrics: Arc<crate::metrics::Metrics>,
 ) {
     let in_progress = Arc::new(Semaphore::new(limits.max_in_progress.max(1)));
     let per_address = Arc::new(Mutex::new(HashMap::new()));
+    let unauthenticated = Arc::new(Semaphore::new(MAX_UNAUTHENTICATED));
+    let unauthenticated_per_address = Arc::new(Mutex::new(HashMap::new()));
     let mut closed = ClosedAtCap::default();
     loop {
         let (tcp, peer) = match listener.accept().await {
@@ -120,12 +196,29 @@ async fn accept_loop(
         let keepalive = socket2::TcpKeepalive::new().with_time(limits.keepalive);
         let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive);
         let (acceptor, tx, metrics) = (acceptor.clone(), tx.clone(), metrics.clone());
+        let (unauthenticated, unauthenticated_per_address) =
+            (unauthenticated.clone(), unauthenticated_per_address.clone());
         tokio::spawn(async move {
             let outcome = tokio::time::timeout(limits.timeout, acceptor.accept(tcp)).await;
             drop((permit, from_address));
             match outcome {
+                Ok(Ok(stream)) if stream.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty()) => {
+                    let _ = tx.send(Ok(Connection { stream, unauthenticated: None })).await;
+                }
                 Ok(Ok(stream)) => {
-                    let _ = tx.send(Ok(stream)).await;
+                    let place = unauthenticated.try_acquire_owned().ok().zip(AddressSlot::take(
+                        &unauthenticated_per_address,
+                        peer.ip(),
+                        MAX_UNAUTHENTICATED_PER_ADDRESS,
+                    ));
+                    let Some((permit, from_address)) = place else {
+                        metrics.refused("unauthenticated");
+                        warn!(peer = %peer, reason = "too many connections without a client certificate", "connection closed");
+                        return;
+                    };
+                    let ends = Box::pin(tokio::time::sleep(UNAUTHENTICATED_LIFETIME));
+                    let guard = Unauthenticated { _permit: permit, _from_address: from_address, ends };
+                    let _ = tx.send(Ok(Connection { stream, unauthenticated: Some(guard) })).await;
                 }
                 Ok(Err(error)) => {
                     metrics.refused("handshake");

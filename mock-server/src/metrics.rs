@@ -27,8 +27,30 @@ pub struct Outcome {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CnOutcome {
-    pub cn: String,
+    pub cn: LabelText,
     pub outcome: &'static str,
+}
+
+/// A label value from outside (a certificate's CN), escaped as the exposition format
+/// asks (a backslash, a double quote and a line break each behind a backslash):
+/// prometheus-client writes values as they are, and a CN such as `q",outcome="x`
+/// would otherwise break the whole scrape.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct LabelText(pub String);
+
+impl prometheus_client::encoding::EncodeLabelValue for LabelText {
+    fn encode(&self, encoder: &mut prometheus_client::encoding::LabelValueEncoder) -> std::fmt::Result {
+        use std::fmt::Write;
+        for c in self.0.chars() {
+            match c {
+                '\\' => encoder.write_str("\\\\")?,
+                '"' => encoder.write_str("\\\"")?,
+                '\n' => encoder.write_str("\\n")?,
+                c => encoder.write_char(c)?,
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -141,7 +163,7 @@ impl Metrics {
     pub fn finished(&self, cn: &str, outcome: &'static str) {
         self.jobs_finished.get_or_create(&Outcome { outcome }).inc();
         if self.per_cn {
-            self.jobs_finished_by_cn.get_or_create(&CnOutcome { cn: cn.to_string(), outcome }).inc();
+            self.jobs_finished_by_cn.get_or_create(&CnOutcome { cn: LabelText(cn.to_string()), outcome }).inc();
         }
     }
 
@@ -190,24 +212,65 @@ const MAX_CONNECTIONS: usize = 16;
 /// How long a scraper has to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Connections still sending their request, oldest first: the ones a new connection
+/// may push out when every place is taken.
+#[derive(Default)]
+struct Reading {
+    next_id: u64,
+    waiting: std::collections::VecDeque<(u64, tokio::sync::oneshot::Sender<()>)>,
+}
+
+impl Reading {
+    fn lock(reading: &std::sync::Mutex<Reading>) -> std::sync::MutexGuard<'_, Reading> {
+        reading.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
 /// Serves `GET /metrics` on `listener` until the task is dropped; `refresh` sets the
 /// gauges read at scrape time before each answer.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, refresh: Arc<dyn Fn() + Send + Sync>) {
-    // A scraper needs one connection; a flood of them is closed at once, so it cannot
-    // take the server's descriptors.
+    // A scraper needs one connection; a flood of them cannot take the server's
+    // descriptors (at most MAX_CONNECTIONS), and connections that trickle their request
+    // cannot keep a scraper out: when every place is taken, the connection that has
+    // been sending its request longest is closed to make room (a scraper sends its
+    // request at once).
     let open = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let reading = Arc::new(std::sync::Mutex::new(Reading::default()));
     loop {
         let Ok((mut stream, peer)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
-        let Ok(permit) = open.clone().try_acquire_owned() else { continue };
-        let (metrics, refresh) = (metrics.clone(), refresh.clone());
+        let permit = match open.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                let oldest = Reading::lock(&reading).waiting.pop_front();
+                let Some((_, close)) = oldest else { continue };
+                let _ = close.send(());
+                match tokio::time::timeout(Duration::from_millis(200), open.clone().acquire_owned()).await {
+                    Ok(Ok(permit)) => permit,
+                    _ => continue,
+                }
+            }
+        };
+        let (closed_tx, closed) = tokio::sync::oneshot::channel();
+        let id = {
+            let mut reading = Reading::lock(&reading);
+            reading.next_id += 1;
+            let id = reading.next_id;
+            reading.waiting.push_back((id, closed_tx));
+            id
+        };
+        let (metrics, refresh, reading) = (metrics.clone(), refresh.clone(), reading.clone());
         tokio::spawn(async move {
             let _permit = permit;
-            let request = tokio::time::timeout(REQUEST_TIMEOUT, read_head(&mut stream)).await;
+            let request = tokio::select! {
+                request = tokio::time::timeout(REQUEST_TIMEOUT, read_head(&mut stream)) => request.ok().flatten(),
+                _ = closed => None,
+            };
+            Reading::lock(&reading).waiting.retain(|(waiting, _)| *waiting != id);
             let response = match request {
-                Ok(Some(head)) if is_metrics_get(&head) => {
+                Some(head) if is_metrics_get(&head) => {
                     refresh();
                     let body = metrics.encode();
                     format!(
@@ -216,14 +279,17 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, refresh: Arc<dy
                         body.len()
                     )
                 }
-                Ok(Some(_)) => not_found(),
-                _ => {
-                    warn!(peer = %peer, "metrics request not read (too slow or too large)");
+                Some(_) => not_found(),
+                None => {
+                    warn!(peer = %peer, "metrics request not read (too slow, too large, or pushed out by a newer one)");
                     return;
                 }
             };
-            let _ = stream.write_all(response.as_bytes()).await;
-            let _ = stream.shutdown().await;
+            let _ = tokio::time::timeout(REQUEST_TIMEOUT, async {
+                let _ = stream.write_all(response.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            })
+            .await;
         });
     }
 }
@@ -283,6 +349,8 @@ mod tests {
         let per_cn = Metrics::new(true);
         per_cn.finished("alice", "success");
         assert!(per_cn.encode().contains("cn=\"alice\""));
+        per_cn.finished("q\",outcome=\"x\\\n", "success");
+        assert!(per_cn.encode().contains(r#"cn="q\",outcome=\"x\\\n",outcome="success""#), "{}", per_cn.encode());
         assert!(is_metrics_get("GET /metrics HTTP/1.1\r\n") && !is_metrics_get("POST /metrics HTTP/1.1"));
         assert!(!is_metrics_get("GET /metrics/../x HTTP/1.1"));
     }

@@ -15,12 +15,17 @@ use lrpymrpc_cas::{digest_of, is_valid_hash};
 
 const HEADER: &str = "lrpymrpc-presence 1";
 
+/// Presence files kept open at once (the most recently written); a CN beyond them has
+/// its file opened again when it next sends a blob. Many CNs cannot take descriptors.
+const MAX_OPEN: usize = 16;
+
 /// The per-CN presence files.
 #[derive(Debug)]
 pub struct PresenceLog {
     dir: PathBuf,
-    /// Open files to append to, by CN.
-    open: Mutex<HashMap<String, File>>,
+    /// Open files to append to, by CN, with when each was last written (at most
+    /// [`MAX_OPEN`]).
+    open: Mutex<HashMap<String, (File, u64)>>,
 }
 
 impl PresenceLog {
@@ -61,17 +66,25 @@ impl PresenceLog {
     /// restart: it is logged, not returned.
     pub fn record(&self, cn: &str, hash: &str) {
         let mut open = self.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let now = open.values().map(|(_, used)| *used).max().unwrap_or(0) + 1;
+        if !open.contains_key(cn) && open.len() >= MAX_OPEN {
+            let oldest = open.iter().min_by_key(|(_, (_, used))| *used).map(|(cn, _)| cn.clone());
+            if let Some(oldest) = oldest {
+                open.remove(&oldest);
+            }
+        }
         let file = match open.get_mut(cn) {
-            Some(file) => file,
+            Some(entry) => entry,
             None => match self.append_to(cn) {
-                Ok(file) => open.entry(cn.to_string()).or_insert(file),
+                Ok(file) => open.entry(cn.to_string()).or_insert((file, now)),
                 Err(error) => {
                     tracing::warn!(%error, "cannot keep blob presence on disk");
                     return;
                 }
             },
         };
-        if let Err(error) = writeln!(file, "{hash}") {
+        file.1 = now;
+        if let Err(error) = writeln!(file.0, "{hash}") {
             tracing::warn!(%error, "cannot keep blob presence on disk");
             open.remove(cn);
         }
@@ -142,5 +155,21 @@ mod tests {
         // Compacted: the evicted blob is no longer listed.
         let file = std::fs::read_to_string(dir.path().join("presence").join(file_name("alice\nodd cn"))).unwrap();
         assert!(!file.contains(&gone), "{file}");
+    }
+
+    #[test]
+    fn many_cns_keep_few_files_open_and_lose_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = PresenceLog::open(dir.path(), |_| true).unwrap();
+        for n in 0..100 {
+            log.record(&format!("cn{n}"), &format!("{n:064x}"));
+            log.record("busy", &format!("{:064x}", n + 1000));
+        }
+        assert!(log.open.lock().unwrap().len() <= MAX_OPEN, "at most {MAX_OPEN} open");
+        drop(log);
+        let (_, present) = PresenceLog::open(dir.path(), |_| true).unwrap();
+        assert_eq!(present.len(), 101);
+        assert_eq!(present["busy"].len(), 100, "a file opened again appends");
+        assert!(present["cn7"].contains(&format!("{:064x}", 7)));
     }
 }

@@ -47,8 +47,15 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     seconds_to_duration(total, trimmed)
 }
 
+/// The longest duration taken: 100 years. Longer ones are no limit anyone means, and
+/// a time that far ahead cannot be added to a clock (it would panic on every use).
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 86_400);
+
 fn seconds_to_duration(seconds: f64, text: &str) -> Result<Duration, String> {
-    Duration::try_from_secs_f64(seconds).map_err(|_| format!("`{text}` is not a duration from 0 to centuries"))
+    match Duration::try_from_secs_f64(seconds) {
+        Ok(duration) if duration <= MAX_DURATION => Ok(duration),
+        _ => Err(format!("`{text}` is not a duration from 0 to 100 years")),
+    }
 }
 
 /// Parses a duration that must be longer than zero.

@@ -15,7 +15,7 @@ fn repo_file(rel: &str) -> PathBuf {
 
 /// The example config file with this test's paths, the sandbox off (it has tests of its
 /// own) and no allow-list.
-fn example_config(env: &TestEnv) -> String {
+pub(crate) fn example_config(env: &TestEnv) -> String {
     std::fs::read_to_string(repo_file("examples/server/lrpymrpc-server.toml"))
         .unwrap()
         .replace("/var/lib/lrpymrpc/jobs", &env.jobs.display().to_string())

@@ -575,3 +575,106 @@ fn millions_of_empty_lines_stay_within_the_spool_bound() {
     server.kill().unwrap();
     wait_exit(&mut server, Duration::from_secs(20));
 }
+
+// 9: with `--health-without-auth`, connections without a certificate are capped apart
+// from the others: 150 of them held open against a server of 128 descriptors leave a
+// certificate holder's job served.
+#[test]
+fn connections_without_a_certificate_cannot_take_every_descriptor() {
+    let mut env = TestEnv::bare();
+    let extra = ["--health-without-auth", "--shutdown-grace", "1s"];
+    let (mut server, port) = crate::env::spawn_server_binary_with_fds(&env, &extra, Some(128));
+    env.set_addr(([127, 0, 0, 1], port).into());
+    let (addr, tls) = (env.addr, env.tls.clone());
+    let held = env.runtime().block_on(async move {
+        let mut held = Vec::new();
+        for _ in 0..150 {
+            if let Ok(client) = crate::tls::raw_client(addr, &tls, false).await {
+                held.push(client);
+            }
+        }
+        held
+    });
+    assert!(held.len() > 32, "the handshakes without a certificate went through: {}", held.len());
+    env.write("source/x", "x");
+    let served = env.client().args(["--CMD", "echo served", "--timeout", "30s"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&served.stdout);
+    assert!(
+        served.status.success() && stdout.contains("]:served"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&served.stderr)
+    );
+    drop(held);
+    send_signal(&server, libc::SIGTERM);
+    wait_exit(&mut server, Duration::from_secs(15));
+    let log = std::fs::read_to_string(env.root.path().join("server.log")).unwrap();
+    assert!(log.contains("too many connections without a client certificate"), "{log}");
+}
+
+// Low: twenty connections to the metrics endpoint that never finish their request do
+// not keep a scraper out (the oldest of them is closed to make room).
+#[test]
+fn a_slowloris_on_the_metrics_port_does_not_keep_the_scraper_out() {
+    let metrics = crate::monitoring::free_address();
+    let env = TestEnv::configured(|config| config.metrics_listen = Some(metrics));
+    assert!(crate::monitoring::scrape(metrics).contains("200 OK"), "the endpoint serves");
+    let mut slow = Vec::new();
+    for _ in 0..20 {
+        let mut stream = std::net::TcpStream::connect(metrics).unwrap();
+        std::io::Write::write_all(&mut stream, b"GET /met").unwrap();
+        slow.push(stream);
+    }
+    let scraped = crate::monitoring::scrape(metrics);
+    assert!(scraped.contains("200 OK") && scraped.contains("# EOF"), "{scraped}");
+    drop((slow, env));
+}
+
+// Low: a duration no clock can add (it panicked on every Execute) is refused where it
+// is written, naming the key; a config file that is a FIFO is refused at start instead
+// of blocking it.
+#[test]
+fn absurd_durations_and_a_fifo_config_file_are_refused_at_start() {
+    let env = TestEnv::bare();
+    let config = env.root.path().join("server.toml");
+    let text = crate::admin::example_config(&env) + "\njob-timeout = \"99999999999d\"\n";
+    std::fs::write(&config, text.replace("job-timeout = \"24h\"\n", "")).unwrap();
+    let server = env!("CARGO_BIN_EXE_lrpymrpc-e2e-mock-server");
+    let refused = crate::env::output_within(
+        std::process::Command::new(server).arg("check-config").arg(&config),
+        crate::env::PROCESS_LIMIT,
+    );
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(stderr.contains("job-timeout") && stderr.contains("from 0 to 100 years"), "{stderr}");
+    let fifo = env.root.path().join("fifo.toml");
+    let path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: mkfifo reads a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+    let refused = crate::env::output_within(
+        std::process::Command::new(server).arg("--config").arg(&fifo).args(["--listen", "127.0.0.1:0"]),
+        crate::env::PROCESS_LIMIT,
+    );
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && stderr.contains("not a regular file"), "{stderr}");
+}
+
+// 12: a sandboxed command with the network still sees nothing of the host's `/run`
+// (munge's socket, which would let it speak to slurmctld as the server's user and
+// `scancel` other users' steps; container runtimes' sockets), only the resolver file.
+#[test]
+fn a_sandboxed_command_with_the_network_sees_no_host_socket() {
+    let host_run: Vec<_> = std::fs::read_dir("/run").unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(!host_run.is_empty(), "the host's /run has entries to hide");
+    let probe = TestEnv::bare_in(Path::new(env!("CARGO_TARGET_TMPDIR")));
+    let Some(sandbox) = crate::env::sandbox_for(&probe.jobs, &probe.tls) else { return };
+    let env = probe.serve_configured(|config| {
+        config.sandbox = Some(sandbox);
+        config.sandbox_network = true;
+    });
+    env.write("source/x", "x");
+    let command = "echo run:$(find /run -mindepth 1 -not -type d 2>/dev/null | grep -v resolv | wc -l); echo done";
+    let output = env.client().args(["--CMD", command]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success() && stdout.contains("]:done"), "{stdout}");
+    assert!(stdout.contains("]:run:0"), "{stdout}");
+}

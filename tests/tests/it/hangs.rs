@@ -72,7 +72,10 @@ fn a_server_stopped_during_a_silent_command_is_found_lost_by_keepalive_pings() {
 enum Quiet {
     Upload,
     Check,
+    /// Download answers, then sends nothing.
     Download,
+    /// Download never answers at all (issue 26: it waited past the stall limit).
+    DownloadCall,
 }
 
 /// A server that answers until its `quiet` step, then never again.
@@ -115,15 +118,21 @@ impl FileService for Silent {
 
     type DownloadStream = Chunks;
     async fn download(&self, _: Request<DownloadRequest>) -> Result<Response<Chunks>, Status> {
+        if self.quiet == Quiet::DownloadCall {
+            std::future::pending::<()>().await;
+        }
         Ok(Response::new(Box::pin(tokio_stream::pending())))
     }
 }
 
 #[test]
 fn a_server_that_goes_quiet_fails_the_step_it_went_quiet_in() {
-    for (quiet, step, code) in
-        [(Quiet::Check, "check", 104), (Quiet::Download, "download", 104), (Quiet::Upload, "upload", 104)]
-    {
+    for (quiet, step, code) in [
+        (Quiet::Check, "check", 104),
+        (Quiet::Download, "download", 104),
+        (Quiet::DownloadCall, "download", 104),
+        (Quiet::Upload, "upload", 104),
+    ] {
         let mut env = TestEnv::bare();
         crate::hostile::serve_fake(&mut env, Silent { quiet });
         env.write("source/x", "x");

@@ -15,7 +15,7 @@ use tonic_health::pb::health_client::HealthClient;
 use crate::env::{PROCESS_LIMIT, TestEnv, wait_until};
 
 /// A free loopback address for the metrics endpoint.
-fn free_address() -> SocketAddr {
+pub(crate) fn free_address() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap()
 }
@@ -36,7 +36,7 @@ fn http(address: SocketAddr, request: &str) -> String {
     response
 }
 
-fn scrape(address: SocketAddr) -> String {
+pub(crate) fn scrape(address: SocketAddr) -> String {
     http(address, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
 }
 
