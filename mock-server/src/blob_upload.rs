@@ -1,5 +1,5 @@
-//! UploadBlobs on the server: who may send blobs at once (at most [`MAX_STREAMS`]
-//! streams in all, [`MAX_STREAMS_PER_CN`] of one certificate), and receiving them
+//! UploadBlobs on the server: who may send blobs at once (`per_cn::StreamSlots`: 64
+//! streams in all, 8 of one certificate), and receiving them
 //! without holding a thread while the network is quiet. The async side gathers what
 //! has arrived (up to [`BATCH_BYTES`]); a blocking thread writes and hashes that batch
 //! and hands the blob in progress back, so 500 streams sending a byte every 10 s hold
@@ -7,8 +7,7 @@
 //! the idle limit or trickles below the minimum rate (`Config::upload_pace`) is cut,
 //! and one the store refused is answered at once, not when its sender stops.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lrpymrpc_proto::v1::BlobChunk;
@@ -18,56 +17,8 @@ use crate::error::JobError;
 use crate::state::State;
 use crate::store::{BlobError, BlobWriter, ContentStore};
 
-/// UploadBlobs streams at once, overall.
-pub const MAX_STREAMS: usize = 64;
-/// UploadBlobs streams at once of one client certificate (our client opens up to 4).
-pub const MAX_STREAMS_PER_CN: usize = 8;
 /// The most bytes gathered before a blocking thread writes them.
 const BATCH_BYTES: usize = 1 << 20;
-
-/// The streams open now, overall and per CN.
-#[derive(Debug, Default)]
-pub struct StreamSlots {
-    open: Mutex<(usize, HashMap<String, usize>)>,
-}
-
-/// One open stream; its slot is given back when it drops.
-pub struct StreamSlot {
-    slots: Arc<StreamSlots>,
-    cn: String,
-}
-
-impl StreamSlots {
-    /// A slot for a stream of `cn`, or why not.
-    pub fn take(self: &Arc<Self>, cn: &str) -> Result<StreamSlot, JobError> {
-        let mut open = self.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let (all, by_cn) = &mut *open;
-        if *all >= MAX_STREAMS {
-            return Err(JobError::TooManyBlobStreams { limit: MAX_STREAMS, whose: "on this server" });
-        }
-        let of_cn = by_cn.entry(cn.to_string()).or_default();
-        if *of_cn >= MAX_STREAMS_PER_CN {
-            return Err(JobError::TooManyBlobStreams { limit: MAX_STREAMS_PER_CN, whose: "of one certificate" });
-        }
-        *of_cn += 1;
-        *all += 1;
-        Ok(StreamSlot { slots: self.clone(), cn: cn.to_string() })
-    }
-}
-
-impl Drop for StreamSlot {
-    fn drop(&mut self) {
-        let mut open = self.slots.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let (all, by_cn) = &mut *open;
-        *all = all.saturating_sub(1);
-        if let Some(of_cn) = by_cn.get_mut(&self.cn) {
-            *of_cn = of_cn.saturating_sub(1);
-            if *of_cn == 0 {
-                by_cn.remove(&self.cn);
-            }
-        }
-    }
-}
 
 /// The blobs of one stream as they come: the one in progress and how many were kept.
 struct Receiving {

@@ -28,9 +28,6 @@ use crate::error::JobError;
 use crate::spares::Spare;
 use crate::state::State;
 
-/// Trees of one CN checked at once (`per_cn.rs`); its other CreateJobs wait.
-pub const PLANS_PER_CN: usize = 2;
-
 /// The most bytes of directory messages one CreateJob may send (about two million
 /// entries with short names).
 const MAX_TREE_BYTES: usize = 256 << 20;
@@ -310,8 +307,8 @@ impl ExtensionService {
     /// Reads a CreateJob stream: the digest function and root from its first part,
     /// every directory by the digest of its encoding as the server computes it.
     /// Checks a received tree and lists what it makes ([`plan`]), on a blocking thread
-    /// (its directories are hashed there too), at most [`PLANS_PER_CN`] of one CN at
-    /// once: a hostile tree costs its sender's time, not the runtime's.
+    /// (its directories are hashed there too), at most `per_cn::PLANS_PER_CN` of one
+    /// CN at once: a hostile tree costs its sender's time, not the runtime's.
     async fn plan_off_the_runtime(
         &self,
         cn: &str,

@@ -37,8 +37,8 @@ pub struct State {
     pub spools: Arc<crate::spool::Spools>,
     /// Set at shutdown: uploads are refused, running jobs finish.
     pub draining: AtomicBool,
-    /// UploadBlobs streams open now (`blob_upload.rs`).
-    pub blob_streams: Arc<crate::blob_upload::StreamSlots>,
+    /// UploadBlobs streams open now (`per_cn.rs`).
+    pub blob_streams: Arc<crate::per_cn::StreamSlots>,
     /// CreateJob trees being checked, in turns per CN.
     pub tree_plans: crate::per_cn::Turns,
 }
@@ -107,7 +107,7 @@ impl State {
             spools: Arc::new(crate::spool::Spools::new(spool_bounds.0, spool_bounds.1, spool_bounds.2)),
             draining: AtomicBool::new(false),
             blob_streams: Arc::default(),
-            tree_plans: crate::per_cn::Turns::new(crate::extensions::PLANS_PER_CN),
+            tree_plans: crate::per_cn::Turns::new(crate::per_cn::PLANS_PER_CN),
         };
         Ok((state, swept))
     }
