@@ -14,8 +14,8 @@ use lrpymrpc_certs::{Ca, layout, request};
 use lrpymrpc_units::{DurationArg, SizeArg};
 
 use crate::config::{ExecutorChoice, read_allowed_cns};
-use crate::sandbox::{Sandbox, SandboxPlan};
-use crate::slurm::{SlurmExecutor, SlurmOptions};
+use crate::executor::sandbox::{Sandbox, SandboxPlan};
+use crate::executor::slurm::{SlurmExecutor, SlurmOptions};
 use crate::{Config, TlsMaterial};
 use lrpymrpc_archive::Limits;
 
@@ -327,7 +327,7 @@ fn with_config_file(argv: Vec<std::ffi::OsString>) -> anyhow::Result<Args> {
         .collect();
     let text = crate::config::read_admin_file(&path).with_context(|| format!("--config `{}`", path.display()))?;
     let from_file =
-        crate::config_file::arguments::<Args>(&path, &text, &set_on_command_line).map_err(anyhow::Error::msg)?;
+        crate::config::file::arguments::<Args>(&path, &text, &set_on_command_line).map_err(anyhow::Error::msg)?;
     let mut merged: Vec<std::ffi::OsString> = argv.iter().take(1).cloned().collect();
     merged.extend(from_file.into_iter().map(Into::into));
     merged.extend(argv.into_iter().skip(1));
@@ -349,7 +349,7 @@ fn check_config(file: &Path) -> anyhow::Result<()> {
     use clap::{CommandFactory, FromArgMatches};
     let text = crate::config::read_admin_file(file).with_context(|| format!("cannot read `{}`", file.display()))?;
     let from_file =
-        crate::config_file::arguments::<Args>(file, &text, &Default::default()).map_err(anyhow::Error::msg)?;
+        crate::config::file::arguments::<Args>(file, &text, &Default::default()).map_err(anyhow::Error::msg)?;
     let argv = std::iter::once("lrpymrpc-mock-server".to_string()).chain(from_file);
     let matches = Args::command()
         .try_get_matches_from(argv)
@@ -358,7 +358,7 @@ fn check_config(file: &Path) -> anyhow::Result<()> {
     let listen = args.listen;
     let config = config_from(args).with_context(|| format!("config file `{}`", file.display()))?;
     if let Some(tls) = &config.tls {
-        crate::listener::tls_acceptor(tls, config.health_without_auth)
+        crate::net::listener::tls_acceptor(tls, config.health_without_auth)
             .map_err(|error| anyhow::anyhow!("config file `{}`: tls-dir: {error}", file.display()))?;
     }
     let probe = tempfile::Builder::new().prefix(".check-config-").tempfile_in(&config.root).with_context(|| {

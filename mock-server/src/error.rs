@@ -47,7 +47,7 @@ pub enum JobError {
     #[error("no usable client certificate: {0}")]
     NoIdentity(String),
     #[error("the command was stopped: {}{limit}", step.as_ref().map(|s| format!("{s}: ")).unwrap_or_default())]
-    Stopped { step: Option<String>, limit: crate::limits::Limit },
+    Stopped { step: Option<String>, limit: crate::executor::limits::Limit },
     #[error("the server is shutting down and takes no new jobs; try again later")]
     Draining,
     /// The executor could not start the command (Slurm down or refusing the step).

@@ -1,39 +1,21 @@
 //! The lrpymrpc reference server: it really does the job (a fresh job directory per
 //! upload, pip into a Python environment (cached per certificate and pinned REPO_URL),
-//! the command in a process
-//! group, results streamed back) over mutual TLS. A library with a thin binary, so
-//! tests start it in-process with [`run`] on port 0.
+//! the command in a process group, results streamed back) over mutual TLS. A library
+//! with a thin binary, so tests start it in-process with [`run`] on port 0. Its rooms,
+//! from the wire down: `rpc` (the services), `jobs` (the job table, results, spools),
+//! `execute` (the Execute step and the action cache's path), `executor` (where
+//! processes run: local, sandbox, Slurm), `store` (what is kept between jobs), `net`
+//! (sockets), `config`, `cli`; `state` is what every call shares, `error` the one
+//! mapping of errors to statuses.
 
-mod action_cache;
-mod auth;
-mod blob_upload;
-mod cached_execute;
 pub mod cli;
 pub mod config;
-mod config_file;
-mod contain;
-mod envs;
 mod error;
 mod execute;
-mod executor;
-mod extensions;
+pub mod executor;
 mod jobs;
-mod known_trees;
-mod limits;
-mod listener;
-mod local;
-mod metrics;
-mod per_cn;
-mod presence;
-mod process_run;
-mod python;
-mod repo_url;
-pub mod sandbox;
-mod service;
-pub mod slurm;
-pub mod slurm_cluster;
-mod spares;
-mod spool;
+mod net;
+mod rpc;
 mod state;
 mod store;
 
@@ -87,16 +69,17 @@ pub async fn run(
     let reaper = tokio::spawn(reap_forever(state.clone()));
     let metrics = match state.config.metrics_listen {
         Some(address) => {
-            let listener = metrics::bind(address).await.map_err(|source| ServeError::Metrics { address, source })?;
+            let listener =
+                net::metrics::bind(address).await.map_err(|source| ServeError::Metrics { address, source })?;
             info!(address = %listener.local_addr().unwrap_or(address), "serving metrics at /metrics");
             let refresh_state = state.clone();
             let refresh = Arc::new(move || refresh_gauges(&refresh_state));
-            Some(tokio::spawn(metrics::serve(listener, state.metrics.clone(), refresh)))
+            Some(tokio::spawn(net::metrics::serve(listener, state.metrics.clone(), refresh)))
         }
         None => None,
     };
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<FileServiceServer<service::Service>>().await;
+    health.set_serving::<FileServiceServer<rpc::files::Service>>().await;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let serve = serve(listener, &state, health_service, async {
         let _ = stopped.await;
@@ -131,9 +114,9 @@ fn serve<'a>(
     // this machine 1.3 MB of peak RSS at 2 GB (docs/benchmarks.md).
     // A legacy server knows nothing of the extension service: clients see UNIMPLEMENTED.
     let extensions =
-        (!config.legacy_protocol).then(|| ExtensionsServer::new(extensions::ExtensionService::new(state.clone())));
+        (!config.legacy_protocol).then(|| ExtensionsServer::new(rpc::extensions::ExtensionService::new(state.clone())));
     let router = builder
-        .add_service(FileServiceServer::new(service::Service::new(state.clone())))
+        .add_service(FileServiceServer::new(rpc::files::Service::new(state.clone())))
         .add_optional_service(extensions)
         .add_service(health);
     // serve_with_incoming ignores the builder's TCP settings: the incoming stream sets
@@ -142,14 +125,14 @@ fn serve<'a>(
         // Client certificates are mandatory: the handshake fails before any RPC, so no
         // byte of an unauthenticated upload reaches the disk.
         Some(tls) => {
-            let acceptor = listener::tls_acceptor(tls, config.health_without_auth).map_err(ServeError::Tls)?;
-            let limits = listener::HandshakeLimits {
+            let acceptor = net::listener::tls_acceptor(tls, config.health_without_auth).map_err(ServeError::Tls)?;
+            let limits = net::listener::HandshakeLimits {
                 max_in_progress: config.max_handshakes,
                 max_per_address: config.max_handshakes_per_address,
                 timeout: config.tls_handshake_timeout,
                 keepalive: config.keepalive_interval,
             };
-            let incoming = listener::accept_tls(listener, acceptor, limits, state.metrics.clone());
+            let incoming = net::listener::accept_tls(listener, acceptor, limits, state.metrics.clone());
             Box::pin(router.serve_with_incoming_shutdown(incoming, stopped))
         }
         None => {
@@ -175,7 +158,7 @@ async fn drain(
     state.draining.store(true, std::sync::atomic::Ordering::SeqCst);
     // Load balancers and scripts see it first: no new jobs here.
     health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
-    health.set_not_serving::<FileServiceServer<service::Service>>().await;
+    health.set_not_serving::<FileServiceServer<rpc::files::Service>>().await;
     info!(active = state.jobs.active(), "shutting down: no new jobs; running jobs may finish");
     let deadline = tokio::time::Instant::now() + state.config.shutdown_grace;
     let mut stopped_commands = false;

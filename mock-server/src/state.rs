@@ -4,14 +4,14 @@
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
-use crate::action_cache::ActionCache;
 use crate::config::{Config, ExecutorChoice};
-use crate::envs::EnvCache;
+use crate::execute::envs::EnvCache;
 use crate::executor::Executor;
+use crate::executor::local::LocalExecutor;
+use crate::executor::slurm::SlurmExecutor;
 use crate::jobs::{Jobs, sweep_orphans};
-use crate::local::LocalExecutor;
-use crate::slurm::SlurmExecutor;
-use crate::spares::Spares;
+use crate::store::action_cache::ActionCache;
+use crate::store::spares::Spares;
 use crate::store::{ContentStore, STORE_DIR};
 
 #[derive(Debug)]
@@ -28,19 +28,19 @@ pub struct State {
     /// Spare copies of recent trees, beside the store.
     pub spares: Option<Spares>,
     /// The trees each CN made jobs from, for `TreePart.root_only`.
-    pub known_trees: crate::known_trees::KnownTrees,
+    pub known_trees: crate::store::known_trees::KnownTrees,
     /// Recorded runs (`--action-cache`), beside the store.
     pub action_cache: Option<Arc<ActionCache>>,
     /// What `--metrics-listen` serves (always counted: it costs nothing to keep).
-    pub metrics: Arc<crate::metrics::Metrics>,
+    pub metrics: Arc<crate::net::metrics::Metrics>,
     /// Durable runs' spools (`ExecuteRequest.durability`).
-    pub spools: Arc<crate::spool::Spools>,
+    pub spools: Arc<crate::jobs::spool::Spools>,
     /// Set at shutdown: uploads are refused, running jobs finish.
     pub draining: AtomicBool,
     /// UploadBlobs streams open now (`per_cn.rs`).
-    pub blob_streams: Arc<crate::per_cn::StreamSlots>,
+    pub blob_streams: Arc<crate::rpc::per_cn::StreamSlots>,
     /// CreateJob trees being checked, in turns per CN.
-    pub tree_plans: crate::per_cn::Turns,
+    pub tree_plans: crate::rpc::per_cn::Turns,
 }
 
 impl State {
@@ -77,15 +77,15 @@ impl State {
             config.finished_grace,
         ));
         // Found now, at start, not on an async thread by the first job that needs it.
-        let _ = crate::python::python();
-        let contain = config.sandbox.is_none() && crate::contain::available();
+        let _ = crate::execute::python::python();
+        let contain = config.sandbox.is_none() && crate::executor::contain::available();
         if config.sandbox.is_none() && !contain {
             tracing::warn!(
                 "cannot make PID namespaces here: a process a job leaves behind (a daemon) may outlive it; \
                  --sandbox or a kernel with user namespaces prevents that"
             );
         }
-        let metrics = Arc::new(crate::metrics::Metrics::new(config.metrics_per_cn));
+        let metrics = Arc::new(crate::net::metrics::Metrics::new(config.metrics_per_cn));
         let spool_bounds = (config.reattach_grace, config.spool_max_bytes, config.spools_max_bytes);
         let slurm = match &config.executor {
             ExecutorChoice::Local => None,
@@ -104,10 +104,10 @@ impl State {
             known_trees: Default::default(),
             action_cache,
             metrics,
-            spools: Arc::new(crate::spool::Spools::new(spool_bounds.0, spool_bounds.1, spool_bounds.2)),
+            spools: Arc::new(crate::jobs::spool::Spools::new(spool_bounds.0, spool_bounds.1, spool_bounds.2)),
             draining: AtomicBool::new(false),
             blob_streams: Arc::default(),
-            tree_plans: crate::per_cn::Turns::new(crate::per_cn::PLANS_PER_CN),
+            tree_plans: crate::rpc::per_cn::Turns::new(crate::rpc::per_cn::PLANS_PER_CN),
         };
         Ok((state, swept))
     }

@@ -146,7 +146,7 @@ impl Bench {
             rows.push(self.several_servers(repeats)?);
         }
         if options.wants(&["W11"]) {
-            match lrpymrpc_mock_server::slurm_cluster::unavailable() {
+            match lrpymrpc_mock_server::executor::slurm_cluster::unavailable() {
                 None => {
                     eprintln!("xtask bench: W11, a small job through Slurm against the local executor");
                     rows.push(self.through_slurm(repeats)?);
@@ -305,7 +305,7 @@ impl Bench {
     /// our own on this machine), against the same job on the local executor, one after
     /// the other in each round: what Slurm adds to a job.
     fn through_slurm(&self, repeats: usize) -> anyhow::Result<Row> {
-        use lrpymrpc_mock_server::slurm_cluster::OneNodeCluster;
+        use lrpymrpc_mock_server::executor::slurm_cluster::OneNodeCluster;
         let cluster = OneNodeCluster::start(&self.scratch.join("w11-slurm"), 2, &[])?;
         let root = self.scratch.join("w11-jobs");
         std::fs::create_dir_all(&root)?;

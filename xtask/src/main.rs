@@ -3,9 +3,11 @@
 //! `snippets` writes the Make and CMake integration files into `integration/`;
 //! `bench` measures the workloads of `bench.rs` against reference pipelines;
 //! `slow-link` puts a wide-area link's delay in front of a server, to try by hand;
-//! `man` writes the man pages into `docs/man/`.
+//! `man` writes the man pages into `docs/man/`; `circles` lists the import circles
+//! between modules.
 
 mod bench;
+mod circles;
 mod demo;
 mod deployment;
 mod link;
@@ -44,6 +46,12 @@ enum Task {
     /// Write the man pages of both binaries into `docs/man/` from their clap definitions
     /// (a test fails when the committed pages are stale)
     Man,
+    /// List the import circles between the modules (files) of the workspace's crates,
+    /// or of the crate folders named; exits 1 when there is one
+    Circles {
+        /// Crate folders (`mock-server`, `client`, ...); all of them when none
+        crates: Vec<String>,
+    },
     /// Listen on a loopback port and forward to TO, every byte held DELAY in each
     /// direction (a wide-area link's latency); runs until interrupted
     SlowLink {
@@ -86,6 +94,7 @@ fn main() -> anyhow::Result<()> {
         }
         Task::Demo => demo::run(),
         Task::Man => man::write(),
+        Task::Circles { crates } => circles::run(&workspace_root(), &crates),
         Task::SlowLink { listen, to, delay } => {
             let link = link::SlowLink::start(listen, to, delay.0)?;
             println!("{} -> {to}, {} each way; Ctrl-C stops", link.addr, lrpymrpc_units::human_duration(delay.0));

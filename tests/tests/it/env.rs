@@ -360,9 +360,10 @@ pub fn closed_port(reusable: bool) -> (tokio::net::TcpSocket, SocketAddr) {
 
 /// The sandbox, when bwrap can make one here. Where bwrap is installed but cannot run
 /// (no user namespaces), CI fails rather than skipping the sandbox's tests.
-pub fn sandbox_for(root: &Path, tls: &Path) -> Option<lrpymrpc_mock_server::sandbox::Sandbox> {
-    match lrpymrpc_mock_server::sandbox::Sandbox::new(&lrpymrpc_mock_server::sandbox::SandboxPlan::new(root, Some(tls)))
-    {
+pub fn sandbox_for(root: &Path, tls: &Path) -> Option<lrpymrpc_mock_server::executor::sandbox::Sandbox> {
+    match lrpymrpc_mock_server::executor::sandbox::Sandbox::new(
+        &lrpymrpc_mock_server::executor::sandbox::SandboxPlan::new(root, Some(tls)),
+    ) {
         Ok(sandbox) => Some(sandbox),
         Err(why) if std::env::var_os("CI").is_some() && which::which("bwrap").is_ok() => {
             panic!("bwrap is installed but cannot make a sandbox in CI: {why}")

@@ -76,7 +76,10 @@ fn a_root_servers_sandbox_cannot_undo_its_mounts_or_reach_the_host() {
         .stdout(predicate::str::contains("]:done"))
         .stdout(predicate::str::contains("]:caps=0000000000000000"))
         .stdout(predicate::str::contains("]:env=clean"))
-        .stdout(predicate::str::contains(format!("]:tmp={}", lrpymrpc_mock_server::sandbox::TMP_BYTES / 1024)))
+        .stdout(predicate::str::contains(format!(
+            "]:tmp={}",
+            lrpymrpc_mock_server::executor::sandbox::TMP_BYTES / 1024
+        )))
         .stdout(predicate::str::contains("]:UNMOUNTED").not())
         .stdout(predicate::str::contains("]:REMOUNTED").not())
         .stdout(predicate::str::contains("]:READ-KEY").not())

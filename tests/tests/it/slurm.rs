@@ -1,5 +1,5 @@
 //! The server's Slurm executor (issue 16) against a real one-node Slurm cluster from
-//! Debian's packages (`lrpymrpc_mock_server::slurm_cluster`), the real server binary
+//! Debian's packages (`lrpymrpc_mock_server::executor::slurm_cluster`), the real server binary
 //! with `--executor slurm` and the real client over mutual TLS: results and output as
 //! with the local executor, exit statuses and signals, stderr apart, Ctrl-C leaving
 //! nothing in `squeue`, jobs queueing in Slurm (and the client saying so), Slurm down
@@ -11,7 +11,7 @@ use std::process::Stdio;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use lrpymrpc_mock_server::slurm_cluster::{OneNodeCluster, unavailable};
+use lrpymrpc_mock_server::executor::slurm_cluster::{OneNodeCluster, unavailable};
 
 use crate::env::build_wheel;
 use predicates::prelude::*;

@@ -150,7 +150,7 @@ pub fn accept_tls(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     limits: HandshakeLimits,
-    metrics: Arc<crate::metrics::Metrics>,
+    metrics: Arc<crate::net::metrics::Metrics>,
 ) -> ReceiverStream<io::Result<Connection>> {
     let (tx, rx) = mpsc::channel(16);
     tokio::spawn(accept_loop(listener, acceptor, limits, tx, metrics));
@@ -162,7 +162,7 @@ async fn accept_loop(
     acceptor: TlsAcceptor,
     limits: HandshakeLimits,
     tx: mpsc::Sender<io::Result<Connection>>,
-    metrics: Arc<crate::metrics::Metrics>,
+    metrics: Arc<crate::net::metrics::Metrics>,
 ) {
     let in_progress = Arc::new(Semaphore::new(limits.max_in_progress.max(1)));
     let per_address = Arc::new(Mutex::new(HashMap::new()));

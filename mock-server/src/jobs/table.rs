@@ -66,7 +66,7 @@ struct Entry {
 /// A job's results as recorded in the action cache.
 #[derive(Debug, Clone)]
 pub struct Recorded {
-    pub record: crate::action_cache::Record,
+    pub record: crate::store::action_cache::Record,
     /// The RESULT paths the run was recorded for (single spaces).
     pub requested: String,
 }

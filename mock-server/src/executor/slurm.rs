@@ -28,8 +28,8 @@ use std::time::Duration;
 
 use tokio::process::Command;
 
+use crate::executor::process_run::{self, ProcessGroup, Runs, Stop, Streaming};
 use crate::executor::{Events, Executor, JobEvent, Launch, ProcessEnd, TimeLimits};
-use crate::process_run::{self, ProcessGroup, Runs, Stop, Streaming};
 
 /// Every Slurm job this server starts is named with this prefix and the job's id.
 pub const JOB_NAME_PREFIX: &str = "lrpymrpc-";

@@ -7,6 +7,16 @@
 //! executor (`slurm.rs`) as a job step on a node; both stream through
 //! `process_run.rs`.
 
+pub mod contain;
+pub mod limits;
+pub mod local;
+pub mod process_run;
+pub mod sandbox;
+pub mod slurm;
+/// A throwaway one-node Slurm cluster, for tests and benchmarks only.
+#[cfg(feature = "testing")]
+pub mod slurm_cluster;
+
 use std::ffi::OsString;
 use std::fmt;
 use std::io;
@@ -16,7 +26,7 @@ use std::process::ExitStatus;
 use tokio::sync::mpsc;
 
 use crate::error::JobError;
-pub use crate::limits::{Limit, TimeLimits};
+pub use crate::executor::limits::{Limit, TimeLimits};
 
 /// What to run: `program args` in `dir` with exactly `env`.
 #[derive(Debug, Clone)]
@@ -42,7 +52,7 @@ pub enum Pipe {
     Merged,
 }
 
-/// What an Execute step reports as it goes; `service.rs` turns each into a message.
+/// What an Execute step reports as it goes; `rpc/messages.rs` turns each into a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JobEvent {
     /// One line a process printed (without its line break).
@@ -55,7 +65,7 @@ pub enum JobEvent {
     /// The command ended with this status: the last event of a run.
     Exited { code: i32, signal: i32 },
     /// Nothing runs: the action cache answers from the run recorded then, which took
-    /// this long (`cached_execute.rs`); the first event of such an answer.
+    /// this long (`execute/cached.rs`); the first event of such an answer.
     Served { ran_at_unix_seconds: i64, ran_for_ms: u64 },
 }
 

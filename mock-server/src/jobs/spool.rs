@@ -252,7 +252,7 @@ async fn pump(
             received = events.recv_many(&mut burst, BURST) => match received {
                 0 => break None,
                 _ => {
-                    let records = burst.drain(..).filter_map(|event| crate::service::to_message(event, false));
+                    let records = burst.drain(..).filter_map(|event| crate::rpc::messages::to_message(event, false));
                     append(&spool, records, max_bytes);
                 }
             },

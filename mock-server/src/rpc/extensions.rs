@@ -2,7 +2,7 @@
 //! beside `FileService` unless `--legacy-protocol`: what this server can do, its
 //! limits and load, and who the caller is to it; and content-addressed upload
 //! (`CreateJob`, `UploadBlobs`), which makes the same jobs as `Upload` from a tree of
-//! blobs kept in the content store (`store.rs`). Every extension is announced by
+//! blobs kept in the content store (`store/blobs.rs`). Every extension is announced by
 //! `Capabilities`, so a client finds out in one round trip and falls back from a
 //! legacy server.
 
@@ -23,10 +23,10 @@ use prost::Message;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
-use crate::auth::{self, check_allowed, identify};
 use crate::error::JobError;
-use crate::spares::Spare;
+use crate::rpc::auth::{self, check_allowed, identify};
 use crate::state::State;
+use crate::store::spares::Spare;
 
 /// The most bytes of directory messages one CreateJob may send (about two million
 /// entries with short names).
@@ -50,7 +50,7 @@ impl ExtensionService {
 
 #[tonic::async_trait]
 impl Extensions for ExtensionService {
-    type FollowStream = crate::service::ResponseStream<lrpymrpc_proto::ExecuteResponse>;
+    type FollowStream = crate::rpc::messages::ResponseStream<lrpymrpc_proto::ExecuteResponse>;
 
     /// A durable run's output from a sequence number on (`spool.rs`).
     async fn follow(&self, request: Request<FollowRequest>) -> Result<Response<Self::FollowStream>, Status> {
@@ -179,7 +179,7 @@ impl Extensions for ExtensionService {
         let from_spare = spare_plan.is_some();
         let plan = match spare_plan {
             Some(plan) => {
-                crate::metrics::Metrics::count(&metrics.store_files, "present", plan.files.len() as u64);
+                crate::net::metrics::Metrics::count(&metrics.store_files, "present", plan.files.len() as u64);
                 plan
             }
             None => {
@@ -188,8 +188,8 @@ impl Extensions for ExtensionService {
                     None => self.plan_off_the_runtime(&cn, root.clone(), directories, limits).await?,
                 };
                 let missing = store.missing(&cn, plan.files.iter().map(|(_, digest, _)| digest));
-                crate::metrics::Metrics::count(&metrics.store_files, "missing", missing.len() as u64);
-                crate::metrics::Metrics::count(
+                crate::net::metrics::Metrics::count(&metrics.store_files, "missing", missing.len() as u64);
+                crate::net::metrics::Metrics::count(
                     &metrics.store_files,
                     "present",
                     (plan.files.len() - missing.len().min(plan.files.len())) as u64,
@@ -272,7 +272,7 @@ impl Extensions for ExtensionService {
             return Err(JobError::NoStore.into());
         }
         let cn = caller.cn.clone().unwrap_or_default();
-        match crate::blob_upload::receive(self.state.clone(), cn, request.into_inner()).await {
+        match crate::rpc::blob_upload::receive(self.state.clone(), cn, request.into_inner()).await {
             Ok(stored) => Ok(Response::new(UploadBlobsResponse { stored })),
             Err(error) => {
                 warn!(cn = caller.name(), peer = %caller.address, reason = error.to_string().as_str(), "blobs refused");
@@ -285,7 +285,7 @@ impl Extensions for ExtensionService {
 impl ExtensionService {
     /// The caller's durable run `id`; NOT_FOUND (as for any job not the caller's) when
     /// there is none: gone, never durable, or another CN's.
-    fn durable_job(&self, id: &str, owner: Option<&str>) -> Result<Arc<crate::spool::Spool>, Status> {
+    fn durable_job(&self, id: &str, owner: Option<&str>) -> Result<Arc<crate::jobs::spool::Spool>, Status> {
         self.state.spools.get(id, owner).ok_or_else(|| {
             Status::not_found(format!(
                 "no job `{id}` of yours to follow here: it finished and was removed, the server restarted, or nobody \

@@ -1,7 +1,7 @@
 //! The Execute step: install the REPO_URL packages with pip into a Python
 //! environment (the job's own, or a cached one shared by one certificate's jobs with
 //! the same pinned REPO_URL), then run the command in the job directory, through the
-//! executor seam (`executor.rs`), optionally in a sandbox.
+//! executor seam (`executor/mod.rs`), optionally in a sandbox.
 //!
 //! The command goes through `sh -c`, so both `python x.py` and `bash -c '...'` work,
 //! and redirection does too; the Python server's choice is not public
@@ -11,20 +11,20 @@ use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 
-use crate::envs::{self, EnvCache, Origin};
 use crate::error::JobError;
+use crate::execute::envs::{self, EnvCache, Origin};
+use crate::execute::python::python;
+use crate::execute::repo_url::Requirement;
+use crate::executor::sandbox::{Reach, Sandbox};
 use crate::executor::{Events, Executor, JobEvent, Launch, ProcessEnd, TimeLimits, describe};
 use crate::jobs;
-use crate::python::python;
-use crate::repo_url::Requirement;
-use crate::sandbox::{Reach, Sandbox};
 
 /// Everything one Execute needs besides the request.
 #[derive(Debug, Clone)]
 pub struct Context<'a> {
     pub events: &'a Events,
     /// Where pip's time and the environment cache's hits are counted.
-    pub metrics: &'a crate::metrics::Metrics,
+    pub metrics: &'a crate::net::metrics::Metrics,
     pub limits: TimeLimits,
     /// Where the command runs (this machine, or a Slurm node).
     pub executor: &'a dyn Executor,
@@ -138,7 +138,7 @@ async fn prepare_environment(
             say(context.events, why).await;
         }
         let venv = jobs::venv_dir(job_dir);
-        crate::metrics::Metrics::count(&context.metrics.env_cache, "unshared", 1);
+        crate::net::metrics::Metrics::count(&context.metrics.env_cache, "unshared", 1);
         let built = build_environment(&venv, job_dir, requirements, &[], context).await?;
         return Ok(built.then_some(Environment::Own(venv)));
     };
@@ -156,7 +156,7 @@ async fn prepare_environment(
         return Ok(None);
     };
     let event = if origin == Origin::Reused { "hit" } else { "build" };
-    crate::metrics::Metrics::count(&context.metrics.env_cache, event, 1);
+    crate::net::metrics::Metrics::count(&context.metrics.env_cache, event, 1);
     if origin == Origin::Reused {
         say(context.events, "REPO_URL already installed: reusing the cached Python environment").await;
     }

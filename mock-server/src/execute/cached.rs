@@ -1,4 +1,4 @@
-//! Execute with the action cache (`action_cache.rs`): before anything runs, decide
+//! Execute with the action cache (`store/action_cache.rs`): before anything runs, decide
 //! whether the run can be named (a job made from a tree, an environment that can be
 //! pinned) and whether a record answers it; a hit replays the recorded lines and exit
 //! status and gives the job the recorded results; a miss runs as always while its
@@ -13,12 +13,12 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::warn;
 
-use crate::action_cache::{ActionParts, Flight, FlightGuard, OutputLog, Record, read_output};
 use crate::error::JobError;
+use crate::execute::repo_url::Requirement;
 use crate::executor::{Events, JobEvent, Pipe};
 use crate::jobs::Recorded;
-use crate::repo_url::Requirement;
 use crate::state::State;
+use crate::store::action_cache::{ActionParts, Flight, FlightGuard, OutputLog, Record, read_output};
 
 /// What the client asked of the cache.
 #[derive(Debug, Clone)]
@@ -102,12 +102,12 @@ pub async fn plan(state: &State, run: Run<'_>, ask: &CacheAsk, events: &Events) 
         if !ask.refresh
             && let Some(record) = cache.lookup(&key, store)
         {
-            crate::metrics::Metrics::count(&state.metrics.action_cache, "hit", 1);
+            crate::net::metrics::Metrics::count(&state.metrics.action_cache, "hit", 1);
             return Plan::Serve(record, followed);
         }
         match cache.fly(&key) {
             Flight::Lead(guard) => {
-                crate::metrics::Metrics::count(&state.metrics.action_cache, "miss", 1);
+                crate::net::metrics::Metrics::count(&state.metrics.action_cache, "miss", 1);
                 if followed > 0 {
                     note(events, "that run did not end in a result to serve: running the step for this job".into())
                         .await;
@@ -140,7 +140,12 @@ pub async fn plan(state: &State, run: Run<'_>, ask: &CacheAsk, events: &Events) 
 }
 
 /// Sends the followed run's lines from `sent` on; false when the client went away.
-async fn send_lines(log: &crate::action_cache::FlightLog, sent: &mut usize, merged: bool, events: &Events) -> bool {
+async fn send_lines(
+    log: &crate::store::action_cache::FlightLog,
+    sent: &mut usize,
+    merged: bool,
+    events: &Events,
+) -> bool {
     for (pipe, text) in log.since(*sent) {
         *sent += 1;
         if events.send(Ok(JobEvent::Line { pipe: pipe_of(pipe, merged), text })).await.is_err() {
@@ -170,7 +175,7 @@ async fn environment_key(state: &State, cn: &str, dir: &Path, requirements: &[Re
     };
     let scope = if state.config.share_env_cache { "*".to_string() } else { cn.to_string() };
     let (requirements, dir, incoming) = (requirements.to_vec(), dir.to_path_buf(), env_cache.incoming_dir());
-    let pinned = tokio::task::spawn_blocking(move || crate::envs::pin(&requirements, &dir, &incoming, &scope))
+    let pinned = tokio::task::spawn_blocking(move || crate::execute::envs::pin(&requirements, &dir, &incoming, &scope))
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("pinning REPO_URL: {e}"))?;
@@ -294,14 +299,14 @@ async fn keep_run(
     log: OutputLog,
     (started, started_at): (Instant, SystemTime),
 ) -> Result<(), JobError> {
-    let names = crate::service::result_names(&ask.results)?;
+    let names = crate::jobs::results::result_names(&ask.results)?;
     let (state_for_pack, dir) = (state.clone(), dir.to_path_buf());
     let packed = tokio::task::spawn_blocking(move || -> Result<Option<Record>, JobError> {
         let store = state_for_pack.store.as_ref().ok_or(JobError::NoStore)?;
         let Some(log) = log.finish()? else { return Ok(None) };
         let output = store.keep(log)?;
-        let found = crate::service::existing_results(&dir, &names)?;
-        let result_bytes = crate::service::result_bytes(&dir, &found);
+        let found = crate::jobs::results::existing_results(&dir, &names)?;
+        let result_bytes = crate::jobs::results::result_bytes(&dir, &found);
         let blob = store.local_blob()?;
         let (_, blob) = lrpymrpc_archive::pack_results_tar(&dir, &found, Encoding::Identity, 1, blob)?;
         let results = store.keep(blob)?;
@@ -322,7 +327,7 @@ async fn keep_run(
     };
     let cache = state.action_cache.as_ref().ok_or(JobError::NoStore)?;
     cache.insert(key, record.clone())?;
-    crate::metrics::Metrics::count(&state.metrics.action_cache, "recorded", 1);
+    crate::net::metrics::Metrics::count(&state.metrics.action_cache, "recorded", 1);
     state.jobs.set_recorded(job, Recorded { record, requested: normalized(&ask.results) });
     Ok(())
 }

@@ -13,7 +13,7 @@
 //! job, which still owns root's files, sees only what any user could. Every
 //! capability is dropped, whoever runs the server: a root server's sandbox cannot
 //! unmount its hiding mounts or remount anything writable. The environment is only
-//! what the caller passes (an allow-list, see `execute.rs`). pip shares the host's
+//! what the caller passes (an allow-list, see `execute/step.rs`). pip shares the host's
 //! network (it may need the index) and sees the resolver's file; the command gets no
 //! network unless `--sandbox-network`, and never `/run` (the host's sockets: munge,
 //! container runtimes). Every other namespace is new, so a process the command leaves
@@ -185,7 +185,8 @@ fn view_of_host(plan: &SandboxPlan) -> Result<Vec<View>, String> {
             shown.push(dir.to_path_buf());
         }
     }
-    let python = crate::python::python().ok().and_then(|python| std::fs::canonicalize(python.base_prefix).ok());
+    let python =
+        crate::execute::python::python().ok().and_then(|python| std::fs::canonicalize(python.base_prefix).ok());
     shown.extend(python);
     for dir in &plan.show {
         let real = std::fs::canonicalize(dir)

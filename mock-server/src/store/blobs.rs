@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use lrpymrpc_cas::{Hasher, is_valid_hash};
 
-use crate::presence::PresenceLog;
+use crate::store::presence::PresenceLog;
 use lrpymrpc_proto::v1::Digest;
 
 /// The store's directory below the job root (never swept: it has no job marker).

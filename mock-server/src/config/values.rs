@@ -59,7 +59,7 @@ pub struct Config {
     pub env_cache: bool,
     /// The cache's size bound; least recently used environments go first.
     pub env_cache_max_bytes: u64,
-    /// Content-addressed upload (`store.rs`): on, unless `--no-cas` or legacy.
+    /// Content-addressed upload (`store/blobs.rs`): on, unless `--no-cas` or legacy.
     pub cas: bool,
     /// Size bound of the content store; least recently used blobs go first.
     pub cas_max_bytes: u64,
@@ -85,7 +85,7 @@ pub struct Config {
     /// Let sandboxed commands use the network (pip always may).
     pub sandbox_network: bool,
     /// Run pip and the command inside bubblewrap, checked to work at start.
-    pub sandbox: Option<crate::sandbox::Sandbox>,
+    pub sandbox: Option<crate::executor::sandbox::Sandbox>,
     /// Answer Execute exactly as a server predating the protocol extension does:
     /// output lines only, no stream labels, no exit status (for client tests).
     pub legacy_protocol: bool,
@@ -106,7 +106,7 @@ pub enum ExecutorChoice {
     #[default]
     Local,
     /// As Slurm job steps (`slurm.rs`).
-    Slurm(crate::slurm::SlurmOptions),
+    Slurm(crate::executor::slurm::SlurmOptions),
 }
 
 impl ExecutorChoice {

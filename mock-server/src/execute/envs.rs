@@ -22,7 +22,7 @@ use std::time::Instant;
 use lrpymrpc_certs::hex;
 
 use crate::error::JobError;
-use crate::repo_url::Requirement;
+use crate::execute::repo_url::Requirement;
 
 /// The directory under the job root that holds cached environments.
 pub const CACHE_DIR_NAME: &str = "lrpymrpc-env-cache";

@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use tokio::process::Command;
 
+use crate::executor::process_run::{self, ProcessGroup, Runs, Stop, Streaming};
 use crate::executor::{Events, Executor, Launch, ProcessEnd, TimeLimits};
-use crate::process_run::{self, ProcessGroup, Runs, Stop, Streaming};
 
 /// Runs launches as local process groups.
 #[derive(Debug, Clone, Default)]
@@ -30,7 +30,7 @@ impl LocalExecutor {
         let mut command = Command::new(launch.program);
         command.args(launch.args).current_dir(launch.dir).env_clear().envs(launch.env);
         if self.contain {
-            crate::contain::contain(&mut command);
+            crate::executor::contain::contain(&mut command);
         }
         command
     }

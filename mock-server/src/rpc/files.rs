@@ -1,36 +1,33 @@
 //! The `FileService` gRPC service: the four RPCs of the wire contract, each a thin
 //! layer that validates the request, does the step, and turns errors into statuses.
 
-use std::path::{Path, PathBuf};
-use std::pin::Pin;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
 use lrpymrpc_archive::bridge::{CHANNEL_CHUNKS, ChunkReader, ChunkWriter, Fed, feed};
-use lrpymrpc_archive::{
-    Encoding, MtimePolicy, PackRoot, UnpackOptions, find_below, pack_results_tar, sanitize_relative, unpack_tar_gz,
-};
+use lrpymrpc_archive::{Encoding, MtimePolicy, UnpackOptions, pack_results_tar, unpack_tar_gz};
 use lrpymrpc_proto::file_service_server::FileService;
 use lrpymrpc_proto::{
-    CHUNK_SIZE, CacheHit, CachePolicy, CheckRequest, CheckResponse, DataChunk, DownloadRequest, Durability,
-    ExecuteRequest, ExecuteResponse, ExitStatus, OutputStream, UploadResponse,
+    CHUNK_SIZE, CachePolicy, CheckRequest, CheckResponse, DataChunk, DownloadRequest, Durability, ExecuteRequest,
+    ExecuteResponse, UploadResponse,
 };
 use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
-use crate::auth::{Caller, authorize};
-use crate::cached_execute::{self, CacheAsk, Plan};
 use crate::error::JobError;
+use crate::execute::cached::{self, CacheAsk, Plan};
+use crate::execute::repo_url::parse_repo_url;
 use crate::execute::{self, StepEnd};
-use crate::executor::{JobEvent, Pipe, TimeLimits, describe};
+use crate::executor::{TimeLimits, describe};
+use crate::jobs::results::{existing_results, result_bytes, result_names};
 use crate::jobs::{CommandEnd, Done};
-use crate::repo_url::parse_repo_url;
+use crate::rpc::auth::{Caller, authorize};
+use crate::rpc::messages::{ResponseStream, to_message};
 use crate::state::State;
-
-pub(crate) type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 /// gzip level for results: the server has cores to spare, the link may be slow.
 const RESULT_GZIP_LEVEL: u32 = 1;
@@ -163,7 +160,7 @@ impl FileService for Service {
             (Ok(Durability::Detached), false) => Some(true),
             _ => None,
         };
-        let started = durable.map(|detached| crate::spool::Started {
+        let started = durable.map(|detached| crate::jobs::spool::Started {
             id: id.clone(),
             owner: caller.cn.clone(),
             command: request.command_opt.clone(),
@@ -178,7 +175,7 @@ impl FileService for Service {
             let started = Instant::now();
             let plan = match &ask {
                 Some(ask) => {
-                    let run = cached_execute::Run {
+                    let run = cached::Run {
                         job: &id,
                         cn: &owner,
                         dir: &dir,
@@ -187,12 +184,12 @@ impl FileService for Service {
                         command: &request.command_opt,
                         merged,
                     };
-                    cached_execute::plan(&state, run, ask, &tx).await
+                    cached::plan(&state, run, ask, &tx).await
                 }
                 None => Plan::Off,
             };
             if let (Plan::Serve(record, followed), Some(ask)) = (&plan, &ask) {
-                let served = cached_execute::serve(&state, &id, (record, *followed), ask, merged, &tx).await;
+                let served = cached::serve(&state, &id, (record, *followed), ask, merged, &tx).await;
                 run.ended(match &served {
                     Ok(()) => CommandEnd::Exited { code: 0, signal: 0 },
                     Err(_) => CommandEnd::Failed,
@@ -217,14 +214,8 @@ impl FileService for Service {
             }
             let (events, recording) = match (plan, ask) {
                 (Plan::Record(key, flight), Some(ask)) => {
-                    let (events, task) = cached_execute::recorder(
-                        state.clone(),
-                        id.clone(),
-                        dir.clone(),
-                        (key, flight),
-                        ask,
-                        tx.clone(),
-                    );
+                    let (events, task) =
+                        cached::recorder(state.clone(), id.clone(), dir.clone(), (key, flight), ask, tx.clone());
                     (events, Some(task))
                 }
                 _ => (tx.clone(), None),
@@ -364,105 +355,13 @@ impl FileService for Service {
     }
 }
 
-/// What the client gets of one event of an Execute step: a line with its stream
-/// label; a note and the exit status in words for clients that only print `message`,
-/// the status also as a field for lrpymrpc clients. `legacy` answers as a server
-/// without the extension: the line only, and no status message at all.
-pub(crate) fn to_message(event: Result<JobEvent, JobError>, legacy: bool) -> Option<Result<ExecuteResponse, Status>> {
-    let message = match event {
-        Err(error) => return Some(Err(error.into())),
-        Ok(JobEvent::Exited { .. } | JobEvent::Progress { .. } | JobEvent::Served { .. }) if legacy => return None,
-        Ok(JobEvent::Served { ran_at_unix_seconds, ran_for_ms }) => ExecuteResponse {
-            message: "[lrpymrpc-mock-server] served from the action cache: nothing runs".into(),
-            cache_hit: Some(CacheHit { ran_at_unix_seconds, ran_for_ms }),
-            ..Default::default()
-        },
-        Ok(JobEvent::Line { text, .. }) if legacy => ExecuteResponse { message: text, ..Default::default() },
-        Ok(JobEvent::Line { pipe, text }) => {
-            ExecuteResponse { message: text, stream: stream_of(pipe) as i32, ..Default::default() }
-        }
-        Ok(JobEvent::Progress { pipe, text }) => {
-            ExecuteResponse { message: text, stream: stream_of(pipe) as i32, progress: true, ..Default::default() }
-        }
-        Ok(JobEvent::Note(text)) => {
-            ExecuteResponse { message: format!("[lrpymrpc-mock-server] {text}"), ..Default::default() }
-        }
-        Ok(JobEvent::Exited { code, signal }) => {
-            let words = match signal {
-                0 => format!("exit status {code}"),
-                signal => format!("signal {signal}"),
-            };
-            ExecuteResponse {
-                message: format!("[lrpymrpc-mock-server] command ended with {words}"),
-                stream: OutputStream::Unspecified as i32,
-                exit_status: Some(ExitStatus { code, signal }),
-                ..Default::default()
-            }
-        }
-    };
-    Some(Ok(message))
-}
-
-/// The wire label of a pipe: unspecified for one merged pipe.
-fn stream_of(pipe: Pipe) -> OutputStream {
-    match pipe {
-        Pipe::Stdout => OutputStream::Stdout,
-        Pipe::Stderr => OutputStream::Stderr,
-        Pipe::Merged => OutputStream::Unspecified,
-    }
-}
-
-/// The RESULT paths (space-separated, relative to the job directory), sanitized.
-pub(crate) fn result_names(result_dir: &str) -> Result<Vec<PathBuf>, JobError> {
-    let mut names = Vec::new();
-    for name in result_dir.split_whitespace() {
-        let refuse = |reason: String| JobError::BadResultPath { path: name.to_string(), reason };
-        let rel = sanitize_relative(name.as_bytes()).map_err(|e| refuse(e.to_string()))?;
-        if rel.as_os_str().is_empty() {
-            return Err(refuse("the job directory itself cannot be a result".into()));
-        }
-        names.push(rel);
-    }
-    Ok(names)
-}
-
-/// The RESULT paths that exist, found without following any link on the way.
-pub(crate) fn existing_results(job_dir: &Path, names: &[PathBuf]) -> Result<Vec<PathBuf>, JobError> {
-    let mut found = Vec::new();
-    for name in names {
-        let refuse = |reason: String| JobError::BadResultPath { path: name.display().to_string(), reason };
-        // The error names the path relative to the job directory, never the server's own.
-        let exists = find_below(job_dir, name).map_err(|e| refuse(strip_dir(&e.to_string(), job_dir)))?;
-        if exists.is_some() {
-            found.push(name.clone());
-        }
-    }
-    Ok(found)
-}
-
-/// The bytes of the regular files below the found result paths, links not followed:
-/// the total of a download's progress bar (0 when the walk fails).
-pub(crate) fn result_bytes(job_dir: &Path, found: &[PathBuf]) -> u64 {
-    use lrpymrpc_archive::walk::{WalkOptions, count_files};
-    let roots: Vec<PackRoot> =
-        found.iter().map(|name| PackRoot { disk: job_dir.join(name), name: name.clone() }).collect();
-    let options = WalkOptions { follow_symlinks: false, keep: &|_| true };
-    count_files(&roots, &options).map_or(0, |(_, bytes)| bytes)
-}
-
-/// `message` with the job directory's absolute path taken out.
-fn strip_dir(message: &str, job_dir: &Path) -> String {
-    let prefix = format!("{}/", job_dir.display());
-    message.replace(&prefix, "")
-}
-
 /// A job's recorded results, when the client asks for the RESULT paths they were
 /// recorded for (the record holds no others).
 fn recorded_for<'r>(
     recorded: &'r crate::jobs::Recorded,
     result_dir: &str,
-) -> Result<&'r crate::action_cache::Record, JobError> {
-    match cached_execute::normalized(result_dir) == recorded.requested {
+) -> Result<&'r crate::store::action_cache::Record, JobError> {
+    match cached::normalized(result_dir) == recorded.requested {
         true => Ok(&recorded.record),
         false => Err(JobError::OtherResults { recorded: recorded.requested.clone() }),
     }

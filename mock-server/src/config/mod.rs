@@ -1,0 +1,9 @@
+//! The server's configuration: every limit with its default (`values`) and the TOML
+//! config file turned into arguments (`file`).
+
+pub mod file;
+mod values;
+
+pub use values::{
+    Config, ConfigError, ExecutorChoice, TlsMaterial, UPLOAD_MIN_RATE, read_admin_file, read_allowed_cns,
+};

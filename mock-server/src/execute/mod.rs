@@ -1,0 +1,12 @@
+//! The Execute step: the step itself (`step`: environment, pip, the command through
+//! the executor seam), the action cache's path around it (`cached`), Python
+//! environments (`envs`), the REPO_URL mapping (`repo_url`) and the interpreter that
+//! makes environments (`python`).
+
+pub mod cached;
+pub mod envs;
+pub mod python;
+pub mod repo_url;
+mod step;
+
+pub use step::{Context, StepEnd, execute};
