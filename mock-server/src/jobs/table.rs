@@ -132,26 +132,35 @@ impl Jobs {
     /// A new, empty job directory for `owner`, holding a slot; refused when all
     /// `max_jobs` slots are taken.
     pub fn create(self: &Arc<Self>, owner: Option<&str>) -> Result<(String, PathBuf, JobUse), JobError> {
-        let slot = self.take_slot(&self.table(), owner)?;
         let id = Uuid::new_v4().to_string();
         let dir = self.root.join(&id);
-        std::fs::write(marker(&dir), b"")?;
-        if let Err(error) = DirBuilder::new().mode(0o700).create(&dir) {
-            let _ = std::fs::remove_file(marker(&dir));
+        // The slot is taken and the job entered under one lock: two uploads of one CN
+        // cannot both pass its limit while the directory is being made.
+        {
+            let mut table = self.table();
+            let slot = self.take_slot(&table, owner)?;
+            let entry = Entry {
+                dir: dir.clone(),
+                owner: owner.map(str::to_string),
+                last_used: Instant::now(),
+                in_use: 1,
+                slot: Some(slot),
+                phase: Phase::Uploaded,
+                remove_at: None,
+                input_root: None,
+                recorded: None,
+            };
+            table.insert(id.clone(), entry);
+        }
+        let made = std::fs::write(marker(&dir), b"").and_then(|()| {
+            DirBuilder::new().mode(0o700).create(&dir).inspect_err(|_| {
+                let _ = std::fs::remove_file(marker(&dir));
+            })
+        });
+        if let Err(error) = made {
+            self.table().remove(&id);
             return Err(error.into());
         }
-        let entry = Entry {
-            dir: dir.clone(),
-            owner: owner.map(str::to_string),
-            last_used: Instant::now(),
-            in_use: 1,
-            slot: Some(slot),
-            phase: Phase::Uploaded,
-            remove_at: None,
-            input_root: None,
-            recorded: None,
-        };
-        self.table().insert(id.clone(), entry);
         Ok((id.clone(), dir, JobUse { jobs: self.clone(), id }))
     }
 
@@ -498,6 +507,26 @@ mod tests {
         assert_eq!(jobs.phase(&id), Some(Phase::Running));
         drop(again);
         assert_eq!(jobs.phase(&id), Some(Phase::Ended(CommandEnd::Failed)), "a run dropped unended failed");
+    }
+
+    #[test]
+    fn concurrent_uploads_of_one_cn_cannot_both_pass_its_limit() {
+        let root = tempfile::tempdir().unwrap();
+        for _ in 0..20 {
+            let jobs = Arc::new(Jobs::new(root.path().to_path_buf(), 16, 1, Duration::from_secs(60), Duration::ZERO));
+            let barrier = Arc::new(std::sync::Barrier::new(8));
+            let racers: Vec<_> = (0..8)
+                .map(|_| {
+                    let (jobs, barrier) = (jobs.clone(), barrier.clone());
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        jobs.create(Some("alice")).ok()
+                    })
+                })
+                .collect();
+            let made: Vec<_> = racers.into_iter().filter_map(|racer| racer.join().unwrap()).collect();
+            assert_eq!(made.len(), 1, "one job of alice's at once");
+        }
     }
 
     #[test]
