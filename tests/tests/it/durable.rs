@@ -204,11 +204,16 @@ fn a_client_without_the_extension_still_cancels_by_hanging_up() {
         let request =
             ExecuteRequest { unique_id: id, command_opt: "echo started; sleep 71.93".into(), ..Default::default() };
         let mut lines = client.execute(request).await.unwrap().into_inner();
+        let mut started = false;
         while let Some(line) = lines.message().await.unwrap() {
             if line.message == "started" {
+                started = true;
                 break;
             }
         }
+        assert!(started, "the command printed its first line");
+        // The process this test then expects gone is there first.
+        wait_until(Duration::from_secs(10), "the command running", || !processes_running("71.93").is_empty());
         drop(lines);
     });
     wait_until(Duration::from_secs(2), "the command stopped when the call went", || {

@@ -344,12 +344,16 @@ fn a_tree_stopped_for_a_legacy_server_is_built_anew_for_ours() {
         config.max_jobs = 1;
         config.legacy_protocol = true;
     });
+    // Each server is held full until the test opens its gate (events, not the clock):
+    // ours once the client is waiting for it, the legacy one once the client is done.
+    let gate = |name: &str| env.root.path().join(format!("gate-{name}"));
     let mut holders = Vec::new();
-    for (server, hold) in [(ours, 2), (legacy, 8)] {
+    for (server, name) in [(ours, "ours"), (legacy, "legacy")] {
         let mut holder = env.client_std();
+        let wait = format!("echo holding; while [ ! -e {} ]; do sleep 0.05; done", gate(name).display());
         holder
             .args(["--SERVER_IP", &server.to_string(), "--SERVER_PORT", "8766"])
-            .args(["--CMD", &format!("echo holding; sleep {hold}")])
+            .args(["--CMD", &wait])
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null());
         let mut holder = holder.spawn().unwrap();
@@ -366,12 +370,35 @@ fn a_tree_stopped_for_a_legacy_server_is_built_anew_for_ours() {
     // the job (the stat cache is cold).
     env.write("source/big.bin", crate::env::pseudo_random(48 << 20, 3));
     let servers = format!("{ours} {legacy}");
-    let output = env
-        .client()
+    let mut client = env
+        .client_std()
         .args(["--SERVER_IP", &servers, "--SERVER_PORT", "8766", "--verbose", "--CMD", "cat source/input"])
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
-    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    let (said, heard) = std::sync::mpsc::channel();
+    let stderr = client.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok) {
+            let _ = said.send(line.clone());
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    loop {
+        let line = heard.recv_timeout(PROCESS_LIMIT).expect("the client says it waits for a slot");
+        if line.contains("every slot is taken; waiting for one") {
+            break;
+        }
+    }
+    std::fs::write(gate("ours"), "").unwrap();
+    let output = crate::env::child_output_within(client, PROCESS_LIMIT);
+    let stderr = reader.join().unwrap();
+    std::fs::write(gate("legacy"), "").unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stderr}");
     assert!(stdout.contains("]:sent as a tree"), "{stdout}");
     assert!(stderr.contains("RESOURCE_EXHAUSTED"), "the legacy server was offered the job first: {stderr}");
