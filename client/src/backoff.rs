@@ -21,11 +21,7 @@ fn now() -> u64 {
 
 /// The state file; `None` with no home to put it in.
 fn path() -> Option<PathBuf> {
-    let base = match std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(std::env::var_os("HOME").filter(|v| !v.is_empty())?).join(".local/state"),
-    };
-    Some(base.join("lrpymrpc").join("backoff"))
+    crate::tree_build::state_file("backoff")
 }
 
 fn parse(text: &str) -> HashMap<String, u64> {

@@ -22,11 +22,7 @@ const MAX_RECORD_BYTES: u64 = 64 * 1024;
 
 /// The folder of the records; `None` with no home to put it in.
 fn dir() -> Option<PathBuf> {
-    let base = match std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(std::env::var_os("HOME").filter(|v| !v.is_empty())?).join(".local/state"),
-    };
-    Some(base.join("lrpymrpc").join("jobs"))
+    crate::tree_build::state_file("jobs")
 }
 
 /// The record's file for job `id`; `None` for an id that is no plain name (ids come

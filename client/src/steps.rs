@@ -245,6 +245,7 @@ pub(crate) async fn finish(
             "the remote command failed: results not fetched (--no-results-on-failure); earlier ones are as they were",
         );
         session.release(&unique_id).await;
+        crate::detached::forget(&unique_id);
         out.status("Finish.");
         return remote_outcome.unwrap_or(Ok(()));
     }

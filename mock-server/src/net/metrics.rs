@@ -130,7 +130,8 @@ impl Metrics {
         }
         registry.register(
             "refusals",
-            "Calls and connections refused, by reason (permission, identity, busy, draining, handshake, request)",
+            "Calls and connections refused, by reason (permission, identity, busy, draining, handshake, unauthenticated, \
+             request)",
             metrics.refusals.clone(),
         );
         registry.register("uploaded_bytes", "Bytes received in uploads (as sent)", metrics.uploaded_bytes.clone());
@@ -145,7 +146,11 @@ impl Metrics {
             "Python environments: reused (hit), built for the cache (build), built for one job (unshared)",
             metrics.env_cache.clone(),
         );
-        registry.register("store_bytes", "Bytes in the content store", metrics.store_bytes.clone());
+        registry.register(
+            "store_bytes",
+            "What the content store's blobs take on disk, in whole 4 KiB blocks",
+            metrics.store_bytes.clone(),
+        );
         registry.register(
             "store_files",
             "Files of content-addressed uploads the server had (present) or asked for (missing)",
