@@ -8,12 +8,14 @@
 
 pub mod bridge;
 pub mod encoding;
+pub mod errors;
 mod list_ahead;
 pub mod merge;
+pub mod options;
 pub mod pack;
 pub mod pargz;
 pub mod paths;
-mod place;
+pub mod place;
 pub mod results;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
@@ -22,9 +24,10 @@ pub mod walk;
 
 pub use encoding::Encoding;
 pub use merge::{MergeError, merge_tree};
-pub use pack::{Candidate, PackError, PackOptions, PackReport, PackRoot, pack_tar_gz};
+pub use errors::{PackError, UnpackError};
+pub use options::{Limits, MtimePolicy, ReadProgress, UnpackOptions};
+pub use pack::{PackOptions, PackReport, pack_tar_gz};
 pub use paths::{NameError, find_below, sanitize_relative};
 pub use results::{pack_results_tar, pack_results_tar_gz};
-pub use unpack::{
-    Limits, MtimePolicy, ReadProgress, UnpackError, UnpackOptions, UnpackReport, unpack_tar, unpack_tar_gz,
-};
+pub use unpack::{UnpackReport, unpack_tar, unpack_tar_gz};
+pub use walk::{Candidate, PackRoot};

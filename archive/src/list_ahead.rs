@@ -10,7 +10,7 @@ use std::fs::{self, Metadata};
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, MutexGuard};
 
-use crate::pack::{PackError, read_error};
+use crate::errors::{PackError, read_error};
 
 /// A directory's entries, each with its own metadata (a link's, not its target's).
 pub(crate) type Listing = Vec<(OsString, Metadata)>;

@@ -11,26 +11,8 @@ use std::path::{Path, PathBuf};
 use tar::{EntryType, Header};
 
 use crate::encoding::{Encoder, Encoding};
-use crate::walk::{Found, WalkOptions, walk};
-
-/// One path to pack: where it is on disk and the name it gets in the archive
-/// (an empty name puts a directory's contents at the top of the archive).
-#[derive(Debug, Clone)]
-pub struct PackRoot {
-    pub disk: PathBuf,
-    pub name: PathBuf,
-}
-
-/// An entry the packer is about to add, shown to [`PackOptions::keep`].
-#[derive(Debug, Clone, Copy)]
-pub struct Candidate<'p> {
-    /// Where it is on disk (below a root's `disk`, joined lexically).
-    pub disk: &'p Path,
-    /// Its name in the archive.
-    pub name: &'p Path,
-    /// A directory (after following a link, when links are followed).
-    pub is_dir: bool,
-}
+use crate::errors::{PackError, read_error};
+use crate::walk::{Candidate, Found, PackRoot, WalkOptions, walk};
 
 /// How to pack.
 pub struct PackOptions<'a> {
@@ -81,19 +63,6 @@ pub struct PackReport {
     /// Bytes of file content before compression.
     pub content_bytes: u64,
     pub skipped: Vec<(PathBuf, String)>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum PackError {
-    #[error("cannot read `{path}`: {source}")]
-    Read { path: PathBuf, source: io::Error },
-    #[error("`{path}` changed size while it was being packed")]
-    Changed { path: PathBuf },
-    #[error("cannot send the archive: {0}")]
-    Write(io::Error),
-    /// Content-addressed trees name files in UTF-8; a tar.gz takes any bytes.
-    #[error("`{path}` has a name that is not UTF-8")]
-    NotUtf8 { path: PathBuf },
 }
 
 /// Writes `roots` as one tar.gz stream into `out` and returns what went in.
@@ -193,10 +162,6 @@ pub(crate) fn bare_header(kind: EntryType, mode: u32, size: u64, mtime: i64) -> 
     header.set_size(size);
     header.set_mtime(mtime.max(0) as u64);
     header
-}
-
-pub(crate) fn read_error(path: &Path, source: io::Error) -> PackError {
-    PackError::Read { path: path.to_path_buf(), source }
 }
 
 /// Reads exactly the size written in the header: a file that shrank while being

@@ -15,11 +15,12 @@ use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use crate::paths::{NameError, sanitize_relative};
-use crate::unpack::{UnpackError, UnpackOptions};
+use crate::errors::UnpackError;
+use crate::options::UnpackOptions;
 
 /// Where an entry stands against [`UnpackOptions::only`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Allowed {
+pub enum Allowed {
     Yes,
     /// A directory above a path asked for: created, nothing else.
     AsParentDirectory,
@@ -27,7 +28,7 @@ pub(crate) enum Allowed {
 }
 
 /// Places entries below one destination under the policy of the module docs.
-pub(crate) struct Placer<'a> {
+pub struct Placer<'a> {
     dest: &'a Path,
     options: &'a UnpackOptions,
     /// Directories below `dest` already known to be real directories, not links.
@@ -38,12 +39,12 @@ pub(crate) struct Placer<'a> {
 }
 
 impl<'a> Placer<'a> {
-    pub(crate) fn new(dest: &'a Path, options: &'a UnpackOptions) -> Placer<'a> {
+    pub fn new(dest: &'a Path, options: &'a UnpackOptions) -> Placer<'a> {
         Placer { dest, options, real_dirs: HashSet::new(), links: BTreeMap::new() }
     }
 
     /// Holds a link back until [`Placer::create_links`]; `shown` names it in errors.
-    pub(crate) fn defer_link(&mut self, rel: PathBuf, target: Vec<u8>, shown: String) {
+    pub fn defer_link(&mut self, rel: PathBuf, target: Vec<u8>, shown: String) {
         self.links.insert(rel, (target, shown));
     }
 
@@ -51,7 +52,7 @@ impl<'a> Placer<'a> {
     /// real directory below `dest` (created when missing), and an earlier file or link
     /// of the same name (a duplicate entry) removed, so nothing is written through it.
     /// A directory in the way is an error.
-    pub(crate) fn slot_for_non_directory(&mut self, rel: &Path) -> Result<PathBuf, String> {
+    pub fn slot_for_non_directory(&mut self, rel: &Path) -> Result<PathBuf, String> {
         let parent = match rel.parent() {
             Some(parent) if !parent.as_os_str().is_empty() => self.real_dir(parent, 0o755)?,
             _ => self.dest.to_path_buf(),
@@ -71,7 +72,7 @@ impl<'a> Placer<'a> {
 
     /// Makes `rel` and its parents real directories below `dest`. Existing directories
     /// keep their permissions: only directories this unpack creates get `mode`.
-    pub(crate) fn real_dir(&mut self, rel: &Path, mode: u32) -> Result<PathBuf, String> {
+    pub fn real_dir(&mut self, rel: &Path, mode: u32) -> Result<PathBuf, String> {
         let mut path = self.dest.to_path_buf();
         let mut so_far = PathBuf::new();
         let last = rel.components().count();
@@ -105,7 +106,10 @@ impl<'a> Placer<'a> {
         Ok(path)
     }
 
-    pub(crate) fn write_file<R: Read>(
+    /// Writes `content` into a new file at `path` (a slot from
+    /// [`Placer::slot_for_non_directory`]), never through a link, with `mode` and,
+    /// when given, the modification time `mtime` in seconds since the epoch.
+    pub fn write_file<R: Read>(
         &self,
         path: &Path,
         content: &mut R,
@@ -132,7 +136,7 @@ impl<'a> Placer<'a> {
 
     /// Follows a link target one component at a time from the link's directory:
     /// it must stay strictly inside `dest` and never pass through another link.
-    pub(crate) fn check_symlink_target(&self, link: &Path, target: &[u8]) -> Result<(), String> {
+    pub fn check_symlink_target(&self, link: &Path, target: &[u8]) -> Result<(), String> {
         let shown = String::from_utf8_lossy(target);
         if target.is_empty() {
             return Err("symbolic link with an empty target".into());
@@ -180,7 +184,7 @@ impl<'a> Placer<'a> {
 
     /// Creates the links held back, each judged again against the final tree (every
     /// other entry in place, every other link known).
-    pub(crate) fn create_links(&mut self) -> Result<u64, UnpackError> {
+    pub fn create_links(&mut self) -> Result<u64, UnpackError> {
         let links = std::mem::take(&mut self.links);
         // Judged with all of them pending, so none may pass through another.
         self.links =
@@ -201,7 +205,7 @@ impl<'a> Placer<'a> {
     }
 
     /// Whether `rel` may be unpacked under [`UnpackOptions::only`].
-    pub(crate) fn allowed(&self, rel: &Path) -> Allowed {
+    pub fn allowed(&self, rel: &Path) -> Allowed {
         let Some(only) = &self.options.only else { return Allowed::Yes };
         if only.iter().any(|root| rel.starts_with(root)) {
             Allowed::Yes
@@ -214,14 +218,14 @@ impl<'a> Placer<'a> {
 
     /// A write error naming the path relative to the destination, never the absolute
     /// path (a server's error must not reveal where its jobs live).
-    pub(crate) fn write_error(&self, path: &Path, source: io::Error) -> UnpackError {
+    pub fn write_error(&self, path: &Path, source: io::Error) -> UnpackError {
         let path = path.strip_prefix(self.dest).unwrap_or(path).to_path_buf();
         UnpackError::Write { path, source }
     }
 
     /// The full path of `rel` if it is a regular file already inside `dest`, reached
     /// through real directories only.
-    pub(crate) fn existing_regular_file(&self, rel: &Path) -> Result<PathBuf, String> {
+    pub fn existing_regular_file(&self, rel: &Path) -> Result<PathBuf, String> {
         let mut path = self.dest.to_path_buf();
         let count = rel.components().count();
         for (index, component) in rel.components().enumerate() {

@@ -22,7 +22,8 @@ use crate::encoding::{Encoder, Encoding};
 use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags};
 use tar::EntryType;
 
-use crate::pack::{ExactSize, PackError, PackReport, ReadFailure, bare_header, read_error};
+use crate::errors::{PackError, read_error};
+use crate::pack::{ExactSize, PackReport, ReadFailure, bare_header};
 
 /// Directory levels below a RESULT path that are packed; deeper is refused (each level
 /// holds a directory handle open, and the walk must not exhaust them or the stack).

@@ -25,57 +25,15 @@
 
 use std::fs;
 use std::io::{self, Read};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::encoding::Encoding;
 use tar::EntryType;
 
 use crate::paths::{NameError, depth, sanitize_relative};
+use crate::errors::UnpackError;
+use crate::options::{MtimePolicy, ReadProgress, UnpackOptions};
 use crate::place::{Allowed, Placer};
-
-/// Caps that stop an archive from exhausting the disk or the inode table.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    /// Decompressed bytes of the whole tar stream (headers included).
-    pub max_bytes: u64,
-    pub max_entries: u64,
-    pub max_depth: usize,
-}
-
-impl Limits {
-    /// Large enough for real cell libraries, small enough to stop a gzip bomb.
-    pub const DEFAULT: Limits = Limits { max_bytes: 64 * 1024 * 1024 * 1024, max_entries: 1_000_000, max_depth: 64 };
-}
-
-/// Which modification time unpacked files get.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MtimePolicy {
-    /// The time recorded in the archive (uploads: remote tools may compare them).
-    FromArchive,
-    /// The time of unpacking (results: `make` must see them as newer than inputs).
-    Now,
-}
-
-#[derive(Debug, Clone)]
-pub struct UnpackOptions {
-    pub limits: Limits,
-    pub mtime: MtimePolicy,
-    /// When set, the only paths (sanitized, relative) an entry may be at or below:
-    /// the RESULT paths a client asked for. `None` accepts any path (uploads).
-    pub only: Option<Vec<PathBuf>>,
-    /// Told the decompressed bytes as they are read: for a progress bar.
-    pub progress: Option<ReadProgress>,
-}
-
-/// A callback told how many decompressed bytes were just read.
-#[derive(Clone)]
-pub struct ReadProgress(pub std::sync::Arc<dyn Fn(u64) + Send + Sync>);
-
-impl std::fmt::Debug for ReadProgress {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ReadProgress")
-    }
-}
 
 #[derive(Debug, Default)]
 pub struct UnpackReport {
@@ -83,32 +41,6 @@ pub struct UnpackReport {
     pub directories: u64,
     pub links: u64,
     pub content_bytes: u64,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum UnpackError {
-    #[error("archive entry `{entry}` refused: {reason}")]
-    Refused { entry: String, reason: String },
-    #[error("archive is larger than the limit of {max_bytes} bytes once decompressed")]
-    TooLarge { max_bytes: u64 },
-    #[error("archive has more than the limit of {max_entries} entries")]
-    TooManyEntries { max_entries: u64 },
-    #[error("malformed archive: {0}")]
-    Malformed(io::Error),
-    #[error("cannot write `{path}`: {source}")]
-    Write { path: PathBuf, source: io::Error },
-}
-
-impl UnpackError {
-    /// True when the local disk, not the archive, is to blame (disk full, quota).
-    pub fn is_out_of_space(&self) -> bool {
-        match self {
-            UnpackError::Write { source, .. } => {
-                matches!(source.kind(), io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded)
-            }
-            _ => false,
-        }
-    }
 }
 
 /// Unpacks the tar.gz read from `input` into `dest`, which must be an existing

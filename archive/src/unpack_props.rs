@@ -10,6 +10,7 @@ use proptest::prelude::*;
 use tar::EntryType;
 
 use super::*;
+use crate::options::Limits;
 use crate::testing::{Raw, gzip, tar_bytes};
 
 fn segment() -> impl Strategy<Value = &'static str> {

@@ -8,6 +8,7 @@ use tar::{EntryType, Header};
 
 use super::*;
 use crate::merge_tree;
+use crate::options::Limits;
 use crate::testing::{dir, file, gzip, hardlink, special, symlink, tar_bytes};
 
 /// A destination with a canary directory beside it holding one file.
@@ -360,7 +361,8 @@ fn two_downloads_cannot_chain_links_across_a_merge() {
 
 #[test]
 fn pack_then_unpack_round_trips_a_tree() {
-    use crate::pack::{PackOptions, PackRoot, pack_tar_gz};
+    use crate::pack::{PackOptions, pack_tar_gz};
+    use crate::walk::PackRoot;
     let source = tempfile::tempdir().unwrap();
     let tree = source.path().join("tree");
     fs::create_dir_all(tree.join("deep/er")).unwrap();
@@ -385,7 +387,8 @@ fn pack_then_unpack_round_trips_a_tree() {
 
 #[test]
 fn packing_without_following_ships_links_not_their_targets() {
-    use crate::pack::{PackOptions, PackRoot, pack_tar_gz};
+    use crate::pack::{PackOptions, pack_tar_gz};
+    use crate::walk::PackRoot;
     let source = tempfile::tempdir().unwrap();
     fs::write(source.path().join("secret"), "do not ship").unwrap();
     let job = source.path().join("job");
@@ -422,7 +425,8 @@ fn merge_replaces_files_and_merges_directories() {
 fn a_directory_left_out_takes_its_contents_and_progress_counts_files() {
     use std::cell::Cell;
 
-    use crate::pack::{Candidate, PackOptions, PackRoot, pack_tar_gz};
+    use crate::pack::{PackOptions, pack_tar_gz};
+    use crate::walk::{Candidate, PackRoot};
     let source = tempfile::tempdir().unwrap();
     let tree = source.path().join("tree");
     fs::create_dir_all(tree.join(".git/objects")).unwrap();
@@ -456,7 +460,9 @@ fn a_directory_left_out_takes_its_contents_and_progress_counts_files() {
 
 #[test]
 fn a_failed_output_is_a_write_error_not_the_file_being_read() {
-    use crate::pack::{PackError, PackOptions, PackRoot, pack_tar_gz};
+    use crate::errors::PackError;
+    use crate::pack::{PackOptions, pack_tar_gz};
+    use crate::walk::PackRoot;
     /// Accepts 64 KiB, then fails like a closed network stream.
     #[derive(Debug)]
     struct Closing(usize);

@@ -10,7 +10,26 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::list_ahead::{FinishOnDrop, ListAhead};
-use crate::pack::{Candidate, PackError, PackRoot, read_error};
+use crate::errors::{PackError, read_error};
+
+/// One path to pack: where it is on disk and the name it gets in the archive
+/// (an empty name puts a directory's contents at the top of the archive).
+#[derive(Debug, Clone)]
+pub struct PackRoot {
+    pub disk: PathBuf,
+    pub name: PathBuf,
+}
+
+/// An entry the packer is about to add, shown to [`PackOptions::keep`].
+#[derive(Debug, Clone, Copy)]
+pub struct Candidate<'p> {
+    /// Where it is on disk (below a root's `disk`, joined lexically).
+    pub disk: &'p Path,
+    /// Its name in the archive.
+    pub name: &'p Path,
+    /// A directory (after following a link, when links are followed).
+    pub is_dir: bool,
+}
 
 /// What the walk found at one place.
 #[derive(Debug, Clone, Copy)]
