@@ -23,8 +23,8 @@ pub mod unpack;
 pub mod walk;
 
 pub use encoding::Encoding;
-pub use merge::{MergeError, merge_tree};
 pub use errors::{PackError, UnpackError};
+pub use merge::{MergeError, merge_tree};
 pub use options::{Limits, MtimePolicy, ReadProgress, UnpackOptions};
 pub use pack::{PackOptions, PackReport, pack_tar_gz};
 pub use paths::{NameError, find_below, sanitize_relative};

@@ -14,9 +14,9 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use crate::paths::{NameError, sanitize_relative};
 use crate::errors::UnpackError;
 use crate::options::UnpackOptions;
+use crate::paths::{NameError, sanitize_relative};
 
 /// Where an entry stands against [`UnpackOptions::only`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

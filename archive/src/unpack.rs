@@ -30,9 +30,9 @@ use std::path::Path;
 use crate::encoding::Encoding;
 use tar::EntryType;
 
-use crate::paths::{NameError, depth, sanitize_relative};
 use crate::errors::UnpackError;
 use crate::options::{MtimePolicy, ReadProgress, UnpackOptions};
+use crate::paths::{NameError, depth, sanitize_relative};
 use crate::place::{Allowed, Placer};
 
 #[derive(Debug, Default)]

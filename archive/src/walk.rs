@@ -9,8 +9,8 @@ use std::fs::{self, Metadata};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use crate::list_ahead::{FinishOnDrop, ListAhead};
 use crate::errors::{PackError, read_error};
+use crate::list_ahead::{FinishOnDrop, ListAhead};
 
 /// One path to pack: where it is on disk and the name it gets in the archive
 /// (an empty name puts a directory's contents at the top of the archive).

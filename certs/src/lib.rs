@@ -2,7 +2,7 @@
 //! client certificates (rcgen, no openssl), private keys written with mode 0600, and
 //! the TLS directory layouts that the client, the server and `cargo xtask certs` share;
 //! CSRs made and signed ([`request`]), and certificates read and checked ([`inspect`]).
-//! `lrpymrpc tls`, `lrpymrpc-mock-server ca` and `cargo xtask certs` all use this crate.
+//! `lrpymrpc tls`, `lrpymrpc-server ca` and `cargo xtask certs` all use this crate.
 
 pub mod inspect;
 pub mod layout;

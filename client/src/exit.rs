@@ -61,7 +61,7 @@ pub enum ClientError {
         /// Worth another try (refused, timed out), unlike a refused certificate.
         transient: bool,
         /// What the transport said, by type.
-        fault: crate::connect::TransportFault,
+        fault: crate::remote::fault::TransportFault,
     },
     #[error("{step} failed: {peer} answered {code}: {message}", code = code_name(*code))]
     Server { step: Step, peer: String, code: tonic::Code, message: String },
@@ -139,7 +139,7 @@ impl ClientError {
     /// A local error about a value, saying where the value came from (`origin`:
     /// `environment LRPYMRPC_X`, `config file ... line N`), when it did not come from
     /// the command line.
-    pub fn from_origin(self, origin: &Option<String>) -> ClientError {
+    pub fn with_origin(self, origin: &Option<String>) -> ClientError {
         match (self, origin) {
             (ClientError::Local { message, hint }, Some(origin)) => {
                 ClientError::Local { message: format!("{message} (from {origin})"), hint }

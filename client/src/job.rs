@@ -6,11 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cli::{Args, DEFAULT_SERVER_PORT, split_paths};
-use crate::connect::Peer;
 use crate::exit::ClientError;
-use crate::marker::ExitMarker;
 use crate::output::{Verbosity, clean_text};
-use crate::source::{SourceFilter, SourceRules};
+use crate::remote::marker::ExitMarker;
+use crate::remote::peer::Peer;
+use crate::sources::{SourceFilter, SourceRules};
 use crate::tls;
 
 /// What a job asks of the server's action cache.
@@ -69,7 +69,7 @@ pub struct Job {
     pub defaulted: Vec<&'static str>,
     /// What the TLS files' checks warn about (a key others can read, an expiring
     /// certificate), shown before the job starts.
-    pub tls_warnings: Vec<crate::tls_audit::Finding>,
+    pub tls_warnings: Vec<crate::tls::audit::Finding>,
     /// `--no-cas`: always a tar.gz upload.
     pub no_cas: bool,
     /// `--cache` / `--refresh`: what to ask of a server's action cache.
@@ -100,7 +100,7 @@ impl Job {
                                 message: format!("--SERVER_IP `{entry}`: `{slots}` is not a number of slots"),
                                 hint: Some("write host[:port][/slots], e.g. 10.0.0.5:8766/4".into()),
                             }
-                            .from_origin(&said("SERVER_IP"))
+                            .with_origin(&said("SERVER_IP"))
                         })?;
                         (address, Some(slots))
                     }
@@ -118,17 +118,17 @@ impl Job {
             true => String::new(),
             false => crate::output::render_prefix(&args.prefix, &host, port).map_err(|why| {
                 let hint = Some(format!("the upstream prefix is `{}`", crate::output::DEFAULT_PREFIX));
-                ClientError::Usage { message: format!("--prefix {why}"), hint }.from_origin(&said("prefix"))
+                ClientError::Usage { message: format!("--prefix {why}"), hint }.with_origin(&said("prefix"))
             })?,
         };
-        validate_run_name(&args.run_name).map_err(|error| error.from_origin(&said("RUN_NAME")))?;
+        validate_run_name(&args.run_name).map_err(|error| error.with_origin(&said("RUN_NAME")))?;
         let tls = match args.tls_config_dir.trim() {
             "" => None,
-            dir => Some(tls::load(dir).map_err(|error| error.from_origin(&said("TLS_CONFIG_DIR")))?),
+            dir => Some(tls::load(dir).map_err(|error| error.with_origin(&said("TLS_CONFIG_DIR")))?),
         };
         // The local checks of `tls check`, in its words, before any connection.
         let tls_warnings = match &tls {
-            Some(tls) => crate::tls_audit::for_job(tls)?,
+            Some(tls) => crate::tls::audit::for_job(tls)?,
             None => Vec::new(),
         };
         let workdir = std::env::current_dir()
@@ -146,7 +146,7 @@ impl Job {
             Some(dir) => workdir.join(crate::tls::expand_tilde(dir)),
         };
         if args.results_dir.as_deref().is_some_and(|dir| !dir.trim().is_empty()) {
-            check_results_dir(&results_base).map_err(|error| error.from_origin(&said("results-dir")))?;
+            check_results_dir(&results_base).map_err(|error| error.with_origin(&said("results-dir")))?;
         }
         let results_dest = match args.run_name.as_str() {
             "" => results_base,
@@ -154,7 +154,7 @@ impl Job {
         };
         let results = split_paths(&args.result);
         for result in &results {
-            check_result_path(result).map_err(|error| error.from_origin(&said("RESULT")))?;
+            check_result_path(result).map_err(|error| error.with_origin(&said("RESULT")))?;
         }
         let servers = servers
             .into_iter()
@@ -285,9 +285,9 @@ pub fn verbosity(args: &Args) -> Verbosity {
 
 /// Where a setting came from, when that was not the command line: `LRPYMRPC_X` or the
 /// config file's line, for messages about its value.
-pub(crate) fn origin(settings: &[crate::settings::Setting], option: &str) -> Option<String> {
+pub(crate) fn origin(settings: &[crate::cli::origin::Setting], option: &str) -> Option<String> {
     let setting = settings.iter().find(|setting| setting.option == option)?;
-    (setting.origin != "command line" && setting.origin != "default").then(|| setting.origin.clone())
+    setting.origin.worth_naming().then(|| setting.origin.to_string())
 }
 
 /// The server's host and port from `--SERVER_IP` (which may carry a port, as people
@@ -297,14 +297,14 @@ pub(crate) fn server_address(
     server_port: &str,
     said: &dyn Fn(&str) -> Option<String>,
 ) -> Result<(String, u16), ClientError> {
-    let port = crate::connect::parse_port(server_port).map_err(|why| {
+    let port = crate::remote::peer::parse_port(server_port).map_err(|why| {
         let hint = Some("give a number from 1 to 65535".into());
-        ClientError::Usage { message: format!("--SERVER_PORT {why}"), hint }.from_origin(&said("SERVER_PORT"))
+        ClientError::Usage { message: format!("--SERVER_PORT {why}"), hint }.with_origin(&said("SERVER_PORT"))
     })?;
-    let (host, port_in_ip) = crate::connect::parse_address(server_ip).map_err(|why| {
+    let (host, port_in_ip) = crate::remote::peer::parse_address(server_ip).map_err(|why| {
         let hint = Some("give a host name or an IP address, e.g. --SERVER_IP 10.0.0.5 or --SERVER_IP '[::1]'".into());
         ClientError::Usage { message: format!("--SERVER_IP `{server_ip}` is not usable: {why}"), hint }
-            .from_origin(&said("SERVER_IP"))
+            .with_origin(&said("SERVER_IP"))
     })?;
     match port_in_ip {
         None => Ok((host, port)),

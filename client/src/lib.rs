@@ -8,42 +8,32 @@
 //! the steps (Upload, Execute, Check, Download) and their retries; [`exit`] maps every
 //! outcome to the process exit code. Each subcommand is a module of `commands`.
 
-mod backoff;
-pub mod cli;
+mod cli;
 mod commands;
-pub mod connect;
-pub mod detached;
-pub mod exit;
-pub mod job;
-pub mod marker;
-pub mod output;
-mod placement;
-mod queue;
-pub mod server_cert;
-pub mod session;
-pub mod settings;
-pub mod snippets;
-pub mod source;
+mod exit;
+mod job;
+mod output;
+mod remote;
+mod sources;
 mod steps;
-pub mod tls;
-pub mod tls_audit;
-pub mod tree_build;
+mod tls;
 
 use std::process::ExitCode;
 
-pub use exit::ClientError;
+pub use cli::Args;
+pub use commands::snippets;
 use output::Output;
 
 /// Runs the client with the process's arguments and returns its exit code: parses
 /// them (with the environment and config file) and hands them to their command.
 pub fn main_impl() -> ExitCode {
-    let args = match settings::parse(std::env::args_os().collect()) {
+    let args = match cli::settings::parse(std::env::args_os().collect()) {
         Ok(args) => args,
-        Err(settings::SettingsError::Usage(error)) => {
+        Err(cli::settings::SettingsError::Usage(error)) => {
             let _ = error.print();
             return exit::for_usage(&error);
         }
-        Err(settings::SettingsError::Config(error)) => {
+        Err(cli::settings::SettingsError::Config(error)) => {
             Output::new("", output::Verbosity::default()).error(&error);
             return exit::for_error(&error);
         }

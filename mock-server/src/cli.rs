@@ -1,4 +1,4 @@
-//! The `lrpymrpc-mock-server` command line: serving (parse options, bind, print
+//! The `lrpymrpc-server` (also `lrpymrpc-mock-server`) command line: serving (parse options, bind, print
 //! `listening on ADDR` as the first line on stdout, serve until Ctrl-C or SIGTERM) and
 //! the administrator's certificate commands, `ca init` and `ca sign`.
 
@@ -13,6 +13,7 @@ use lrpymrpc_certs::inspect::Summary;
 use lrpymrpc_certs::{Ca, layout, request};
 use lrpymrpc_units::{DurationArg, SizeArg};
 
+use crate::SERVER_NAME;
 use crate::config::{ExecutorChoice, read_allowed_cns};
 use crate::executor::sandbox::{Sandbox, SandboxPlan};
 use crate::executor::slurm::{SlurmExecutor, SlurmOptions};
@@ -23,7 +24,7 @@ use lrpymrpc_archive::Limits;
 /// REPO_URL into a Python environment (shared by one certificate's jobs with the same
 /// pinned REPO_URL), runs the command, serves the results.
 #[derive(Debug, Parser)]
-#[command(name = "lrpymrpc-mock-server", version, args_conflicts_with_subcommands = true)]
+#[command(name = SERVER_NAME, version, args_conflicts_with_subcommands = true)]
 struct Args {
     #[command(subcommand)]
     command: Option<Command>,
@@ -295,7 +296,7 @@ pub fn main_impl() -> ExitCode {
     match dispatch() {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("lrpymrpc-mock-server: error: {error:#}");
+            eprintln!("{SERVER_NAME}: error: {error:#}");
             ExitCode::FAILURE
         }
     }
@@ -350,7 +351,7 @@ fn check_config(file: &Path) -> anyhow::Result<()> {
     let text = crate::config::read_admin_file(file).with_context(|| format!("cannot read `{}`", file.display()))?;
     let from_file =
         crate::config::file::arguments::<Args>(file, &text, &Default::default()).map_err(anyhow::Error::msg)?;
-    let argv = std::iter::once("lrpymrpc-mock-server".to_string()).chain(from_file);
+    let argv = std::iter::once(SERVER_NAME.to_string()).chain(from_file);
     let matches = Args::command()
         .try_get_matches_from(argv)
         .map_err(|error| anyhow::anyhow!("config file `{}`: {}", file.display(), clap_message(&error)))?;
@@ -413,9 +414,9 @@ fn ca_init(dir: &Path, names: &[String], force: bool) -> anyhow::Result<()> {
     ca.write(dir)?;
     lrpymrpc_certs::write_pair(&server, &layout::server_cert(dir), &layout::server_key(dir))?;
     println!("wrote a CA and a server certificate for {} into `{}`", names.join(", "), dir.display());
-    println!("  serve with:        lrpymrpc-mock-server --tls-dir {} --listen ADDR:PORT", dir.display());
+    println!("  serve with:        {SERVER_NAME} --tls-dir {} --listen ADDR:PORT", dir.display());
     println!("  give users:        {} (they put it at ~/.tls/tls_lrpymrpc/ca/ca.crt)", layout::ca_cert(dir).display());
-    println!("  sign their CSRs:   lrpymrpc-mock-server ca sign client.csr --ca {}", dir.display());
+    println!("  sign their CSRs:   {SERVER_NAME} ca sign client.csr --ca {}", dir.display());
     println!("  keep private:      {} and {}", ca_key.display(), layout::server_key(dir).display());
     println!("  the CA key is kept beside `{}`, not in it: the server never reads it", dir.display());
     Ok(())
@@ -459,8 +460,8 @@ fn serve(args: Args) -> anyhow::Result<()> {
             tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on `{listen}`"))?;
         let address = listener.local_addr()?;
         if config.tls.is_none() {
-            eprintln!("lrpymrpc-mock-server: WARNING: no --tls-dir: serving PLAINTEXT, without authentication.");
-            eprintln!("lrpymrpc-mock-server: WARNING: anyone who reaches {address} can run commands as this user.");
+            eprintln!("{SERVER_NAME}: WARNING: no --tls-dir: serving PLAINTEXT, without authentication.");
+            eprintln!("{SERVER_NAME}: WARNING: anyone who reaches {address} can run commands as this user.");
         }
         let mut stdout = std::io::stdout().lock();
         writeln!(stdout, "listening on {address}")?;

@@ -8,6 +8,12 @@
 //! (sockets), `config`, `cli`; `state` is what every call shares, `error` the one
 //! mapping of errors to statuses.
 
+/// The server's name as users see it: in its usage, errors and logs, the notes it
+/// adds to a job's output (`[lrpymrpc-server] ...`) and its capabilities. The crate
+/// and the folder keep their first name (`mock-server`), and the binary answers to
+/// `lrpymrpc-mock-server` too, which existing units and scripts type.
+pub const SERVER_NAME: &str = "lrpymrpc-server";
+
 pub mod cli;
 pub mod config;
 mod error;

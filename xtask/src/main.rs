@@ -89,7 +89,7 @@ fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("writing certificates into `{}`", dir.display()))?;
             println!("wrote a throwaway CA, server and client (CN={cn}) certificates into `{}`", dir.display());
             println!("  client: --TLS_CONFIG_DIR {}", dir.display());
-            println!("  server: lrpymrpc-mock-server --tls-dir {}", dir.display());
+            println!("  server: lrpymrpc-server --tls-dir {}", dir.display());
             Ok(())
         }
         Task::Demo => demo::run(),

@@ -14,8 +14,11 @@ pub fn pages() -> anyhow::Result<Vec<(&'static str, Vec<u8>)>> {
         clap_mangen::Man::new(command).render(&mut out)?;
         Ok(out)
     };
-    let client = <lrpymrpc::cli::Args as clap::CommandFactory>::command().name("lrpymrpc");
-    Ok(vec![("lrpymrpc.1", render(client)?), ("lrpymrpc-mock-server.1", render(lrpymrpc_mock_server::cli::command())?)])
+    let client = <lrpymrpc::Args as clap::CommandFactory>::command().name("lrpymrpc");
+    let server = render(lrpymrpc_mock_server::cli::command())?;
+    // The server's first name shows the same page.
+    let alias = b".so man1/lrpymrpc-server.1\n".to_vec();
+    Ok(vec![("lrpymrpc.1", render(client)?), ("lrpymrpc-server.1", server), ("lrpymrpc-mock-server.1", alias)])
 }
 
 pub fn dir() -> PathBuf {

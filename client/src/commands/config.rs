@@ -4,7 +4,7 @@
 
 use std::process::ExitCode;
 
-use crate::settings::Setting;
+use crate::cli::origin::Setting;
 
 pub fn run(settings: &[Setting]) -> ExitCode {
     let width = settings.iter().map(|s| s.option.len() + s.value.len() + 3).max().unwrap_or(0);

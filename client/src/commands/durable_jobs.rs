@@ -4,15 +4,15 @@
 
 use std::process::ExitCode;
 
-use lrpymrpc_proto::v1::JobSummary;
+use lrpymrpc_proto::v1::{JobSummary, RunState};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::cli::Args;
-use crate::connect::{Peer, authority};
 use crate::exit::{self, ClientError, Step};
 use crate::job::Job;
 use crate::output::{Output, clean_text};
-use crate::session::{Followed, Session};
+use crate::remote::peer::Peer;
+use crate::remote::session::{Followed, Session};
 use crate::steps;
 
 /// Follows job `id` from its start (or from now) and fetches its results here.
@@ -21,7 +21,7 @@ pub fn attach(args: Args, id: &str, from_end: bool, fetch: &[String]) -> ExitCod
         let (session, found) = find(&job, &out, id).await?;
         let out = server_prefix(&job, &out, session.peer());
         let server = found.attach_info.clone().unwrap_or_default();
-        let (job, warnings) = job.attached(id, crate::detached::recall(id), fetch, &server)?;
+        let (job, warnings) = job.attached(id, crate::remote::detached::recall(id), fetch, &server)?;
         for warning in &warnings {
             out.warn(warning);
         }
@@ -59,7 +59,7 @@ pub fn jobs(args: Args) -> ExitCode {
         for peer in peers(&job) {
             let session = connect(&job, &out, &peer).await?;
             if !session.has_durable_jobs() {
-                out.note(&format!("{} keeps no jobs to list (a legacy server)", authority(&peer)));
+                out.note(&format!("{} keeps no jobs to list (a legacy server)", peer));
                 continue;
             }
             for summary in session.list_jobs().await? {
@@ -70,7 +70,7 @@ pub fn jobs(args: Args) -> ExitCode {
                     );
                 }
                 listed += 1;
-                println!("{}", row(&summary, &authority(&peer)));
+                println!("{}", row(&summary, &peer.to_string()));
             }
         }
         if listed == 0 {
@@ -137,7 +137,7 @@ async fn find(job: &Job, out: &Output, id: &str) -> Result<(Session, JobSummary)
     let mut asked = Vec::new();
     for peer in peers(job) {
         let session = connect(job, out, &peer).await?;
-        asked.push(authority(&peer));
+        asked.push(peer.to_string());
         if !session.has_durable_jobs() {
             continue;
         }
@@ -174,7 +174,7 @@ fn row(summary: &JobSummary, server: &str) -> String {
         |at| format!("{} {:02}:{:02}:{:02}Z", at.date(), at.hour(), at.minute(), at.second()),
     );
     let ran = lrpymrpc_units::clock_duration(std::time::Duration::from_millis(summary.duration_ms));
-    let state = match summary.detached && summary.state == "running" {
+    let state = match summary.detached && summary.run_state() == RunState::Running {
         true => "running (detached)".to_string(),
         false => summary.state.clone(),
     };

@@ -7,6 +7,7 @@ pub mod config;
 pub mod durable_jobs;
 pub mod job;
 pub mod snippet;
+pub mod snippets;
 pub mod tls;
 
 /// The async runtime a command runs on (two worker threads: the client is light).

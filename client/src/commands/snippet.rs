@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use crate::cli::SnippetKind;
-use crate::snippets;
+use crate::commands::snippets;
 
 pub fn run(kind: SnippetKind) -> ExitCode {
     let text = match kind {

@@ -8,13 +8,16 @@ use std::process::ExitCode;
 
 use lrpymrpc_certs::{layout, request, write_private, write_public};
 
+use crate::cli::origin::Origin;
 use crate::cli::{Args, DEFAULT_TLS_DIR};
-use crate::connect::{Peer, TransportFault, connect};
 use crate::exit::{self, ClientError};
 use crate::output::clean_text;
-use crate::server_cert::{self, name_mismatch_hint};
+use crate::remote::connect::connect;
+use crate::remote::fault::TransportFault;
+use crate::remote::peer::Peer;
+use crate::remote::server_cert::{self, name_mismatch_hint};
+use crate::tls::audit::{self, Finding, Level};
 use crate::tls::{self, expand_tilde};
-use crate::tls_audit::{self, Finding, Level};
 
 /// `tls init`: a new key and CSR in `dir`.
 pub fn init(cn: &str, dir_arg: &str, force: bool) -> Result<(), ClientError> {
@@ -41,7 +44,7 @@ pub fn init(cn: &str, dir_arg: &str, force: bool) -> Result<(), ClientError> {
     println!();
     println!("next:");
     println!("  1. send {} to the server's administrator, who signs it with", csr_path.display());
-    println!("       lrpymrpc-mock-server ca sign client.csr --ca CA_DIR --days 365");
+    println!("       lrpymrpc-server ca sign client.csr --ca CA_DIR --days 365");
     println!("  2. put the certificate you get back at {}", files.cert.display());
     println!("     and the server's CA certificate (ca.crt) at {}", files.ca.display());
     println!("  3. check: lrpymrpc tls check --dir {shown} --server HOST:PORT");
@@ -126,7 +129,7 @@ pub fn check(args: &Args, dir: Option<&str>, server: Option<&str>, local_only: b
             return exit::for_tls_check(findings.local_problems, findings.server_problems);
         }
     };
-    for finding in tls_audit::audit(&tls) {
+    for finding in audit::audit(&tls) {
         findings.record(&finding);
     }
     let target = match (server, local_only) {
@@ -141,7 +144,7 @@ pub fn check(args: &Args, dir: Option<&str>, server: Option<&str>, local_only: b
     match (target, findings.local_problems) {
         (Some(Ok(((host, port), origin))), 0) => {
             let peer = Peer { host, port, tls: Some(tls), keepalive: args.keepalive };
-            println!("server: {} ({origin})", crate::connect::authority(&peer));
+            println!("server: {} ({origin})", peer);
             check_server(peer, &mut findings);
         }
         (Some(Err(message)), _) => {
@@ -160,7 +163,8 @@ fn server_origin(args: &Args) -> String {
     let origins: Vec<String> = ["SERVER_IP", "SERVER_PORT"]
         .iter()
         .map(|option| {
-            let origin = args.origins.iter().find(|s| s.option == *option).map_or("default", |s| s.origin.as_str());
+            let origin =
+                args.origins.iter().find(|s| s.option == *option).map_or(Origin::Default, |s| s.origin.clone());
             format!("{option} from {origin}")
         })
         .collect();
@@ -168,7 +172,7 @@ fn server_origin(args: &Args) -> String {
 }
 
 fn check_server(peer: Peer, findings: &mut Findings) {
-    let address = crate::connect::authority(&peer);
+    let address = peer.to_string();
     let presented = match server_cert::fetch(&peer) {
         Ok(presented) => presented,
         Err(message) => return findings.server_problem(&message, Some("is the server running at that address?")),
@@ -225,7 +229,7 @@ fn check_server(peer: Peer, findings: &mut Findings) {
 
 /// `HOST:PORT` or `[V6]:PORT`, through the one address parser.
 fn parse_server(text: &str) -> Result<(String, u16), String> {
-    match crate::connect::parse_address(text) {
+    match crate::remote::peer::parse_address(text) {
         Ok((host, Some(port))) => Ok((host, port)),
         Ok((_, None)) => Err(format!("--server `{text}` has no `:PORT`")),
         Err(why) => Err(format!("--server `{text}`: {why}")),

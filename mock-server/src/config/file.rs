@@ -10,6 +10,8 @@ use std::path::Path;
 
 use clap::CommandFactory;
 
+use crate::SERVER_NAME;
+
 /// The arguments `text` (the contents of `path`) stands for, leaving out the options in
 /// `set_on_command_line` (by long name).
 pub fn arguments<C: CommandFactory>(
@@ -27,8 +29,8 @@ pub fn arguments<C: CommandFactory>(
     for (key, value) in table {
         if key == "config" || !options.contains(&key) {
             return Err(format!(
-                "config file `{file}`: `{key}` is not an option of lrpymrpc-mock-server\n\
-                 hint: keys are the long options without `--` (`lrpymrpc-mock-server --help`), at the top level"
+                "config file `{file}`: `{key}` is not an option of {SERVER_NAME}\n\
+                 hint: keys are the long options without `--` (`{SERVER_NAME} --help`), at the top level"
             ));
         }
         if set_on_command_line.contains(&key) {

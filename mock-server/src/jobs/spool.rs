@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tonic::Status;
 use tracing::{info, warn};
 
+use crate::SERVER_NAME;
 use crate::error::JobError;
 use crate::executor::JobEvent;
 
@@ -87,6 +88,44 @@ pub struct Spool {
     appended: watch::Sender<u64>,
 }
 
+/// How a durable run ended: a value for decisions (`RunState` on the wire), shown in
+/// words (`exited 3`, `signal 9`, `cancelled`, `failed: ...`) for people.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunEnd {
+    Exited(i32),
+    Signalled(i32),
+    Cancelled,
+    /// The run ended with an error status (its message).
+    Failed(String),
+    /// The run's events stopped without an exit status.
+    NoExitStatus,
+}
+
+impl RunEnd {
+    /// The wire's value for it.
+    pub fn run_state(&self) -> lrpymrpc_proto::v1::RunState {
+        use lrpymrpc_proto::v1::RunState;
+        match self {
+            RunEnd::Exited(_) => RunState::Exited,
+            RunEnd::Signalled(_) => RunState::Signalled,
+            RunEnd::Cancelled => RunState::Cancelled,
+            RunEnd::Failed(_) | RunEnd::NoExitStatus => RunState::Failed,
+        }
+    }
+}
+
+impl std::fmt::Display for RunEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RunEnd::Exited(code) => write!(f, "exited {code}"),
+            RunEnd::Signalled(signal) => write!(f, "signal {signal}"),
+            RunEnd::Cancelled => f.write_str("cancelled"),
+            RunEnd::Failed(why) => write!(f, "failed: {why}"),
+            RunEnd::NoExitStatus => f.write_str("ended without an exit status"),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Inner {
     /// (sequence number, record), oldest first.
@@ -95,8 +134,8 @@ struct Inner {
     next_seq: u64,
     /// Records before this number were dropped (the bound).
     first_kept: u64,
-    /// How the run ended, in words, once it has.
-    end: Option<String>,
+    /// How the run ended, once it has.
+    end: Option<RunEnd>,
     ended_at: Option<Instant>,
     followers: usize,
     /// Counts the times the last follower left; a grace timer acts only on its own.
@@ -228,10 +267,10 @@ impl Spool {
         }
     }
 
-    /// "running", or how it ended; when it started; how long it ran (so far).
-    pub fn summary(&self) -> (String, SystemTime, Duration) {
+    /// How it ended (`None`: it runs); when it started; how long it ran (so far).
+    pub fn summary(&self) -> (Option<RunEnd>, SystemTime, Duration) {
         let inner = self.inner();
-        let state = inner.end.clone().unwrap_or_else(|| "running".into());
+        let state = inner.end.clone();
         let ran = inner.ended_at.unwrap_or_else(Instant::now).duration_since(self.started_at.1);
         (state, self.started_at.0, ran)
     }
@@ -274,7 +313,7 @@ async fn pump(
     inner.cancel = None;
     inner.ended_at = Some(Instant::now());
     if inner.end.is_none() {
-        inner.end = Some("ended without an exit status".into());
+        inner.end = Some(RunEnd::NoExitStatus);
     }
     let next = inner.next_seq;
     drop(inner);
@@ -305,15 +344,15 @@ impl Inner {
                 message.seq = seq;
                 if let Some(status) = &message.exit_status {
                     inner.end = Some(match status.signal {
-                        0 => format!("exited {}", status.code),
-                        signal => format!("signal {signal}"),
+                        0 => RunEnd::Exited(status.code),
+                        signal => RunEnd::Signalled(signal),
                     });
                 }
             }
             Err(status) => {
                 inner.end = Some(match status.code() {
-                    tonic::Code::Cancelled => "cancelled".into(),
-                    _ => format!("failed: {}", status.message()),
+                    tonic::Code::Cancelled => RunEnd::Cancelled,
+                    _ => RunEnd::Failed(status.message().to_string()),
                 });
             }
         }
@@ -351,7 +390,7 @@ async fn feed(spool: &Spool, mut next: u64, tx: &mpsc::Sender<Record>) {
         };
         if missed > 0 {
             let note = format!(
-                "[lrpymrpc-mock-server] {missed} earlier messages are no longer kept (the server keeps the last \
+                "[{SERVER_NAME}] {missed} earlier messages are no longer kept (the server keeps the last \
                  --spool-max-bytes of a job's output)"
             );
             if tx.send(Ok(ExecuteResponse { message: note, ..Default::default() })).await.is_err() {
@@ -413,7 +452,7 @@ mod tests {
         let got = collect(spools.follow(spool.clone(), 2, false)).await;
         assert_eq!(got.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(), [3, 4]);
         assert_eq!(got[0].1, "line 3");
-        assert_eq!(spool.summary().0, "exited 3");
+        assert_eq!(spool.summary().0, Some(RunEnd::Exited(3)));
         assert!(spools.get("j", Some("mallory")).is_none(), "another CN sees nothing");
     }
 
@@ -479,7 +518,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(600)).await;
             assert_eq!(tx.is_closed(), !detached, "detached: {detached}");
             if !detached {
-                assert_eq!(spool.summary().0, "cancelled");
+                assert_eq!(spool.summary().0, Some(RunEnd::Cancelled));
             }
         }
     }

@@ -16,7 +16,7 @@ use lrpymrpc_cas::{DIGEST_FUNCTION, Plan, TreeError, directory_digest, materiali
 use lrpymrpc_proto::v1::extensions_server::Extensions;
 use lrpymrpc_proto::v1::{
     BlobChunk, Caller, CancelRequest, CancelResponse, CapabilitiesRequest, CapabilitiesResponse, CreateJobResponse,
-    Digest, Features, FollowRequest, JobSummary, Limits, ListJobsRequest, ListJobsResponse, Load, TreePart,
+    Digest, Features, FollowRequest, JobSummary, Limits, ListJobsRequest, ListJobsResponse, Load, RunState, TreePart,
     UploadBlobsResponse,
 };
 use prost::Message;
@@ -81,11 +81,12 @@ impl Extensions for ExtensionService {
             .of(caller.cn.as_deref())
             .into_iter()
             .map(|spool| {
-                let (state, started, ran) = spool.summary();
+                let (end, started, ran) = spool.summary();
                 let started = started.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
                 JobSummary {
                     unique_id: spool.started.id.clone(),
-                    state,
+                    state: end.as_ref().map_or_else(|| "running".to_string(), ToString::to_string),
+                    run_state: end.map_or(RunState::Running, |end| end.run_state()).into(),
                     started_unix_seconds: i64::try_from(started).unwrap_or(i64::MAX),
                     duration_ms: u64::try_from(ran.as_millis()).unwrap_or(u64::MAX),
                     command: spool.started.command.clone(),
@@ -127,7 +128,7 @@ impl Extensions for ExtensionService {
         let free_slots = self.state.jobs.free_slots_for(owner.as_deref());
         let response = CapabilitiesResponse {
             protocol: lrpymrpc_proto::v1::PROTOCOL,
-            server: format!("lrpymrpc-mock-server {}", env!("CARGO_PKG_VERSION")),
+            server: format!("{} {}", crate::SERVER_NAME, env!("CARGO_PKG_VERSION")),
             features: Some(Features {
                 exit_status: true,
                 content_addressed_upload: self.state.store.is_some(),

@@ -8,6 +8,7 @@ use lrpymrpc_proto::{CacheHit, ExecuteResponse, ExitStatus, OutputStream};
 use tokio_stream::Stream;
 use tonic::Status;
 
+use crate::SERVER_NAME;
 use crate::error::JobError;
 use crate::executor::{JobEvent, Pipe};
 
@@ -23,7 +24,7 @@ pub fn to_message(event: Result<JobEvent, JobError>, legacy: bool) -> Option<Res
         Err(error) => return Some(Err(error.into())),
         Ok(JobEvent::Exited { .. } | JobEvent::Progress { .. } | JobEvent::Served { .. }) if legacy => return None,
         Ok(JobEvent::Served { ran_at_unix_seconds, ran_for_ms }) => ExecuteResponse {
-            message: "[lrpymrpc-mock-server] served from the action cache: nothing runs".into(),
+            message: format!("[{SERVER_NAME}] served from the action cache: nothing runs"),
             cache_hit: Some(CacheHit { ran_at_unix_seconds, ran_for_ms }),
             ..Default::default()
         },
@@ -35,7 +36,7 @@ pub fn to_message(event: Result<JobEvent, JobError>, legacy: bool) -> Option<Res
             ExecuteResponse { message: text, stream: stream_of(pipe) as i32, progress: true, ..Default::default() }
         }
         Ok(JobEvent::Note(text)) => {
-            ExecuteResponse { message: format!("[lrpymrpc-mock-server] {text}"), ..Default::default() }
+            ExecuteResponse { message: format!("[{SERVER_NAME}] {text}"), ..Default::default() }
         }
         Ok(JobEvent::Exited { code, signal }) => {
             let words = match signal {
@@ -43,7 +44,7 @@ pub fn to_message(event: Result<JobEvent, JobError>, legacy: bool) -> Option<Res
                 signal => format!("signal {signal}"),
             };
             ExecuteResponse {
-                message: format!("[lrpymrpc-mock-server] command ended with {words}"),
+                message: format!("[{SERVER_NAME}] command ended with {words}"),
                 stream: OutputStream::Unspecified as i32,
                 exit_status: Some(ExitStatus { code, signal }),
                 ..Default::default()

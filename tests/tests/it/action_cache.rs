@@ -42,7 +42,7 @@ fn command_lines(output: &std::process::Output) -> Vec<String> {
     text(&output.stdout)
         .lines()
         .map(|line| line.split_once("]:").map_or(line, |(_, rest)| rest).to_string())
-        .filter(|line| !line.contains('=') && !line.starts_with("[lrpymrpc-mock-server]"))
+        .filter(|line| !line.contains('=') && !line.starts_with("[lrpymrpc-server]"))
         .filter(|line| {
             !["Upload", "Check result.", "Download data is exist.", "Extract result.", "Finish."]
                 .contains(&line.as_str())

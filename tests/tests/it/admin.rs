@@ -100,7 +100,7 @@ fn the_example_unit_passes_systemd_analyze_verify() {
     // verify insists the program exists: the one this test suite built stands in.
     let unit = std::fs::read_to_string(repo_file("examples/server/lrpymrpc-server.service"))
         .unwrap()
-        .replace("/usr/local/bin/lrpymrpc-mock-server", SERVER);
+        .replace("/usr/local/bin/lrpymrpc-server", SERVER);
     let path = dir.path().join("lrpymrpc-server.service");
     std::fs::write(&path, unit).unwrap();
     let verified = output_within(Command::new(analyze).args(["verify", "--man=no"]).arg(&path), PROCESS_LIMIT);

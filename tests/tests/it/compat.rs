@@ -28,7 +28,7 @@ fn execute_lines(env: &mut TestEnv, command: &str, separate_streams: bool) -> Ve
         let mut stream = client.execute(request).await.unwrap().into_inner();
         let mut lines = Vec::new();
         while let Some(response) = stream.message().await.unwrap() {
-            if response.exit_status.is_none() && !response.message.starts_with("[lrpymrpc-mock-server]") {
+            if response.exit_status.is_none() && !response.message.starts_with("[lrpymrpc-server]") {
                 lines.push((response.message, response.stream));
             }
         }

@@ -28,7 +28,7 @@ fn the_server_says_what_it_can_do_and_who_the_caller_is() {
     let mut env = TestEnv::configured(|config| config.max_jobs = 3);
     let answer = capabilities(&mut env).unwrap();
     assert_eq!(answer.protocol, 1);
-    assert!(answer.server.starts_with("lrpymrpc-mock-server "), "{answer:?}");
+    assert!(answer.server.starts_with("lrpymrpc-server "), "{answer:?}");
     let features = answer.features.unwrap();
     assert!(features.exit_status && features.executor == "local", "{features:?}");
     let load = answer.load.unwrap();

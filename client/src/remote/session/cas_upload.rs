@@ -23,7 +23,7 @@ use crate::cli::BlobCompression;
 use crate::exit::{ClientError, Step};
 use crate::job::Job;
 use crate::output::Output;
-use crate::tree_build::{EarlyTree, TreeBuild};
+use crate::sources::tree_build::{EarlyTree, TreeBuild};
 
 /// How many times the client sends what the server says it lacks before it gives up
 /// (a store evicting faster than the client sends).
@@ -140,9 +140,9 @@ impl Session {
             ..TreeUpload::default()
         };
         // A tree this server made a job from is named by its root alone.
-        let server = crate::connect::authority(&self.peer);
+        let server = self.peer.to_string();
         let mut made =
-            crate::tree_build::cache_file("made-trees").map(|path| MadeTrees::load(&path)).unwrap_or_default();
+            crate::cli::dirs::cache_file("made-trees").map(|path| MadeTrees::load(&path)).unwrap_or_default();
         let mut root_only = self.knows_trees() && made.contains(&server, &tree.root.hash);
         for _ in 0..ROUNDS {
             let mut answer = self.create_job(&tree, root_only).await?;

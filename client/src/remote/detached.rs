@@ -22,7 +22,7 @@ const MAX_RECORD_BYTES: u64 = 64 * 1024;
 
 /// The folder of the records; `None` with no home to put it in.
 fn dir() -> Option<PathBuf> {
-    crate::tree_build::state_file("jobs")
+    crate::cli::dirs::state_file("jobs")
 }
 
 /// The record's file for job `id`; `None` for an id that is no plain name (ids come

@@ -28,10 +28,12 @@ use tonic::Status;
 use tonic::transport::Channel;
 
 use crate::cli::ResultEncoding;
-use crate::connect::{Capabilities, Peer, TransportFault, authority, classify, connect};
 use crate::exit::{ClientError, ResultsError, Step};
 use crate::job::Job;
 use crate::output::{Output, Progress};
+use crate::remote::connect::{Capabilities, classify, connect};
+use crate::remote::fault::TransportFault;
+use crate::remote::peer::Peer;
 
 /// The largest message accepted from the server; generous, since the Python
 /// server's chunk size is not public.
@@ -46,14 +48,10 @@ const UPLOAD_CHUNK_BYTES: usize = 256 * 1024;
 /// Results arrive in the server's chunk size (1 MiB from ours).
 const QUEUED_CHUNKS: usize = 2;
 
-#[path = "cas_upload.rs"]
 mod cas_upload;
-pub use cas_upload::TreeUpload;
 
-#[path = "made_trees.rs"]
 mod made_trees;
 
-#[path = "durable.rs"]
 mod durable;
 pub use durable::Followed;
 
@@ -84,7 +82,7 @@ impl Session {
     /// A step that got no answer within the stall limit: a lost connection, worth a retry.
     fn stalled(&self, step: Step) -> ClientError {
         let reason = format!("no answer for {} (--stall-timeout)", crate::output::seconds(self.stall));
-        ClientError::Lost { step, peer: authority(&self.peer), reason }
+        ClientError::Lost { step, peer: self.peer.to_string(), reason }
     }
 
     /// The encoding results come in: what `wanted` asks, when the server speaks it;
@@ -251,10 +249,10 @@ impl Session {
             result_dir: job.results.join(" "),
             run_name: job.run_name.clone(),
             results_dir: job.results_dir.clone().unwrap_or_default(),
-            server: authority(&self.peer),
+            server: self.peer.to_string(),
         });
         if let Some(typed) = &attach_info
-            && let Err(error) = crate::detached::remember(unique_id, typed)
+            && let Err(error) = crate::remote::detached::remember(unique_id, typed)
         {
             out.warn(&format!("cannot keep job {unique_id}'s RESULT for `lrpymrpc attach`: {error}"));
         }
@@ -440,7 +438,7 @@ async fn unless_stalled<T>(work: impl Future<Output = T>, progress: &AtomicU64, 
 /// first call in time.
 fn stalled_connect(peer: &Peer, limit: Duration) -> ClientError {
     ClientError::Connect {
-        peer: authority(peer),
+        peer: peer.to_string(),
         reason: format!(
             "the connection was accepted, but the TLS handshake and the first call got no answer within {}",
             crate::output::seconds(limit)

@@ -7,28 +7,14 @@
 use std::error::Error as _;
 use std::time::Duration;
 
-use std::io::ErrorKind;
-
 use lrpymrpc_proto::v1::extensions_client::ExtensionsClient;
 use lrpymrpc_proto::v1::{CapabilitiesRequest, CapabilitiesResponse};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Status};
 
 use crate::exit::{ClientError, Step};
-use crate::tls::ClientTls;
-
-/// The server to dial and how.
-#[derive(Debug, Clone)]
-pub struct Peer {
-    /// A host name or an IP address (without brackets), as given.
-    pub host: String,
-    pub port: u16,
-    /// `None` speaks plaintext.
-    pub tls: Option<ClientTls>,
-    /// How often to ping a server that sends nothing (`--keepalive`); one that does
-    /// not answer within `KEEPALIVE_TIMEOUT` is taken for lost.
-    pub keepalive: Duration,
-}
+use crate::remote::fault::TransportFault;
+use crate::remote::peer::Peer;
 
 /// How long a TCP connect plus TLS handshake may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -52,71 +38,6 @@ const LOOPBACK_RECEIVE_WINDOW_BYTES: u32 = 512 * 1024;
 /// size of the results.
 const NETWORK_RECEIVE_WINDOW_BYTES: u32 = 2048 * 1024;
 
-impl Peer {
-    /// Whether the server is on this machine (`localhost` or a loopback address): no
-    /// link to fill, and the same cores to share with it.
-    pub fn is_loopback(&self) -> bool {
-        self.host == "localhost" || self.host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
-    }
-}
-
-/// A server address as users write it: `host`, `host:port`, `[v6]`, `[v6]:port`, or a
-/// bare IPv6 literal (`::1`). Returns the host (without brackets) and the port, if one
-/// was written. The one parser of addresses (`--SERVER_IP`, `tls check --server`).
-pub fn parse_address(text: &str) -> Result<(String, Option<u16>), String> {
-    let text = text.trim();
-    if text.is_empty() {
-        return Err("it is empty".into());
-    }
-    if let Some(rest) = text.strip_prefix('[') {
-        let (host, after) = rest.split_once(']').ok_or("it opens `[` without a closing `]`")?;
-        if host.parse::<std::net::Ipv6Addr>().is_err() {
-            return Err(format!("`[{host}]` is not an IPv6 address"));
-        }
-        return match after {
-            "" => Ok((host.to_string(), None)),
-            _ => match after.strip_prefix(':') {
-                Some(port) => Ok((host.to_string(), Some(parse_port(port)?))),
-                None => Err(format!("`{after}` after `]` is not `:PORT`")),
-            },
-        };
-    }
-    match text.matches(':').count() {
-        0 => Ok((host_name(text)?, None)),
-        1 => {
-            let (host, port) = text.split_once(':').unwrap_or((text, ""));
-            if host.is_empty() {
-                return Err("it has no host before `:`".into());
-            }
-            Ok((host_name(host)?, Some(parse_port(port)?)))
-        }
-        _ if text.parse::<std::net::Ipv6Addr>().is_ok() => Ok((text.to_string(), None)),
-        _ => Err("it is not a host, an address, or `[IPv6]:PORT`".into()),
-    }
-}
-
-/// A host name or IPv4 address as written: letters, digits, `-`, `.` and `_` only.
-fn host_name(text: &str) -> Result<String, String> {
-    match text.chars().find(|&c| !(c.is_alphanumeric() || "-._".contains(c))) {
-        None => Ok(text.to_string()),
-        Some(c) => Err(format!("`{}` cannot be in a host name", c.escape_default())),
-    }
-}
-
-/// A TCP port, 1 to 65535.
-pub fn parse_port(text: &str) -> Result<u16, String> {
-    text.trim().parse::<u16>().ok().filter(|&port| port != 0).ok_or_else(|| format!("`{text}` is not a TCP port"))
-}
-
-/// `host:port` as dialled, with brackets around IPv6 literals.
-pub fn authority(peer: &Peer) -> String {
-    if peer.host.contains(':') {
-        format!("[{}]:{}", peer.host, peer.port)
-    } else {
-        format!("{}:{}", peer.host, peer.port)
-    }
-}
-
 /// Resolves a host name before dialling, so a name that does not resolve is said in
 /// words (the connector's error only has the resolver's); IP literals pass.
 async fn resolve(target: &Peer) -> Result<(), ClientError> {
@@ -131,7 +52,7 @@ async fn resolve(target: &Peer) -> Result<(), ClientError> {
     match found {
         true => Ok(()),
         false => Err(ClientError::Connect {
-            peer: authority(target),
+            peer: target.to_string(),
             reason: format!("the host name `{}` does not resolve to an address", target.host),
             hint: Some("check the spelling of --SERVER_IP, or give the server's IP address".into()),
             transient: false,
@@ -152,7 +73,7 @@ fn receive_window(target: &Peer) -> u32 {
 
 /// Opens the channel and proves it with the capabilities call (see [`capabilities`]).
 pub async fn connect(target: &Peer) -> Result<(Channel, Capabilities), ClientError> {
-    let peer = authority(target);
+    let peer = target.to_string();
     let scheme = if target.tls.is_some() { "https" } else { "http" };
     let endpoint = Endpoint::from_shared(format!("{scheme}://{peer}"))
         .map_err(|e| ClientError::local(format!("--SERVER_IP `{}` is not a host name or address: {e}", target.host)))?
@@ -214,10 +135,10 @@ async fn name_the_names(error: ClientError, target: &Peer) -> ClientError {
         return ClientError::Connect { peer, reason, hint, transient, fault };
     }
     let looked_up = target.clone();
-    let presented = tokio::task::spawn_blocking(move || crate::server_cert::fetch(&looked_up)).await;
+    let presented = tokio::task::spawn_blocking(move || crate::remote::server_cert::fetch(&looked_up)).await;
     let hint = match presented {
-        Ok(Ok(crate::server_cert::Presented { certificate: Some(certificate), .. })) => {
-            Some(crate::server_cert::name_mismatch_hint(target, &certificate.names))
+        Ok(Ok(crate::remote::server_cert::Presented { certificate: Some(certificate), .. })) => {
+            Some(crate::remote::server_cert::name_mismatch_hint(target, &certificate.names))
         }
         _ => hint,
     };
@@ -239,135 +160,6 @@ pub async fn capabilities(channel: Channel) -> Result<Capabilities, Status> {
     }
 }
 
-/// What a transport failure was, read from the error's types, never its wording: a
-/// `rustls::Error` (also inside an `io::Error`), an `io::Error`'s kind, tonic's
-/// `TimeoutExpired`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TransportFault {
-    /// The host name does not resolve (found by resolving it first, not from words).
-    UnknownHost,
-    /// Nothing listens at that address.
-    Refused,
-    /// Nothing answered in time.
-    TimedOut,
-    /// The server's certificate does not name the host or address dialled.
-    NameMismatch,
-    /// The server's certificate is not signed by the CA in `ca.crt`.
-    UnknownIssuer,
-    /// The server's certificate is expired or not valid yet.
-    ServerCertificateExpired,
-    /// The server's certificate is unusable for another reason (words for users).
-    BadServerCertificate(&'static str),
-    /// The server ended the TLS session with an alert (usually: it refused ours).
-    Alert,
-    /// The server answered with something that is not TLS: a plaintext server.
-    NotTls,
-    /// The connection was closed or reset.
-    Closed,
-    /// None of the above.
-    Other,
-}
-
-impl TransportFault {
-    /// Reads the fault from an error and its sources.
-    pub fn of(error: &(dyn std::error::Error + 'static)) -> TransportFault {
-        let mut found = TransportFault::Other;
-        let mut next = Some(error);
-        while let Some(current) = next {
-            if let Some(tls) = current.downcast_ref::<rustls::Error>() {
-                return TransportFault::of_tls(tls);
-            }
-            if current.downcast_ref::<tonic::TimeoutExpired>().is_some() {
-                return TransportFault::TimedOut;
-            }
-            // `io::Error` and `h2::Error` hide the error they carry from `source()`.
-            let io = current
-                .downcast_ref::<std::io::Error>()
-                .or_else(|| current.downcast_ref::<h2::Error>().and_then(h2::Error::get_io));
-            if let Some(io) = io {
-                match TransportFault::of_io(io) {
-                    TransportFault::Other => {}
-                    TransportFault::Closed => found = TransportFault::Closed,
-                    fault => return fault,
-                }
-            }
-            // The server hung up after the handshake (TLS 1.3: a refused certificate
-            // shows only then) or mid-call.
-            let hung_up = current
-                .downcast_ref::<hyper::Error>()
-                .is_some_and(|http| http.is_closed() || http.is_incomplete_message() || http.is_canceled())
-                || current.downcast_ref::<h2::Error>().is_some_and(|http2| http2.is_go_away() || http2.is_reset());
-            if hung_up {
-                found = TransportFault::Closed;
-            }
-            next = current.source();
-        }
-        found
-    }
-
-    /// The fault an I/O error means: the TLS error it carries, or its kind. An error
-    /// that went through h2 keeps only its kind and words: `InvalidData` there is the
-    /// TLS layer failing mid-session (an alert after a TLS 1.3 handshake).
-    fn of_io(io: &std::io::Error) -> TransportFault {
-        if let Some(tls) = io.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
-            return TransportFault::of_tls(tls);
-        }
-        match io.kind() {
-            ErrorKind::InvalidData => TransportFault::Alert,
-            ErrorKind::ConnectionRefused => TransportFault::Refused,
-            ErrorKind::TimedOut => TransportFault::TimedOut,
-            ErrorKind::ConnectionReset
-            | ErrorKind::ConnectionAborted
-            | ErrorKind::UnexpectedEof
-            | ErrorKind::BrokenPipe
-            | ErrorKind::NotConnected => TransportFault::Closed,
-            _ => TransportFault::Other,
-        }
-    }
-
-    /// The fault a rustls error means.
-    pub fn of_tls(error: &rustls::Error) -> TransportFault {
-        use rustls::CertificateError as Cert;
-        match error {
-            rustls::Error::InvalidCertificate(Cert::NotValidForName | Cert::NotValidForNameContext { .. }) => {
-                TransportFault::NameMismatch
-            }
-            rustls::Error::InvalidCertificate(Cert::UnknownIssuer) => TransportFault::UnknownIssuer,
-            rustls::Error::InvalidCertificate(
-                Cert::Expired | Cert::ExpiredContext { .. } | Cert::NotValidYet | Cert::NotValidYetContext { .. },
-            ) => TransportFault::ServerCertificateExpired,
-            rustls::Error::InvalidCertificate(Cert::Revoked) => TransportFault::BadServerCertificate("it is revoked"),
-            rustls::Error::InvalidCertificate(Cert::BadSignature | Cert::BadEncoding) => {
-                TransportFault::BadServerCertificate("it is malformed or its signature does not verify")
-            }
-            rustls::Error::InvalidCertificate(_) => {
-                TransportFault::BadServerCertificate("it is not valid for a TLS server")
-            }
-            rustls::Error::AlertReceived(_) => TransportFault::Alert,
-            rustls::Error::InvalidMessage(_)
-            | rustls::Error::InappropriateMessage { .. }
-            | rustls::Error::InappropriateHandshakeMessage { .. } => TransportFault::NotTls,
-            _ => TransportFault::Other,
-        }
-    }
-
-    /// The fault in words, where ours say it better than the error's.
-    pub fn describe(&self) -> Option<String> {
-        Some(match self {
-            TransportFault::UnknownHost => "the host name does not resolve to an address".into(),
-            TransportFault::Refused => "the connection was refused".into(),
-            TransportFault::TimedOut => "nothing answered in time".into(),
-            TransportFault::NameMismatch => "the server's certificate does not name the host dialled".into(),
-            TransportFault::UnknownIssuer => "the server's certificate is not signed by the CA in ca.crt".into(),
-            TransportFault::ServerCertificateExpired => "the server's certificate is expired or not valid yet".into(),
-            TransportFault::BadServerCertificate(why) => format!("the server's certificate is unusable: {why}"),
-            TransportFault::NotTls => "the server did not answer in TLS".into(),
-            // Its own words say which alert; ours could not.
-            TransportFault::Alert | TransportFault::Closed | TransportFault::Other => return None,
-        })
-    }
-}
-
 /// The message of a transport failure: its source chain, not the status's debug form.
 fn transport_reason(status: &Status) -> String {
     match status.source() {
@@ -379,7 +171,7 @@ fn transport_reason(status: &Status) -> String {
 /// Turns a failed RPC into an error: transport failures are a lost connection (or a
 /// refused handshake), statuses the server chose are the server's answer.
 pub fn classify(step: Step, target: &Peer, status: Status) -> ClientError {
-    let peer = authority(target);
+    let peer = target.to_string();
     let Some(source) = status.source() else {
         return match status.code() {
             // The server chose it: shutting down (a retry may find it back), or, during
@@ -435,7 +227,7 @@ fn chain(error: &(dyn std::error::Error + 'static)) -> String {
 fn hint_for(fault: &TransportFault, target: &Peer) -> Option<String> {
     let text = match fault {
         TransportFault::Refused => {
-            format!("is the server running at {}? check --SERVER_IP and --SERVER_PORT", authority(target))
+            format!("is the server running at {}? check --SERVER_IP and --SERVER_PORT", target)
         }
         TransportFault::NameMismatch => format!(
             "the server's certificate does not name `{}`; connect with --SERVER_IP set to a name or address the \
@@ -460,7 +252,7 @@ fn hint_for(fault: &TransportFault, target: &Peer) -> Option<String> {
             "the server may require mutual TLS: give --TLS_CONFIG_DIR".into()
         }
         TransportFault::TimedOut => {
-            format!("nothing answered at {} in time; check the address and any firewall", authority(target))
+            format!("nothing answered at {} in time; check the address and any firewall", target)
         }
         _ => return None,
     };
@@ -469,7 +261,7 @@ fn hint_for(fault: &TransportFault, target: &Peer) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use std::io;
+    use std::io::{self, ErrorKind};
 
     use super::*;
 
@@ -491,42 +283,6 @@ mod tests {
 
     fn tls(error: rustls::Error) -> Wrapped {
         Wrapped(io::Error::new(ErrorKind::InvalidData, error))
-    }
-
-    #[test]
-    fn addresses_are_read_in_every_form_users_write() {
-        let ok = |text: &str| parse_address(text).unwrap();
-        assert_eq!(ok("build-server"), ("build-server".into(), None));
-        assert_eq!(ok(" 10.0.0.5:8766 "), ("10.0.0.5".into(), Some(8766)));
-        assert_eq!(ok("::1"), ("::1".into(), None));
-        assert_eq!(ok("[::1]"), ("::1".into(), None));
-        assert_eq!(ok("[fe80::1]:9000"), ("fe80::1".into(), Some(9000)));
-        assert!(parse_address("bad host").unwrap_err().contains("` ` cannot be in a host name"));
-        assert!(parse_address("h/x:1").unwrap_err().contains("`/` cannot be in a host name"));
-        for bad in ["", "host:", "host:0", "host:99999", ":5", "[::1", "[x]:5", "[::1]9", "a:b:c", "a b"] {
-            assert!(parse_address(bad).is_err(), "{bad:?} accepted");
-        }
-    }
-
-    #[test]
-    fn faults_are_read_from_the_error_types_through_wrappers() {
-        let of = |error: Wrapped| TransportFault::of(&error);
-        assert_eq!(of(Wrapped(ErrorKind::ConnectionRefused.into())), TransportFault::Refused);
-        assert_eq!(of(Wrapped(ErrorKind::TimedOut.into())), TransportFault::TimedOut);
-        assert_eq!(of(Wrapped(ErrorKind::UnexpectedEof.into())), TransportFault::Closed);
-        let certificate = |reason| rustls::Error::InvalidCertificate(reason);
-        assert_eq!(of(tls(certificate(rustls::CertificateError::NotValidForName))), TransportFault::NameMismatch);
-        assert_eq!(of(tls(certificate(rustls::CertificateError::UnknownIssuer))), TransportFault::UnknownIssuer);
-        assert_eq!(of(tls(certificate(rustls::CertificateError::Expired))), TransportFault::ServerCertificateExpired);
-        let alert = rustls::Error::AlertReceived(rustls::AlertDescription::CertificateExpired);
-        assert_eq!(of(tls(alert)), TransportFault::Alert);
-        let plaintext = rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType);
-        assert_eq!(of(tls(plaintext)), TransportFault::NotTls);
-        // What h2 hands back: the kind and the words, the TLS error's type gone.
-        let flattened = io::Error::new(ErrorKind::InvalidData, "received fatal alert: CertificateExpired");
-        assert_eq!(of(Wrapped(flattened)), TransportFault::Alert);
-        // Words alone decide nothing.
-        assert_eq!(of(Wrapped(io::Error::other("connection refused: notvalidforname"))), TransportFault::Other);
     }
 
     fn peer(tls: bool) -> Peer {

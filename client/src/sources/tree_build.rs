@@ -4,7 +4,6 @@
 //! distant server). The upload takes the tree when it gets there, or builds it then.
 //! A server that takes no trees stops the early build within one read.
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,7 +14,7 @@ use lrpymrpc_cas::{InputTree, StatCache, build_tree};
 use crate::exit::ClientError;
 use crate::job::Job;
 use crate::output::Progress;
-use crate::source::SourceRules;
+use crate::sources::SourceRules;
 
 /// A tree finished longer ago than this is built again before it is used: the client
 /// may have waited for a slot meanwhile, and the sources may have changed since (the
@@ -93,7 +92,8 @@ impl TreeBuild {
             let on_read = |bytes: u64| {
                 counted.fetch_add(bytes, Ordering::Relaxed);
             };
-            let mut cache = cache_file("stat-cache").as_deref().map(StatCache::load).unwrap_or_default();
+            let mut cache =
+                crate::cli::dirs::cache_file("stat-cache").as_deref().map(StatCache::load).unwrap_or_default();
             let result = build_tree(&roots, &keep, &on_read, &mut cache, &stop).map(|tree| (tree, cache));
             Built { result, took: started.elapsed(), finished: Instant::now() }
         });
@@ -117,27 +117,4 @@ impl TreeBuild {
             }
         }
     }
-}
-
-/// A file of the client's cache (the stat cache, the trees made):
-/// `$XDG_CACHE_HOME/lrpymrpc/NAME`, else `~/.cache/lrpymrpc/NAME`; `None` with no home
-/// to put it in.
-pub(crate) fn cache_file(name: &str) -> Option<PathBuf> {
-    xdg_file("XDG_CACHE_HOME", ".cache", name)
-}
-
-/// A file (or folder) of the client's state (back-off, kept durable jobs):
-/// `$XDG_STATE_HOME/lrpymrpc/NAME`, else `~/.local/state/lrpymrpc/NAME`; `None` with no
-/// home to put it in.
-pub(crate) fn state_file(name: &str) -> Option<PathBuf> {
-    xdg_file("XDG_STATE_HOME", ".local/state", name)
-}
-
-/// `$VAR/lrpymrpc/NAME`, else `~/IN_HOME/lrpymrpc/NAME`.
-fn xdg_file(var: &str, in_home: &str, name: &str) -> Option<PathBuf> {
-    let base = match std::env::var_os(var).filter(|v| !v.is_empty()) {
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(std::env::var_os("HOME").filter(|v| !v.is_empty())?).join(in_home),
-    };
-    Some(base.join("lrpymrpc").join(name))
 }

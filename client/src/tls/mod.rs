@@ -2,6 +2,8 @@
 //! (see `lrpymrpc_certs::layout`), with `~` expanded. A missing or unreadable file is
 //! an error naming that file, before any connection is made.
 
+pub(crate) mod audit;
+
 use std::path::{Path, PathBuf};
 
 use lrpymrpc_certs::layout::{self, ClientFiles};

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::exit::ClientError;
 use crate::output::Output;
-use crate::session::Session;
+use crate::remote::session::Session;
 
 /// The first pause before looking again; it grows by half up to [`LONGEST_PAUSE`]. A
 /// look is one small call, so a step waits at most about half a second past the
@@ -54,27 +54,6 @@ impl SlotWait {
         match self.said {
             true => refused.queued_for(self.started.elapsed()),
             false => refused,
-        }
-    }
-
-    /// Pauses until `session` has a free slot again, or `--queue-timeout` passes (then
-    /// `refused`). A server that stops answering or starts draining ends the wait too:
-    /// the next attempt says what is wrong with it.
-    pub async fn until_free(
-        &mut self,
-        session: &Session,
-        refused: ClientError,
-        out: &Output,
-    ) -> Result<(), ClientError> {
-        let name = crate::connect::authority(session.peer());
-        loop {
-            if !self.pause(&name, out).await {
-                return Err(self.gave_up(refused));
-            }
-            match session.load().await {
-                Some(load) if load.free_slots == 0 && !load.draining => continue,
-                _ => return Ok(()),
-            }
         }
     }
 

@@ -71,7 +71,7 @@ impl Session {
         match status.code() {
             tonic::Code::NotFound => ClientError::Server {
                 step: Step::Execute,
-                peer: crate::connect::authority(self.peer()),
+                peer: self.peer().to_string(),
                 code: tonic::Code::NotFound,
                 message: format!("job {unique_id} is gone: {}", status.message()),
             },

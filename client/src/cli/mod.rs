@@ -8,7 +8,11 @@
 //!
 //! Beside the upstream spellings: lowercase kebab-case aliases (`--server-ip`), an
 //! environment variable per option (`LRPYMRPC_SERVER_IP`), and options of our own
-//! under "Beyond lrPymRPC". The config file is merged in by [`crate::settings`].
+//! under "Beyond lrPymRPC". The config file is merged in by [`crate::cli::settings`].
+
+pub(crate) mod dirs;
+pub(crate) mod origin;
+pub(crate) mod settings;
 
 use std::time::Duration;
 
@@ -51,7 +55,7 @@ pub struct Args {
 
     /// Every setting's value and where it came from, filled in by `settings::parse`.
     #[arg(skip)]
-    pub origins: Vec<crate::settings::Setting>,
+    pub origins: Vec<origin::Setting>,
 
     /// pip-install mapping `name=url,name=url,` (PyPI names, git+https URLs, paths)
     #[arg(
@@ -230,7 +234,7 @@ pub struct Args {
     /// How often to ping a server that sends nothing while the command runs; one that
     /// does not answer within 20 s is taken for lost (exit 104). gRPC C-core servers
     /// (the Python one) hang up on pings more often than every 5 minutes
-    #[arg(long, env = "LRPYMRPC_KEEPALIVE", value_name = "DURATION", default_value = crate::connect::DEFAULT_KEEPALIVE, value_parser = parse_positive_duration, help_heading = "Beyond lrPymRPC")]
+    #[arg(long, env = "LRPYMRPC_KEEPALIVE", value_name = "DURATION", default_value = crate::remote::connect::DEFAULT_KEEPALIVE, value_parser = parse_positive_duration, help_heading = "Beyond lrPymRPC")]
     pub keepalive: Duration,
 
     /// How long a step waits for a free slot when every server is full (all its

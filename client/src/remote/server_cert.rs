@@ -14,8 +14,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
-use crate::connect::TransportFault;
-use crate::connect::{Peer, authority};
+use crate::remote::fault::TransportFault;
+use crate::remote::peer::Peer;
 
 /// How long the whole look takes at most.
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -59,7 +59,7 @@ pub fn fetch(peer: &Peer) -> Result<Presented, String> {
     let name = ServerName::try_from(peer.host.clone()).map_err(|e| format!("`{}`: {e}", peer.host))?;
     let mut connection = ClientConnection::new(Arc::new(config), name).map_err(|e| e.to_string())?;
 
-    let address = authority(peer);
+    let address = peer.to_string();
     let socket = address
         .to_socket_addrs()
         .map_err(|e| format!("cannot resolve {address}: {e}"))?

@@ -21,7 +21,7 @@ fn now() -> u64 {
 
 /// The state file; `None` with no home to put it in.
 fn path() -> Option<PathBuf> {
-    crate::tree_build::state_file("backoff")
+    crate::cli::dirs::state_file("backoff")
 }
 
 fn parse(text: &str) -> HashMap<String, u64> {

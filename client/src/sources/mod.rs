@@ -5,6 +5,8 @@
 //! directories (left out by default), `--exclude` patterns and, on request,
 //! `.gitignore` files.
 
+pub(crate) mod tree_build;
+
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Mutex;

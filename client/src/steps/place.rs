@@ -1,21 +1,29 @@
-//! Several servers behind one client (`--SERVER_IP 'a b:8767 c/4'`), without a central
-//! scheduler: every candidate is asked how busy it is (the capabilities call reports
+//! Where the job goes: one server, or several behind one client (`--SERVER_IP 'a
+//! b:8767 c/4'`) without a central scheduler. One server is a list of one: the same
+//! loop places it, waits for its slot and says the same things, except that its errors
+//! are its own (nothing is skipped, backed off or said as "the list").
+//!
+//! With a list, every candidate is asked how busy it is (the capabilities call reports
 //! free slots), the job goes to the one with the most (ties at random), servers that
 //! do not answer the call (legacy) come after in list order. A server that cannot be
 //! reached, is draining or full is skipped and the next one tried, before Execute only
 //! (a job that started belongs to its server: it never runs twice); one that refused
 //! the connection or could not be reached is remembered for a minute (`backoff.rs`). A
 //! refused certificate or a CN the server does not allow is said, never skipped: it is
-//! a misconfiguration to fix, not a server to avoid.
+//! a misconfiguration to fix, not a server to avoid. When every server is full the
+//! step waits for a slot (`queue.rs`).
 
 use lrpymrpc_archive::PackRoot;
 
-use crate::connect::{Peer, authority};
 use crate::exit::{ClientError, Step};
 use crate::job::Job;
 use crate::output::Output;
-use crate::queue::SlotWait;
-use crate::session::Session;
+use crate::remote::peer::Peer;
+use crate::remote::queue::{SlotWait, is_full};
+use crate::remote::session::Session;
+use crate::sources::tree_build::EarlyTree;
+use crate::steps::retry::{patiently, retrying};
+use crate::steps::upload::{before_upload, upload};
 
 /// A server that answered, and how many jobs it could start now (declared slots for
 /// a legacy server).
@@ -26,61 +34,83 @@ struct Candidate {
     order: usize,
 }
 
-/// Places the job on a server of the list: connects, uploads, and returns the session,
-/// the output with that server's prefix, the job id and whether it went as a tree.
-/// When every server is full it waits for a slot (`queue.rs`); when none can be
+/// Where the job went: the session, the output with that server's prefix, the job id
+/// and whether it went as a tree.
+pub(crate) struct Placed {
+    pub session: Session,
+    pub out: Output,
+    pub unique_id: String,
+    pub from_tree: bool,
+}
+
+/// Places the job on its server, or on a server of the list: connects, uploads, and
+/// says where it went. When every server is full it waits for a slot; when none can be
 /// reached, the whole list is tried again as one server would be (`--retries`).
-pub async fn place(
+pub(crate) async fn place(
     job: &Job,
     roots: &[PackRoot],
     warnings: &[String],
-    early: &crate::tree_build::EarlyTree,
+    early: &EarlyTree,
     out: &Output,
-) -> Result<(Session, Output, String, bool), ClientError> {
+) -> Result<Placed, ClientError> {
+    let alone = job.servers.is_empty();
     out.begin(Step::Connect);
-    let connecting = crate::steps::retrying(job, out, Step::Connect, || candidates(job, out));
-    let mut candidates = crate::steps::patiently(out, job, "connecting", connecting).await?;
+    let connecting = retrying(job, out, Step::Connect, || candidates(job, out));
+    let mut candidates = patiently(out, job, "connecting", connecting).await?;
     out.end("");
     let salt = random_salt();
     let mut wait = SlotWait::new(job.queue_timeout);
     let mut said_before_upload = false;
+    // The refusal of the last server found full: what the step ends with when the
+    // wait is over. A server alone is asked even when it reports no free slot, so
+    // that its own words say which limit holds the step (--max-jobs-per-cn).
+    let mut refusal: Option<ClientError> = None;
     loop {
         // Most free slots first, ties at random; legacy servers after, in list order.
         candidates.sort_by_key(|c| {
             (c.legacy, std::cmp::Reverse(if c.legacy { 0 } else { c.free }), tie(c.order, salt), c.order)
         });
-        let mut full = None;
+        let mut full_now = false;
         let mut last = None;
         let mut index = 0;
         while index < candidates.len() {
             let candidate = &candidates[index];
             let peer = candidate.session.peer().clone();
-            if !candidate.legacy && candidate.free == 0 {
-                out.verbose(&format!("{} is full", authority(&peer)));
-                full.get_or_insert_with(|| every_slot_taken(&candidates));
+            if !candidate.legacy && candidate.free == 0 && !(alone && refusal.is_none()) {
+                if !alone {
+                    out.verbose(&format!("{peer} is full"));
+                }
+                full_now = true;
                 index += 1;
                 continue;
             }
-            let out = match &job.prefix_template {
-                Some(template) => out.with_prefix(
+            let out = match (&job.prefix_template, alone) {
+                (Some(template), false) => out.with_prefix(
                     &crate::output::render_prefix(template, &peer.host, peer.port)
                         .unwrap_or_else(|_| job.prefix.clone()),
                 ),
-                None => out.clone(),
+                _ => out.clone(),
             };
-            out.verbose(&format!("placing the job on {} ({} free)", authority(&peer), candidate.free));
-            if !std::mem::replace(&mut said_before_upload, true) {
-                crate::steps::before_upload(job, warnings, &out);
+            if !alone {
+                out.verbose(&format!("placing the job on {peer} ({} free)", candidate.free));
             }
-            match crate::steps::upload(&candidate.session, job, roots, early, &out).await {
+            refuse_detach_without_durable_jobs(job, &candidate.session)?;
+            if !std::mem::replace(&mut said_before_upload, true) {
+                before_upload(job, warnings, &out);
+            }
+            match upload(&candidate.session, job, roots, early, &out).await {
                 Ok((unique_id, from_tree)) => {
                     wait.done(&out);
                     let session = candidates.swap_remove(index).session;
-                    return Ok((session, out, unique_id, from_tree));
+                    return Ok(Placed { session, out, unique_id, from_tree });
                 }
-                Err(error) if crate::queue::is_full(&candidate.session, &error).await => {
-                    out.verbose(&format!("{error}; trying the next server"));
-                    full = Some(error);
+                Err(error) if is_full(&candidate.session, &error).await => {
+                    if !alone {
+                        out.verbose(&format!("{error}; trying the next server"));
+                    }
+                    refusal = Some(error);
+                    candidates[index].free = 0;
+                    full_now = true;
                     index += 1;
                 }
                 // Draining, out of space or gone since it answered: the job was never
@@ -91,7 +121,7 @@ pub async fn place(
                         ..
                     }
                     | ClientError::Lost { step: Step::Upload, .. }),
-                ) => {
+                ) if !alone => {
                     out.note(&format!("{error}; not placing the job there"));
                     last = Some(error);
                     candidates.remove(index);
@@ -99,24 +129,43 @@ pub async fn place(
                 Err(error) => return Err(error),
             }
         }
-        let Some(full) = full else {
+        if !full_now {
             return Err(last.unwrap_or_else(|| ClientError::local("no server of the list took the job")));
-        };
-        let names: Vec<String> = candidates.iter().map(|c| authority(c.session.peer())).collect();
-        if !wait.pause(&names.join(", "), out).await {
-            return Err(wait.gave_up(full));
         }
-        refresh(&mut candidates, out).await;
+        let names: Vec<String> = candidates.iter().map(|c| c.session.peer().to_string()).collect();
+        if !wait.pause(&names.join(", "), out).await {
+            return Err(wait.gave_up(refusal.unwrap_or_else(|| every_slot_taken(&candidates))));
+        }
+        refresh(&mut candidates, alone, out).await;
     }
 }
 
-/// Every server of the list that answers, with its load; legacy servers (no load)
-/// with their declared slots. Servers in back-off are asked only when none of the
-/// others can take the job (they may be back; "unless it is the only one left").
+/// `--detach` needs a server that keeps the command running without its client:
+/// refused before anything is uploaded.
+fn refuse_detach_without_durable_jobs(job: &Job, session: &Session) -> Result<(), ClientError> {
+    match job.detach && !session.has_durable_jobs() {
+        true => Err(ClientError::Local {
+            message: format!("--detach: {} does not keep a command running without its client", session.peer()),
+            hint: Some("it is the Python server or an older lrpymrpc-server: run without --detach".into()),
+        }),
+        false => Ok(()),
+    }
+}
+
+/// The server, or every server of the list that answers, with its load; legacy
+/// servers (no load) with their declared slots. A server alone is only connected to:
+/// its errors are the step's. Servers of a list in back-off are asked only when none
+/// of the others can take the job (they may be back; "unless it is the only one left").
 async fn candidates(job: &Job, out: &Output) -> Result<Vec<Candidate>, ClientError> {
-    let backing_off = crate::backoff::backing_off();
+    if job.servers.is_empty() {
+        let session = Session::open(&job.peer, job.stall).await?;
+        let load = session.capabilities().and_then(|c| c.load.as_ref()).map(|l| l.free_slots);
+        let (free, legacy) = (load.unwrap_or(1), load.is_none());
+        return Ok(vec![Candidate { session, free, legacy, order: 0 }]);
+    }
+    let backing_off = crate::remote::backoff::backing_off();
     let (resting, fresh): (Vec<_>, Vec<_>) =
-        job.servers.iter().enumerate().partition(|(_, (peer, _))| backing_off.contains_key(&authority(peer)));
+        job.servers.iter().enumerate().partition(|(_, (peer, _))| backing_off.contains_key(&peer.to_string()));
     let mut looked = look_at(job, out, &fresh).await?;
     if looked.candidates.is_empty() && !resting.is_empty() {
         let more = look_at(job, out, &resting).await?;
@@ -156,7 +205,7 @@ async fn look_at(job: &Job, out: &Output, servers: &[(usize, &(Peer, Option<u32>
                 if let Some(caller) = refused {
                     return Err(ClientError::Server {
                         step: Step::Connect,
-                        peer: authority(peer),
+                        peer: peer.to_string(),
                         code: tonic::Code::PermissionDenied,
                         message: caller.refusal.clone(),
                     });
@@ -164,8 +213,8 @@ async fn look_at(job: &Job, out: &Output, servers: &[(usize, &(Peer, Option<u32>
                 let load = session.capabilities().and_then(|c| c.load.as_ref()).map(|l| (l.draining, l.free_slots));
                 match load {
                     Some((true, _)) => {
-                        out.verbose(&format!("{} is shutting down: not placing the job there", authority(peer)));
-                        looked.draining.push(authority(peer));
+                        out.verbose(&format!("{} is shutting down: not placing the job there", peer));
+                        looked.draining.push(peer.to_string());
                     }
                     Some((false, free)) => looked.candidates.push(Candidate { session, free, legacy: false, order }),
                     None => {
@@ -177,8 +226,8 @@ async fn look_at(job: &Job, out: &Output, servers: &[(usize, &(Peer, Option<u32>
             // A refused certificate is a misconfiguration: said, not skipped.
             Err(error @ ClientError::Connect { transient: false, .. }) => return Err(error),
             Err(error) => {
-                crate::backoff::failed(&authority(peer));
-                out.verbose(&format!("skipping {}: {error}", authority(peer)));
+                crate::remote::backoff::failed(&peer.to_string());
+                out.verbose(&format!("skipping {}: {error}", peer));
                 looked.unreachable.push(error);
             }
         }
@@ -186,9 +235,10 @@ async fn look_at(job: &Job, out: &Output, servers: &[(usize, &(Peer, Option<u32>
     Ok(looked)
 }
 
-/// Asks every server that reports its load how busy it is now; one that started
-/// draining or stopped answering is dropped.
-async fn refresh(candidates: &mut Vec<Candidate>, out: &Output) {
+/// Asks every server that reports its load how busy it is now; one of a list that
+/// started draining or stopped answering is dropped. A server alone is kept and
+/// asked again: the upload says what is wrong with it.
+async fn refresh(candidates: &mut Vec<Candidate>, alone: bool, out: &Output) {
     let loads = futures_join(candidates.iter().map(|c| c.session.load()).collect::<Vec<_>>()).await;
     let mut loads = loads.into_iter();
     candidates.retain_mut(|candidate| {
@@ -201,8 +251,12 @@ async fn refresh(candidates: &mut Vec<Candidate>, out: &Output) {
                 candidate.free = load.free_slots;
                 true
             }
+            _ if alone => {
+                candidate.free = 1;
+                true
+            }
             _ => {
-                out.verbose(&format!("{} stopped taking jobs", authority(candidate.session.peer())));
+                out.verbose(&format!("{} stopped taking jobs", candidate.session.peer()));
                 false
             }
         }
@@ -211,7 +265,7 @@ async fn refresh(candidates: &mut Vec<Candidate>, out: &Output) {
 
 /// The refusal a step ends with when every server stayed full.
 fn every_slot_taken(candidates: &[Candidate]) -> ClientError {
-    let names: Vec<String> = candidates.iter().map(|c| authority(c.session.peer())).collect();
+    let names: Vec<String> = candidates.iter().map(|c| c.session.peer().to_string()).collect();
     ClientError::Server {
         step: Step::Upload,
         peer: names.join(", "),

@@ -16,6 +16,7 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches};
 
 use crate::cli::Args;
+use crate::cli::origin::{Origin, Setting};
 use crate::exit::ClientError;
 use crate::tls::expand_tilde;
 
@@ -139,16 +140,6 @@ fn naming_the_file_line(error: clap::Error, path: &Path, lines: &HashMap<String,
     })
 }
 
-/// One setting as a job would use it, and where it came from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Setting {
-    /// The option's long name (`SERVER_IP`).
-    pub option: String,
-    pub value: String,
-    /// `command line`, `environment LRPYMRPC_X`, `config file PATH line N`, `default`.
-    pub origin: String,
-}
-
 /// Every option that has a value, with where it came from (`file`: the config file and
 /// the line each of its options was on).
 fn origins(matches: &clap::ArgMatches, file: Option<(&Path, &HashMap<String, usize>)>) -> Vec<Setting> {
@@ -160,13 +151,13 @@ fn origins(matches: &clap::ArgMatches, file: Option<(&Path, &HashMap<String, usi
         let value = values.map(|v| v.to_string_lossy().into_owned()).collect::<Vec<_>>().join(" ");
         let origin = match (matches.value_source(id), file.and_then(|(path, lines)| Some((path, lines.get(id)?)))) {
             (Some(ValueSource::CommandLine), Some((path, line))) => {
-                format!("config file `{}` line {line}", path.display())
+                Origin::ConfigFile { path: path.to_path_buf(), line: *line }
             }
-            (Some(ValueSource::CommandLine), None) => "command line".into(),
+            (Some(ValueSource::CommandLine), None) => Origin::CommandLine,
             (Some(ValueSource::EnvVariable), _) => {
-                format!("environment {}", arg.get_env().map(|e| e.to_string_lossy().into_owned()).unwrap_or_default())
+                Origin::Environment(arg.get_env().map(|e| e.to_string_lossy().into_owned()).unwrap_or_default())
             }
-            (Some(ValueSource::DefaultValue), _) => "default".into(),
+            (Some(ValueSource::DefaultValue), _) => Origin::Default,
             _ => continue,
         };
         settings.push(Setting { option: long.to_string(), value, origin });
@@ -225,19 +216,12 @@ fn config_path() -> Result<Option<PathBuf>, ClientError> {
         }
         return Ok(Some(expand_tilde(&path.to_string_lossy())));
     }
-    let base = match std::env::var_os("XDG_CONFIG_HOME").filter(|v| !v.is_empty()) {
-        Some(dir) => PathBuf::from(dir),
-        None => match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
-            Some(home) => PathBuf::from(home).join(".config"),
-            None => return Ok(None),
-        },
-    };
-    Ok(Some(base.join("lrpymrpc").join("config")))
+    Ok(crate::cli::dirs::config_file())
 }
 
-/// Turns the file's lines into `--OPTION=value` arguments for the options that the
-/// command line and the environment left at their defaults.
-/// The config file's options as arguments, each with its option id and line number.
+/// The config file's lines as `--OPTION=value` arguments, each with its option id and
+/// line number, for the options that the command line and the environment left at
+/// their defaults.
 fn file_arguments(
     text: &str,
     path: &Path,
