@@ -164,10 +164,6 @@ pub(crate) fn bare_header(kind: EntryType, mode: u32, size: u64, mtime: i64) -> 
     header
 }
 
-/// Reads exactly the size written in the header: a file that shrank while being
-/// packed must fail rather than produce an entry shorter than its header says.
-/// It also records whether reading failed, so that a failed write of the archive (a
-/// closed network stream) is not blamed on the file.
 /// A reader that tells `on_read` how many bytes each read returned.
 struct ReportingReads<'a, R> {
     inner: R,
@@ -182,12 +178,17 @@ impl<R: Read> Read for ReportingReads<'_, R> {
     }
 }
 
+/// Reads exactly the size written in the header: a file that shrank while being
+/// packed must fail rather than produce an entry shorter than its header says.
+/// It also records whether reading failed, so that a failed write of the archive (a
+/// closed network stream) is not blamed on the file.
 pub(crate) struct ExactSize<R> {
     pub(crate) inner: R,
     pub(crate) remaining: u64,
     pub(crate) failed: Option<ReadFailure>,
 }
 
+/// Why an [`ExactSize`] read failed: the file shrank, or reading it failed.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum ReadFailure {
     Shrank,

@@ -60,16 +60,7 @@ pub fn is_valid_hash(hash: &str) -> bool {
     hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-/// Lowercase hex: two digits a byte.
-pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut text = String::with_capacity(bytes.len() * 2);
-    for byte in bytes {
-        text.push(char::from(DIGITS[usize::from(byte >> 4)]));
-        text.push(char::from(DIGITS[usize::from(byte & 0xf)]));
-    }
-    text
-}
+pub use lrpymrpc_units::hex;
 
 /// The bytes of a hash given as [`is_valid_hash`] text; `None` for any other text.
 pub fn hash_bytes(text: &str) -> Option<HashBytes> {

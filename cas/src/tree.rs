@@ -109,9 +109,8 @@ pub fn build_tree(
     Ok(tree)
 }
 
-/// Hashes a file's bytes, read through `buffer` (one for the whole walk).
-/// The hash and size of the file at `path`, and whether the file read is the one the
-/// walk saw (`seen`: the same inode, size, mtime and ctime after the read): only then
+/// The hash and size of the file at `path`, read through `buffer` (one for the whole
+/// walk), and whether the file read is the one the walk saw (`seen`: the same inode, size, mtime and ctime after the read): only then
 /// may the stat cache remember the hash under that metadata.
 fn hash_file(
     path: &Path,

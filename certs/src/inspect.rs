@@ -131,7 +131,7 @@ impl Summary {
 
 /// `sha256:` and the lowercase hex of SHA-256 over `der`.
 pub fn fingerprint(der: &[u8]) -> String {
-    format!("sha256:{}", crate::hex(ring::digest::digest(&ring::digest::SHA256, der).as_ref()))
+    format!("sha256:{}", lrpymrpc_units::hex(ring::digest::digest(&ring::digest::SHA256, der).as_ref()))
 }
 
 #[cfg(test)]

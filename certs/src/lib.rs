@@ -134,16 +134,6 @@ fn name(cn: &str) -> DistinguishedName {
     name
 }
 
-/// Lowercase hex of `bytes` (digests in fingerprints, cache keys and names): the one
-/// place that spells it.
-pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut text, byte| {
-        let _ = write!(text, "{byte:02x}");
-        text
-    })
-}
-
 /// Everything a throwaway deployment needs: CA, server and one client.
 pub struct Throwaway {
     pub ca: Ca,

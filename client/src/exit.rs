@@ -98,15 +98,27 @@ pub enum ResultsError {
 }
 
 /// `NotFound` -> `NOT_FOUND`, the spelling gRPC users know.
-pub fn code_name(code: tonic::Code) -> String {
-    let mut name = String::new();
-    for (index, c) in format!("{code:?}").chars().enumerate() {
-        if c.is_uppercase() && index > 0 {
-            name.push('_');
-        }
-        name.push(c.to_ascii_uppercase());
+pub fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code;
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
     }
-    name
 }
 
 fn signal_name(signal: i32) -> String {

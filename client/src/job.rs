@@ -88,32 +88,7 @@ pub struct Job {
 impl Job {
     pub fn from_args(args: Args) -> Result<Job, ClientError> {
         let said = |option: &str| origin(&args.origins, option);
-        let listed: Vec<&str> =
-            args.server_ip.split(|c: char| c.is_whitespace() || c == ',').filter(|s| !s.is_empty()).collect();
-        let mut servers = Vec::new();
-        if listed.len() > 1 {
-            for entry in &listed {
-                let (address, slots) = match entry.rsplit_once('/') {
-                    Some((address, slots)) => {
-                        let slots = slots.parse::<u32>().ok().filter(|n| *n > 0).ok_or_else(|| {
-                            ClientError::Usage {
-                                message: format!("--SERVER_IP `{entry}`: `{slots}` is not a number of slots"),
-                                hint: Some("write host[:port][/slots], e.g. 10.0.0.5:8766/4".into()),
-                            }
-                            .with_origin(&said("SERVER_IP"))
-                        })?;
-                        (address, Some(slots))
-                    }
-                    None => (*entry, None),
-                };
-                let (host, port) = server_address(address, &args.server_port, &said)?;
-                servers.push((host, port, slots));
-            }
-        }
-        let (host, port) = match servers.first() {
-            Some((host, port, _)) => (host.clone(), *port),
-            None => server_address(&args.server_ip, &args.server_port, &said)?,
-        };
+        let (host, port, servers) = servers_of(&args, &said)?;
         let prefix = match args.no_prefix {
             true => String::new(),
             false => crate::output::render_prefix(&args.prefix, &host, port).map_err(|why| {
@@ -283,6 +258,45 @@ pub fn verbosity(args: &Args) -> Verbosity {
     Verbosity { quiet: args.quiet, verbose: args.verbose, no_progress: args.no_progress }
 }
 
+/// One server of a `--SERVER_IP` list: host, port and the slots declared for it.
+type ListEntry = (String, u16, Option<u32>);
+
+/// The server to dial (`--SERVER_IP`, `--SERVER_PORT`), and with a list of several
+/// (`'a b:8767 c/4'`), each entry with its declared slots; the first entry is the one
+/// the output prefix names.
+fn servers_of(
+    args: &Args,
+    said: &dyn Fn(&str) -> Option<String>,
+) -> Result<(String, u16, Vec<ListEntry>), ClientError> {
+    let listed: Vec<&str> =
+        args.server_ip.split(|c: char| c.is_whitespace() || c == ',').filter(|s| !s.is_empty()).collect();
+    let mut servers = Vec::new();
+    if listed.len() > 1 {
+        for entry in &listed {
+            let (address, slots) = match entry.rsplit_once('/') {
+                Some((address, slots)) => {
+                    let slots = slots.parse::<u32>().ok().filter(|n| *n > 0).ok_or_else(|| {
+                        ClientError::Usage {
+                            message: format!("--SERVER_IP `{entry}`: `{slots}` is not a number of slots"),
+                            hint: Some("write host[:port][/slots], e.g. 10.0.0.5:8766/4".into()),
+                        }
+                        .with_origin(&said("SERVER_IP"))
+                    })?;
+                    (address, Some(slots))
+                }
+                None => (*entry, None),
+            };
+            let (host, port) = server_address(address, &args.server_port, &said)?;
+            servers.push((host, port, slots));
+        }
+    }
+    let (host, port) = match servers.first() {
+        Some((host, port, _)) => (host.clone(), *port),
+        None => server_address(&args.server_ip, &args.server_port, &said)?,
+    };
+    Ok((host, port, servers))
+}
+
 /// Where a setting came from, when that was not the command line: `LRPYMRPC_X` or the
 /// config file's line, for messages about its value.
 pub(crate) fn origin(settings: &[crate::cli::origin::Setting], option: &str) -> Option<String> {
@@ -350,9 +364,7 @@ fn check_results_dir(base: &Path) -> Result<(), ClientError> {
         },
         Err(error) => return Err(refuse(error.to_string())),
     };
-    let path = std::ffi::CString::new(existing.as_os_str().as_encoded_bytes()).map_err(|e| refuse(e.to_string()))?;
-    // SAFETY: access reads a valid NUL-terminated path and has no memory effects.
-    if unsafe { libc::access(path.as_ptr(), libc::W_OK | libc::X_OK) } != 0 {
+    if rustix::fs::access(existing, rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK).is_err() {
         return Err(refuse(format!("`{}` cannot be written", existing.display())));
     }
     Ok(())

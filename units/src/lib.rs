@@ -8,6 +8,9 @@
 //! Sizes: a number alone is bytes; `K`, `M`, `G`, `T` (with or without `iB`) are
 //! powers of 1024, `KB`, `MB`, `GB`, `TB` powers of 1000, as GNU `sort -S` and `du`
 //! read them. Case does not matter, except that a lone `b` is refused (bit or byte?).
+//!
+//! Bytes as people read digests and fingerprints: [`hex`], the one encoder of the
+//! workspace.
 
 use std::fmt;
 use std::str::FromStr;
@@ -213,6 +216,17 @@ pub fn count_of(count: u64, noun: &str) -> String {
         1 => format!("1 {noun}"),
         n => format!("{} {noun}s", human_count(n)),
     }
+}
+
+/// Lowercase hex, two digits a byte: digests, fingerprints, cache keys and file names.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut text = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        text.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        text.push(char::from(DIGITS[usize::from(byte & 0xf)]));
+    }
+    text
 }
 
 #[cfg(test)]

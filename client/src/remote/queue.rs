@@ -73,12 +73,10 @@ pub async fn is_full(session: &Session, error: &ClientError) -> bool {
     matches!(session.load().await, Some(load) if load.free_slots == 0 && !load.draining)
 }
 
-/// `pause` give or take a half, from the clock's nanoseconds and the process id: steps
-/// that found the same server full do not all come back at the same moment.
+/// `pause` give or take a half: steps that found the same server full do not all come
+/// back at the same moment.
 fn jittered(pause: Duration) -> Duration {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-    let spread = (u64::from(nanos) ^ u64::from(std::process::id()).wrapping_mul(2_654_435_761)) % 1000;
-    pause / 2 + pause * u32::try_from(spread).unwrap_or(0) / 1000
+    pause / 2 + pause.mul_f64(fastrand::f64())
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@
 //! a misconfiguration to fix, not a server to avoid. When every server is full the
 //! step waits for a slot (`queue.rs`).
 
+use futures_util::future::join_all;
 use lrpymrpc_archive::PackRoot;
 
 use crate::exit::{ClientError, Step};
@@ -32,6 +33,8 @@ struct Candidate {
     free: u32,
     legacy: bool,
     order: usize,
+    /// A random rank for this run, to break ties between equally free servers.
+    tie: u64,
 }
 
 /// Where the job went: the session, the output with that server's prefix, the job id
@@ -58,7 +61,6 @@ pub(crate) async fn place(
     let connecting = retrying(job, out, Step::Connect, || candidates(job, out));
     let mut candidates = patiently(out, job, "connecting", connecting).await?;
     out.end("");
-    let salt = random_salt();
     let mut wait = SlotWait::new(job.queue_timeout);
     let mut said_before_upload = false;
     // The refusal of the last server found full: what the step ends with when the
@@ -67,9 +69,7 @@ pub(crate) async fn place(
     let mut refusal: Option<ClientError> = None;
     loop {
         // Most free slots first, ties at random; legacy servers after, in list order.
-        candidates.sort_by_key(|c| {
-            (c.legacy, std::cmp::Reverse(if c.legacy { 0 } else { c.free }), tie(c.order, salt), c.order)
-        });
+        candidates.sort_by_key(|c| (c.legacy, std::cmp::Reverse(if c.legacy { 0 } else { c.free }), c.tie, c.order));
         let mut full_now = false;
         let mut last = None;
         let mut index = 0;
@@ -161,9 +161,10 @@ async fn candidates(job: &Job, out: &Output) -> Result<Vec<Candidate>, ClientErr
         let session = Session::open(&job.peer, job.stall).await?;
         let load = session.capabilities().and_then(|c| c.load.as_ref()).map(|l| l.free_slots);
         let (free, legacy) = (load.unwrap_or(1), load.is_none());
-        return Ok(vec![Candidate { session, free, legacy, order: 0 }]);
+        return Ok(vec![Candidate { session, free, legacy, order: 0, tie: 0 }]);
     }
-    let backing_off = crate::remote::backoff::backing_off();
+    // The state file is read (and written, below) on a blocking thread.
+    let backing_off = tokio::task::spawn_blocking(crate::remote::backoff::backing_off).await.unwrap_or_default();
     let (resting, fresh): (Vec<_>, Vec<_>) =
         job.servers.iter().enumerate().partition(|(_, (peer, _))| backing_off.contains_key(&peer.to_string()));
     let mut looked = look_at(job, out, &fresh).await?;
@@ -196,7 +197,7 @@ struct Looked {
 /// once; a refused certificate or CN ends it all with that error.
 async fn look_at(job: &Job, out: &Output, servers: &[(usize, &(Peer, Option<u32>))]) -> Result<Looked, ClientError> {
     let opened =
-        futures_join(servers.iter().map(|(_, (peer, _))| Session::open(peer, job.stall)).collect::<Vec<_>>()).await;
+        join_all(servers.iter().map(|(_, (peer, _))| Session::open(peer, job.stall)).collect::<Vec<_>>()).await;
     let mut looked = Looked::default();
     for (&(order, (peer, slots)), opened) in servers.iter().zip(opened) {
         match opened {
@@ -216,17 +217,30 @@ async fn look_at(job: &Job, out: &Output, servers: &[(usize, &(Peer, Option<u32>
                         out.verbose(&format!("{} is shutting down: not placing the job there", peer));
                         looked.draining.push(peer.to_string());
                     }
-                    Some((false, free)) => looked.candidates.push(Candidate { session, free, legacy: false, order }),
+                    Some((false, free)) => looked.candidates.push(Candidate {
+                        session,
+                        free,
+                        legacy: false,
+                        order,
+                        tie: fastrand::u64(..),
+                    }),
                     None => {
                         let free = slots.unwrap_or(1);
-                        looked.candidates.push(Candidate { session, free, legacy: true, order });
+                        looked.candidates.push(Candidate {
+                            session,
+                            free,
+                            legacy: true,
+                            order,
+                            tie: fastrand::u64(..),
+                        });
                     }
                 }
             }
             // A refused certificate is a misconfiguration: said, not skipped.
             Err(error @ ClientError::Connect { transient: false, .. }) => return Err(error),
             Err(error) => {
-                crate::remote::backoff::failed(&peer.to_string());
+                let name = peer.to_string();
+                let _ = tokio::task::spawn_blocking(move || crate::remote::backoff::failed(&name)).await;
                 out.verbose(&format!("skipping {}: {error}", peer));
                 looked.unreachable.push(error);
             }
@@ -239,7 +253,7 @@ async fn look_at(job: &Job, out: &Output, servers: &[(usize, &(Peer, Option<u32>
 /// started draining or stopped answering is dropped. A server alone is kept and
 /// asked again: the upload says what is wrong with it.
 async fn refresh(candidates: &mut Vec<Candidate>, alone: bool, out: &Output) {
-    let loads = futures_join(candidates.iter().map(|c| c.session.load()).collect::<Vec<_>>()).await;
+    let loads = join_all(candidates.iter().map(|c| c.session.load()).collect::<Vec<_>>()).await;
     let mut loads = loads.into_iter();
     candidates.retain_mut(|candidate| {
         let load = loads.next().flatten();
@@ -301,38 +315,4 @@ fn none_reachable(unreachable: Vec<ClientError>, draining: &[String]) -> ClientE
         },
         None => ClientError::local(format!("no server of the list took the job ({})", reasons.join("; "))),
     }
-}
-
-/// All the futures, concurrently, their outputs in order.
-async fn futures_join<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
-    let mut pinned: Vec<_> = futures.into_iter().map(Box::pin).collect();
-    let mut done: Vec<Option<F::Output>> = (0..pinned.len()).map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (slot, future) in done.iter_mut().zip(pinned.iter_mut()) {
-            if slot.is_none() {
-                match future.as_mut().poll(cx) {
-                    std::task::Poll::Ready(output) => *slot = Some(output),
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending { std::task::Poll::Pending } else { std::task::Poll::Ready(()) }
-    })
-    .await;
-    done.into_iter().map(|output| output.expect("every future finished")).collect()
-}
-
-/// A number that differs from run to run, to break ties between equally free servers.
-fn random_salt() -> u64 {
-    let time = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-    u64::from(time) ^ (u64::from(std::process::id()) << 32)
-}
-
-/// A pseudo-random rank of a server for this run.
-fn tie(order: usize, salt: u64) -> u64 {
-    let mut x = salt ^ (order as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    x ^= x >> 33;
-    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    x ^ (x >> 33)
 }

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use lrpymrpc_certs::hex;
+use lrpymrpc_units::hex;
 
 use crate::error::JobError;
 use crate::execute::repo_url::Requirement;

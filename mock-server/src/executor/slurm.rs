@@ -145,11 +145,13 @@ impl SlurmExecutor {
         let token = format!("lrpymrpc probe {} {:?}", std::process::id(), std::time::SystemTime::now());
         let name = format!("{JOB_NAME_PREFIX}probe-{}", std::process::id());
         let file = inner.markers.join(&name);
-        std::fs::write(&file, &token)?;
+        let (path, text) = (file.clone(), token.clone());
+        off_runtime(move || std::fs::write(path, text)).await??;
         let mut command = inner.srun_command(&name, root);
         command.arg("cat").arg(&file).stdin(std::process::Stdio::null()).kill_on_drop(true);
         let outcome = tokio::time::timeout(inner.options.probe_timeout, command.output()).await;
-        let _ = std::fs::remove_file(&file);
+        let path = file.clone();
+        let _ = off_runtime(move || std::fs::remove_file(path)).await;
         let output = match outcome {
             Ok(output) => output?,
             Err(_) => {
@@ -302,6 +304,12 @@ fn signalled(status: std::process::ExitStatus, reports: &[String]) -> std::proce
     }
 }
 
+/// File work on the job root (often NFS, where a stat can take a while), on a
+/// blocking thread rather than the runtime's.
+async fn off_runtime<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> io::Result<T> {
+    tokio::task::spawn_blocking(work).await.map_err(io::Error::other)
+}
+
 #[tonic::async_trait]
 impl Executor for SlurmExecutor {
     async fn run(&self, launch: Launch, events: &Events, limits: TimeLimits) -> io::Result<ProcessEnd> {
@@ -309,7 +317,8 @@ impl Executor for SlurmExecutor {
         let id = launch.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let name = format!("{JOB_NAME_PREFIX}{id}");
         let marker = inner.markers.join(&name);
-        let _ = std::fs::remove_file(&marker);
+        let path = marker.clone();
+        let _ = off_runtime(move || std::fs::remove_file(path)).await;
         let streaming = Streaming {
             merged: launch.merged_output,
             progress: launch.progress_updates,
@@ -333,8 +342,14 @@ impl Executor for SlurmExecutor {
             move |id| Arc::new(SlurmStop { inner: weak, name: stop_name, srun: ProcessGroup { id } }) as Arc<dyn Stop>;
         let ran = process_run::run(command, streaming, events, limits, &inner.runs, stop).await;
         inner.waiting().remove(&name);
-        let started = marker.exists();
-        let _ = std::fs::remove_file(&marker);
+        let path = marker.clone();
+        let started = off_runtime(move || {
+            let started = path.exists();
+            let _ = std::fs::remove_file(&path);
+            started
+        })
+        .await
+        .unwrap_or(false);
         let ended = ran?;
         for line in &ended.own_lines {
             tracing::info!(job = %name, "{line}");

@@ -5,4 +5,4 @@ pub mod results;
 pub mod spool;
 mod table;
 
-pub use table::{CommandEnd, Done, Jobs, Recorded, remove_job_files, sweep_orphans, venv_dir};
+pub use table::{CommandEnd, CommandRun, Done, JobUse, Jobs, Recorded, remove_job_files, sweep_orphans, venv_dir};

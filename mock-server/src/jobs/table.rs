@@ -267,11 +267,13 @@ impl Jobs {
         self.table().get(id).and_then(|entry| entry.recorded.clone())
     }
 
-    /// Removes the failed upload's directory at once.
-    pub fn discard(&self, id: &str) {
-        if let Some(entry) = self.table().remove(id) {
-            remove_job_files(&entry.dir);
-        }
+    /// Takes the failed upload's job out of the table at once; returns its directory,
+    /// for the caller to remove with [`remove_job_files`] off the async threads (never
+    /// under the table's lock).
+    #[must_use]
+    pub fn discard(&self, id: &str) -> Option<PathBuf> {
+        let entry = self.table().remove(id);
+        entry.map(|entry| entry.dir)
     }
 
     /// Takes out of the table what is due: finished jobs after their grace, forgotten

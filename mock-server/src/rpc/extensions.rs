@@ -174,42 +174,9 @@ impl Extensions for ExtensionService {
         if head.root_only && known.is_none() {
             return Ok(Response::new(CreateJobResponse { send_tree: true, ..Default::default() }));
         }
-        // The tree of this CN's spare was also found present for this CN when the
-        // spare was made, and the spare holds copies of its files.
-        let spare_plan = self.state.spares.as_ref().and_then(|spares| spares.plan_of(&cn, &root.hash));
-        let from_spare = spare_plan.is_some();
-        let plan = match spare_plan {
-            Some(plan) => {
-                crate::net::metrics::Metrics::count(&metrics.store_files, "present", plan.files.len() as u64);
-                plan
-            }
-            None => {
-                let plan = match known {
-                    Some(plan) => plan,
-                    None => self.plan_off_the_runtime(&cn, root.clone(), directories, limits).await?,
-                };
-                let missing = store.missing(&cn, plan.files.iter().map(|(_, digest, _)| digest));
-                crate::net::metrics::Metrics::count(&metrics.store_files, "missing", missing.len() as u64);
-                crate::net::metrics::Metrics::count(
-                    &metrics.store_files,
-                    "present",
-                    (plan.files.len() - missing.len().min(plan.files.len())) as u64,
-                );
-                if !missing.is_empty() {
-                    return Ok(Response::new(missing_response(missing)));
-                }
-                // Sizes come from the store: the plan's limits count what is copied.
-                if let Some((claimed, size)) = store.wrong_size(plan.files.iter().map(|(_, digest, _)| digest)) {
-                    let path = plan.files.iter().find(|(_, d, _)| d.hash == claimed.hash).map(|(p, _, _)| p.clone());
-                    return Err(JobError::from(TreeError::WrongSize {
-                        path: path.unwrap_or_default(),
-                        claimed: claimed.size,
-                        size,
-                    })
-                    .into());
-                }
-                plan
-            }
+        let (plan, from_spare) = match self.ready_plan(&cn, known, root.clone(), directories, limits).await? {
+            Ok(ready) => ready,
+            Err(missing) => return Ok(Response::new(missing_response(missing))),
         };
         let (id, dir, job_use) =
             self.state.jobs.create(caller.cn.as_deref()).inspect_err(|error| metrics.refused_for(error))?;
@@ -236,7 +203,11 @@ impl Extensions for ExtensionService {
             store.unpin(&hashes);
             match &made {
                 Ok(_) => make_spare(&state, &owner, planned),
-                Err(_) => state.jobs.discard(&job),
+                Err(_) => {
+                    if let Some(dir) = state.jobs.discard(&job) {
+                        crate::jobs::remove_job_files(&dir);
+                    }
+                }
             }
             made
         })
@@ -303,6 +274,43 @@ impl ExtensionService {
             warn!(rpc, peer = %peer, reason = error.to_string().as_str(), "refused");
             Status::from(error)
         })
+    }
+
+    /// The plan a job is made from, once every blob it copies is stored for `cn`
+    /// (`Err`: the blobs still missing): the spare's (whose tree was found present
+    /// for this CN when it was made), a known tree's, or the received tree's, checked.
+    /// Returns whether it is the spare's.
+    async fn ready_plan(
+        &self,
+        cn: &str,
+        known: Option<Arc<Plan>>,
+        root: Digest,
+        directories: Vec<lrpymrpc_proto::v1::Directory>,
+        limits: lrpymrpc_archive::Limits,
+    ) -> Result<Result<(Arc<Plan>, bool), Vec<Digest>>, JobError> {
+        let store = self.state.store.as_ref().ok_or(JobError::NoStore)?;
+        let files = &self.state.metrics.store_files;
+        if let Some(plan) = self.state.spares.as_ref().and_then(|spares| spares.plan_of(cn, &root.hash)) {
+            crate::net::metrics::Metrics::count(files, "present", plan.files.len() as u64);
+            return Ok(Ok((plan, true)));
+        }
+        let plan = match known {
+            Some(plan) => plan,
+            None => self.plan_off_the_runtime(cn, root, directories, limits).await?,
+        };
+        let missing = store.missing(cn, plan.files.iter().map(|(_, digest, _)| digest));
+        crate::net::metrics::Metrics::count(files, "missing", missing.len() as u64);
+        let present = plan.files.len() - missing.len().min(plan.files.len());
+        crate::net::metrics::Metrics::count(files, "present", present as u64);
+        if !missing.is_empty() {
+            return Ok(Err(missing));
+        }
+        // Sizes come from the store: the plan's limits count what is copied.
+        if let Some((claimed, size)) = store.wrong_size(plan.files.iter().map(|(_, digest, _)| digest)) {
+            let path = plan.files.iter().find(|(_, d, _)| d.hash == claimed.hash).map(|(p, _, _)| p.clone());
+            return Err(TreeError::WrongSize { path: path.unwrap_or_default(), claimed: claimed.size, size }.into());
+        }
+        Ok(Ok((plan, false)))
     }
 
     /// Reads a CreateJob stream: the digest function and root from its first part,

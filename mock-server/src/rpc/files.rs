@@ -1,5 +1,6 @@
-//! The `FileService` gRPC service: the four RPCs of the wire contract, each a thin
-//! layer that validates the request, does the step, and turns errors into statuses.
+//! The `FileService` gRPC service: the four RPCs of the wire contract, each reading
+//! and checking its request, handing the step to the rooms below (`jobs/`,
+//! `execute/call.rs`, the archive crate), and turning errors into statuses.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,12 +20,11 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
 use crate::error::JobError;
-use crate::execute::cached::{self, CacheAsk, Plan};
+use crate::execute;
+use crate::execute::cached::{self, CacheAsk};
 use crate::execute::repo_url::parse_repo_url;
-use crate::execute::{self, StepEnd};
-use crate::executor::{TimeLimits, describe};
+use crate::jobs::Done;
 use crate::jobs::results::{existing_results, result_bytes, result_names};
-use crate::jobs::{CommandEnd, Done};
 use crate::rpc::auth::{Caller, authorize};
 use crate::rpc::messages::{ResponseStream, to_message};
 use crate::state::State;
@@ -85,8 +85,10 @@ impl FileService for Service {
         // even when this handler is dropped half-way.
         let unpack = tokio::task::spawn_blocking(move || {
             let result = unpack_tar_gz(ChunkReader::new(chunk_rx), &dir, &options);
-            if result.is_err() {
-                jobs.discard(&unpack_id);
+            if result.is_err()
+                && let Some(dir) = jobs.discard(&unpack_id)
+            {
+                crate::jobs::remove_job_files(&dir);
             }
             result
         });
@@ -168,111 +170,20 @@ impl FileService for Service {
             detached,
         });
         let (tx, rx) = mpsc::channel(64);
-        let state = self.state.clone();
-        let cn = caller.name().to_string();
-        let owner = caller.cn.clone().unwrap_or_default();
-        tokio::spawn(async move {
-            let started = Instant::now();
-            let plan = match &ask {
-                Some(ask) => {
-                    let run = cached::Run {
-                        job: &id,
-                        cn: &owner,
-                        dir: &dir,
-                        input_root: run.pristine_input_root(),
-                        requirements: &requirements,
-                        command: &request.command_opt,
-                        merged,
-                    };
-                    cached::plan(&state, run, ask, &tx).await
-                }
-                None => Plan::Off,
-            };
-            if let (Plan::Serve(record, followed), Some(ask)) = (&plan, &ask) {
-                let served = cached::serve(&state, &id, (record, *followed), ask, merged, &tx).await;
-                run.ended(match &served {
-                    Ok(()) => CommandEnd::Exited { code: 0, signal: 0 },
-                    Err(_) => CommandEnd::Failed,
-                });
-                state.metrics.finished(&cn, if served.is_ok() { "cached" } else { "error" });
-                match served {
-                    Ok(()) => info!(job = %id, cn = cn.as_str(), ms = millis(started), "served from the action cache"),
-                    Err(error) => {
-                        warn!(job = %id, cn = cn.as_str(), reason = %error, "serving from the action cache failed");
-                        let _ = tx.send(Err(error)).await;
-                    }
-                }
-                drop(job_use);
-                return;
-            }
-            if let Plan::Gone = plan {
-                run.ended(CommandEnd::Cancelled);
-                state.jobs.finished(&id, Done::Cancelled);
-                warn!(job = %id, cn = cn.as_str(), "client went away while waiting for the same step");
-                drop(job_use);
-                return;
-            }
-            let (events, recording) = match (plan, ask) {
-                (Plan::Record(key, flight), Some(ask)) => {
-                    let (events, task) =
-                        cached::recorder(state.clone(), id.clone(), dir.clone(), (key, flight), ask, tx.clone());
-                    (events, Some(task))
-                }
-                _ => (tx.clone(), None),
-            };
-            let config = &state.config;
-            let context = execute::Context {
-                events: &events,
-                metrics: &state.metrics,
-                limits: TimeLimits { wall: config.job_timeout, idle: config.idle_timeout },
-                executor: state.executor(),
-                host: &state.host,
-                env_cache: state.env_cache.as_ref(),
-                env_scope: if config.share_env_cache { "*" } else { &cn },
-                sandbox: config.sandbox.as_ref(),
-                sandbox_network: config.sandbox_network,
-                merged_output: merged,
-                progress_updates,
-            };
-            let ended = execute::execute(&dir, &requirements, &request.command_opt, &context).await;
-            // The recorder forwards what is left, and keeps the record, before the
-            // command counts as ended.
-            drop(events);
-            if let Some(recording) = recording {
-                let _ = recording.await;
-            }
-            run.ended(match &ended {
-                StepEnd::Ran(status) => {
-                    use std::os::unix::process::ExitStatusExt;
-                    CommandEnd::Exited { code: status.code().unwrap_or(0), signal: status.signal().unwrap_or(0) }
-                }
-                StepEnd::Cancelled => CommandEnd::Cancelled,
-                StepEnd::Failed(_) => CommandEnd::Failed,
-            });
-            let ms = millis(started);
-            state.metrics.step("command", started.elapsed());
-            state.metrics.finished(
-                &cn,
-                match &ended {
-                    StepEnd::Ran(status) if status.success() => "success",
-                    StepEnd::Ran(status) if status.code().is_some() => "failure",
-                    StepEnd::Ran(_) => "signal",
-                    StepEnd::Cancelled => "cancelled",
-                    StepEnd::Failed(_) => "error",
-                },
-            );
-            match &ended {
-                StepEnd::Ran(status) => {
-                    info!(job = %id, cn = cn.as_str(), status = %describe(status), ms, "command ended")
-                }
-                StepEnd::Cancelled => {
-                    state.jobs.finished(&id, Done::Cancelled);
-                    warn!(job = %id, cn = cn.as_str(), ms, "client went away; command stopped");
-                }
-                StepEnd::Failed(why) => warn!(job = %id, cn = cn.as_str(), ms, reason = why.as_str(), "execute failed"),
-            }
-            drop(job_use);
-        });
+        let call = execute::call::Call {
+            id,
+            cn: caller.name().to_string(),
+            owner: caller.cn.clone().unwrap_or_default(),
+            dir,
+            requirements,
+            command: request.command_opt,
+            merged,
+            progress_updates,
+            ask,
+            run,
+            job_use,
+        };
+        tokio::spawn(execute::call::run(self.state.clone(), call, tx));
         if let Some(started) = started {
             let spool = self.state.spools.start(started, rx);
             let records = self.state.spools.follow(spool, 0, false);

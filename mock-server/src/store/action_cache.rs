@@ -257,20 +257,22 @@ impl ActionCache {
     }
 
     /// The record for `key`, if there is one whose blobs are still stored; marked used.
+    /// A record whose blobs are gone is dropped, its file unlinked after the lock.
     pub fn lookup(&self, key: &str, store: &ContentStore) -> Option<Record> {
         let mut inner = self.inner();
         inner.clock += 1;
         let now = inner.clock;
         let (record, used) = inner.records.get_mut(key)?;
-        if !store.holds(&record.output.hash) || !store.holds(&record.results.hash) {
-            let gone = record.bytes();
-            inner.records.remove(key);
-            inner.total -= gone;
-            let _ = std::fs::remove_file(self.dir.join(key));
-            return None;
+        if store.holds(&record.output.hash) && store.holds(&record.results.hash) {
+            *used = now;
+            return Some(record.clone());
         }
-        *used = now;
-        Some(record.clone())
+        let gone = record.bytes();
+        inner.records.remove(key);
+        inner.total -= gone;
+        drop(inner);
+        let _ = std::fs::remove_file(self.dir.join(key));
+        None
     }
 
     /// Keeps `record` under `key` (replacing an older one), then drops the least
@@ -287,6 +289,7 @@ impl ActionCache {
         if let Some((old, _)) = inner.records.insert(key.to_string(), (record, now)) {
             inner.total -= old.bytes();
         }
+        let mut dropped = Vec::new();
         while inner.total > self.max_bytes {
             let Some(oldest) = inner.records.iter().min_by_key(|(_, (_, used))| *used).map(|(key, _)| key.clone())
             else {
@@ -294,8 +297,14 @@ impl ActionCache {
             };
             if let Some((gone, _)) = inner.records.remove(&oldest) {
                 inner.total -= gone.bytes();
-                let _ = std::fs::remove_file(self.dir.join(&oldest));
+                dropped.push(oldest);
             }
+        }
+        drop(inner);
+        // Unlinked after the lock: a record written again meanwhile may lose its file,
+        // which costs a run after a restart, never a wrong answer.
+        for key in dropped {
+            let _ = std::fs::remove_file(self.dir.join(key));
         }
         Ok(())
     }

@@ -226,7 +226,9 @@ impl ContentStore {
                 }
             }
         }
-        self.evict(&mut inner);
+        let evicted = self.evict(&mut inner);
+        drop(inner);
+        delete(evicted);
     }
 
     /// Starts receiving a blob from `cn`, sent as it is or (`compression` `zstd`)
@@ -286,8 +288,9 @@ impl ContentStore {
         reservation.settle(&mut inner);
         inner.add_pending(&digest.hash, cn);
         let new = inner.present.entry(cn.to_string()).or_default().insert(digest.hash.clone());
-        self.evict(&mut inner);
+        let evicted = self.evict(&mut inner);
         drop(inner);
+        delete(evicted);
         if new {
             self.presence.record(cn, &digest.hash);
         }
@@ -318,37 +321,42 @@ impl ContentStore {
         file.flush()?;
         let digest = hasher.finish();
         let mut inner = self.store(file, &digest)?;
-        self.evict(&mut inner);
+        let evicted = self.evict(&mut inner);
+        drop(inner);
+        delete(evicted);
         Ok(digest)
     }
 
     /// Moves a verified temporary file into the store under `digest` (unless it is
-    /// there already) and marks the blob used; returns the lock for what follows.
+    /// there already) and marks the blob used; returns the lock for what follows. The
+    /// file is moved in under the lock (a rename), as eviction moves blobs out under it:
+    /// a blob the map holds is always on disk.
     fn store(&self, file: tempfile::NamedTempFile, digest: &Digest) -> Result<MutexGuard<'_, Inner>, BlobError> {
         let path = self.blob_path(&digest.hash);
-        if !self.inner().blobs.contains_key(&digest.hash) {
-            std::fs::create_dir_all(path.parent().unwrap_or(&self.dir))?;
-            let file = file.persist(&path).map_err(|e| BlobError::Io(e.error))?;
-            // Read-only: a copy made from it is given its own mode.
-            let _ = file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o444));
-        }
         let mut inner = self.inner();
         inner.clock += 1;
         let now = inner.clock;
         if let Some(entry) = inner.blobs.get_mut(&digest.hash) {
             entry.1 = now;
-        } else {
-            inner.blobs.insert(digest.hash.clone(), (digest.size, now));
-            inner.total += charge(digest.size);
+            return Ok(inner);
         }
+        std::fs::create_dir_all(path.parent().unwrap_or(&self.dir))?;
+        let file = file.persist(&path).map_err(|e| BlobError::Io(e.error))?;
+        // Read-only: a copy made from it is given its own mode.
+        let _ = file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o444));
+        inner.blobs.insert(digest.hash.clone(), (digest.size, now));
+        inner.total += charge(digest.size);
         Ok(inner)
     }
 
-    /// Removes the least recently used blobs nobody is being made from, until the
-    /// store fits its bound.
-    fn evict(&self, inner: &mut Inner) {
+    /// Takes out the least recently used blobs nobody is being made from, until the
+    /// store fits its bound: each is moved aside under the lock (a rename) and returned,
+    /// for [`delete`] to unlink once the lock is released (a large file takes a while).
+    #[must_use]
+    fn evict(&self, inner: &mut Inner) -> Vec<PathBuf> {
+        let mut evicted = Vec::new();
         if inner.total <= self.max_bytes {
-            return;
+            return evicted;
         }
         inner.expire_pending(self.hold);
         let mut candidates: Vec<(u64, String, u64)> = inner
@@ -362,7 +370,9 @@ impl ContentStore {
             if inner.total <= self.max_bytes {
                 break;
             }
-            if std::fs::remove_file(self.blob_path(&hash)).is_ok() {
+            let aside = self.dir.join("incoming").join(format!("evicted-{hash}"));
+            if std::fs::rename(self.blob_path(&hash), &aside).is_ok() {
+                evicted.push(aside);
                 inner.blobs.remove(&hash);
                 inner.total -= charge(size);
                 for sent in inner.present.values_mut() {
@@ -370,6 +380,14 @@ impl ContentStore {
                 }
             }
         }
+        evicted
+    }
+}
+
+/// Unlinks the blobs [`ContentStore::evict`] moved aside, outside the store's lock.
+fn delete(evicted: Vec<PathBuf>) {
+    for path in evicted {
+        let _ = std::fs::remove_file(path);
     }
 }
 

@@ -95,7 +95,7 @@ impl PresenceLog {
         let path = self.dir.join(file_name(cn));
         let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
         if file.metadata()?.len() == 0 {
-            writeln!(file, "{HEADER} {}", hex(cn))?;
+            writeln!(file, "{HEADER} {}", lrpymrpc_units::hex(cn.as_bytes()))?;
         }
         Ok(file)
     }
@@ -105,7 +105,7 @@ impl PresenceLog {
         let mut file = tempfile::NamedTempFile::new_in(&self.dir)?;
         {
             let mut out = BufWriter::new(&mut file);
-            writeln!(out, "{HEADER} {}", hex(cn))?;
+            writeln!(out, "{HEADER} {}", lrpymrpc_units::hex(cn.as_bytes()))?;
             for hash in sent {
                 writeln!(out, "{hash}")?;
             }
@@ -119,10 +119,6 @@ impl PresenceLog {
 /// The file of a CN: the SHA-256 of its bytes (any CN, one safe name).
 fn file_name(cn: &str) -> String {
     digest_of(cn.as_bytes()).hash
-}
-
-fn hex(text: &str) -> String {
-    text.bytes().map(|b| format!("{b:02x}")).collect()
 }
 
 fn unhex(text: &str) -> Option<String> {

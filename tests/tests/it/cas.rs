@@ -236,11 +236,12 @@ fn a_spare_tree_serves_the_next_job_pristine_and_never_another_cn() {
 fn a_small_store_evicts_without_breaking_a_running_job() {
     let env = TestEnv::configured(|config| config.cas_max_bytes = 1024);
     env.write("source/a.bin", pseudo_random(64 << 10, 2));
-    // A job that reads its input only after the next job has come and gone.
-    let mut slow = env.client_std();
-    slow.args(["--CMD", "sleep 3; md5sum source/a.bin"]).stdout(std::process::Stdio::piped());
-    let slow = slow.spawn().unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // A job that reads its input only after the next job has come and gone (a gate
+    // file the test makes then).
+    let gate = env.root.path().join("gate");
+    let command =
+        format!("echo started; while [ ! -e '{}' ]; do sleep 0.05; done; md5sum source/a.bin", gate.display());
+    let (slow, mut slow_out) = crate::env::started_client(&env, &["--CMD", &command]);
     let expected = {
         use std::process::Command;
         let output = Command::new("md5sum").arg(env.work.join("source/a.bin")).output().unwrap();
@@ -248,8 +249,15 @@ fn a_small_store_evicts_without_breaking_a_running_job() {
     };
     env.write("source/a.bin", pseudo_random(64 << 10, 3));
     env.client().args(["--CMD", "true"]).assert().success();
+    assert!(
+        store_blobs(&env).len() <= 1,
+        "the first job's blob is evicted before it reads its copy: {:?}",
+        store_blobs(&env)
+    );
+    std::fs::write(&gate, "").unwrap();
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut slow_out, &mut stdout).unwrap();
     let output = crate::env::child_output_within(slow, crate::env::PROCESS_LIMIT);
-    let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success() && stdout.contains(&expected), "{stdout}");
     // The store keeps to its bound once nothing needs the old blob: at most the newest.
     assert!(store_blobs(&env).len() <= 1, "{:?}", store_blobs(&env));
@@ -433,13 +441,20 @@ fn a_file_edited_while_the_step_waits_for_a_slot_is_sent_as_edited() {
     }
     let mut waiting = env.client_std();
     waiting.args(["--CMD", "cat source/netlist.sp"]);
-    let waiting = waiting.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let mut waiting =
+        waiting.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    // The file is edited once the step says it waits for the slot.
+    let mut said = std::io::BufReader::new(waiting.stderr.take().unwrap());
+    let mut seen = String::new();
+    while !seen.contains("every slot is taken; waiting for one") {
+        let read = std::io::BufRead::read_line(&mut said, &mut seen).unwrap();
+        assert!(read > 0, "the step ended without waiting for the slot: {seen}");
+    }
     env.write("source/netlist.sp", "* after\n");
+    std::io::Read::read_to_string(&mut said, &mut seen).unwrap();
     let output = crate::env::child_output_within(waiting, crate::env::PROCESS_LIMIT);
-    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), seen);
     assert!(output.status.success(), "{stderr}");
-    assert!(stderr.contains("waiting for"), "the step waited for the slot: {stderr}");
     assert!(stdout.contains("]:* after") && !stdout.contains("before"), "{stdout}");
     assert!(crate::env::child_output_within(holder, crate::env::PROCESS_LIMIT).status.success());
 }

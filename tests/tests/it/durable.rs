@@ -24,20 +24,6 @@ fn behind_proxy(change: impl FnOnce(&mut lrpymrpc_mock_server::Config)) -> (Test
     (env, proxy)
 }
 
-/// The client running `args` with its output piped, once it printed `]:started`; its
-/// stdout reader, to read the rest.
-fn started_client(env: &TestEnv, args: &[&str]) -> (std::process::Child, BufReader<std::process::ChildStdout>) {
-    let mut client = env.client_std();
-    let mut client = client.args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let mut stdout = BufReader::new(client.stdout.take().unwrap());
-    let mut first = String::new();
-    while !first.ends_with("]:started\n") {
-        first.clear();
-        assert!(stdout.read_line(&mut first).unwrap() > 0, "the client ended before the command started");
-    }
-    (client, stdout)
-}
-
 /// Starts `command` with `--detach`; the job id it printed.
 fn detach(env: &TestEnv, command: &str) -> String {
     let detached = env.client().args(["--detach", "--CMD", command]).output().unwrap();
@@ -88,7 +74,7 @@ fn three_cuts_during_execute_lose_no_line_and_print_none_twice() {
 fn a_silent_command_is_followed_through_repeated_cuts() {
     let (env, proxy) = behind_proxy(|_| {});
     let args = ["--retries", "1", "--stall-timeout", "1s", "--CMD", "echo started; sleep 5; echo end"];
-    let (client, mut stdout) = started_client(&env, &args);
+    let (client, mut stdout) = crate::env::started_client(&env, &args);
     for _ in 0..3 {
         std::thread::sleep(Duration::from_millis(1300));
         proxy.cut_connections();
@@ -106,7 +92,7 @@ fn a_silent_command_is_followed_through_repeated_cuts() {
 fn a_cut_longer_than_the_grace_cancels_the_job_and_the_client_says_so() {
     let (env, proxy) = behind_proxy(|config| config.reattach_grace = Duration::from_secs(1));
     let args = ["--retries", "6", "--stall-timeout", "1s", "--CMD", "echo started; sleep 31.37; echo never"];
-    let (client, _stdout) = started_client(&env, &args);
+    let (client, _stdout) = crate::env::started_client(&env, &args);
     // Away for longer than the grace: the server cancels the job; then back.
     proxy.go_quiet();
     // The client's own command line holds the number too: only the server's processes count.

@@ -328,6 +328,26 @@ pub fn output_within(command: &mut std::process::Command, limit: Duration) -> st
     child_output_within(child, limit)
 }
 
+/// Starts the client with `args` and returns once the remote command printed
+/// `started` (a line `...]:started`): the job was uploaded and its command runs. The
+/// rest of stdout is handed back; stderr is piped, for `child_output_within`.
+pub fn started_client(
+    env: &TestEnv,
+    args: &[&str],
+) -> (std::process::Child, std::io::BufReader<std::process::ChildStdout>) {
+    use std::io::BufRead;
+    let mut client = env.client_std();
+    let stdio = std::process::Stdio::piped;
+    let mut client = client.args(args).stdout(stdio()).stderr(stdio()).spawn().unwrap();
+    let mut stdout = std::io::BufReader::new(client.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.ends_with("]:started\n") {
+        line.clear();
+        assert!(stdout.read_line(&mut line).unwrap() > 0, "the client ended before the command started");
+    }
+    (client, stdout)
+}
+
 /// Waits for a spawned child and collects what is left of its piped output; kills it
 /// and fails after `limit`.
 pub fn child_output_within(mut child: std::process::Child, limit: Duration) -> std::process::Output {

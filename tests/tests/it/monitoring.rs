@@ -146,17 +146,14 @@ fn health_says_serving_then_not_serving_while_the_server_drains() {
     // Without --health-without-auth, no certificate, no answer (the handshake fails).
     assert!(env.runtime().block_on(health(addr, &tls, false)).is_err());
     // A job that runs a while keeps the draining server up.
-    let mut job = env.client_std();
-    job.args(["--CMD", "sleep 4"]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
-    let job = job.spawn().unwrap();
-    wait_until(PROCESS_LIMIT, "the job to start", || !env.job_dirs().is_empty());
-    std::thread::sleep(Duration::from_millis(500));
+    let (job, job_out) = crate::env::started_client(&env, &["--CMD", "echo started; sleep 4"]);
     env.begin_shutdown();
     let mut status = Ok(ServingStatus::Serving);
     wait_until(Duration::from_secs(3), "NOT_SERVING while draining", || {
         status = env.runtime().block_on(health(addr, &tls, true));
         status == Ok(ServingStatus::NotServing)
     });
+    drop(job_out);
     let output = crate::env::child_output_within(job, PROCESS_LIMIT);
     assert!(output.status.success(), "the running job finishes");
 }

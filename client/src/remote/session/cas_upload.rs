@@ -141,8 +141,9 @@ impl Session {
         };
         // A tree this server made a job from is named by its root alone.
         let server = self.peer.to_string();
-        let mut made =
-            crate::cli::dirs::cache_file("made-trees").map(|path| MadeTrees::load(&path)).unwrap_or_default();
+        // The file is read and written on a blocking thread, not the runtime's.
+        let load = || crate::cli::dirs::cache_file("made-trees").map(|path| MadeTrees::load(&path));
+        let mut made = tokio::task::spawn_blocking(load).await.ok().flatten().unwrap_or_default();
         let mut root_only = self.knows_trees() && made.contains(&server, &tree.root.hash);
         for _ in 0..ROUNDS {
             let mut answer = self.create_job(&tree, root_only).await?;
@@ -152,7 +153,9 @@ impl Session {
                 answer = self.create_job(&tree, false).await?;
             }
             if !answer.unique_id.is_empty() {
-                if let Err(error) = made.record(&server, &tree.root.hash) {
+                let (name, root) = (server.clone(), tree.root.hash.clone());
+                let recorded = tokio::task::spawn_blocking(move || made.record(&name, &root)).await;
+                if let Ok(Err(error)) = recorded {
                     out.verbose(&format!("cannot note the tree as made on {server}: {error}"));
                 }
                 upload.unique_id = answer.unique_id;

@@ -1,7 +1,7 @@
 //! One remote session: the channel to one server, the peer, what the server said it
 //! can do (its capabilities; `None` for a legacy server), and the calls of a job, each
 //! turning failures into structured errors that name the step and the peer. A job's
-//! steps (`run.rs`) go through it; a later server pool holds several.
+//! steps (`steps/`) go through it; a server list (`steps/place.rs`) holds several.
 
 use std::future::Future;
 use std::io;

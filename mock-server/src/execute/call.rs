@@ -1,0 +1,168 @@
+//! One Execute call's work once its handler has read the request: the action cache
+//! asked (and the run served from it, or recorded), else the step run; then the job's
+//! end noted in the job table, the metrics and the log. The handler (`rpc/files.rs`)
+//! only reads the request, starts this on a task and returns the stream.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tracing::{info, warn};
+
+use crate::execute::cached::{self, CacheAsk, Plan};
+use crate::execute::repo_url::Requirement;
+use crate::execute::{self, StepEnd};
+use crate::executor::{Events, TimeLimits, describe};
+use crate::jobs::{CommandEnd, CommandRun, Done, JobUse};
+use crate::state::State;
+
+/// What one Execute call asked, read and checked by its handler.
+pub struct Call {
+    pub id: String,
+    /// The caller as logs and metrics name it.
+    pub cn: String,
+    /// The caller's CN (empty without one): whose cached runs it may be served.
+    pub owner: String,
+    pub dir: PathBuf,
+    pub requirements: Vec<Requirement>,
+    pub command: String,
+    /// One ordered stream (as the Python server sends), or stdout and stderr apart.
+    pub merged: bool,
+    pub progress_updates: bool,
+    /// What the caller asked of the action cache, if anything.
+    pub ask: Option<CacheAsk>,
+    /// The command's run, ended here whatever happens.
+    pub run: CommandRun,
+    /// Holds the job in use until the call's work is over.
+    pub job_use: JobUse,
+}
+
+/// Does the call's work, sending its events to `tx`.
+pub async fn run(state: Arc<State>, call: Call, tx: Events) {
+    let started = Instant::now();
+    let plan = match &call.ask {
+        Some(ask) => {
+            let run = cached::Run {
+                job: &call.id,
+                cn: &call.owner,
+                dir: &call.dir,
+                input_root: call.run.pristine_input_root(),
+                requirements: &call.requirements,
+                command: &call.command,
+                merged: call.merged,
+            };
+            cached::plan(&state, run, ask, &tx).await
+        }
+        None => Plan::Off,
+    };
+    match (plan, call.ask.clone()) {
+        (Plan::Serve(record, followed), Some(ask)) => {
+            let served = cached::serve(&state, &call.id, (&record, followed), &ask, call.merged, &tx).await;
+            call.run.ended(match &served {
+                Ok(()) => CommandEnd::Exited { code: 0, signal: 0 },
+                Err(_) => CommandEnd::Failed,
+            });
+            report_served(&state, &call.id, &call.cn, served, &tx, started).await;
+        }
+        (Plan::Gone, _) => {
+            call.run.ended(CommandEnd::Cancelled);
+            state.jobs.finished(&call.id, Done::Cancelled);
+            warn!(job = %call.id, cn = call.cn.as_str(), "client went away while waiting for the same step");
+        }
+        (Plan::Record(key, flight), Some(ask)) => {
+            let (events, recording) =
+                cached::recorder(state.clone(), call.id.clone(), call.dir.clone(), (key, flight), ask, tx.clone());
+            let ended = step(&state, &call, &events).await;
+            // The recorder forwards what is left, and keeps the record, before the
+            // command counts as ended.
+            drop(events);
+            let _ = recording.await;
+            call.run.ended(command_end(&ended));
+            note_end(&state, &call.id, &call.cn, &ended, started);
+        }
+        _ => {
+            let ended = step(&state, &call, &tx).await;
+            call.run.ended(command_end(&ended));
+            note_end(&state, &call.id, &call.cn, &ended, started);
+        }
+    }
+    // The job is no longer in use once all of the above is done.
+    drop(call.job_use);
+}
+
+/// What serving the run from the action cache's record came to, in the metrics and
+/// the log (and, failed, to the caller).
+async fn report_served(
+    state: &State,
+    id: &str,
+    cn: &str,
+    served: Result<(), crate::error::JobError>,
+    tx: &Events,
+    started: Instant,
+) {
+    state.metrics.finished(cn, if served.is_ok() { "cached" } else { "error" });
+    match served {
+        Ok(()) => info!(job = %id, cn, ms = millis(started), "served from the action cache"),
+        Err(error) => {
+            warn!(job = %id, cn, reason = %error, "serving from the action cache failed");
+            let _ = tx.send(Err(error)).await;
+        }
+    }
+}
+
+/// The step itself: environment, pip, the command through the executor seam.
+async fn step(state: &Arc<State>, call: &Call, events: &Events) -> StepEnd {
+    let config = &state.config;
+    let context = execute::Context {
+        events,
+        metrics: &state.metrics,
+        limits: TimeLimits { wall: config.job_timeout, idle: config.idle_timeout },
+        executor: state.executor(),
+        host: &state.host,
+        env_cache: state.env_cache.as_ref(),
+        env_scope: if config.share_env_cache { "*" } else { &call.cn },
+        sandbox: config.sandbox.as_ref(),
+        sandbox_network: config.sandbox_network,
+        merged_output: call.merged,
+        progress_updates: call.progress_updates,
+    };
+    execute::execute(&call.dir, &call.requirements, &call.command, &context).await
+}
+
+/// How the step ended, as the job table keeps it.
+fn command_end(ended: &StepEnd) -> CommandEnd {
+    match ended {
+        StepEnd::Ran(status) => {
+            use std::os::unix::process::ExitStatusExt;
+            CommandEnd::Exited { code: status.code().unwrap_or(0), signal: status.signal().unwrap_or(0) }
+        }
+        StepEnd::Cancelled => CommandEnd::Cancelled,
+        StepEnd::Failed(_) => CommandEnd::Failed,
+    }
+}
+
+/// The run's end, in the metrics and the log (a cancelled one: the job is finished).
+fn note_end(state: &State, id: &str, cn: &str, ended: &StepEnd, started: Instant) {
+    let ms = millis(started);
+    state.metrics.step("command", started.elapsed());
+    let outcome = match ended {
+        StepEnd::Ran(status) if status.success() => "success",
+        StepEnd::Ran(status) if status.code().is_some() => "failure",
+        StepEnd::Ran(_) => "signal",
+        StepEnd::Cancelled => "cancelled",
+        StepEnd::Failed(_) => "error",
+    };
+    state.metrics.finished(cn, outcome);
+    match ended {
+        StepEnd::Ran(status) => info!(job = %id, cn, status = %describe(status), ms, "command ended"),
+        StepEnd::Cancelled => {
+            state.jobs.finished(id, Done::Cancelled);
+            warn!(job = %id, cn, ms, "client went away; command stopped");
+        }
+        StepEnd::Failed(why) => warn!(job = %id, cn, ms, reason = why.as_str(), "execute failed"),
+    }
+}
+
+fn millis(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
