@@ -31,6 +31,11 @@ pub const DEFAULT_SERVER_PORT: &str = "8766";
 /// lines of `OPTION = value`); the command line wins over the environment, which
 /// wins over the file. Exit status: the remote command's; 101-105, 124, 130 and 143 are the
 /// client's own failures (see the README).
+/// HTTP/2 pings detect a dead server during a long silent command; `--keepalive`'s
+/// default. gRPC C-core servers (the Python server) treat pings more frequent than
+/// every 5 minutes without data as abuse and hang up.
+pub const DEFAULT_KEEPALIVE: &str = "5m";
+
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "lrpymrpc",
@@ -234,7 +239,7 @@ pub struct Args {
     /// How often to ping a server that sends nothing while the command runs; one that
     /// does not answer within 20 s is taken for lost (exit 104). gRPC C-core servers
     /// (the Python one) hang up on pings more often than every 5 minutes
-    #[arg(long, env = "LRPYMRPC_KEEPALIVE", value_name = "DURATION", default_value = crate::remote::connect::DEFAULT_KEEPALIVE, value_parser = parse_positive_duration, help_heading = "Beyond lrPymRPC")]
+    #[arg(long, env = "LRPYMRPC_KEEPALIVE", value_name = "DURATION", default_value = DEFAULT_KEEPALIVE, value_parser = parse_positive_duration, help_heading = "Beyond lrPymRPC")]
     pub keepalive: Duration,
 
     /// How long a step waits for a free slot when every server is full (all its

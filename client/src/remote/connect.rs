@@ -22,11 +22,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// TCP keepalive keeps NAT and firewall state alive through an hour-long silent target.
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 
-/// HTTP/2 pings detect a dead server during a long silent command; `--keepalive`'s
-/// default. gRPC C-core servers (the Python server) treat pings more frequent than
-/// every 5 minutes without data as abuse and hang up.
-pub const DEFAULT_KEEPALIVE: &str = "5m";
-
 /// HTTP/2 flow-control windows for what the server sends, on loopback: no delay to
 /// cover, and every byte the server may send ahead is memory here.
 const LOOPBACK_RECEIVE_WINDOW_BYTES: u32 = 512 * 1024;
