@@ -23,6 +23,11 @@ use lrpymrpc_units::{SizeArg, parse_positive_duration};
 /// `--SERVER_PORT` when none is given, as upstream.
 pub const DEFAULT_SERVER_PORT: &str = "8766";
 
+/// HTTP/2 pings detect a dead server during a long silent command; `--keepalive`'s
+/// default. gRPC C-core servers (the Python server) treat pings more frequent than
+/// every 5 minutes without data as abuse and hang up.
+pub const DEFAULT_KEEPALIVE: &str = "5m";
+
 /// Runs a build step on a remote lrPymRPC server: uploads SOURCE, pip-installs
 /// REPO_URL, runs CMD in a fresh job directory and downloads RESULT.
 ///
@@ -31,11 +36,6 @@ pub const DEFAULT_SERVER_PORT: &str = "8766";
 /// lines of `OPTION = value`); the command line wins over the environment, which
 /// wins over the file. Exit status: the remote command's; 101-105, 124, 130 and 143 are the
 /// client's own failures (see the README).
-/// HTTP/2 pings detect a dead server during a long silent command; `--keepalive`'s
-/// default. gRPC C-core servers (the Python server) treat pings more frequent than
-/// every 5 minutes without data as abuse and hang up.
-pub const DEFAULT_KEEPALIVE: &str = "5m";
-
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "lrpymrpc",
