@@ -143,7 +143,7 @@ impl Output {
         }
     }
 
-    /// A status line of the Python client (`Upload`, `Finish.`); hidden by `--quiet`.
+    /// A status line of the Python client (`Upload`, `Finish: done.`); hidden by `--quiet`.
     /// It may carry what a server sent (a job id): cleaned like a remote line.
     pub fn status(&self, text: &str) {
         if !self.verbosity.quiet {

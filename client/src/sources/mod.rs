@@ -143,28 +143,60 @@ fn read_gitignore(dir: &Path) -> Option<Gitignore> {
     Some(matcher)
 }
 
-/// The roots to pack, and a warning for each path passed over.
-pub fn select(sources: &[String], workdir: &Path) -> (Vec<PackRoot>, Vec<String>) {
-    let mut roots = Vec::new();
-    let mut warnings = Vec::new();
+/// What was found of one SOURCE path, said as the Python client says it before it
+/// packs (`Check: Exist source_dir=X`, lrPymRPC 0.2.9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    Exists,
+    Missing,
+    /// Outside the working directory: passed over.
+    Outside,
+}
+
+impl Seen {
+    /// The Python client's status line for `source`.
+    pub fn status(self, source: &str) -> String {
+        match self {
+            Seen::Exists => format!("Check: Exist source_dir={source}"),
+            Seen::Missing => format!("Check: Not Exist source_dir={source}"),
+            Seen::Outside => format!("Check: Not Exist in current directory, removed from source_dir={source}"),
+        }
+    }
+}
+
+/// The SOURCE paths chosen: the roots to pack, what was found of each path, and a
+/// warning for each path passed over.
+#[derive(Debug, Default)]
+pub struct Selection {
+    pub roots: Vec<PackRoot>,
+    pub seen: Vec<(String, Seen)>,
+    pub warnings: Vec<String>,
+}
+
+/// Chooses the roots to pack from the SOURCE paths.
+pub fn select(sources: &[String], workdir: &Path) -> Selection {
+    let mut selection = Selection::default();
     for source in sources {
         let path = normalize(&workdir.join(source));
         if !path.starts_with(workdir) {
-            warnings.push(format!("SOURCE `{source}` skipped: it is outside the working directory"));
+            selection.warnings.push(format!("SOURCE `{source}` skipped: it is outside the working directory"));
+            selection.seen.push((source.clone(), Seen::Outside));
             continue;
         }
         if std::fs::metadata(&path).is_err() {
-            warnings.push(format!("SOURCE `{source}` skipped: it does not exist"));
+            selection.warnings.push(format!("SOURCE `{source}` skipped: it does not exist"));
+            selection.seen.push((source.clone(), Seen::Missing));
             continue;
         }
+        selection.seen.push((source.clone(), Seen::Exists));
         // The working directory itself uploads its contents at the top of the job.
         let name = match path.strip_prefix(workdir) {
             Ok(rest) if rest.as_os_str().is_empty() => PathBuf::new(),
             _ => PathBuf::from(path.file_name().unwrap_or_default()),
         };
-        roots.push(PackRoot { disk: path, name });
+        selection.roots.push(PackRoot { disk: path, name });
     }
-    (roots, warnings)
+    selection
 }
 
 /// Resolves `.` and `..` without touching the disk, so a link inside the working
@@ -258,7 +290,10 @@ mod tests {
         let work = dir.path().join("work");
         std::fs::create_dir_all(work.join("a/b/c")).unwrap();
         let sources = ["a/b/c", "missing", "../work/a", "..", "."].map(String::from);
-        let (roots, warnings) = select(&sources, &work);
+        let Selection { roots, seen, warnings } = select(&sources, &work);
+        let seen: Vec<Seen> = seen.into_iter().map(|(_, seen)| seen).collect();
+        assert_eq!(seen, [Seen::Exists, Seen::Missing, Seen::Exists, Seen::Outside, Seen::Exists]);
+        assert_eq!(Seen::Missing.status("x"), "Check: Not Exist source_dir=x");
         let names: Vec<_> = roots.iter().map(|r| r.name.to_string_lossy().into_owned()).collect();
         assert_eq!(names, ["c", "a", ""]);
         assert_eq!(warnings.len(), 2);

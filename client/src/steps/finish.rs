@@ -24,12 +24,12 @@ pub(crate) async fn finish(
         );
         session.release(&unique_id).await;
         crate::remote::detached::forget(&unique_id);
-        out.status("Finish.");
+        out.status("Finish: done.");
         return remote_outcome.unwrap_or(Ok(()));
     }
     let missing = fetch_results(session, job, unique_id.clone(), out).await?;
     crate::remote::detached::forget(&unique_id);
-    out.status("Finish.");
+    out.status("Finish: done.");
     final_outcome(remote_outcome, job, out)?;
     match (job.strict, missing.is_empty()) {
         (true, false) => Err(ClientError::ResultsMissing { paths: missing }),
@@ -45,7 +45,7 @@ async fn fetch_results(
     unique_id: String,
     out: &Output,
 ) -> Result<Vec<String>, ClientError> {
-    out.status("Check result.");
+    out.status("Check: result.");
     out.begin(Step::Check);
     let result_dir = job.results.join(" ");
     let checking = retrying(job, out, Step::Check, || session.check(&unique_id, &result_dir));
@@ -53,17 +53,17 @@ async fn fetch_results(
     let has_stream = checked.has_stream;
     out.end("");
     if !has_stream {
-        out.status("Download data is not exist.");
+        out.status("Check: Download data is not exist.");
         return Ok(warn_missing(job.results.clone(), out));
     }
-    out.status("Download data is exist.");
+    out.status("Check: Download data is exist.");
     out.begin(Step::Download);
     let encoding = session.result_encoding(job.result_encoding, out);
     let request = DownloadRequest { unique_id, result_dir, encoding: encoding.name().into() };
     let total = (checked.result_bytes > 0).then_some(checked.result_bytes);
     let fetched = retrying(job, out, Step::Download, || session.download(job, request.clone(), total, out)).await?;
     out.transferred("downloaded", fetched.report.files, fetched.report.content_bytes);
-    out.status("Extract result.");
+    out.status("Check: Extract result.");
     Ok(warn_missing(fetched.missing, out))
 }
 

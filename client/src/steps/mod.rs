@@ -28,24 +28,34 @@ pub(crate) use retry::retrying;
 /// Runs one job: its sources chosen, placed and uploaded, its command followed to the
 /// end, its results fetched (or, with `--detach`, how to follow it said).
 pub async fn run(job: &Job, out: &Output, running: &RunningJob) -> Result<(), ClientError> {
+    // Upstream's default command (`charao -h`) is a placeholder, never a job.
+    if job.defaulted.contains(&"--CMD") {
+        return Err(ClientError::Usage {
+            message: "--CMD is missing: nothing says what to run on the server".into(),
+            hint: Some(format!(
+                "give the command, e.g. --CMD 'python3 -m charao ...' (the Python client would run its placeholder \
+                 `{}` and fail); LRPYMRPC_CMD or `CMD = ...` in the config file work too",
+                job.command
+            )),
+        });
+    }
     // Sources are chosen before connecting, so `--strict` refuses before anything is sent.
-    let (roots, warnings) = sources::select(&job.sources, &job.workdir);
-    if let (true, Some(first)) = (job.strict, warnings.first()) {
+    let selection = sources::select(&job.sources, &job.workdir);
+    if let (true, Some(first)) = (job.strict, selection.warnings.first()) {
         return Err(ClientError::Local {
             message: format!("--strict: {first}"),
             hint: Some("fix the --SOURCE list, or leave out --strict to skip such paths with a warning".into()),
         });
     }
     // The tree is walked and hashed while the client connects.
-    let early = EarlyTree::start(job, &roots);
-    let place::Placed { session, out, unique_id, from_tree } =
-        place::place(job, &roots, &warnings, &early, out).await?;
+    let early = EarlyTree::start(job, &selection.roots);
+    let place::Placed { session, out, unique_id, from_tree } = place::place(job, &selection, &early, out).await?;
     drop(early);
     let out = &out;
     let cache = cache_policy(&session, job, from_tree, out);
 
-    out.status(&format!("pip install   ={}", job.repo_url));
-    out.status(&format!("Execute target={}", job.command));
+    out.status(&format!("Upload: pip install   ={}", job.repo_url));
+    out.status(&format!("Upload: Execute target={}", job.command));
     out.begin(Step::Execute);
     let durability = match (session.has_durable_jobs(), job.detach) {
         (false, _) => Durability::Unspecified,

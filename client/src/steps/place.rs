@@ -14,7 +14,6 @@
 //! step waits for a slot (`queue.rs`).
 
 use futures_util::future::join_all;
-use lrpymrpc_archive::PackRoot;
 
 use crate::exit::{ClientError, Step};
 use crate::job::Job;
@@ -22,6 +21,7 @@ use crate::output::Output;
 use crate::remote::peer::Peer;
 use crate::remote::queue::{SlotWait, is_full};
 use crate::remote::session::Session;
+use crate::sources::Selection;
 use crate::sources::tree_build::EarlyTree;
 use crate::steps::retry::{patiently, retrying};
 use crate::steps::upload::{before_upload, upload};
@@ -51,8 +51,7 @@ pub(crate) struct Placed {
 /// reached, the whole list is tried again as one server would be (`--retries`).
 pub(crate) async fn place(
     job: &Job,
-    roots: &[PackRoot],
-    warnings: &[String],
+    selection: &Selection,
     early: &EarlyTree,
     out: &Output,
 ) -> Result<Placed, ClientError> {
@@ -96,9 +95,9 @@ pub(crate) async fn place(
             }
             refuse_detach_without_durable_jobs(job, &candidate.session)?;
             if !std::mem::replace(&mut said_before_upload, true) {
-                before_upload(job, warnings, &out);
+                before_upload(job, selection, &out);
             }
-            match upload(&candidate.session, job, roots, early, &out).await {
+            match upload(&candidate.session, job, &selection.roots, early, &out).await {
                 Ok((unique_id, from_tree)) => {
                     wait.done(&out);
                     let session = candidates.swap_remove(index).session;

@@ -9,12 +9,14 @@ use crate::exit::{ClientError, Step};
 use crate::job::Job;
 use crate::output::Output;
 use crate::remote::session::Session;
+use crate::sources::Selection;
 use crate::sources::tree_build::EarlyTree;
 use crate::steps::retry::retrying;
 
-/// What is said before the upload: upstream defaults in use, the first status line, and
-/// the SOURCE paths passed over.
-pub(crate) fn before_upload(job: &Job, warnings: &[String], out: &Output) {
+/// What is said before the upload: upstream defaults in use, the first status lines
+/// (what was found of each SOURCE path, as the Python client says it), and the SOURCE
+/// paths passed over.
+pub(crate) fn before_upload(job: &Job, selection: &Selection, out: &Output) {
     if !job.defaulted.is_empty() {
         let used: Vec<String> = job
             .defaulted
@@ -28,7 +30,10 @@ pub(crate) fn before_upload(job: &Job, warnings: &[String], out: &Output) {
         out.note(&format!("not given, so lrPymRPC's defaults are used: {}", used.join(", ")));
     }
     out.status(&format!("Compress source={}", job.sources.join(" ")));
-    for warning in warnings {
+    for (source, seen) in &selection.seen {
+        out.status(&seen.status(source));
+    }
+    for warning in &selection.warnings {
         out.warn(warning);
     }
 }
@@ -75,6 +80,6 @@ pub(crate) async fn upload(
         let list: Vec<_> = left_out.iter().map(|p| p.display().to_string()).collect();
         out.note(&format!("left out version-control directories: {} (--include-vcs sends them)", list.join(", ")));
     }
-    out.status(&format!("unique id={unique_id}"));
+    out.status(&format!("Upload: unique id={unique_id}"));
     Ok((unique_id, from_tree))
 }

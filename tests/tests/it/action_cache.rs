@@ -43,10 +43,7 @@ fn command_lines(output: &std::process::Output) -> Vec<String> {
         .lines()
         .map(|line| line.split_once("]:").map_or(line, |(_, rest)| rest).to_string())
         .filter(|line| !line.contains('=') && !line.starts_with("[lrpymrpc-server]"))
-        .filter(|line| {
-            !["Upload", "Check result.", "Download data is exist.", "Extract result.", "Finish."]
-                .contains(&line.as_str())
-        })
+        .filter(|line| !line.starts_with("Check: ") && !["Upload", "Finish: done."].contains(&line.as_str()))
         .collect()
 }
 

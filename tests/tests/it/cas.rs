@@ -171,8 +171,8 @@ fn spare_inodes(env: &TestEnv, rel: &str) -> Vec<u64> {
 fn job_lines(output: &std::process::Output) -> Vec<String> {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let lines = stdout.lines().map(|line| line.split_once("]:").map_or(line, |(_, rest)| rest));
-    let command = lines.skip_while(|line| !line.starts_with("Execute target=")).skip(1);
-    command.take_while(|line| *line != "Check result.").map(str::to_string).collect()
+    let command = lines.skip_while(|line| !line.starts_with("Upload: Execute target=")).skip(1);
+    command.take_while(|line| *line != "Check: result.").map(str::to_string).collect()
 }
 
 #[test]

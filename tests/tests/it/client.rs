@@ -35,7 +35,9 @@ fn the_exit_status_marker_recovers_the_status_from_a_legacy_server_and_is_not_pr
         .code(3)
         .stdout(predicate::str::contains(format!("{prefix}before\n")))
         .stdout(predicate::str::contains(format!("{prefix}no-newline\n")))
-        .stdout(predicate::str::contains(format!("{prefix}Execute target=echo before; printf no-newline; exit 3\n")))
+        .stdout(predicate::str::contains(format!(
+            "{prefix}Upload: Execute target=echo before; printf no-newline; exit 3\n"
+        )))
         .stderr(predicate::str::contains("does not report").not())
         .get_output()
         .clone();
@@ -69,8 +71,10 @@ fn make_stops_when_the_remote_command_fails() {
         "all: second\nfirst:\n\t{line} --CMD 'echo remote-ran; exit 3'\n\ttouch first\nsecond: first\n\ttouch second\n"
     );
     env.write("Makefile", makefile);
-    let output =
-        crate::env::output_within(std::process::Command::new("make").current_dir(&env.work), crate::env::PROCESS_LIMIT);
+    let output = crate::env::output_within(
+        std::process::Command::new(crate::env::tool("make", "make")).current_dir(&env.work),
+        crate::env::PROCESS_LIMIT,
+    );
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(!output.status.success(), "make must fail: {stdout}");
     assert!(stdout.contains("remote-ran"), "{stdout}");
@@ -232,13 +236,9 @@ fn quiet_shows_only_remote_output_and_verbose_adds_timings() {
 }
 
 /// Runs the client on a pseudo-terminal (util-linux `script`) and returns what the
-/// terminal got, or `None` when `script` is missing (in CI, `.ci/run` installs it).
-fn on_a_terminal(env: &TestEnv, args: &[&str]) -> Option<String> {
-    let script = match which::which("script") {
-        Ok(script) => script,
-        Err(_) if std::env::var_os("CI").is_some() => panic!("`script` is missing; .ci/run installs bsdutils"),
-        Err(_) => return None,
-    };
+/// terminal got.
+fn on_a_terminal(env: &TestEnv, args: &[&str]) -> String {
+    let script = crate::env::tool("script", "bsdutils");
     let client = env!("CARGO_BIN_EXE_lrpymrpc-e2e-client");
     let mut line = format!(
         "'{client}' --SERVER_IP 127.0.0.1 --SERVER_PORT {} --TLS_CONFIG_DIR '{}'",
@@ -259,7 +259,7 @@ fn on_a_terminal(env: &TestEnv, args: &[&str]) -> Option<String> {
         .arg(&typescript);
     let output = crate::env::output_within(&mut command, crate::env::PROCESS_LIMIT);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    Some(String::from_utf8_lossy(&std::fs::read(typescript).unwrap()).into_owned())
+    String::from_utf8_lossy(&std::fs::read(typescript).unwrap()).into_owned()
 }
 
 #[test]
@@ -276,10 +276,7 @@ fn a_remote_progress_meter_shows_live_on_a_terminal_and_only_its_last_state_into
         .stderr(predicate::str::contains(format!("{prefix}step 6/6\n")))
         .stderr(predicate::str::contains("step 3/6").not())
         .stdout(predicate::str::contains(format!("{prefix}done\n")));
-    let Some(screen) = on_a_terminal(&env, &["--CMD", meter]) else {
-        println!("SKIPPED: `script` (util-linux) is not installed");
-        return;
-    };
+    let screen = on_a_terminal(&env, &["--CMD", meter]);
     // On a terminal: the meter's states show on the status line as they come.
     assert!(screen.contains("step 3/6") && screen.contains("step 4/6"), "{screen}");
     assert!(screen.contains(&format!("{prefix}step 6/6")), "{screen}");
@@ -290,10 +287,7 @@ fn on_a_terminal_transfers_show_bars_with_total_and_eta_and_a_quiet_command_show
     let env = TestEnv::new();
     env.write("source/big", crate::env::pseudo_random(32 << 20, 3));
     let command = "mkdir build; head -c 33554432 /dev/urandom > build/big; sleep 1.5; echo done";
-    let Some(screen) = on_a_terminal(&env, &["--CMD", command]) else {
-        println!("SKIPPED: `script` (util-linux) is not installed");
-        return;
-    };
+    let screen = on_a_terminal(&env, &["--CMD", command]);
     // The bar knows the total from the start: a percentage, the total and an ETA.
     assert!(screen.contains("upload [") && screen.contains("/32.00 MiB") && screen.contains("% "), "{screen}");
     assert!(screen.contains(" ETA "), "{screen}");

@@ -58,19 +58,18 @@ fn a_client_without_the_extension_gets_one_ordered_stream_with_long_lines_whole(
     assert!(lines.contains(&("err".into(), OutputStream::Stderr as i32)), "{lines:?}");
 }
 
-/// A Python interpreter with grpcio and grpcio-tools (`LRPYMRPC_GRPCIO_PYTHON`, else
-/// `python3`), or `None` when there is none; in CI, `.ci/run` installs them.
-pub(crate) fn grpcio_python() -> Option<PathBuf> {
-    let python = std::env::var_os("LRPYMRPC_GRPCIO_PYTHON").map_or_else(|| PathBuf::from("python3"), PathBuf::from);
+/// A Python interpreter with grpcio and grpcio-tools: `LRPYMRPC_GRPCIO_PYTHON`, else
+/// the one `.ci/run` installs under `target/ci-grpcio-venv`, else `python3`.
+pub(crate) fn grpcio_python() -> PathBuf {
+    let python = crate::env::venv_program("LRPYMRPC_GRPCIO_PYTHON", "ci-grpcio-venv", "python", "python3");
     let mut probe = Command::new(&python);
     probe.args(["-c", "import grpc, grpc_tools"]);
     match output_within(&mut probe, PROCESS_LIMIT) {
-        output if output.status.success() => Some(python),
-        _ if std::env::var_os("CI").is_some() => panic!("{} lacks grpcio; .ci/run installs it", python.display()),
-        _ => {
-            println!("SKIPPED: no Python with grpcio and grpcio-tools (set LRPYMRPC_GRPCIO_PYTHON)");
-            None
-        }
+        output if output.status.success() => python,
+        _ => crate::env::needed(
+            &format!("grpcio and grpcio-tools for {}", python.display()),
+            "python3 -m venv target/ci-grpcio-venv && target/ci-grpcio-venv/bin/pip install grpcio grpcio-tools",
+        ),
     }
 }
 
@@ -127,7 +126,7 @@ impl Drop for GrpcioServer {
 
 #[test]
 fn our_client_runs_whole_jobs_against_a_grpcio_server_written_from_the_proto() {
-    let Some(python) = grpcio_python() else { return };
+    let python = grpcio_python();
     let mut env = TestEnv::bare();
     let server = GrpcioServer::start(&python, &env);
     env.set_addr(([127, 0, 0, 1], server.port).into());
@@ -141,37 +140,51 @@ fn our_client_runs_whole_jobs_against_a_grpcio_server_written_from_the_proto() {
         .assert()
         .success()
         .stdout(predicate::str::contains(format!("{prefix}hello\n{prefix}cell data\n{prefix}oops\n")))
-        .stdout(predicate::str::contains(format!("{prefix}Finish.")))
+        .stdout(predicate::str::contains(format!("{prefix}Finish: done.")))
         .stderr(predicate::str::contains("the server does not report the command's exit status"));
     assert_eq!(std::fs::read_to_string(env.work.join("build/out")).unwrap(), "made\n");
     env.client().args(["--CMD", "mkdir -p build; cp source/big.bin build/"]).assert().success();
     assert!(std::fs::read(env.work.join("build/big.bin")).unwrap() == big, "700 KiB both ways intact");
-    // The status lines, word for word as the published Python client prints them
-    // (log greps rely on them), in order.
-    let output = env.client().args(["--CMD", "mkdir build; echo made > build/out"]).output().unwrap();
+    // The status lines, word for word and in order as the published Python client
+    // prints them (log greps rely on them): lrPymRPC_prj at d5b0a35 (pyproject 0.2.9),
+    // `lrPymRPC/script/client.py` lines 154-223, read there. Its lines about the archive
+    // files it writes and removes (`Result downloaded and saved as result.tar.gz.`,
+    // `Check: remove archive file=`) are not ours: we write no archive file. A SOURCE
+    // path that is missing or outside the working directory gets its line as there.
+    env.write("../elsewhere/x", "x");
+    let args = ["--SOURCE", "source missing ../elsewhere", "--CMD", "mkdir build; echo made > build/out"];
+    let output = env.client().args(args).output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     let status: Vec<&str> = stdout.lines().filter_map(|line| line.strip_prefix(&prefix)).collect();
-    let id = status.iter().find_map(|line| line.strip_prefix("unique id=")).unwrap_or_default();
+    let id = status.iter().find_map(|line| line.strip_prefix("Upload: unique id=")).unwrap_or_default();
     assert!(uuid_like(id), "{stdout}");
     let expected = [
-        "Compress source=source".to_string(),
+        "Compress source=source missing ../elsewhere".to_string(),
+        "Check: Exist source_dir=source".into(),
+        "Check: Not Exist source_dir=missing".into(),
+        "Check: Not Exist in current directory, removed from source_dir=../elsewhere".into(),
         "Upload".into(),
-        format!("unique id={id}"),
-        "pip install   =".into(),
-        "Execute target=mkdir build; echo made > build/out".into(),
-        "Check result.".into(),
-        "Download data is exist.".into(),
-        "Extract result.".into(),
-        "Finish.".into(),
+        format!("Upload: unique id={id}"),
+        "Upload: pip install   =".into(),
+        "Upload: Execute target=mkdir build; echo made > build/out".into(),
+        "Check: result.".into(),
+        "Check: Download data is exist.".into(),
+        "Check: Extract result.".into(),
+        "Finish: done.".into(),
     ];
     assert_eq!(status, expected);
+    // Nothing to fetch: the other Check line, then the last.
+    let output = env.client().args(["--RESULT", "nothing", "--CMD", "true"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let status: Vec<&str> = stdout.lines().filter_map(|line| line.strip_prefix(&prefix)).collect();
+    assert!(status.ends_with(&["Check: result.", "Check: Download data is not exist.", "Finish: done."]), "{stdout}");
     // Without a reported status, the marker recovers it.
     env.client().args(["--exit-status-marker", "--CMD", "echo before; exit 3"]).assert().code(3);
 }
 
 #[test]
 fn a_grpcio_client_written_from_the_proto_runs_a_whole_job_against_our_server() {
-    let Some(python) = grpcio_python() else { return };
+    let python = grpcio_python();
     let env = TestEnv::new();
     env.write("cells/nand2.sp", "* nand2\n");
     let server = format!("127.0.0.1:{}", env.addr.port());

@@ -378,6 +378,32 @@ pub fn closed_port(reusable: bool) -> (tokio::net::TcpSocket, SocketAddr) {
     (socket, addr)
 }
 
+/// The one decision about what the suite needs and this machine lacks: the test
+/// fails, naming it and how to install it (never a SKIPPED line that passes).
+pub fn needed(what: &str, install: &str) -> ! {
+    panic!(
+        "the test suite needs {what}, which is missing here\nhint: {install}; `.ci/run` installs everything the suite needs"
+    )
+}
+
+/// A program the suite runs, found on PATH, or the test fails naming its package.
+pub fn tool(name: &str, debian_package: &str) -> PathBuf {
+    which::which(name).unwrap_or_else(|_| needed(&format!("`{name}`"), &format!("apt-get install {debian_package}")))
+}
+
+/// A program `.ci/run` installs into a virtual environment under `target/`: the one
+/// `variable` names, else the one in `target/VENV/bin/`, else `fallback` on PATH.
+pub fn venv_program(variable: &str, venv: &str, program: &str, fallback: &str) -> PathBuf {
+    if let Some(path) = std::env::var_os(variable) {
+        return PathBuf::from(path);
+    }
+    let in_venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target").join(venv).join("bin").join(program);
+    match in_venv.exists() {
+        true => in_venv,
+        false => which::which(fallback).unwrap_or_else(|_| PathBuf::from(fallback)),
+    }
+}
+
 /// The sandbox, when bwrap can make one here. Where bwrap is installed but cannot run
 /// (no user namespaces), CI fails rather than skipping the sandbox's tests.
 pub fn sandbox_for(root: &Path, tls: &Path) -> Option<lrpymrpc_mock_server::executor::sandbox::Sandbox> {
@@ -385,7 +411,8 @@ pub fn sandbox_for(root: &Path, tls: &Path) -> Option<lrpymrpc_mock_server::exec
         &lrpymrpc_mock_server::executor::sandbox::SandboxPlan::new(root, Some(tls)),
     ) {
         Ok(sandbox) => Some(sandbox),
-        Err(why) if std::env::var_os("CI").is_some() && which::which("bwrap").is_ok() => {
+        Err(_) if which::which("bwrap").is_err() => needed("`bwrap`", "apt-get install bubblewrap"),
+        Err(why) if std::env::var_os("CI").is_some() => {
             panic!("bwrap is installed but cannot make a sandbox in CI: {why}")
         }
         Err(why) => {
@@ -402,4 +429,15 @@ pub fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
         assert!(start.elapsed() < limit, "{what} within {limit:?}");
         std::thread::sleep(Duration::from_millis(25));
     }
+}
+
+// A tool the suite needs and this machine lacks fails the test by name, with the line
+// that installs it (not a SKIPPED that passes).
+#[test]
+#[should_panic(
+    expected = "the test suite needs `lrpymrpc-no-such-tool`, which is missing here\nhint: apt-get install \
+                           no-such-package; `.ci/run` installs everything the suite needs"
+)]
+fn a_missing_tool_fails_by_name_with_its_install_line() {
+    tool("lrpymrpc-no-such-tool", "no-such-package");
 }

@@ -12,24 +12,49 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_tree(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
+/// The files of `dirs` the repository holds (`git ls-files`): what a user built in
+/// the examples (`build*/` with its links, `lib/`) is not theirs. Outside a git
+/// checkout, every regular file below them, links passed over.
+fn example_files(dirs: &[&str]) -> Vec<PathBuf> {
+    let listed = Command::new("git").current_dir(repo()).args(["ls-files", "-z", "--"]).args(dirs).output();
+    if let Some(listed) = listed.ok().filter(|output| output.status.success() && !output.stdout.is_empty()) {
+        return listed
+            .stdout
+            .split(|b| *b == 0)
+            .filter(|p| !p.is_empty())
+            .map(|p| PathBuf::from(String::from_utf8_lossy(p).as_ref()))
+            .collect();
+    }
+    fn walk(dir: &Path, rel: &Path, files: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap().map(Result::unwrap) {
+            let kind = entry.file_type().unwrap();
+            let rel = rel.join(entry.file_name());
+            if kind.is_dir() {
+                walk(&entry.path(), &rel, files);
+            } else if kind.is_file() {
+                files.push(rel);
+            }
         }
+    }
+    let mut files = Vec::new();
+    for dir in dirs {
+        walk(&repo().join(dir), Path::new(dir), &mut files);
+    }
+    files
+}
+
+/// Copies the repository's files of `dirs` below `root`, laid out as in the repository.
+fn copy_from_repo(dirs: &[&str], root: &Path) {
+    for rel in example_files(dirs) {
+        let (from, to) = (repo().join(&rel), root.join(&rel));
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(&from, &to).unwrap_or_else(|e| panic!("copying `{}`: {e}", from.display()));
     }
 }
 
 /// The examples and integration files, laid out as in the repository, under `work`.
 fn copy_examples(env: &TestEnv) -> PathBuf {
-    for dir in ["examples/make", "examples/cmake", "examples/cellchar", "integration"] {
-        copy_tree(&repo().join(dir), &env.work.join(dir));
-    }
+    copy_from_repo(&["examples/make", "examples/cmake", "examples/cellchar", "integration"], &env.work);
     env.work.join("examples")
 }
 
@@ -51,7 +76,7 @@ fn run(command: &mut Command) -> (bool, String) {
 }
 
 fn make(env: &TestEnv, dir: &Path, extra: &[&str]) -> (bool, String) {
-    run(Command::new("make").current_dir(dir).args(make_variables(env)).args(extra))
+    run(Command::new(crate::env::tool("make", "make")).current_dir(dir).args(make_variables(env)).args(extra))
 }
 
 /// Moves a file's modification time to now, as an edit would (after a pause, so it
@@ -112,7 +137,7 @@ fn with_the_action_cache_make_clean_then_make_runs_no_remote_command_again() {
 /// A Makefile with `steps` remote steps `outN.txt <- inN/data.txt`, each command given.
 fn write_project(env: &TestEnv, commands: &[&str]) -> PathBuf {
     let project = env.work.join("project");
-    copy_tree(&repo().join("integration"), &project.join("integration"));
+    copy_from_repo(&["integration"], &project);
     let mut makefile = String::from("include integration/lrpymrpc.mk\n\n");
     let outputs: Vec<String> = (1..=commands.len()).map(|n| format!("out{n}.txt")).collect();
     makefile.push_str(&format!("all: {}\n\n", outputs.join(" ")));
@@ -153,7 +178,7 @@ fn make_j4_runs_four_remote_steps_at_once_and_a_change_reruns_only_its_step() {
     touch(&project.join("in2/data.txt"));
     let (ok, log) = make(&env, &project, &["-j4"]);
     assert!(ok, "{log}");
-    assert_eq!(log.matches("]:Upload").count(), 1, "one step reran: {log}");
+    assert_eq!(log.matches("]:Upload\n").count(), 1, "one step reran: {log}");
     assert!(log.contains("Compress source=in2"), "{log}");
 }
 
@@ -182,19 +207,13 @@ fn a_failing_remote_step_stops_make_and_leaves_no_output_that_looks_up_to_date()
 }
 
 fn cmake_generators() -> Vec<&'static str> {
-    let mut generators = vec!["Unix Makefiles"];
-    if which::which("ninja").is_ok() {
-        generators.push("Ninja");
-    } else {
-        assert!(std::env::var_os("CI").is_none(), "`ninja` is missing; .ci/run installs ninja-build");
-        println!("SKIPPED the Ninja generator: `ninja` is not installed");
-    }
-    generators
+    crate::env::tool("ninja", "ninja-build");
+    vec!["Unix Makefiles", "Ninja"]
 }
 
 fn cmake_configure(env: &TestEnv, source: &Path, build: &Path, generator: &str) -> (bool, String) {
     let _ = std::fs::remove_dir_all(build);
-    run(Command::new("cmake")
+    run(Command::new(crate::env::tool("cmake", "cmake"))
         .arg("-S")
         .arg(source)
         .arg("-B")
@@ -207,7 +226,7 @@ fn cmake_configure(env: &TestEnv, source: &Path, build: &Path, generator: &str) 
 }
 
 fn cmake_build(build: &Path) -> (bool, String) {
-    run(Command::new("cmake").arg("--build").arg(build))
+    run(Command::new(crate::env::tool("cmake", "cmake")).arg("--build").arg(build))
 }
 
 #[test]
@@ -226,11 +245,11 @@ fn the_cmake_example_configures_builds_and_rebuilds_incrementally() {
         assert!(library.contains("cell (nor2)"), "{library}");
 
         let (ok, log) = cmake_build(&build);
-        assert!(ok && !log.contains("]:Upload"), "{generator}: nothing to do the second time: {log}");
+        assert!(ok && !log.contains("]:Upload\n"), "{generator}: nothing to do the second time: {log}");
 
         touch(&example.join("cells/buf.sp"));
         let (ok, log) = cmake_build(&build);
-        assert!(ok && log.matches("]:Upload").count() == 1, "{generator}: the step reran once: {log}");
+        assert!(ok && log.matches("]:Upload\n").count() == 1, "{generator}: the step reran once: {log}");
         assert!(!log.contains("Building the cellchar wheel"), "{generator}: the wheel did not: {log}");
     }
 }
@@ -239,7 +258,7 @@ fn the_cmake_example_configures_builds_and_rebuilds_incrementally() {
 fn a_failing_remote_step_fails_the_cmake_build_without_an_output() {
     let env = TestEnv::new();
     let project = env.work.join("cmake-fails");
-    copy_tree(&repo().join("integration"), &project.join("integration"));
+    copy_from_repo(&["integration"], &project);
     std::fs::create_dir_all(project.join("in")).unwrap();
     std::fs::write(project.join("in/data.txt"), "data\n").unwrap();
     std::fs::write(
@@ -263,4 +282,26 @@ add_custom_target(everything ALL DEPENDS "${CMAKE_CURRENT_BINARY_DIR}/out.txt")
             assert!(!build.join("out.txt").exists(), "{generator}: no output after a failure");
         }
     }
+}
+
+// Running an example in place, as its README says, leaves what the build made there
+// (`build*/` with links into the build tree, `lib/`): the tests copy only what the
+// repository holds, whatever a user built beside it.
+#[test]
+fn what_a_user_built_in_the_examples_is_not_copied_into_the_tests() {
+    struct Remove(PathBuf);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let built = repo().join(format!("examples/cmake/build-by-a-user-{}", std::process::id()));
+    let _remove = Remove(built.clone());
+    std::fs::create_dir_all(&built).unwrap();
+    std::os::unix::fs::symlink("/nonexistent/lrpymrpc/output", built.join("dangling")).unwrap();
+    std::fs::write(built.join("CMakeCache.txt"), "# made by a user\n").unwrap();
+    let env = TestEnv::bare();
+    let examples = copy_examples(&env);
+    assert!(examples.join("cmake/CMakeLists.txt").is_file(), "the example itself was copied");
+    assert!(!examples.join("cmake").join(built.file_name().unwrap()).exists(), "the user's build was copied");
 }

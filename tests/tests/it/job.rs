@@ -18,7 +18,7 @@ fn runs_a_whole_job_and_brings_back_byte_identical_results() {
         .assert()
         .success()
         .stdout(predicate::str::contains(format!("{prefix}remote-says-hello\n")))
-        .stdout(predicate::str::contains(format!("{prefix}Finish.\n")));
+        .stdout(predicate::str::contains(format!("{prefix}Finish: done.\n")));
     assert_eq!(env.read("build/copy/data.bin"), data);
     assert_eq!(env.read("build/copy/deep/er/notes.txt"), b"notes\n");
     assert!(env.work.join("build/copy/empty").is_dir(), "empty directories travel");
@@ -132,7 +132,7 @@ fn no_results_is_reported_and_not_an_error() {
         .args(["--CMD", "true", "--RESULT", "nothing here"])
         .assert()
         .success()
-        .stdout(predicate::str::contains(format!("{prefix}Download data is not exist.")));
+        .stdout(predicate::str::contains(format!("{prefix}Check: Download data is not exist.")));
 }
 
 #[test]
@@ -200,4 +200,21 @@ fn remote_stderr_lines_go_to_stderr_and_stdout_lines_to_stdout() {
         .stdout(predicate::str::contains(format!("{prefix}on-stderr")).not())
         .stderr(predicate::str::contains(format!("{prefix}on-stderr\n")))
         .stderr(predicate::str::contains("does not report").not());
+}
+
+// Without --CMD the Python client runs its placeholder `charao -h` on the server, which
+// fails with 127 after the upload: ours says what is missing before anything is sent.
+#[test]
+fn a_job_without_cmd_is_refused_before_anything_is_uploaded() {
+    let env = TestEnv::new();
+    env.write("source/x", "x");
+    env.client()
+        .args(["--RESULT", "build"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("--CMD is missing"))
+        .stderr(predicate::str::contains("hint: give the command"));
+    assert!(env.job_dirs().is_empty(), "nothing was uploaded: {:?}", env.job_dirs());
+    // Given in the environment, it runs.
+    env.client().env("LRPYMRPC_CMD", "echo from-the-environment").assert().success();
 }

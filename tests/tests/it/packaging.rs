@@ -9,18 +9,17 @@ use std::process::Command;
 
 use crate::env::{PROCESS_LIMIT, TestEnv, output_within};
 
-/// maturin (`LRPYMRPC_MATURIN`, else on PATH), or `None` when there is none; in CI,
-/// `.ci/run` installs it.
-fn maturin() -> Option<PathBuf> {
-    let found = std::env::var_os("LRPYMRPC_MATURIN").map(PathBuf::from).or_else(|| which::which("maturin").ok());
-    match found {
-        Some(maturin) => Some(maturin),
-        None if std::env::var_os("CI").is_some() => panic!("no maturin; .ci/run installs it (LRPYMRPC_MATURIN)"),
-        None => {
-            println!("SKIPPED: no maturin (set LRPYMRPC_MATURIN)");
-            None
-        }
+/// maturin: `LRPYMRPC_MATURIN`, else the one `.ci/run` installs under
+/// `target/ci-maturin-venv`, else on PATH.
+fn maturin() -> PathBuf {
+    let maturin = crate::env::venv_program("LRPYMRPC_MATURIN", "ci-maturin-venv", "maturin", "maturin");
+    if !maturin.exists() {
+        crate::env::needed(
+            "maturin",
+            "python3 -m venv target/ci-maturin-venv && target/ci-maturin-venv/bin/pip install maturin",
+        );
     }
+    maturin
 }
 
 fn repo_file(rel: &str) -> PathBuf {
@@ -75,7 +74,7 @@ fn installed(maturin: &Path, root: &Path) -> PathBuf {
 
 #[test]
 fn the_wheels_install_offline_and_python_m_lrpymrpc_runs_whole_jobs() {
-    let Some(maturin) = maturin() else { return };
+    let maturin = maturin();
     let env = TestEnv::new();
     env.write("source/input.txt", "from the wheel\n");
     let python = installed(&maturin, env.root.path());
@@ -104,7 +103,7 @@ fn the_wheels_install_offline_and_python_m_lrpymrpc_runs_whole_jobs() {
 
 #[test]
 fn the_upstream_package_beside_the_compat_one_is_said_every_time() {
-    let Some(maturin) = maturin() else { return };
+    let maturin = maturin();
     let root = tempfile::tempdir().unwrap();
     let python = installed(&maturin, root.path());
     let quiet = output_within(Command::new(&python).args(["-m", "lrPymRPC", "--version"]), PROCESS_LIMIT);

@@ -349,14 +349,17 @@ fn nothing_a_server_sends_reaches_the_output_raw() {
     let mut env = TestEnv::bare();
     crate::hostile::serve_fake(&mut env, Rude);
     env.write("source/x", "x");
-    let output = env.client().args(["--retries", "0"]).output().unwrap();
+    let output = env.client().args(["--retries", "0", "--CMD", "true"]).output().unwrap();
     assert!(!output.status.success());
     for (stream, bytes) in [("stdout", &output.stdout), ("stderr", &output.stderr)] {
         let text = String::from_utf8_lossy(bytes);
         let raw: Vec<char> =
             text.chars().filter(|&c| (c.is_control() && c != '\n') || ('\u{202a}'..='\u{202e}').contains(&c)).collect();
         assert!(raw.is_empty(), "{stream} carries {raw:?}: {text}");
-        assert!(stream == "stderr" || text.contains("]:unique id=00000000-0000-4000-8000-000000000001"), "{text}");
+        assert!(
+            stream == "stderr" || text.contains("]:Upload: unique id=00000000-0000-4000-8000-000000000001"),
+            "{text}"
+        );
         assert!(stream == "stderr" || text.contains("]:end\n"), "the last overwrite of a remote line: {text}");
     }
 }

@@ -131,7 +131,7 @@ fn parallel_steps(env: &TestEnv, steps: usize, servers: &str, command: &str) -> 
 
 /// `make -jN` in `dir`, shielded from the developer's settings; success and all output.
 fn make_parallel(env: &TestEnv, dir: &std::path::Path, jobs: usize, extra: &[&str]) -> (bool, String) {
-    let mut make = std::process::Command::new("make");
+    let mut make = std::process::Command::new(crate::env::tool("make", "make"));
     make.current_dir(dir).arg(format!("-j{jobs}")).args(extra).env_remove("MAKEFLAGS").env("LRPYMRPC_CONFIG", "");
     for (name, _) in std::env::vars_os() {
         if name.to_string_lossy().starts_with("LRPYMRPC_") {

@@ -36,11 +36,10 @@ impl Drop for Fixture {
     }
 }
 
-/// `None` (the test says SKIPPED) where Slurm is not installed or this is not root.
-fn fixture(extra: &[&str]) -> Option<Fixture> {
-    if !slurm_here() {
-        return None;
-    }
+/// A one-node cluster and a server that runs jobs on it (the test fails where Slurm
+/// cannot run).
+fn fixture(extra: &[&str]) -> Fixture {
+    require_slurm();
     let lock = ONE_CLUSTER.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let mut env = TestEnv::bare();
     let cluster = OneNodeCluster::start(&env.root.path().join("slurm"), 2, &[]).unwrap();
@@ -49,18 +48,18 @@ fn fixture(extra: &[&str]) -> Option<Fixture> {
     let (server, port) = spawn_server_binary_with(&env, &args, None, &[("SLURM_CONF", cluster.conf().as_os_str())]);
     env.set_addr(format!("127.0.0.1:{port}").parse().unwrap());
     env.write("source/input.txt", "some input\n");
-    Some(Fixture { env, cluster, server, _lock: lock })
+    Fixture { env, cluster, server, _lock: lock }
 }
 
-/// Whether Slurm can run here; says SKIPPED when not, and fails in CI, which installs it.
-fn slurm_here() -> bool {
+/// Slurm can run here, or the test fails (the suite runs as root where Slurm is
+/// installed, as `.ci/run` does).
+fn require_slurm() {
     match unavailable() {
-        None => true,
-        Some(why) if std::env::var_os("CI").is_some() => panic!("CI installs Slurm, yet: {why}"),
-        Some(why) => {
-            println!("SKIPPED: {why}");
-            false
-        }
+        None => {}
+        Some(why) => crate::env::needed(
+            &format!("a one-node Slurm cluster ({why})"),
+            "run the suite as root with slurmctld, slurmd and slurm-client installed",
+        ),
     }
 }
 
@@ -75,7 +74,7 @@ fn server_log(env: &TestEnv) -> String {
 
 #[test]
 fn a_job_runs_as_a_slurm_step_with_its_results_output_and_stderr_apart() {
-    let Some(fixture) = fixture(&[]) else { return };
+    let fixture = fixture(&[]);
     let env = &fixture.env;
     let command = "echo \"on $SLURM_JOB_NAME\"; echo to-stderr >&2; mkdir -p build; \
                    cp source/input.txt build/copy.txt; head -c 100000 /dev/urandom > build/random.bin";
@@ -93,7 +92,7 @@ fn a_job_runs_as_a_slurm_step_with_its_results_output_and_stderr_apart() {
 
 #[test]
 fn exit_statuses_and_signals_come_back_as_with_the_local_executor() {
-    let Some(fixture) = fixture(&[]) else { return };
+    let fixture = fixture(&[]);
     let env = &fixture.env;
     env.client().args(["--CMD", "exit 3"]).assert().code(3);
     env.client()
@@ -107,7 +106,7 @@ fn exit_statuses_and_signals_come_back_as_with_the_local_executor() {
 
 #[test]
 fn ctrl_c_leaves_nothing_in_squeue_within_two_seconds() {
-    let Some(fixture) = fixture(&[]) else { return };
+    let fixture = fixture(&[]);
     let (env, cluster) = (&fixture.env, &fixture.cluster);
     let mut client = env.client_std();
     let mut client = client.args(["--CMD", "echo started; sleep 60"]).stdout(Stdio::piped()).spawn().unwrap();
@@ -127,7 +126,7 @@ fn ctrl_c_leaves_nothing_in_squeue_within_two_seconds() {
 
 #[test]
 fn four_jobs_on_a_two_cpu_node_all_finish_two_after_queueing_in_slurm() {
-    let Some(fixture) = fixture(&[]) else { return };
+    let fixture = fixture(&[]);
     let env = &fixture.env;
     let clients: Vec<_> = (0..4)
         .map(|n| {
@@ -155,7 +154,7 @@ fn four_jobs_on_a_two_cpu_node_all_finish_two_after_queueing_in_slurm() {
 
 #[test]
 fn with_slurm_down_the_client_gets_unavailable_and_nothing_runs() {
-    let Some(mut fixture) = fixture(&[]) else { return };
+    let mut fixture = fixture(&[]);
     fixture.cluster.stop_controller();
     let env = &fixture.env;
     env.client()
@@ -170,13 +169,8 @@ fn with_slurm_down_the_client_gets_unavailable_and_nothing_runs() {
 
 #[test]
 fn a_job_root_the_nodes_cannot_see_is_refused_at_start() {
-    if !slurm_here() {
-        return;
-    }
-    if which::which("unshare").is_err() {
-        println!("SKIPPED: no unshare (util-linux)");
-        return;
-    }
+    require_slurm();
+    crate::env::tool("unshare", "util-linux");
     let _lock = ONE_CLUSTER.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let env = TestEnv::bare();
     // The node runs in a mount namespace of its own where the job root is an empty tmpfs,
@@ -214,7 +208,7 @@ fn slurm_options_without_the_slurm_executor_are_refused() {
 
 #[test]
 fn the_job_timeout_and_a_server_shutdown_remove_the_slurm_job() {
-    let Some(mut fixture) = fixture(&["--job-timeout", "2s", "--shutdown-grace", "1s"]) else { return };
+    let mut fixture = fixture(&["--job-timeout", "2s", "--shutdown-grace", "1s"]);
     let (env, cluster) = (&fixture.env, &fixture.cluster);
     env.client()
         .args(["--CMD", "sleep 60"])
@@ -242,7 +236,7 @@ fn pip_runs_on_the_server_and_the_sandboxed_command_on_the_node() {
     if crate::env::sandbox_for(&probe.jobs, &probe.tls).is_none() {
         return;
     }
-    let Some(fixture) = fixture(&["--sandbox"]) else { return };
+    let fixture = fixture(&["--sandbox"]);
     let env = &fixture.env;
     let package = env.root.path().join("pkgsrc/greeter");
     std::fs::create_dir_all(&package).unwrap();
@@ -271,7 +265,7 @@ fn pip_runs_on_the_server_and_the_sandboxed_command_on_the_node() {
 
 #[test]
 fn a_job_an_earlier_killed_server_left_in_slurm_is_cancelled_at_restart() {
-    let Some(mut fixture) = fixture(&[]) else { return };
+    let mut fixture = fixture(&[]);
     let mut client = fixture.env.client_std();
     let mut client = client.args(["--CMD", "echo started; sleep 600"]).stdout(Stdio::piped()).spawn().unwrap();
     let stdout = BufReader::new(client.stdout.take().unwrap());
@@ -291,8 +285,8 @@ fn a_job_an_earlier_killed_server_left_in_slurm_is_cancelled_at_restart() {
 
 #[test]
 fn the_python_client_runs_a_whole_job_through_slurm_unaware_of_it() {
-    let Some(python) = crate::compat::grpcio_python() else { return };
-    let Some(fixture) = fixture(&[]) else { return };
+    let python = crate::compat::grpcio_python();
+    let fixture = fixture(&[]);
     let env = &fixture.env;
     env.write("cells/nand2.sp", "* nand2\n");
     let server = format!("127.0.0.1:{}", env.addr.port());
