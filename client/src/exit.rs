@@ -148,6 +148,11 @@ impl ClientError {
         }
     }
 
+    /// Whether connecting timed out (the server said nothing in time).
+    pub fn timed_out(&self) -> bool {
+        matches!(self, ClientError::Connect { fault: crate::remote::fault::TransportFault::TimedOut, .. })
+    }
+
     /// A local error about a value, saying where the value came from (`origin`:
     /// `environment LRPYMRPC_X`, `config file ... line N`), when it did not come from
     /// the command line.

@@ -133,10 +133,21 @@ impl Job {
         }
         let servers = servers
             .into_iter()
-            .map(|(host, port, slots)| (Peer { host, port, tls: tls.clone(), keepalive: args.keepalive }, slots))
+            .map(|(host, port, slots)| {
+                (
+                    Peer {
+                        host,
+                        port,
+                        tls: tls.clone(),
+                        keepalive: args.keepalive,
+                        connect_timeout: args.connect_timeout,
+                    },
+                    slots,
+                )
+            })
             .collect();
         Ok(Job {
-            peer: Peer { host, port, tls, keepalive: args.keepalive },
+            peer: Peer { host, port, tls, keepalive: args.keepalive, connect_timeout: args.connect_timeout },
             prefix,
             prefix_template: (!args.no_prefix).then(|| args.prefix.clone()),
             servers,

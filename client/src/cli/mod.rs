@@ -230,9 +230,15 @@ pub struct Args {
     #[arg(long, env = "LRPYMRPC_TIMEOUT", value_name = "DURATION", value_parser = parse_positive_duration, help_heading = "Beyond lrPymRPC")]
     pub timeout: Option<Duration>,
 
-    /// Fail a step whose server says nothing for this long: connecting (TCP, TLS and the
-    /// first call), Check, and an Upload or Download that moves no data. A running
-    /// command may be silent for hours: keepalive pings watch the server then
+    /// Give up on a server that does not answer a connection within this long: TCP,
+    /// the TLS handshake and the first call together. A server that accepts and then
+    /// says nothing is not tried again (a server of a list is passed over)
+    #[arg(long, env = "LRPYMRPC_CONNECT_TIMEOUT", value_name = "DURATION", default_value = "10s", value_parser = parse_positive_duration, help_heading = "Beyond lrPymRPC")]
+    pub connect_timeout: Duration,
+
+    /// Fail a step whose server says nothing for this long: Check, and an Upload or
+    /// Download that moves no data. A running command may be silent for hours:
+    /// keepalive pings watch the server then
     #[arg(long, env = "LRPYMRPC_STALL_TIMEOUT", value_name = "DURATION", default_value = "60s", value_parser = parse_positive_duration, help_heading = "Beyond lrPymRPC")]
     pub stall_timeout: Duration,
 

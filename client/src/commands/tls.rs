@@ -143,7 +143,8 @@ pub fn check(args: &Args, dir: Option<&str>, server: Option<&str>, local_only: b
     };
     match (target, findings.local_problems) {
         (Some(Ok(((host, port), origin))), 0) => {
-            let peer = Peer { host, port, tls: Some(tls), keepalive: args.keepalive };
+            let peer =
+                Peer { host, port, tls: Some(tls), keepalive: args.keepalive, connect_timeout: args.connect_timeout };
             println!("server: {} ({origin})", peer);
             check_server(peer, &mut findings);
         }

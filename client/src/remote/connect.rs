@@ -16,9 +16,6 @@ use crate::exit::{ClientError, Step};
 use crate::remote::fault::TransportFault;
 use crate::remote::peer::Peer;
 
-/// How long a TCP connect plus TLS handshake may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// TCP keepalive keeps NAT and firewall state alive through an hour-long silent target.
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 
@@ -39,7 +36,8 @@ async fn resolve(target: &Peer) -> Result<(), ClientError> {
     if target.host.parse::<std::net::IpAddr>().is_ok() {
         return Ok(());
     }
-    let resolved = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::lookup_host((target.host.as_str(), target.port)));
+    let resolved =
+        tokio::time::timeout(target.connect_timeout, tokio::net::lookup_host((target.host.as_str(), target.port)));
     let found = match resolved.await {
         Ok(Ok(mut addresses)) => addresses.next().is_some(),
         _ => false,
@@ -72,7 +70,8 @@ pub async fn connect(target: &Peer) -> Result<(Channel, Capabilities), ClientErr
     let scheme = if target.tls.is_some() { "https" } else { "http" };
     let endpoint = Endpoint::from_shared(format!("{scheme}://{peer}"))
         .map_err(|e| ClientError::local(format!("--SERVER_IP `{}` is not a host name or address: {e}", target.host)))?
-        .connect_timeout(CONNECT_TIMEOUT)
+        // No TCP connect timeout of its own: `Session::open` bounds TCP, TLS and the
+        // first call together (`--connect-timeout`).
         .tcp_keepalive(Some(TCP_KEEPALIVE))
         .http2_keep_alive_interval(target.keepalive)
         .keep_alive_timeout(lrpymrpc_proto::KEEPALIVE_TIMEOUT)
@@ -288,7 +287,13 @@ mod tests {
             cert_pem: String::new(),
             key_pem: String::new(),
         });
-        Peer { host: "build-server".into(), port: 8766, tls, keepalive: Duration::from_secs(300) }
+        Peer {
+            host: "build-server".into(),
+            port: 8766,
+            tls,
+            keepalive: Duration::from_secs(300),
+            connect_timeout: Duration::from_secs(10),
+        }
     }
 
     #[test]

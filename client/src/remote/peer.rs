@@ -17,6 +17,9 @@ pub struct Peer {
     /// How often to ping a server that sends nothing (`--keepalive`); one that does
     /// not answer within `KEEPALIVE_TIMEOUT` is taken for lost.
     pub keepalive: Duration,
+    /// How long connecting may take, TCP, TLS handshake and the first call together
+    /// (`--connect-timeout`).
+    pub connect_timeout: Duration,
 }
 
 impl Peer {

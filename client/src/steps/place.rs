@@ -235,8 +235,9 @@ async fn look_at(job: &Job, out: &Output, servers: &[(usize, &(Peer, Option<u32>
                     }
                 }
             }
-            // A refused certificate is a misconfiguration: said, not skipped.
-            Err(error @ ClientError::Connect { transient: false, .. }) => return Err(error),
+            // A refused certificate is a misconfiguration: said, not skipped. A server
+            // that took the connection and said nothing is passed over.
+            Err(error @ ClientError::Connect { transient: false, .. }) if !error.timed_out() => return Err(error),
             Err(error) => {
                 let name = peer.to_string();
                 let _ = tokio::task::spawn_blocking(move || crate::remote::backoff::failed(&name)).await;

@@ -23,10 +23,18 @@ pub(crate) async fn patiently<T>(out: &Output, job: &Job, what: &str, step: impl
         done = &mut step => return done,
         () = tokio::time::sleep(PATIENCE) => {}
     }
+    // What the user reads is the limit that applies: connecting has its own.
+    let (option, limit) = match what {
+        "connecting" => ("--connect-timeout", job.peer.connect_timeout),
+        _ => ("--stall-timeout", job.stall),
+    };
+    let whom = match job.servers.len() {
+        0 | 1 => job.peer.to_string(),
+        n => format!("the {n} servers of the list"),
+    };
     out.note(&format!(
-        "waiting for {} to answer ({what}; giving up after --stall-timeout {})",
-        job.peer,
-        crate::output::seconds(job.stall)
+        "waiting for {whom} to answer ({what}; giving up after {option} {})",
+        crate::output::seconds(limit)
     ));
     step.await
 }

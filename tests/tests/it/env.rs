@@ -134,7 +134,10 @@ impl TestEnv {
         command
             .args(["--SERVER_IP", "127.0.0.1", "--SERVER_PORT", &self.addr.port().to_string()])
             .arg("--TLS_CONFIG_DIR")
-            .arg(&self.tls);
+            .arg(&self.tls)
+            // A job's command unless the test gives one (the client refuses a job
+            // without one); from the environment, so a subcommand takes no notice.
+            .env("LRPYMRPC_CMD", "true");
         command
     }
 

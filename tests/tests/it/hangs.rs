@@ -1,6 +1,6 @@
-//! Never hang: a server that accepts and then says nothing, at connect, Check, Upload
-//! and Download, fails the step after `--stall-timeout`, naming it, and the user is
-//! told after about two seconds what the client waits for.
+//! Never hang: a server that accepts and then says nothing fails connecting after
+//! `--connect-timeout`, and Check, Upload and Download after `--stall-timeout`, naming
+//! the limit, and the user is told after about two seconds what the client waits for.
 
 use std::pin::Pin;
 use std::time::{Duration, Instant};
@@ -15,24 +15,63 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::env::{TestEnv, pseudo_random, send_signal, spawn_server_binary, wait_exit};
 
+// A server that takes the connection (the kernel does, for a stopped process) and then
+// says nothing fails connecting after --connect-timeout, once: it is wedged, not
+// starting, so it is not tried again as a refused connection would be.
 #[test]
-fn a_stopped_server_fails_the_connect_step_after_the_stall_limit() {
+fn a_stopped_server_fails_the_connect_step_after_the_connect_limit_without_retries() {
     let mut env = TestEnv::bare();
     let (mut server, port) = spawn_server_binary(&env, &[]);
     env.set_addr(([127, 0, 0, 1], port).into());
     env.write("source/x", "x");
     send_signal(&server, libc::SIGSTOP);
-    let started = Instant::now();
-    let assert = env.client().args(["--stall-timeout", "3s", "--retries", "0"]).assert();
+    let assert = env.client().args(["--connect-timeout", "3s", "--retries", "3", "--CMD", "true"]).assert();
     send_signal(&server, libc::SIGCONT);
     send_signal(&server, libc::SIGKILL);
     wait_exit(&mut server, Duration::from_secs(10));
-    assert
+    let assert = assert
         .code(102)
-        .stderr(predicate::str::contains(format!("waiting for 127.0.0.1:{port} to answer (connecting")))
-        .stderr(predicate::str::contains("got no answer within 3.00 s"))
+        .stderr(predicate::str::contains(format!(
+            "waiting for 127.0.0.1:{port} to answer (connecting; giving up after --connect-timeout 3.00 s)"
+        )))
+        .stderr(predicate::str::contains("the first call) within 3.00 s (--connect-timeout)"))
         .stderr(predicate::str::contains("hint: the server may be stopped"));
-    assert!(started.elapsed() < Duration::from_secs(60), "bounded by the stall limit, not by luck");
+    let stderr = String::from_utf8_lossy(&assert.get_output().stderr).into_owned();
+    assert!(!stderr.contains("tried ") && !stderr.contains("retrying"), "not retried: {stderr}");
+}
+
+// With a server list, a server that says nothing is passed over and the job runs on
+// the next one.
+#[test]
+fn a_stopped_server_of_a_list_is_passed_over() {
+    let env = TestEnv::new();
+    let silent = TestEnv::bare();
+    let (mut stopped, port) = spawn_server_binary(&silent, &[]);
+    send_signal(&stopped, libc::SIGSTOP);
+    env.write("source/x", "x");
+    let servers = format!("127.0.0.1:{port} 127.0.0.1:{}", env.addr.port());
+    let assert = env
+        .client()
+        .args([
+            "--SERVER_IP",
+            &servers,
+            "--SERVER_PORT",
+            "8766",
+            "--connect-timeout",
+            "2s",
+            "--verbose",
+            "--CMD",
+            "echo ran",
+        ])
+        .assert();
+    send_signal(&stopped, libc::SIGCONT);
+    send_signal(&stopped, libc::SIGKILL);
+    wait_exit(&mut stopped, Duration::from_secs(10));
+    assert
+        .success()
+        .stdout(predicate::str::contains("]:ran"))
+        .stderr(predicate::str::contains(format!("skipping 127.0.0.1:{port}: cannot connect")))
+        .stderr(predicate::str::contains("(--connect-timeout)"));
 }
 
 #[test]
@@ -139,7 +178,7 @@ fn a_server_that_goes_quiet_fails_the_step_it_went_quiet_in() {
         // More than the HTTP/2 windows hold, so a server that reads nothing stalls it.
         env.write("source/big", pseudo_random(16 << 20, 7));
         env.client()
-            .args(["--stall-timeout", "2s", "--retries", "0"])
+            .args(["--stall-timeout", "2s", "--retries", "0", "--CMD", "true"])
             .assert()
             .code(code)
             .stderr(predicate::str::contains(format!("{step} failed")))
@@ -154,7 +193,7 @@ fn telling_a_quiet_server_the_job_is_done_does_not_hang() {
     env.write("source/x", "x");
     let started = Instant::now();
     env.client()
-        .args(["--stall-timeout", "2s", "--retries", "0", "--no-results-on-failure"])
+        .args(["--stall-timeout", "2s", "--retries", "0", "--no-results-on-failure", "--CMD", "true"])
         .assert()
         .code(3)
         .stderr(predicate::str::contains("results not fetched (--no-results-on-failure)"));

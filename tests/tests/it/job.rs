@@ -209,6 +209,7 @@ fn a_job_without_cmd_is_refused_before_anything_is_uploaded() {
     let env = TestEnv::new();
     env.write("source/x", "x");
     env.client()
+        .env_remove("LRPYMRPC_CMD")
         .args(["--RESULT", "build"])
         .assert()
         .code(2)

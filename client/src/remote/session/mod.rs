@@ -70,9 +70,9 @@ impl Session {
     /// Connects to `peer` and asks what it can do, all within `stall`: a server that
     /// accepts the connection and then says nothing (stopped, wedged) fails the step.
     pub async fn open(peer: &Peer, stall: Duration) -> Result<Session, ClientError> {
-        let (channel, capabilities) = match tokio::time::timeout(stall, connect(peer)).await {
+        let (channel, capabilities) = match tokio::time::timeout(peer.connect_timeout, connect(peer)).await {
             Ok(connected) => connected?,
-            Err(_) => return Err(stalled_connect(peer, stall)),
+            Err(_) => return Err(stalled_connect(peer)),
         };
         let files = FileServiceClient::new(channel.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES);
         let extensions = ExtensionsClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
@@ -436,18 +436,20 @@ async fn unless_stalled<T>(work: impl Future<Output = T>, progress: &AtomicU64, 
 
 /// A server that accepted the connection but did not finish the handshake and the
 /// first call in time.
-fn stalled_connect(peer: &Peer, limit: Duration) -> ClientError {
+/// A server that took the connection and said nothing within `--connect-timeout`: a
+/// wedged server, not one starting up, so it is not tried again (a list moves on).
+fn stalled_connect(peer: &Peer) -> ClientError {
     ClientError::Connect {
         peer: peer.to_string(),
         reason: format!(
-            "the connection was accepted, but the TLS handshake and the first call got no answer within {}",
-            crate::output::seconds(limit)
+            "no answer to connecting (TCP, the TLS handshake and the first call) within {} (--connect-timeout)",
+            crate::output::seconds(peer.connect_timeout)
         ),
         hint: Some(
-            "the server may be stopped, wedged or overloaded; check it, or give more --stall-timeout on a slow link"
+            "the server may be stopped, wedged or overloaded: check it; on a slow link give more --connect-timeout"
                 .into(),
         ),
-        transient: true,
+        transient: false,
         fault: TransportFault::TimedOut,
     }
 }
