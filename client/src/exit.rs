@@ -32,6 +32,8 @@ pub enum Step {
     Execute,
     Check,
     Download,
+    /// Finding a durable job by id on the servers (`attach`, `cancel`).
+    Lookup,
 }
 
 impl fmt::Display for Step {
@@ -42,6 +44,7 @@ impl fmt::Display for Step {
             Step::Execute => "execute",
             Step::Check => "check",
             Step::Download => "download",
+            Step::Lookup => "lookup",
         })
     }
 }

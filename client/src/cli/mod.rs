@@ -86,6 +86,7 @@ pub struct Args {
     /// Server host name or IP address
     #[arg(
         long = "SERVER_IP",
+        global = true,
         visible_alias = "server-ip",
         env = "LRPYMRPC_SERVER_IP",
         value_name = "SERVER_IP",
@@ -96,6 +97,7 @@ pub struct Args {
     /// Server TCP port
     #[arg(
         long = "SERVER_PORT",
+        global = true,
         visible_alias = "server-port",
         env = "LRPYMRPC_SERVER_PORT",
         value_name = "SERVER_PORT",
@@ -138,6 +140,7 @@ pub struct Args {
     /// the same three files flat); `~` is expanded; empty = plaintext
     #[arg(
         long = "TLS_CONFIG_DIR",
+        global = true,
         visible_alias = "tls-config-dir",
         env = "LRPYMRPC_TLS_CONFIG_DIR",
         value_name = "TLS_CONFIG_DIR",
@@ -233,19 +236,19 @@ pub struct Args {
     /// Give up on a server that does not answer a connection within this long: TCP,
     /// the TLS handshake and the first call together. A server that accepts and then
     /// says nothing is not tried again (a server of a list is passed over)
-    #[arg(long, env = "LRPYMRPC_CONNECT_TIMEOUT", value_name = "DURATION", default_value = "10s", value_parser = parse_positive_duration, help_heading = "Beyond lrPymRPC")]
+    #[arg(long, global = true, env = "LRPYMRPC_CONNECT_TIMEOUT", value_name = "DURATION", default_value = "10s", value_parser = parse_positive_duration, help_heading = "Beyond lrPymRPC")]
     pub connect_timeout: Duration,
 
     /// Fail a step whose server says nothing for this long: Check, and an Upload or
     /// Download that moves no data. A running command may be silent for hours:
     /// keepalive pings watch the server then
-    #[arg(long, env = "LRPYMRPC_STALL_TIMEOUT", value_name = "DURATION", default_value = "60s", value_parser = parse_positive_duration, help_heading = "Beyond lrPymRPC")]
+    #[arg(long, global = true, env = "LRPYMRPC_STALL_TIMEOUT", value_name = "DURATION", default_value = "60s", value_parser = parse_positive_duration, help_heading = "Beyond lrPymRPC")]
     pub stall_timeout: Duration,
 
     /// How often to ping a server that sends nothing while the command runs; one that
     /// does not answer within 20 s is taken for lost (exit 104). gRPC C-core servers
     /// (the Python one) hang up on pings more often than every 5 minutes
-    #[arg(long, env = "LRPYMRPC_KEEPALIVE", value_name = "DURATION", default_value = DEFAULT_KEEPALIVE, value_parser = parse_positive_duration, help_heading = "Beyond lrPymRPC")]
+    #[arg(long, global = true, env = "LRPYMRPC_KEEPALIVE", value_name = "DURATION", default_value = DEFAULT_KEEPALIVE, value_parser = parse_positive_duration, help_heading = "Beyond lrPymRPC")]
     pub keepalive: Duration,
 
     /// How long a step waits for a free slot when every server is full (all its
@@ -255,15 +258,22 @@ pub struct Args {
 
     /// How often to retry connecting, and Upload, Check or Download after a lost
     /// connection (Execute is never repeated)
-    #[arg(long, env = "LRPYMRPC_RETRIES", value_name = "N", default_value_t = 3, help_heading = "Beyond lrPymRPC")]
+    #[arg(
+        long,
+        global = true,
+        env = "LRPYMRPC_RETRIES",
+        value_name = "N",
+        default_value_t = 3,
+        help_heading = "Beyond lrPymRPC"
+    )]
     pub retries: u32,
 
     /// Show only the remote command's output and errors
-    #[arg(short = 'q', long, env = "LRPYMRPC_QUIET", value_parser = FalseyValueParser::new(), help_heading = "Beyond lrPymRPC")]
+    #[arg(short = 'q', long, global = true, env = "LRPYMRPC_QUIET", value_parser = FalseyValueParser::new(), help_heading = "Beyond lrPymRPC")]
     pub quiet: bool,
 
     /// Also show how long each step took and how much it moved
-    #[arg(long, env = "LRPYMRPC_VERBOSE", value_parser = FalseyValueParser::new(), help_heading = "Beyond lrPymRPC")]
+    #[arg(long, global = true, env = "LRPYMRPC_VERBOSE", value_parser = FalseyValueParser::new(), help_heading = "Beyond lrPymRPC")]
     pub verbose: bool,
 
     /// What starts each line: `{host}`, `{port}` and `{server}` are filled in (Make and

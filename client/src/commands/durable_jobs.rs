@@ -65,7 +65,7 @@ pub fn jobs(args: Args) -> ExitCode {
             for summary in session.list_jobs().await? {
                 if listed == 0 {
                     println!(
-                        "{:<36}  {:<12}  {:<20}  {:>9}  {:<21}  COMMAND",
+                        "{:<36}  {:<STATE_WIDTH$}  {:<20}  {:>9}  {:<21}  COMMAND",
                         "JOB", "STATE", "STARTED", "RAN", "SERVER"
                     );
                 }
@@ -146,12 +146,12 @@ async fn find(job: &Job, out: &Output, id: &str) -> Result<(Session, JobSummary)
         }
     }
     Err(ClientError::Server {
-        step: Step::Connect,
+        step: Step::Lookup,
         peer: asked.join(", "),
         code: tonic::Code::NotFound,
         message: format!(
             "no job {id} of yours there: it finished and its results were fetched or forgotten, the server \
-             restarted, or it belongs to another certificate (`lrpymrpc jobs` lists yours)"
+             restarted, or it belongs to another certificate (`lrpymrpc jobs` with the same server options lists yours)"
         ),
     })
 }
@@ -166,6 +166,9 @@ fn server_prefix(job: &Job, out: &Output, peer: &Peer) -> Output {
         None => out.clone(),
     }
 }
+
+/// The width of `lrpymrpc jobs`' STATE column: `running (detached)` fits.
+const STATE_WIDTH: usize = 18;
 
 /// One line of `lrpymrpc jobs`.
 fn row(summary: &JobSummary, server: &str) -> String {
@@ -183,5 +186,30 @@ fn row(summary: &JobSummary, server: &str) -> String {
     let one_line = |text: &str| clean_text(&text.replace(['\n', '\r', '\t'], " "));
     let command: String = one_line(&summary.command).chars().take(120).collect();
     let (id, state) = (one_line(&summary.unique_id), one_line(&state));
-    format!("{id:<36}  {state:<12}  {started:<20}  {ran:>9}  {server:<21}  {command}")
+    // A long state (`failed: why`) is cut to its column, so the columns stay aligned.
+    let state = match state.chars().count() > STATE_WIDTH {
+        true => format!("{}…", state.chars().take(STATE_WIDTH - 1).collect::<String>()),
+        false => state,
+    };
+    format!("{id:<36}  {state:<STATE_WIDTH$}  {started:<20}  {ran:>9}  {server:<21}  {command}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_state_keeps_the_columns_of_the_jobs_table() {
+        let summary = |state: &str| JobSummary {
+            unique_id: "00000000-0000-4000-8000-000000000001".into(),
+            state: state.into(),
+            command: "make".into(),
+            ..JobSummary::default()
+        };
+        let short = row(&summary("exited 0"), "10.0.0.5:8766");
+        let long = row(&summary("failed: the executor could not start the command on any node"), "10.0.0.5:8766");
+        let column = |line: &str| line.split("10.0.0.5").next().map(|before| before.chars().count());
+        assert_eq!(column(&short), column(&long), "\n{short}\n{long}");
+        assert!(long.contains("failed: the execu…"), "{long}");
+    }
 }

@@ -82,7 +82,7 @@ async fn supervise(job: &Job, out: &Output) -> Result<(), ClientError> {
     match out.step() {
         Step::Upload | Step::Execute => out.note("the server was told to stop the job and its remote processes"),
         Step::Download => out.note("results were not moved into place; earlier results are as they were"),
-        Step::Connect | Step::Check => {}
+        Step::Connect | Step::Check | Step::Lookup => {}
     }
     Err(outcome)
 }

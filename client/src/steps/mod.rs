@@ -87,7 +87,7 @@ fn say_detached(job: &Job, session: &Session, unique_id: &str, out: &Output) {
     }
     out.note(&format!(
         "the command runs on without this client; follow it and fetch its results with `{follow} attach {unique_id}` \
-         (`lrpymrpc jobs` lists your jobs, `lrpymrpc cancel {unique_id}` stops it)"
+         (`{follow} jobs` lists your jobs, `{follow} cancel {unique_id}` stops it)"
     ));
 }
 

@@ -119,6 +119,12 @@ fn detach_then_attach_from_elsewhere_gets_the_output_and_the_results() {
     assert!(detached.status.success(), "{stdout}{stderr}");
     let id = job_id(&stdout);
     assert!(stderr.contains(&format!("attach {id}")), "how to follow it: {stderr}");
+    // Each command the hint names carries the server options it needs.
+    let port = env.addr.port();
+    for command in ["jobs".to_string(), format!("cancel {id}")] {
+        let named = format!("--SERVER_PORT {port} --TLS_CONFIG_DIR {} {command}", env.tls.display());
+        assert!(stderr.contains(&named), "`{named}` in the hint: {stderr}");
+    }
     assert!(!stdout.contains("]:first"), "--detach does not follow: {stdout}");
     assert!(!env.work.join("run7").exists());
 
@@ -132,7 +138,16 @@ fn detach_then_attach_from_elsewhere_gets_the_output_and_the_results() {
         .args(["attach", &id])
         .assert()
         .code(103)
-        .stderr(predicate::str::contains("NOT_FOUND"));
+        .stderr(predicate::str::contains("lookup failed"))
+        .stderr(predicate::str::contains("NOT_FOUND"))
+        .stderr(predicate::str::contains("connect failed").not());
+    // Connection options go before the subcommand or after it, as people type them.
+    let (port, tls) = (env.addr.port().to_string(), env.tls.display().to_string());
+    env.bare_client()
+        .args(["jobs", "--SERVER_IP", "127.0.0.1", "--SERVER_PORT", &port, "--TLS_CONFIG_DIR", &tls])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(&id));
     client_as(&env, &mallory, &elsewhere).args(["cancel", &id]).assert().code(103);
 
     // Attached from another directory: the whole output, the status, the results there.
