@@ -13,7 +13,7 @@ use crate::CertError;
 use crate::request::pem_block;
 
 /// What a certificate says, read once.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Summary {
     /// The subject's common name.
     pub cn: Option<String>,

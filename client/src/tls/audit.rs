@@ -11,8 +11,9 @@ use lrpymrpc_certs::inspect::Summary;
 use crate::exit::ClientError;
 use crate::tls::ClientTls;
 
-/// A certificate expiring sooner than this gets a warning.
-const EXPIRY_WARNING_DAYS: i64 = 30;
+/// A certificate warns in the last fortnight of its life, or in its last tenth when
+/// that is shorter (a 30-day certificate warns for its last 3 days, not from day one).
+const EXPIRY_WARNING_DAYS: i64 = 14;
 
 /// How a finding bears on using the directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,8 +173,13 @@ fn bundle_validity(bundle: &[Summary], tls: &ClientTls) -> Vec<Finding> {
 }
 
 fn validity(cert: &Summary, cert_path: &str) -> Finding {
-    let now = now();
+    validity_at(cert, cert_path, now())
+}
+
+/// [`validity`] at the time `now` (Unix seconds).
+fn validity_at(cert: &Summary, cert_path: &str, now: i64) -> Finding {
     let days_left = (cert.not_after - now) / 86_400;
+    let warn_within = (EXPIRY_WARNING_DAYS * 86_400).min((cert.not_after - cert.not_before) / 10);
     if now < cert.not_before {
         Finding::problem(
             format!("`{cert_path}` is not valid yet (from {})", date(cert.not_before)),
@@ -184,7 +190,7 @@ fn validity(cert: &Summary, cert_path: &str) -> Finding {
             format!("`{cert_path}` expired on {}", date(cert.not_after)),
             Some("send a new CSR (`lrpymrpc tls init --force --cn NAME`) to the server's administrator"),
         )
-    } else if days_left < EXPIRY_WARNING_DAYS {
+    } else if cert.not_after - now < warn_within {
         Finding::warning(
             format!("`{cert_path}` expires in {days_left} days, on {}", date(cert.not_after)),
             Some("send a new CSR (`lrpymrpc tls init --force --cn NAME`) to the server's administrator soon"),
@@ -206,6 +212,22 @@ fn date(unix: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_certificate_warns_in_its_last_fortnight_or_tenth_whichever_is_shorter() {
+        const DAY: i64 = 86_400;
+        let lasting = |days: i64| {
+            let mut cert = Summary::default();
+            cert.not_after = days * DAY;
+            cert
+        };
+        let warns = |cert: &Summary, day: i64| validity_at(cert, "c.crt", day * DAY).level == Level::Warning;
+        let month = lasting(30);
+        assert!(!warns(&month, 0) && !warns(&month, 26), "a 30-day certificate is quiet until its last tenth");
+        assert!(warns(&month, 28));
+        let year = lasting(365);
+        assert!(!warns(&year, 340) && warns(&year, 352), "a year's certificate warns in its last fortnight");
+    }
 
     #[test]
     fn dates_are_utc_days() {
