@@ -32,6 +32,11 @@ const VENV_SUFFIX: &str = ".venv";
 /// A slot taken by an upload whose Execute never came is given back after this long.
 const UNUSED_SLOT_LIMIT: Duration = Duration::from_secs(120);
 
+/// How long after its last call a job whose command ended still counts as active
+/// for a draining server: its client checks and downloads at once, or not at all (a
+/// job whose pip failed, a client that went away), so a shutdown waits for no more.
+const FETCH_WINDOW: Duration = Duration::from_secs(10);
+
 /// Every job of this server.
 #[derive(Debug)]
 pub struct Jobs {
@@ -311,10 +316,11 @@ impl Jobs {
     }
 
     /// Jobs a client is still working with: a call in progress, a slot taken (its
-    /// command is about to run or running), or a command that ended but whose results
-    /// were not fetched yet.
+    /// command is about to run or running), or a command that ended within
+    /// [`FETCH_WINDOW`] whose results were not fetched yet.
     pub fn active(&self) -> usize {
-        self.table().values().filter(|e| e.in_use > 0 || e.slot.is_some() || matches!(e.phase, Phase::Ended(_))).count()
+        let fetching = |e: &Entry| matches!(e.phase, Phase::Ended(_)) && e.last_used.elapsed() < FETCH_WINDOW;
+        self.table().values().filter(|e| e.in_use > 0 || e.slot.is_some() || fetching(e)).count()
     }
 
     /// Jobs uploaded whose command has not started.

@@ -192,3 +192,27 @@ fn health_without_auth_answers_a_client_without_a_certificate_and_nothing_else_d
 fn uuid_zero() -> String {
     "00000000-0000-0000-0000-000000000000".into()
 }
+
+// Jobs whose pip failed end without their clients coming back for results: a draining
+// server does not wait its whole grace for them (it waited 30 s with `active=2` and
+// nothing running).
+#[test]
+fn a_draining_server_does_not_wait_for_jobs_whose_clients_are_gone() {
+    let mut env = TestEnv::bare();
+    let (mut server, port) = crate::env::spawn_server_binary(&env, &["--shutdown-grace", "120s"]);
+    env.set_addr(([127, 0, 0, 1], port).into());
+    env.write("source/x", "x");
+    for _ in 0..2 {
+        env.client()
+            .args(["--REPO_URL", "missing=./no-such-wheel-1.0-py3-none-any.whl", "--CMD", "true"])
+            .assert()
+            .failure()
+            .stderr(predicates::str::contains("pip"));
+    }
+    crate::env::send_signal(&server, libc::SIGTERM);
+    let status = crate::env::wait_exit(&mut server, Duration::from_secs(60));
+    assert!(status.success(), "{status:?}");
+    let log = std::fs::read_to_string(env.root.path().join("server.log")).unwrap();
+    assert!(log.contains("shutting down: no new jobs"), "{log}");
+    assert!(!log.contains("shutdown grace over"), "it did not wait out its grace: {log}");
+}
