@@ -63,6 +63,18 @@ struct Args {
     #[arg(long, value_name = "DIR", requires = "sandbox", help_heading = "Who may run what")]
     sandbox_show: Vec<PathBuf>,
 
+    /// A directory of wheels (a wheelhouse) pip looks in for REPO_URL's packages
+    /// (repeatable; jobs see it read-only, in the sandbox too): for compute servers
+    /// without the internet, with `--pip-no-index`. Fill it with `pip download -d DIR`
+    #[arg(long, value_name = "DIR", help_heading = "Python environments")]
+    pip_find_links: Vec<PathBuf>,
+    /// The package index pip uses instead of PyPI (a lab's mirror)
+    #[arg(long, value_name = "URL", help_heading = "Python environments")]
+    pip_index_url: Option<String>,
+    /// pip uses no index at all: only `--pip-find-links` and REPO_URL's own paths
+    #[arg(long, help_heading = "Python environments")]
+    pip_no_index: bool,
+
     /// Jobs at once (from Upload until the command ended, and each later command);
     /// beyond: RESOURCE_EXHAUSTED. Default 16; 256 with `--executor slurm`, where Slurm
     /// bounds what runs and the rest wait in its queue
@@ -393,6 +405,19 @@ fn check_config(file: &Path) -> anyhow::Result<()> {
     if let Some(metrics) = config.metrics_listen {
         println!("  metrics: http://{metrics}/metrics");
     }
+    let pip = &config.pip;
+    if !pip.find_links.is_empty() || pip.index_url.is_some() || pip.no_index {
+        let links: Vec<String> = pip.find_links.iter().map(|dir| dir.display().to_string()).collect();
+        let index = match (&pip.index_url, pip.no_index) {
+            (_, true) => "none (offline)".to_string(),
+            (Some(url), false) => url.clone(),
+            (None, false) => "PyPI".to_string(),
+        };
+        println!(
+            "  pip:     index {index}; wheelhouses: {}",
+            if links.is_empty() { "none".into() } else { links.join(", ") }
+        );
+    }
     if let ExecutorChoice::Slurm(_) = &config.executor {
         println!("  executor: slurm (the probe step saw the job root)");
     }
@@ -499,13 +524,27 @@ fn config_from(args: Args) -> anyhow::Result<Config> {
     if !allowed.is_empty() && tls.is_none() {
         anyhow::bail!("--allow-cn needs --tls-dir: over plaintext there is no certificate to check");
     }
+    for dir in &args.pip_find_links {
+        if !dir.is_absolute() || !dir.is_dir() {
+            anyhow::bail!(
+                "--pip-find-links `{}` is not an existing directory given by its absolute path\n\
+                 hint: fill a wheelhouse with `pip download -d /srv/wheelhouse PACKAGE ...` and name it",
+                dir.display()
+            );
+        }
+    }
+    let pip = crate::config::PipSources {
+        find_links: args.pip_find_links.clone(),
+        index_url: args.pip_index_url.clone(),
+        no_index: args.pip_no_index,
+    };
     let sandbox = match args.sandbox {
         true => Some(
             Sandbox::new(&SandboxPlan {
                 root: root.clone(),
                 tls_dir: args.tls_dir.clone(),
                 config_file: args.config.clone(),
-                show: args.sandbox_show.clone(),
+                show: args.sandbox_show.iter().chain(&args.pip_find_links).cloned().collect(),
             })
             .map_err(|why| anyhow::anyhow!("--sandbox: {why}; refusing to run jobs unsandboxed"))?,
         ),
@@ -574,6 +613,7 @@ fn config_from(args: Args) -> anyhow::Result<Config> {
         health_without_auth: args.health_without_auth,
         share_env_cache: args.share_env_cache,
         sandbox_network: args.sandbox_network,
+        pip,
         sandbox,
         legacy_protocol: args.legacy_protocol,
         ..Config::new(root, tls)

@@ -5,5 +5,5 @@ pub mod file;
 mod values;
 
 pub use values::{
-    Config, ConfigError, ExecutorChoice, TlsMaterial, UPLOAD_MIN_RATE, read_admin_file, read_allowed_cns,
+    Config, ConfigError, ExecutorChoice, PipSources, TlsMaterial, UPLOAD_MIN_RATE, read_admin_file, read_allowed_cns,
 };

@@ -10,6 +10,36 @@ use std::time::Duration;
 use lrpymrpc_archive::Limits;
 use lrpymrpc_certs::layout;
 
+/// Where pip finds packages (`--pip-find-links`, `--pip-index-url`, `--pip-no-index`).
+#[derive(Debug, Clone, Default)]
+pub struct PipSources {
+    /// Directories of wheels and sdists (a wheelhouse), read-only to jobs.
+    pub find_links: Vec<PathBuf>,
+    /// An index instead of PyPI (`https://pypi.lab.example/simple`).
+    pub index_url: Option<String>,
+    /// No index at all: only the wheelhouses and local paths (offline).
+    pub no_index: bool,
+}
+
+impl PipSources {
+    /// pip's arguments for these sources.
+    pub fn args(&self) -> Vec<std::ffi::OsString> {
+        let mut args = Vec::new();
+        for dir in &self.find_links {
+            args.push("--find-links".into());
+            args.push(dir.clone().into_os_string());
+        }
+        if let Some(url) = &self.index_url {
+            args.push("--index-url".into());
+            args.push(url.into());
+        }
+        if self.no_index {
+            args.push("--no-index".into());
+        }
+        args
+    }
+}
+
 /// The server's settings, validated.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -84,6 +114,9 @@ pub struct Config {
     pub share_env_cache: bool,
     /// Let sandboxed commands use the network (pip always may).
     pub sandbox_network: bool,
+    /// Where pip finds packages besides (or instead of) PyPI: a lab's wheelhouse or
+    /// its own index, for compute servers without the internet.
+    pub pip: PipSources,
     /// Run pip and the command inside bubblewrap, checked to work at start.
     pub sandbox: Option<crate::executor::sandbox::Sandbox>,
     /// Answer Execute exactly as a server predating the protocol extension does:
@@ -169,6 +202,7 @@ impl Config {
             health_without_auth: false,
             share_env_cache: false,
             sandbox_network: false,
+            pip: PipSources::default(),
             sandbox: None,
             legacy_protocol: false,
             executor: ExecutorChoice::Local,

@@ -123,6 +123,7 @@ async fn step(state: &Arc<State>, call: &Call, events: &Events) -> StepEnd {
         env_scope: if config.share_env_cache { "*" } else { &call.cn },
         sandbox: config.sandbox.as_ref(),
         sandbox_network: config.sandbox_network,
+        pip: &config.pip,
         merged_output: call.merged,
         progress_updates: call.progress_updates,
     };

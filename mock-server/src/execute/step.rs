@@ -37,6 +37,8 @@ pub struct Context<'a> {
     pub sandbox: Option<&'a Sandbox>,
     /// The command may use the network inside the sandbox (`--sandbox-network`).
     pub sandbox_network: bool,
+    /// Where pip finds packages (wheelhouses, an index).
+    pub pip: &'a crate::config::PipSources,
     /// Send stdout and stderr as one stream, in the order written (the client did not
     /// ask for separate streams).
     pub merged_output: bool,
@@ -219,10 +221,14 @@ async fn build_environment(
     // argv without a shell: a url is one argument, whatever it contains.
     let mut pip_args: Vec<OsString> =
         ["-m", "pip", "install", "--disable-pip-version-check", "--no-input"].iter().map(OsString::from).collect();
+    pip_args.extend(context.pip.args());
     pip_args.extend(requirements.iter().map(|r| OsString::from(&r.url)));
     let pip_args: Vec<&OsStr> = pip_args.iter().map(OsString::as_os_str).collect();
     let venv_python = venv.join("bin").join("python");
-    let reach = Reach { writable: &[venv], readable: artifacts, network: true };
+    // The wheelhouses are read-only to pip, in the sandbox too.
+    let wheelhouses: Vec<&Path> = context.pip.find_links.iter().map(PathBuf::as_path).collect();
+    let readable: Vec<&Path> = artifacts.iter().copied().chain(wheelhouses).collect();
+    let reach = Reach { writable: &[venv], readable: &readable, network: true };
     let env = [(OsString::from("PIP_NO_INPUT"), OsString::from("1"))];
     let pip = launch_in(context, job_dir, reach, Step::Setup, &env, venv_python.as_os_str(), &pip_args);
     let names: Vec<_> = requirements.iter().map(|r| r.url.as_str()).collect();

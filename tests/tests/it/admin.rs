@@ -37,6 +37,25 @@ fn check_config_passes_the_example_and_names_what_is_wrong() {
     let stdout = String::from_utf8_lossy(&checked.stdout);
     assert!(checked.status.success(), "{stdout}{}", String::from_utf8_lossy(&checked.stderr));
     assert!(stdout.contains("is valid") && stdout.contains("action cache: on"), "{stdout}");
+    // An offline server's pip sources are shown; a wheelhouse that is not there is named.
+    let wheelhouse = env.root.path().join("wheelhouse");
+    std::fs::create_dir_all(&wheelhouse).unwrap();
+    let offline = env.root.path().join("offline.toml");
+    let pip = format!("pip-find-links = [\"{}\"]\npip-no-index = true\n", wheelhouse.display());
+    std::fs::write(&offline, format!("{}{pip}", example_config(&env))).unwrap();
+    let checked = check_config(&offline);
+    let stdout = String::from_utf8_lossy(&checked.stdout);
+    assert!(checked.status.success(), "{stdout}{}", String::from_utf8_lossy(&checked.stderr));
+    let shown = format!("pip:     index none (offline); wheelhouses: {}", wheelhouse.display());
+    assert!(stdout.contains(&shown), "{stdout}");
+    std::fs::write(&offline, format!("{}{}", example_config(&env), pip.replace("wheelhouse", "no-wheelhouse")))
+        .unwrap();
+    let checked = check_config(&offline);
+    let stderr = String::from_utf8_lossy(&checked.stderr);
+    assert!(
+        !checked.status.success() && stderr.contains("--pip-find-links") && stderr.contains("no-wheelhouse"),
+        "{stderr}"
+    );
     let cases = [
         ("max-job = 4\n", "`max-job` is not an option"),
         ("max-jobs = \"many\"\n", "many"),

@@ -219,3 +219,27 @@ fn a_job_without_cmd_is_refused_before_anything_is_uploaded() {
     // Given in the environment, it runs.
     env.client().env("LRPYMRPC_CMD", "echo from-the-environment").assert().success();
 }
+
+// A compute server without the internet: the administrator gives pip a wheelhouse and
+// no index; a REPO_URL naming a package (not a path) installs from the wheelhouse.
+#[test]
+fn an_offline_server_installs_from_its_wheelhouse() {
+    let env = TestEnv::bare();
+    let package = env.root.path().join("pkgsrc/offlinegreeter");
+    std::fs::create_dir_all(&package).unwrap();
+    std::fs::write(package.join("__init__.py"), "def greet():\n    return 'hello from the wheelhouse'\n").unwrap();
+    let wheelhouse = env.root.path().join("wheelhouse");
+    build_wheel(&package, "offlinegreeter", &wheelhouse);
+    let sources =
+        lrpymrpc_mock_server::config::PipSources { find_links: vec![wheelhouse], index_url: None, no_index: true };
+    let env = env.serve_configured(|config| config.pip = sources);
+    env.write("source/x", "x");
+    let prefix = env.prefix();
+    env.client()
+        .args(["--REPO_URL", "offlinegreeter=offlinegreeter"])
+        .args(["--CMD", "python -c \"import offlinegreeter; print(offlinegreeter.greet())\""])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(format!("{prefix}Successfully installed offlinegreeter-0.1.0")))
+        .stdout(predicate::str::contains(format!("{prefix}hello from the wheelhouse\n")));
+}
