@@ -204,6 +204,18 @@ struct Args {
     /// (after a tool or server update that changes what runs make)
     #[arg(long, value_name = "TEXT", default_value = "", help_heading = "Action cache")]
     action_cache_salt: String,
+    /// A command whose output runs depend on (repeatable), such as `ngspice --version`:
+    /// what it prints is part of every run's key, so after an upgrade no record made by
+    /// the old tool answers
+    #[arg(long, value_name = "COMMAND", help_heading = "Action cache")]
+    action_cache_tool: Vec<String>,
+    /// A file or directory runs depend on (repeatable), such as a PDK's model files:
+    /// what it holds is part of every run's key
+    #[arg(long, value_name = "PATH", help_heading = "Action cache")]
+    action_cache_path: Vec<PathBuf>,
+    /// How long the tools' and paths' fingerprint is trusted before it is taken again
+    #[arg(long, value_name = "DURATION", default_value = "60s", help_heading = "Action cache")]
+    action_cache_tools_refresh: DurationArg,
     /// Serve records to every CN, not only to the one whose run made them. Any user
     /// then gets results another user's run made (see the README)
     #[arg(long, help_heading = "Action cache")]
@@ -396,12 +408,21 @@ fn check_config(file: &Path) -> anyhow::Result<()> {
         None => println!("  tls:     none: PLAINTEXT, anyone who reaches the port can run commands"),
     }
     let on = |flag: bool| if flag { "on" } else { "off" };
+    let tools = crate::store::tools::Tools::new(
+        config.action_cache_tools.clone(),
+        config.action_cache_paths.clone(),
+        std::time::Duration::ZERO,
+    );
     println!(
         "  content store: {}, action cache: {}, sandbox: {}",
         on(config.cas),
         on(config.action_cache),
         on(config.sandbox.is_some())
     );
+    if config.action_cache && !tools.is_empty() {
+        let (commands, paths) = (config.action_cache_tools.len(), config.action_cache_paths.len());
+        println!("  action cache tools: {} ({commands} commands, {paths} paths)", tools.fingerprint());
+    }
     if let Some(metrics) = config.metrics_listen {
         println!("  metrics: http://{metrics}/metrics");
     }
@@ -607,6 +628,9 @@ fn config_from(args: Args) -> anyhow::Result<Config> {
         action_cache: args.action_cache,
         action_cache_max_bytes: args.action_cache_max_bytes.0,
         action_cache_salt: args.action_cache_salt.clone(),
+        action_cache_tools: args.action_cache_tool.clone(),
+        action_cache_paths: args.action_cache_path.clone(),
+        action_cache_tools_refresh: args.action_cache_tools_refresh.0,
         share_action_cache: args.share_action_cache,
         metrics_listen: args.metrics_listen,
         metrics_per_cn: args.metrics_per_cn,

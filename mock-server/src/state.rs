@@ -31,6 +31,8 @@ pub struct State {
     pub known_trees: crate::store::known_trees::KnownTrees,
     /// Recorded runs (`--action-cache`), beside the store.
     pub action_cache: Option<Arc<ActionCache>>,
+    /// What cached runs depend on beyond their inputs (`--action-cache-tool`, `-path`).
+    pub action_cache_tools: Arc<crate::store::tools::Tools>,
     /// What `--metrics-listen` serves (always counted: it costs nothing to keep).
     pub metrics: Arc<crate::net::metrics::Metrics>,
     /// Durable runs' spools (`ExecuteRequest.durability`).
@@ -93,6 +95,11 @@ impl State {
                 SlurmExecutor::new(options.clone(), &config.root, config.job_timeout).map_err(std::io::Error::other)?,
             ),
         };
+        let action_cache_tools = Arc::new(crate::store::tools::Tools::new(
+            config.action_cache_tools.clone(),
+            config.action_cache_paths.clone(),
+            config.action_cache_tools_refresh,
+        ));
         let state = State {
             config,
             jobs,
@@ -103,6 +110,7 @@ impl State {
             spares,
             known_trees: Default::default(),
             action_cache,
+            action_cache_tools,
             metrics,
             spools: Arc::new(crate::jobs::spool::Spools::new(spool_bounds.0, spool_bounds.1, spool_bounds.2)),
             draining: AtomicBool::new(false),

@@ -101,6 +101,12 @@ pub struct Config {
     pub action_cache_max_bytes: u64,
     /// Part of every run's key: changing it drops every record at once.
     pub action_cache_salt: String,
+    /// Commands whose output a cached run depends on (`ngspice --version`).
+    pub action_cache_tools: Vec<String>,
+    /// Files and directories a cached run depends on (model libraries).
+    pub action_cache_paths: Vec<PathBuf>,
+    /// How long a fingerprint of those is trusted before it is taken again.
+    pub action_cache_tools_refresh: Duration,
     /// Records serve every CN, not only the one whose run made them.
     pub share_action_cache: bool,
     /// Where Prometheus scrapes `GET /metrics` (`metrics.rs`); `None`: not served.
@@ -196,6 +202,9 @@ impl Config {
             action_cache: false,
             action_cache_max_bytes: 16 << 30,
             action_cache_salt: String::new(),
+            action_cache_tools: Vec::new(),
+            action_cache_paths: Vec::new(),
+            action_cache_tools_refresh: Duration::from_secs(60),
             share_action_cache: false,
             metrics_listen: None,
             metrics_per_cn: false,

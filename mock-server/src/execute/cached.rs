@@ -93,8 +93,19 @@ pub async fn plan(state: &State, run: Run<'_>, ask: &CacheAsk, events: &Events) 
         (Some(_), true) => "+sandbox+network",
     };
     let executor = format!("{}{sandbox}", config.executor.name());
-    let parts =
-        ActionParts { cn, input_root, command, results: &ask.results, environment: &environment, executor: &executor };
+    // The server's own tools and data, as the administrator named them: commands run
+    // and files read, off the async threads.
+    let tools = state.action_cache_tools.clone();
+    let tools = tokio::task::spawn_blocking(move || tools.fingerprint()).await.unwrap_or_else(|e| e.to_string());
+    let parts = ActionParts {
+        cn,
+        input_root,
+        command,
+        results: &ask.results,
+        environment: &environment,
+        executor: &executor,
+        tools: &tools,
+    };
     let key = cache.key(&parts);
     // Lines of a run this one followed, already sent.
     let mut followed = 0;

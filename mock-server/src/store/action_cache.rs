@@ -101,6 +101,8 @@ pub struct ActionParts<'a> {
     pub environment: &'a str,
     /// Where and how commands run here (`local`, `local+sandbox`, ...).
     pub executor: &'a str,
+    /// The fingerprint of the server's tools and data runs depend on (`none`).
+    pub tools: &'a str,
 }
 
 #[derive(Debug)]
@@ -248,6 +250,7 @@ impl ActionCache {
             ("results", &results.join(" ")),
             ("environment", parts.environment),
             ("executor", parts.executor),
+            ("tools", parts.tools),
         ] {
             hasher.update(format!("{name} {}\n", value.len()).as_bytes());
             hasher.update(value.as_bytes());
@@ -379,6 +382,7 @@ mod tests {
             results: "build  out",
             environment: "none",
             executor: "local",
+            tools: "none",
         }
     }
 
@@ -393,6 +397,7 @@ mod tests {
         assert_ne!(base, cache.key(&ActionParts { results: "build", ..parts("alice", "make") }));
         assert_ne!(base, cache.key(&ActionParts { environment: "e1", ..parts("alice", "make") }));
         assert_ne!(base, cache.key(&ActionParts { executor: "local+sandbox", ..parts("alice", "make") }));
+        assert_ne!(base, cache.key(&ActionParts { tools: "ngspice-42", ..parts("alice", "make") }));
         // No part can pass for another: lengths come first.
         let shifted = ActionParts { command: "make\n", results: "build out", ..parts("alice", "make") };
         assert_ne!(base, cache.key(&shifted));

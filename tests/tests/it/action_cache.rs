@@ -267,3 +267,30 @@ fn another_repo_url_runs_and_the_same_one_is_served() {
     assert!(out.contains("]:hello one") && said.contains("served from cache"), "{out}{said}");
     assert_eq!(runs(&env), 2);
 }
+
+// The server's own tools count: after `ngspice` (here a file its version command reads)
+// is upgraded, no record made by the old one answers; back at the old version, the
+// old records answer again.
+#[test]
+fn a_tool_upgrade_on_the_server_is_never_served_from_the_old_tools_records() {
+    let version = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(version.path(), "ngspice-39\n").unwrap();
+    let tool = format!("cat '{}'", version.path().display());
+    let env = TestEnv::configured(|config| {
+        config.action_cache = true;
+        config.action_cache_tools = vec![tool];
+        config.action_cache_tools_refresh = std::time::Duration::ZERO;
+    });
+    env.write("source/input.txt", "v1\n");
+    let served = |output: &std::process::Output| {
+        assert!(output.status.success(), "{}", text(&output.stderr));
+        text(&output.stderr).contains("served from cache")
+    };
+    assert!(!served(&run(&env, &step(&env), &[])));
+    assert!(served(&run(&env, &step(&env), &[])), "the same tools: served");
+    std::fs::write(version.path(), "ngspice-42\n").unwrap();
+    assert!(!served(&run(&env, &step(&env), &[])), "an upgraded tool: the step runs");
+    assert_eq!(runs(&env), 2);
+    std::fs::write(version.path(), "ngspice-39\n").unwrap();
+    assert!(served(&run(&env, &step(&env), &[])), "the old tools' record answers the old tools");
+}
