@@ -242,6 +242,11 @@ fn hint_for(fault: &TransportFault, target: &Peer) -> Option<String> {
              revoked); check it with the server's administrator"
                 .into()
         }
+        TransportFault::NotHttp2 => {
+            "the server requires mutual TLS: give --TLS_CONFIG_DIR DIR (your certificate, key and the CA; \
+             `lrpymrpc tls init` makes the key and request)"
+                .into()
+        }
         TransportFault::Closed | TransportFault::NotTls if target.tls.is_none() => {
             "the server may require mutual TLS: give --TLS_CONFIG_DIR".into()
         }

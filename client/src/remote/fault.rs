@@ -27,6 +27,9 @@ pub enum TransportFault {
     Alert,
     /// The server answered with something that is not TLS: a plaintext server.
     NotTls,
+    /// A plaintext connection got an answer that is no HTTP/2 frame (an invalid frame
+    /// size: a TLS record): a TLS server.
+    NotHttp2,
     /// The connection was closed or reset.
     Closed,
     /// None of the above.
@@ -55,6 +58,10 @@ impl TransportFault {
                     TransportFault::Closed => found = TransportFault::Closed,
                     fault => return fault,
                 }
+            }
+            // An answer that is no HTTP/2 at all: a TLS server to a plaintext client.
+            if current.downcast_ref::<h2::Error>().is_some_and(|http2| http2.reason() == Some(h2::Reason::FRAME_SIZE_ERROR)) {
+                return TransportFault::NotHttp2;
             }
             // The server hung up after the handshake (TLS 1.3: a refused certificate
             // shows only then) or mid-call.
@@ -127,6 +134,7 @@ impl TransportFault {
             TransportFault::ServerCertificateExpired => "the server's certificate is expired or not valid yet".into(),
             TransportFault::BadServerCertificate(why) => format!("the server's certificate is unusable: {why}"),
             TransportFault::NotTls => "the server did not answer in TLS".into(),
+            TransportFault::NotHttp2 => "the server answered in something other than plaintext HTTP/2: it speaks TLS".into(),
             // Its own words say which alert; ours could not.
             TransportFault::Alert | TransportFault::Closed | TransportFault::Other => return None,
         })

@@ -222,7 +222,7 @@ async fn accept_loop(
                 }
                 Ok(Err(error)) => {
                     metrics.refused("handshake");
-                    warn!(peer = %peer, reason = error.to_string().as_str(), "TLS handshake refused");
+                    warn!(peer = %peer, reason = handshake_failure(&error).as_str(), "TLS handshake refused");
                 }
                 Err(_) => {
                     metrics.refused("handshake");
@@ -282,3 +282,16 @@ impl ClosedAtCap {
         self.last_log = Some(Instant::now());
     }
 }
+/// Why a handshake failed, in words that point at the fix: a first byte that is no TLS
+/// record (rustls's `InvalidContentType`) is a client that spoke plaintext, such as an
+/// lrPymRPC client without `--TLS_CONFIG_DIR`; anything else as rustls says it.
+fn handshake_failure(error: &std::io::Error) -> String {
+    let rustls_error = error.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    match rustls_error {
+        Some(rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType)) => {
+            "the client spoke plaintext, not TLS (a client without --TLS_CONFIG_DIR?)".into()
+        }
+        _ => error.to_string(),
+    }
+}
+

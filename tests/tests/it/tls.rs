@@ -192,3 +192,27 @@ fn plaintext_against_tls_and_tls_against_plaintext_each_get_one_message_with_a_h
             .stderr(predicate::str::contains("hint: the server may require mutual TLS: give --TLS_CONFIG_DIR"));
     }
 }
+
+// A client without --TLS_CONFIG_DIR speaks plaintext to a server that wants TLS: both
+// sides say so in words (not `frame with invalid size`), and the client does not try
+// again what cannot work.
+#[test]
+fn a_plaintext_client_and_a_tls_server_each_say_what_is_wrong() {
+    let mut env = TestEnv::bare();
+    let (mut server, port) = crate::env::spawn_server_binary(&env, &[]);
+    env.set_addr(([127, 0, 0, 1], port).into());
+    env.write("source/x", "x");
+    let output = env
+        .bare_client()
+        .args(["--SERVER_IP", "127.0.0.1", "--SERVER_PORT", &port.to_string(), "--CMD", "true"])
+        .output()
+        .unwrap();
+    crate::env::send_signal(&server, libc::SIGKILL);
+    crate::env::wait_exit(&mut server, std::time::Duration::from_secs(10));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(102), "{stderr}");
+    assert!(stderr.contains("it speaks TLS") && stderr.contains("hint: the server requires mutual TLS"), "{stderr}");
+    assert!(!stderr.contains("frame with invalid size") && !stderr.contains("tried "), "{stderr}");
+    let log = std::fs::read_to_string(env.root.path().join("server.log")).unwrap();
+    assert!(log.contains("the client spoke plaintext, not TLS"), "{log}");
+}
