@@ -320,10 +320,26 @@ pub fn main_impl() -> ExitCode {
     match dispatch() {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("{SERVER_NAME}: error: {error:#}");
+            eprintln!("{SERVER_NAME}: error: {}", in_words(&error));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes on one line, a cause left out when the text before it
+/// already says it (an I/O error quoted by the error that wraps it is said once).
+fn in_words(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let said = cause.to_string();
+        if !text.contains(&said) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&said);
+        }
+    }
+    text
 }
 
 fn dispatch() -> anyhow::Result<()> {
@@ -523,7 +539,13 @@ fn serve(args: Args) -> anyhow::Result<()> {
 /// and the allow-list checked, the sandbox proven to work.
 fn config_from(args: Args) -> anyhow::Result<Config> {
     let tls = match &args.tls_dir {
-        Some(dir) => Some(TlsMaterial::from_dir(dir).with_context(|| format!("--tls-dir `{}`", dir.display()))?),
+        Some(dir) => Some(TlsMaterial::from_dir(dir).map_err(|error| {
+            anyhow::anyhow!(
+                "--tls-dir `{}`: {error}\nhint: name the directory `{SERVER_NAME} ca init DIR` wrote (it holds \
+                 server/server.crt, server/server.key and ca/ca.crt)",
+                dir.display()
+            )
+        })?),
         None => None,
     };
     if let Some(key) = args.tls_dir.as_deref().map(layout::legacy_ca_key).filter(|key| key.exists()) {
@@ -654,5 +676,18 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = async { match terminate.as_mut() { Some(s) => { s.recv().await; } None => std::future::pending().await } } => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_quoted_by_its_wrapper_is_said_once() {
+        let io = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let said = io.to_string();
+        let error = anyhow::Error::new(io).context(format!("cannot read `x.crt`: {said}")).context("--tls-dir `d`");
+        assert_eq!(in_words(&error), format!("--tls-dir `d`: cannot read `x.crt`: {said}"));
     }
 }

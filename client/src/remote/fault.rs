@@ -60,7 +60,10 @@ impl TransportFault {
                 }
             }
             // An answer that is no HTTP/2 at all: a TLS server to a plaintext client.
-            if current.downcast_ref::<h2::Error>().is_some_and(|http2| http2.reason() == Some(h2::Reason::FRAME_SIZE_ERROR)) {
+            if current
+                .downcast_ref::<h2::Error>()
+                .is_some_and(|http2| http2.reason() == Some(h2::Reason::FRAME_SIZE_ERROR))
+            {
                 return TransportFault::NotHttp2;
             }
             // The server hung up after the handshake (TLS 1.3: a refused certificate
@@ -134,7 +137,9 @@ impl TransportFault {
             TransportFault::ServerCertificateExpired => "the server's certificate is expired or not valid yet".into(),
             TransportFault::BadServerCertificate(why) => format!("the server's certificate is unusable: {why}"),
             TransportFault::NotTls => "the server did not answer in TLS".into(),
-            TransportFault::NotHttp2 => "the server answered in something other than plaintext HTTP/2: it speaks TLS".into(),
+            TransportFault::NotHttp2 => {
+                "the server answered in something other than plaintext HTTP/2: it speaks TLS".into()
+            }
             // Its own words say which alert; ours could not.
             TransportFault::Alert | TransportFault::Closed | TransportFault::Other => return None,
         })

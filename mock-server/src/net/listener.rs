@@ -294,4 +294,3 @@ fn handshake_failure(error: &std::io::Error) -> String {
         _ => error.to_string(),
     }
 }
-

@@ -122,3 +122,19 @@ fn the_example_unit_passes_systemd_analyze_verify() {
     let said = format!("{}{}", String::from_utf8_lossy(&verified.stdout), String::from_utf8_lossy(&verified.stderr));
     assert!(verified.status.success() && said.trim().is_empty(), "{said}");
 }
+
+// A TLS directory without the server's files: the OS error said once, and where the
+// files come from.
+#[test]
+fn a_tls_dir_without_the_servers_files_is_said_once_with_the_fix() {
+    let env = TestEnv::bare();
+    let wrong = env.tls.join("server");
+    let output = output_within(
+        Command::new(SERVER).args(["--listen", "127.0.0.1:0", "--root"]).arg(&env.jobs).arg("--tls-dir").arg(&wrong),
+        PROCESS_LIMIT,
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert_eq!(stderr.matches("No such file or directory").count(), 1, "{stderr}");
+    assert!(stderr.contains("hint: name the directory `lrpymrpc-server ca init DIR` wrote"), "{stderr}");
+}
