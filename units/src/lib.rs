@@ -10,7 +10,7 @@
 //! read them. Case does not matter, except that a lone `b` is refused (bit or byte?).
 //!
 //! Bytes as people read digests and fingerprints: [`hex`], the one encoder of the
-//! workspace.
+//! workspace. Names as people mistype them: [`closest`].
 
 use std::fmt;
 use std::str::FromStr;
@@ -229,9 +229,29 @@ pub fn hex(bytes: &[u8]) -> String {
     text
 }
 
+/// The candidate a mistyped name most likely meant (`max-job` -> `max-jobs`), as clap
+/// suggests on the command line; `None` when nothing is close.
+pub fn closest<'a>(typed: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let typed = typed.to_ascii_lowercase();
+    candidates
+        .into_iter()
+        .map(|candidate| (strsim::jaro_winkler(&typed, &candidate.to_ascii_lowercase()), candidate))
+        .filter(|(score, _)| *score > 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, candidate)| candidate)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_mistyped_name_finds_what_it_meant_and_nonsense_finds_nothing() {
+        let options = ["max-jobs", "max-jobs-per-cn", "root", "SERVER_IP"];
+        assert_eq!(closest("max-job", options), Some("max-jobs"));
+        assert_eq!(closest("SERVR_IP", options), Some("SERVER_IP"));
+        assert_eq!(closest("colour", options), None);
+    }
 
     #[test]
     fn durations_read_the_usual_forms() {

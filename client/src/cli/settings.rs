@@ -249,10 +249,12 @@ fn file_arguments(
                 .chain(arg.get_all_aliases().into_iter().flatten())
                 .any(|l| normalize(l) == wanted)
         }) else {
-            return Err(refuse(
-                format!("`{key}` is not an option"),
-                Some("use a long option name such as `SERVER_IP` or `server-ip`; see `lrpymrpc --help`".into()),
-            ));
+            let longs = command.get_arguments().filter_map(|arg| arg.get_long());
+            let hint = match lrpymrpc_units::closest(key.trim_start_matches('-'), longs) {
+                Some(meant) => format!("did you mean `{meant}`?"),
+                None => "use a long option name such as `SERVER_IP` or `server-ip`; see `lrpymrpc --help`".into(),
+            };
+            return Err(refuse(format!("`{key}` is not an option"), Some(hint)));
         };
         let id = arg.get_id().as_str();
         if matches!(matches.value_source(id), Some(ValueSource::CommandLine | ValueSource::EnvVariable)) {
@@ -301,6 +303,7 @@ mod tests {
     fn unknown_options_and_bad_flags_name_the_line() {
         let error = arguments("\nSERVR_IP = x\n", &[]).unwrap_err();
         assert!(error.to_string().contains("line 2: `SERVR_IP` is not an option"), "{error}");
+        assert!(format!("{error:?}").contains("did you mean `SERVER_IP`?"), "{error:?}");
         let error = arguments("quiet = maybe", &[]).unwrap_err();
         assert!(error.to_string().contains("must be `true` or `false`"), "{error}");
         assert!(arguments("just words", &[]).is_err());

@@ -28,10 +28,11 @@ pub fn arguments<C: CommandFactory>(
     let mut arguments = Vec::new();
     for (key, value) in table {
         if key == "config" || !options.contains(&key) {
-            return Err(format!(
-                "config file `{file}`: `{key}` is not an option of {SERVER_NAME}\n\
-                 hint: keys are the long options without `--` (`{SERVER_NAME} --help`), at the top level"
-            ));
+            let hint = match lrpymrpc_units::closest(&key, options.iter().map(String::as_str)) {
+                Some(meant) => format!("did you mean `{meant}`?"),
+                None => format!("keys are the long options without `--` (`{SERVER_NAME} --help`), at the top level"),
+            };
+            return Err(format!("config file `{file}`: `{key}` is not an option of {SERVER_NAME}\nhint: {hint}"));
         }
         if set_on_command_line.contains(&key) {
             continue;
@@ -103,6 +104,7 @@ mod tests {
         let path = Path::new("server.toml");
         let error = arguments::<Demo>(path, "max-job = 8\n", &HashSet::new()).unwrap_err();
         assert!(error.contains("`server.toml`") && error.contains("`max-job` is not an option"), "{error}");
+        assert!(error.contains("hint: did you mean `max-jobs`?"), "{error}");
         let error = arguments::<Demo>(path, "[limits]\nmax-jobs = 8\n", &HashSet::new()).unwrap_err();
         assert!(error.contains("`limits` is not an option") || error.contains("section"), "{error}");
         let error = arguments::<Demo>(path, "tls-dir = { a = 1 }\n", &HashSet::new()).unwrap_err();
