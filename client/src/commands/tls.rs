@@ -34,7 +34,18 @@ pub fn init(cn: &str, dir_arg: &str, force: bool) -> Result<(), ClientError> {
             ),
         });
     }
-    let pair = request::key_and_request(cn).map_err(|e| ClientError::local(format!("--cn `{cn}`: {e}")))?;
+    // A usage mistake, said before any file is touched (an unset `$USER` in a script
+    // makes `--cn "$USER"` empty).
+    if cn.trim().is_empty() {
+        return Err(ClientError::Usage {
+            message: "--cn is empty: a certificate needs a name (the CN the server's allow-list names)".into(),
+            hint: Some("give your user name, e.g. --cn \"$(id -un)\" (an empty $USER gives --cn \"\")".into()),
+        });
+    }
+    let pair = request::key_and_request(cn).map_err(|e| ClientError::Usage {
+        message: format!("--cn `{cn}`: {e}"),
+        hint: Some("a CN is a user or machine name: letters, digits, `.`, `-`, `_`".into()),
+    })?;
     let written = |e: lrpymrpc_certs::CertError| ClientError::local(e.to_string());
     write_private(&files.key, &pair.key_pem).map_err(written)?;
     write_public(&csr_path, &pair.cert_pem).map_err(written)?;

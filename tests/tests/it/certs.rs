@@ -319,3 +319,19 @@ fn a_job_makes_the_local_checks_first_and_speaks_their_words() {
         .stderr(predicate::str::contains("`lrpymrpc tls check` checks every file"));
     assert_eq!(env.job_dirs(), jobs_before);
 }
+
+// `--cn "$USER"` with $USER unset is a usage mistake: exit 2 with the fix, nothing
+// written.
+#[test]
+fn an_empty_cn_is_a_usage_error_and_writes_nothing() {
+    let env = TestEnv::bare();
+    let dir = env.root.path().join("mine");
+    env.bare_client()
+        .args(["tls", "init", "--cn", "", "--dir"])
+        .arg(&dir)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("--cn is empty"))
+        .stderr(predicate::str::contains("hint: give your user name"));
+    assert!(!dir.exists(), "nothing was written");
+}
