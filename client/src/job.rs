@@ -192,7 +192,7 @@ impl Job {
 
 impl Job {
     /// The job as `lrpymrpc attach` finishes it: RESULT, RUN_NAME and `--results-dir`
-    /// as the user typed them when it started (`kept` on this machine, `detached.rs`),
+    /// as the user typed them when it started (`kept` on this machine, `remote/detached.rs`),
     /// or the RESULT paths given to attach now (`fetch`). A server's list (`server`)
     /// only narrows what is fetched, never adds to it: a hostile server cannot make
     /// attach write `Makefile` or `.git/hooks/pre-commit` here. Without either, a job

@@ -436,8 +436,10 @@ fn check_config(file: &Path) -> anyhow::Result<()> {
         on(config.sandbox.is_some())
     );
     if config.action_cache && !tools.is_empty() {
-        let (commands, paths) = (config.action_cache_tools.len(), config.action_cache_paths.len());
-        println!("  action cache tools: {} ({commands} commands, {paths} paths)", tools.fingerprint());
+        let count = |n: usize, noun| lrpymrpc_units::count_of(n as u64, noun);
+        let (commands, paths) =
+            (count(config.action_cache_tools.len(), "command"), count(config.action_cache_paths.len(), "path"));
+        println!("  action cache tools: {} ({commands}, {paths})", tools.fingerprint());
     }
     if let Some(metrics) = config.metrics_listen {
         println!("  metrics: http://{metrics}/metrics");
@@ -575,6 +577,16 @@ fn config_from(args: Args) -> anyhow::Result<Config> {
                 dir.display()
             );
         }
+    }
+    if args.action_cache {
+        let tools = crate::store::tools::Tools::new(
+            args.action_cache_tool.clone(),
+            args.action_cache_path.clone(),
+            std::time::Duration::ZERO,
+        );
+        tools.check().map_err(|why| {
+            anyhow::anyhow!("{why}\nhint: name commands that print the tool's version and exit 0, and paths that exist")
+        })?;
     }
     let pip = crate::config::PipSources {
         find_links: args.pip_find_links.clone(),

@@ -1,7 +1,7 @@
 //! `lrpymrpc tls init` and `lrpymrpc tls check`: a user's side of certificate
 //! bootstrap, without openssl. `init` makes a key (0600) and a CSR for a CN in the
 //! nested layout and says what to send and where the answer goes; `check` says whether
-//! the directory is usable (the findings of `tls_audit`), and whether the server a job
+//! the directory is usable (the findings of `tls::audit`), and whether the server a job
 //! would use and this client accept each other.
 
 use std::process::ExitCode;

@@ -263,26 +263,7 @@ mod tests {
     use std::io::{self, ErrorKind};
 
     use super::*;
-
-    /// An error that wraps another, as transport layers do.
-    #[derive(Debug)]
-    struct Wrapped(io::Error);
-
-    impl std::fmt::Display for Wrapped {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("transport error")
-        }
-    }
-
-    impl std::error::Error for Wrapped {
-        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-            Some(&self.0)
-        }
-    }
-
-    fn tls(error: rustls::Error) -> Wrapped {
-        Wrapped(io::Error::new(ErrorKind::InvalidData, error))
-    }
+    use crate::remote::fault::wrapped::tls;
 
     fn peer(tls: bool) -> Peer {
         let files = lrpymrpc_certs::layout::client_nested(std::path::Path::new("/tls"));

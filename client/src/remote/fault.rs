@@ -146,15 +146,15 @@ impl TransportFault {
     }
 }
 
+/// Errors shaped as the transport layers hand them over, for the tests of this module
+/// and of `connect.rs`.
 #[cfg(test)]
-mod tests {
+pub(crate) mod wrapped {
     use std::io;
-
-    use super::*;
 
     /// An error that wraps another, as transport layers do.
     #[derive(Debug)]
-    struct Wrapped(io::Error);
+    pub(crate) struct Wrapped(pub(crate) io::Error);
 
     impl std::fmt::Display for Wrapped {
         fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -168,9 +168,18 @@ mod tests {
         }
     }
 
-    fn tls(error: rustls::Error) -> Wrapped {
-        Wrapped(io::Error::new(ErrorKind::InvalidData, error))
+    /// A rustls error inside an I/O error, as tokio-rustls reports it.
+    pub(crate) fn tls(error: rustls::Error) -> Wrapped {
+        Wrapped(io::Error::new(io::ErrorKind::InvalidData, error))
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+
+    use super::wrapped::{Wrapped, tls};
+    use super::*;
 
     #[test]
     fn faults_are_read_from_the_error_types_through_wrappers() {

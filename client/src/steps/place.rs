@@ -8,10 +8,10 @@
 //! do not answer the call (legacy) come after in list order. A server that cannot be
 //! reached, is draining or full is skipped and the next one tried, before Execute only
 //! (a job that started belongs to its server: it never runs twice); one that refused
-//! the connection or could not be reached is remembered for a minute (`backoff.rs`). A
+//! the connection or could not be reached is remembered for a minute (`remote/backoff.rs`). A
 //! refused certificate or a CN the server does not allow is said, never skipped: it is
 //! a misconfiguration to fix, not a server to avoid. When every server is full the
-//! step waits for a slot (`queue.rs`).
+//! step waits for a slot (`remote/queue.rs`).
 
 use futures_util::future::join_all;
 

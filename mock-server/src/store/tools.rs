@@ -34,20 +34,19 @@ impl Tools {
     }
 
     /// The fingerprint now: the last one while fresh, else taken again (blocking: the
-    /// commands run and the files are read; call it off the async threads).
+    /// commands run and the files are read; call it off the async threads). Taken
+    /// once for all the callers that find it stale together: they wait for it.
     pub fn fingerprint(&self) -> String {
         if self.is_empty() {
             return "none".into();
         }
-        let fresh = |taken: &Option<(Instant, String)>| match taken {
-            Some((at, print)) if at.elapsed() < self.refresh => Some(print.clone()),
-            _ => None,
-        };
-        if let Some(print) = fresh(&self.taken.lock().unwrap_or_else(|p| p.into_inner())) {
-            return print;
-        }
-        let print = self.take();
         let mut taken = self.taken.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, print)) = taken.as_ref()
+            && at.elapsed() < self.refresh
+        {
+            return print.clone();
+        }
+        let print = self.take().0;
         if let Some((_, before)) = taken.as_ref()
             && *before != print
         {
@@ -57,8 +56,20 @@ impl Tools {
         print
     }
 
-    /// Runs every command and reads every path: one digest of what they said and hold.
-    fn take(&self) -> String {
+    /// At start (and in `check-config`): every command runs and succeeds, every path
+    /// is there. A tool that cannot run would fingerprint its own error message and
+    /// hide every later upgrade.
+    pub fn check(&self) -> Result<(), String> {
+        match self.take().1 {
+            Some(why) => Err(why),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs every command and reads every path: one digest of what they said and hold,
+    /// and the first one that failed, in words.
+    fn take(&self) -> (String, Option<String>) {
+        let mut failed = None;
         let mut hasher = Hasher::default();
         let mut part = |name: &str, bytes: &[u8]| {
             hasher.update(format!("{name} {}\n", bytes.len()).as_bytes());
@@ -66,9 +77,17 @@ impl Tools {
         };
         for command in &self.commands {
             part("command", command.as_bytes());
-            part("said", &run(command));
+            let (said, ok) = run(command);
+            if !ok {
+                let said = String::from_utf8_lossy(&said);
+                failed.get_or_insert_with(|| format!("--action-cache-tool `{command}` failed: {}", said.trim()));
+            }
+            part("said", &said);
         }
         for path in &self.paths {
+            if std::fs::metadata(path).is_err() {
+                failed.get_or_insert_with(|| format!("--action-cache-path `{}` does not exist", path.display()));
+            }
             part("path", path.as_os_str().as_encoded_bytes());
             // The path itself may be a link (`/opt/pdk/current`): what it names counts.
             let mut files = Vec::new();
@@ -79,24 +98,28 @@ impl Tools {
                 part("holds", &std::fs::read(&file).unwrap_or_else(|e| format!("unreadable: {e}").into_bytes()));
             }
         }
-        hasher.finish().hash
+        (hasher.finish().hash, failed)
     }
 }
 
-/// What `command` (through `sh -c`) printed on stdout and stderr, and how it ended.
-fn run(command: &str) -> Vec<u8> {
+/// What `command` (through `sh -c`, in a process group of its own) printed on stdout
+/// and stderr and how it ended, and whether it succeeded within [`TOOL_LIMIT`] (else
+/// its whole group is killed).
+fn run(command: &str) -> (Vec<u8>, bool) {
+    use std::os::unix::process::CommandExt;
     let child = std::process::Command::new("/bin/sh")
         .args(["-c", command])
+        .process_group(0)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn();
     let child = match child {
         Ok(child) => child,
-        Err(error) => return format!("cannot start: {error}").into_bytes(),
+        Err(error) => return (format!("cannot start: {error}").into_bytes(), false),
     };
     let (done, waited) = std::sync::mpsc::channel();
-    let id = child.id();
+    let group = child.id() as i32;
     std::thread::spawn(move || {
         let _ = done.send(child.wait_with_output());
     });
@@ -105,13 +128,13 @@ fn run(command: &str) -> Vec<u8> {
             let mut said = format!("{}\n", output.status).into_bytes();
             said.extend(output.stdout);
             said.extend(output.stderr);
-            said
+            (said, output.status.success())
         }
-        Ok(Err(error)) => format!("failed: {error}").into_bytes(),
+        Ok(Err(error)) => (format!("failed: {error}").into_bytes(), false),
         Err(_) => {
-            // SAFETY: kill with the child's own pid and a signal number.
-            unsafe { libc::kill(id as i32, libc::SIGKILL) };
-            b"did not finish in time".to_vec()
+            // SAFETY: kill with the negated id of the group this function made.
+            unsafe { libc::kill(-group, libc::SIGKILL) };
+            (format!("did not finish within {}", lrpymrpc_units::human_duration(TOOL_LIMIT)).into_bytes(), false)
         }
     }
 }
@@ -151,5 +174,9 @@ mod tests {
         std::fs::write(models.join("sub/nmos.lib"), "* nmos, new corner\n").unwrap();
         assert_ne!(upgraded, tools.fingerprint(), "a model file that holds something else");
         assert_eq!(Tools::new(Vec::new(), Vec::new(), Duration::ZERO).fingerprint(), "none");
+        assert!(tools.check().is_ok());
+        let typo = Tools::new(vec!["ngspce --version".into()], vec![dir.path().join("gone")], Duration::ZERO);
+        let why = typo.check().unwrap_err();
+        assert!(why.contains("--action-cache-tool `ngspce --version` failed") && why.contains("not found"), "{why}");
     }
 }

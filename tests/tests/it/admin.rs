@@ -56,6 +56,23 @@ fn check_config_passes_the_example_and_names_what_is_wrong() {
         !checked.status.success() && stderr.contains("--pip-find-links") && stderr.contains("no-wheelhouse"),
         "{stderr}"
     );
+    // An action-cache tool that cannot run would fingerprint its own error: refused.
+    let typo = env.root.path().join("typo.toml");
+    std::fs::write(&typo, format!("{}action-cache-tool = [\"ngspce-lrpymrpc --version\"]\n", example_config(&env)))
+        .unwrap();
+    let checked = check_config(&typo);
+    let stderr = String::from_utf8_lossy(&checked.stderr);
+    assert!(
+        !checked.status.success() && stderr.contains("--action-cache-tool `ngspce-lrpymrpc --version` failed"),
+        "{stderr}"
+    );
+    std::fs::write(&typo, format!("{}action-cache-tool = [\"echo ngspice-39\"]\n", example_config(&env))).unwrap();
+    let checked = check_config(&typo);
+    let stdout = String::from_utf8_lossy(&checked.stdout);
+    assert!(
+        checked.status.success() && stdout.contains("action cache tools: ") && stdout.contains("(1 command, 0 paths)"),
+        "{stdout}"
+    );
     let cases = [
         ("max-job = 4\n", "`max-job` is not an option"),
         ("max-jobs = \"many\"\n", "many"),

@@ -83,7 +83,7 @@ impl Session {
         }
     }
 
-    /// Uploads the sources as a tree, the early build's (`tree_build.rs`) when it is
+    /// Uploads the sources as a tree, the early build's (`sources/tree_build.rs`) when it is
     /// fresh; returns the job id and what travelled, or `None` when the sources cannot
     /// be one (a name that is not UTF-8: a tar.gz takes it).
     pub async fn upload_tree(

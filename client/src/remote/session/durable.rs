@@ -1,7 +1,7 @@
-//! Durable jobs, the session's side (a child of `session.rs`): following a run again
+//! Durable jobs, the session's side (a child of `remote/session/`): following a run again
 //! after the last message shown (`Follow`), cancelling it on purpose (`Cancel`, since
 //! a lost call no longer does), and listing the caller's jobs (`ListJobs`). The
-//! reconnecting is the steps' (`steps.rs`); `attach`, `jobs` and `cancel` are
+//! reconnecting is the steps' (`steps/follow.rs`); `attach`, `jobs` and `cancel` are
 //! subcommands (`commands/durable_jobs.rs`).
 
 use lrpymrpc_proto::v1::{CancelRequest, FollowRequest, JobSummary, ListJobsRequest};
