@@ -243,7 +243,7 @@ fn hint_for(fault: &TransportFault, target: &Peer) -> Option<String> {
                 .into()
         }
         TransportFault::NotHttp2 => {
-            "the server requires mutual TLS: give --TLS_CONFIG_DIR DIR (your certificate, key and the CA; \
+            "the server may require mutual TLS: give --TLS_CONFIG_DIR DIR (your certificate, key and the CA; \
              `lrpymrpc tls init` makes the key and request)"
                 .into()
         }
