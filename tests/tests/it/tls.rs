@@ -211,7 +211,11 @@ fn a_plaintext_client_and_a_tls_server_each_say_what_is_wrong() {
     crate::env::wait_exit(&mut server, std::time::Duration::from_secs(10));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(102), "{stderr}");
-    assert!(stderr.contains("it speaks TLS") && stderr.contains("hint: the server may require mutual TLS: give --TLS_CONFIG_DIR"), "{stderr}");
+    assert!(
+        stderr.contains("it speaks TLS")
+            && stderr.contains("hint: the server may require mutual TLS: give --TLS_CONFIG_DIR"),
+        "{stderr}"
+    );
     assert!(!stderr.contains("frame with invalid size") && !stderr.contains("tried "), "{stderr}");
     let log = std::fs::read_to_string(env.root.path().join("server.log")).unwrap();
     assert!(log.contains("the client spoke plaintext, not TLS"), "{log}");
