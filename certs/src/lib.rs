@@ -47,10 +47,14 @@ pub struct Ca {
 
 impl Ca {
     /// A new self-signed CA named `cn`.
+    /// A new CA named `cn` and a short fingerprint of its key (`lrpymrpc CA host
+    /// 3fa2c81d`), so two CAs made for the same host never share a name: a certificate
+    /// signed by the other one then reads "unknown issuer", not a bad signature.
     pub fn new(cn: &str) -> Result<Ca, CertError> {
         let key = KeyPair::generate()?;
+        let key_id = ring::digest::digest(&ring::digest::SHA256, key.public_key_raw());
         let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params.distinguished_name = name(cn);
+        params.distinguished_name = name(&format!("{cn} {}", lrpymrpc_units::hex(&key_id.as_ref()[..4])));
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages =
             vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];

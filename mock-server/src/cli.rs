@@ -14,7 +14,7 @@ use lrpymrpc_certs::{Ca, layout, request};
 use lrpymrpc_units::{DurationArg, SizeArg};
 
 use crate::SERVER_NAME;
-use crate::config::{ExecutorChoice, read_allowed_cns};
+use crate::config::{ConfigError, ExecutorChoice, accounts, read_allowed_cns};
 use crate::executor::sandbox::{Sandbox, SandboxPlan};
 use crate::executor::slurm::{SlurmExecutor, SlurmOptions};
 use crate::{Config, TlsMaterial};
@@ -293,6 +293,10 @@ enum CaAction {
         /// Replace an existing CA (every certificate it signed stops working)
         #[arg(long)]
         force: bool,
+        /// Give the server key to this user (name or uid): the user the server runs as,
+        /// when that is not the one running `ca init` (the CA key stays yours)
+        #[arg(long, value_name = "USER")]
+        owner: Option<String>,
     },
     /// Sign a user's certificate request as a client certificate for its CN
     Sign {
@@ -345,7 +349,9 @@ fn in_words(error: &anyhow::Error) -> String {
 fn dispatch() -> anyhow::Result<()> {
     let args = with_config_file(std::env::args_os().collect())?;
     match &args.command {
-        Some(Command::Ca { action: CaAction::Init { dir, names, force } }) => ca_init(dir, names, *force),
+        Some(Command::Ca { action: CaAction::Init { dir, names, force, owner } }) => {
+            ca_init(dir, names, *force, owner.as_deref())
+        }
         Some(Command::Ca { action: CaAction::Sign { csr, ca_dir, days, out } }) => {
             ca_sign(csr, ca_dir, *days, out.as_deref())
         }
@@ -463,7 +469,23 @@ fn check_config(file: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn ca_init(dir: &Path, names: &[String], force: bool) -> anyhow::Result<()> {
+fn ca_init(dir: &Path, names: &[String], force: bool, owner: Option<&str>) -> anyhow::Result<()> {
+    // The owner is checked before anything is written.
+    let owner = match owner {
+        None => None,
+        Some(user) => {
+            let account = accounts::lookup(user).map_err(|why| anyhow::anyhow!("--owner {user}: {why}"))?;
+            let me = accounts::current_uid();
+            if me != 0 && me != account.uid {
+                anyhow::bail!(
+                    "--owner {user}: only root can give files to another user, and this is `{}`\n\
+                     hint: run `ca init` as root, or as `{user}`",
+                    accounts::name_of(me)
+                );
+            }
+            Some(account)
+        }
+    };
     let ca_key = layout::ca_key(dir);
     if (ca_key.exists() || layout::legacy_ca_key(dir).exists()) && !force {
         anyhow::bail!(
@@ -477,7 +499,15 @@ fn ca_init(dir: &Path, names: &[String], force: bool) -> anyhow::Result<()> {
     let server = ca.issue_server(names)?;
     ca.write(dir)?;
     lrpymrpc_certs::write_pair(&server, &layout::server_cert(dir), &layout::server_key(dir))?;
+    if let Some(account) = &owner {
+        let key = layout::server_key(dir);
+        std::os::unix::fs::chown(&key, Some(account.uid), Some(account.gid))
+            .with_context(|| format!("cannot give `{}` to `{}`", key.display(), account.name))?;
+    }
     println!("wrote a CA and a server certificate for {} into `{}`", names.join(", "), dir.display());
+    if let Some(account) = &owner {
+        println!("  the server key belongs to `{}`, the user the server runs as", account.name);
+    }
     println!("  serve with:        {SERVER_NAME} --tls-dir {} --listen ADDR:PORT", dir.display());
     println!("  give users:        {} (they put it at ~/.tls/tls_lrpymrpc/ca/ca.crt)", layout::ca_cert(dir).display());
     println!("  sign their CSRs:   {SERVER_NAME} ca sign client.csr --ca {}", dir.display());
@@ -537,17 +567,34 @@ fn serve(args: Args) -> anyhow::Result<()> {
     })
 }
 
+/// A TLS directory the server cannot use, with the fix: a file it may not read names
+/// its owner and the user the server runs as, and how to give the key to that user.
+fn tls_dir_error(dir: &Path, error: &ConfigError) -> anyhow::Error {
+    if let ConfigError::Read { path, source } = error
+        && source.kind() == std::io::ErrorKind::PermissionDenied
+    {
+        let why = accounts::why_unreadable(path).unwrap_or_else(|| "permission denied".into());
+        let user = accounts::name_of(accounts::current_uid());
+        return anyhow::anyhow!(
+            "--tls-dir `{}`: the server cannot read `{}`: {why}\nhint: give it to that user (`chown {user} {}`), or \
+             make the directory with `{SERVER_NAME} ca init DIR --san NAME --owner {user}`",
+            dir.display(),
+            path.display(),
+            path.display()
+        );
+    }
+    anyhow::anyhow!(
+        "--tls-dir `{}`: {error}\nhint: name the directory `{SERVER_NAME} ca init DIR` wrote (it holds \
+         server/server.crt, server/server.key and ca/ca.crt)",
+        dir.display()
+    )
+}
+
 /// The validated configuration the options describe: TLS material read, the job root
 /// and the allow-list checked, the sandbox proven to work.
 fn config_from(args: Args) -> anyhow::Result<Config> {
     let tls = match &args.tls_dir {
-        Some(dir) => Some(TlsMaterial::from_dir(dir).map_err(|error| {
-            anyhow::anyhow!(
-                "--tls-dir `{}`: {error}\nhint: name the directory `{SERVER_NAME} ca init DIR` wrote (it holds \
-                 server/server.crt, server/server.key and ca/ca.crt)",
-                dir.display()
-            )
-        })?),
+        Some(dir) => Some(TlsMaterial::from_dir(dir).map_err(|error| tls_dir_error(dir, &error))?),
         None => None,
     };
     if let Some(key) = args.tls_dir.as_deref().map(layout::legacy_ca_key).filter(|key| key.exists()) {

@@ -15,13 +15,16 @@ pub enum Origin {
         line: usize,
     },
     Default,
+    /// `TLS_CONFIG_DIR` not given, and the default TLS directory exists, so a job
+    /// speaks mutual TLS with it, as `tls init` and `tls check` assume.
+    DefaultDirectory,
 }
 
 impl Origin {
     /// Whether a message about the value should say where it came from: a value the
     /// user typed on this command line, or did not give at all, needs no pointer.
     pub fn worth_naming(&self) -> bool {
-        matches!(self, Origin::Environment(_) | Origin::ConfigFile { .. })
+        matches!(self, Origin::Environment(_) | Origin::ConfigFile { .. } | Origin::DefaultDirectory)
     }
 }
 
@@ -32,6 +35,7 @@ impl std::fmt::Display for Origin {
             Origin::Environment(variable) => write!(f, "environment {variable}"),
             Origin::ConfigFile { path, line } => write!(f, "config file `{}` line {line}", path.display()),
             Origin::Default => f.write_str("default"),
+            Origin::DefaultDirectory => f.write_str("the default TLS directory, which exists"),
         }
     }
 }

@@ -173,6 +173,7 @@ fn args_from(
 ) -> Result<Args, SettingsError> {
     let mut args = Args::from_arg_matches(matches).map_err(SettingsError::Usage)?;
     args.origins = origins(matches, file);
+    crate::tls::use_default_dir_if_present(&mut args);
     args.defaulted = [("cmd", "--CMD"), ("source", "--SOURCE"), ("result", "--RESULT")]
         .into_iter()
         .filter(|(id, _)| matches.value_source(id) == Some(clap::parser::ValueSource::DefaultValue))

@@ -182,6 +182,7 @@ pub fn classify(step: Step, target: &Peer, status: Status) -> ClientError {
         TransportFault::Alert
         | TransportFault::NameMismatch
         | TransportFault::UnknownIssuer
+        | TransportFault::SignedByNamesake
         | TransportFault::ServerCertificateExpired
         | TransportFault::BadServerCertificate(_)
         | TransportFault::NotTls => {
@@ -231,11 +232,14 @@ fn hint_for(fault: &TransportFault, target: &Peer) -> Option<String> {
         TransportFault::UnknownIssuer => {
             "the server's certificate is not signed by the CA in your TLS directory's ca.crt".into()
         }
+        TransportFault::SignedByNamesake => "the CA was probably made again (`ca init --force`) after your ca.crt was \
+                                              copied: get the current ca.crt from the server's administrator"
+            .into(),
         TransportFault::ServerCertificateExpired => {
             "check this machine's clock, or ask the server's administrator to renew the server certificate".into()
         }
         TransportFault::NotTls if target.tls.is_some() => {
-            "the server may speak plaintext: leave out --TLS_CONFIG_DIR, or check --SERVER_PORT".into()
+            "the server may speak plaintext: give --TLS_CONFIG_DIR \"\" for plaintext, or check --SERVER_PORT".into()
         }
         TransportFault::Alert | TransportFault::Closed if target.tls.is_some() => {
             "the server ended the TLS session: it may have refused this client certificate (another CA, expired, \

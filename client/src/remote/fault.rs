@@ -19,6 +19,10 @@ pub enum TransportFault {
     NameMismatch,
     /// The server's certificate is not signed by the CA in `ca.crt`.
     UnknownIssuer,
+    /// The server's certificate names the issuer of `ca.crt`, but its signature does not
+    /// verify with that CA's key: another CA of the same name signed it (a CA made
+    /// again, before CA names were unique).
+    SignedByNamesake,
     /// The server's certificate is expired or not valid yet.
     ServerCertificateExpired,
     /// The server's certificate is unusable for another reason (words for users).
@@ -112,8 +116,9 @@ impl TransportFault {
                 Cert::Expired | Cert::ExpiredContext { .. } | Cert::NotValidYet | Cert::NotValidYetContext { .. },
             ) => TransportFault::ServerCertificateExpired,
             rustls::Error::InvalidCertificate(Cert::Revoked) => TransportFault::BadServerCertificate("it is revoked"),
-            rustls::Error::InvalidCertificate(Cert::BadSignature | Cert::BadEncoding) => {
-                TransportFault::BadServerCertificate("it is malformed or its signature does not verify")
+            rustls::Error::InvalidCertificate(Cert::BadSignature) => TransportFault::SignedByNamesake,
+            rustls::Error::InvalidCertificate(Cert::BadEncoding) => {
+                TransportFault::BadServerCertificate("it is malformed")
             }
             rustls::Error::InvalidCertificate(_) => {
                 TransportFault::BadServerCertificate("it is not valid for a TLS server")
@@ -134,6 +139,9 @@ impl TransportFault {
             TransportFault::TimedOut => "nothing answered in time".into(),
             TransportFault::NameMismatch => "the server's certificate does not name the host dialled".into(),
             TransportFault::UnknownIssuer => "the server's certificate is not signed by the CA in ca.crt".into(),
+            TransportFault::SignedByNamesake => {
+                "the server's certificate is signed by another CA of the same name as the one in ca.crt".into()
+            }
             TransportFault::ServerCertificateExpired => "the server's certificate is expired or not valid yet".into(),
             TransportFault::BadServerCertificate(why) => format!("the server's certificate is unusable: {why}"),
             TransportFault::NotTls => "the server did not answer in TLS".into(),

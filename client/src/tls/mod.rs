@@ -35,6 +35,21 @@ pub fn expand_tilde(path: &str) -> PathBuf {
     }
 }
 
+/// One default TLS directory for jobs, `jobs`/`cancel`/`attach`, `tls init` and `tls
+/// check`: when `TLS_CONFIG_DIR` is not given anywhere and `~/.tls/tls_lrpymrpc`
+/// exists, it is used, so what `tls init` made and `tls check` called usable is what a
+/// job speaks. Given as empty (`--TLS_CONFIG_DIR ""`), a job speaks plaintext.
+pub(crate) fn use_default_dir_if_present(args: &mut crate::cli::Args) {
+    use crate::cli::origin::Origin;
+    let Some(setting) = args.origins.iter_mut().find(|setting| setting.option == "TLS_CONFIG_DIR") else { return };
+    if setting.origin != Origin::Default || !expand_tilde(crate::cli::DEFAULT_TLS_DIR).is_dir() {
+        return;
+    }
+    setting.value = crate::cli::DEFAULT_TLS_DIR.to_string();
+    setting.origin = Origin::DefaultDirectory;
+    args.tls_config_dir = crate::cli::DEFAULT_TLS_DIR.to_string();
+}
+
 /// Reads the TLS directory given as `--TLS_CONFIG_DIR`.
 pub fn load(dir_arg: &str) -> Result<ClientTls, ClientError> {
     let dir = expand_tilde(dir_arg);
@@ -43,7 +58,7 @@ pub fn load(dir_arg: &str) -> Result<ClientTls, ClientError> {
             message: format!("--TLS_CONFIG_DIR `{}` is not a directory", dir.display()),
             hint: Some(
                 "give the directory holding client.key, client.crt and ca.crt (`lrpymrpc tls init --cn YOUR_NAME` \
-                 makes a key and a request for one), or leave it empty for plaintext"
+                 makes a key and a request for one), or give --TLS_CONFIG_DIR \"\" for plaintext"
                     .into(),
             ),
         });
@@ -60,12 +75,30 @@ pub fn load(dir_arg: &str) -> Result<ClientTls, ClientError> {
 }
 
 fn read_pem(path: &Path, dir: &Path) -> Result<String, ClientError> {
-    let text = std::fs::read_to_string(path).map_err(|error| ClientError::Local {
-        message: format!("cannot read TLS file `{}`: {error}", path.display()),
-        hint: Some(format!(
-            "`{}` must hold client/client.key, client/client.crt and ca/ca.crt (or client.key, client.crt and ca.crt)",
-            dir.display()
-        )),
+    let text = std::fs::read_to_string(path).map_err(|error| {
+        let request = path.with_extension("csr");
+        let hint = if path.extension().is_some_and(|e| e == "crt") && request.exists() && !path.exists() {
+            format!(
+                "`{}` is waiting to be signed: send it to the server's administrator and put the certificate \
+                 they return at `{}` (`lrpymrpc tls check` says what else is missing)",
+                request.display(),
+                path.display()
+            )
+        } else {
+            format!(
+                "`{}` must hold client/client.key, client/client.crt and ca/ca.crt (or client.key, client.crt and \
+                 ca.crt)",
+                dir.display()
+            )
+        };
+        ClientError::Local {
+            message: format!(
+                "cannot read TLS file `{}`: {}",
+                path.display(),
+                crate::output::in_words(&error.to_string())
+            ),
+            hint: Some(hint),
+        }
     })?;
     if !text.contains("-----BEGIN ") {
         return Err(ClientError::local(format!("TLS file `{}` is not PEM text", path.display())));

@@ -1,6 +1,8 @@
 //! The server's configuration: every limit with its default (`values`) and the TOML
-//! config file turned into arguments (`file`).
+//! config file turned into arguments (`file`); system users for key ownership
+//! (`accounts`).
 
+pub mod accounts;
 pub mod file;
 mod values;
 

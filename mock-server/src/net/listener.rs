@@ -291,6 +291,14 @@ fn handshake_failure(error: &std::io::Error) -> String {
         Some(rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType)) => {
             "the client spoke plaintext, not TLS (a client without --TLS_CONFIG_DIR?)".into()
         }
+        Some(rustls::Error::InvalidCertificate(rustls::CertificateError::BadSignature)) => {
+            "the client's certificate is signed by another CA of the same name as this server's (a CA made again?): \
+             sign its request with this server's CA (`ca sign`)"
+                .into()
+        }
+        Some(rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)) => {
+            "the client's certificate is not signed by this server's CA: sign its request with it (`ca sign`)".into()
+        }
         _ => error.to_string(),
     }
 }

@@ -155,3 +155,94 @@ fn a_tls_dir_without_the_servers_files_is_said_once_with_the_fix() {
     assert_eq!(stderr.matches("No such file or directory").count(), 1, "{stderr}");
     assert!(stderr.contains("hint: name the directory `lrpymrpc-server ca init DIR` wrote"), "{stderr}");
 }
+
+/// The server binary as user `nobody`, as a unit's `User=` would start it.
+fn server_as_nobody(args: &[&std::ffi::OsStr]) -> Command {
+    use std::os::unix::process::CommandExt;
+    if unsafe { libc::geteuid() } != 0 {
+        crate::env::needed("root (the test starts the server as user `nobody`)", "run the suite as root, as CI does");
+    }
+    let mut command = Command::new(SERVER);
+    command.args(args).uid(NOBODY).gid(NOBODY);
+    command
+}
+
+const NOBODY: u32 = 65534;
+
+// A server key the service's user cannot read (made by `ca init` as root, mode 0600):
+// the server names the key's owner and the user it runs as, and the fix it gives,
+// `ca init --owner`, makes a directory that user's server starts from.
+#[test]
+fn a_key_the_service_user_cannot_read_is_said_with_both_users_and_ca_init_owner_fixes_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = TestEnv::bare();
+    std::fs::set_permissions(env.root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let jobs = env.root.path().join("nobodys-jobs");
+    std::fs::create_dir(&jobs).unwrap();
+    std::os::unix::fs::chown(&jobs, Some(NOBODY), Some(NOBODY)).unwrap();
+    let init = |dir: &Path, owner: Option<&str>| {
+        let mut command = Command::new(SERVER);
+        command.args(["ca", "init"]).arg(dir).args(["--san", "127.0.0.1"]);
+        if let Some(owner) = owner {
+            command.args(["--owner", owner]);
+        }
+        let out = output_within(&mut command, PROCESS_LIMIT);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let serve = |dir: &Path| {
+        let listen = std::ffi::OsStr::new("--listen");
+        let mut command = server_as_nobody(&[
+            listen,
+            "127.0.0.1:0".as_ref(),
+            "--root".as_ref(),
+            jobs.as_os_str(),
+            "--tls-dir".as_ref(),
+            dir.as_os_str(),
+        ]);
+        command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap()
+    };
+
+    let root_owned = env.root.path().join("tls-as-root");
+    init(&root_owned, None);
+    let out = crate::env::child_output_within(serve(&root_owned), PROCESS_LIMIT);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let key = root_owned.join("server/server.key");
+    assert!(
+        stderr.contains(&format!(
+            "the server cannot read `{}`: it is owned by `root` with mode 0600, and the server runs as `nobody`",
+            key.display()
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("hint: give it to that user (`chown nobody"), "{stderr}");
+    assert!(stderr.contains("ca init DIR --san NAME --owner nobody`"), "{stderr}");
+
+    let given = env.root.path().join("tls-for-nobody");
+    assert!(init(&given, Some("nobody")).contains("the server key belongs to `nobody`"));
+    let mut server = serve(&given);
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(server.stdout.take().unwrap()), &mut first).unwrap();
+    server.kill().unwrap();
+    let rest = crate::env::child_output_within(server, PROCESS_LIMIT);
+    assert!(first.starts_with("listening on 127.0.0.1:"), "{first:?} {}", String::from_utf8_lossy(&rest.stderr));
+    // The CA key stays with whoever made the CA.
+    let ca_key = std::fs::metadata(lrpymrpc_certs::layout::ca_key(&given)).unwrap();
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&ca_key), 0);
+
+    // An owner that does not exist is refused before anything is written.
+    let nowhere = env.root.path().join("tls-for-nobody-known");
+    let out = output_within(
+        Command::new(SERVER).args(["ca", "init"]).arg(&nowhere).args([
+            "--san",
+            "127.0.0.1",
+            "--owner",
+            "no-such-user-x",
+        ]),
+        PROCESS_LIMIT,
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--owner no-such-user-x: there is no user `no-such-user-x`"));
+    assert!(!nowhere.exists() && !lrpymrpc_certs::layout::ca_private_dir(&nowhere).exists());
+}

@@ -158,6 +158,9 @@ impl TestEnv {
             }
         }
         command.env("LRPYMRPC_CONFIG", "");
+        // The developer's own home (a `~/.tls/tls_lrpymrpc` would turn on mutual TLS):
+        // the test's own, which a test may fill or replace.
+        command.env("HOME", self.root.path().join("home"));
         // The stat cache of content-addressed uploads: the test's own.
         command
             .env("XDG_CACHE_HOME", self.root.path().join("cache"))

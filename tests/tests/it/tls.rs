@@ -220,3 +220,160 @@ fn a_plaintext_client_and_a_tls_server_each_say_what_is_wrong() {
     let log = std::fs::read_to_string(env.root.path().join("server.log")).unwrap();
     assert!(log.contains("the client spoke plaintext, not TLS"), "{log}");
 }
+
+// `tls init` and `tls check` default to ~/.tls/tls_lrpymrpc; a job given no
+// TLS_CONFIG_DIR uses that directory when it exists (the one default for all), while
+// `--TLS_CONFIG_DIR ""` still means plaintext, and a directory `tls init` made but no
+// administrator has signed yet says what it waits for.
+#[test]
+fn a_job_uses_the_default_tls_directory_when_it_exists() {
+    let env = TestEnv::new();
+    let port = env.addr.port().to_string();
+    let server = ["--SERVER_IP", "127.0.0.1", "--SERVER_PORT", port.as_str()];
+    env.write("source/x", "x");
+    let home = env.root.path().join("home");
+    let default_dir = home.join(".tls/tls_lrpymrpc");
+    // Without the directory, a job speaks plaintext and the server refuses it.
+    env.bare_client()
+        .args(server)
+        .args(["--retries", "0", "--CMD", "true"])
+        .assert()
+        .code(102)
+        .stderr(predicate::str::contains("hint: the server may require mutual TLS"));
+    // `tls init` made it, but nobody has signed the request yet.
+    env.bare_client().args(["tls", "init", "--cn", "alice"]).assert().success();
+    env.bare_client()
+        .args(server)
+        .args(["--retries", "0", "--CMD", "true"])
+        .assert()
+        .code(101)
+        .stderr(predicate::str::contains("client.crt"))
+        .stderr(predicate::str::contains("(from the default TLS directory, which exists)"))
+        .stderr(predicate::str::contains("is waiting to be signed: send it to the server's administrator"));
+    // Signed (the test's own certificate and CA stand in for the administrator's).
+    let nested = layout::client_nested(&env.tls);
+    let wanted = layout::client_nested(&default_dir);
+    std::fs::create_dir_all(wanted.ca.parent().unwrap()).unwrap();
+    for (from, to) in [(&nested.key, &wanted.key), (&nested.cert, &wanted.cert), (&nested.ca, &wanted.ca)] {
+        std::fs::copy(from, to).unwrap();
+    }
+    env.bare_client().arg("config").assert().success().stdout(predicate::function(|out: &str| {
+        out.lines().any(|line| {
+            line.starts_with("TLS_CONFIG_DIR = ~/.tls/tls_lrpymrpc ")
+                && line.ends_with("# the default TLS directory, which exists")
+        })
+    }));
+    env.bare_client()
+        .args(server)
+        .args(["--CMD", "echo spoke-mutual-tls"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("spoke-mutual-tls"));
+    env.bare_client()
+        .args(server)
+        .args(["tls", "check"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(format!("TLS directory: {}", default_dir.display())));
+    // Given as empty, it is plaintext, as upstream's empty default always was.
+    env.bare_client()
+        .args(server)
+        .args(["--TLS_CONFIG_DIR", "", "--retries", "0", "--CMD", "true"])
+        .assert()
+        .code(102)
+        .stderr(predicate::str::contains("hint: the server may require mutual TLS"));
+}
+
+/// A CA named as `ca init --san 127.0.0.1` named every CA before names were unique:
+/// its certificate, and a leaf certificate it signs (server or client) as (cert, key).
+fn namesake_ca() -> (rcgen::Issuer<'static, rcgen::KeyPair>, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name.push(rcgen::DnType::CommonName, "lrpymrpc CA 127.0.0.1");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::DigitalSignature];
+    let cert = params.self_signed(&key).unwrap();
+    (rcgen::Issuer::new(params, key), cert.pem())
+}
+
+fn leaf_of(issuer: &rcgen::Issuer<'static, rcgen::KeyPair>, server: bool) -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let names = if server { vec!["127.0.0.1".to_string()] } else { Vec::new() };
+    let mut params = rcgen::CertificateParams::new(names).unwrap();
+    params.distinguished_name.push(rcgen::DnType::CommonName, if server { "127.0.0.1" } else { "namesake-user" });
+    params.extended_key_usages = vec![match server {
+        true => rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        false => rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+    }];
+    (params.signed_by(&key, issuer).unwrap().pem(), key.serialize_pem())
+}
+
+// Two CAs made by `ca init --san 127.0.0.1` get different names, so the wrong ca.crt
+// reads "not signed by the CA in ca.crt"; between two CAs of one name (made before),
+// both sides say "another CA of the same name" instead of "malformed or its signature
+// does not verify".
+#[test]
+fn two_cas_for_one_host_have_different_names_and_namesakes_are_said_as_such() {
+    let env = TestEnv::bare();
+    let server_binary = env!("CARGO_BIN_EXE_lrpymrpc-e2e-mock-server");
+    let subjects: Vec<String> = ["first", "second"]
+        .iter()
+        .map(|name| {
+            let dir = env.root.path().join(name);
+            let init = crate::env::output_within(
+                std::process::Command::new(server_binary).args(["ca", "init"]).arg(&dir).args(["--san", "127.0.0.1"]),
+                crate::env::PROCESS_LIMIT,
+            );
+            assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+            let pem = std::fs::read_to_string(layout::ca_cert(&dir)).unwrap();
+            lrpymrpc_certs::inspect::Summary::from_pem(&pem).unwrap().cn.unwrap()
+        })
+        .collect();
+    assert!(subjects[0].contains("lrpymrpc CA 127.0.0.1"), "{subjects:?}");
+    assert_ne!(subjects[0], subjects[1]);
+
+    // The server's CA and the client's ca.crt share a name, not a key.
+    let (server_ca, server_ca_pem) = namesake_ca();
+    let (client_ca, client_ca_pem) = namesake_ca();
+    let (server_cert, server_key) = leaf_of(&server_ca, true);
+    std::fs::write(layout::ca_cert(&env.tls), &server_ca_pem).unwrap();
+    std::fs::write(layout::server_cert(&env.tls), server_cert).unwrap();
+    std::fs::write(layout::server_key(&env.tls), server_key).unwrap();
+    let (mut server, port) = crate::env::spawn_server_binary(&env, &[]);
+    let client_dir = |name: &str, ca_pem: &str| {
+        let dir = env.root.path().join(name);
+        let files = layout::client_nested(&dir);
+        let (cert, key) = leaf_of(&client_ca, false);
+        std::fs::create_dir_all(files.ca.parent().unwrap()).unwrap();
+        std::fs::create_dir_all(files.cert.parent().unwrap()).unwrap();
+        std::fs::write(&files.ca, ca_pem).unwrap();
+        std::fs::write(&files.cert, cert).unwrap();
+        lrpymrpc_certs::write_private(&files.key, &key).unwrap();
+        dir
+    };
+    env.write("source/x", "x");
+    let run = |dir: &Path| {
+        env.bare_client()
+            .args(["--SERVER_IP", "127.0.0.1", "--SERVER_PORT", &port.to_string(), "--retries", "0", "--CMD", "true"])
+            .arg("--TLS_CONFIG_DIR")
+            .arg(dir)
+            .assert()
+    };
+    // The client trusts its own namesake: the server's certificate is refused by name.
+    run(&client_dir("trusts-the-namesake", &client_ca_pem))
+        .code(102)
+        .stderr(predicate::str::contains("signed by another CA of the same name"))
+        .stderr(predicate::str::contains("hint: the CA was probably made again"))
+        .stderr(predicate::str::contains("malformed").not());
+    // The client trusts the server, but its own certificate comes from the namesake:
+    // the server's log says so.
+    run(&client_dir("signed-by-the-namesake", &server_ca_pem)).code(102);
+    let log_path = env.root.path().join("server.log");
+    crate::env::wait_until(crate::env::PROCESS_LIMIT, "the server logs the refused handshake", || {
+        std::fs::read_to_string(&log_path).unwrap_or_default().contains("TLS handshake refused")
+    });
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(log.contains("signed by another CA of the same name as this server's"), "{log}");
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
