@@ -92,12 +92,33 @@ pub enum ResultsError {
     /// The archive the server sent was refused or could not be unpacked.
     #[error(transparent)]
     Unpack(#[from] lrpymrpc_archive::UnpackError),
+    /// The results passed `--max-result-bytes` or `--max-result-entries` (or its
+    /// default); nothing of them was written.
+    #[error("the results are more than {flag} allows {limit}; nothing of them was written")]
+    OverLimit { flag: &'static str, limit: String },
     /// The unpacked results could not be moved into place.
     #[error(transparent)]
     Merge(#[from] lrpymrpc_archive::MergeError),
     /// The destination could not be prepared.
     #[error("cannot {what} `{path}`: {source}")]
     Local { what: &'static str, path: std::path::PathBuf, source: std::io::Error },
+}
+
+impl ResultsError {
+    /// An unpack failure, with a limit said as the option that sets it.
+    pub fn of_unpack(error: lrpymrpc_archive::UnpackError) -> ResultsError {
+        use lrpymrpc_archive::UnpackError;
+        match error {
+            UnpackError::TooLarge { max_bytes } => ResultsError::OverLimit {
+                flag: "--max-result-bytes",
+                limit: format!("({} once unpacked)", lrpymrpc_units::human_bytes(max_bytes)),
+            },
+            UnpackError::TooManyEntries { max_entries } => {
+                ResultsError::OverLimit { flag: "--max-result-entries", limit: format!("({max_entries} files)") }
+            }
+            other => ResultsError::Unpack(other),
+        }
+    }
 }
 
 /// `NotFound` -> `NOT_FOUND`, the spelling gRPC users know.
@@ -143,6 +164,10 @@ impl ClientError {
             ClientError::Usage { hint, .. } | ClientError::Local { hint, .. } | ClientError::Connect { hint, .. } => {
                 hint.as_deref()
             }
+            ClientError::Results(ResultsError::OverLimit { .. }) => Some(
+                "raise the limit if the results are meant to be this large (it guards this machine against a \
+                 server sending more than it should)",
+            ),
             ClientError::MarkerMissing => Some(
                 "the server may not run CMD with a POSIX shell (`sh -c`), which --exit-status-marker needs; without \
                  it the client exits 0 after a successful transfer, as the Python client does",

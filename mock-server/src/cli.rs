@@ -550,8 +550,7 @@ fn serve(args: Args) -> anyhow::Result<()> {
             slurm.probe(&config.root).await?;
             tracing::info!("Slurm ran the probe step: the job root is shared with the nodes");
         }
-        let listener =
-            tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on `{listen}`"))?;
+        let listener = tokio::net::TcpListener::bind(listen).await.map_err(|error| listen_error(listen, &error))?;
         let address = listener.local_addr()?;
         if config.tls.is_none() {
             eprintln!("{SERVER_NAME}: WARNING: no --tls-dir: serving PLAINTEXT, without authentication.");
@@ -565,6 +564,25 @@ fn serve(args: Args) -> anyhow::Result<()> {
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// Why the server cannot listen, with the fix for the usual two.
+fn listen_error(listen: SocketAddr, error: &std::io::Error) -> anyhow::Error {
+    let port = listen.port();
+    let hint = match error.kind() {
+        std::io::ErrorKind::AddrInUse => format!(
+            "another program (another server?) listens there: stop it, or give --listen another port; \
+             `ss -ltnp 'sport = :{port}'` names it"
+        ),
+        std::io::ErrorKind::PermissionDenied if port < 1024 => {
+            "ports below 1024 need root or CAP_NET_BIND_SERVICE: give --listen a port above 1023 (8766 is usual)".into()
+        }
+        std::io::ErrorKind::AddrNotAvailable => {
+            format!("{} is no address of this machine: give --listen one of its addresses, or 0.0.0.0", listen.ip())
+        }
+        _ => return anyhow::anyhow!("cannot listen on `{listen}`: {}", error),
+    };
+    anyhow::anyhow!("cannot listen on `{listen}`: {}\nhint: {hint}", error)
 }
 
 /// A TLS directory the server cannot use, with the fix: a file it may not read names
@@ -607,7 +625,13 @@ fn config_from(args: Args) -> anyhow::Result<Config> {
     }
     let root = args.root.clone().unwrap_or_else(std::env::temp_dir);
     if !root.is_dir() {
-        anyhow::bail!("--root `{}` is not a directory", root.display());
+        let what = if root.exists() { "is not a directory" } else { "does not exist" };
+        anyhow::bail!(
+            "--root `{}` {what}\nhint: make it for the user the server runs as (`install -d -m 0700 {}`), or name \
+             another directory",
+            root.display(),
+            root.display()
+        );
     }
     let mut allowed: Vec<String> = args.allow_cn.clone();
     if let Some(file) = &args.allow_cn_file {

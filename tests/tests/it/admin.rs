@@ -156,6 +156,39 @@ fn a_tls_dir_without_the_servers_files_is_said_once_with_the_fix() {
     assert!(stderr.contains("hint: name the directory `lrpymrpc-server ca init DIR` wrote"), "{stderr}");
 }
 
+// A port another program holds and a job root that is not there: each said with the
+// fix, and the server does not start.
+#[test]
+fn a_busy_port_and_a_missing_root_are_said_with_the_fix() {
+    let env = TestEnv::bare();
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    let output = output_within(
+        Command::new(SERVER).args(["--listen", &format!("127.0.0.1:{port}"), "--root"]).arg(&env.jobs),
+        PROCESS_LIMIT,
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains(&format!("cannot listen on `127.0.0.1:{port}`: Address already in use")), "{stderr}");
+    assert!(stderr.contains("hint: another program (another server?) listens there"), "{stderr}");
+    assert!(stderr.contains(&format!("sport = :{port}")), "{stderr}");
+
+    let missing = env.root.path().join("no-jobs-here");
+    let output =
+        output_within(Command::new(SERVER).args(["--listen", "127.0.0.1:0", "--root"]).arg(&missing), PROCESS_LIMIT);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains(&format!("--root `{}` does not exist", missing.display())), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "hint: make it for the user the server runs as (`install -d -m 0700 {}`)",
+            missing.display()
+        )),
+        "{stderr}"
+    );
+    assert!(!String::from_utf8_lossy(&output.stdout).contains("listening on"));
+}
+
 /// The server binary as user `nobody`, as a unit's `User=` would start it.
 fn server_as_nobody(args: &[&std::ffi::OsStr]) -> Command {
     use std::os::unix::process::CommandExt;

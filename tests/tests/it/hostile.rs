@@ -206,6 +206,10 @@ fn every_hostile_archive_case_against_the_client() {
             Expect::Refused | Expect::RefusedPastLimit => {
                 assert_eq!(output.status.code(), Some(105), "{name}: {stderr}");
                 assert!(stderr.contains("results not unpacked"), "{name}: {stderr}");
+                if expect == Expect::RefusedPastLimit {
+                    assert!(stderr.contains("the results are more than --max-result-"), "{name}: {stderr}");
+                    assert!(stderr.contains("hint: raise the limit"), "{name}: {stderr}");
+                }
                 let left: Vec<_> =
                     names_in(&env.work).into_iter().filter(|n| n != "earlier" && n != "source").collect();
                 assert!(left.is_empty(), "{name}: partial results or staging left: {left:?}");

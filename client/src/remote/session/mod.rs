@@ -379,7 +379,7 @@ impl Session {
         let unpack = tokio::task::spawn_blocking(move || {
             let options = UnpackOptions { limits, mtime: MtimePolicy::Now, only: Some(only), progress: unpacked };
             let report = unpack_tar(ChunkReader::new(chunk_rx), encoding, staging.path(), &options)
-                .map_err(ResultsError::from)?;
+                .map_err(ResultsError::of_unpack)?;
             let missing = asked
                 .into_iter()
                 .filter(|(_, rel)| staging.path().join(rel).symlink_metadata().is_err())
