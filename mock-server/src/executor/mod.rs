@@ -9,6 +9,7 @@
 
 pub mod contain;
 pub mod limits;
+pub mod lines;
 pub mod local;
 pub mod process_run;
 pub mod sandbox;

@@ -11,10 +11,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
 use tokio::sync::mpsc;
 
+use crate::executor::lines::Lines;
 use crate::executor::{Events, JobEvent, Limit, Pipe, ProcessEnd, TimeLimits};
 
 /// A line longer than this is sent in pieces, so one endless line cannot exhaust
@@ -137,20 +138,21 @@ pub async fn run(
     let _registered = Registered::new(runs, stop.clone());
     let wall_deadline = tokio::time::Instant::now() + limits.wall;
     let mut idle_deadline = tokio::time::Instant::now() + limits.idle;
-    let (line_tx, mut lines) = mpsc::channel::<JobEvent>(256);
-    let progress = streaming.progress;
+    let (chunk_tx, mut chunks) = mpsc::channel::<(Pipe, Option<Vec<u8>>)>(64);
+    let mut lines = Lines::new(streaming.progress);
     if let Some(reader) = merged_reader {
         let reader = tokio::net::unix::pipe::Receiver::from_owned_fd(std::os::fd::OwnedFd::from(reader))?;
-        tokio::spawn(pump_lines(reader, Pipe::Merged, progress, line_tx.clone()));
+        tokio::spawn(pump_chunks(reader, Pipe::Merged, chunk_tx.clone()));
     }
     if let Some(stdout) = child.stdout.take() {
-        tokio::spawn(pump_lines(stdout, Pipe::Stdout, progress, line_tx.clone()));
+        tokio::spawn(pump_chunks(stdout, Pipe::Stdout, chunk_tx.clone()));
     }
     if let Some(stderr) = child.stderr.take() {
-        tokio::spawn(pump_lines(stderr, Pipe::Stderr, progress, line_tx.clone()));
+        tokio::spawn(pump_chunks(stderr, Pipe::Stderr, chunk_tx.clone()));
     }
     // The pumps hold the only senders: the loop below ends when every pipe closed.
-    drop(line_tx);
+    drop(chunk_tx);
+    let mut ready = Vec::new();
     let mut own_lines = Vec::new();
     let mut exit = None;
     // A stopped run is waited for (a little past the SIGKILL) before its process is
@@ -177,21 +179,32 @@ pub async fn run(
                 stop.stop().await;
                 return ended(ProcessEnd::LimitReached(Limit::Idle(limits.idle)), &mut child).await;
             }
-            line = lines.recv() => match line {
-                Some(JobEvent::Line { pipe: Pipe::Stderr | Pipe::Merged, text })
-                    if streaming.own_line.is_some_and(|own| own(&text)) =>
-                {
-                    own_lines.push(text);
+            chunk = chunks.recv() => {
+                match chunk {
+                    Some((pipe, Some(bytes))) => {
+                        // Any output is a sign of life, a line not finished yet too.
+                        idle_deadline = tokio::time::Instant::now() + limits.idle;
+                        lines.feed(pipe, &bytes, std::time::Instant::now(), &mut ready);
+                    }
+                    Some((pipe, None)) => lines.end(pipe, &mut ready),
+                    None => break,
                 }
-                Some(line) => {
-                    idle_deadline = tokio::time::Instant::now() + limits.idle;
-                    if events.send(Ok(line)).await.is_err() {
-                        stop.stop().await;
-                        return ended(ProcessEnd::Cancelled, &mut child).await;
+                for line in ready.drain(..) {
+                    match line {
+                        JobEvent::Line { pipe: Pipe::Stderr | Pipe::Merged, text }
+                            if streaming.own_line.is_some_and(|own| own(&text)) =>
+                        {
+                            own_lines.push(text);
+                        }
+                        line => {
+                            if events.send(Ok(line)).await.is_err() {
+                                stop.stop().await;
+                                return ended(ProcessEnd::Cancelled, &mut child).await;
+                            }
+                        }
                     }
                 }
-                None => break,
-            },
+            }
         }
     }
     let status = match exit {
@@ -230,127 +243,22 @@ fn signal_group(id: i32, signal: i32) {
     }
 }
 
-/// At most this often a rewritten line is reported as progress (tqdm redraws up to ten
-/// times a second).
-const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
+/// How much of a pipe one read takes (a chunk for [`Lines`]).
+const READ_BYTES: usize = 16 * 1024;
 
-/// Turns one pipe's bytes into line events. With `progress`, text that ends in a
-/// carriage return is a line being rewritten: reported as progress (rate-limited), and
-/// the line finally sent is what a terminal would show (its last rewrite). Without,
-/// lines end at newlines only and keep their carriage returns (a trailing one goes).
-async fn pump_lines<R: AsyncRead + Unpin>(reader: R, pipe: Pipe, progress: bool, lines: mpsc::Sender<JobEvent>) {
-    let mut reader = BufReader::new(reader);
-    let stops: &[u8] = if progress { b"\r\n" } else { b"\n" };
-    let mut segment = Vec::new();
-    // The last text that ended in `\r`: a `\n` right after makes it the line (`\r\n`).
-    let mut rewritten: Option<String> = None;
-    let mut last_progress: Option<tokio::time::Instant> = None;
+/// Sends what one pipe delivers, as it is read, then `None` at its end: one task per
+/// pipe, one [`Lines`] for all of them, so lines keep the order they were read in.
+async fn pump_chunks<R: AsyncRead + Unpin>(mut reader: R, pipe: Pipe, chunks: mpsc::Sender<(Pipe, Option<Vec<u8>>)>) {
     loop {
-        segment.clear();
-        match read_segment_capped(&mut reader, &mut segment, stops).await {
+        let mut chunk = Vec::with_capacity(READ_BYTES);
+        match reader.read_buf(&mut chunk).await {
             Ok(0) | Err(_) => break,
-            Ok(_) => {}
-        }
-        let event = match segment.last() {
-            Some(b'\r') if progress => {
-                segment.pop();
-                let text = String::from_utf8_lossy(&segment).into_owned();
-                rewritten = Some(text.clone());
-                let due = last_progress.is_none_or(|at| at.elapsed() >= PROGRESS_INTERVAL);
-                if !due {
-                    continue;
+            Ok(_) => {
+                if chunks.send((pipe, Some(chunk))).await.is_err() {
+                    return;
                 }
-                last_progress = Some(tokio::time::Instant::now());
-                JobEvent::Progress { pipe, text }
             }
-            Some(b'\n') => {
-                segment.pop();
-                let text = match (segment.is_empty(), rewritten.take()) {
-                    (true, Some(before)) if progress => before,
-                    _ => {
-                        if segment.last() == Some(&b'\r') {
-                            segment.pop();
-                        }
-                        String::from_utf8_lossy(&segment).into_owned()
-                    }
-                };
-                JobEvent::Line { pipe, text }
-            }
-            // A piece of a line longer than the cap.
-            _ => {
-                rewritten = None;
-                JobEvent::Line { pipe, text: String::from_utf8_lossy(&segment).into_owned() }
-            }
-        };
-        if lines.send(event).await.is_err() {
-            return;
         }
     }
-    // Output that ended mid-rewrite: what the terminal would show stays.
-    if let Some(text) = rewritten {
-        let _ = lines.send(JobEvent::Line { pipe, text }).await;
-    }
-}
-
-/// Reads up to and including the next byte of `stops`, or [`MAX_LINE_BYTES`],
-/// whichever comes first. Returns the number of bytes read; 0 at end of file.
-async fn read_segment_capped<R: AsyncBufReadExt + Unpin>(
-    reader: &mut R,
-    segment: &mut Vec<u8>,
-    stops: &[u8],
-) -> io::Result<usize> {
-    loop {
-        let available = reader.fill_buf().await?;
-        if available.is_empty() {
-            return Ok(segment.len());
-        }
-        let room = MAX_LINE_BYTES - segment.len();
-        let stop = available.iter().position(|b| stops.contains(b));
-        let (take, done) = match stop {
-            Some(at) if at < room => (at + 1, true),
-            _ => (available.len().min(room), available.len() >= room),
-        };
-        segment.extend_from_slice(&available[..take]);
-        reader.consume(take);
-        if done {
-            return Ok(segment.len());
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn events(bytes: &'static [u8], progress: bool) -> Vec<JobEvent> {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
-        runtime.block_on(async {
-            let (tx, mut rx) = mpsc::channel(64);
-            pump_lines(bytes, Pipe::Stdout, progress, tx).await;
-            let mut events = Vec::new();
-            while let Some(event) = rx.recv().await {
-                events.push(event);
-            }
-            events
-        })
-    }
-
-    fn line(text: &str) -> JobEvent {
-        JobEvent::Line { pipe: Pipe::Stdout, text: text.into() }
-    }
-
-    #[test]
-    fn rewritten_lines_become_progress_and_the_line_is_what_a_terminal_shows() {
-        let got = events(b"crlf\r\n 10%\r 50%\r100%\nend\rpartial", true);
-        // The first rewrite is reported at once; the next ones within 100 ms are not.
-        assert_eq!(got[0], JobEvent::Progress { pipe: Pipe::Stdout, text: "crlf".into() });
-        let lines: Vec<&JobEvent> = got.iter().filter(|e| matches!(e, JobEvent::Line { .. })).collect();
-        assert_eq!(lines, [&line("crlf"), &line("100%"), &line("partial")]);
-    }
-
-    #[test]
-    fn without_progress_lines_end_at_newlines_and_keep_their_rewrites() {
-        let got = events(b"crlf\r\n 10%\r100%\nend", false);
-        assert_eq!(got, [line("crlf"), line(" 10%\r100%"), line("end")]);
-    }
+    let _ = chunks.send((pipe, None)).await;
 }

@@ -282,6 +282,39 @@ fn a_remote_progress_meter_shows_live_on_a_terminal_and_only_its_last_state_into
     assert!(screen.contains(&format!("{prefix}step 6/6")), "{screen}");
 }
 
+// A meter on stderr left at its last state (`\r` after it), then `finished` on stdout,
+// then the meter's closing newline: the meter's last state comes before `finished`,
+// in one log of both streams and on a terminal alike, and the newline adds no line.
+#[test]
+fn lines_from_both_pipes_keep_the_order_they_were_written_in() {
+    let env = TestEnv::new();
+    env.write("source/x", "x");
+    let tool = "printf ' 50%%\r100%%\r' >&2; sleep 0.5; echo finished; sleep 0.5; printf '\n' >&2; \
+                printf 'wrote lib/a.lib'; sleep 0.5; echo characterizing b >&2; sleep 0.5; echo";
+    let prefix = env.prefix();
+    let log = env.root.path().join("both.log");
+    let file = std::fs::File::create(&log).unwrap();
+    let status =
+        env.client_std().args(["--CMD", tool]).stdout(file.try_clone().unwrap()).stderr(file).status().unwrap();
+    assert!(status.success());
+    let log = std::fs::read_to_string(&log).unwrap();
+    let order = [
+        format!("{prefix}100%\n"),
+        format!("{prefix}finished\n"),
+        format!("{prefix}wrote lib/a.lib\n"),
+        format!("{prefix}characterizing b\n"),
+    ];
+    let at: Vec<usize> =
+        order.iter().map(|line| log.find(line.as_str()).unwrap_or_else(|| panic!("{line:?}: {log}"))).collect();
+    assert!(at.windows(2).all(|pair| pair[0] < pair[1]), "{at:?}: {log}");
+    // The closing newlines end nothing more: no empty remote line.
+    assert!(!log.contains(&format!("{prefix}\n")), "{log}");
+    let screen = on_a_terminal(&env, &["--CMD", tool]);
+    let meter = screen.find(&format!("{prefix}100%")).unwrap_or_else(|| panic!("{screen}"));
+    let finished = screen.find(&format!("{prefix}finished")).unwrap_or_else(|| panic!("{screen}"));
+    assert!(meter < finished, "{screen}");
+}
+
 #[test]
 fn on_a_terminal_transfers_show_bars_with_total_and_eta_and_a_quiet_command_shows_it_runs() {
     let env = TestEnv::new();
