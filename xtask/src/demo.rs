@@ -1,6 +1,8 @@
 //! `cargo xtask demo`: the README's "run it" command. Builds the binaries, makes
 //! throwaway certificates, starts the mock server with mutual TLS on a free loopback
-//! port, runs the client on a copy of `examples/cellchar`, and shows the results.
+//! port, runs the client on a copy of `examples/cellchar`, and shows the results. The
+//! working copy and its results stay in `target/demo/` until the next run, so the
+//! files the demo points at are there to read; certificates and jobs go with the run.
 
 use std::path::Path;
 
@@ -16,7 +18,13 @@ pub fn run() -> anyhow::Result<()> {
     let Binaries { client, server } = deployment::build(false)?;
     let scratch = tempfile::Builder::new().prefix("lrpymrpc-demo-").tempdir()?;
     let (tls, jobs) = deployment::certificates_and_root(scratch.path(), "demo-user")?;
-    let work = scratch.path().join("work");
+    // Kept for the user to read; replaced by the next run.
+    let work = root.join("target/demo");
+    match std::fs::remove_dir_all(&work) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(error).with_context(|| format!("cannot clear the last demo's `{}`", work.display())),
+    }
 
     let example = root.join("examples").join("cellchar");
     copy_dir(&example.join("cells"), &work.join("cells"))?;
@@ -60,7 +68,11 @@ pub fn run() -> anyhow::Result<()> {
         println!("  {}", entry?.file_name().to_string_lossy());
     }
     println!("\n{}", std::fs::read_to_string(lib.join("DEMO130.lib"))?);
-    println!("xtask demo: done (the scratch directory is removed now)");
+    println!(
+        "xtask demo: done; `{}` keeps the job's files and results until the next demo (its certificates and \
+         the server's job root are removed now)",
+        work.display()
+    );
     Ok(())
 }
 
