@@ -40,9 +40,10 @@ pub(crate) async fn patiently<T>(out: &Output, job: &Job, what: &str, step: impl
 }
 
 /// Runs a step that is safe to repeat, again after a transient failure (the server
-/// unreachable, the connection lost), waiting longer each time. A lost connection
-/// mid-step is said at each retry; a server that cannot be reached yet is said once,
-/// at the end (`tried 4 times in 3.5 s`), or under `--verbose` at each try.
+/// unreachable, the connection lost), waiting longer each time. Each retry is said as
+/// it is decided (what failed, how long until the next try, which of how many), so what
+/// the user reads matches what happens; a step that still fails says how often and how
+/// long it was tried (`tried 4 times in 7.5 s`).
 pub(crate) async fn retrying<T, F, Fut>(job: &Job, out: &Output, step: Step, mut attempt: F) -> Result<T, ClientError>
 where
     F: FnMut() -> Fut,
@@ -55,13 +56,11 @@ where
         match attempt().await {
             Err(error) if error.is_transient() && tries < job.retries => {
                 tries += 1;
-                if step != Step::Connect || job.verbosity.verbose {
-                    out.warn(&format!(
-                        "{error}; retrying {step} in {} ({tries} of {} retries)",
-                        crate::output::seconds(delay),
-                        job.retries
-                    ));
-                }
+                out.warn(&format!(
+                    "{error}; retrying {step} in {} ({tries} of {} retries)",
+                    crate::output::seconds(delay),
+                    job.retries
+                ));
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(MAX_RETRY_DELAY);
             }
