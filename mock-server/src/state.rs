@@ -49,8 +49,10 @@ impl State {
     /// Sweeps what an earlier run left in the root, then sets up the shared parts.
     pub fn new(config: Config) -> std::io::Result<(State, Vec<String>)> {
         let swept = sweep_orphans(&config.root);
+        // Environments an earlier run built are kept when this server's Python made them.
+        let python = crate::execute::python::python().ok().map(|python| python.identity());
         let env_cache = match config.env_cache {
-            true => Some(EnvCache::new(&config.root, config.env_cache_max_bytes)?),
+            true => Some(EnvCache::new(&config.root, config.env_cache_max_bytes, python.as_deref())?),
             false => None,
         };
         let store = match config.cas && !config.legacy_protocol {
@@ -78,8 +80,6 @@ impl State {
             config.job_ttl,
             config.finished_grace,
         ));
-        // Found now, at start, not on an async thread by the first job that needs it.
-        let _ = crate::execute::python::python();
         let contain = config.sandbox.is_none() && crate::executor::contain::available();
         if config.sandbox.is_none() && !contain {
             tracing::warn!(

@@ -1,6 +1,8 @@
-//! Execute with the action cache (`store/action_cache.rs`): before anything runs, decide
-//! whether the run can be named (a job made from a tree, an environment that can be
-//! pinned) and whether a record answers it; a hit replays the recorded lines and exit
+//! Execute with the action cache (`store/action_cache.rs`): once the Python environment
+//! is ready (built or found: it is named as installed, so an environment rebuilt with
+//! other versions names other runs) and before the command runs, decide whether the
+//! run can be named (a job made from a tree, a shared environment) and whether a
+//! record answers it; a hit replays the command's recorded lines (never pip's) and exit
 //! status and gives the job the recorded results; a miss runs as always while its
 //! lines are recorded, and a run that exits 0 has its results packed into the store
 //! before its exit status goes out, so the record exists by the time the client asks.
@@ -14,7 +16,6 @@ use tokio::task::JoinHandle;
 use tracing::warn;
 
 use crate::error::JobError;
-use crate::execute::repo_url::Requirement;
 use crate::executor::{Events, JobEvent, Pipe};
 use crate::jobs::Recorded;
 use crate::state::State;
@@ -50,16 +51,17 @@ async fn note(events: &Events, text: String) {
 }
 
 /// The run an Execute asks for: whose job, where, with what.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Run<'a> {
     pub job: &'a str,
     /// The caller's CN (empty over plaintext).
     pub cn: &'a str,
-    pub dir: &'a Path,
     /// The digest of the tree the job directory is exactly, when it is (the job's
     /// first command: `CommandRun::pristine_input_root`).
     pub input_root: Option<&'a str>,
-    pub requirements: &'a [Requirement],
+    /// The Python environment as installed (`execute::Environment::identity`), or why
+    /// it cannot be named.
+    pub environment: Result<String, &'static str>,
     pub command: &'a str,
     /// The client asked for one stream in the order written.
     pub merged: bool,
@@ -67,7 +69,7 @@ pub struct Run<'a> {
 
 /// Names the run and looks it up; says in a note why a run cannot be cached.
 pub async fn plan(state: &State, run: Run<'_>, ask: &CacheAsk, events: &Events) -> Plan {
-    let Run { job, cn, dir, input_root, requirements, command, merged } = run;
+    let Run { job, cn, input_root, environment, command, merged } = run;
     let (Some(cache), Some(store)) = (state.action_cache.as_ref(), state.store.as_ref()) else {
         return Plan::Off;
     };
@@ -79,8 +81,8 @@ pub async fn plan(state: &State, run: Run<'_>, ask: &CacheAsk, events: &Events) 
         note(events, why.into()).await;
         return Plan::Off;
     };
-    let environment = match environment_key(state, cn, dir, requirements).await {
-        Ok(key) => key,
+    let environment = match environment {
+        Ok(identity) => identity,
         Err(why) => {
             note(events, format!("not cached: {why}")).await;
             return Plan::Off;
@@ -172,27 +174,6 @@ fn pipe_of(code: u8, merged: bool) -> Pipe {
         (true, _) | (false, 0) => Pipe::Merged,
         (false, 1) => Pipe::Stdout,
         (false, _) => Pipe::Stderr,
-    }
-}
-
-/// The key of the Python environment the command would run in: `none` without
-/// REPO_URL, else the environment cache's key of the pinned REPO_URL.
-async fn environment_key(state: &State, cn: &str, dir: &Path, requirements: &[Requirement]) -> Result<String, String> {
-    if requirements.is_empty() {
-        return Ok("none".into());
-    }
-    let Some(env_cache) = state.env_cache.as_ref() else {
-        return Err("this server builds a Python environment for every job (--no-env-cache)".into());
-    };
-    let scope = if state.config.share_env_cache { "*".to_string() } else { cn.to_string() };
-    let (requirements, dir, incoming) = (requirements.to_vec(), dir.to_path_buf(), env_cache.incoming_dir());
-    let pinned = tokio::task::spawn_blocking(move || crate::execute::envs::pin(&requirements, &dir, &incoming, &scope))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("pinning REPO_URL: {e}"))?;
-    match pinned {
-        Some(pinned) => Ok(pinned.key.clone()),
-        None => Err("REPO_URL names local files that cannot be pinned".into()),
     }
 }
 

@@ -40,23 +40,34 @@ pub struct Call {
 /// Does the call's work, sending its events to `tx`.
 pub async fn run(state: Arc<State>, call: Call, tx: Events) {
     let started = Instant::now();
-    let plan = match &call.ask {
-        Some(ask) => {
-            let run = cached::Run {
-                job: &call.id,
-                cn: &call.owner,
-                dir: &call.dir,
-                input_root: call.run.pristine_input_root(),
-                requirements: &call.requirements,
-                command: &call.command,
-                merged: call.merged,
-            };
-            cached::plan(&state, run, ask, &tx).await
-        }
-        None => Plan::Off,
+    let Some(ask) = call.ask.clone() else {
+        let ended = execute::execute(&call.dir, &call.requirements, &call.command, &context(&state, &call, &tx)).await;
+        call.run.ended(command_end(&ended));
+        note_end(&state, &call.id, &call.cn, &ended, started);
+        drop(call.job_use);
+        return;
     };
-    match (plan, call.ask.clone()) {
-        (Plan::Serve(record, followed), Some(ask)) => {
+    // The environment first (pip, when it is not built yet): the cache names the run
+    // by the environment as installed, and pip's lines are never part of a record.
+    let environment = match execute::environment(&call.dir, &call.requirements, &context(&state, &call, &tx)).await {
+        Ok(environment) => environment,
+        Err(ended) => {
+            call.run.ended(command_end(&ended));
+            note_end(&state, &call.id, &call.cn, &ended, started);
+            drop(call.job_use);
+            return;
+        }
+    };
+    let run = cached::Run {
+        job: &call.id,
+        cn: &call.owner,
+        input_root: call.run.pristine_input_root(),
+        environment: environment.identity(),
+        command: &call.command,
+        merged: call.merged,
+    };
+    match cached::plan(&state, run, &ask, &tx).await {
+        Plan::Serve(record, followed) => {
             let served = cached::serve(&state, &call.id, (&record, followed), &ask, call.merged, &tx).await;
             call.run.ended(match &served {
                 Ok(()) => CommandEnd::Exited { code: 0, signal: 0 },
@@ -64,15 +75,16 @@ pub async fn run(state: Arc<State>, call: Call, tx: Events) {
             });
             report_served(&state, &call.id, &call.cn, served, &tx, started).await;
         }
-        (Plan::Gone, _) => {
+        Plan::Gone => {
             call.run.ended(CommandEnd::Cancelled);
             state.jobs.finished(&call.id, Done::Cancelled);
             warn!(job = %call.id, cn = call.cn.as_str(), "client went away while waiting for the same step");
         }
-        (Plan::Record(key, flight), Some(ask)) => {
+        Plan::Record(key, flight) => {
             let (events, recording) =
                 cached::recorder(state.clone(), call.id.clone(), call.dir.clone(), (key, flight), ask, tx.clone());
-            let ended = step(&state, &call, &events).await;
+            let ended =
+                execute::command(&call.dir, &call.command, &environment, &context(&state, &call, &events)).await;
             // The recorder forwards what is left, and keeps the record, before the
             // command counts as ended.
             drop(events);
@@ -80,13 +92,15 @@ pub async fn run(state: Arc<State>, call: Call, tx: Events) {
             call.run.ended(command_end(&ended));
             note_end(&state, &call.id, &call.cn, &ended, started);
         }
-        _ => {
-            let ended = step(&state, &call, &tx).await;
+        Plan::Off => {
+            let ended = execute::command(&call.dir, &call.command, &environment, &context(&state, &call, &tx)).await;
             call.run.ended(command_end(&ended));
             note_end(&state, &call.id, &call.cn, &ended, started);
         }
     }
-    // The job is no longer in use once all of the above is done.
+    // The job is no longer in use once all of the above is done (the environment's
+    // lease with it).
+    drop(environment);
     drop(call.job_use);
 }
 
@@ -110,10 +124,11 @@ async fn report_served(
     }
 }
 
-/// The step itself: environment, pip, the command through the executor seam.
-async fn step(state: &Arc<State>, call: &Call, events: &Events) -> StepEnd {
+/// What the step needs of the server to run this call: environment, pip, the command
+/// through the executor seam, its events going to `events`.
+fn context<'a>(state: &'a State, call: &'a Call, events: &'a Events) -> execute::Context<'a> {
     let config = &state.config;
-    let context = execute::Context {
+    execute::Context {
         events,
         metrics: &state.metrics,
         limits: TimeLimits { wall: config.job_timeout, idle: config.idle_timeout },
@@ -126,8 +141,7 @@ async fn step(state: &Arc<State>, call: &Call, events: &Events) -> StepEnd {
         pip: &config.pip,
         merged_output: call.merged,
         progress_updates: call.progress_updates,
-    };
-    execute::execute(&call.dir, &call.requirements, &call.command, &context).await
+    }
 }
 
 /// How the step ended, as the job table keeps it.

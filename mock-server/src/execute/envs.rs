@@ -11,6 +11,12 @@
 //! and the SHA-256 of every pinned file. Concurrent jobs asking for the same
 //! environment wait for one build; a failed or cancelled build is not kept. Past the
 //! size bound, the least recently used environments nobody is using are removed.
+//!
+//! A built environment is recorded beside it (`KEY.built`: the Python that made it and
+//! what pip installed, each distribution's `RECORD` of file hashes, as a fingerprint),
+//! so it outlives a restart of the server: at start, environments whose record names
+//! this server's Python are kept, anything else there is removed. The fingerprint is
+//! how the action cache names the environment a run used.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -36,7 +42,10 @@ pub struct EnvCache {
 
 #[derive(Debug)]
 struct Slot {
+    key: String,
     path: PathBuf,
+    /// What pip installed: the fingerprint of every distribution's `RECORD`, once built.
+    installed: Mutex<String>,
     /// `true` once built; holding the lock is the right to build.
     ready: tokio::sync::Mutex<bool>,
     bytes: AtomicU64,
@@ -61,6 +70,13 @@ impl Lease {
     pub fn path(&self) -> &Path {
         &self.slot.path
     }
+
+    /// The environment as installed: its key (the pinned REPO_URL) and the fingerprint
+    /// of what pip put in it.
+    pub fn identity(&self) -> String {
+        let installed = self.slot.installed.lock().map(|text| text.clone()).unwrap_or_default();
+        format!("{}+installed:{installed}", self.slot.key)
+    }
 }
 
 impl Drop for Lease {
@@ -73,17 +89,76 @@ impl Drop for Lease {
 }
 
 impl EnvCache {
-    /// A fresh cache in `root/lrpymrpc-env-cache` (what an earlier run left is removed:
-    /// nothing records what it was built from).
-    pub fn new(root: &Path, max_bytes: u64) -> std::io::Result<EnvCache> {
+    /// The cache in `root/lrpymrpc-env-cache`, with the environments an earlier run
+    /// built and recorded as made by `python` (this server's, when there is one); what
+    /// else is there (a build cut short, another Python's, a stray file) is removed.
+    pub fn new(root: &Path, max_bytes: u64, python: Option<&str>) -> std::io::Result<EnvCache> {
         let dir = root.join(CACHE_DIR_NAME);
         match std::fs::symlink_metadata(&dir) {
-            Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(&dir)?,
+            Ok(meta) if meta.is_dir() => {}
             Ok(_) => std::fs::remove_file(&dir)?,
-            Err(_) => {}
+            Err(_) => std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700).create(&dir)?,
         }
-        std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700).create(&dir)?;
-        Ok(EnvCache { dir, max_bytes, slots: Mutex::new(HashMap::new()) })
+        let cache = EnvCache { dir, max_bytes, slots: Mutex::new(HashMap::new()) };
+        cache.keep_recorded(python)?;
+        Ok(cache)
+    }
+
+    /// Takes in the recorded environments `python` made; removes everything else.
+    fn keep_recorded(&self, python: Option<&str>) -> std::io::Result<()> {
+        let mut kept = Vec::new();
+        for entry in std::fs::read_dir(&self.dir)?.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(key) = name.strip_suffix(BUILT_SUFFIX) else { continue };
+            let record = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            let env = self.dir.join(key);
+            let usable = is_key(key)
+                && python.is_some_and(|python| record_field(&record, "python") == Some(python))
+                && std::fs::symlink_metadata(&env).is_ok_and(|meta| meta.is_dir());
+            match (usable, record_field(&record, "installed")) {
+                (true, Some(installed)) => kept.push((key.to_string(), installed.to_string())),
+                _ => std::fs::remove_file(entry.path())?,
+            }
+        }
+        for entry in std::fs::read_dir(&self.dir)?.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let recorded = name.strip_suffix(BUILT_SUFFIX).unwrap_or(&name);
+            if kept.iter().any(|(key, _)| key == recorded) {
+                continue;
+            }
+            match entry.file_type() {
+                Ok(kind) if kind.is_dir() => std::fs::remove_dir_all(entry.path())?,
+                _ => std::fs::remove_file(entry.path())?,
+            }
+        }
+        if !kept.is_empty() {
+            tracing::info!(kept = kept.len(), "Python environments built before the restart are kept");
+        }
+        let mut slots = self.slots();
+        for (key, installed) in kept {
+            let slot = self.slot(&key, true);
+            slot.bytes.store(tree_bytes(&slot.path), Ordering::SeqCst);
+            *slot.installed.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = installed;
+            slots.insert(key, Arc::new(slot));
+        }
+        Ok(())
+    }
+
+    fn slot(&self, key: &str, ready: bool) -> Slot {
+        Slot {
+            key: key.to_string(),
+            path: self.dir.join(key),
+            installed: Mutex::new(String::new()),
+            ready: tokio::sync::Mutex::new(ready),
+            bytes: AtomicU64::new(0),
+            users: AtomicUsize::new(0),
+            last_used: Mutex::new(Instant::now()),
+        }
+    }
+
+    /// Where the record of the environment `key` goes.
+    fn record_path(&self, key: &str) -> PathBuf {
+        self.dir.join(format!("{key}{BUILT_SUFFIX}"))
     }
 
     fn slots(&self) -> MutexGuard<'_, HashMap<String, Arc<Slot>>> {
@@ -105,18 +180,7 @@ impl EnvCache {
     {
         let slot = {
             let mut slots = self.slots();
-            let slot = slots
-                .entry(key.to_string())
-                .or_insert_with(|| {
-                    Arc::new(Slot {
-                        path: self.dir.join(key),
-                        ready: tokio::sync::Mutex::new(false),
-                        bytes: AtomicU64::new(0),
-                        users: AtomicUsize::new(0),
-                        last_used: Mutex::new(Instant::now()),
-                    })
-                })
-                .clone();
+            let slot = slots.entry(key.to_string()).or_insert_with(|| Arc::new(self.slot(key, false))).clone();
             slot.users.fetch_add(1, Ordering::SeqCst);
             slot
         };
@@ -131,13 +195,23 @@ impl EnvCache {
         if *ready {
             return Ok(Some((lease, Origin::Reused)));
         }
+        let _ = std::fs::remove_file(self.record_path(key));
         remove_tree(slot.path.clone()).await;
         match build(slot.path.clone()).await {
             Ok(true) => {
-                *ready = true;
-                let path = slot.path.clone();
-                let bytes = tokio::task::spawn_blocking(move || tree_bytes(&path)).await.unwrap_or(0);
+                let (path, record) = (slot.path.clone(), self.record_path(key));
+                let python = crate::execute::python::python().map(|python| python.identity()).unwrap_or_default();
+                let (bytes, installed) = tokio::task::spawn_blocking(move || {
+                    let installed = installed_fingerprint(&path);
+                    // Kept for the next start only once it is complete (written, then renamed).
+                    let _ = write_record(&record, &format!("python {python}\ninstalled {installed}\n"));
+                    (tree_bytes(&path), installed)
+                })
+                .await
+                .unwrap_or_default();
                 slot.bytes.store(bytes, Ordering::SeqCst);
+                *slot.installed.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = installed;
+                *ready = true;
                 drop(ready);
                 for path in self.evict(key) {
                     remove_tree(path).await;
@@ -166,6 +240,7 @@ impl EnvCache {
             let Some(key) = oldest else { break };
             if let Some(slot) = slots.remove(&key) {
                 total = total.saturating_sub(slot.bytes.load(Ordering::SeqCst));
+                let _ = std::fs::remove_file(self.record_path(&key));
                 removed.push(slot.path.clone());
             }
         }
@@ -182,6 +257,57 @@ impl EnvCache {
     fn len(&self) -> usize {
         self.slots().len()
     }
+}
+
+/// The record of a built environment: `KEY.built` beside `KEY/`.
+const BUILT_SUFFIX: &str = ".built";
+
+/// A key as [`pin`] makes them (hex), not a name a stray file could have.
+fn is_key(text: &str) -> bool {
+    text.len() == 32 && text.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// The value of `field` in a record (`field value` lines).
+fn record_field<'a>(record: &'a str, field: &str) -> Option<&'a str> {
+    record.lines().find_map(|line| line.strip_prefix(field)?.strip_prefix(' '))
+}
+
+fn write_record(path: &Path, text: &str) -> std::io::Result<()> {
+    let partial = path.with_extension("partial");
+    std::fs::write(&partial, text)?;
+    std::fs::rename(&partial, path)
+}
+
+/// What pip installed in the environment at `venv`: each distribution's `RECORD` (its
+/// name, version and the hash of every file it installed), in name order, hashed.
+pub fn installed_fingerprint(venv: &Path) -> String {
+    let mut records = Vec::new();
+    for lib in ["lib", "lib64"] {
+        let Ok(pythons) = std::fs::read_dir(venv.join(lib)) else { continue };
+        // `lib64` is a link to `lib` in most environments: read what is there once.
+        if std::fs::symlink_metadata(venv.join(lib)).is_ok_and(|meta| meta.file_type().is_symlink()) {
+            continue;
+        }
+        for python in pythons.flatten() {
+            let Ok(packages) = std::fs::read_dir(python.path().join("site-packages")) else { continue };
+            for package in packages.flatten() {
+                let name = package.file_name().to_string_lossy().into_owned();
+                if name.ends_with(".dist-info") {
+                    let record = std::fs::read(package.path().join("RECORD")).unwrap_or_default();
+                    records.push((name, record));
+                }
+            }
+        }
+    }
+    records.sort();
+    let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+    for (name, record) in &records {
+        context.update(name.as_bytes());
+        context.update(b"\n");
+        context.update(&(record.len() as u64).to_le_bytes());
+        context.update(record);
+    }
+    hex(&context.finish().as_ref()[..16])
 }
 
 /// The directory below the cache where pinned files wait for pip.
@@ -400,7 +526,7 @@ mod tests {
     #[tokio::test]
     async fn one_build_is_shared_a_failed_one_is_not_kept_and_old_ones_are_evicted() {
         let root = tempfile::tempdir().unwrap();
-        let cache = EnvCache::new(root.path(), 10).unwrap();
+        let cache = EnvCache::new(root.path(), 10, Some("python-a")).unwrap();
         let build = |path: PathBuf| async move {
             std::fs::create_dir_all(&path).unwrap();
             std::fs::write(path.join("lib"), "12345678").unwrap();

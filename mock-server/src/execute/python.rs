@@ -11,6 +11,15 @@ pub struct Python {
     pub executable: PathBuf,
     /// Where its standard library lives (`sys.base_prefix`).
     pub base_prefix: PathBuf,
+    /// `sys.version`: with the executable, what a kept environment was made by.
+    pub version: String,
+}
+
+impl Python {
+    /// What an environment made by this Python records, to be reused only by it.
+    pub fn identity(&self) -> String {
+        format!("{} {}", self.executable.display(), self.version)
+    }
 }
 
 /// Finds `python3` (or `python`) on PATH and asks it where it really lives.
@@ -20,14 +29,15 @@ pub fn python() -> Result<Python, JobError> {
         .get_or_init(|| {
             let on_path = which::which("python3").or_else(|_| which::which("python")).ok()?;
             let output = std::process::Command::new(on_path)
-                .args(["-c", "import sys; print(sys.executable); print(sys.base_prefix)"])
+                .args(["-c", "import sys; print(sys.executable); print(sys.base_prefix); print(sys.version)"])
                 .output()
                 .ok()?;
             let text = String::from_utf8(output.stdout).ok()?;
             let mut lines = text.lines();
             let executable = PathBuf::from(lines.next()?);
             let base_prefix = PathBuf::from(lines.next()?);
-            Some(Python { executable, base_prefix })
+            let version = lines.collect::<Vec<_>>().join(" ");
+            Some(Python { executable, base_prefix, version })
         })
         .clone()
         .ok_or(JobError::NoPython)

@@ -65,14 +65,39 @@ pub async fn execute(
     command_line: &str,
     context: &Context<'_>,
 ) -> StepEnd {
-    match execute_steps(job_dir, requirements, command_line, context).await {
-        Ok(ended) => ended,
-        Err(error) => {
-            let message = error.to_string();
-            let _ = context.events.send(Err(error)).await;
-            StepEnd::Failed(message)
-        }
+    match environment(job_dir, requirements, context).await {
+        Ok(environment) => command(job_dir, command_line, &environment, context).await,
+        Err(ended) => ended,
     }
+}
+
+/// The first half of the step: the Python environment, built or found (pip's lines
+/// go to the client as they come). The action cache names a run by what this found.
+pub async fn environment(
+    job_dir: &Path,
+    requirements: &[Requirement],
+    context: &Context<'_>,
+) -> Result<Environment, StepEnd> {
+    match prepare_environment(job_dir, requirements, context).await {
+        Ok(Some(environment)) => Ok(environment),
+        Ok(None) => Err(StepEnd::Cancelled),
+        Err(error) => Err(failed(error, context).await),
+    }
+}
+
+/// The second half: the command, in `environment`.
+pub async fn command(job_dir: &Path, command_line: &str, environment: &Environment, context: &Context<'_>) -> StepEnd {
+    match run_command(job_dir, command_line, environment.path(), context).await {
+        Ok(ended) => ended,
+        Err(error) => failed(error, context).await,
+    }
+}
+
+/// An error ends the step: the client gets it as the stream's status.
+async fn failed(error: JobError, context: &Context<'_>) -> StepEnd {
+    let message = error.to_string();
+    let _ = context.events.send(Err(error)).await;
+    StepEnd::Failed(message)
 }
 
 /// A note from the server itself among the command's lines.
@@ -80,25 +105,13 @@ async fn say(events: &Events, text: &str) {
     let _ = events.send(Ok(JobEvent::Note(text.to_string()))).await;
 }
 
-async fn execute_steps(
-    job_dir: &Path,
-    requirements: &[Requirement],
-    command_line: &str,
-    context: &Context<'_>,
-) -> Result<StepEnd, JobError> {
-    let environment = match prepare_environment(job_dir, requirements, context).await? {
-        Some(environment) => environment,
-        None => return Ok(StepEnd::Cancelled),
-    };
-    run_command(job_dir, command_line, environment.path(), context).await
-}
-
 /// The Python environment a command runs in: none (no REPO_URL), the job's own, or a
 /// cached one, leased while the command runs.
 #[derive(Debug)]
-enum Environment {
+pub enum Environment {
     None,
-    Own(PathBuf),
+    /// Built for this job alone, and why it is not shared.
+    Own(PathBuf, &'static str),
     Cached(envs::Lease),
 }
 
@@ -106,8 +119,19 @@ impl Environment {
     fn path(&self) -> Option<&Path> {
         match self {
             Environment::None => None,
-            Environment::Own(path) => Some(path),
+            Environment::Own(path, _) => Some(path),
             Environment::Cached(lease) => Some(lease.path()),
+        }
+    }
+
+    /// The environment as installed, for the action cache's key: `none`, or the
+    /// pinned REPO_URL and the fingerprint of what pip installed; the reason when it
+    /// cannot be named (built for this job alone).
+    pub fn identity(&self) -> Result<String, &'static str> {
+        match self {
+            Environment::None => Ok("none".into()),
+            Environment::Own(_, why) => Err(why),
+            Environment::Cached(lease) => Ok(lease.identity()),
         }
     }
 }
@@ -135,14 +159,22 @@ async fn prepare_environment(
         None => None,
     };
     let Some((cache, pinned)) = pinned else {
-        if context.env_cache.is_some() {
-            let why = "REPO_URL names local files that cannot be pinned: building an environment for this job only";
-            say(context.events, why).await;
-        }
+        let why = match context.env_cache {
+            Some(_) => {
+                say(
+                    context.events,
+                    "REPO_URL names local files that cannot be pinned: building an environment for \
+                    this job only",
+                )
+                .await;
+                "REPO_URL names local files that cannot be pinned"
+            }
+            None => "this server builds a Python environment for every job (--no-env-cache)",
+        };
         let venv = jobs::venv_dir(job_dir);
         crate::net::metrics::Metrics::count(&context.metrics.env_cache, "unshared", 1);
         let built = build_environment(&venv, job_dir, requirements, &[], context).await?;
-        return Ok(built.then_some(Environment::Own(venv)));
+        return Ok(built.then_some(Environment::Own(venv, why)));
     };
     let copies: Vec<&Path> = pinned.copies.iter().map(PathBuf::as_path).collect();
     let (pinned_requirements, copies) = (&pinned.requirements, &copies);

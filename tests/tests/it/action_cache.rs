@@ -294,3 +294,73 @@ fn a_tool_upgrade_on_the_server_is_never_served_from_the_old_tools_records() {
     std::fs::write(version.path(), "ngspice-39\n").unwrap();
     assert!(served(&run(&env, &step(&env), &[])), "the old tools' record answers the old tools");
 }
+
+/// A wheelhouse holding a one-module package `name` whose `hello()` says `text`
+/// (replacing what was there).
+fn wheel_into(env: &TestEnv, wheelhouse: &std::path::Path, name: &str, text: &str) {
+    let package = env.root.path().join(format!("pkgsrc-{text}/{name}"));
+    std::fs::create_dir_all(&package).unwrap();
+    std::fs::write(package.join("__init__.py"), format!("def hello():\n    return '{text}'\n")).unwrap();
+    for old in std::fs::read_dir(wheelhouse).into_iter().flatten().flatten() {
+        if old.file_name().to_string_lossy().starts_with(&format!("{name}-")) {
+            std::fs::remove_file(old.path()).unwrap();
+        }
+    }
+    crate::env::build_wheel(&package, name, wheelhouse);
+}
+
+// The key covers the environment as installed, not the REPO_URL as spelled: after the
+// environment is built again from an upgraded wheelhouse, the old record does not
+// answer; and a replay never prints pip's lines as if pip ran now.
+#[test]
+fn an_environment_installed_anew_is_never_served_the_old_record_nor_pips_lines() {
+    let env = TestEnv::bare();
+    let wheelhouse = env.root.path().join("wheelhouse");
+    wheel_into(&env, &wheelhouse, "greeter", "one");
+    wheel_into(&env, &wheelhouse, "helper", "help");
+    let sources = lrpymrpc_mock_server::config::PipSources {
+        find_links: vec![wheelhouse.clone()],
+        index_url: None,
+        no_index: true,
+    };
+    // One environment at a time: building another removes the one not in use.
+    let env = env.serve_configured(|config| {
+        config.action_cache = true;
+        config.pip = sources;
+        config.env_cache_max_bytes = 1;
+    });
+    env.write("source/input.txt", "v1\n");
+    let command = |module: &str| {
+        format!(
+            "echo ran >> {}; python -c 'import {module}; print(\"says\", {module}.hello())'",
+            env.root.path().join("runs").display()
+        )
+    };
+    let step = |module: &str| {
+        let output = env
+            .client()
+            .args(["--cache", "--RESULT", "build", "--REPO_URL", &format!("{module}={module}")])
+            .args(["--CMD", &command(module)])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", text(&output.stderr));
+        (text(&output.stdout), text(&output.stderr))
+    };
+    let (out, said) = step("greeter");
+    assert!(out.contains("]:says one") && out.contains("Successfully installed greeter"), "{out}{said}");
+    let (out, said) = step("greeter");
+    assert!(said.contains("served from cache") && out.contains("]:says one"), "{out}{said}");
+    assert!(!out.contains("Successfully installed") && !out.contains("Processing "), "pip's lines replayed: {out}");
+    assert_eq!(runs(&env), 1);
+
+    // Another environment takes greeter's place; the wheelhouse is upgraded.
+    let (out, _) = step("helper");
+    assert!(out.contains("]:says help"), "{out}");
+    wheel_into(&env, &wheelhouse, "greeter", "two");
+    let (out, said) = step("greeter");
+    assert!(out.contains("Successfully installed greeter"), "the environment is built again: {out}");
+    assert!(!said.contains("served from cache") && out.contains("]:says two"), "{out}{said}");
+    assert_eq!(runs(&env), 3);
+    let (out, said) = step("greeter");
+    assert!(said.contains("served from cache") && out.contains("]:says two"), "{out}{said}");
+}

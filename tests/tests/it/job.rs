@@ -220,6 +220,56 @@ fn a_job_without_cmd_is_refused_before_anything_is_uploaded() {
     env.client().env("LRPYMRPC_CMD", "echo from-the-environment").assert().success();
 }
 
+// Python environments built for a REPO_URL outlive a restart of the server: the first
+// job after it reuses the environment instead of installing again; what a build cut
+// short left (no record of a finished build) is not kept.
+#[test]
+fn python_environments_outlive_a_server_restart() {
+    let mut env = TestEnv::bare();
+    let package = env.root.path().join("pkgsrc/restartgreeter");
+    std::fs::create_dir_all(&package).unwrap();
+    std::fs::write(package.join("__init__.py"), "def greet():\n    return 'hello again'\n").unwrap();
+    let wheelhouse = env.root.path().join("wheelhouse");
+    build_wheel(&package, "restartgreeter", &wheelhouse);
+    let wheelhouse = wheelhouse.display().to_string();
+    let args = ["--pip-find-links", wheelhouse.as_str(), "--pip-no-index"];
+    env.write("source/x", "x");
+    let job = |env: &TestEnv| {
+        let output = env
+            .client()
+            .args(["--REPO_URL", "restartgreeter=restartgreeter"])
+            .args(["--CMD", "python -c \"import restartgreeter; print(restartgreeter.greet())\""])
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(
+            output.status.success() && out.contains("]:hello again"),
+            "{out}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        out
+    };
+    let stop = |mut server: std::process::Child| {
+        crate::env::send_signal(&server, libc::SIGTERM);
+        assert!(crate::env::wait_exit(&mut server, crate::env::PROCESS_LIMIT).success());
+    };
+    let (server, port) = crate::env::spawn_server_binary(&env, &args);
+    env.set_addr(([127, 0, 0, 1], port).into());
+    assert!(job(&env).contains("Successfully installed restartgreeter"));
+    stop(server);
+    // A build the server was killed in the middle of.
+    let cut_short = env.jobs.join("lrpymrpc-env-cache").join("0123456789abcdef0123456789abcdef");
+    std::fs::create_dir_all(cut_short.join("lib")).unwrap();
+
+    let (server, port) = crate::env::spawn_server_binary(&env, &args);
+    env.set_addr(([127, 0, 0, 1], port).into());
+    let out = job(&env);
+    assert!(out.contains("reusing the cached Python environment"), "{out}");
+    assert!(!out.contains("Successfully installed"), "pip ran again after the restart: {out}");
+    assert!(!cut_short.exists(), "a build cut short was kept");
+    stop(server);
+}
+
 // A compute server without the internet: the administrator gives pip a wheelhouse and
 // no index; a REPO_URL naming a package (not a path) installs from the wheelhouse.
 #[test]
