@@ -1,11 +1,13 @@
 //! Certificate material for lrpymrpc in one place: a CA that issues server and
 //! client certificates (rcgen, no openssl), private keys written with mode 0600, and
 //! the TLS directory layouts that the client, the server and `cargo xtask certs` share;
-//! CSRs made and signed ([`request`]), and certificates read and checked ([`inspect`]).
+//! CSRs made and signed ([`request`]), certificates read and checked ([`inspect`]), and
+//! the TLS crypto provider both ends use ([`provider`]).
 //! `lrpymrpc tls`, `lrpymrpc-server ca` and `cargo xtask certs` all use this crate.
 
 pub mod inspect;
 pub mod layout;
+pub mod provider;
 pub mod request;
 
 use std::fs::{self, OpenOptions};

@@ -34,7 +34,7 @@ pub struct Presented {
 /// `Err` when no handshake could start (no TLS material, unreachable server).
 pub fn fetch(peer: &Peer) -> Result<Presented, String> {
     let tls = peer.tls.as_ref().ok_or("no TLS directory given")?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = lrpymrpc_certs::provider::crypto_provider();
     let mut roots = RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(tls.ca_pem.as_bytes()) {
         let cert = cert.map_err(|e| format!("`{}`: {e}", tls.files.ca.display()))?;

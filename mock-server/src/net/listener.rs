@@ -128,7 +128,7 @@ pub fn tls_acceptor(material: &TlsMaterial, health_without_auth: bool) -> Result
         let ca = ca.map_err(|e| pem_error("client CA", e))?;
         roots.add(ca).map_err(|e| format!("the client CA is not usable: {e}"))?;
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = lrpymrpc_certs::provider::crypto_provider();
     let builder = rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider.clone());
     let builder = match health_without_auth {
         true => builder.allow_unauthenticated(),
