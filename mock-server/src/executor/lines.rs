@@ -6,8 +6,12 @@
 
 use std::time::{Duration, Instant};
 
-use crate::executor::process_run::MAX_LINE_BYTES;
 use crate::executor::{JobEvent, Pipe};
+
+/// A line longer than this is sent in pieces, so one endless line cannot exhaust
+/// memory; shorter lines stay whole. Well below gRPC's default 4 MiB message limit,
+/// which the Python client keeps (`docs/protocol.md`).
+pub const MAX_LINE_BYTES: usize = 1024 * 1024;
 
 /// At most this often a rewritten line is reported as progress (tqdm redraws up to ten
 /// times a second).

@@ -18,11 +18,6 @@ use tokio::sync::mpsc;
 use crate::executor::lines::Lines;
 use crate::executor::{Events, JobEvent, Limit, Pipe, ProcessEnd, TimeLimits};
 
-/// A line longer than this is sent in pieces, so one endless line cannot exhaust
-/// memory; shorter lines stay whole. Well below gRPC's default 4 MiB message limit,
-/// which the Python client keeps (`docs/protocol.md`).
-pub const MAX_LINE_BYTES: usize = 1024 * 1024;
-
 /// How long a process group gets between SIGTERM and SIGKILL.
 const KILL_GRACE: Duration = Duration::from_secs(2);
 
