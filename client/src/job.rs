@@ -74,6 +74,9 @@ pub struct Job {
     pub no_cas: bool,
     /// `--cache` / `--refresh`: what to ask of a server's action cache.
     pub cache: CacheChoice,
+    /// `--cpus`, `--mem`, `--license`, `--walltime` as the extension sends them;
+    /// `None` when none was given.
+    pub resources: Option<lrpymrpc_proto::Resources>,
     /// `--result-encoding`.
     pub result_encoding: crate::cli::ResultEncoding,
     /// `--blob-compression`.
@@ -158,6 +161,12 @@ impl Job {
             rules: Arc::new(rules),
             strict: args.strict,
             no_cas: args.no_cas,
+            resources: crate::remote::resources::request(
+                args.cpus,
+                args.mem.map(|m| m.0),
+                &args.license,
+                args.walltime,
+            )?,
             cache: match (args.refresh, args.cache) {
                 (true, _) => CacheChoice::Refresh,
                 (false, true) => CacheChoice::Use,

@@ -84,6 +84,25 @@ struct Args {
     /// them, at least one, so one user's `make -j` leaves the others a quarter)
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4096), help_heading = "Limits")]
     max_jobs_per_cn: Option<u32>,
+    /// Cores commands may hold at once (default: the CPUs this server may run on); a
+    /// step asking for more is refused, one asking for what is taken waits its turn
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=65536), help_heading = "Resources")]
+    cpus: Option<u32>,
+    /// Memory commands may reserve at once (default: the machine's); each is limited to
+    /// what it reserved
+    #[arg(long, value_name = "SIZE", help_heading = "Resources")]
+    mem: Option<SizeArg>,
+    /// A license pool and how many licenses it has (`spectre=3`; repeatable): a step
+    /// asking for one waits while all are held
+    #[arg(long, value_name = "NAME=COUNT", help_heading = "Resources")]
+    license: Vec<String>,
+    /// Cores a step that asks for none gets (its OMP_NUM_THREADS too)
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=65536), help_heading = "Resources")]
+    default_cpus: u32,
+    /// A variable every job's command gets (`OMP_WAIT_POLICY=passive`; repeatable); the
+    /// command's own setting wins
+    #[arg(long, value_name = "NAME=VALUE", help_heading = "Resources")]
+    job_env: Vec<String>,
     /// An upload that sends nothing for this long is abandoned and its slot freed
     #[arg(long, value_name = "DURATION", default_value_t = defaults().upload_idle_timeout.into(), help_heading = "Limits")]
     upload_idle_timeout: DurationArg,
@@ -466,6 +485,11 @@ fn check_config(file: &Path) -> anyhow::Result<()> {
     if let ExecutorChoice::Slurm(_) = &config.executor {
         println!("  executor: slurm (the probe step saw the job root)");
     }
+    println!("  resources: {}", config.capacity.describe());
+    println!("  memory:  {}", crate::executor::confine::memory_control().describe());
+    for (name, value) in &config.job_env {
+        println!("  job-env: {name}={value}");
+    }
     Ok(())
 }
 
@@ -696,6 +720,10 @@ fn config_from(args: Args) -> anyhow::Result<Config> {
             probe_timeout: args.slurm_probe_timeout.into(),
         }),
     };
+    let capacity =
+        crate::resources::Capacity::from_options(args.cpus, args.mem.map(|m| m.0), &args.license, args.default_cpus)
+            .map_err(|why| anyhow::anyhow!("{why}"))?;
+    let job_env = crate::resources::job_env(&args.job_env).map_err(|why| anyhow::anyhow!("{why}"))?;
     let max_jobs = args.max_jobs.unwrap_or(match executor {
         ExecutorChoice::Local => defaults().max_jobs as u32,
         ExecutorChoice::Slurm(_) => SLURM_MAX_JOBS,
@@ -745,6 +773,8 @@ fn config_from(args: Args) -> anyhow::Result<Config> {
         pip,
         sandbox,
         legacy_protocol: args.legacy_protocol,
+        capacity,
+        job_env,
         ..Config::new(root, tls)
     })
 }

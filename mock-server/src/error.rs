@@ -29,6 +29,9 @@ pub enum JobError {
     BadResultPath { path: String, reason: String },
     #[error("REPO_URL item `{item}` refused: {reason}")]
     BadRepoUrl { item: String, reason: String },
+    /// A step asking for what this server could never give, or asking wrongly.
+    #[error("{0}")]
+    Resources(String),
     #[error("no Python interpreter (`python3` or `python`) on the server's PATH")]
     NoPython,
     #[error("{step} failed with {status}")]
@@ -82,9 +85,10 @@ impl From<JobError> for Status {
     fn from(error: JobError) -> Status {
         let message = error.to_string();
         match &error {
-            JobError::BadJobId(_) | JobError::BadResultPath { .. } | JobError::BadRepoUrl { .. } => {
-                Status::invalid_argument(message)
-            }
+            JobError::BadJobId(_)
+            | JobError::BadResultPath { .. }
+            | JobError::BadRepoUrl { .. }
+            | JobError::Resources(_) => Status::invalid_argument(message),
             JobError::UnknownJob(_) => Status::not_found(message),
             JobError::Unpack(unpack) if unpack.is_out_of_space() => Status::resource_exhausted(message),
             JobError::Unpack(UnpackError::TooLarge { .. } | UnpackError::TooManyEntries { .. }) => {
@@ -99,6 +103,9 @@ impl From<JobError> for Status {
             JobError::Busy { .. } | JobError::BusyForCn { .. } => Status::resource_exhausted(message),
             JobError::NotAllowed { .. } => Status::permission_denied(message),
             JobError::NoIdentity(_) => Status::unauthenticated(message),
+            JobError::Stopped { limit: crate::executor::limits::Limit::Memory(_), .. } => {
+                Status::resource_exhausted(message)
+            }
             JobError::Stopped { .. } => Status::deadline_exceeded(message),
             JobError::Io(io) if is_out_of_space(io) => Status::resource_exhausted(message),
             JobError::Draining | JobError::NotStarted(_) => Status::unavailable(message),

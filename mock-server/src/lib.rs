@@ -4,7 +4,8 @@
 //! with a thin binary, so tests start it in-process with [`run`] on port 0. Its rooms,
 //! from the wire down: `rpc` (the services), `jobs` (the job table, results, spools),
 //! `execute` (the Execute step and the action cache's path), `executor` (where
-//! processes run: local, sandbox, Slurm), `store` (what is kept between jobs), `net`
+//! processes run: local, sandbox, Slurm), `resources` (cores, memory and licenses, and
+//! the queue for them), `store` (what is kept between jobs), `net`
 //! (sockets), `config`, `cli`; `state` is what every call shares, `error` the one
 //! mapping of errors to statuses.
 
@@ -21,6 +22,7 @@ mod execute;
 pub mod executor;
 mod jobs;
 mod net;
+pub mod resources;
 mod rpc;
 mod state;
 mod store;

@@ -37,6 +37,8 @@ pub struct State {
     pub metrics: Arc<crate::net::metrics::Metrics>,
     /// Durable runs' spools (`ExecuteRequest.durability`).
     pub spools: Arc<crate::jobs::spool::Spools>,
+    /// Cores, memory and licenses, and the one queue of steps waiting for them.
+    pub resources: Arc<crate::resources::Pool>,
     /// Set at shutdown: uploads are refused, running jobs finish.
     pub draining: AtomicBool,
     /// UploadBlobs streams open now (`per_cn.rs`).
@@ -100,7 +102,20 @@ impl State {
             config.action_cache_paths.clone(),
             config.action_cache_tools_refresh,
         ));
+        // With Slurm, Slurm decides what runs; the server meters only its own machine.
+        let metered = matches!(config.executor, ExecutorChoice::Local);
+        let resources = Arc::new(crate::resources::Pool::new(
+            config.capacity.clone(),
+            crate::resources::machine::cpu_ids(),
+            metered,
+        ));
+        tracing::info!(
+            capacity = config.capacity.describe().as_str(),
+            memory = crate::executor::confine::memory_control().describe().as_str(),
+            "resources for commands"
+        );
         let state = State {
+            resources,
             config,
             jobs,
             host: LocalExecutor::new(contain),

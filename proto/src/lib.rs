@@ -57,11 +57,12 @@ mod tests {
             cache_results: String::new(),
             durability: Durability::Unspecified as i32,
             attach_info: None,
+            resources: None,
         };
         assert_eq!(request.encode_to_vec(), b"\x0a\x01u\x12\x01t\x1a\x01c");
         // Ours asks for separate streams and progress in fields 4 and 5, which the
         // deployed peers skip.
-        let ours = ExecuteRequest { separate_streams: true, progress_updates: true, ..request };
+        let ours = ExecuteRequest { separate_streams: true, progress_updates: true, ..request.clone() };
         assert_eq!(ours.encode_to_vec(), b"\x0a\x01u\x12\x01t\x1a\x01c\x20\x01\x28\x01");
         // The action cache in fields 6 and 7.
         let cached = ExecuteRequest { cache: CachePolicy::Use as i32, cache_results: "b".into(), ..ours.clone() };
@@ -73,6 +74,16 @@ mod tests {
             ..ours
         };
         assert_eq!(durable.encode_to_vec(), b"\x0a\x01u\x12\x01t\x1a\x01c\x20\x01\x28\x01\x40\x01\x4a\x03\x12\x01r");
+        // What the step needs in field 10: two cores, one `s` license.
+        let needs = ExecuteRequest {
+            resources: Some(Resources {
+                cpus: 2,
+                licenses: vec![License { name: "s".into(), count: 1 }],
+                ..Default::default()
+            }),
+            ..request
+        };
+        assert_eq!(needs.encode_to_vec(), b"\x0a\x01u\x12\x01t\x1a\x01c\x52\x09\x08\x02\x1a\x05\x0a\x01s\x10\x01");
     }
 
     #[test]

@@ -233,6 +233,30 @@ pub struct Args {
     #[arg(long, env = "LRPYMRPC_TIMEOUT", value_name = "DURATION", value_parser = parse_positive_duration, help_heading = "Beyond lrPymRPC")]
     pub timeout: Option<Duration>,
 
+    /// Cores the command needs: it starts when they are free, runs on them, and its
+    /// OMP_NUM_THREADS says so (default: the server's grant, usually one)
+    #[arg(long, env = "LRPYMRPC_CPUS", value_name = "N", value_parser = clap::value_parser!(u32).range(1..=65536), help_heading = "Resources")]
+    pub cpus: Option<u32>,
+
+    /// Memory the command needs (`4G`, `512MiB`): reserved for it, and its limit
+    #[arg(long, env = "LRPYMRPC_MEM", value_name = "SIZE", help_heading = "Resources")]
+    pub mem: Option<SizeArg>,
+
+    /// A simulator license the command holds while it runs (`spectre`, `hspice:2`;
+    /// repeatable): it waits while the server's pool is taken
+    #[arg(
+        long,
+        env = "LRPYMRPC_LICENSE",
+        value_name = "NAME[:COUNT]",
+        value_delimiter = ',',
+        help_heading = "Resources"
+    )]
+    pub license: Vec<String>,
+
+    /// The longest the command may run on the server (`2h`); within the server's limit
+    #[arg(long, env = "LRPYMRPC_WALLTIME", value_name = "DURATION", value_parser = parse_positive_duration, help_heading = "Resources")]
+    pub walltime: Option<Duration>,
+
     /// Give up on a server that does not answer a connection within this long: TCP,
     /// the TLS handshake and the first call together. A server that accepts and then
     /// says nothing is not tried again (a server of a list is passed over)

@@ -12,5 +12,6 @@ pub(crate) mod fault;
 pub(crate) mod marker;
 pub(crate) mod peer;
 pub(crate) mod queue;
+pub(crate) mod resources;
 pub(crate) mod server_cert;
 pub(crate) mod session;

@@ -60,6 +60,7 @@ pub(crate) async fn place(
     let connecting = retrying(job, out, Step::Connect, || candidates(job, out));
     let mut candidates = patiently(out, job, "connecting", connecting).await?;
     out.end("");
+    keep_those_that_fit(job, &mut candidates, out)?;
     let mut wait = SlotWait::new(job.queue_timeout);
     let mut said_before_upload = false;
     // The refusal of the last server found full: what the step ends with when the
@@ -137,6 +138,44 @@ pub(crate) async fn place(
         }
         refresh(&mut candidates, alone, out).await;
     }
+}
+
+/// Passes over the servers that could never give what the step asks (`--cpus`,
+/// `--mem`, `--license`), before anything is uploaded; when none is left, the step is
+/// refused naming each server and what it has. A server that does not hear such
+/// requests (the Python server, an older lrpymrpc-server) is said once and kept.
+fn keep_those_that_fit(job: &Job, candidates: &mut Vec<Candidate>, out: &Output) -> Result<(), ClientError> {
+    let Some(request) = &job.resources else { return Ok(()) };
+    let mut refusals = Vec::new();
+    candidates.retain(|candidate| {
+        let peer = candidate.session.peer();
+        match crate::remote::resources::capacity(candidate.session.capabilities()) {
+            None => {
+                out.note(&format!(
+                    "{peer} does not hear resource requests (--cpus, --mem, --license, --walltime): the step gets \
+                     what it gives every step"
+                ));
+                true
+            }
+            Some(capacity) => match crate::remote::resources::never_fits(request, capacity) {
+                None => true,
+                Some(why) => {
+                    refusals.push(format!("{peer}: {why}"));
+                    false
+                }
+            },
+        }
+    });
+    if candidates.is_empty() {
+        return Err(ClientError::Local {
+            message: format!("the step could never run there: {}; nothing was uploaded", refusals.join("; ")),
+            hint: Some("ask for what a server has, or name one with more (--SERVER_IP)".into()),
+        });
+    }
+    for refusal in refusals {
+        out.verbose(&format!("not placing the job on {refusal}"));
+    }
+    Ok(())
 }
 
 /// `--detach` needs a server that keeps the command running without its client:

@@ -125,6 +125,10 @@ pub struct Config {
     pub pip: PipSources,
     /// Run pip and the command inside bubblewrap, checked to work at start.
     pub sandbox: Option<crate::executor::sandbox::Sandbox>,
+    /// Cores, memory and license pools commands may hold at once (`resources/`).
+    pub capacity: crate::resources::Capacity,
+    /// Variables every job's command gets (`--job-env`), under the command's own.
+    pub job_env: Vec<(String, String)>,
     /// Answer Execute exactly as a server predating the protocol extension does:
     /// output lines only, no stream labels, no exit status (for client tests).
     pub legacy_protocol: bool,
@@ -214,6 +218,8 @@ impl Config {
             pip: PipSources::default(),
             sandbox: None,
             legacy_protocol: false,
+            capacity: crate::resources::Capacity::of_machine(),
+            job_env: Vec::new(),
             executor: ExecutorChoice::Local,
             reattach_grace: Duration::from_secs(600),
             spool_max_bytes: 16 << 20,

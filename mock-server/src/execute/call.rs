@@ -12,8 +12,9 @@ use tracing::{info, warn};
 use crate::execute::cached::{self, CacheAsk, Plan};
 use crate::execute::repo_url::Requirement;
 use crate::execute::{self, StepEnd};
-use crate::executor::{Events, TimeLimits, describe};
+use crate::executor::{Events, JobEvent, TimeLimits, describe};
 use crate::jobs::{CommandEnd, CommandRun, Done, JobUse};
+use crate::resources::{Ask, Grant};
 use crate::state::State;
 
 /// What one Execute call asked, read and checked by its handler.
@@ -29,6 +30,9 @@ pub struct Call {
     /// One ordered stream (as the Python server sends), or stdout and stderr apart.
     pub merged: bool,
     pub progress_updates: bool,
+    /// The cores, memory and licenses the command needs (the defaults when the caller
+    /// asked for none), checked to fit the server.
+    pub needs: Ask,
     /// What the caller asked of the action cache, if anything.
     pub ask: Option<CacheAsk>,
     /// The command's run, ended here whatever happens.
@@ -40,34 +44,28 @@ pub struct Call {
 /// Does the call's work, sending its events to `tx`.
 pub async fn run(state: Arc<State>, call: Call, tx: Events) {
     let started = Instant::now();
-    let Some(ask) = call.ask.clone() else {
-        let ended = execute::execute(&call.dir, &call.requirements, &call.command, &context(&state, &call, &tx)).await;
-        call.run.ended(command_end(&ended));
-        note_end(&state, &call.id, &call.cn, &ended, started);
-        drop(call.job_use);
-        return;
-    };
     // The environment first (pip, when it is not built yet): the cache names the run
     // by the environment as installed, and pip's lines are never part of a record.
     let environment = match execute::environment(&call.dir, &call.requirements, &context(&state, &call, &tx)).await {
         Ok(environment) => environment,
-        Err(ended) => {
-            call.run.ended(command_end(&ended));
-            note_end(&state, &call.id, &call.cn, &ended, started);
-            drop(call.job_use);
-            return;
+        Err(ended) => return finish(&state, call, &ended, started),
+    };
+    let plan = match &call.ask {
+        Some(ask) => {
+            let run = cached::Run {
+                job: &call.id,
+                cn: &call.owner,
+                input_root: call.run.pristine_input_root(),
+                environment: environment.identity(),
+                command: &call.command,
+                merged: call.merged,
+            };
+            cached::plan(&state, run, ask, &tx).await
         }
+        None => Plan::Off,
     };
-    let run = cached::Run {
-        job: &call.id,
-        cn: &call.owner,
-        input_root: call.run.pristine_input_root(),
-        environment: environment.identity(),
-        command: &call.command,
-        merged: call.merged,
-    };
-    match cached::plan(&state, run, &ask, &tx).await {
-        Plan::Serve(record, followed) => {
+    match (plan, call.ask.clone()) {
+        (Plan::Serve(record, followed), Some(ask)) => {
             let served = cached::serve(&state, &call.id, (&record, followed), &ask, call.merged, &tx).await;
             call.run.ended(match &served {
                 Ok(()) => CommandEnd::Exited { code: 0, signal: 0 },
@@ -75,32 +73,62 @@ pub async fn run(state: Arc<State>, call: Call, tx: Events) {
             });
             report_served(&state, &call.id, &call.cn, served, &tx, started).await;
         }
-        Plan::Gone => {
+        (Plan::Gone, _) => {
             call.run.ended(CommandEnd::Cancelled);
             state.jobs.finished(&call.id, Done::Cancelled);
             warn!(job = %call.id, cn = call.cn.as_str(), "client went away while waiting for the same step");
         }
-        Plan::Record(key, flight) => {
+        (Plan::Record(key, flight), Some(ask)) => {
+            let Some(grant) = granted(&state, &call.needs, &tx).await else {
+                return finish(&state, call, &StepEnd::Cancelled, started);
+            };
             let (events, recording) =
                 cached::recorder(state.clone(), call.id.clone(), call.dir.clone(), (key, flight), ask, tx.clone());
             let ended =
-                execute::command(&call.dir, &call.command, &environment, &context(&state, &call, &events)).await;
+                execute::command(&call.dir, &call.command, &environment, &grant, &context(&state, &call, &events))
+                    .await;
             // The recorder forwards what is left, and keeps the record, before the
             // command counts as ended.
             drop(events);
             let _ = recording.await;
-            call.run.ended(command_end(&ended));
-            note_end(&state, &call.id, &call.cn, &ended, started);
+            drop(grant);
+            finish(&state, call, &ended, started);
         }
-        Plan::Off => {
-            let ended = execute::command(&call.dir, &call.command, &environment, &context(&state, &call, &tx)).await;
-            call.run.ended(command_end(&ended));
-            note_end(&state, &call.id, &call.cn, &ended, started);
+        _ => {
+            let Some(grant) = granted(&state, &call.needs, &tx).await else {
+                return finish(&state, call, &StepEnd::Cancelled, started);
+            };
+            let ended =
+                execute::command(&call.dir, &call.command, &environment, &grant, &context(&state, &call, &tx)).await;
+            // Held until the command's processes are gone, which they are now.
+            drop(grant);
+            finish(&state, call, &ended, started);
         }
     }
-    // The job is no longer in use once all of the above is done (the environment's
-    // lease with it).
-    drop(environment);
+}
+
+/// Waits in the server's one queue until all the step needs is free, telling the
+/// client why it waits each time that changes; `None` when the client went away.
+async fn granted(state: &State, needs: &Ask, tx: &Events) -> Option<Grant> {
+    let (said_tx, mut said) = tokio::sync::mpsc::unbounded_channel();
+    let acquire = state.resources.acquire(needs, move |why| drop(said_tx.send(why)));
+    tokio::pin!(acquire);
+    loop {
+        tokio::select! {
+            grant = &mut acquire => return Some(grant),
+            Some(why) = said.recv() => {
+                let _ = tx.send(Ok(JobEvent::Note(why))).await;
+            }
+            () = tx.closed() => return None,
+        }
+    }
+}
+
+/// The step's end in the job table, the metrics and the log; the job is no longer in
+/// use after this (the environment's lease is dropped by the caller before or with it).
+fn finish(state: &State, call: Call, ended: &StepEnd, started: Instant) {
+    call.run.ended(command_end(ended));
+    note_end(state, &call.id, &call.cn, ended, started);
     drop(call.job_use);
 }
 
@@ -141,6 +169,7 @@ fn context<'a>(state: &'a State, call: &'a Call, events: &'a Events) -> execute:
         pip: &config.pip,
         merged_output: call.merged,
         progress_updates: call.progress_updates,
+        job_env: &config.job_env,
     }
 }
 

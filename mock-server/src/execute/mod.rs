@@ -11,4 +11,4 @@ pub mod python;
 pub mod repo_url;
 mod step;
 
-pub use step::{Context, StepEnd, command, environment, execute};
+pub use step::{Context, StepEnd, command, environment};

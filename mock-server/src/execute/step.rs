@@ -15,9 +15,11 @@ use crate::error::JobError;
 use crate::execute::envs::{self, EnvCache, Origin};
 use crate::execute::python::python;
 use crate::execute::repo_url::Requirement;
+use crate::executor::confine::Confine;
 use crate::executor::sandbox::{Reach, Sandbox};
 use crate::executor::{Events, Executor, JobEvent, Launch, ProcessEnd, TimeLimits, describe};
 use crate::jobs;
+use crate::resources::Grant;
 
 /// Everything one Execute needs besides the request.
 #[derive(Debug, Clone)]
@@ -44,6 +46,8 @@ pub struct Context<'a> {
     pub merged_output: bool,
     /// Report rewritten lines as progress (the client asked for it).
     pub progress_updates: bool,
+    /// The administrator's variables for every command (`--job-env`).
+    pub job_env: &'a [(String, String)],
 }
 
 /// How an Execute step ended, for the job's lifecycle and the log.
@@ -56,19 +60,6 @@ pub enum StepEnd {
     /// pip failed, a limit stopped it, or the server could not run it; the client
     /// got this error as the stream's status.
     Failed(String),
-}
-
-/// Runs the whole Execute step, streaming every event to the context's `events`.
-pub async fn execute(
-    job_dir: &Path,
-    requirements: &[Requirement],
-    command_line: &str,
-    context: &Context<'_>,
-) -> StepEnd {
-    match environment(job_dir, requirements, context).await {
-        Ok(environment) => command(job_dir, command_line, &environment, context).await,
-        Err(ended) => ended,
-    }
 }
 
 /// The first half of the step: the Python environment, built or found (pip's lines
@@ -85,9 +76,15 @@ pub async fn environment(
     }
 }
 
-/// The second half: the command, in `environment`.
-pub async fn command(job_dir: &Path, command_line: &str, environment: &Environment, context: &Context<'_>) -> StepEnd {
-    match run_command(job_dir, command_line, environment.path(), context).await {
+/// The second half: the command, in `environment`, held to what `grant` gives it.
+pub async fn command(
+    job_dir: &Path,
+    command_line: &str,
+    environment: &Environment,
+    grant: &Grant,
+    context: &Context<'_>,
+) -> StepEnd {
+    match run_command(job_dir, command_line, environment.path(), grant, context).await {
         Ok(ended) => ended,
         Err(error) => failed(error, context).await,
     }
@@ -202,12 +199,22 @@ async fn run_command(
     job_dir: &Path,
     command_line: &str,
     venv: Option<&Path>,
+    grant: &Grant,
     context: &Context<'_>,
 ) -> Result<StepEnd, JobError> {
     let readable: Vec<&Path> = venv.into_iter().collect();
     let args = [OsStr::new("-c"), OsStr::new(command_line)];
     // Python tools block-buffer a pipe; the user wants their progress lines now.
     let mut env = vec![(OsString::from("PYTHONUNBUFFERED"), OsString::from("1"))];
+    // The cores granted are the threads a numerical library starts, unless the
+    // administrator's job environment says otherwise (the command's own setting wins
+    // over both: it is set inside the command).
+    let cpus = OsString::from(grant.cpus().to_string());
+    for name in ["OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "LRPYMRPC_CPUS"] {
+        env.push((name.into(), cpus.clone()));
+    }
+    env.retain(|(name, _)| !context.job_env.iter().any(|(set, _)| OsStr::new(set) == name));
+    env.extend(context.job_env.iter().map(|(name, value)| (OsString::from(name), OsString::from(value))));
     if let Some(venv) = venv {
         let path = std::env::var_os("PATH").unwrap_or_default();
         let mut paths = vec![venv.join("bin")];
@@ -216,8 +223,10 @@ async fn run_command(
         env.push(("VIRTUAL_ENV".into(), venv.into()));
     }
     let reach = Reach { writable: &[], readable: &readable, network: context.sandbox_network };
-    let launch = launch_in(context, job_dir, reach, Step::Command, &env, OsStr::new("sh"), &args);
-    match context.executor.run(launch, context.events, context.limits).await? {
+    let mut launch = launch_in(context, job_dir, reach, Step::Command, &env, OsStr::new("sh"), &args);
+    launch.confine = Confine { cpu_ids: grant.cpu_ids(), memory_bytes: grant.memory_bytes() };
+    let wall = grant.walltime.map_or(context.limits.wall, |walltime| walltime.min(context.limits.wall));
+    match context.executor.run(launch, context.events, TimeLimits { wall, ..context.limits }).await? {
         ProcessEnd::Exited(status) => {
             use std::os::unix::process::ExitStatusExt;
             let exited = JobEvent::Exited { code: status.code().unwrap_or(0), signal: status.signal().unwrap_or(0) };
@@ -323,6 +332,7 @@ fn launch_in(
         dir: job_dir.to_path_buf(),
         merged_output: context.merged_output,
         progress_updates: context.progress_updates,
+        confine: Default::default(),
     };
     match context.sandbox {
         Some(sandbox) => sandbox.wrap(launch, reach),

@@ -1,4 +1,4 @@
-//! The time limits of a job's run, and which one stopped it. A leaf module: errors,
+//! The time limits of a job's run, and which limit (time or memory) stopped it. A leaf module: errors,
 //! executors and the listener all use it.
 
 use std::fmt;
@@ -20,6 +20,8 @@ pub struct TimeLimits {
 pub enum Limit {
     Wall(Duration),
     Idle(Duration),
+    /// Its memory cgroup's limit, in bytes: the kernel killed it.
+    Memory(u64),
 }
 
 impl fmt::Display for Limit {
@@ -27,6 +29,11 @@ impl fmt::Display for Limit {
         match self {
             Limit::Wall(limit) => write!(f, "it ran longer than {}", human_duration(*limit)),
             Limit::Idle(limit) => write!(f, "it printed nothing for {}", human_duration(*limit)),
+            Limit::Memory(limit) => write!(
+                f,
+                "it used more than the {} of memory it was granted (ask for more with --mem)",
+                lrpymrpc_units::human_bytes(*limit)
+            ),
         }
     }
 }

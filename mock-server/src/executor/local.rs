@@ -9,8 +9,9 @@ use std::sync::Arc;
 
 use tokio::process::Command;
 
+use crate::executor::confine::Confinement;
 use crate::executor::process_run::{self, ProcessGroup, Runs, Stop, Streaming};
-use crate::executor::{Events, Executor, Launch, ProcessEnd, TimeLimits};
+use crate::executor::{Events, Executor, Launch, Limit, ProcessEnd, TimeLimits};
 
 /// Runs launches as local process groups.
 #[derive(Debug, Clone, Default)]
@@ -26,9 +27,11 @@ impl LocalExecutor {
         LocalExecutor { contain, runs: Arc::default() }
     }
 
-    fn command(&self, launch: Launch) -> Command {
+    fn command(&self, launch: Launch, confinement: &Confinement) -> Command {
         let mut command = Command::new(launch.program);
         command.args(launch.args).current_dir(launch.dir).env_clear().envs(launch.env);
+        // Before the namespace's processes are forked, so all of them inherit it.
+        confinement.apply(&mut command);
         if self.contain {
             crate::executor::contain::contain(&mut command);
         }
@@ -40,9 +43,18 @@ impl LocalExecutor {
 impl Executor for LocalExecutor {
     async fn run(&self, launch: Launch, events: &Events, limits: TimeLimits) -> io::Result<ProcessEnd> {
         let streaming = Streaming { merged: launch.merged_output, progress: launch.progress_updates, own_line: None };
-        let command = self.command(launch);
+        let confinement = Confinement::new(&launch.confine)?;
+        let command = self.command(launch, &confinement);
         let stop = |id| Arc::new(ProcessGroup { id }) as Arc<dyn Stop>;
-        Ok(process_run::run(command, streaming, events, limits, &self.runs, stop).await?.end)
+        let end = process_run::run(command, streaming, events, limits, &self.runs, stop).await?.end;
+        // A process of it killed by the kernel for its memory cgroup, and the run
+        // failing: said as the limit it was.
+        Ok(match end {
+            ProcessEnd::Exited(status) if !status.success() && confinement.over_memory() => {
+                ProcessEnd::LimitReached(Limit::Memory(confinement.memory_bytes()))
+            }
+            end => end,
+        })
     }
 
     /// SIGTERM to every running group now, SIGKILL after the grace.

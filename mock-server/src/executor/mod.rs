@@ -7,6 +7,7 @@
 //! executor (`slurm.rs`) as a job step on a node; both stream through
 //! `process_run.rs`.
 
+pub mod confine;
 pub mod contain;
 pub mod limits;
 pub mod lines;
@@ -42,6 +43,8 @@ pub struct Launch {
     /// Report text rewritten after a carriage return as [`JobEvent::Progress`], and
     /// send of each line only what a terminal would show (clients that ask for it).
     pub progress_updates: bool,
+    /// The cores and memory the run was granted (`confine.rs`); none for set-up steps.
+    pub confine: confine::Confine,
 }
 
 /// Which output pipe a line came from.

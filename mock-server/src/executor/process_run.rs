@@ -129,7 +129,8 @@ pub async fn run(
     let mut child = command.spawn()?;
     // The parent's copies of the writing end go, so the reader sees the end.
     drop(command);
-    let stop = stop(child.id().and_then(|id| i32::try_from(id).ok()));
+    let group = child.id().and_then(|id| i32::try_from(id).ok());
+    let stop = stop(group);
     let _registered = Registered::new(runs, stop.clone());
     let wall_deadline = tokio::time::Instant::now() + limits.wall;
     let mut idle_deadline = tokio::time::Instant::now() + limits.idle;
@@ -154,6 +155,7 @@ pub async fn run(
     // dropped: srun killed before it told the controller leaves its job in `squeue`.
     let ended = async |end, child: &mut tokio::process::Child| {
         let _ = tokio::time::timeout(KILL_GRACE + Duration::from_secs(1), child.wait()).await;
+        group_gone(group).await;
         Ok(Ended { end, own_lines: Vec::new() })
     };
     loop {
@@ -206,7 +208,20 @@ pub async fn run(
         Some(status) => status,
         None => child.wait().await?,
     };
+    group_gone(group).await;
     Ok(Ended { end: ProcessEnd::Exited(status), own_lines })
+}
+
+/// Waits until no process of the run's group is left (they were sent SIGTERM, and
+/// SIGKILL follows after [`KILL_GRACE`]), for a little longer than that at most: what
+/// the run held (its cores, its licenses) is given back only once its processes are gone.
+async fn group_gone(group: Option<i32>) {
+    let Some(group) = group else { return };
+    let deadline = tokio::time::Instant::now() + KILL_GRACE + Duration::from_secs(1);
+    // SAFETY: killpg with signal 0 only checks that the group exists.
+    while unsafe { libc::killpg(group, 0) } == 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// A local process group to stop: SIGTERM at once, SIGKILL after [`KILL_GRACE`].

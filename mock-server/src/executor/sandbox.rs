@@ -106,6 +106,7 @@ impl Sandbox {
             dir: plan.root.clone(),
             merged_output: false,
             progress_updates: false,
+            confine: Default::default(),
         };
         let probe = sandbox.wrap(probe, reach);
         let output = std::process::Command::new(&probe.program)
@@ -166,6 +167,7 @@ impl Sandbox {
             dir: launch.dir,
             merged_output: launch.merged_output,
             progress_updates: launch.progress_updates,
+            confine: launch.confine,
         }
     }
 }

@@ -138,6 +138,8 @@ impl Extensions for ExtensionService {
                 durable_jobs: true,
                 executor: config.executor.name().into(),
                 known_trees: self.state.store.is_some(),
+                // Slurm does not hear them yet: a client says so instead of asking.
+                resources: matches!(config.executor, crate::config::ExecutorChoice::Local),
             }),
             limits: Some(Limits {
                 max_message_bytes: MAX_MESSAGE_BYTES,
@@ -151,6 +153,7 @@ impl Extensions for ExtensionService {
                 draining: self.state.draining.load(Ordering::SeqCst),
             }),
             caller: Some(caller),
+            capacity: Some(capacity_now(&self.state)),
         };
         Ok(Response::new(response))
     }
@@ -443,4 +446,28 @@ struct TreeHead {
     root: Digest,
     /// Only the root was sent: the job is made from a tree the caller made one from.
     root_only: bool,
+}
+
+/// The capacity and what is free of it now, as the capabilities call reports it.
+fn capacity_now(state: &crate::state::State) -> lrpymrpc_proto::v1::Capacity {
+    let capacity = state.resources.capacity();
+    let now = state.resources.snapshot();
+    lrpymrpc_proto::v1::Capacity {
+        cpus: capacity.cpus,
+        free_cpus: now.free_cpus,
+        memory_bytes: capacity.memory_bytes,
+        free_memory_bytes: now.free_memory_bytes,
+        licenses: capacity
+            .licenses
+            .iter()
+            .map(|(name, total)| lrpymrpc_proto::v1::LicensePool {
+                name: name.clone(),
+                total: *total,
+                free: now.free_licenses.get(name).copied().unwrap_or(0),
+            })
+            .collect(),
+        default_cpus: capacity.default_cpus,
+        waiting: now.waiting,
+        max_walltime_seconds: state.config.job_timeout.as_secs(),
+    }
 }

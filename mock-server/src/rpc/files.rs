@@ -25,6 +25,7 @@ use crate::execute::cached::{self, CacheAsk};
 use crate::execute::repo_url::parse_repo_url;
 use crate::jobs::Done;
 use crate::jobs::results::{existing_results, result_bytes, result_names};
+use crate::resources::Ask;
 use crate::rpc::auth::{Caller, authorize};
 use crate::rpc::messages::{ResponseStream, to_message};
 use crate::state::State;
@@ -144,6 +145,14 @@ impl FileService for Service {
         // newline or ESC can forge a line); never into the message.
         info!(job = %id, cn = caller.name(), repo_url = request.tool.as_str(), command = request.command_opt.as_str(), "execute");
         let requirements = parse_repo_url(&request.tool)?;
+        // What the command needs; what no wait could ever give is refused now.
+        let capacity = self.state.resources.capacity();
+        let metered = matches!(self.state.config.executor, crate::config::ExecutorChoice::Local);
+        let asked = request.resources.as_ref().filter(|_| !self.state.config.legacy_protocol && metered);
+        let needs = Ask::from_wire(asked, capacity).map_err(JobError::Resources)?;
+        if let Some(why) = capacity.refusal(&needs) {
+            return Err(JobError::Resources(format!("{why}: it could never run here")).into());
+        }
         let run = self.state.jobs.start_command(&job_use)?;
         // As the Python server: one ordered stream, unless the client asks for two.
         let merged = !request.separate_streams || self.state.config.legacy_protocol;
@@ -179,6 +188,7 @@ impl FileService for Service {
             command: request.command_opt,
             merged,
             progress_updates,
+            needs,
             ask,
             run,
             job_use,

@@ -21,6 +21,7 @@ mod load;
 mod monitoring;
 mod packaging;
 mod proxy;
+mod resources;
 mod security;
 mod server;
 mod servers;

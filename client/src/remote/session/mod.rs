@@ -269,6 +269,7 @@ impl Session {
             },
             durability: durability as i32,
             attach_info,
+            resources: job.resources.clone(),
         };
         let lines = client.execute(request).await.map_err(|status| self.failed(Step::Execute, status))?.into_inner();
         if job.detach {

@@ -1,0 +1,187 @@
+//! Cores, memory and licenses end to end (issue 29, and the cores a step sees, issue
+//! 34): a step asks with `--cpus`, `--mem`, `--license`; the server runs it only when
+//! all of it is free, first come first served, says why a step waits, holds a step to
+//! its cores and memory, and refuses before the upload what it could never give.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::sync::{Arc, Mutex};
+
+use lrpymrpc_mock_server::resources::Capacity;
+
+use crate::env::{PROCESS_LIMIT, TestEnv, wait_until};
+
+fn capacity(cpus: u32, licenses: &[(&str, u32)]) -> Capacity {
+    Capacity {
+        cpus,
+        memory_bytes: 4 << 30,
+        licenses: licenses.iter().map(|(name, count)| (name.to_string(), *count)).collect::<BTreeMap<_, _>>(),
+        default_cpus: 1,
+    }
+}
+
+/// A client started in the background whose stdout and stderr are gathered as they come.
+struct Running {
+    child: std::process::Child,
+    said: Arc<Mutex<String>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Running {
+    fn start(env: &TestEnv, args: &[&str]) -> Running {
+        let mut child = env
+            .client_std()
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let said = Arc::new(Mutex::new(String::new()));
+        let mut readers = Vec::new();
+        let pipes: [Box<dyn Read + Send>; 2] =
+            [Box::new(child.stdout.take().unwrap()), Box::new(child.stderr.take().unwrap())];
+        for mut pipe in pipes {
+            let said = said.clone();
+            readers.push(std::thread::spawn(move || {
+                let mut buffer = [0u8; 4096];
+                while let Ok(read @ 1..) = pipe.read(&mut buffer) {
+                    said.lock().unwrap().push_str(&String::from_utf8_lossy(&buffer[..read]));
+                }
+            }));
+        }
+        Running { child, said, readers }
+    }
+
+    fn said(&self) -> String {
+        self.said.lock().unwrap().clone()
+    }
+
+    fn wait_for(&self, text: &str) {
+        wait_until(PROCESS_LIMIT, &format!("the client says `{text}`"), || self.said().contains(text));
+    }
+
+    /// Waits for the client to end; its exit status and all it said.
+    fn end(mut self) -> (std::process::ExitStatus, String) {
+        let status = crate::env::wait_exit(&mut self.child, PROCESS_LIMIT);
+        for reader in self.readers.drain(..) {
+            reader.join().unwrap();
+        }
+        (status, self.said())
+    }
+}
+
+/// A command that says it started (a file in the test's root), then waits for `release`.
+fn held_until_released(env: &TestEnv, name: &str) -> String {
+    let root = env.root.path().display();
+    format!("touch {root}/{name}-started; until [ -e {root}/release ]; do sleep 0.02; done; echo {name}-ran")
+}
+
+// Two 2-core steps on a 3-core server: the second waits, says for what, and runs once
+// the first has ended; a third asking for one core waits its turn behind it though a
+// core is free (first come, first served).
+#[test]
+fn two_two_core_steps_on_a_three_core_server_run_one_after_the_other_and_say_why() {
+    let env = TestEnv::configured(|config| config.capacity = capacity(3, &[]));
+    env.write("source/x", "x");
+    let first = Running::start(&env, &["--cpus", "2", "--CMD", &held_until_released(&env, "first")]);
+    wait_until(PROCESS_LIMIT, "the first step runs", || env.root.path().join("first-started").exists());
+    let second = Running::start(&env, &["--cpus", "2", "--CMD", "echo second-ran"]);
+    second.wait_for("waiting for 2 cores (1 free)");
+    let third = Running::start(&env, &["--cpus", "1", "--CMD", "echo third-ran"]);
+    third.wait_for("waiting: 1 ahead of you");
+    assert!(!second.said().contains("]:second-ran") && !third.said().contains("]:third-ran"));
+    std::fs::write(env.root.path().join("release"), "").unwrap();
+    for (running, ran) in [(first, "first-ran"), (second, "second-ran"), (third, "third-ran")] {
+        let (status, said) = running.end();
+        assert!(status.success() && said.contains(&format!("]:{ran}")), "{said}");
+    }
+}
+
+// One `hspice` license: a step holding it makes the next one wait while cores are free.
+#[test]
+fn a_held_license_makes_the_next_step_wait_while_cores_are_free() {
+    let env = TestEnv::configured(|config| config.capacity = capacity(3, &[("hspice", 1)]));
+    env.write("source/x", "x");
+    let holder = Running::start(&env, &["--license", "hspice", "--CMD", &held_until_released(&env, "holder")]);
+    wait_until(PROCESS_LIMIT, "the license holder runs", || env.root.path().join("holder-started").exists());
+    let next = Running::start(&env, &["--license", "hspice:1", "--CMD", "echo next-ran"]);
+    next.wait_for("waiting: license hspice 1/1 in use");
+    let free_cores = Running::start(&env, &["--CMD", "echo no-license-ran"]);
+    let (status, said) = free_cores.end();
+    assert!(status.success() && said.contains("]:no-license-ran"), "a step without the license runs: {said}");
+    assert!(!next.said().contains("]:next-ran"));
+    std::fs::write(env.root.path().join("release"), "").unwrap();
+    for (running, ran) in [(holder, "holder-ran"), (next, "next-ran")] {
+        let (status, said) = running.end();
+        assert!(status.success() && said.contains(&format!("]:{ran}")), "{said}");
+    }
+}
+
+// What the server could never give is refused before anything is uploaded, naming the
+// option and what the server has.
+#[test]
+fn a_request_the_server_could_never_give_is_refused_before_the_upload() {
+    let env = TestEnv::configured(|config| config.capacity = capacity(3, &[("spectre", 2)]));
+    env.write("source/x", "x");
+    for (args, said) in [
+        (&["--cpus", "8"][..], "--cpus 8: the server has 3 cores for commands"),
+        (&["--license", "spectre:3"][..], "--license spectre:3: the server has 2 of it"),
+        (&["--license", "hspice"][..], "--license hspice: the server has no such pool (spectre=2)"),
+        (&["--mem", "64G"][..], "--mem 64.00 GiB: the server has 4.00 GiB for commands"),
+    ] {
+        let output = env.client().args(args).args(["--CMD", "echo ran"]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{stderr}");
+        assert!(stderr.contains(said) && stderr.contains("nothing was uploaded"), "{stderr}");
+        assert!(env.job_dirs().is_empty(), "{:?}", env.job_dirs());
+    }
+    // A bad request is a usage error.
+    let output = env.client().args(["--license", "two words", "--CMD", "true"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(2), "{}", String::from_utf8_lossy(&output.stderr));
+}
+
+// The cores a step is granted are the cores it sees: `nproc` and OMP_NUM_THREADS say
+// one for a step that asked for nothing; the administrator's job environment reaches
+// the command, and the command's own setting wins.
+#[test]
+fn a_step_sees_the_cores_it_was_granted_and_the_administrators_job_environment() {
+    let env = TestEnv::configured(|config| {
+        config.job_env = vec![("OMP_WAIT_POLICY".into(), "passive".into()), ("LAB".into(), "ihp".into())];
+    });
+    env.write("source/x", "x");
+    let command = "echo cpus=$(nproc) omp=$OMP_NUM_THREADS granted=$LRPYMRPC_CPUS wait=$OMP_WAIT_POLICY lab=$LAB; \
+                   export LAB=mine; python3 -c 'import os; print(\"own=\" + os.environ[\"LAB\"])'";
+    let output = env.client().args(["--CMD", command]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("]:cpus=1 omp=1 granted=1 wait=passive lab=ihp"), "{stdout}");
+    assert!(stdout.contains("]:own=mine"), "{stdout}");
+    if lrpymrpc_mock_server::resources::machine::cpu_ids().len() >= 2 {
+        let output = env.client().args(["--cpus", "2", "--CMD", command]).output().unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(stdout.contains("]:cpus=2 omp=2 granted=2"), "{stdout}");
+    }
+}
+
+// A step over its `--mem` is killed, and the user is told it was the memory limit.
+#[test]
+fn a_step_over_its_memory_is_stopped_and_told_so() {
+    use lrpymrpc_mock_server::executor::confine::{MemoryControl, memory_control};
+    if !matches!(memory_control(), MemoryControl::CgroupV1(_)) {
+        crate::env::needed(
+            "a memory cgroup the server may make (cgroup v1 mounted read-write at /sys/fs/cgroup/memory)",
+            "run the suite where the memory controller is writable, as on CI",
+        );
+    }
+    let env = TestEnv::new();
+    env.write("source/x", "x");
+    let hungry = "echo allocating; python3 -c 'x = bytearray(400 * 1024 * 1024); print(\"survived\", len(x))'";
+    let output = env.client().args(["--mem", "64M", "--CMD", hungry]).output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("]:allocating"), "the command ran: {stdout}{stderr}");
+    assert!(!output.status.success() && !stdout.contains("]:survived"), "{stdout}{stderr}");
+    assert!(stderr.contains("it used more than the 64.0 MiB of memory it was granted"), "{stderr}");
+    // Within its memory, the same step runs.
+    let output = env.client().args(["--mem", "1G", "--CMD", hungry]).output().unwrap();
+    assert!(String::from_utf8_lossy(&output.stdout).contains("]:survived 419430400"));
+}
