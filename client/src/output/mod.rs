@@ -125,15 +125,22 @@ impl Output {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Writes with any progress bar moved out of the way.
+    /// Writes one line with any progress bar moved out of the way. The line and its
+    /// newline leave in one write, so the lines of clients sharing a pipe (`make -j |
+    /// tee log`) never splice; the kernel keeps a write whole up to the pipe's atomic
+    /// size (4 KiB on Linux), so a longer line may still interleave with another
+    /// writer's output.
     fn write(&self, to_stderr: bool, text: &str) {
         let bar = self.state().bar.clone();
+        let mut line = String::with_capacity(text.len() + 1);
+        line.push_str(text);
+        line.push('\n');
         let write = || {
             if to_stderr {
-                let _ = writeln!(std::io::stderr().lock(), "{text}");
+                let _ = std::io::stderr().lock().write_all(line.as_bytes());
             } else {
                 let mut stdout = std::io::stdout().lock();
-                let _ = writeln!(stdout, "{text}");
+                let _ = stdout.write_all(line.as_bytes());
                 let _ = stdout.flush();
             }
         };

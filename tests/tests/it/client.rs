@@ -415,3 +415,52 @@ fn the_prefix_is_a_template_and_a_bad_one_is_a_usage_error() {
         .stderr(predicate::str::contains("`{hots}` in `{hots}:` is not a placeholder"))
         .stderr(predicate::str::contains("(from environment LRPYMRPC_PREFIX)"));
 }
+
+// Two clients writing to one pipe (`make -j2 ... | tee log`), a thousand lines each on
+// both streams: not one line spliced or split, since each leaves in one write.
+#[test]
+fn two_clients_sharing_one_pipe_never_splice_a_line() {
+    use std::io::Read;
+    let env = TestEnv::new();
+    env.write("source/x", "x");
+    let padding = "p".repeat(180);
+    let (mut reader, writer) = std::io::pipe().unwrap();
+    let children: Vec<_> = ["one", "two"]
+        .iter()
+        .map(|name| {
+            let command = format!(
+                "i=0; while [ $i -lt 1000 ]; do echo {name}-out-$i-{padding}; echo {name}-err-$i-{padding} >&2; \
+                 i=$((i+1)); done"
+            );
+            env.client_std()
+                .args(["--CMD", &command])
+                .stdout(writer.try_clone().unwrap())
+                .stderr(writer.try_clone().unwrap())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    drop(writer);
+    let mut all = String::new();
+    reader.read_to_string(&mut all).unwrap();
+    for mut child in children {
+        assert!(crate::env::wait_exit(&mut child, crate::env::PROCESS_LIMIT).success());
+    }
+    let prefix = env.prefix();
+    let mut counts = std::collections::HashMap::new();
+    for line in all.lines() {
+        let Some(rest) = line.strip_prefix(&prefix) else {
+            assert!(line.starts_with("lrpymrpc: "), "a spliced or split line: {line:?}");
+            continue;
+        };
+        if rest.starts_with("one-") || rest.starts_with("two-") {
+            let (kind, tail) = rest.split_at(8);
+            let number = tail.strip_suffix(&format!("-{padding}"));
+            assert!(number.is_some_and(|n| n.parse::<u32>().is_ok()), "a spliced or split line: {line:?}");
+            *counts.entry(kind.to_string()).or_insert(0) += 1;
+        }
+    }
+    for kind in ["one-out", "one-err", "two-out", "two-err"] {
+        assert_eq!(counts.get(&format!("{kind}-")).copied(), Some(1000), "{kind}: {counts:?}");
+    }
+}
