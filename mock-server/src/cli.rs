@@ -569,10 +569,13 @@ fn serve(args: Args) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
         // Refuse to start, before listening, where Slurm's nodes cannot see the jobs.
+        let mut config = config;
         if let ExecutorChoice::Slurm(options) = &config.executor {
             let slurm = SlurmExecutor::new(options.clone(), &config.root, config.job_timeout)?;
             slurm.probe(&config.root).await?;
             tracing::info!("Slurm ran the probe step: the job root is shared with the nodes");
+            // What a step may ask for is what the cluster has; Slurm decides when.
+            config.capacity = slurm.capacity(config.capacity.default_cpus).await?;
         }
         let listener = tokio::net::TcpListener::bind(listen).await.map_err(|error| listen_error(listen, &error))?;
         let address = listener.local_addr()?;

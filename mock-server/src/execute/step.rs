@@ -224,8 +224,13 @@ async fn run_command(
     }
     let reach = Reach { writable: &[], readable: &readable, network: context.sandbox_network };
     let mut launch = launch_in(context, job_dir, reach, Step::Command, &env, OsStr::new("sh"), &args);
-    launch.confine = Confine { cpu_ids: grant.cpu_ids(), memory_bytes: grant.memory_bytes() };
-    let wall = grant.walltime.map_or(context.limits.wall, |walltime| walltime.min(context.limits.wall));
+    launch.confine = Confine {
+        cpu_ids: grant.cpu_ids(),
+        cpus: grant.cpus(),
+        memory_bytes: grant.memory_bytes(),
+        licenses: grant.licenses().clone(),
+    };
+    let wall = grant.walltime().map_or(context.limits.wall, |walltime| walltime.min(context.limits.wall));
     match context.executor.run(launch, context.events, TimeLimits { wall, ..context.limits }).await? {
         ProcessEnd::Exited(status) => {
             use std::os::unix::process::ExitStatusExt;

@@ -1,4 +1,5 @@
-//! Holds a local run to what it was granted (`resources/`): the cores it may run on
+//! What a run was granted (`Confine`: another scheduler is asked for it, see
+//! `slurm.rs`), and how a local run is held to it (`resources/`): the cores it may run on
 //! (CPU affinity, which the processes it starts inherit, so `nproc` and OpenMP see
 //! them) and the memory it reserved. Memory is enforced by a memory cgroup (v1) of
 //! its own where the server can make one, else by an address-space rlimit; which one
@@ -17,8 +18,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub struct Confine {
     /// The machine's CPU ids the run may use; empty: any.
     pub cpu_ids: Vec<usize>,
+    /// How many cores it was granted (what another scheduler is asked for); 0: none said.
+    pub cpus: u32,
     /// The memory it may use; 0: no limit.
     pub memory_bytes: u64,
+    /// License pools and counts it holds (what another scheduler is asked for).
+    pub licenses: std::collections::BTreeMap<String, u32>,
 }
 
 /// How memory limits are enforced on this machine.

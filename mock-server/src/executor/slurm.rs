@@ -28,8 +28,12 @@ use std::time::Duration;
 
 use tokio::process::Command;
 
+use lrpymrpc_units::human_duration;
+
+use crate::executor::confine::Confine;
 use crate::executor::process_run::{self, ProcessGroup, Runs, Stop, Streaming};
 use crate::executor::{Events, Executor, JobEvent, Launch, ProcessEnd, TimeLimits};
+use crate::resources::Capacity;
 
 /// Every Slurm job this server starts is named with this prefix and the job's id.
 pub const JOB_NAME_PREFIX: &str = "lrpymrpc-";
@@ -79,6 +83,8 @@ pub enum SlurmError {
          hint: put --root on a filesystem every node mounts at the same path (NFS, Lustre, GPFS)"
     )]
     NotShared { root: PathBuf, seen: String },
+    #[error("--executor slurm: asking `scontrol {0}` failed: {1}")]
+    Query(&'static str, String),
     #[error("--executor slurm: {0}")]
     Io(#[from] io::Error),
 }
@@ -147,7 +153,7 @@ impl SlurmExecutor {
         let file = inner.markers.join(&name);
         let (path, text) = (file.clone(), token.clone());
         off_runtime(move || std::fs::write(path, text)).await??;
-        let mut command = inner.srun_command(&name, root);
+        let mut command = inner.srun_command(&name, root, &Confine::default(), None);
         command.arg("cat").arg(&file).stdin(std::process::Stdio::null()).kill_on_drop(true);
         let outcome = tokio::time::timeout(inner.options.probe_timeout, command.output()).await;
         let path = file.clone();
@@ -216,16 +222,20 @@ impl Inner {
         self.waiting.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// `srun` with the administrator's options, a job name and a directory; the program
-    /// and its arguments follow.
-    fn srun_command(&self, name: &str, dir: &Path) -> Command {
+    /// `srun` with the administrator's options, a job name and a directory, and what
+    /// the step was granted (`--cpus-per-task`, `--mem`, `--licenses`, and `--time` from
+    /// its wall limit, a minute more: our own limit speaks first); the program and its
+    /// arguments follow.
+    fn srun_command(&self, name: &str, dir: &Path, confine: &Confine, wall: Option<Duration>) -> Command {
         let mut command = Command::new(&self.srun);
+        let minutes = wall.map_or(self.time_limit_minutes, |wall| wall.as_secs().div_ceil(60) + 1);
         command
             .arg("--quiet")
             .arg(format!("--job-name={name}"))
             .arg(format!("--chdir={}", dir.display()))
             .args(["--ntasks=1", "--nodes=1"])
-            .arg(format!("--time={}", self.time_limit_minutes));
+            .arg(format!("--time={minutes}"));
+        command.args(request_args(confine));
         if let Some(partition) = &self.options.partition {
             command.arg(format!("--partition={partition}"));
         }
@@ -247,6 +257,64 @@ impl Inner {
             outcome => tracing::warn!(job = name, ?outcome, "scancel did not confirm the cancel"),
         }
     }
+}
+
+/// srun's options for what a step was granted: cores per task, memory (whole MiB,
+/// rounded up), licenses; nothing for what was not asked.
+fn request_args(confine: &Confine) -> Vec<String> {
+    let mut args = Vec::new();
+    if confine.cpus > 0 {
+        args.push(format!("--cpus-per-task={}", confine.cpus));
+    }
+    if confine.memory_bytes > 0 {
+        args.push(format!("--mem={}M", confine.memory_bytes.div_ceil(1 << 20)));
+    }
+    if !confine.licenses.is_empty() {
+        let pools: Vec<String> = confine.licenses.iter().map(|(name, count)| format!("{name}:{count}")).collect();
+        args.push(format!("--licenses={}", pools.join(",")));
+    }
+    args
+}
+
+impl SlurmExecutor {
+    /// What the cluster could ever give one step: the most CPUs and memory one node
+    /// has, and each license pool of `slurm.conf` (`scontrol show node`, `scontrol show
+    /// licenses`), with `default_cpus` for steps that ask for none. A request beyond it
+    /// would wait in Slurm's queue for ever: it is refused at once instead.
+    pub async fn capacity(&self, default_cpus: u32) -> Result<Capacity, SlurmError> {
+        let nodes = self.scontrol("show node", &["show", "node", "--oneliner"]).await?;
+        let licenses = self.scontrol("show licenses", &["show", "licenses", "--oneliner"]).await?;
+        Ok(parse_capacity(&nodes, &licenses, default_cpus))
+    }
+
+    async fn scontrol(&self, what: &'static str, args: &[&str]) -> Result<String, SlurmError> {
+        let scontrol = which::which("scontrol").map_err(|e| SlurmError::Missing("scontrol", e))?;
+        let mut command = Command::new(scontrol);
+        command.args(args).envs(self.inner.slurm_env.iter().cloned()).stdin(std::process::Stdio::null());
+        command.kill_on_drop(true);
+        match tokio::time::timeout(QUERY_TIMEOUT, command.output()).await {
+            Ok(Ok(output)) if output.status.success() => Ok(String::from_utf8_lossy(&output.stdout).into_owned()),
+            Ok(Ok(output)) => Err(SlurmError::Query(what, String::from_utf8_lossy(&output.stderr).trim().to_string())),
+            Ok(Err(error)) => Err(SlurmError::Query(what, error.to_string())),
+            Err(_) => Err(SlurmError::Query(what, format!("no answer within {}", human_duration(QUERY_TIMEOUT)))),
+        }
+    }
+}
+
+/// The value of `Key=` on a `scontrol --oneliner` line.
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace().find_map(|pair| pair.strip_prefix(key)?.strip_prefix('='))
+}
+
+fn parse_capacity(nodes: &str, licenses: &str, default_cpus: u32) -> Capacity {
+    let lines = || nodes.lines().filter(|line| line.contains("NodeName="));
+    let cpus = lines().filter_map(|line| field(line, "CPUTot")?.parse::<u32>().ok()).max().unwrap_or(1);
+    let memory_mib = lines().filter_map(|line| field(line, "RealMemory")?.parse::<u64>().ok()).max().unwrap_or(0);
+    let licenses = licenses
+        .lines()
+        .filter_map(|line| Some((field(line, "LicenseName")?.to_string(), field(line, "Total")?.parse::<u32>().ok()?)))
+        .collect();
+    Capacity { cpus, memory_bytes: memory_mib << 20, licenses, default_cpus: default_cpus.min(cpus) }
 }
 
 /// Stops one step: scancel by its name, and the local srun's process group.
@@ -324,7 +392,7 @@ impl Executor for SlurmExecutor {
             progress: launch.progress_updates,
             own_line: Some(is_srun_report),
         };
-        let mut command = inner.srun_command(&name, &launch.dir);
+        let mut command = inner.srun_command(&name, &launch.dir, &launch.confine, Some(limits.wall));
         // On the node: leave the marker (the step started), then become the launch.
         command
             .args(["/bin/sh", "-c", ": > \"$0\" 2>/dev/null; exec \"$@\""])
@@ -472,6 +540,24 @@ fn parse_queue(text: &str) -> Vec<QueuedJob> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_clusters_capacity_is_read_from_scontrol_and_a_grant_becomes_srun_options() {
+        let nodes = "NodeName=n1 Arch=x86_64 CPUAlloc=0 CPUTot=2 RealMemory=20000 AllocMem=0 State=IDLE\n\
+                     NodeName=n2 CPUTot=8 RealMemory=1000 State=IDLE\n";
+        let licenses = "LicenseName=hspice Total=1 Used=0 Free=1 Reserved=0 Remote=no\n";
+        let capacity = parse_capacity(nodes, licenses, 1);
+        assert_eq!((capacity.cpus, capacity.memory_bytes, capacity.licenses["hspice"]), (8, 20000 << 20, 1));
+        assert!(parse_capacity(nodes, "No licenses configured in Slurm.\n", 1).licenses.is_empty());
+        let confine = Confine {
+            cpus: 2,
+            memory_bytes: (1 << 30) + 1,
+            licenses: [("hspice".to_string(), 1), ("spectre".to_string(), 2)].into(),
+            ..Confine::default()
+        };
+        assert_eq!(request_args(&confine), ["--cpus-per-task=2", "--mem=1025M", "--licenses=hspice:1,spectre:2"]);
+        assert!(request_args(&Confine::default()).is_empty());
+    }
 
     #[test]
     fn srun_reports_are_told_apart_from_the_commands_lines() {

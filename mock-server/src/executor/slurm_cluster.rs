@@ -39,7 +39,8 @@ pub fn unavailable() -> Option<String> {
 }
 
 impl OneNodeCluster {
-    /// Writes `dir/slurm.conf` with `cpus` CPUs and starts both daemons; returns once
+    /// Writes `dir/slurm.conf` with `cpus` CPUs (most of the memory, one `hspice`
+    /// license) and starts both daemons; returns once
     /// the node is idle. `node_prefix`, when given, runs slurmd behind that command
     /// (`unshare ...`: a node that does not see this machine's files).
     pub fn start(dir: &Path, cpus: u32, node_prefix: &[&str]) -> io::Result<OneNodeCluster> {
@@ -49,6 +50,9 @@ impl OneNodeCluster {
         let host = host.split('.').next().unwrap_or("localhost").to_string();
         let (controller_port, node_port) = (free_port()?, free_port()?);
         let d = dir.display();
+        // Most of this machine's memory (slurmd drains a node that has less than it says),
+        // so `--mem` requests fit; one `hspice` license to hold steps back with.
+        let memory_mib = (crate::resources::machine::memory_bytes() >> 20) * 9 / 10;
         let conf = format!(
             "ClusterName=lrpymrpc\n\
              SlurmctldHost={host}(127.0.0.1)\n\
@@ -75,7 +79,8 @@ impl OneNodeCluster {
              MessageTimeout=3\n\
              JobAcctGatherType=jobacct_gather/none\n\
              AccountingStorageType=accounting_storage/none\n\
-             NodeName={NODE} NodeHostname={host} NodeAddr=127.0.0.1 CPUs={cpus} State=UNKNOWN\n\
+             Licenses=hspice:1\n\
+             NodeName={NODE} NodeHostname={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory_mib} State=UNKNOWN\n\
              PartitionName=debug Nodes={NODE} Default=YES MaxTime=INFINITE State=UP\n"
         );
         let conf_path = dir.join("slurm.conf");

@@ -284,13 +284,12 @@ pub struct Pool {
 #[derive(Debug)]
 pub struct Grant {
     pool: Arc<Pool>,
-    /// The cores the step asked for (its threads), held or not.
-    cpus: u32,
+    /// What the step asked for and was granted (held here, or by another scheduler).
+    asked: Ask,
     /// The core indices held here (none when the pool is not metered).
     cores: Vec<usize>,
-    memory_bytes: u64,
-    licenses: BTreeMap<String, u32>,
-    pub walltime: Option<Duration>,
+    /// Whether this server holds `asked` (and gives it back on drop).
+    held: bool,
 }
 
 impl Grant {
@@ -305,25 +304,38 @@ impl Grant {
 
     /// How many cores the command was granted.
     pub fn cpus(&self) -> u32 {
-        self.cpus
+        self.asked.cpus
     }
 
     /// The memory the command may use; 0: no limit.
     pub fn memory_bytes(&self) -> u64 {
-        self.memory_bytes
+        self.asked.memory_bytes
+    }
+
+    /// The licenses it holds, by pool.
+    pub fn licenses(&self) -> &BTreeMap<String, u32> {
+        &self.asked.licenses
+    }
+
+    /// The longest it may run, when it asked.
+    pub fn walltime(&self) -> Option<Duration> {
+        self.asked.walltime
     }
 }
 
 impl Drop for Grant {
     fn drop(&mut self) {
+        if !self.held {
+            return;
+        }
         let mut free = self.pool.free();
         for core in &self.cores {
             if let Some(slot) = free.cores.get_mut(*core) {
                 *slot = true;
             }
         }
-        free.memory_bytes += self.memory_bytes;
-        for (name, count) in &self.licenses {
+        free.memory_bytes += self.asked.memory_bytes;
+        for (name, count) in &self.asked.licenses {
             *free.licenses.entry(name.clone()).or_default() += count;
         }
         drop(free);
@@ -391,10 +403,7 @@ impl Pool {
     /// capacity ([`Capacity::refusal`]), or it waits for ever.
     pub async fn acquire(self: &Arc<Self>, ask: &Ask, mut waiting: impl FnMut(String)) -> Grant {
         if !self.metered {
-            let nothing = Ask { licenses: BTreeMap::new(), memory_bytes: 0, cpus: 0, ..ask.clone() };
-            let mut grant = self.take(&mut self.free(), &nothing);
-            grant.cpus = ask.cpus;
-            return grant;
+            return Grant { pool: self.clone(), asked: ask.clone(), cores: Vec::new(), held: false };
         }
         let number = {
             let mut free = self.free();
@@ -454,14 +463,7 @@ impl Pool {
                 *left -= count;
             }
         }
-        Grant {
-            pool: self.clone(),
-            cpus: ask.cpus,
-            cores,
-            memory_bytes: ask.memory_bytes,
-            licenses: ask.licenses.clone(),
-            walltime: ask.walltime,
-        }
+        Grant { pool: self.clone(), asked: ask.clone(), cores, held: true }
     }
 }
 

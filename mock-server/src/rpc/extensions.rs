@@ -138,8 +138,7 @@ impl Extensions for ExtensionService {
                 durable_jobs: true,
                 executor: config.executor.name().into(),
                 known_trees: self.state.store.is_some(),
-                // Slurm does not hear them yet: a client says so instead of asking.
-                resources: matches!(config.executor, crate::config::ExecutorChoice::Local),
+                resources: true,
             }),
             limits: Some(Limits {
                 max_message_bytes: MAX_MESSAGE_BYTES,

@@ -147,8 +147,7 @@ impl FileService for Service {
         let requirements = parse_repo_url(&request.tool)?;
         // What the command needs; what no wait could ever give is refused now.
         let capacity = self.state.resources.capacity();
-        let metered = matches!(self.state.config.executor, crate::config::ExecutorChoice::Local);
-        let asked = request.resources.as_ref().filter(|_| !self.state.config.legacy_protocol && metered);
+        let asked = request.resources.as_ref().filter(|_| !self.state.config.legacy_protocol);
         let needs = Ask::from_wire(asked, capacity).map_err(JobError::Resources)?;
         if let Some(why) = capacity.refusal(&needs) {
             return Err(JobError::Resources(format!("{why}: it could never run here")).into());

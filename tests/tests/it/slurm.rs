@@ -3,7 +3,8 @@
 //! with `--executor slurm` and the real client over mutual TLS: results and output as
 //! with the local executor, exit statuses and signals, stderr apart, Ctrl-C leaving
 //! nothing in `squeue`, jobs queueing in Slurm (and the client saying so), Slurm down
-//! answered `UNAVAILABLE`, and a job root the node cannot see refused at start.
+//! answered `UNAVAILABLE`, a job root the node cannot see refused at start, and
+//! resource requests (cores, memory, licenses) passed to srun or refused at once.
 //! One cluster at a time: the tests take a lock, each starts its own.
 
 use std::io::{BufRead, BufReader};
@@ -305,4 +306,60 @@ fn the_python_client_runs_a_whole_job_through_slurm_unaware_of_it() {
     assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
     assert!(stdout.contains("\nstart lrpymrpc-") && stdout.contains("\nend\n"), "{stdout}");
     assert_eq!(std::fs::read_to_string(env.work.join("lib/nand2.lib")).unwrap(), "* nand2\n");
+}
+
+// Requests through Slurm: the cores, memory and licenses a step asks for become srun's
+// options, so a step holding the cluster's one `hspice` license makes the next one
+// wait in Slurm's queue (Reason=Licenses), said to its user, while a step without it
+// runs; what the cluster could never give is refused before the upload.
+#[test]
+fn resource_requests_reach_slurm_and_what_the_cluster_never_has_is_refused() {
+    let fixture = fixture(&[]);
+    let env = &fixture.env;
+    for (args, said) in [
+        (&["--cpus", "3"][..], "--cpus 3: the server has 2 cores for commands"),
+        (&["--license", "hspice:2"][..], "--license hspice:2: the server has 1 of it"),
+    ] {
+        let output = env.client().args(args).args(["--CMD", "echo ran"]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success() && stderr.contains(said), "{stderr}");
+        assert!(our_jobs(&fixture.cluster).is_empty());
+    }
+    let release = env.root.path().join("release");
+    let held = format!(
+        "echo cpus=$(nproc) omp=$OMP_NUM_THREADS; touch {0}.started; until [ -e {0} ]; do sleep 0.1; done",
+        release.display()
+    );
+    let mut holder = env.client_std();
+    let holder = holder
+        .args(["--license", "hspice", "--cpus", "2", "--mem", "64M", "--CMD", &held])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = release.with_extension("started");
+    wait_until(PROCESS_LIMIT, "the license holder runs", || started.exists());
+    let mut next = env.client_std();
+    let next = next
+        .args(["--license", "hspice", "--CMD", "echo next-ran"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until(PROCESS_LIMIT, "the next step waits in Slurm's queue", || {
+        let out = std::process::Command::new("squeue")
+            .args(["--noheader", "--format=%j %r"])
+            .env("SLURM_CONF", fixture.cluster.conf())
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).contains("Licenses")
+    });
+    std::fs::write(&release, "").unwrap();
+    let holder = crate::env::child_output_within(holder, PROCESS_LIMIT);
+    let next = crate::env::child_output_within(next, PROCESS_LIMIT);
+    let holder_out = String::from_utf8_lossy(&holder.stdout);
+    let next_out = String::from_utf8_lossy(&next.stdout);
+    assert!(holder.status.success() && holder_out.contains("]:cpus=2 omp=2"), "{holder_out}");
+    assert!(next.status.success() && next_out.contains("]:next-ran"), "{next_out}");
+    assert!(next_out.contains("queued by Slurm (Licenses)"), "{next_out}");
 }
