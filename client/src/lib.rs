@@ -53,6 +53,7 @@ pub fn main_impl() -> ExitCode {
             commands::durable_jobs::attach(args, &id, from_end, &fetch)
         }
         Some(cli::Command::Jobs) => commands::durable_jobs::jobs(args),
+        Some(cli::Command::Slots) => commands::slots::run(args),
         Some(cli::Command::Cancel { id }) => {
             let id = id.clone();
             commands::durable_jobs::cancel(args, &id)

@@ -357,6 +357,9 @@ pub enum Command {
         /// The job id
         id: String,
     },
+    /// Print how many steps the configured servers can start now, each asking what
+    /// `--cpus`, `--mem` and `--license` say: `make -j$(lrpymrpc slots)`
+    Slots,
 }
 
 /// `--result-encoding`.

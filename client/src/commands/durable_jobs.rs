@@ -93,7 +93,7 @@ pub fn cancel(args: Args, id: &str) -> ExitCode {
 }
 
 /// Validates the settings into a job (its server, TLS, prefix) and runs `body` with it.
-fn with_job<F, Fut>(args: Args, body: F) -> ExitCode
+pub(super) fn with_job<F, Fut>(args: Args, body: F) -> ExitCode
 where
     F: FnOnce(Job, Output) -> Fut,
     Fut: std::future::Future<Output = Result<(), ClientError>>,
@@ -121,14 +121,14 @@ where
 }
 
 /// The configured servers: each of a list, or the one.
-fn peers(job: &Job) -> Vec<Peer> {
+pub(super) fn peers(job: &Job) -> Vec<Peer> {
     match job.servers.is_empty() {
         true => vec![job.peer.clone()],
         false => job.servers.iter().map(|(peer, _)| peer.clone()).collect(),
     }
 }
 
-async fn connect(job: &Job, out: &Output, peer: &Peer) -> Result<Session, ClientError> {
+pub(super) async fn connect(job: &Job, out: &Output, peer: &Peer) -> Result<Session, ClientError> {
     steps::retrying(job, out, Step::Connect, || Session::open(peer, job.stall)).await
 }
 

@@ -6,6 +6,7 @@ pub mod completions;
 pub mod config;
 pub mod durable_jobs;
 pub mod job;
+pub mod slots;
 pub mod snippet;
 pub mod snippets;
 pub mod tls;

@@ -29,8 +29,16 @@ struct Running {
 
 impl Running {
     fn start(env: &TestEnv, args: &[&str]) -> Running {
-        let mut child = env
-            .client_std()
+        Running::start_as(env, None, args)
+    }
+
+    /// The same with another user's TLS directory (another CN), when given.
+    fn start_as(env: &TestEnv, tls: Option<&std::path::Path>, args: &[&str]) -> Running {
+        let mut command = env.client_std();
+        if let Some(tls) = tls {
+            command.arg("--TLS_CONFIG_DIR").arg(tls);
+        }
+        let mut child = command
             .args(args)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -184,4 +192,55 @@ fn a_step_over_its_memory_is_stopped_and_told_so() {
     // Within its memory, the same step runs.
     let output = env.client().args(["--mem", "1G", "--CMD", hungry]).output().unwrap();
     assert!(String::from_utf8_lossy(&output.stdout).contains("]:survived 419430400"));
+}
+
+// First come, first served across certificates: with one core, steps of two CNs that
+// arrive alternately run in the order they arrived, not grouped by whoever asks more.
+#[test]
+fn steps_of_two_cns_arriving_alternately_run_in_the_order_they_arrived() {
+    let env = TestEnv::configured(|config| config.capacity = capacity(1, &[]));
+    env.write("source/x", "x");
+    let bob = crate::env::client_dir_for(&env, "bob");
+    let order = env.root.path().join("order");
+    let holder = Running::start(&env, &["--CMD", &held_until_released(&env, "holder")]);
+    wait_until(PROCESS_LIMIT, "the first step runs", || env.root.path().join("holder-started").exists());
+    let mut waiting = Vec::new();
+    for (n, tls) in [None, Some(bob.as_path()), None, Some(bob.as_path())].into_iter().enumerate() {
+        let name = format!("{}{n}", if tls.is_some() { "bob" } else { "alice" });
+        let command = format!("echo {name} >> {}", order.display());
+        let running = Running::start_as(&env, tls, &["--CMD", &command]);
+        // Each has taken its place in the queue before the next arrives.
+        running.wait_for("waiting");
+        waiting.push(running);
+    }
+    std::fs::write(env.root.path().join("release"), "").unwrap();
+    for running in std::iter::once(holder).chain(waiting) {
+        let (status, said) = running.end();
+        assert!(status.success(), "{said}");
+    }
+    assert_eq!(std::fs::read_to_string(&order).unwrap(), "alice0\nbob1\nalice2\nbob3\n");
+}
+
+// `make -j$(lrpymrpc slots)`: how many steps like this one the server can start now.
+#[test]
+fn slots_says_how_many_steps_the_server_can_start_now() {
+    let env = TestEnv::configured(|config| config.capacity = capacity(3, &[("hspice", 1)]));
+    env.write("source/x", "x");
+    let slots = |args: &[&str]| {
+        let output = env.client().args(args).arg("slots").output().unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
+    };
+    assert_eq!(slots(&[]), "3");
+    assert_eq!(slots(&["--cpus", "2"]), "1");
+    assert_eq!(slots(&["--license", "hspice"]), "1");
+    let holder = Running::start(&env, &["--cpus", "2", "--CMD", &held_until_released(&env, "holder")]);
+    wait_until(PROCESS_LIMIT, "the holder runs", || env.root.path().join("holder-started").exists());
+    assert_eq!(slots(&[]), "1");
+    // None free now: still one, for make's sake, and --verbose says why.
+    let output = env.client().args(["--cpus", "2", "--verbose", "slots"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "1");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("0 (limited by 1 free cores, 2 a step)"));
+    std::fs::write(env.root.path().join("release"), "").unwrap();
+    assert!(holder.end().0.success());
 }
