@@ -35,7 +35,7 @@ pub fn run(args: Args) -> ExitCode {
 
 /// How many steps like the job's this server can start now, and what limits it.
 fn startable(job: &Job, capabilities: &CapabilitiesResponse) -> (u32, String) {
-    let load = capabilities.load.clone().unwrap_or_default();
+    let load = capabilities.load.unwrap_or_default();
     if load.draining {
         return (0, "shutting down".into());
     }
@@ -47,9 +47,8 @@ fn startable(job: &Job, capabilities: &CapabilitiesResponse) -> (u32, String) {
             cpus => cpus,
         };
         limits.push((capacity.free_cpus / cpus, format!("{} free cores, {cpus} a step", capacity.free_cpus)));
-        if asked.memory_bytes > 0 {
-            let steps = u32::try_from(capacity.free_memory_bytes / asked.memory_bytes).unwrap_or(u32::MAX);
-            limits.push((steps, "free memory".into()));
+        if let Some(steps) = capacity.free_memory_bytes.checked_div(asked.memory_bytes) {
+            limits.push((u32::try_from(steps).unwrap_or(u32::MAX), "free memory".into()));
         }
         for license in &asked.licenses {
             let free = capacity.licenses.iter().find(|pool| pool.name == license.name).map_or(0, |pool| pool.free);
