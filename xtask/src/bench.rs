@@ -22,6 +22,11 @@
 //! - W11: W1 through Slurm (`--executor slurm`, a one-node cluster started for it)
 //!   against the local executor; skipped where Slurm is not installed.
 //! - W10: a 5 s step run again with `--cache` against a server with an action cache.
+//! - W13: what the server's resource queue costs one step (a grant taken and given
+//!   back with another step waiting), against the 5 ms a step may spend on it.
+//! - W12: two steps at once of a 2-thread OpenMP program that waits often, on this
+//!   machine's cores: locally as they are, locally hand-tuned, and through a server
+//!   with its defaults (issue 34).
 //! - W9: 300,000 output lines from the grpcio server of `tests/python/`: our client
 //!   against a grpcio client working as the Python client does, on the same server.
 //!
@@ -48,6 +53,43 @@ struct TreeRun {
     /// How long the client took to walk and hash the tree (`--verbose`), which it
     /// begins while it connects.
     tree_built: Option<Duration>,
+}
+
+/// W13: a step's grant taken and given back 10,000 times, with another step always
+/// waiting in the queue (so every release wakes a waiter), per step.
+fn scheduling_cost() -> anyhow::Result<Row> {
+    use lrpymrpc_mock_server::resources::{Ask, Capacity, Pool};
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let capacity = Capacity { cpus: 1, memory_bytes: 1 << 30, licenses: Default::default(), default_cpus: 1 };
+    let pool = std::sync::Arc::new(Pool::new(capacity, vec![0], true));
+    let ask = Ask { cpus: 1, ..Ask::default() };
+    const STEPS: u32 = 10_000;
+    let per_step = runtime.block_on(async {
+        let start = Instant::now();
+        let workers: Vec<_> = (0..2)
+            .map(|_| {
+                let (pool, ask) = (pool.clone(), ask.clone());
+                tokio::spawn(async move {
+                    for _ in 0..STEPS / 2 {
+                        drop(pool.acquire(&ask, |_| {}).await);
+                    }
+                })
+            })
+            .collect();
+        for worker in workers {
+            worker.await?;
+        }
+        Ok::<_, anyhow::Error>(start.elapsed() / STEPS)
+    })?;
+    Ok(Row {
+        name: "W13 resource queue, per step".into(),
+        samples: vec![per_step],
+        reference: Some(("the 5 ms a step may spend on it".into(), Duration::from_millis(5))),
+        note: format!(
+            "{:.1} µs a step; {STEPS} grants on one core, two steps always contending",
+            per_step.as_secs_f64() * 1e6
+        ),
+    })
 }
 
 /// What one run of the client cost.
@@ -157,6 +199,14 @@ impl Bench {
         if options.wants(&["W10"]) {
             eprintln!("xtask bench: W10, a 5 s step run again with the action cache");
             rows.push(self.action_cache(repeats)?);
+        }
+        if options.wants(&["W12"]) {
+            eprintln!("xtask bench: W12, two 2-thread OpenMP steps at once, local and through the server");
+            rows.extend(self.openmp_pair(repeats)?);
+        }
+        if options.wants(&["W13"]) {
+            eprintln!("xtask bench: W13, what the resource queue costs a step");
+            rows.push(scheduling_cost()?);
         }
         if options.wants(&["W5"]) {
             eprintln!("xtask bench: W5, REPO_URL with a local wheel");
@@ -326,6 +376,100 @@ impl Bench {
             reference: Some(("local executor".into(), median(&local))),
             note: format!("Slurm adds {} a job; target: at most 50 ms", seconds(extra)),
         })
+    }
+
+    /// W12: two steps at once of a 2-thread OpenMP program that waits often
+    /// (`omp_standin.c`, built with `gcc -fopenmp`), as `make -j2` on two cores runs
+    /// them: locally as they are, locally hand-tuned (`OMP_WAIT_POLICY=passive`), and
+    /// through a server with default settings (each step granted one core, pinned to
+    /// it). Skipped without gcc.
+    fn openmp_pair(&self, repeats: usize) -> anyhow::Result<Vec<Row>> {
+        let dir = self.scratch.join("w12");
+        std::fs::create_dir_all(dir.join("source"))?;
+        std::fs::write(dir.join("source/input.txt"), "input\n")?;
+        let program = dir.join("omp-standin");
+        let source = workspace_root().join("xtask/src/omp_standin.c");
+        let built = Command::new("gcc").args(["-O2", "-fopenmp", "-o"]).arg(&program).arg(&source).status();
+        if !built.is_ok_and(|status| status.success()) {
+            eprintln!("xtask bench: W12 skipped: `gcc -fopenmp` cannot build {}", source.display());
+            return Ok(Vec::new());
+        }
+        let regions = "20000";
+        // `pinned`: each on a core of its own (`taskset -c N`), as a hand-tuned run might.
+        let pair_locally = |env: &[(&str, &str)], pinned: bool| -> anyhow::Result<Duration> {
+            let start = Instant::now();
+            let children: Vec<_> = (0..2)
+                .map(|n| {
+                    let mut command = match pinned {
+                        true => {
+                            let mut taskset = Command::new("taskset");
+                            taskset.args(["-c", &n.to_string()]).arg(&program);
+                            taskset
+                        }
+                        false => Command::new(&program),
+                    };
+                    command.arg(regions).envs(env.iter().copied()).stdout(Stdio::null()).spawn()
+                })
+                .collect::<Result<_, _>>()?;
+            for mut child in children {
+                if !child.wait()?.success() {
+                    bail!("the OpenMP stand-in failed");
+                }
+            }
+            Ok(start.elapsed())
+        };
+        let alone = time_repeated(repeats, || {
+            let start = Instant::now();
+            run_quiet(Command::new(&program).arg(regions))?;
+            Ok(start.elapsed())
+        })?;
+        let untuned = time_repeated(repeats, || pair_locally(&[], false))?;
+        let passive = median(&time_repeated(repeats, || pair_locally(&[("OMP_WAIT_POLICY", "passive")], false))?);
+        let pinned = match run_quiet(Command::new("taskset").args(["-c", "0", "true"])) {
+            Ok(_) => Some(median(&time_repeated(repeats, || pair_locally(&[], true))?)),
+            Err(_) => None,
+        };
+        // The best hand-tuned local run is the reference.
+        let (tuned_name, tuned_median) = match pinned {
+            Some(pinned) if pinned < passive => ("local, each pinned to a core (taskset)", pinned),
+            _ => ("local, OMP_WAIT_POLICY=passive", passive),
+        };
+        let tuning = format!(
+            "hand-tuned: passive {}, pinned {}",
+            seconds(passive),
+            pinned.map_or_else(|| "(no taskset)".to_string(), seconds)
+        );
+        let root = self.scratch.join("w12-jobs");
+        std::fs::create_dir_all(&root)?;
+        let server = MockServer::start(&self.server, &root, &self.tls, &[])?;
+        let command = format!("{} {regions}", program.display());
+        let through_server = time_repeated(repeats, || {
+            let start = Instant::now();
+            let children: Vec<_> = (0..2)
+                .map(|n| {
+                    let mut client = self.command(&dir, &["--RUN_NAME", &format!("run{n}"), "--quiet"], &command);
+                    client.args(["--SERVER_PORT", server.port()]).spawn()
+                })
+                .collect::<Result<_, _>>()?;
+            for child in children {
+                wait_sample(child, start)?;
+            }
+            Ok(start.elapsed())
+        })?;
+        Ok(vec![
+            Row {
+                name: "W12 two OpenMP steps at once, local, as they are".into(),
+                samples: untuned,
+                reference: Some((tuned_name.into(), tuned_median)),
+                note: format!("one alone: {}; {tuning}", seconds(median(&alone))),
+            },
+            Row {
+                name: "W12 two OpenMP steps at once, server defaults".into(),
+                samples: through_server,
+                reference: Some((tuned_name.into(), tuned_median)),
+                note: "each step granted one core and pinned to it; whole jobs".into(),
+            },
+        ])
     }
 
     /// W10: a 5 s step with a small result, run with `--cache` against a server with
