@@ -206,6 +206,16 @@ fn refresh_gauges(state: &state::State) {
     let metrics = &state.metrics;
     metrics.jobs_running.set(i64::try_from(state.running()).unwrap_or(i64::MAX));
     metrics.jobs_waiting.set(i64::try_from(state.jobs.waiting()).unwrap_or(i64::MAX));
+    let (capacity, now) = (state.resources.capacity(), state.resources.snapshot());
+    metrics.cores_in_use.set(i64::from(capacity.cpus.saturating_sub(now.free_cpus)));
+    let memory_in_use = capacity.memory_bytes.saturating_sub(now.free_memory_bytes);
+    metrics.memory_in_use_bytes.set(i64::try_from(memory_in_use).unwrap_or(i64::MAX));
+    for (name, total) in &capacity.licenses {
+        let held = total.saturating_sub(now.free_licenses.get(name).copied().unwrap_or(0));
+        let pool = crate::net::metrics::Pool { license: name.clone() };
+        metrics.licenses_in_use.get_or_create(&pool).set(i64::from(held));
+    }
+    metrics.steps_waiting_for_resources.set(i64::from(now.waiting));
     if let Some(store) = &state.store {
         metrics.store_bytes.set(i64::try_from(store.total_bytes()).unwrap_or(i64::MAX));
     }

@@ -1,6 +1,7 @@
 //! What the server counts, for Prometheus (`--metrics-listen ADDR`, off by default):
 //! jobs by state and outcome, refusals by reason, bytes moved, step durations, the
-//! environment cache, the content store and the action cache. Labels only ever hold
+//! environment cache, the content store, the action cache, and the cores, memory and
+//! licenses commands hold. Labels only ever hold
 //! values from small fixed sets (never a job id, a CMD or a path); the CN only with
 //! `--metrics-per-cn`. The exposition format is prometheus-client's; the endpoint is a
 //! minimal HTTP/1.1 responder for `GET /metrics` (it reads at most one small request
@@ -53,6 +54,12 @@ impl prometheus_client::encoding::EncodeLabelValue for LabelText {
     }
 }
 
+/// A license pool by name: the administrator's (`--license`), a small fixed set.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Pool {
+    pub license: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Reason {
     pub reason: &'static str,
@@ -93,6 +100,12 @@ pub struct Metrics {
     /// Files of content-addressed uploads the server had, and did not have.
     pub store_files: Family<Event, Counter>,
     pub action_cache: Family<Event, Counter>,
+    /// Cores, memory and licenses commands hold now, and steps waiting for them (set
+    /// when scraped).
+    pub cores_in_use: Gauge,
+    pub memory_in_use_bytes: Gauge,
+    pub licenses_in_use: Family<Pool, Gauge>,
+    pub steps_waiting_for_resources: Gauge,
 }
 
 impl Metrics {
@@ -113,6 +126,10 @@ impl Metrics {
             store_bytes: Gauge::default(),
             store_files: Family::default(),
             action_cache: Family::default(),
+            cores_in_use: Gauge::default(),
+            memory_in_use_bytes: Gauge::default(),
+            licenses_in_use: Family::default(),
+            steps_waiting_for_resources: Gauge::default(),
         };
         registry.register("jobs_running", "Commands running now", metrics.jobs_running.clone());
         registry.register("jobs_waiting", "Jobs uploaded whose command has not started", metrics.jobs_waiting.clone());
@@ -160,6 +177,18 @@ impl Metrics {
             "action_cache",
             "Action cache lookups: served (hit), run (miss), runs recorded (recorded)",
             metrics.action_cache.clone(),
+        );
+        registry.register("cores_in_use", "Cores commands hold now (--cpus)", metrics.cores_in_use.clone());
+        registry.register(
+            "memory_in_use_bytes",
+            "Memory commands have reserved now (--mem)",
+            metrics.memory_in_use_bytes.clone(),
+        );
+        registry.register("licenses_in_use", "Licenses commands hold now, by pool", metrics.licenses_in_use.clone());
+        registry.register(
+            "steps_waiting_for_resources",
+            "Steps waiting for cores, memory or licenses",
+            metrics.steps_waiting_for_resources.clone(),
         );
         Metrics { registry, ..metrics }
     }

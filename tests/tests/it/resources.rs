@@ -108,12 +108,25 @@ fn two_two_core_steps_on_a_three_core_server_run_one_after_the_other_and_say_why
 // One `hspice` license: a step holding it makes the next one wait while cores are free.
 #[test]
 fn a_held_license_makes_the_next_step_wait_while_cores_are_free() {
-    let env = TestEnv::configured(|config| config.capacity = capacity(3, &[("hspice", 1)]));
+    let metrics = crate::monitoring::free_address();
+    let env = TestEnv::configured(|config| {
+        config.capacity = capacity(3, &[("hspice", 1)]);
+        config.metrics_listen = Some(metrics);
+    });
     env.write("source/x", "x");
     let holder = Running::start(&env, &["--license", "hspice", "--CMD", &held_until_released(&env, "holder")]);
     wait_until(PROCESS_LIMIT, "the license holder runs", || env.root.path().join("holder-started").exists());
     let next = Running::start(&env, &["--license", "hspice:1", "--CMD", "echo next-ran"]);
     next.wait_for("waiting: license hspice 1/1 in use");
+    // The metrics say what is held and that one step waits.
+    let scraped = crate::monitoring::scrape(metrics);
+    for series in [
+        "lrpymrpc_licenses_in_use{license=\"hspice\"} 1",
+        "lrpymrpc_cores_in_use 1",
+        "lrpymrpc_steps_waiting_for_resources 1",
+    ] {
+        assert!(scraped.lines().any(|line| line == series), "{series}: {scraped}");
+    }
     let free_cores = Running::start(&env, &["--CMD", "echo no-license-ran"]);
     let (status, said) = free_cores.end();
     assert!(status.success() && said.contains("]:no-license-ran"), "a step without the license runs: {said}");
