@@ -17,6 +17,7 @@ use crate::SERVER_NAME;
 use crate::config::{ConfigError, ExecutorChoice, accounts, read_allowed_cns};
 use crate::executor::sandbox::{Sandbox, SandboxPlan};
 use crate::executor::slurm::{SlurmExecutor, SlurmOptions};
+use crate::resources::Capacity;
 use crate::{Config, TlsMaterial};
 use lrpymrpc_archive::Limits;
 
@@ -96,6 +97,13 @@ struct Args {
     /// asking for one waits while all are held
     #[arg(long, value_name = "NAME=COUNT", help_heading = "Resources")]
     license: Vec<String>,
+    /// The most cores one client certificate's commands may hold at once (default: all)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=65536), help_heading = "Resources")]
+    max_cpus_per_cn: Option<u32>,
+    /// The most licenses of a pool one client certificate may hold at once
+    /// (`spectre=2`; repeatable): no user takes every license for ever
+    #[arg(long, value_name = "NAME=COUNT", help_heading = "Resources")]
+    license_per_cn: Vec<String>,
     /// Cores a step that asks for none gets (its OMP_NUM_THREADS too)
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=65536), help_heading = "Resources")]
     default_cpus: u32,
@@ -575,7 +583,8 @@ fn serve(args: Args) -> anyhow::Result<()> {
             slurm.probe(&config.root).await?;
             tracing::info!("Slurm ran the probe step: the job root is shared with the nodes");
             // What a step may ask for is what the cluster has; Slurm decides when.
-            config.capacity = slurm.capacity(config.capacity.default_cpus).await?;
+            let per_cn = config.capacity.per_cn.clone();
+            config.capacity = Capacity { per_cn, ..slurm.capacity(config.capacity.default_cpus).await? };
         }
         let listener = tokio::net::TcpListener::bind(listen).await.map_err(|error| listen_error(listen, &error))?;
         let address = listener.local_addr()?;
@@ -725,6 +734,7 @@ fn config_from(args: Args) -> anyhow::Result<Config> {
     };
     let capacity =
         crate::resources::Capacity::from_options(args.cpus, args.mem.map(|m| m.0), &args.license, args.default_cpus)
+            .and_then(|capacity| capacity.with_per_cn(args.max_cpus_per_cn, &args.license_per_cn))
             .map_err(|why| anyhow::anyhow!("{why}"))?;
     let job_env = crate::resources::job_env(&args.job_env).map_err(|why| anyhow::anyhow!("{why}"))?;
     let max_jobs = args.max_jobs.unwrap_or(match executor {

@@ -60,7 +60,7 @@ struct TreeRun {
 fn scheduling_cost() -> anyhow::Result<Row> {
     use lrpymrpc_mock_server::resources::{Ask, Capacity, Pool};
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let capacity = Capacity { cpus: 1, memory_bytes: 1 << 30, licenses: Default::default(), default_cpus: 1 };
+    let capacity = Capacity { cpus: 1, memory_bytes: 1 << 30, ..Capacity::of_machine() };
     let pool = std::sync::Arc::new(Pool::new(capacity, vec![0], true));
     let ask = Ask { cpus: 1, ..Ask::default() };
     const STEPS: u32 = 10_000;

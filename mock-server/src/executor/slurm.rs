@@ -314,7 +314,13 @@ fn parse_capacity(nodes: &str, licenses: &str, default_cpus: u32) -> Capacity {
         .lines()
         .filter_map(|line| Some((field(line, "LicenseName")?.to_string(), field(line, "Total")?.parse::<u32>().ok()?)))
         .collect();
-    Capacity { cpus, memory_bytes: memory_mib << 20, licenses, default_cpus: default_cpus.min(cpus) }
+    Capacity {
+        cpus,
+        memory_bytes: memory_mib << 20,
+        licenses,
+        default_cpus: default_cpus.min(cpus),
+        per_cn: Default::default(),
+    }
 }
 
 /// Stops one step: scancel by its name, and the local srun's process group.

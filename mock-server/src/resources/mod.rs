@@ -28,11 +28,23 @@ pub struct Capacity {
     pub licenses: BTreeMap<String, u32>,
     /// What a step that asks for no cores gets.
     pub default_cpus: u32,
+    /// The most one certificate may hold at once (`--max-cpus-per-cn`,
+    /// `--license-per-cn`), so no user takes every license for ever.
+    pub per_cn: PerCn,
+}
+
+/// Caps on what one certificate (CN) may hold at once; none by default.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PerCn {
+    pub cpus: Option<u32>,
+    pub licenses: BTreeMap<String, u32>,
 }
 
 /// What one step asks for, with the server's defaults filled in.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Ask {
+    /// Whose step it is (the certificate's CN; empty in plaintext), for the per-CN caps.
+    pub owner: String,
     pub cpus: u32,
     pub memory_bytes: u64,
     pub licenses: BTreeMap<String, u32>,
@@ -49,9 +61,13 @@ pub fn is_license_name(name: &str) -> bool {
 impl Ask {
     /// The request of an Execute call (`None`: a peer that asks for nothing), checked:
     /// license names and counts must be sane; zero cores means the default grant.
-    pub fn from_wire(resources: Option<&lrpymrpc_proto::Resources>, capacity: &Capacity) -> Result<Ask, String> {
+    pub fn from_wire(
+        resources: Option<&lrpymrpc_proto::Resources>,
+        capacity: &Capacity,
+        owner: &str,
+    ) -> Result<Ask, String> {
         let Some(resources) = resources else {
-            return Ok(Ask { cpus: capacity.default_cpus, ..Ask::default() });
+            return Ok(Ask { owner: owner.to_string(), cpus: capacity.default_cpus, ..Ask::default() });
         };
         let mut licenses = BTreeMap::new();
         for license in &resources.licenses {
@@ -71,6 +87,7 @@ impl Ask {
             *total = total.saturating_add(license.count);
         }
         Ok(Ask {
+            owner: owner.to_string(),
             cpus: match resources.cpus {
                 0 => capacity.default_cpus,
                 cpus => cpus,
@@ -90,6 +107,7 @@ impl Capacity {
             memory_bytes: machine::memory_bytes(),
             licenses: BTreeMap::new(),
             default_cpus: 1,
+            per_cn: PerCn::default(),
         }
     }
 
@@ -107,6 +125,7 @@ impl Capacity {
             memory_bytes: memory_bytes.unwrap_or(machine.memory_bytes),
             licenses: BTreeMap::new(),
             default_cpus,
+            per_cn: PerCn::default(),
         };
         for pool in licenses {
             let parsed =
@@ -184,7 +203,41 @@ impl Capacity {
                 Some(_) => {}
             }
         }
+        if let Some(cap) = self.per_cn.cpus.filter(|cap| ask.cpus > *cap) {
+            return Some(format!(
+                "the step asks for {} cores; one certificate may hold {cap} (--max-cpus-per-cn)",
+                ask.cpus
+            ));
+        }
+        for (name, count) in &ask.licenses {
+            if let Some(cap) = self.per_cn.licenses.get(name).filter(|cap| count > *cap) {
+                return Some(format!(
+                    "the step asks for {count} of license `{name}`; one certificate may hold {cap} (--license-per-cn)"
+                ));
+            }
+        }
         None
+    }
+
+    /// Takes the per-CN caps of `--max-cpus-per-cn` and `--license-per-cn NAME=COUNT`.
+    pub fn with_per_cn(mut self, cpus: Option<u32>, licenses: &[String]) -> Result<Capacity, String> {
+        self.per_cn.cpus = cpus;
+        for given in licenses {
+            let parsed =
+                given.split_once('=').and_then(|(name, count)| Some((name.trim(), count.trim().parse::<u32>().ok()?)));
+            match parsed {
+                Some((name, count)) if self.licenses.contains_key(name) && count >= 1 => {
+                    self.per_cn.licenses.insert(name.to_string(), count);
+                }
+                _ => {
+                    return Err(format!(
+                        "--license-per-cn {given}: not NAME=COUNT for a pool of --license and a count from 1\n\
+                         hint: --license spectre=3 --license-per-cn spectre=2"
+                    ));
+                }
+            }
+        }
+        Ok(self)
     }
 }
 
@@ -217,11 +270,30 @@ struct Free {
     /// The waiting steps in the order they asked, with what they ask.
     queue: VecDeque<(u64, Ask)>,
     next_ticket: u64,
+    /// What each certificate holds now: cores and licenses (for the per-CN caps).
+    held: std::collections::HashMap<String, (u32, BTreeMap<String, u32>)>,
 }
 
 impl Free {
     fn free_cores(&self) -> u32 {
         u32::try_from(self.cores.iter().filter(|free| **free).count()).unwrap_or(u32::MAX)
+    }
+
+    /// Why `ask` would take its owner past a per-CN cap, in words; `None` when it would not.
+    fn over_cap(&self, ask: &Ask, caps: &PerCn) -> Option<String> {
+        let (cpus, licenses) = self.held.get(&ask.owner).cloned().unwrap_or_default();
+        if let Some(cap) = caps.cpus.filter(|cap| cpus + ask.cpus > *cap) {
+            return Some(format!("waiting: your certificate holds {cpus} of the {cap} cores one may hold"));
+        }
+        for (name, count) in &ask.licenses {
+            let held = licenses.get(name).copied().unwrap_or(0);
+            if let Some(cap) = caps.licenses.get(name).filter(|cap| held + count > **cap) {
+                return Some(format!(
+                    "waiting: your certificate holds {held} of the {cap} {name} licenses one may hold"
+                ));
+            }
+        }
+        None
     }
 
     /// Whether `ask` fits what is free once what `ahead` asks is set aside for them.
@@ -338,6 +410,17 @@ impl Drop for Grant {
         for (name, count) in &self.asked.licenses {
             *free.licenses.entry(name.clone()).or_default() += count;
         }
+        if let Some(held) = free.held.get_mut(&self.asked.owner) {
+            held.0 = held.0.saturating_sub(self.asked.cpus);
+            for (name, count) in &self.asked.licenses {
+                if let Some(pool) = held.1.get_mut(name) {
+                    *pool = pool.saturating_sub(*count);
+                }
+            }
+            if held.0 == 0 && held.1.values().all(|count| *count == 0) {
+                free.held.remove(&self.asked.owner);
+            }
+        }
         drop(free);
         self.pool.changed.notify_waiters();
     }
@@ -375,6 +458,7 @@ impl Pool {
             licenses: capacity.licenses.clone(),
             queue: VecDeque::new(),
             next_ticket: 0,
+            held: std::collections::HashMap::new(),
         };
         Pool { capacity, metered, cpu_ids, free: Mutex::new(free), changed: tokio::sync::Notify::new() }
     }
@@ -422,10 +506,19 @@ impl Pool {
             {
                 let mut free = self.free();
                 let position = free.queue.iter().position(|(t, _)| *t == ticket.number).unwrap_or(0);
-                let earlier: Vec<&Ask> = free.queue.iter().take(position).map(|(_, earlier)| earlier).collect();
+                // A step held back by its own certificate's cap sets nothing aside:
+                // one user past a cap never holds the others up.
+                let caps = &self.capacity.per_cn;
+                let earlier: Vec<&Ask> = free
+                    .queue
+                    .iter()
+                    .take(position)
+                    .map(|(_, earlier)| earlier)
+                    .filter(|earlier| free.over_cap(earlier, caps).is_none())
+                    .collect();
                 let fits = free.fits_after(ask, &earlier);
                 let ahead = earlier.len();
-                let missing = free.missing(ask, &self.capacity);
+                let missing = free.over_cap(ask, caps).or_else(|| free.missing(ask, &self.capacity));
                 if fits && missing.is_none() {
                     let grant = self.take(&mut free, ask);
                     drop(free);
@@ -462,6 +555,11 @@ impl Pool {
             if let Some(left) = free.licenses.get_mut(name) {
                 *left -= count;
             }
+        }
+        let held = free.held.entry(ask.owner.clone()).or_default();
+        held.0 += ask.cpus;
+        for (name, count) in &ask.licenses {
+            *held.1.entry(name.clone()).or_default() += count;
         }
         Grant { pool: self.clone(), asked: ask.clone(), cores, held: true }
     }

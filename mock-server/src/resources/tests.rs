@@ -9,6 +9,7 @@ fn capacity(cpus: u32, licenses: &[(&str, u32)]) -> Capacity {
         memory_bytes: 8 << 30,
         licenses: licenses.iter().map(|(name, count)| (name.to_string(), *count)).collect(),
         default_cpus: 1,
+        per_cn: PerCn::default(),
     }
 }
 
@@ -40,7 +41,7 @@ fn what_can_never_run_is_refused_naming_the_resource_and_the_capacity() {
 #[test]
 fn requests_from_the_wire_get_defaults_and_bad_ones_are_named() {
     let capacity = Capacity { default_cpus: 2, ..capacity(4, &[]) };
-    assert_eq!(Ask::from_wire(None, &capacity).unwrap().cpus, 2);
+    assert_eq!(Ask::from_wire(None, &capacity, "alice").unwrap().cpus, 2);
     let license = |name: &str, count| lrpymrpc_proto::License { name: name.into(), count };
     let wire = lrpymrpc_proto::Resources {
         cpus: 0,
@@ -48,11 +49,11 @@ fn requests_from_the_wire_get_defaults_and_bad_ones_are_named() {
         walltime_seconds: 90,
         ..Default::default()
     };
-    let got = Ask::from_wire(Some(&wire), &capacity).unwrap();
+    let got = Ask::from_wire(Some(&wire), &capacity, "alice").unwrap();
     assert_eq!((got.cpus, got.licenses["spectre"], got.walltime), (2, 3, Some(Duration::from_secs(90))));
     for bad in [license("a b", 1), license("", 1), license("x\n", 1), license("ok", 0), license("ok", 10_001)] {
         let wire = lrpymrpc_proto::Resources { licenses: vec![bad.clone()], ..Default::default() };
-        assert!(Ask::from_wire(Some(&wire), &capacity).is_err(), "{bad:?}");
+        assert!(Ask::from_wire(Some(&wire), &capacity, "alice").is_err(), "{bad:?}");
     }
 }
 
@@ -109,4 +110,28 @@ async fn a_license_held_makes_the_next_wait_while_cores_are_free_and_a_gone_step
     let again = pool.acquire(&ask(1, &[("hspice", 1)]), |_| panic!("free again")).await;
     // Core indices past the machine's CPUs share them.
     assert_eq!(again.cpu_ids(), vec![0]);
+}
+
+// A certificate at its cap waits, says so, and holds nobody else up; what it could
+// never hold is refused.
+#[tokio::test]
+async fn a_certificate_at_its_cap_waits_without_holding_others_up() {
+    let mut capacity = capacity(4, &[("spectre", 3)]);
+    capacity = capacity.with_per_cn(None, &["spectre=1".to_string()]).unwrap();
+    let as_user = |owner: &str| Ask { owner: owner.into(), ..ask(1, &[("spectre", 1)]) };
+    assert!(
+        capacity.refusal(&ask(1, &[("spectre", 2)])).unwrap().contains("one certificate may hold 1 (--license-per-cn)")
+    );
+    let pool = Arc::new(Pool::new(capacity, vec![0, 1], true));
+    let first = pool.acquire(&as_user("mallory"), |_| {}).await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let again = pool.clone();
+    let second = tokio::spawn(async move { again.acquire(&as_user("mallory"), move |why| drop(tx.send(why))).await });
+    assert_eq!(rx.recv().await.unwrap(), "waiting: your certificate holds 1 of the 1 spectre licenses one may hold");
+    // Another user behind mallory's second step is not held up by it.
+    let other = pool.acquire(&as_user("alice"), |why| panic!("alice waited: {why}")).await;
+    drop((first, other));
+    drop(second.await.unwrap());
+    assert_eq!(pool.snapshot().free_licenses["spectre"], 3);
+    assert!(Capacity::of_machine().with_per_cn(None, &["nosuch=1".to_string()]).is_err());
 }

@@ -148,7 +148,8 @@ impl FileService for Service {
         // What the command needs; what no wait could ever give is refused now.
         let capacity = self.state.resources.capacity();
         let asked = request.resources.as_ref().filter(|_| !self.state.config.legacy_protocol);
-        let needs = Ask::from_wire(asked, capacity).map_err(JobError::Resources)?;
+        let owner = caller.cn.clone().unwrap_or_default();
+        let needs = Ask::from_wire(asked, capacity, &owner).map_err(JobError::Resources)?;
         if let Some(why) = capacity.refusal(&needs) {
             return Err(JobError::Resources(format!("{why}: it could never run here")).into());
         }

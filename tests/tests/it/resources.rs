@@ -17,6 +17,7 @@ fn capacity(cpus: u32, licenses: &[(&str, u32)]) -> Capacity {
         memory_bytes: 4 << 30,
         licenses: licenses.iter().map(|(name, count)| (name.to_string(), *count)).collect::<BTreeMap<_, _>>(),
         default_cpus: 1,
+        per_cn: Default::default(),
     }
 }
 
@@ -256,4 +257,28 @@ fn slots_says_how_many_steps_the_server_can_start_now() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("0 (limited by 1 free cores, 2 a step)"));
     std::fs::write(env.root.path().join("release"), "").unwrap();
     assert!(holder.end().0.success());
+}
+
+// One user cannot take every license for ever: with `--license-per-cn spectre=1`, a
+// certificate's second spectre step waits and says why, while another user's runs.
+#[test]
+fn a_certificate_at_its_license_cap_waits_and_holds_nobody_else_up() {
+    let env = TestEnv::configured(|config| {
+        config.capacity = capacity(3, &[("spectre", 2)]).with_per_cn(None, &["spectre=1".into()]).unwrap();
+    });
+    env.write("source/x", "x");
+    let mallory = crate::env::client_dir_for(&env, "mallory");
+    let held =
+        Running::start_as(&env, Some(&mallory), &["--license", "spectre", "--CMD", &held_until_released(&env, "held")]);
+    wait_until(PROCESS_LIMIT, "mallory's first step runs", || env.root.path().join("held-started").exists());
+    let second = Running::start_as(&env, Some(&mallory), &["--license", "spectre", "--CMD", "echo second-ran"]);
+    second.wait_for("waiting: your certificate holds 1 of the 1 spectre licenses one may hold");
+    let (status, said) = Running::start(&env, &["--license", "spectre", "--CMD", "echo alice-ran"]).end();
+    assert!(status.success() && said.contains("]:alice-ran"), "{said}");
+    assert!(!second.said().contains("]:second-ran"));
+    std::fs::write(env.root.path().join("release"), "").unwrap();
+    for (running, ran) in [(held, "held-ran"), (second, "second-ran")] {
+        let (status, said) = running.end();
+        assert!(status.success() && said.contains(&format!("]:{ran}")), "{said}");
+    }
 }
