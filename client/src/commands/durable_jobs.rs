@@ -65,8 +65,8 @@ pub fn jobs(args: Args) -> ExitCode {
             for summary in session.list_jobs().await? {
                 if listed == 0 {
                     println!(
-                        "{:<36}  {:<STATE_WIDTH$}  {:<20}  {:>9}  {:<21}  COMMAND",
-                        "JOB", "STATE", "STARTED", "RAN", "SERVER"
+                        "{:<36}  {:<STATE_WIDTH$}  {:<20}  {:>9}  {:<NEEDS_WIDTH$}  {:<21}  COMMAND",
+                        "JOB", "STATE", "STARTED", "RAN", "NEEDS", "SERVER"
                     );
                 }
                 listed += 1;
@@ -169,6 +169,25 @@ fn server_prefix(job: &Job, out: &Output, peer: &Peer) -> Output {
 
 /// The width of `lrpymrpc jobs`' STATE column: `running (detached)` fits.
 const STATE_WIDTH: usize = 18;
+/// The width of its NEEDS column: `8 cpu 32.0 GiB +2` fits.
+const NEEDS_WIDTH: usize = 18;
+
+/// What a job's command asked for, short: `2 cpu 4.0 GiB spectre`; licenses past the
+/// first as a count (`+2`).
+fn needs(resources: Option<&lrpymrpc_proto::Resources>) -> String {
+    let Some(resources) = resources else { return "-".into() };
+    let mut text = format!("{} cpu", resources.cpus.max(1));
+    if resources.memory_bytes > 0 {
+        text.push_str(&format!(" {}", lrpymrpc_units::human_bytes(resources.memory_bytes)));
+    }
+    match resources.licenses.split_first() {
+        Some((first, [])) if first.count == 1 => text.push_str(&format!(" {}", first.name)),
+        Some((first, [])) => text.push_str(&format!(" {}:{}", first.name, first.count)),
+        Some((_, more)) => text.push_str(&format!(" +{}", more.len() + 1)),
+        None => {}
+    }
+    text
+}
 
 /// One line of `lrpymrpc jobs`.
 fn row(summary: &JobSummary, server: &str) -> String {
@@ -177,9 +196,11 @@ fn row(summary: &JobSummary, server: &str) -> String {
         |at| format!("{} {:02}:{:02}:{:02}Z", at.date(), at.hour(), at.minute(), at.second()),
     );
     let ran = lrpymrpc_units::clock_duration(std::time::Duration::from_millis(summary.duration_ms));
-    let state = match summary.detached && summary.run_state() == RunState::Running {
-        true => "running (detached)".to_string(),
-        false => summary.state.clone(),
+    let running = summary.run_state() == RunState::Running;
+    let state = match (summary.waiting.is_empty(), summary.detached && running) {
+        (false, _) if running => "waiting".to_string(),
+        (_, true) => "running (detached)".to_string(),
+        _ => summary.state.clone(),
     };
     // Every field is the server's text: through the one terminal sanitiser, a line
     // break in a command shown as a space.
@@ -191,7 +212,15 @@ fn row(summary: &JobSummary, server: &str) -> String {
         true => format!("{}…", state.chars().take(STATE_WIDTH - 1).collect::<String>()),
         false => state,
     };
-    format!("{id:<36}  {state:<STATE_WIDTH$}  {started:<20}  {ran:>9}  {server:<21}  {command}")
+    let needs: String = one_line(&needs(summary.resources.as_ref())).chars().take(NEEDS_WIDTH).collect();
+    let row = format!(
+        "{id:<36}  {state:<STATE_WIDTH$}  {started:<20}  {ran:>9}  {needs:<NEEDS_WIDTH$}  {server:<21}  {command}"
+    );
+    // Why a job waits gets a line of its own, under it.
+    match summary.waiting.is_empty() || !running {
+        true => row,
+        false => format!("{row}\n    {}", one_line(&summary.waiting)),
+    }
 }
 
 #[cfg(test)]

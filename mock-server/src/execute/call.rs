@@ -79,7 +79,7 @@ pub async fn run(state: Arc<State>, call: Call, tx: Events) {
             warn!(job = %call.id, cn = call.cn.as_str(), "client went away while waiting for the same step");
         }
         (Plan::Record(key, flight), Some(ask)) => {
-            let Some(grant) = granted(&state, &call.needs, &tx).await else {
+            let Some(grant) = granted(&state, &call.id, &call.needs, &tx).await else {
                 return finish(&state, call, &StepEnd::Cancelled, started);
             };
             let (events, recording) =
@@ -95,7 +95,7 @@ pub async fn run(state: Arc<State>, call: Call, tx: Events) {
             finish(&state, call, &ended, started);
         }
         _ => {
-            let Some(grant) = granted(&state, &call.needs, &tx).await else {
+            let Some(grant) = granted(&state, &call.id, &call.needs, &tx).await else {
                 return finish(&state, call, &StepEnd::Cancelled, started);
             };
             let ended =
@@ -108,20 +108,24 @@ pub async fn run(state: Arc<State>, call: Call, tx: Events) {
 }
 
 /// Waits in the server's one queue until all the step needs is free, telling the
-/// client why it waits each time that changes; `None` when the client went away.
-async fn granted(state: &State, needs: &Ask, tx: &Events) -> Option<Grant> {
+/// client why it waits each time that changes (and the job table, for `ListJobs`);
+/// `None` when the client went away.
+async fn granted(state: &State, id: &str, needs: &Ask, tx: &Events) -> Option<Grant> {
     let (said_tx, mut said) = tokio::sync::mpsc::unbounded_channel();
     let acquire = state.resources.acquire(needs, move |why| drop(said_tx.send(why)));
     tokio::pin!(acquire);
-    loop {
+    let granted = loop {
         tokio::select! {
-            grant = &mut acquire => return Some(grant),
+            grant = &mut acquire => break Some(grant),
             Some(why) = said.recv() => {
+                state.jobs.set_waiting(id, Some(why.clone()));
                 let _ = tx.send(Ok(JobEvent::Note(why))).await;
             }
-            () = tx.closed() => return None,
+            () = tx.closed() => break None,
         }
-    }
+    };
+    state.jobs.set_waiting(id, None);
+    granted
 }
 
 /// The step's end in the job table, the metrics and the log; the job is no longer in

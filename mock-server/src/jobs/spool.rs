@@ -75,6 +75,8 @@ pub struct Started {
     pub attach: Option<AttachInfo>,
     /// Started detached: nobody needs to come back.
     pub detached: bool,
+    /// What its command asked for, with the server's defaults (for `ListJobs`).
+    pub needs: Option<lrpymrpc_proto::Resources>,
 }
 
 /// One durable run's spool.

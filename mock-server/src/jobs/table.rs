@@ -66,6 +66,8 @@ struct Entry {
     /// Its results as the action cache recorded them (a hit, or a recorded run):
     /// Check and Download answer from the record.
     recorded: Option<Recorded>,
+    /// Why its command waits for cores, memory or licenses, while it does.
+    waiting: Option<String>,
 }
 
 /// A job's results as recorded in the action cache.
@@ -154,6 +156,7 @@ impl Jobs {
                 remove_at: None,
                 input_root: None,
                 recorded: None,
+                waiting: None,
             };
             table.insert(id.clone(), entry);
         }
@@ -265,6 +268,17 @@ impl Jobs {
         if let Some(entry) = self.table().get_mut(id) {
             entry.recorded = Some(recorded);
         }
+    }
+
+    /// Why the job's command waits for resources (`None`: it does not), for `ListJobs`.
+    pub fn set_waiting(&self, id: &str, why: Option<String>) {
+        if let Some(entry) = self.table().get_mut(id) {
+            entry.waiting = why;
+        }
+    }
+
+    pub fn waiting_for(&self, id: &str) -> Option<String> {
+        self.table().get(id).and_then(|entry| entry.waiting.clone())
     }
 
     /// The job's recorded results, if the action cache answered or recorded it.

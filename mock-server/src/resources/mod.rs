@@ -99,6 +99,22 @@ impl Ask {
     }
 }
 
+impl Ask {
+    /// The request as the wire says it (for `ListJobs`).
+    pub fn to_wire(&self) -> lrpymrpc_proto::Resources {
+        lrpymrpc_proto::Resources {
+            cpus: self.cpus,
+            memory_bytes: self.memory_bytes,
+            licenses: self
+                .licenses
+                .iter()
+                .map(|(name, count)| lrpymrpc_proto::License { name: name.clone(), count: *count })
+                .collect(),
+            walltime_seconds: self.walltime.map_or(0, |walltime| walltime.as_secs()),
+        }
+    }
+}
+
 impl Capacity {
     /// This machine's CPUs and memory, one core by default, no license.
     pub fn of_machine() -> Capacity {

@@ -92,6 +92,8 @@ impl Extensions for ExtensionService {
                     command: spool.started.command.clone(),
                     attach_info: spool.started.attach.clone(),
                     detached: spool.started.detached,
+                    resources: spool.started.needs.clone(),
+                    waiting: self.state.jobs.waiting_for(&spool.started.id).unwrap_or_default(),
                 }
             })
             .collect();

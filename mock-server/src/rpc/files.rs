@@ -177,6 +177,7 @@ impl FileService for Service {
             command: request.command_opt.clone(),
             attach: request.attach_info.clone(),
             detached,
+            needs: Some(needs.to_wire()),
         });
         let (tx, rx) = mpsc::channel(64);
         let call = execute::call::Call {

@@ -128,6 +128,13 @@ fn a_held_license_makes_the_next_step_wait_while_cores_are_free() {
     ] {
         assert!(scraped.lines().any(|line| line == series), "{series}: {scraped}");
     }
+    // `lrpymrpc jobs` shows what each asked for, which one waits, and why.
+    let listed = env.client().arg("jobs").output().unwrap();
+    let table = String::from_utf8_lossy(&listed.stdout);
+    assert!(table.lines().next().is_some_and(|header| header.contains("  NEEDS  ")), "{table}");
+    assert!(table.lines().any(|line| line.contains("  waiting  ") && line.contains("1 cpu hspice")), "{table}");
+    assert!(table.lines().any(|line| line.contains("running") && line.contains("1 cpu hspice")), "{table}");
+    assert!(table.contains("\n    waiting: license hspice 1/1 in use"), "{table}");
     let free_cores = Running::start(&env, &["--CMD", "echo no-license-ran"]);
     let (status, said) = free_cores.end();
     assert!(status.success() && said.contains("]:no-license-ran"), "a step without the license runs: {said}");
