@@ -438,7 +438,14 @@ mod tests {
     }
 
     fn started(detached: bool) -> Started {
-        Started { id: "j".into(), owner: Some("alice".into()), command: "c".into(), attach: None, detached }
+        Started {
+            id: "j".into(),
+            owner: Some("alice".into()),
+            command: "c".into(),
+            attach: None,
+            detached,
+            needs: None,
+        }
     }
 
     #[tokio::test]
