@@ -289,3 +289,27 @@ fn a_certificate_at_its_license_cap_waits_and_holds_nobody_else_up() {
         assert!(status.success() && said.contains(&format!("]:{ran}")), "{said}");
     }
 }
+
+// A waiting step cancelled (`lrpymrpc cancel ID`) leaves the queue at once: nothing it
+// asked for stays set aside, and the step behind it runs when the cores are free.
+#[test]
+fn a_cancelled_waiting_step_leaves_the_queue() {
+    let env = TestEnv::configured(|config| config.capacity = capacity(1, &[]));
+    env.write("source/x", "x");
+    let holder = Running::start(&env, &["--CMD", &held_until_released(&env, "holder")]);
+    wait_until(PROCESS_LIMIT, "the holder runs", || env.root.path().join("holder-started").exists());
+    let waiting = Running::start(&env, &["--CMD", "echo never-ran"]);
+    waiting.wait_for("waiting for 1 core (0 free)");
+    let said = waiting.said();
+    let id = said.split("unique id=").nth(1).and_then(|rest| rest.lines().next()).unwrap().trim().to_string();
+    env.client().args(["cancel", &id]).assert().success();
+    let (status, said) = waiting.end();
+    assert!(!status.success() && !said.contains("]:never-ran"), "{said}");
+    let listed = env.client().arg("jobs").output().unwrap();
+    let table = String::from_utf8_lossy(&listed.stdout);
+    assert!(table.lines().any(|line| line.starts_with(&id) && line.contains("cancelled")), "{table}");
+    std::fs::write(env.root.path().join("release"), "").unwrap();
+    assert!(holder.end().0.success());
+    let (status, said) = Running::start(&env, &["--CMD", "echo next-ran"]).end();
+    assert!(status.success() && said.contains("]:next-ran") && !said.contains("ahead of you"), "{said}");
+}
