@@ -17,7 +17,8 @@
 #   they are its RESULT paths. SOURCES: files and directories to upload, relative to
 #   CMAKE_CURRENT_SOURCE_DIR or absolute (generated files too); each is uploaded under
 #   its base name, and every file below them is a dependency (re-globbed at build time).
-# Options: DEPENDS (more dependencies), COMMENT. A failed remote command fails the build
+# Options: DEPENDS (more dependencies), COMMENT, FLAGS (more client options for this
+# step alone, such as what it needs on the server: FLAGS --cpus 8 --license spectre). A failed remote command fails the build
 # and leaves earlier outputs untouched. Each step's lines start `[host:port OUTPUT]:`
 # (LRPYMRPC_FLAGS "--no-prefix" or "--prefix;..." replaces it). Cache variables: LRPYMRPC_EXECUTABLE,
 # LRPYMRPC_SERVER_IP, LRPYMRPC_SERVER_PORT, LRPYMRPC_TLS_CONFIG_DIR, LRPYMRPC_FLAGS, and the option
@@ -34,7 +35,7 @@ set(LRPYMRPC_FLAGS "" CACHE STRING "more lrpymrpc options (a ;-list)")
 option(LRPYMRPC_CACHE "let the server's action cache answer steps it already ran on the same inputs" OFF)
 
 function(lrpymrpc_add_command)
-  cmake_parse_arguments(PARSE_ARGV 0 ARG "" "COMMAND;REPO_URL;COMMENT" "OUTPUT;SOURCES;DEPENDS")
+  cmake_parse_arguments(PARSE_ARGV 0 ARG "" "COMMAND;REPO_URL;COMMENT" "OUTPUT;SOURCES;DEPENDS;FLAGS")
   if(NOT LRPYMRPC_EXECUTABLE)
     message(FATAL_ERROR "lrpymrpc_add_command: lrpymrpc not found; install it or set LRPYMRPC_EXECUTABLE")
   endif()
@@ -105,7 +106,7 @@ function(lrpymrpc_add_command)
 
   add_custom_command(
     OUTPUT ${outputs}
-    COMMAND "${LRPYMRPC_EXECUTABLE}" ${server} --prefix "[{host}:{port} ${first_result}]:" ${LRPYMRPC_FLAGS}
+    COMMAND "${LRPYMRPC_EXECUTABLE}" ${server} --prefix "[{host}:{port} ${first_result}]:" ${LRPYMRPC_FLAGS} ${ARG_FLAGS}
             --strict --no-results-on-failure --results-dir "${CMAKE_CURRENT_BINARY_DIR}"
             --REPO_URL "${ARG_REPO_URL}" --CMD "${ARG_COMMAND}"
             ${sources} --RESULT ${results}

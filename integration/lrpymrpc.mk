@@ -8,12 +8,14 @@
 #   LRPYMRPC_SERVER_IP = 10.0.0.5           # and LRPYMRPC_SERVER_PORT, LRPYMRPC_TLS_CONFIG_DIR
 #   $(eval $(call lrpymrpc_step,lib/X.lib lib/X.md,cells cmd dist,python -m tool -b cmd/x.cmd,tool=./dist/tool.whl))
 #
-# lrpymrpc_step,OUTPUTS,SOURCES,CMD[,REPO_URL] declares one remote step:
+# lrpymrpc_step,OUTPUTS,SOURCES,CMD[,REPO_URL[,FLAGS]] declares one remote step:
 #   OUTPUTS  the files it makes (its RESULT paths), targets of one recipe run
 #   SOURCES  files and directories uploaded (under their base names); every file in
 #            them is a prerequisite, so the step reruns only when one changes
 #   CMD      the remote command line (write `$$` for a `$` the shell should see)
 #   REPO_URL the `name=url,...` mapping pip installs first (optional)
+#   FLAGS    more client options for this step alone (optional), such as what it
+#            needs on the server: --cpus 8 --mem 32G --license spectre
 # The step fails, and leaves earlier outputs untouched, when the remote command fails.
 # Steps run in parallel under `make -j`; each step's lines start `[host:port OUTPUT]:`.
 # LRPYMRPC_CACHE = 1 lets a server with an action cache answer a step it already ran
@@ -43,6 +45,6 @@ lrpymrpc_quote = '$(subst $$,$$$$,$(subst ','\'',$(1)))'
 # step's lines carry its first output in their prefix, to tell `make -j` steps apart.
 define lrpymrpc_step
 $(1) &: $(call lrpymrpc_files,$(2))
-	$$(LRPYMRPC) $$(lrpymrpc_server) --prefix $(call lrpymrpc_quote,[{host}:{port} $(firstword $(1))]:) --strict --no-results-on-failure $$(lrpymrpc_cache) $$(LRPYMRPC_FLAGS) --RESULT $(call lrpymrpc_quote,$(1)) --SOURCE $(call lrpymrpc_quote,$(2)) --REPO_URL $(call lrpymrpc_quote,$(4)) --CMD $(call lrpymrpc_quote,$(3))
+	$$(LRPYMRPC) $$(lrpymrpc_server) --prefix $(call lrpymrpc_quote,[{host}:{port} $(firstword $(1))]:) --strict --no-results-on-failure $$(lrpymrpc_cache) $$(LRPYMRPC_FLAGS) --RESULT $(call lrpymrpc_quote,$(1)) --SOURCE $(call lrpymrpc_quote,$(2)) $(5) --REPO_URL $(call lrpymrpc_quote,$(4)) --CMD $(call lrpymrpc_quote,$(3))
 	@for output in $(1); do test -e "$$$$output" || { echo "lrpymrpc.mk: the remote step did not make $$$$output" >&2; exit 1; }; done
 endef

@@ -27,12 +27,14 @@ pub fn make() -> String {
 #   LRPYMRPC_SERVER_IP = 10.0.0.5           # and LRPYMRPC_SERVER_PORT, LRPYMRPC_TLS_CONFIG_DIR
 #   $(eval $(call lrpymrpc_step,lib/X.lib lib/X.md,cells cmd dist,python -m tool -b cmd/x.cmd,tool=./dist/tool.whl))
 #
-# lrpymrpc_step,OUTPUTS,SOURCES,CMD[,REPO_URL] declares one remote step:
+# lrpymrpc_step,OUTPUTS,SOURCES,CMD[,REPO_URL[,FLAGS]] declares one remote step:
 #   OUTPUTS  the files it makes (its RESULT paths), targets of one recipe run
 #   SOURCES  files and directories uploaded (under their base names); every file in
 #            them is a prerequisite, so the step reruns only when one changes
 #   CMD      the remote command line (write `$$` for a `$` the shell should see)
 #   REPO_URL the `name=url,...` mapping pip installs first (optional)
+#   FLAGS    more client options for this step alone (optional), such as what it
+#            needs on the server: --cpus 8 --mem 32G --license spectre
 # The step fails, and leaves earlier outputs untouched, when the remote command fails.
 # Steps run in parallel under `make -j`; each step's lines start `[host:port OUTPUT]:`.
 # LRPYMRPC_CACHE = 1 lets a server with an action cache answer a step it already ran
@@ -62,7 +64,7 @@ lrpymrpc_quote = '$(subst $$,$$$$,$(subst ','\'',$(1)))'
 # step's lines carry its first output in their prefix, to tell `make -j` steps apart.
 define lrpymrpc_step
 $(1) &: $(call lrpymrpc_files,$(2))
-	$$(LRPYMRPC) $$(lrpymrpc_server) --prefix $(call lrpymrpc_quote,[{host}:{port} $(firstword $(1))]:) --strict --no-results-on-failure $$(lrpymrpc_cache) $$(LRPYMRPC_FLAGS) --RESULT $(call lrpymrpc_quote,$(1)) --SOURCE $(call lrpymrpc_quote,$(2)) --REPO_URL $(call lrpymrpc_quote,$(4)) --CMD $(call lrpymrpc_quote,$(3))
+	$$(LRPYMRPC) $$(lrpymrpc_server) --prefix $(call lrpymrpc_quote,[{host}:{port} $(firstword $(1))]:) --strict --no-results-on-failure $$(lrpymrpc_cache) $$(LRPYMRPC_FLAGS) --RESULT $(call lrpymrpc_quote,$(1)) --SOURCE $(call lrpymrpc_quote,$(2)) $(5) --REPO_URL $(call lrpymrpc_quote,$(4)) --CMD $(call lrpymrpc_quote,$(3))
 	@for output in $(1); do test -e "$$$$output" || { echo "lrpymrpc.mk: the remote step did not make $$$$output" >&2; exit 1; }; done
 endef
 "#
@@ -87,7 +89,8 @@ pub fn cmake() -> String {
 #   they are its RESULT paths. SOURCES: files and directories to upload, relative to
 #   CMAKE_CURRENT_SOURCE_DIR or absolute (generated files too); each is uploaded under
 #   its base name, and every file below them is a dependency (re-globbed at build time).
-# Options: DEPENDS (more dependencies), COMMENT. A failed remote command fails the build
+# Options: DEPENDS (more dependencies), COMMENT, FLAGS (more client options for this
+# step alone, such as what it needs on the server: FLAGS --cpus 8 --license spectre). A failed remote command fails the build
 # and leaves earlier outputs untouched. Each step's lines start `[host:port OUTPUT]:`
 # (LRPYMRPC_FLAGS "--no-prefix" or "--prefix;..." replaces it). Cache variables: LRPYMRPC_EXECUTABLE,
 # LRPYMRPC_SERVER_IP, LRPYMRPC_SERVER_PORT, LRPYMRPC_TLS_CONFIG_DIR, LRPYMRPC_FLAGS, and the option
@@ -104,7 +107,7 @@ set(LRPYMRPC_FLAGS "" CACHE STRING "more lrpymrpc options (a ;-list)")
 option(LRPYMRPC_CACHE "let the server's action cache answer steps it already ran on the same inputs" OFF)
 
 function(lrpymrpc_add_command)
-  cmake_parse_arguments(PARSE_ARGV 0 ARG "" "COMMAND;REPO_URL;COMMENT" "OUTPUT;SOURCES;DEPENDS")
+  cmake_parse_arguments(PARSE_ARGV 0 ARG "" "COMMAND;REPO_URL;COMMENT" "OUTPUT;SOURCES;DEPENDS;FLAGS")
   if(NOT LRPYMRPC_EXECUTABLE)
     message(FATAL_ERROR "lrpymrpc_add_command: lrpymrpc not found; install it or set LRPYMRPC_EXECUTABLE")
   endif()
@@ -175,7 +178,7 @@ function(lrpymrpc_add_command)
 
   add_custom_command(
     OUTPUT ${outputs}
-    COMMAND "${LRPYMRPC_EXECUTABLE}" ${server} --prefix "[{host}:{port} ${first_result}]:" ${LRPYMRPC_FLAGS}
+    COMMAND "${LRPYMRPC_EXECUTABLE}" ${server} --prefix "[{host}:{port} ${first_result}]:" ${LRPYMRPC_FLAGS} ${ARG_FLAGS}
             --strict --no-results-on-failure --results-dir "${CMAKE_CURRENT_BINARY_DIR}"
             --REPO_URL "${ARG_REPO_URL}" --CMD "${ARG_COMMAND}"
             ${sources} --RESULT ${results}

@@ -305,3 +305,57 @@ fn what_a_user_built_in_the_examples_is_not_copied_into_the_tests() {
     assert!(examples.join("cmake/CMakeLists.txt").is_file(), "the example itself was copied");
     assert!(!examples.join("cmake").join(built.file_name().unwrap()).exists(), "the user's build was copied");
 }
+
+// What a step needs, per step, from Make (lrpymrpc_step's FLAGS) and CMake
+// (lrpymrpc_add_command's FLAGS): under `make -j2` two steps holding the server's one
+// `hspice` license run one after the other, the second saying why it waited; a CMake
+// step asking for two cores sees two.
+#[test]
+fn make_and_cmake_steps_say_what_they_need_on_the_server() {
+    let env = TestEnv::configured(|config| {
+        config.capacity = lrpymrpc_mock_server::resources::Capacity {
+            licenses: [("hspice".to_string(), 1)].into(),
+            ..lrpymrpc_mock_server::resources::Capacity::of_machine()
+        }
+    });
+    let project = env.work.join("needs");
+    copy_from_repo(&["integration"], &project);
+    let mut makefile = String::from("include integration/lrpymrpc.mk\n\nall: out1.txt out2.txt\n\n");
+    for n in 1..=2 {
+        std::fs::create_dir_all(project.join(format!("in{n}"))).unwrap();
+        std::fs::write(project.join(format!("in{n}/data.txt")), format!("input {n}\n")).unwrap();
+        makefile.push_str(&format!(
+            "$(eval $(call lrpymrpc_step,out{n}.txt,in{n},sleep 1; cp in{n}/data.txt out{n}.txt,,--license hspice))\n"
+        ));
+    }
+    std::fs::write(project.join("Makefile"), makefile).unwrap();
+    let (ok, log) = make(&env, &project, &["-j2"]);
+    assert!(ok, "{log}");
+    assert!(log.contains("waiting: license hspice 1/1 in use"), "{log}");
+    assert_eq!(std::fs::read_to_string(project.join("out2.txt")).unwrap(), "input 2\n");
+
+    // Two cores, or all this machine has when it has fewer.
+    let cores = lrpymrpc_mock_server::resources::machine::cpu_ids().len().min(2);
+    let cmake_project = env.work.join("needs-cmake");
+    copy_from_repo(&["integration"], &cmake_project);
+    std::fs::create_dir_all(cmake_project.join("in")).unwrap();
+    std::fs::write(cmake_project.join("in/data.txt"), "data\n").unwrap();
+    std::fs::write(
+        cmake_project.join("CMakeLists.txt"),
+        r#"cmake_minimum_required(VERSION 3.20)
+project(needs NONE)
+list(APPEND CMAKE_MODULE_PATH "${CMAKE_CURRENT_SOURCE_DIR}/integration")
+include(LrPymRPC)
+lrpymrpc_add_command(OUTPUT out.txt SOURCES in FLAGS --cpus CORES
+                     COMMAND "echo cores=`nproc` omp=$OMP_NUM_THREADS; cp in/data.txt out.txt")
+add_custom_target(everything ALL DEPENDS "${CMAKE_CURRENT_BINARY_DIR}/out.txt")
+"#
+        .replace("CORES", &cores.to_string()),
+    )
+    .unwrap();
+    let build = env.work.join("needs-cmake-build");
+    let (ok, log) = cmake_configure(&env, &cmake_project, &build, "Unix Makefiles");
+    assert!(ok, "{log}");
+    let (ok, log) = cmake_build(&build);
+    assert!(ok && log.contains(&format!("]:cores={cores} omp={cores}")), "{log}");
+}
