@@ -586,6 +586,9 @@ fn serve(args: Args) -> anyhow::Result<()> {
             let per_cn = config.capacity.per_cn.clone();
             config.capacity = Capacity { per_cn, ..slurm.capacity(config.capacity.default_cpus).await? };
         }
+        // A root another server uses is refused before listening (the server itself
+        // holds the lock from its start on).
+        drop(crate::jobs::root_lock::RootLock::take(&config.root)?);
         let listener = tokio::net::TcpListener::bind(listen).await.map_err(|error| listen_error(listen, &error))?;
         let address = listener.local_addr()?;
         if config.tls.is_none() {

@@ -15,6 +15,9 @@
 /// `lrpymrpc-mock-server` too, which existing units and scripts type.
 pub const SERVER_NAME: &str = "lrpymrpc-server";
 
+/// The file in the job root a running server holds locked (one server per root).
+pub use jobs::root_lock::LOCK_FILE as ROOT_LOCK_FILE;
+
 pub mod cli;
 pub mod config;
 mod error;

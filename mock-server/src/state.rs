@@ -37,6 +37,8 @@ pub struct State {
     pub metrics: Arc<crate::net::metrics::Metrics>,
     /// Durable runs' spools (`ExecuteRequest.durability`).
     pub spools: Arc<crate::jobs::spool::Spools>,
+    /// This server's hold on its job root, for as long as it runs.
+    _root_lock: crate::jobs::root_lock::RootLock,
     /// Cores, memory and licenses, and the one queue of steps waiting for them.
     pub resources: Arc<crate::resources::Pool>,
     /// Set at shutdown: uploads are refused, running jobs finish.
@@ -48,8 +50,10 @@ pub struct State {
 }
 
 impl State {
-    /// Sweeps what an earlier run left in the root, then sets up the shared parts.
+    /// Takes the root (no other server may use it), sweeps what an earlier run left in
+    /// it, then sets up the shared parts.
     pub fn new(config: Config) -> std::io::Result<(State, Vec<String>)> {
+        let root_lock = crate::jobs::root_lock::RootLock::take(&config.root)?;
         let swept = sweep_orphans(&config.root);
         // Environments an earlier run built are kept when this server's Python made them.
         let python = crate::execute::python::python().ok().map(|python| python.identity());
@@ -115,6 +119,7 @@ impl State {
             "resources for commands"
         );
         let state = State {
+            _root_lock: root_lock,
             resources,
             config,
             jobs,

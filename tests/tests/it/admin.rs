@@ -279,3 +279,24 @@ fn a_key_the_service_user_cannot_read_is_said_with_both_users_and_ca_init_owner_
     assert!(String::from_utf8_lossy(&out.stderr).contains("--owner no-such-user-x: there is no user `no-such-user-x`"));
     assert!(!nowhere.exists() && !lrpymrpc_certs::layout::ca_private_dir(&nowhere).exists());
 }
+
+// Two servers on one root would take each other's jobs for left behind: the second is
+// refused before it listens, naming the first; once the first is gone, a server starts.
+#[test]
+fn a_second_server_on_the_same_root_is_refused_naming_the_first() {
+    let env = TestEnv::bare();
+    let (mut first, _) = spawn_server_binary(&env, &[]);
+    let output = output_within(
+        Command::new(SERVER).args(["--listen", "127.0.0.1:0", "--root"]).arg(&env.jobs).arg("--tls-dir").arg(&env.tls),
+        PROCESS_LIMIT,
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && !String::from_utf8_lossy(&output.stdout).contains("listening on"), "{stderr}");
+    assert!(stderr.contains(&format!("is in use by another lrpymrpc-server (pid {})", first.id())), "{stderr}");
+    assert!(stderr.contains("hint: give each server a --root of its own"), "{stderr}");
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let (mut second, _) = spawn_server_binary(&env, &[]);
+    second.kill().unwrap();
+    second.wait().unwrap();
+}

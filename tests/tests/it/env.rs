@@ -188,7 +188,8 @@ impl TestEnv {
     /// The names in the job root: job directories, their markers and environments
     /// (the shared environment cache aside).
     pub fn job_dirs(&self) -> Vec<String> {
-        names_in(&self.jobs).into_iter().filter(|name| name != "lrpymrpc-env-cache" && name != "lrpymrpc-cas").collect()
+        let server_own = ["lrpymrpc-env-cache", "lrpymrpc-cas", lrpymrpc_mock_server::ROOT_LOCK_FILE];
+        names_in(&self.jobs).into_iter().filter(|name| !server_own.contains(&name.as_str())).collect()
     }
 }
 
