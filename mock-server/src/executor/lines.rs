@@ -13,6 +13,12 @@ use crate::executor::{JobEvent, Pipe};
 /// which the Python client keeps (`docs/protocol.md`).
 pub const MAX_LINE_BYTES: usize = 1024 * 1024;
 
+/// How long a pipe's unfinished text must have waited before another pipe's line ends
+/// it: a read can stop in the middle of a line the program wrote whole (the pipe held
+/// more than one read takes), and the rest follows at once; text a program left
+/// unfinished (a prompt, `wrote X` before its newline) waits longer.
+pub const UNFINISHED_AFTER: Duration = Duration::from_millis(250);
+
 /// At most this often a rewritten line is reported as progress (tqdm redraws up to ten
 /// times a second).
 pub const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
@@ -38,6 +44,8 @@ struct PipeText {
     /// newline that ends it here ends nothing more.
     ended_early: bool,
     last_progress: Option<Instant>,
+    /// When the last bytes of `segment` came.
+    last_bytes: Option<Instant>,
 }
 
 impl PipeText {
@@ -47,6 +55,17 @@ impl PipeText {
             ([], Some(rewritten)) if !rewritten.is_empty() => Some(rewritten.clone()),
             ([], _) => None,
             (segment, _) => Some(String::from_utf8_lossy(segment).into_owned()),
+        }
+    }
+
+    /// What another pipe's line ends first: a rewrite's last state at once, text left
+    /// without its line break once it has waited [`UNFINISHED_AFTER`] (sooner, it is
+    /// more likely a read that stopped mid-line).
+    fn unfinished(&self, now: Instant) -> Option<String> {
+        let waited = self.last_bytes.is_none_or(|at| now.saturating_duration_since(at) >= UNFINISHED_AFTER);
+        match self.segment.is_empty() || waited {
+            true => self.pending(),
+            false => None,
         }
     }
 }
@@ -71,6 +90,7 @@ impl Lines {
         let stops: &[u8] = if self.progress { b"\r\n" } else { b"\n" };
         while !bytes.is_empty() {
             let text = &mut self.pipes[index(pipe)];
+            text.last_bytes = Some(now);
             let room = MAX_LINE_BYTES - text.segment.len();
             match bytes.iter().position(|b| stops.contains(b)) {
                 Some(at) if at < room => {
@@ -87,7 +107,7 @@ impl Lines {
                         // A piece of a line longer than the cap.
                         text.rewritten = None;
                         let piece = String::from_utf8_lossy(&std::mem::take(&mut text.segment)).into_owned();
-                        self.line(pipe, piece, out);
+                        self.line(pipe, piece, now, out);
                     }
                 }
             }
@@ -128,14 +148,14 @@ impl Lines {
             }
         };
         text.ended_early = false;
-        self.line(pipe, line, out);
+        self.line(pipe, line, now, out);
     }
 
     /// A whole line of `pipe`, after what the other pipes left unfinished.
-    fn line(&mut self, pipe: Pipe, line: String, out: &mut Vec<JobEvent>) {
+    fn line(&mut self, pipe: Pipe, line: String, now: Instant, out: &mut Vec<JobEvent>) {
         for other in PIPES.into_iter().filter(|other| *other != pipe) {
             let text = &mut self.pipes[index(other)];
-            if let Some(pending) = text.pending() {
+            if let Some(pending) = text.unfinished(now) {
                 text.segment.clear();
                 text.rewritten = None;
                 text.ended_early = true;
@@ -208,14 +228,21 @@ mod tests {
             false,
             &[
                 (Pipe::Stdout, b"wrote lib/a.lib", 0),
-                (Pipe::Stderr, b"characterizing b\n", 1),
-                (Pipe::Stdout, b"\n", 2),
+                (Pipe::Stderr, b"characterizing b\n", 400),
+                (Pipe::Stdout, b"\n", 500),
             ],
         );
         assert_eq!(got, [out(Pipe::Stdout, "wrote lib/a.lib"), out(Pipe::Stderr, "characterizing b")]);
         // What follows on the same pipe is a line of its own.
-        let got = events(false, &[(Pipe::Stdout, b"a", 0), (Pipe::Stderr, b"b\n", 1), (Pipe::Stdout, b"c\n", 2)]);
+        let got = events(false, &[(Pipe::Stdout, b"a", 0), (Pipe::Stderr, b"b\n", 300), (Pipe::Stdout, b"c\n", 400)]);
         assert_eq!(got, [out(Pipe::Stdout, "a"), out(Pipe::Stderr, "b"), out(Pipe::Stdout, "c")]);
+        // A read that stopped mid-line, the other pipe's line read before the rest:
+        // the line stays whole.
+        let got = events(
+            false,
+            &[(Pipe::Stderr, b"half of a ", 0), (Pipe::Stdout, b"other\n", 1), (Pipe::Stderr, b"line\n", 2)],
+        );
+        assert_eq!(got, [out(Pipe::Stdout, "other"), out(Pipe::Stderr, "half of a line")]);
     }
 
     #[test]
