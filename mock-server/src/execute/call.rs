@@ -129,7 +129,7 @@ async fn granted(state: &State, id: &str, needs: &Ask, tx: &Events) -> Option<Gr
 }
 
 /// The step's end in the job table, the metrics and the log; the job is no longer in
-/// use after this (the environment's lease is dropped by the caller before or with it).
+/// use after this (the caller drops the environment's lease when it returns).
 fn finish(state: &State, call: Call, ended: &StepEnd, started: Instant) {
     call.run.ended(command_end(ended));
     note_end(state, &call.id, &call.cn, ended, started);

@@ -33,12 +33,15 @@ impl Free {
 
     /// Why `ask` would take its owner past a per-CN cap, in words; `None` when it would not.
     fn over_cap(&self, ask: &Ask, caps: &PerCn) -> Option<String> {
-        let (cpus, licenses) = self.held.get(&ask.owner).cloned().unwrap_or_default();
+        let (cpus, licenses) = match self.held.get(&ask.owner) {
+            Some((cpus, licenses)) => (*cpus, Some(licenses)),
+            None => (0, None),
+        };
         if let Some(cap) = caps.cpus.filter(|cap| cpus + ask.cpus > *cap) {
             return Some(format!("waiting: your certificate holds {cpus} of the {cap} cores one may hold"));
         }
         for (name, count) in &ask.licenses {
-            let held = licenses.get(name).copied().unwrap_or(0);
+            let held = licenses.and_then(|licenses| licenses.get(name)).copied().unwrap_or(0);
             if let Some(cap) = caps.licenses.get(name).filter(|cap| held + count > **cap) {
                 return Some(format!(
                     "waiting: your certificate holds {held} of the {cap} {name} licenses one may hold"
@@ -105,8 +108,6 @@ pub struct Grant {
     asked: Ask,
     /// The core indices held here (none when the pool is not metered).
     cores: Vec<usize>,
-    /// Whether this server holds `asked` (and gives it back on drop).
-    held: bool,
 }
 
 impl Grant {
@@ -142,7 +143,8 @@ impl Grant {
 
 impl Drop for Grant {
     fn drop(&mut self) {
-        if !self.held {
+        // An unmetered pool (another scheduler decides) holds nothing to give back.
+        if !self.pool.metered {
             return;
         }
         let mut free = self.pool.free();
@@ -232,7 +234,7 @@ impl Pool {
     /// capacity ([`Capacity::refusal`]), or it waits for ever.
     pub async fn acquire(self: &Arc<Self>, ask: &Ask, mut waiting: impl FnMut(String)) -> Grant {
         if !self.metered {
-            return Grant { pool: self.clone(), asked: ask.clone(), cores: Vec::new(), held: false };
+            return Grant { pool: self.clone(), asked: ask.clone(), cores: Vec::new() };
         }
         let number = {
             let mut free = self.free();
@@ -306,6 +308,6 @@ impl Pool {
         for (name, count) in &ask.licenses {
             *held.1.entry(name.clone()).or_default() += count;
         }
-        Grant { pool: self.clone(), asked: ask.clone(), cores, held: true }
+        Grant { pool: self.clone(), asked: ask.clone(), cores }
     }
 }
