@@ -20,7 +20,8 @@ pub struct TimeLimits {
 pub enum Limit {
     Wall(Duration),
     Idle(Duration),
-    /// Its memory cgroup's limit, in bytes: the kernel killed it.
+    /// Its memory limit, in bytes (0: not known, a scheduler's default): the kernel or
+    /// the scheduler killed it.
     Memory(u64),
 }
 
@@ -29,6 +30,7 @@ impl fmt::Display for Limit {
         match self {
             Limit::Wall(limit) => write!(f, "it ran longer than {}", human_duration(*limit)),
             Limit::Idle(limit) => write!(f, "it printed nothing for {}", human_duration(*limit)),
+            Limit::Memory(0) => f.write_str("it used more memory than it was granted (ask for more with --mem)"),
             Limit::Memory(limit) => write!(
                 f,
                 "it used more than the {} of memory it was granted (ask for more with --mem)",

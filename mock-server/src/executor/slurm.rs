@@ -32,7 +32,7 @@ use lrpymrpc_units::human_duration;
 
 use crate::executor::confine::Confine;
 use crate::executor::process_run::{self, ProcessGroup, Runs, Stop, Streaming};
-use crate::executor::{Events, Executor, JobEvent, Launch, ProcessEnd, TimeLimits};
+use crate::executor::{Events, Executor, JobEvent, Launch, Limit, ProcessEnd, TimeLimits};
 use crate::resources::Capacity;
 
 /// Every Slurm job this server starts is named with this prefix and the job's id.
@@ -353,6 +353,9 @@ fn is_srun_report(line: &str) -> bool {
     if line.starts_with("slurmstepd") && line.contains(": error: *** ") && line.ends_with(" ***") {
         return true;
     }
+    if is_memory_report(line) {
+        return true;
+    }
     line.strip_prefix("srun: ").is_some_and(|rest| {
         let rest = rest.strip_prefix("error: ").unwrap_or(rest);
         rest.contains(": task ")
@@ -364,6 +367,33 @@ fn is_srun_report(line: &str) -> bool {
             || rest.starts_with("forcing job termination")
             || rest.starts_with("***")
     })
+}
+
+/// Whether a line is Slurm's report that a step went over its memory: the accounting
+/// poller's (`slurmstepd-NODE: error: StepId=3.0 exceeded memory limit (328286208 >
+/// 67108864), being killed`, then `srun: Exceeded job memory limit`) or the memory
+/// cgroup's (`slurmstepd: error: Detected 1 oom_kill event in StepId=3.0. Some of the
+/// step tasks have been OOM Killed.`, then `srun: error: NODE: task 0: Out Of Memory`).
+fn is_memory_report(line: &str) -> bool {
+    let from_slurmstepd = line.starts_with("slurmstepd")
+        && line.contains(": error: ")
+        && (line.contains(" exceeded memory limit (")
+            || line.contains("oom_kill event")
+            || line.contains("OOM Killed"));
+    from_slurmstepd
+        || line == "srun: Exceeded job memory limit"
+        || (line.starts_with("srun: error: ") && line.ends_with(": Out Of Memory"))
+}
+
+/// The memory limit a step went over, when Slurm's reports say it did: the limit they
+/// name (the poller's `(USED > LIMIT)`), else the one it was granted (0: the cluster's
+/// default, not known here).
+fn over_memory(reports: &[String], granted: u64) -> Option<Limit> {
+    let said = reports.iter().filter(|line| is_memory_report(line)).find_map(|line| {
+        let (_, numbers) = line.split_once(" exceeded memory limit (")?;
+        numbers.split_once(" > ")?.1.split_once(')')?.0.parse::<u64>().ok()
+    });
+    reports.iter().any(|line| is_memory_report(line)).then(|| Limit::Memory(said.unwrap_or(granted)))
 }
 
 /// srun exits 128+N when the command was killed by signal N, and says so in its
@@ -398,6 +428,7 @@ impl Executor for SlurmExecutor {
             progress: launch.progress_updates,
             own_line: Some(is_srun_report),
         };
+        let granted_memory = launch.confine.memory_bytes;
         let mut command = inner.srun_command(&name, &launch.dir, &launch.confine, Some(limits.wall));
         // On the node: leave the marker (the step started), then become the launch.
         command
@@ -438,7 +469,13 @@ impl Executor for SlurmExecutor {
                 };
                 Ok(ProcessEnd::NotStarted(format!("Slurm did not start the command: {why}")))
             }
-            ProcessEnd::Exited(status) => Ok(ProcessEnd::Exited(signalled(status, &ended.own_lines))),
+            ProcessEnd::Exited(status) if !status.success() => {
+                Ok(match over_memory(&ended.own_lines, granted_memory) {
+                    Some(limit) => ProcessEnd::LimitReached(limit),
+                    None => ProcessEnd::Exited(signalled(status, &ended.own_lines)),
+                })
+            }
+            ProcessEnd::Exited(status) => Ok(ProcessEnd::Exited(status)),
             end => Ok(end),
         }
     }
@@ -573,6 +610,33 @@ mod tests {
         assert!(is_srun_report("slurmstepd-node1: error: *** STEP 3.0 ON node1 CANCELLED AT 2026-11-26T07:39:27 ***"));
         assert!(!is_srun_report("error: task 0 of my tool failed"));
         assert!(!is_srun_report("srun is a Slurm command"));
+    }
+
+    #[test]
+    fn slurms_memory_reports_become_the_memory_limit() {
+        // As srun printed them on the tests' cluster (OverMemoryKill) and as the
+        // cgroup plugin says them.
+        let poller: Vec<String> = [
+            "slurmstepd-lrnode: error: StepId=1.0 exceeded memory limit (328286208 > 67108864), being killed",
+            "srun: Job step aborted: Waiting up to 4 seconds for job step to finish.",
+            "srun: Exceeded job memory limit",
+            "srun: error: lrnode: task 0: Killed",
+        ]
+        .map(String::from)
+        .into();
+        assert!(poller.iter().all(|line| is_srun_report(line)));
+        assert_eq!(over_memory(&poller, 0), Some(Limit::Memory(67108864)));
+        let cgroup: Vec<String> = [
+            "slurmstepd: error: Detected 1 oom_kill event in StepId=7.0. Some of the step tasks have been OOM Killed.",
+            "srun: error: n1: task 0: Out Of Memory",
+        ]
+        .map(String::from)
+        .into();
+        assert!(cgroup.iter().all(|line| is_srun_report(line)));
+        assert_eq!(over_memory(&cgroup, 1 << 30), Some(Limit::Memory(1 << 30)));
+        assert_eq!(over_memory(&["srun: error: n1: task 0: Killed".into()], 1 << 30), None);
+        assert!(!is_srun_report("my tool: error: exceeded memory limit (1 > 0)"));
+        assert_eq!(Limit::Memory(0).to_string(), "it used more memory than it was granted (ask for more with --mem)");
     }
 
     #[test]

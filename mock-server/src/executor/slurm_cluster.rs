@@ -51,7 +51,10 @@ impl OneNodeCluster {
         let (controller_port, node_port) = (free_port()?, free_port()?);
         let d = dir.display();
         // Most of this machine's memory (slurmd drains a node that has less than it says),
-        // so `--mem` requests fit; one `hspice` license to hold steps back with.
+        // so `--mem` requests fit; one `hspice` license to hold steps back with. Memory
+        // is consumable and enforced without cgroups, as a lab's cluster enforces it
+        // with them: the accounting poller kills a step over its `--mem` each second
+        // (`OverMemoryKill`), and a step that asks for none gets 2 GiB per CPU.
         let memory_mib = (crate::resources::machine::memory_bytes() >> 20) * 9 / 10;
         let conf = format!(
             "ClusterName=lrpymrpc\n\
@@ -71,13 +74,16 @@ impl OneNodeCluster {
              ProctrackType=proctrack/linuxproc\n\
              TaskPlugin=task/none\n\
              SelectType=select/cons_tres\n\
-             SelectTypeParameters=CR_CPU\n\
+             SelectTypeParameters=CR_CPU_Memory\n\
+             DefMemPerCPU=2048\n\
              SchedulerType=sched/backfill\n\
              MpiDefault=none\n\
              ReturnToService=2\n\
              KillWait=2\n\
              MessageTimeout=3\n\
-             JobAcctGatherType=jobacct_gather/none\n\
+             JobAcctGatherType=jobacct_gather/linux\n\
+             JobAcctGatherFrequency=task=1\n\
+             JobAcctGatherParams=OverMemoryKill\n\
              AccountingStorageType=accounting_storage/none\n\
              Licenses=hspice:1\n\
              NodeName={NODE} NodeHostname={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory_mib} State=UNKNOWN\n\

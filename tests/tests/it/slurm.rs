@@ -363,3 +363,27 @@ fn resource_requests_reach_slurm_and_what_the_cluster_never_has_is_refused() {
     assert!(next.status.success() && next_out.contains("]:next-ran"), "{next_out}");
     assert!(next_out.contains("queued by Slurm (Licenses)"), "{next_out}");
 }
+
+// A step over its `--mem` on the cluster is killed by Slurm (the tests' cluster enforces
+// memory with its accounting poller, `OverMemoryKill`, as a lab's does with cgroups)
+// and its user is told it was the memory limit, as with the local executor; within
+// its memory, the same step runs.
+#[test]
+fn a_step_over_its_memory_on_slurm_is_killed_and_told_so() {
+    let fixture = fixture(&[]);
+    let env = &fixture.env;
+    // Every page written, so the memory is really used; long enough for the poller.
+    let hungry = "echo allocating; python3 -c 'import time; x = bytearray(300 << 20); x[::4096] = b\"x\" * len(x[::4096]); \
+                  time.sleep(4); print(\"survived\", len(x))'";
+    let output = env.client().args(["--mem", "64M", "--CMD", hungry]).output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("]:allocating"), "the command ran: {stdout}{stderr}");
+    assert!(!output.status.success() && !stdout.contains("]:survived"), "{stdout}{stderr}");
+    assert!(stderr.contains("it used more than the 64.0 MiB of memory it was granted"), "{stdout}{stderr}");
+    // Slurm's own report is the server's to log, not the command's output.
+    assert!(!stdout.contains("exceeded memory limit") && !stderr.contains("Exceeded job memory"), "{stdout}{stderr}");
+    assert!(server_log(env).contains("exceeded memory limit"), "{}", server_log(env));
+    let output = env.client().args(["--mem", "1G", "--CMD", hungry]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success() && stdout.contains("]:survived 314572800"), "{stdout}");
+}
