@@ -54,6 +54,12 @@ impl State {
     /// it, then sets up the shared parts.
     pub fn new(config: Config) -> std::io::Result<(State, Vec<String>)> {
         let root_lock = crate::jobs::root_lock::RootLock::take(&config.root)?;
+        // A server that died left its runs running: stopped before their jobs are swept
+        // (they hold cores and licenses this server is about to give out again).
+        let left_running = crate::executor::supervised::stop_left_behind(&config.root);
+        if left_running > 0 {
+            tracing::warn!(runs = left_running, "stopped the runs an earlier server left running");
+        }
         let swept = sweep_orphans(&config.root);
         // Environments an earlier run built are kept when this server's Python made them.
         let python = crate::execute::python::python().ok().map(|python| python.identity());
@@ -118,12 +124,13 @@ impl State {
             memory = crate::executor::confine::memory_control().describe().as_str(),
             "resources for commands"
         );
+        let root = config.root.clone();
         let state = State {
             _root_lock: root_lock,
             resources,
             config,
             jobs,
-            host: LocalExecutor::new(contain),
+            host: LocalExecutor::new(contain, &root),
             slurm,
             env_cache,
             store,

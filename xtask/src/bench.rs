@@ -29,6 +29,8 @@
 //!   with its defaults (issue 34).
 //! - W9: 300,000 output lines from the grpcio server of `tests/python/`: our client
 //!   against a grpcio client working as the Python client does, on the same server.
+//! - W14: 300,000 output lines through our client and server (through the run's
+//!   supervisor and its output file, issue 30), against the command into a pipe here.
 //!
 //! W1 to W5 send a tar.gz (`--no-cas`), as to the Python server.
 //! References: `python3 -c pass` (the floor of any interpreter-based client),
@@ -204,6 +206,10 @@ impl Bench {
             eprintln!("xtask bench: W12, two 2-thread OpenMP steps at once, local and through the server");
             rows.extend(self.openmp_pair(repeats)?);
         }
+        if options.wants(&["W14"]) {
+            eprintln!("xtask bench: W14, 300,000 output lines through our server");
+            rows.push(self.output_lines(repeats)?);
+        }
         if options.wants(&["W13"]) {
             eprintln!("xtask bench: W13, what the resource queue costs a step");
             rows.push(scheduling_cost()?);
@@ -214,6 +220,25 @@ impl Bench {
         }
         print_table(&rows);
         Ok(())
+    }
+
+    /// W14: 300,000 output lines through our client and server (the output through
+    /// the run's supervisor and its file), against the same command into a pipe here.
+    fn output_lines(&self, repeats: usize) -> anyhow::Result<Row> {
+        let dir = self.scratch.join("w14");
+        std::fs::create_dir_all(dir.join("source"))?;
+        std::fs::write(dir.join("source/input.txt"), "input\n")?;
+        let command = "seq 300000";
+        let local = median(&time_repeated(repeats, || {
+            run_quiet(Command::new("sh").args(["-c", &format!("{command} | cat")]))
+        })?);
+        let samples = (0..repeats).map(|_| self.job(&dir, &[], command)).collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Row {
+            name: "W14 300,000 output lines, whole job".into(),
+            samples: samples.iter().map(|s| s.wall).collect(),
+            reference: Some(("the command into a pipe here".into(), local)),
+            note: cpu_and_rss(&samples),
+        })
     }
 
     /// W1 and W3, against the floor an interpreter-based client cannot go below.

@@ -10,26 +10,31 @@ use std::sync::Arc;
 use tokio::process::Command;
 
 use crate::executor::confine::Confinement;
-use crate::executor::process_run::{self, ProcessGroup, Runs, Stop, Streaming};
+use crate::executor::process_run::{self, Runs, Streaming};
+use crate::executor::supervised::{self, Prepared};
 use crate::executor::{Events, Executor, Launch, Limit, ProcessEnd, TimeLimits};
 
-/// Runs launches as local process groups.
+/// Runs launches as local process groups, each under its supervisor.
 #[derive(Debug, Clone, Default)]
 pub struct LocalExecutor {
     /// Put each run in a PID namespace of its own (`contain.rs`).
     contain: bool,
+    /// The job root: each run's directory is made under it (`supervised.rs`).
+    root: std::path::PathBuf,
     /// The runs in progress, so a shutdown can stop them all.
     runs: Arc<Runs>,
 }
 
 impl LocalExecutor {
-    pub fn new(contain: bool) -> LocalExecutor {
-        LocalExecutor { contain, runs: Arc::default() }
+    pub fn new(contain: bool, root: &std::path::Path) -> LocalExecutor {
+        LocalExecutor { contain, root: root.to_path_buf(), runs: Arc::default() }
     }
 
-    fn command(&self, launch: Launch, confinement: &Confinement) -> Command {
+    fn command(&self, launch: Launch, confinement: &Confinement, supervised: &Prepared) -> Command {
         let mut command = Command::new(launch.program);
         command.args(launch.args).current_dir(launch.dir).env_clear().envs(launch.env);
+        // First: the hooks after it run in the command's process only.
+        supervised.supervise(&mut command);
         // Before the namespace's processes are forked, so all of them inherit it.
         confinement.apply(&mut command);
         if self.contain {
@@ -44,9 +49,11 @@ impl Executor for LocalExecutor {
     async fn run(&self, launch: Launch, events: &Events, limits: TimeLimits) -> io::Result<ProcessEnd> {
         let streaming = Streaming { merged: launch.merged_output, progress: launch.progress_updates, own_line: None };
         let confinement = Confinement::new(&launch.confine)?;
-        let command = self.command(launch, &confinement);
-        let stop = |id| Arc::new(ProcessGroup { id }) as Arc<dyn Stop>;
-        let end = process_run::run(command, streaming, events, limits, &self.runs, stop).await?.end;
+        let prepared = supervised::prepare(&self.root, launch.merged_output)?;
+        let command = self.command(launch, &confinement, &prepared);
+        let (mut run, chunks) = prepared.spawn(command)?;
+        let stop = run.stop();
+        let end = process_run::follow(&mut run, chunks, streaming, events, limits, &self.runs, stop).await?.end;
         // A process of it killed by the kernel for its memory cgroup, and the run
         // failing: said as the limit it was.
         Ok(match end {

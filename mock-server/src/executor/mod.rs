@@ -18,6 +18,8 @@ pub mod slurm;
 /// A throwaway one-node Slurm cluster, for tests and benchmarks only.
 #[cfg(feature = "testing")]
 pub mod slurm_cluster;
+pub mod supervised;
+pub mod supervisor;
 
 use std::ffi::OsString;
 use std::fmt;

@@ -19,7 +19,7 @@ use crate::executor::lines::Lines;
 use crate::executor::{Events, JobEvent, Limit, Pipe, ProcessEnd, TimeLimits};
 
 /// How long a process group gets between SIGTERM and SIGKILL.
-const KILL_GRACE: Duration = Duration::from_secs(2);
+pub const KILL_GRACE: Duration = Duration::from_secs(2);
 
 /// How an executor stops one of its runs (and everything the run started).
 #[tonic::async_trait]
@@ -99,6 +99,48 @@ pub struct Ended {
     pub own_lines: Vec<String>,
 }
 
+/// One read of a run's output: what a pipe delivered and when, or `None` at its end.
+pub struct Chunk {
+    pub pipe: Pipe,
+    pub bytes: Option<Vec<u8>>,
+    /// When it was read (the line rules of [`Lines`] depend on it).
+    pub at: std::time::Instant,
+}
+
+/// A started run's process, as [`follow`] waits for it.
+#[tonic::async_trait]
+pub trait Process: Send {
+    /// Waits for it to end; its status.
+    async fn wait(&mut self) -> io::Result<std::process::ExitStatus>;
+    /// It was stopped, or it ended: waits until its processes are gone (bounded).
+    async fn gone(&mut self);
+}
+
+/// A process this server spawned with its output piped.
+struct Piped {
+    child: tokio::process::Child,
+    group: Option<i32>,
+    exited: bool,
+}
+
+#[tonic::async_trait]
+impl Process for Piped {
+    async fn wait(&mut self) -> io::Result<std::process::ExitStatus> {
+        let status = self.child.wait().await;
+        self.exited = true;
+        status
+    }
+
+    async fn gone(&mut self) {
+        // A stopped run is waited for (a little past the SIGKILL) before its process is
+        // dropped: srun killed before it told the controller leaves its job in `squeue`.
+        if !self.exited {
+            let _ = tokio::time::timeout(KILL_GRACE + Duration::from_secs(1), self.child.wait()).await;
+        }
+        group_gone(self.group).await;
+    }
+}
+
 /// Spawns `command` as the leader of a new process group with stdout and stderr
 /// piped, sends every output line to `events`, and waits for it; `stop` (made from
 /// the group's id) stops it when the client leaves, a limit runs out or the server
@@ -131,11 +173,7 @@ pub async fn run(
     drop(command);
     let group = child.id().and_then(|id| i32::try_from(id).ok());
     let stop = stop(group);
-    let _registered = Registered::new(runs, stop.clone());
-    let wall_deadline = tokio::time::Instant::now() + limits.wall;
-    let mut idle_deadline = tokio::time::Instant::now() + limits.idle;
-    let (chunk_tx, mut chunks) = mpsc::channel::<(Pipe, Option<Vec<u8>>)>(64);
-    let mut lines = Lines::new(streaming.progress);
+    let (chunk_tx, chunks) = mpsc::channel::<Chunk>(64);
     if let Some(reader) = merged_reader {
         let reader = tokio::net::unix::pipe::Receiver::from_owned_fd(std::os::fd::OwnedFd::from(reader))?;
         tokio::spawn(pump_chunks(reader, Pipe::Merged, chunk_tx.clone()));
@@ -146,44 +184,61 @@ pub async fn run(
     if let Some(stderr) = child.stderr.take() {
         tokio::spawn(pump_chunks(stderr, Pipe::Stderr, chunk_tx.clone()));
     }
-    // The pumps hold the only senders: the loop below ends when every pipe closed.
+    // The pumps hold the only senders: following ends when every pipe closed.
     drop(chunk_tx);
+    let mut process = Piped { child, group, exited: false };
+    follow(&mut process, chunks, streaming, events, limits, runs, stop).await
+}
+
+/// Follows a started run to its end: sends its lines (from `chunks`, which end when
+/// its output does) to `events`, enforces the wall-clock and idle limits, stops it
+/// when the client goes away, and waits for it.
+pub async fn follow(
+    process: &mut dyn Process,
+    mut chunks: mpsc::Receiver<Chunk>,
+    streaming: Streaming,
+    events: &Events,
+    limits: TimeLimits,
+    runs: &Runs,
+    stop: Arc<dyn Stop>,
+) -> io::Result<Ended> {
+    let _registered = Registered::new(runs, stop.clone());
+    let wall_deadline = tokio::time::Instant::now() + limits.wall;
+    let mut idle_deadline = tokio::time::Instant::now() + limits.idle;
+    let mut lines = Lines::new(streaming.progress);
     let mut ready = Vec::new();
     let mut own_lines = Vec::new();
     let mut exit = None;
-    // A stopped run is waited for (a little past the SIGKILL) before its process is
-    // dropped: srun killed before it told the controller leaves its job in `squeue`.
-    let ended = async |end, child: &mut tokio::process::Child| {
-        let _ = tokio::time::timeout(KILL_GRACE + Duration::from_secs(1), child.wait()).await;
-        group_gone(group).await;
+    let stopped = async |end, process: &mut dyn Process| {
+        process.gone().await;
         Ok(Ended { end, own_lines: Vec::new() })
     };
     loop {
         tokio::select! {
             () = events.closed() => {
                 stop.stop().await;
-                return ended(ProcessEnd::Cancelled, &mut child).await;
+                return stopped(ProcessEnd::Cancelled, process).await;
             }
-            status = child.wait(), if exit.is_none() => {
+            status = process.wait(), if exit.is_none() => {
                 exit = Some(status?);
                 stop.reap();
             }
             () = tokio::time::sleep_until(wall_deadline), if exit.is_none() => {
                 stop.stop().await;
-                return ended(ProcessEnd::LimitReached(Limit::Wall(limits.wall)), &mut child).await;
+                return stopped(ProcessEnd::LimitReached(Limit::Wall(limits.wall)), process).await;
             }
             () = tokio::time::sleep_until(idle_deadline), if exit.is_none() => {
                 stop.stop().await;
-                return ended(ProcessEnd::LimitReached(Limit::Idle(limits.idle)), &mut child).await;
+                return stopped(ProcessEnd::LimitReached(Limit::Idle(limits.idle)), process).await;
             }
             chunk = chunks.recv() => {
                 match chunk {
-                    Some((pipe, Some(bytes))) => {
+                    Some(Chunk { pipe, bytes: Some(bytes), at }) => {
                         // Any output is a sign of life, a line not finished yet too.
                         idle_deadline = tokio::time::Instant::now() + limits.idle;
-                        lines.feed(pipe, &bytes, std::time::Instant::now(), &mut ready);
+                        lines.feed(pipe, &bytes, at, &mut ready);
                     }
-                    Some((pipe, None)) => lines.end(pipe, &mut ready),
+                    Some(Chunk { pipe, bytes: None, .. }) => lines.end(pipe, &mut ready),
                     None => break,
                 }
                 for line in ready.drain(..) {
@@ -196,7 +251,7 @@ pub async fn run(
                         line => {
                             if events.send(Ok(line)).await.is_err() {
                                 stop.stop().await;
-                                return ended(ProcessEnd::Cancelled, &mut child).await;
+                                return stopped(ProcessEnd::Cancelled, process).await;
                             }
                         }
                     }
@@ -206,9 +261,9 @@ pub async fn run(
     }
     let status = match exit {
         Some(status) => status,
-        None => child.wait().await?,
+        None => process.wait().await?,
     };
-    group_gone(group).await;
+    process.gone().await;
     Ok(Ended { end: ProcessEnd::Exited(status), own_lines })
 }
 
@@ -258,17 +313,18 @@ const READ_BYTES: usize = 16 * 1024;
 
 /// Sends what one pipe delivers, as it is read, then `None` at its end: one task per
 /// pipe, one [`Lines`] for all of them, so lines keep the order they were read in.
-async fn pump_chunks<R: AsyncRead + Unpin>(mut reader: R, pipe: Pipe, chunks: mpsc::Sender<(Pipe, Option<Vec<u8>>)>) {
+async fn pump_chunks<R: AsyncRead + Unpin>(mut reader: R, pipe: Pipe, chunks: mpsc::Sender<Chunk>) {
     loop {
         let mut chunk = Vec::with_capacity(READ_BYTES);
         match reader.read_buf(&mut chunk).await {
             Ok(0) | Err(_) => break,
             Ok(_) => {
-                if chunks.send((pipe, Some(chunk))).await.is_err() {
+                let at = std::time::Instant::now();
+                if chunks.send(Chunk { pipe, bytes: Some(chunk), at }).await.is_err() {
                     return;
                 }
             }
         }
     }
-    let _ = chunks.send((pipe, None)).await;
+    let _ = chunks.send(Chunk { pipe, bytes: None, at: std::time::Instant::now() }).await;
 }

@@ -1,8 +1,10 @@
 //! The one fixture: a temporary directory with throwaway certificates, a working
 //! directory for the client, a job root, and a server on `127.0.0.1:0`.
 
+use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use assert_cmd::Command;
@@ -188,7 +190,12 @@ impl TestEnv {
     /// The names in the job root: job directories, their markers and environments
     /// (the shared environment cache aside).
     pub fn job_dirs(&self) -> Vec<String> {
-        let server_own = ["lrpymrpc-env-cache", "lrpymrpc-cas", lrpymrpc_mock_server::ROOT_LOCK_FILE];
+        let server_own = [
+            "lrpymrpc-env-cache",
+            "lrpymrpc-cas",
+            lrpymrpc_mock_server::ROOT_LOCK_FILE,
+            lrpymrpc_mock_server::executor::supervised::RUNS_DIR,
+        ];
         names_in(&self.jobs).into_iter().filter(|name| !server_own.contains(&name.as_str())).collect()
     }
 }
@@ -447,4 +454,62 @@ pub fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
 )]
 fn a_missing_tool_fails_by_name_with_its_install_line() {
     tool("lrpymrpc-no-such-tool", "no-such-package");
+}
+
+/// A client started in the background whose stdout and stderr are gathered as they come.
+pub struct Running {
+    child: std::process::Child,
+    said: Arc<Mutex<String>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Running {
+    pub fn start(env: &TestEnv, args: &[&str]) -> Running {
+        Running::start_as(env, None, args)
+    }
+
+    /// The same with another user's TLS directory (another CN), when given.
+    pub fn start_as(env: &TestEnv, tls: Option<&std::path::Path>, args: &[&str]) -> Running {
+        let mut command = env.client_std();
+        if let Some(tls) = tls {
+            command.arg("--TLS_CONFIG_DIR").arg(tls);
+        }
+        let mut child = command
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let said = Arc::new(Mutex::new(String::new()));
+        let mut readers = Vec::new();
+        let pipes: [Box<dyn Read + Send>; 2] =
+            [Box::new(child.stdout.take().unwrap()), Box::new(child.stderr.take().unwrap())];
+        for mut pipe in pipes {
+            let said = said.clone();
+            readers.push(std::thread::spawn(move || {
+                let mut buffer = [0u8; 4096];
+                while let Ok(read @ 1..) = pipe.read(&mut buffer) {
+                    said.lock().unwrap().push_str(&String::from_utf8_lossy(&buffer[..read]));
+                }
+            }));
+        }
+        Running { child, said, readers }
+    }
+
+    pub fn said(&self) -> String {
+        self.said.lock().unwrap().clone()
+    }
+
+    pub fn wait_for(&self, text: &str) {
+        wait_until(PROCESS_LIMIT, &format!("the client says `{text}`"), || self.said().contains(text));
+    }
+
+    /// Waits for the client to end; its exit status and all it said.
+    pub fn end(mut self) -> (std::process::ExitStatus, String) {
+        let status = wait_exit(&mut self.child, PROCESS_LIMIT);
+        for reader in self.readers.drain(..) {
+            reader.join().unwrap();
+        }
+        (status, self.said())
+    }
 }

@@ -19,6 +19,7 @@ mod integration;
 mod job;
 mod load;
 mod monitoring;
+mod outlive;
 mod packaging;
 mod proxy;
 mod resources;

@@ -4,12 +4,10 @@
 //! its cores and memory, and refuses before the upload what it could never give.
 
 use std::collections::BTreeMap;
-use std::io::Read;
-use std::sync::{Arc, Mutex};
 
 use lrpymrpc_mock_server::resources::Capacity;
 
-use crate::env::{PROCESS_LIMIT, TestEnv, wait_until};
+use crate::env::{PROCESS_LIMIT, Running, TestEnv, wait_until};
 
 fn capacity(cpus: u32, licenses: &[(&str, u32)]) -> Capacity {
     Capacity {
@@ -18,64 +16,6 @@ fn capacity(cpus: u32, licenses: &[(&str, u32)]) -> Capacity {
         licenses: licenses.iter().map(|(name, count)| (name.to_string(), *count)).collect::<BTreeMap<_, _>>(),
         default_cpus: 1,
         per_cn: Default::default(),
-    }
-}
-
-/// A client started in the background whose stdout and stderr are gathered as they come.
-struct Running {
-    child: std::process::Child,
-    said: Arc<Mutex<String>>,
-    readers: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl Running {
-    fn start(env: &TestEnv, args: &[&str]) -> Running {
-        Running::start_as(env, None, args)
-    }
-
-    /// The same with another user's TLS directory (another CN), when given.
-    fn start_as(env: &TestEnv, tls: Option<&std::path::Path>, args: &[&str]) -> Running {
-        let mut command = env.client_std();
-        if let Some(tls) = tls {
-            command.arg("--TLS_CONFIG_DIR").arg(tls);
-        }
-        let mut child = command
-            .args(args)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let said = Arc::new(Mutex::new(String::new()));
-        let mut readers = Vec::new();
-        let pipes: [Box<dyn Read + Send>; 2] =
-            [Box::new(child.stdout.take().unwrap()), Box::new(child.stderr.take().unwrap())];
-        for mut pipe in pipes {
-            let said = said.clone();
-            readers.push(std::thread::spawn(move || {
-                let mut buffer = [0u8; 4096];
-                while let Ok(read @ 1..) = pipe.read(&mut buffer) {
-                    said.lock().unwrap().push_str(&String::from_utf8_lossy(&buffer[..read]));
-                }
-            }));
-        }
-        Running { child, said, readers }
-    }
-
-    fn said(&self) -> String {
-        self.said.lock().unwrap().clone()
-    }
-
-    fn wait_for(&self, text: &str) {
-        wait_until(PROCESS_LIMIT, &format!("the client says `{text}`"), || self.said().contains(text));
-    }
-
-    /// Waits for the client to end; its exit status and all it said.
-    fn end(mut self) -> (std::process::ExitStatus, String) {
-        let status = crate::env::wait_exit(&mut self.child, PROCESS_LIMIT);
-        for reader in self.readers.drain(..) {
-            reader.join().unwrap();
-        }
-        (status, self.said())
     }
 }
 

@@ -1,0 +1,414 @@
+//! Local runs under their supervisor (`supervisor.rs`), from the server's side: each
+//! run gets a directory under `ROOT/lrpymrpc-runs/` (mode 0700), the supervisor is
+//! spawned into it, and the run is followed from its files: output frames as they are
+//! appended (woken by the supervisor's notify pipe, or every [`POLL`] when that is
+//! gone), its status once written. A stop is a SIGTERM to the supervisor, which stops
+//! the command's group. What a server that died left running is found at start by
+//! [`stop_left_behind`]: the supervisor still holding its `lock` is stopped and waited
+//! for, then the directory removed.
+
+use std::fs::DirBuilder;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use std::io::Read;
+use tokio::sync::mpsc;
+
+use crate::executor::Pipe;
+use crate::executor::process_run::{Chunk, Process, Stop};
+use crate::executor::supervisor::{
+    self, Descriptors, HEADER_BYTES, PIPE_MERGED, PIPE_STDERR, PIPE_STDOUT, STATUS_BYTES, STATUS_MAGIC,
+};
+
+/// The directory under the job root that holds one directory per supervised run.
+pub const RUNS_DIR: &str = "lrpymrpc-runs";
+/// How often a run's files are looked at when no notification comes.
+const POLL: Duration = Duration::from_millis(50);
+/// The longest one frame may say it is (the supervisor reads 16 KiB at a time): a
+/// longer one is a damaged file, not a reason to allocate.
+const MAX_FRAME: usize = 1 << 20;
+/// How long a supervisor asked to stop may take to write its status: the command's
+/// grace, then what its leftovers get, and some slack.
+const STOP_LIMIT: Duration = Duration::from_secs(8);
+
+/// Names each run's directory uniquely within this server process.
+static NEXT_RUN: AtomicU64 = AtomicU64::new(0);
+
+/// A run's directory, made and opened before its supervisor is spawned.
+pub struct Prepared {
+    dir: PathBuf,
+    dir_fd: OwnedFd,
+    output: OwnedFd,
+    notify_write: OwnedFd,
+    notify_read: OwnedFd,
+    merged: bool,
+}
+
+/// Makes a fresh run directory under `root` with its output file and notify pipe.
+pub fn prepare(root: &Path, merged: bool) -> io::Result<Prepared> {
+    let runs = root.join(RUNS_DIR);
+    DirBuilder::new().recursive(true).mode(0o700).create(&runs)?;
+    let name = format!("run-{}-{}", std::process::id(), NEXT_RUN.fetch_add(1, Ordering::Relaxed));
+    let dir = runs.join(name);
+    DirBuilder::new().mode(0o700).create(&dir)?;
+    let dir_fd = OwnedFd::from(std::fs::File::open(&dir)?);
+    let output = std::fs::OpenOptions::new().append(true).create_new(true).mode(0o600).open(dir.join("output"))?;
+    let (notify_read, notify_write) = io::pipe()?;
+    let notify_write = OwnedFd::from(notify_write);
+    // SAFETY: fcntl on a descriptor this function owns.
+    unsafe {
+        let flags = libc::fcntl(notify_write.as_raw_fd(), libc::F_GETFL);
+        libc::fcntl(notify_write.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK);
+    }
+    Ok(Prepared { dir, dir_fd, output: output.into(), notify_write, notify_read: notify_read.into(), merged })
+}
+
+impl Prepared {
+    /// Makes `command` start as the run's supervisor, the command its child. Hooks
+    /// registered on `command` after this run in the command's process only.
+    pub fn supervise(&self, command: &mut tokio::process::Command) {
+        use std::os::unix::process::CommandExt;
+        let fds = Descriptors {
+            dir: self.dir_fd.as_raw_fd(),
+            output: self.output.as_raw_fd(),
+            notify: self.notify_write.as_raw_fd(),
+            merged: self.merged,
+        };
+        command.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null());
+        command.stderr(std::process::Stdio::null());
+        // SAFETY: `enter` makes only async-signal-safe calls and allocates nothing; the
+        // descriptors stay open until the spawn returned (they are this value's).
+        unsafe {
+            command.as_std_mut().pre_exec(move || supervisor::enter(fds));
+        }
+    }
+
+    /// Spawns `command` (made with [`Prepared::supervise`]): the run, and its output as
+    /// chunks that end when the run's status is written.
+    pub fn spawn(self, mut command: tokio::process::Command) -> io::Result<(Supervised, mpsc::Receiver<Chunk>)> {
+        let spawned = command.spawn();
+        drop(command);
+        let Prepared { dir, dir_fd, output, notify_write, notify_read, merged } = self;
+        // The supervisor holds the only writing end now: its end is the notify pipe's.
+        drop((dir_fd, output, notify_write));
+        let supervisor = match spawned {
+            Ok(supervisor) => supervisor,
+            Err(error) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(error);
+            }
+        };
+        let pid = supervisor.id().and_then(|id| i32::try_from(id).ok());
+        let notify = tokio::net::unix::pipe::Receiver::from_owned_fd(notify_read)?;
+        let (chunk_tx, chunks) = mpsc::channel(64);
+        tokio::spawn(pump_frames(dir.clone(), Some(notify), merged, chunk_tx));
+        Ok((Supervised { dir, supervisor: Some(supervisor), pid, status: None, ended: false }, chunks))
+    }
+}
+
+/// A supervised run in progress.
+pub struct Supervised {
+    dir: PathBuf,
+    /// The supervisor, while it is this server's child.
+    supervisor: Option<tokio::process::Child>,
+    pid: Option<i32>,
+    status: Option<ExitStatus>,
+    /// Its supervisor is gone (its status read, or found missing).
+    ended: bool,
+}
+
+impl Supervised {
+    /// How to stop it: a SIGTERM to its supervisor.
+    pub fn stop(&self) -> Arc<dyn Stop> {
+        Arc::new(SupervisorStop { pid: self.pid })
+    }
+
+    /// How the command ended, from the status file its supervisor wrote.
+    fn read_status(&self) -> io::Result<ExitStatus> {
+        use std::os::unix::process::ExitStatusExt;
+        let record = match std::fs::read(self.dir.join("status")) {
+            Ok(record) => record,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                return Err(io::Error::other(format!(
+                    "the run's supervisor ended without saying how the command ended (was it killed?): the \
+                     command's end is not known (run directory `{}`)",
+                    self.dir.display()
+                )));
+            }
+            Err(error) => return Err(error),
+        };
+        let (status, write_errno) = parse_status(&record).ok_or_else(|| {
+            io::Error::other(format!("the run's status file in `{}` is damaged; not trusted", self.dir.display()))
+        })?;
+        if write_errno != 0 {
+            let why = io::Error::from_raw_os_error(write_errno);
+            return Err(io::Error::new(
+                why.kind(),
+                format!(
+                    "the command's output could not be written to `{}/output` ({why}); it was stopped",
+                    self.dir.display()
+                ),
+            ));
+        }
+        Ok(ExitStatus::from_raw(status))
+    }
+}
+
+impl Drop for Supervised {
+    fn drop(&mut self) {
+        // Once its supervisor is gone, the run's files have done their work.
+        if self.ended {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Process for Supervised {
+    async fn wait(&mut self) -> io::Result<ExitStatus> {
+        if let Some(status) = self.status {
+            return Ok(status);
+        }
+        if let Some(supervisor) = self.supervisor.as_mut() {
+            supervisor.wait().await?;
+        }
+        self.ended = true;
+        let status = self.read_status()?;
+        self.status = Some(status);
+        Ok(status)
+    }
+
+    async fn gone(&mut self) {
+        if !self.ended {
+            let _ = tokio::time::timeout(STOP_LIMIT, self.wait()).await;
+        }
+    }
+}
+
+/// SIGTERM to a supervisor: it stops its command's group (SIGKILL after the grace).
+struct SupervisorStop {
+    pid: Option<i32>,
+}
+
+#[tonic::async_trait]
+impl Stop for SupervisorStop {
+    async fn stop(&self) {
+        if let Some(pid) = self.pid {
+            // SAFETY: kill with plain integers; the supervisor is this server's child
+            // until it was waited for, so the pid is not reused before that.
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
+        }
+    }
+
+    /// The supervisor ends what the command left behind itself.
+    fn reap(&self) {}
+}
+
+/// A status record: (wait status, errno of a failed output write).
+fn parse_status(record: &[u8]) -> Option<(i32, i32)> {
+    if record.len() != STATUS_BYTES || &record[..8] != STATUS_MAGIC {
+        return None;
+    }
+    let status = i32::from_le_bytes(record[8..12].try_into().ok()?);
+    let write_errno = i32::from_le_bytes(record[12..16].try_into().ok()?);
+    Some((status, write_errno))
+}
+
+/// The pipe a frame's first byte names.
+fn pipe_of(byte: u8) -> Option<Pipe> {
+    match byte {
+        PIPE_STDOUT => Some(Pipe::Stdout),
+        PIPE_STDERR => Some(Pipe::Stderr),
+        PIPE_MERGED => Some(Pipe::Merged),
+        _ => None,
+    }
+}
+
+/// The `Instant` of a frame's monotonic time (the clock `Instant` reads on Linux).
+fn instant_of(ns: u64) -> Instant {
+    let mut time = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes the struct it is given.
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut time);
+    }
+    let now_ns = (time.tv_sec as u64) * 1_000_000_000 + time.tv_nsec as u64;
+    let now = Instant::now();
+    now.checked_sub(Duration::from_nanos(now_ns.saturating_sub(ns))).unwrap_or(now)
+}
+
+/// Sends the run's output frames as chunks, as they are appended, until its status is
+/// written and every frame before it sent; then the end of each pipe. A damaged frame
+/// ends the output there (said in the log).
+async fn pump_frames(
+    dir: PathBuf,
+    mut notify: Option<tokio::net::unix::pipe::Receiver>,
+    merged: bool,
+    chunks: mpsc::Sender<Chunk>,
+) {
+    let pipes: &[Pipe] = if merged { &[Pipe::Merged] } else { &[Pipe::Stdout, Pipe::Stderr] };
+    let end = async |chunks: mpsc::Sender<Chunk>| {
+        for &pipe in pipes {
+            let _ = chunks.send(Chunk { pipe, bytes: None, at: Instant::now() }).await;
+        }
+    };
+    // Read with plain reads: the file is this machine's, and what they return was
+    // just written (the page cache).
+    let mut file = match std::fs::File::open(dir.join("output")) {
+        Ok(file) => file,
+        Err(error) => {
+            tracing::warn!(dir = %dir.display(), "cannot read a run's output: {error}");
+            return end(chunks).await;
+        }
+    };
+    let mut pending: Vec<u8> = Vec::new();
+    let mut read = vec![0u8; 64 * 1024];
+    let mut status_seen = false;
+    // The notify pipe's writing end closed: the supervisor is gone.
+    let mut writer_gone = false;
+    loop {
+        let n = match file.read(&mut read) {
+            Ok(n) => n,
+            Err(error) => {
+                tracing::warn!(dir = %dir.display(), "cannot read a run's output: {error}");
+                break;
+            }
+        };
+        if n > 0 {
+            pending.extend_from_slice(&read[..n]);
+            let mut used = 0;
+            while pending.len() - used >= HEADER_BYTES {
+                let header = &pending[used..used + HEADER_BYTES];
+                let length = u32::from_le_bytes([header[4], header[5], header[6], header[7]]) as usize;
+                let Some(pipe) = pipe_of(header[0]).filter(|_| length <= MAX_FRAME) else {
+                    tracing::warn!(dir = %dir.display(), "a run's output file is damaged; its output ends here");
+                    return end(chunks).await;
+                };
+                if pending.len() - used < HEADER_BYTES + length {
+                    break;
+                }
+                let ns = u64::from_le_bytes(header[8..16].try_into().unwrap_or_default());
+                let bytes = pending[used + HEADER_BYTES..used + HEADER_BYTES + length].to_vec();
+                used += HEADER_BYTES + length;
+                if chunks.send(Chunk { pipe, bytes: Some(bytes), at: instant_of(ns) }).await.is_err() {
+                    return;
+                }
+            }
+            pending.drain(..used);
+            continue;
+        }
+        // At the end of what was written: the status comes after the last frame; a
+        // supervisor gone without one writes nothing more either.
+        if status_seen || chunks.is_closed() {
+            break;
+        }
+        if dir.join("status").exists() || writer_gone {
+            status_seen = true;
+            continue;
+        }
+        match notify.as_mut() {
+            Some(receiver) => {
+                tokio::select! {
+                    readable = receiver.readable() => {
+                        let mut drained = [0u8; 256];
+                        match readable.and_then(|()| receiver.try_read(&mut drained)) {
+                            Ok(0) => (notify, writer_gone) = (None, true),
+                            Ok(_) => {}
+                            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                            Err(_) => notify = None,
+                        }
+                    }
+                    () = tokio::time::sleep(POLL) => {}
+                }
+            }
+            None => tokio::time::sleep(POLL).await,
+        }
+    }
+    end(chunks).await
+}
+
+/// Stops every run a server that ended without stopping them left under `root` (its
+/// supervisor still holds the run's lock: SIGTERM, then waited for), and removes their
+/// directories; returns how many were still running.
+pub fn stop_left_behind(root: &Path) -> usize {
+    let runs = root.join(RUNS_DIR);
+    let Ok(entries) = std::fs::read_dir(&runs) else { return 0 };
+    let mut stopped = 0;
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        // Only directories of ours (never a link someone put there).
+        if !entry.file_type().is_ok_and(|kind| kind.is_dir()) {
+            continue;
+        }
+        if let Some(pid) = running_supervisor(&dir) {
+            stopped += 1;
+            tracing::warn!(pid, dir = %dir.display(), "a run an earlier server left running is stopped");
+            // SAFETY: kill with plain integers; the pid was checked against the lock.
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
+            let started = Instant::now();
+            while lock_held(&dir) && started.elapsed() < STOP_LIMIT {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if lock_held(&dir) {
+                // SAFETY: as above.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    stopped
+}
+
+/// The pid of the supervisor of the run in `dir`, when it is alive: it holds the
+/// run's lock, and the pid it wrote still names a process started when it said.
+fn running_supervisor(dir: &Path) -> Option<i32> {
+    let stat = std::fs::read_to_string(dir.join("pid")).ok()?;
+    let pid: i32 = stat.split_whitespace().next()?.parse().ok()?;
+    let now = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    (start_time(&stat)? == start_time(&now)? && lock_held(dir)).then_some(pid)
+}
+
+/// Field 22 of a `/proc/PID/stat` line: when the process started.
+fn start_time(stat: &str) -> Option<&str> {
+    // The command name (field 2) may hold spaces; the fields after it do not.
+    let (_, after_name) = stat.rsplit_once(')')?;
+    after_name.split_whitespace().nth(19)
+}
+
+/// Whether some process holds the run's lock (its supervisor, alive).
+fn lock_held(dir: &Path) -> bool {
+    let Ok(file) = std::fs::OpenOptions::new().read(true).open(dir.join("lock")) else { return false };
+    // SAFETY: flock on a descriptor this function owns; released when it is closed.
+    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) != 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_records_are_checked_and_start_times_found() {
+        let mut record = STATUS_MAGIC.to_vec();
+        record.extend_from_slice(&(3i32 << 8).to_le_bytes());
+        record.extend_from_slice(&0i32.to_le_bytes());
+        record.push(0);
+        assert_eq!(parse_status(&record), Some((3 << 8, 0)));
+        assert_eq!(parse_status(&record[..10]), None);
+        let mut edited = record.clone();
+        edited[0] = b'X';
+        assert_eq!(parse_status(&edited), None);
+        let stat = "4242 (a (b) c) S 1 4242 4242 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 987654 1000 100";
+        assert_eq!(start_time(stat), Some("987654"));
+    }
+}
