@@ -168,6 +168,11 @@ struct Args {
     /// On SIGTERM or Ctrl-C: how long running jobs may finish before they are stopped
     #[arg(long, value_name = "DURATION", default_value_t = defaults().shutdown_grace.into(), help_heading = "Lifecycle")]
     shutdown_grace: DurationArg,
+    /// On SIGTERM or Ctrl-C: leave running durable jobs running, for the next server on
+    /// this root to take on (an upgrade or a restart loses no job); the server takes no
+    /// new jobs and exits at once. Under systemd the unit needs `KillMode=process` for it
+    #[arg(long, help_heading = "Lifecycle")]
+    keep_jobs_on_exit: bool,
 
     /// Where commands run: `local` (this machine) or `slurm` (a job step through `srun`
     /// on whichever node is free; the job root must be on a filesystem every node sees,
@@ -785,6 +790,7 @@ fn config_from(args: Args) -> anyhow::Result<Config> {
         metrics_per_cn: args.metrics_per_cn,
         health_without_auth: args.health_without_auth,
         share_env_cache: args.share_env_cache,
+        keep_jobs_on_exit: args.keep_jobs_on_exit,
         sandbox_network: args.sandbox_network,
         pip,
         sandbox,

@@ -56,6 +56,9 @@ pub enum JobError {
     /// The executor could not start the command (Slurm down or refusing the step).
     #[error("{0}")]
     NotStarted(String),
+    /// A job's run lost across a server restart: how it ended is not known.
+    #[error("{0}")]
+    Lost(String),
     #[error("{what} failed on the server: {why}")]
     TaskFailed { what: &'static str, why: String },
     #[error("server-side I/O error: {0}")]
@@ -106,9 +109,11 @@ impl From<JobError> for Status {
             JobError::Stopped { limit: crate::executor::limits::Limit::Memory(_), .. } => {
                 Status::resource_exhausted(message)
             }
+            JobError::Stopped { limit: crate::executor::limits::Limit::Shutdown, .. } => Status::unavailable(message),
             JobError::Stopped { .. } => Status::deadline_exceeded(message),
             JobError::Io(io) if is_out_of_space(io) => Status::resource_exhausted(message),
             JobError::Draining | JobError::NotStarted(_) => Status::unavailable(message),
+            JobError::Lost(_) => Status::aborted(message),
             JobError::Pack(_) | JobError::Io(_) | JobError::TaskFailed { .. } => Status::internal(message),
             JobError::Blob(BlobError::Io(io)) if is_out_of_space(io) => Status::resource_exhausted(message),
             JobError::Blob(BlobError::Io(_)) => Status::internal(message),

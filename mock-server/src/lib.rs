@@ -17,6 +17,7 @@ pub const SERVER_NAME: &str = "lrpymrpc-server";
 
 /// The file in the job root a running server holds locked (one server per root).
 pub use jobs::root_lock::LOCK_FILE as ROOT_LOCK_FILE;
+pub use jobs::spool_file::SPOOLS_DIR;
 
 pub mod cli;
 pub mod config;
@@ -73,6 +74,11 @@ pub async fn run(
         info!(swept = swept.len(), "removed job directories an earlier run left behind");
     }
     let state = Arc::new(state);
+    let adoptable = std::mem::take(&mut *state.adoptable.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
+    if !adoptable.is_empty() {
+        info!(jobs = adoptable.len(), "taking on the durable jobs an earlier server left");
+    }
+    execute::adopt::adopt_all(&state, adoptable);
     // Their commands may still run in Slurm's queue (the earlier server was killed).
     if let Some(slurm) = state.slurm.clone() {
         tokio::spawn(async move { slurm.cancel_left_behind(&swept).await });
@@ -170,6 +176,18 @@ async fn drain(
     // Load balancers and scripts see it first: no new jobs here.
     health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
     health.set_not_serving::<FileServiceServer<rpc::files::Service>>().await;
+    if state.config.keep_jobs_on_exit {
+        // The runs go on under their supervisors; their spools are on disk. The next
+        // server on this root takes them on (`execute/adopt.rs`).
+        info!(
+            running = state.running(),
+            "shutting down: running jobs are left for the next server (--keep-jobs-on-exit)"
+        );
+        // Connections are closed now, not drained: their clients reconnect to the
+        // next server and resume there.
+        let _ = stop.send(());
+        return tokio::time::timeout(KEEP_JOBS_EXIT, serve.as_mut()).await.unwrap_or(Ok(()));
+    }
     info!(active = state.jobs.active(), "shutting down: no new jobs; running jobs may finish");
     let deadline = tokio::time::Instant::now() + state.config.shutdown_grace;
     let mut stopped_commands = false;
@@ -203,6 +221,9 @@ async fn drain(
 
 /// After stopping commands (and after the last call), how long connections get to close.
 const DRAIN_AFTER_STOP: Duration = Duration::from_secs(5);
+/// With `--keep-jobs-on-exit`: how long the connections get to close before the server
+/// exits (their calls are not waited for: their jobs go on, followed again elsewhere).
+const KEEP_JOBS_EXIT: Duration = Duration::from_millis(200);
 
 /// The gauges read when metrics are scraped.
 fn refresh_gauges(state: &state::State) {

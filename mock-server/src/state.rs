@@ -47,6 +47,8 @@ pub struct State {
     pub blob_streams: Arc<crate::rpc::per_cn::StreamSlots>,
     /// CreateJob trees being checked, in turns per CN.
     pub tree_plans: crate::rpc::per_cn::Turns,
+    /// The jobs found at start that are taken on once serving begins (`lib.rs`).
+    pub adoptable: std::sync::Mutex<Vec<crate::jobs::left_behind::Found>>,
 }
 
 impl State {
@@ -54,13 +56,20 @@ impl State {
     /// it, then sets up the shared parts.
     pub fn new(config: Config) -> std::io::Result<(State, Vec<String>)> {
         let root_lock = crate::jobs::root_lock::RootLock::take(&config.root)?;
-        // A server that died left its runs running: stopped before their jobs are swept
-        // (they hold cores and licenses this server is about to give out again).
-        let left_running = crate::executor::supervised::stop_left_behind(&config.root);
+        // The durable jobs a server that is gone left are taken on (`execute/adopt.rs`);
+        // its other runs are stopped before their jobs are swept (they hold cores and
+        // licenses this server is about to give out again).
+        let spool_key = crate::jobs::spool_file::SpoolKey::of_root(&config.root)?;
+        let adoptable = crate::jobs::left_behind::find(&config.root, &spool_key);
+        let live_runs: std::collections::HashSet<String> =
+            adoptable.iter().filter_map(|found| found.live_run().map(str::to_string)).collect();
+        let left_running = crate::executor::supervised::stop_left_behind(&config.root, |run| live_runs.contains(run));
         if left_running > 0 {
             tracing::warn!(runs = left_running, "stopped the runs an earlier server left running");
         }
-        let swept = sweep_orphans(&config.root);
+        let adopted_jobs: std::collections::HashSet<String> =
+            adoptable.iter().map(|found| found.id().to_string()).collect();
+        let swept = sweep_orphans(&config.root, |id| adopted_jobs.contains(id));
         // Environments an earlier run built are kept when this server's Python made them.
         let python = crate::execute::python::python().ok().map(|python| python.identity());
         let env_cache = match config.env_cache {
@@ -139,7 +148,11 @@ impl State {
             action_cache,
             action_cache_tools,
             metrics,
-            spools: Arc::new(crate::jobs::spool::Spools::new(spool_bounds.0, spool_bounds.1, spool_bounds.2)),
+            spools: Arc::new(
+                crate::jobs::spool::Spools::new(spool_bounds.0, spool_bounds.1, spool_bounds.2)
+                    .on_disk(&root, spool_key),
+            ),
+            adoptable: std::sync::Mutex::new(adoptable),
             draining: AtomicBool::new(false),
             blob_streams: Arc::default(),
             tree_plans: crate::rpc::per_cn::Turns::new(crate::rpc::per_cn::PLANS_PER_CN),

@@ -77,6 +77,8 @@ pub struct Config {
     pub finished_grace: Duration,
     /// On SIGTERM: how long running jobs may finish before they are cancelled.
     pub shutdown_grace: Duration,
+    /// On SIGTERM: leave running durable jobs to the next server (`--keep-jobs-on-exit`).
+    pub keep_jobs_on_exit: bool,
     /// HTTP/2 streams per connection.
     pub max_streams_per_connection: u32,
     pub tls_handshake_timeout: Duration,
@@ -193,6 +195,7 @@ impl Config {
             job_ttl: Duration::from_secs(3600),
             finished_grace: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(30),
+            keep_jobs_on_exit: false,
             max_streams_per_connection: 64,
             tls_handshake_timeout: Duration::from_secs(10),
             max_handshakes: 512,

@@ -178,7 +178,7 @@ fn context<'a>(state: &'a State, call: &'a Call, events: &'a Events) -> execute:
 }
 
 /// How the step ended, as the job table keeps it.
-fn command_end(ended: &StepEnd) -> CommandEnd {
+pub(crate) fn command_end(ended: &StepEnd) -> CommandEnd {
     match ended {
         StepEnd::Ran(status) => {
             use std::os::unix::process::ExitStatusExt;
@@ -190,7 +190,7 @@ fn command_end(ended: &StepEnd) -> CommandEnd {
 }
 
 /// The run's end, in the metrics and the log (a cancelled one: the job is finished).
-fn note_end(state: &State, id: &str, cn: &str, ended: &StepEnd, started: Instant) {
+pub(crate) fn note_end(state: &State, id: &str, cn: &str, ended: &StepEnd, started: Instant) {
     let ms = millis(started);
     state.metrics.step("command", started.elapsed());
     let outcome = match ended {

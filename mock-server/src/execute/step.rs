@@ -231,16 +231,24 @@ async fn run_command(
         licenses: grant.licenses().clone(),
     };
     let wall = grant.walltime().map_or(context.limits.wall, |walltime| walltime.min(context.limits.wall));
-    match context.executor.run(launch, context.events, TimeLimits { wall, ..context.limits }).await? {
+    let end = context.executor.run(launch, context.events, TimeLimits { wall, ..context.limits }).await?;
+    command_ended(end, context.events).await
+}
+
+/// How the command's run ended, as the step's end: the exit status told to `events`
+/// (the last message), or the error that ends the step.
+pub async fn command_ended(end: ProcessEnd, events: &Events) -> Result<StepEnd, JobError> {
+    match end {
         ProcessEnd::Exited(status) => {
             use std::os::unix::process::ExitStatusExt;
             let exited = JobEvent::Exited { code: status.code().unwrap_or(0), signal: status.signal().unwrap_or(0) };
-            let _ = context.events.send(Ok(exited)).await;
+            let _ = events.send(Ok(exited)).await;
             Ok(StepEnd::Ran(status))
         }
         ProcessEnd::Cancelled => Ok(StepEnd::Cancelled),
         ProcessEnd::LimitReached(limit) => Err(JobError::Stopped { step: None, limit }),
         ProcessEnd::NotStarted(why) => Err(JobError::NotStarted(why)),
+        ProcessEnd::Lost(why) => Err(JobError::Lost(why)),
     }
 }
 
@@ -338,6 +346,7 @@ fn launch_in(
         merged_output: context.merged_output,
         progress_updates: context.progress_updates,
         confine: Default::default(),
+        adoptable: step == Step::Command,
     };
     match context.sandbox {
         Some(sandbox) => sandbox.wrap(launch, reach),
@@ -353,5 +362,6 @@ async fn setup_step(launch: Launch, step: &str, context: &Context<'_>) -> Result
         ProcessEnd::Exited(status) => Err(JobError::SetupFailed { step: step.to_string(), status: describe(&status) }),
         ProcessEnd::LimitReached(limit) => Err(JobError::Stopped { step: Some(step.to_string()), limit }),
         ProcessEnd::NotStarted(why) => Err(JobError::NotStarted(why)),
+        ProcessEnd::Lost(why) => Err(JobError::Lost(why)),
     }
 }

@@ -23,6 +23,8 @@ pub enum Limit {
     /// Its memory limit, in bytes (0: not known, a scheduler's default): the kernel or
     /// the scheduler killed it.
     Memory(u64),
+    /// The server shut down before it ended (`--shutdown-grace` ran out).
+    Shutdown,
 }
 
 impl fmt::Display for Limit {
@@ -30,6 +32,10 @@ impl fmt::Display for Limit {
         match self {
             Limit::Wall(limit) => write!(f, "it ran longer than {}", human_duration(*limit)),
             Limit::Idle(limit) => write!(f, "it printed nothing for {}", human_duration(*limit)),
+            Limit::Shutdown => f.write_str(
+                "the server shut down before it ended (--shutdown-grace ran out; --keep-jobs-on-exit leaves running \
+                 jobs to the next server)",
+            ),
             Limit::Memory(0) => f.write_str("it used more memory than it was granted (ask for more with --mem)"),
             Limit::Memory(limit) => write!(
                 f,

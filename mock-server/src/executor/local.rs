@@ -12,7 +12,7 @@ use tokio::process::Command;
 use crate::executor::confine::Confinement;
 use crate::executor::process_run::{self, Runs, Streaming};
 use crate::executor::supervised::{self, Prepared};
-use crate::executor::{Events, Executor, Launch, Limit, ProcessEnd, TimeLimits};
+use crate::executor::{Events, Executor, JobEvent, Launch, Limit, ProcessEnd, TimeLimits};
 
 /// Runs launches as local process groups, each under its supervisor.
 #[derive(Debug, Clone, Default)]
@@ -28,6 +28,11 @@ pub struct LocalExecutor {
 impl LocalExecutor {
     pub fn new(contain: bool, root: &std::path::Path) -> LocalExecutor {
         LocalExecutor { contain, root: root.to_path_buf(), runs: Arc::default() }
+    }
+
+    /// The runs in progress (adopted ones join them, so a shutdown stops them too).
+    pub fn runs(&self) -> &Runs {
+        &self.runs
     }
 
     fn command(&self, launch: Launch, confinement: &Confinement, supervised: &Prepared) -> Command {
@@ -50,10 +55,21 @@ impl Executor for LocalExecutor {
         let streaming = Streaming { merged: launch.merged_output, progress: launch.progress_updates, own_line: None };
         let confinement = Confinement::new(&launch.confine)?;
         let prepared = supervised::prepare(&self.root, launch.merged_output)?;
+        let adoptable = launch.adoptable;
         let command = self.command(launch, &confinement, &prepared);
         let (mut run, chunks) = prepared.spawn(command)?;
+        if adoptable {
+            // Before any of its output: a spool marks where the command's output begins.
+            let _ = events.send(Ok(JobEvent::RunStarted { run: run.name() })).await;
+        }
         let stop = run.stop();
-        let end = process_run::follow(&mut run, chunks, streaming, events, limits, &self.runs, stop).await?.end;
+        let end = match process_run::follow(&mut run, chunks, streaming, events, limits, &self.runs, stop).await {
+            Ok(ended) => ended.end,
+            Err(error) => match supervised::lost(&error) {
+                Some(why) => ProcessEnd::Lost(why),
+                None => return Err(error),
+            },
+        };
         // A process of it killed by the kernel for its memory cgroup, and the run
         // failing: said as the limit it was.
         Ok(match end {

@@ -47,6 +47,9 @@ pub struct Launch {
     pub progress_updates: bool,
     /// The cores and memory the run was granted (`confine.rs`); none for set-up steps.
     pub confine: confine::Confine,
+    /// The job's command (not a set-up step): an executor whose runs outlive the
+    /// server says where it runs ([`JobEvent::RunStarted`]), for adoption.
+    pub adoptable: bool,
 }
 
 /// Which output pipe a line came from.
@@ -73,6 +76,10 @@ pub enum JobEvent {
     /// Nothing runs: the action cache answers from the run recorded then, which took
     /// this long (`execute/cached.rs`); the first event of such an answer.
     Served { ran_at_unix_seconds: i64, ran_for_ms: u64 },
+    /// The command's supervised run started, in this run directory (under
+    /// `ROOT/lrpymrpc-runs/`): a spool marks it, so a restarted server can adopt the
+    /// run. No message for clients.
+    RunStarted { run: String },
 }
 
 /// Where the events of one Execute go; an error ends the step. The receiver going
@@ -90,6 +97,8 @@ pub enum ProcessEnd {
     /// The executor could not start it (the scheduler refused or is down): not the
     /// command's failure. The words say why.
     NotStarted(String),
+    /// How it ended cannot be known (its supervisor was killed). The words say why.
+    Lost(String),
 }
 
 /// Runs launches somewhere and can stop them all.

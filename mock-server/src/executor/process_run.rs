@@ -36,6 +36,8 @@ pub trait Stop: Send + Sync {
 pub struct Runs {
     next: AtomicU64,
     running: Mutex<HashMap<u64, Arc<dyn Stop>>>,
+    /// Set by [`Runs::stop_all`]: a run that fails from now on was stopped by it.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Runs {
@@ -51,6 +53,7 @@ impl Runs {
 
     /// Stops every run now.
     pub fn stop_all(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
         let stops: Vec<Arc<dyn Stop>> = self.running().values().cloned().collect();
         for stop in stops {
             tokio::spawn(async move { stop.stop().await });
@@ -264,6 +267,10 @@ pub async fn follow(
         None => process.wait().await?,
     };
     process.gone().await;
+    // Stopped by the server's shutdown, said as that, not as the signal it took.
+    if !status.success() && runs.stopping.load(Ordering::SeqCst) {
+        return Ok(Ended { end: ProcessEnd::LimitReached(Limit::Shutdown), own_lines });
+    }
     Ok(Ended { end: ProcessEnd::Exited(status), own_lines })
 }
 

@@ -107,6 +107,7 @@ impl Sandbox {
             merged_output: false,
             progress_updates: false,
             confine: Default::default(),
+            adoptable: false,
         };
         let probe = sandbox.wrap(probe, reach);
         let output = std::process::Command::new(&probe.program)
@@ -168,6 +169,7 @@ impl Sandbox {
             merged_output: launch.merged_output,
             progress_updates: launch.progress_updates,
             confine: launch.confine,
+            adoptable: launch.adoptable,
         }
     }
 }

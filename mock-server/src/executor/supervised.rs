@@ -112,6 +112,17 @@ impl Prepared {
     }
 }
 
+/// A run whose end cannot be known (its supervisor gone without a status), as the
+/// error following it ends with.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct RunLost(pub String);
+
+/// Why a run was lost, when `error` (from following it) says it was.
+pub fn lost(error: &io::Error) -> Option<String> {
+    error.get_ref()?.downcast_ref::<RunLost>().map(|lost| lost.0.clone())
+}
+
 /// A supervised run in progress.
 pub struct Supervised {
     dir: PathBuf,
@@ -124,6 +135,29 @@ pub struct Supervised {
 }
 
 impl Supervised {
+    /// The run's directory name under `ROOT/lrpymrpc-runs/`.
+    pub fn name(&self) -> String {
+        self.dir.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default()
+    }
+
+    /// A run a server that is gone started, still running or ended since: followed
+    /// from the start of its output (polled), its supervisor known by the pid it wrote
+    /// and checked by its start time and its lock. `None` when there is no such run
+    /// (its supervisor gone without a status).
+    pub fn adopt(root: &Path, name: &str, merged: bool) -> Option<(Supervised, mpsc::Receiver<Chunk>)> {
+        if name.contains('/') || name.starts_with('.') {
+            return None;
+        }
+        let dir = root.join(RUNS_DIR).join(name);
+        let pid = running_supervisor(&dir);
+        if pid.is_none() && !dir.join("status").exists() {
+            return None;
+        }
+        let (chunk_tx, chunks) = mpsc::channel(64);
+        tokio::spawn(pump_frames(dir.clone(), None, merged, chunk_tx));
+        Some((Supervised { dir, supervisor: None, pid, status: None, ended: false }, chunks))
+    }
+
     /// How to stop it: a SIGTERM to its supervisor.
     pub fn stop(&self) -> Arc<dyn Stop> {
         Arc::new(SupervisorStop { pid: self.pid })
@@ -135,11 +169,11 @@ impl Supervised {
         let record = match std::fs::read(self.dir.join("status")) {
             Ok(record) => record,
             Err(error) if error.kind() == io::ErrorKind::NotFound => {
-                return Err(io::Error::other(format!(
+                return Err(io::Error::other(RunLost(format!(
                     "the run's supervisor ended without saying how the command ended (was it killed?): the \
                      command's end is not known (run directory `{}`)",
                     self.dir.display()
-                )));
+                ))));
             }
             Err(error) => return Err(error),
         };
@@ -175,8 +209,14 @@ impl Process for Supervised {
         if let Some(status) = self.status {
             return Ok(status);
         }
-        if let Some(supervisor) = self.supervisor.as_mut() {
-            supervisor.wait().await?;
+        match self.supervisor.as_mut() {
+            Some(supervisor) => drop(supervisor.wait().await?),
+            // Not this server's child: its status appears, or its lock goes without one.
+            None => {
+                while !self.dir.join("status").exists() && lock_held(&self.dir) {
+                    tokio::time::sleep(POLL).await;
+                }
+            }
         }
         self.ended = true;
         let status = self.read_status()?;
@@ -334,17 +374,17 @@ async fn pump_frames(
     end(chunks).await
 }
 
-/// Stops every run a server that ended without stopping them left under `root` (its
-/// supervisor still holds the run's lock: SIGTERM, then waited for), and removes their
-/// directories; returns how many were still running.
-pub fn stop_left_behind(root: &Path) -> usize {
+/// Stops every run a server that ended without stopping them left under `root`, but
+/// those `adopted` names (its supervisor still holds the run's lock: SIGTERM, then
+/// waited for), and removes their directories; returns how many were still running.
+pub fn stop_left_behind(root: &Path, adopted: impl Fn(&str) -> bool) -> usize {
     let runs = root.join(RUNS_DIR);
     let Ok(entries) = std::fs::read_dir(&runs) else { return 0 };
     let mut stopped = 0;
     for entry in entries.flatten() {
         let dir = entry.path();
         // Only directories of ours (never a link someone put there).
-        if !entry.file_type().is_ok_and(|kind| kind.is_dir()) {
+        if !entry.file_type().is_ok_and(|kind| kind.is_dir()) || adopted(&entry.file_name().to_string_lossy()) {
             continue;
         }
         if let Some(pid) = running_supervisor(&dir) {

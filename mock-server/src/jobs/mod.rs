@@ -1,10 +1,14 @@
-//! Jobs: the table of jobs and their slots, phases and files (`table`), where results
-//! are found in a job (`results`), durable runs' spools (`spool`), and the lock that
+//! Jobs: the table of jobs and their slots, phases and files (`table`), what a server
+//! that is gone left for the next (`left_behind`), where results
+//! are found in a job (`results`), durable runs' spools (`spool`, on disk
+//! `spool_file`), and the lock that
 //! keeps a second server off the root (`root_lock`).
 
+pub mod left_behind;
 pub mod results;
 pub mod root_lock;
 pub mod spool;
+pub mod spool_file;
 mod table;
 
 pub use table::{CommandEnd, CommandRun, Done, JobUse, Jobs, Recorded, remove_job_files, sweep_orphans, venv_dir};

@@ -10,8 +10,9 @@
 //! really take in memory (an empty line is a few hundred bytes, not zero), and all
 //! spools together at most `--spools-max-bytes`: past that, a spool that grows keeps
 //! only its share. Beyond, the oldest records go, and a follower that wanted them is
-//! told how many lines it missed. Spools live in memory: a restarted server has none
-//! (its jobs are swept).
+//! told how many lines it missed. Every record is also written once to the job's
+//! spool on disk (`spool_file.rs`), from which a restarted server takes the spool of
+//! each run it adopts (`execute/adopt.rs`).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -26,6 +27,7 @@ use tracing::{info, warn};
 use crate::SERVER_NAME;
 use crate::error::JobError;
 use crate::executor::JobEvent;
+use crate::jobs::spool_file::{self, Entry, Header, SpoolKey, SpoolWriter};
 
 /// Events the pump takes from the run at once, and records a follower takes at once.
 const BURST: usize = 256;
@@ -63,6 +65,9 @@ pub struct Spools {
     /// Message bytes one spool keeps (`--spool-max-bytes`).
     max_bytes: usize,
     budget: Arc<Budget>,
+    /// Where spools are written on disk (the job root), and the key that seals them;
+    /// `None`: in memory only.
+    disk: Option<(std::path::PathBuf, SpoolKey)>,
 }
 
 /// What a durable run was started with, for `attach` and `jobs`.
@@ -138,6 +143,13 @@ struct Inner {
     first_kept: u64,
     /// How the run ended, once it has.
     end: Option<RunEnd>,
+    /// The spool on disk, while it can be written.
+    writer: Option<SpoolWriter>,
+    /// The command's supervised run started (`JobEvent::RunStarted`): its output
+    /// messages are counted from there.
+    in_run: bool,
+    /// The command's output messages numbered so far.
+    output_count: u64,
     ended_at: Option<Instant>,
     followers: usize,
     /// Counts the times the last follower left; a grace timer acts only on its own.
@@ -151,7 +163,25 @@ impl Spools {
     /// of them `total_max_bytes`.
     pub fn new(grace: Duration, max_bytes: usize, total_max_bytes: usize) -> Spools {
         let budget = Budget { max: total_max_bytes.max(1), used: AtomicUsize::new(0), spools: AtomicUsize::new(0) };
-        Spools { spools: Mutex::default(), grace, max_bytes: max_bytes.max(1), budget: Arc::new(budget) }
+        Spools { spools: Mutex::default(), grace, max_bytes: max_bytes.max(1), budget: Arc::new(budget), disk: None }
+    }
+
+    /// The same, writing every spool under `root` too, sealed with `key`.
+    pub fn on_disk(self, root: &std::path::Path, key: SpoolKey) -> Spools {
+        Spools { disk: Some((root.to_path_buf(), key)), ..self }
+    }
+
+    /// The spool of job `header.id` on disk, made now (`None`: in memory only, or it
+    /// could not be made, which is logged).
+    fn writer_for(&self, header: Option<&Header>) -> Option<SpoolWriter> {
+        let ((root, key), header) = (self.disk.as_ref()?, header?);
+        match SpoolWriter::create(root, key, header) {
+            Ok(writer) => Some(writer),
+            Err(error) => {
+                warn!(job = %header.id, "cannot write the job's spool to disk (it is kept in memory only): {error}");
+                None
+            }
+        }
     }
 
     fn spools(&self) -> MutexGuard<'_, HashMap<String, Arc<Spool>>> {
@@ -160,12 +190,61 @@ impl Spools {
 
     /// Spools the events of a run that starts now, from `events` (the run's output,
     /// as the Execute step sends it); returns the spool.
-    pub fn start(self: &Arc<Self>, started: Started, events: mpsc::Receiver<Result<JobEvent, JobError>>) -> Arc<Spool> {
+    /// Spools the events of a run that starts now, from `events` (the run's output,
+    /// as the Execute step sends it), on disk too when `header` is given and this server
+    /// writes spools; returns the spool.
+    pub fn start(
+        self: &Arc<Self>,
+        started: Started,
+        header: Option<&Header>,
+        events: mpsc::Receiver<Result<JobEvent, JobError>>,
+    ) -> Arc<Spool> {
+        let writer = self.writer_for(header);
+        self.begin(started, SystemTime::now(), Vec::new(), writer, events)
+    }
+
+    /// The spool of a run an earlier server left, adopted: its records as read from
+    /// disk (the last `--spool-max-bytes` kept in memory), numbered on from there, its
+    /// events from now on from `events`.
+    pub fn adopt(
+        self: &Arc<Self>,
+        header: &Header,
+        entries: Vec<Entry>,
+        events: mpsc::Receiver<Result<JobEvent, JobError>>,
+    ) -> Arc<Spool> {
+        let writer = self.disk.as_ref().and_then(|(root, key)| match SpoolWriter::reopen(root, key, &header.id) {
+            Ok(writer) => Some(writer),
+            Err(error) => {
+                warn!(job = %header.id, "cannot write the adopted job's spool on (it is kept in memory only): {error}");
+                None
+            }
+        });
+        let started_at = SystemTime::UNIX_EPOCH + Duration::from_millis(header.started_unix_ms);
+        let started = Started {
+            id: header.id.clone(),
+            owner: header.owner.clone(),
+            command: header.command.clone(),
+            attach: header.attach.clone(),
+            detached: header.detached,
+            needs: header.needs.clone(),
+        };
+        self.begin(started, started_at, entries, writer, events)
+    }
+
+    fn begin(
+        self: &Arc<Self>,
+        started: Started,
+        started_at: SystemTime,
+        earlier: Vec<Entry>,
+        writer: Option<SpoolWriter>,
+        events: mpsc::Receiver<Result<JobEvent, JobError>>,
+    ) -> Arc<Spool> {
         let (appended, _) = watch::channel(1);
         let (cancel, cancelled) = oneshot::channel();
+        let ran_for = started_at.elapsed().unwrap_or_default();
         let spool = Arc::new(Spool {
             started,
-            started_at: (SystemTime::now(), Instant::now()),
+            started_at: (started_at, Instant::now().checked_sub(ran_for).unwrap_or_else(Instant::now)),
             inner: Mutex::new(Inner {
                 records: VecDeque::new(),
                 bytes: 0,
@@ -176,11 +255,29 @@ impl Spools {
                 followers: 0,
                 departures: 0,
                 cancel: Some(cancel),
+                writer: None,
+                in_run: false,
+                output_count: 0,
             }),
             appended,
             budget: self.budget.clone(),
         });
         self.budget.spools.fetch_add(1, Ordering::SeqCst);
+        {
+            // Earlier records go in as they were numbered (not written again).
+            let mut inner = spool.inner();
+            for entry in earlier {
+                match entry {
+                    Entry::RunStarted(_) => inner.in_run = true,
+                    Entry::Numbered { seq, output_count, record } => {
+                        inner.next_seq = seq;
+                        inner.output_count = output_count;
+                        inner.push(record, self.max_bytes, &self.budget);
+                    }
+                }
+            }
+            inner.writer = writer;
+        }
         self.spools().insert(spool.started.id.clone(), spool.clone());
         tokio::spawn(pump(spool.clone(), events, cancelled, self.max_bytes));
         spool
@@ -199,9 +296,22 @@ impl Spools {
         spools
     }
 
-    /// Forgets the spools of jobs that are gone (`exists` says which still are).
+    /// Forgets the spools of jobs that are gone (`exists` says which still are), on
+    /// disk too.
     pub fn retain(&self, exists: impl Fn(&str) -> bool) {
-        self.spools().retain(|id, _| exists(id));
+        let mut gone = Vec::new();
+        self.spools().retain(|id, _| {
+            let keep = exists(id);
+            if !keep {
+                gone.push(id.clone());
+            }
+            keep
+        });
+        if let Some((root, _)) = &self.disk {
+            for id in gone {
+                spool_file::remove(root, &id);
+            }
+        }
     }
 
     /// The run's records from after `after_seq` (or from now, `from_end`), then live
@@ -219,6 +329,13 @@ impl Spools {
             spools.follower_left(&spool);
         });
         rx
+    }
+
+    /// A run nobody follows yet (adopted after a restart): as if its last follower had
+    /// just left, it is cancelled if none comes within the grace (unless detached).
+    pub fn await_follower(self: &Arc<Self>, spool: &Arc<Spool>) {
+        spool.inner().followers += 1;
+        self.follower_left(spool);
     }
 
     /// The last follower of a running, not detached run left: it is cancelled if none
@@ -292,10 +409,7 @@ async fn pump(
         tokio::select! {
             received = events.recv_many(&mut burst, BURST) => match received {
                 0 => break None,
-                _ => {
-                    let records = burst.drain(..).filter_map(|event| crate::rpc::messages::to_message(event, false));
-                    append(&spool, records, max_bytes);
-                }
+                _ => append_events(&spool, burst.drain(..), max_bytes),
             },
             why = &mut cancelled => match why {
                 Ok(why) => break Some(why),
@@ -323,11 +437,45 @@ async fn pump(
     spool.appended.send_replace(next);
 }
 
+/// Adds the messages of a burst of events with the next numbers (counting the
+/// command's output, and marking where its supervised run started), writes them to
+/// disk in one write, then wakes the followers once.
+fn append_events(spool: &Spool, events: impl Iterator<Item = Result<JobEvent, JobError>>, max_bytes: usize) {
+    let mut inner = spool.inner();
+    for event in events {
+        let output = matches!(event, Ok(JobEvent::Line { .. } | JobEvent::Progress { .. })) && inner.in_run;
+        if let Ok(JobEvent::RunStarted { run }) = &event {
+            inner.in_run = true;
+            let count = inner.output_count;
+            if let Some(writer) = inner.writer.as_mut() {
+                writer.run_started(run, count);
+            }
+            continue;
+        }
+        if let Some(record) = crate::rpc::messages::to_message(event, false) {
+            inner.output_count += u64::from(output);
+            inner.push(record, max_bytes, &spool.budget);
+        }
+    }
+    flush_and_wake(spool, inner);
+}
+
 /// Adds records with the next numbers, then wakes the followers once.
 fn append(spool: &Spool, records: impl Iterator<Item = Record>, max_bytes: usize) {
     let mut inner = spool.inner();
     for record in records {
         inner.push(record, max_bytes, &spool.budget);
+    }
+    flush_and_wake(spool, inner);
+}
+
+/// Writes what was added to disk; wakes the followers.
+fn flush_and_wake(spool: &Spool, mut inner: MutexGuard<'_, Inner>) {
+    if let Some(writer) = inner.writer.as_mut()
+        && let Err(error) = writer.flush()
+    {
+        warn!(job = %spool.started.id, "cannot write the job's spool to disk any more (kept in memory only): {error}");
+        inner.writer = None;
     }
     let next = inner.next_seq;
     drop(inner);
@@ -357,6 +505,9 @@ impl Inner {
                     _ => RunEnd::Failed(status.message().to_string()),
                 });
             }
+        }
+        if let Some(writer) = inner.writer.as_mut() {
+            writer.numbered(seq, inner.output_count, &record);
         }
         let size = cost(&record);
         inner.records.push_back((seq, record));
@@ -452,7 +603,7 @@ mod tests {
     async fn a_follower_resumes_after_the_last_record_it_got_and_the_status_is_last() {
         let spools = Arc::new(Spools::new(Duration::from_secs(60), 1 << 20, 1 << 30));
         let (tx, rx) = mpsc::channel(8);
-        let spool = spools.start(started(false), rx);
+        let spool = spools.start(started(false), None, rx);
         for n in 1..=3 {
             tx.send(line(&format!("line {n}"))).await.unwrap();
         }
@@ -469,7 +620,7 @@ mod tests {
     async fn beyond_the_bound_the_oldest_go_and_the_follower_is_told() {
         let spools = Arc::new(Spools::new(Duration::from_secs(60), 2000, 1 << 30));
         let (tx, rx) = mpsc::channel(64);
-        let spool = spools.start(started(false), rx);
+        let spool = spools.start(started(false), None, rx);
         for n in 0..20 {
             tx.send(line(&format!("line {n:02} with some text"))).await.unwrap();
         }
@@ -484,7 +635,7 @@ mod tests {
         // A 1 MiB spool of empty lines keeps a few thousand of them, not a million.
         let spools = Arc::new(Spools::new(Duration::from_secs(60), 1 << 20, 1 << 30));
         let (tx, rx) = mpsc::channel(64);
-        let spool = spools.start(started(true), rx);
+        let spool = spools.start(started(true), None, rx);
         for _ in 0..20_000 {
             tx.send(line("")).await.unwrap();
         }
@@ -498,7 +649,7 @@ mod tests {
         let mut senders = Vec::new();
         for id in ["a", "b"] {
             let (tx, rx) = mpsc::channel(64);
-            kept.push(shared.start(Started { id: id.into(), ..started(true) }, rx));
+            kept.push(shared.start(Started { id: id.into(), ..started(true) }, None, rx));
             senders.push(tx);
         }
         for _ in 0..10_000 {
@@ -522,7 +673,7 @@ mod tests {
         for detached in [false, true] {
             let spools = Arc::new(Spools::new(Duration::from_millis(200), 1 << 20, 1 << 30));
             let (tx, rx) = mpsc::channel(8);
-            let spool = spools.start(started(detached), rx);
+            let spool = spools.start(started(detached), None, rx);
             drop(spools.follow(spool.clone(), 0, false));
             tokio::time::sleep(Duration::from_millis(600)).await;
             assert_eq!(tx.is_closed(), !detached, "detached: {detached}");

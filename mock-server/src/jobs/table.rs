@@ -172,6 +172,38 @@ impl Jobs {
         Ok((id.clone(), dir, JobUse { jobs: self.clone(), id }))
     }
 
+    /// A job an earlier server left on disk, taken on again (its directory and marker
+    /// are there; `id` is a canonical UUID): in use until the guard drops, its command
+    /// running until the returned run ends. It holds a slot when one is free (a server
+    /// restarted with fewer slots still adopts every job it finds).
+    pub fn adopt(self: &Arc<Self>, id: &str, owner: Option<&str>) -> Result<(PathBuf, JobUse, CommandRun), JobError> {
+        let parsed = Uuid::try_parse(id).map_err(|_| JobError::BadJobId(id.to_string()))?;
+        if parsed.hyphenated().to_string() != id {
+            return Err(JobError::BadJobId(id.to_string()));
+        }
+        let dir = self.root.join(id);
+        if !marker(&dir).is_file() || !std::fs::symlink_metadata(&dir).is_ok_and(|meta| meta.is_dir()) {
+            return Err(JobError::UnknownJob(id.to_string()));
+        }
+        let mut table = self.table();
+        let slot = self.take_slot(&table, owner).ok();
+        let entry = Entry {
+            dir: dir.clone(),
+            owner: owner.map(str::to_string),
+            last_used: Instant::now(),
+            in_use: 1,
+            slot,
+            phase: Phase::Running,
+            remove_at: None,
+            input_root: None,
+            recorded: None,
+            waiting: None,
+        };
+        table.insert(id.to_string(), entry);
+        let run = CommandRun { jobs: self.clone(), id: id.to_string(), end: CommandEnd::Failed, input_root: None };
+        Ok((dir, JobUse { jobs: self.clone(), id: id.to_string() }, run))
+    }
+
     /// An existing job of `owner`, marked in use until the returned guard drops.
     pub fn open(self: &Arc<Self>, id: &str, owner: Option<&str>) -> Result<(PathBuf, JobUse), JobError> {
         let parsed = Uuid::try_parse(id).map_err(|_| JobError::BadJobId(id.to_string()))?;
@@ -433,16 +465,17 @@ impl Drop for JobUse {
     }
 }
 
-/// Removes job directories that an earlier run of a server left in `root`: only
-/// those with a marker, and without following links (`remove_dir_all` removes a
-/// link, not what it points to). Returns the ids of those removed.
-pub fn sweep_orphans(root: &Path) -> Vec<String> {
+/// Removes job directories that an earlier run of a server left in `root`, but those
+/// `keep` names (adopted): only those with a marker, and without following links
+/// (`remove_dir_all` removes a link, not what it points to). Returns the ids of those
+/// removed.
+pub fn sweep_orphans(root: &Path, keep: impl Fn(&str) -> bool) -> Vec<String> {
     let Ok(entries) = std::fs::read_dir(root) else { return Vec::new() };
     let mut removed = Vec::new();
     for entry in entries.flatten() {
         let name = entry.file_name();
         let Some(id) = name.to_str().and_then(|n| n.strip_suffix(MARKER_SUFFIX)) else { continue };
-        if Uuid::try_parse(id).is_err() {
+        if Uuid::try_parse(id).is_err() || keep(id) {
             continue;
         }
         remove_job_files(&root.join(id));
@@ -611,7 +644,7 @@ mod tests {
         std::fs::write(marker(&job), b"").unwrap();
         let unmarked = root.path().join(Uuid::new_v4().to_string());
         std::fs::create_dir(&unmarked).unwrap();
-        assert_eq!(sweep_orphans(root.path()).len(), 1);
+        assert_eq!(sweep_orphans(root.path(), |_| false).len(), 1);
         assert!(!job.exists() && unmarked.exists());
         assert!(outside.path().join("keep").exists());
     }

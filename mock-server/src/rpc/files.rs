@@ -179,6 +179,21 @@ impl FileService for Service {
             detached,
             needs: Some(needs.to_wire()),
         });
+        // On disk too, so a server started after this one takes the job on.
+        let header = started.as_ref().map(|started| crate::jobs::spool_file::Header {
+            id: started.id.clone(),
+            owner: started.owner.clone(),
+            command: started.command.clone(),
+            attach: started.attach.clone(),
+            detached: started.detached,
+            needs: started.needs.clone(),
+            dir: dir.display().to_string(),
+            merged,
+            progress: progress_updates,
+            started_unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX)),
+        });
         let (tx, rx) = mpsc::channel(64);
         let call = execute::call::Call {
             id,
@@ -196,7 +211,7 @@ impl FileService for Service {
         };
         tokio::spawn(execute::call::run(self.state.clone(), call, tx));
         if let Some(started) = started {
-            let spool = self.state.spools.start(started, rx);
+            let spool = self.state.spools.start(started, header.as_ref(), rx);
             let records = self.state.spools.follow(spool, 0, false);
             return Ok(Response::new(Box::pin(ReceiverStream::new(records))));
         }

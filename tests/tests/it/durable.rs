@@ -222,12 +222,16 @@ fn a_client_without_the_extension_still_cancels_by_hanging_up() {
     });
 }
 
+// A job the restarted server could not take on (its spool gone from disk) is said to
+// be gone, never silently lost: `attach` fails naming it.
 #[test]
 fn a_job_gone_with_a_server_restart_is_said_not_silently_lost() {
     let env = TestEnv::new();
     env.write("source/x", "x");
     let id = detach(&env, "sleep 30");
-    let env = env.restarted(|_| {});
+    let spool = env.jobs.join(lrpymrpc_mock_server::SPOOLS_DIR).join(format!("{id}.spool"));
+    assert!(spool.is_file(), "the job's spool is on disk");
+    let env = env.restarted(move |_| std::fs::remove_file(&spool).unwrap());
     env.client()
         .args(["attach", &id])
         .assert()

@@ -195,6 +195,7 @@ impl TestEnv {
             "lrpymrpc-cas",
             lrpymrpc_mock_server::ROOT_LOCK_FILE,
             lrpymrpc_mock_server::executor::supervised::RUNS_DIR,
+            lrpymrpc_mock_server::SPOOLS_DIR,
         ];
         names_in(&self.jobs).into_iter().filter(|name| !server_own.contains(&name.as_str())).collect()
     }
@@ -259,6 +260,18 @@ pub fn spawn_server_binary_with(
     max_fds: Option<u64>,
     vars: &[(&str, &std::ffi::OsStr)],
 ) -> (std::process::Child, u16) {
+    spawn_server_binary_listening(env, "127.0.0.1:0", extra, max_fds, vars)
+}
+
+/// [`spawn_server_binary_with`] listening on `listen` (a server restarted on the port
+/// its clients know).
+pub fn spawn_server_binary_listening(
+    env: &TestEnv,
+    listen: &str,
+    extra: &[&str],
+    max_fds: Option<u64>,
+    vars: &[(&str, &std::ffi::OsStr)],
+) -> (std::process::Child, u16) {
     use std::io::{BufRead, BufReader};
     use std::os::unix::process::CommandExt;
     let log = std::fs::File::create(env.root.path().join("server.log")).unwrap();
@@ -275,7 +288,7 @@ pub fn spawn_server_binary_with(
         }
     }
     let mut server = command
-        .args(["--listen", "127.0.0.1:0", "--root"])
+        .args(["--listen", listen, "--root"])
         .arg(&env.jobs)
         .arg("--tls-dir")
         .arg(&env.tls)

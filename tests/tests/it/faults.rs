@@ -4,11 +4,10 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
-use std::time::Duration;
 
 use predicates::prelude::*;
 
-use crate::env::{TestEnv, names_in, pseudo_random, spawn_server_binary, wait_until};
+use crate::env::{TestEnv, names_in, pseudo_random, spawn_server_binary};
 use crate::proxy::{Fault, FaultProxy};
 
 /// The fixture with its client pointed at a fault proxy in front of the server.
@@ -83,30 +82,46 @@ fn a_connection_cut_during_execute_is_not_retried() {
 }
 
 #[test]
-fn a_server_killed_mid_job_fails_the_client_and_its_job_is_swept_at_restart() {
+fn a_server_killed_mid_job_fails_the_client_and_the_next_server_takes_the_job_on() {
     let mut env = TestEnv::bare();
     let (mut server, port) = spawn_server_binary(&env, &[]);
     env.set_addr(([127, 0, 0, 1], port).into());
     env.write("source/x", "x");
+    let release = env.root.path().join("release");
     let mut client = env.client_std();
+    let command = format!("echo started; until [ -e {} ]; do sleep 0.05; done; echo after", release.display());
     let mut client = client
-        .args(["--CMD", "echo started; sleep 30", "--retries", "1"])
+        .args(["--CMD", &command, "--retries", "1"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stdout = BufReader::new(client.stdout.take().unwrap());
-    assert!(stdout.lines().map(Result::unwrap).any(|line| line.ends_with("]:started")));
+    let mut id = None;
+    for line in BufReader::new(client.stdout.take().unwrap()).lines().map(Result::unwrap) {
+        if let Some(found) = line.split("unique id=").nth(1) {
+            id = Some(found.to_string());
+        }
+        if line.ends_with("]:started") {
+            break;
+        }
+    }
+    let id = id.expect("the job's id");
     server.kill().unwrap();
     crate::env::wait_exit(&mut server, crate::env::PROCESS_LIMIT);
     let output = crate::env::child_output_within(client, crate::env::PROCESS_LIMIT);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(104), "{stderr}");
     assert!(stderr.contains("execute failed: lost the connection"), "{stderr}");
+    assert!(stderr.contains(&format!("lrpymrpc attach {id}")), "how to follow it: {stderr}");
     assert!(!env.job_dirs().is_empty(), "the killed server left its job behind");
 
-    let (mut restarted, _) = spawn_server_binary(&env, &[]);
-    wait_until(Duration::from_secs(5), "the orphaned job is swept", || env.job_dirs().is_empty());
+    // The next server takes the job on: `attach` gets the rest and the status.
+    let (mut restarted, port) = spawn_server_binary(&env, &[]);
+    env.set_addr(([127, 0, 0, 1], port).into());
+    std::fs::write(&release, "").unwrap();
+    let attached = env.client().args(["attach", &id]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&attached.stdout);
+    assert!(attached.status.success() && stdout.contains("]:after"), "{stdout}");
     restarted.kill().unwrap();
     crate::env::wait_exit(&mut restarted, crate::env::PROCESS_LIMIT);
 }

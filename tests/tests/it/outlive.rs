@@ -1,8 +1,9 @@
-//! Runs and their supervisors (issue 30: jobs outlive the server): every local command
-//! runs under a supervisor of its own session that writes its output and its end to
-//! files, so a server that dies does not take the run with it; the next server finds
-//! what it left. Until runs are adopted, it stops them, and gives out again what they
-//! held only once they are gone.
+//! Jobs that outlive their server (issue 30): every local command runs under a
+//! supervisor of its own session that writes its output and its end to files, and a
+//! durable job's messages are numbered once, on disk; a server that dies or is
+//! upgraded (`--keep-jobs-on-exit`) does not take its jobs along, and the next server
+//! on the same root takes them on, so a client that reconnects resumes after its last
+//! line. What cannot be taken on is stopped before anything it held is given out.
 
 use std::time::Duration;
 
@@ -15,41 +16,38 @@ fn marker(tag: u32) -> String {
 
 // A server killed with SIGKILL while a step holds the one `hspice` license: the step's
 // command goes on without it (its supervisor is not the server's to take along); the
-// next server on the same root stops it before it serves, says so, and the next
-// step gets the license at once, without waiting for a run nobody follows.
+// next server on the same root and port takes the job on and holds the license for it
+// again, so the next step asking for it waits, says why, and runs once the first
+// ended: a license is never given out twice across a restart.
 #[test]
-fn a_run_a_killed_server_left_is_stopped_by_the_next_and_what_it_held_given_again() {
+fn a_job_a_killed_server_left_holds_its_license_again_under_the_next() {
     let mut env = TestEnv::bare();
     env.write("source/x", "x");
     let marker = marker(951);
-    let started = env.root.path().join("started");
+    let (started, release) = (env.root.path().join("started"), env.root.path().join("release"));
     let (mut server, port) = crate::env::spawn_server_binary(&env, &["--license", "hspice=1"]);
     env.set_addr(([127, 0, 0, 1], port).into());
-    let command = format!("touch {}; exec sleep {marker}", started.display());
+    let command = format!(
+        "touch {}; until [ -e {} ]; do sleep 0.05; done; echo holder-ran {marker}",
+        started.display(),
+        release.display()
+    );
     let holder = Running::start(&env, &["--license", "hspice", "--CMD", &command]);
     wait_until(PROCESS_LIMIT, "the license holder runs", || started.exists());
     send_signal(&server, libc::SIGKILL);
     wait_exit(&mut server, PROCESS_LIMIT);
     // The run outlived the server that started it.
-    assert_eq!(processes_running(&format!("sleep\0{marker}")).len(), 1, "the command runs on");
-    let (mut server, port) = crate::env::spawn_server_binary(&env, &["--license", "hspice=1"]);
-    env.set_addr(([127, 0, 0, 1], port).into());
-    // Stopped before the server serves: it says so once the run is gone.
-    let log = || std::fs::read_to_string(env.root.path().join("server.log")).unwrap();
-    wait_until(PROCESS_LIMIT, "the server says it stopped the run", || {
-        log().contains("stopped the runs an earlier server left running")
-    });
-    assert!(log().contains("a run an earlier server left running is stopped"), "{}", log());
-    assert!(processes_running(&format!("sleep\0{marker}")).is_empty(), "the left-behind run was stopped");
-    let runs = env.jobs.join(lrpymrpc_mock_server::executor::supervised::RUNS_DIR);
-    assert!(crate::env::names_in(&runs).is_empty(), "{:?}", crate::env::names_in(&runs));
-    let output = env.client().args(["--license", "hspice", "--CMD", "echo next-ran"]).output().unwrap();
-    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    assert!(output.status.success() && stdout.contains("]:next-ran"), "{stdout}{stderr}");
-    assert!(!stdout.contains("waiting") && !stderr.contains("waiting"), "{stdout}{stderr}");
-    // The holder's client never says its step succeeded.
+    assert_eq!(processes_running(&format!("-c\0touch {}", started.display())).len(), 1, "the command runs on");
+    let mut server = restart(&env, port, &["--license", "hspice=1"]);
+    holder.wait_for("reconnected: following job");
+    let next = Running::start(&env, &["--license", "hspice", "--CMD", "echo next-ran"]);
+    next.wait_for("waiting: license hspice 1/1 in use");
+    assert!(!next.said().contains("]:next-ran"));
+    std::fs::write(&release, "").unwrap();
     let (status, said) = holder.end();
-    assert!(!status.success(), "{said}");
+    assert!(status.success() && said.contains(&format!("]:holder-ran {marker}")), "{said}");
+    let (status, said) = next.end();
+    assert!(status.success() && said.contains("]:next-ran"), "{said}");
     send_signal(&server, libc::SIGTERM);
     wait_exit(&mut server, PROCESS_LIMIT);
 }
@@ -75,6 +73,7 @@ fn a_killed_supervisor_is_a_lost_run_never_a_success() {
     let (status, said) = running.end();
     assert!(!status.success() && !said.contains("]:after"), "{said}");
     assert!(said.contains("the run's supervisor ended without saying how the command ended"), "{said}");
+    assert!(said.contains("ABORTED"), "{said}");
     wait_until(Duration::from_secs(5), "the command is gone with its supervisor", || {
         processes_running(&format!("sleep\0{marker}")).is_empty()
     });
@@ -130,6 +129,118 @@ fn output_that_fills_the_disk_stops_the_run_with_a_clear_reason() {
     assert!(crate::env::names_in(&runs).is_empty(), "{:?}", crate::env::names_in(&runs));
     let output = env.client().args(["--CMD", "echo again"]).output().unwrap();
     assert!(output.status.success() && String::from_utf8_lossy(&output.stdout).contains("]:again"));
+    send_signal(&server, libc::SIGTERM);
+    wait_exit(&mut server, PROCESS_LIMIT);
+}
+
+/// The numbered lines `line N` a client printed, in the order printed.
+fn numbered_lines(said: &str) -> Vec<String> {
+    said.lines()
+        .filter_map(|line| line.split_once("]:").map(|(_, text)| text.to_string()))
+        .filter(|text| text.starts_with("line "))
+        .collect()
+}
+
+fn lines_up_to(last: u32) -> Vec<String> {
+    (1..=last).map(|n| format!("line {n}")).collect()
+}
+
+/// A command printing `line 1` to `line 40`, a tenth of a second apart, then a result
+/// and exit 3.
+const FORTY_LINES: &str =
+    "for i in $(seq 1 40); do echo line $i; sleep 0.1; done; mkdir -p build; echo done > build/out; exit 3";
+
+/// The server restarted on the same root and port, with `extra`.
+fn restart(env: &TestEnv, port: u16, extra: &[&str]) -> std::process::Child {
+    crate::env::spawn_server_binary_listening(env, &format!("127.0.0.1:{port}"), extra, None, &[]).0
+}
+
+// The issue's case, shortened: a job printing a line every tenth of a second; after
+// line 10 the server is stopped with --keep-jobs-on-exit and a new one started on the
+// same root and port; the client, never restarted, prints lines 1 to 40 exactly once
+// and in order, the exit status the command gave, and downloads the results. The same
+// when the server is killed with SIGKILL instead.
+#[test]
+fn a_server_restarted_mid_run_loses_no_line_of_a_running_job() {
+    for signal in [libc::SIGTERM, libc::SIGKILL] {
+        let mut env = TestEnv::bare();
+        env.write("source/x", "x");
+        let (mut server, port) = crate::env::spawn_server_binary(&env, &["--keep-jobs-on-exit"]);
+        env.set_addr(([127, 0, 0, 1], port).into());
+        let running = Running::start(&env, &["--CMD", FORTY_LINES]);
+        running.wait_for("]:line 10\n");
+        send_signal(&server, signal);
+        let stopped = wait_exit(&mut server, PROCESS_LIMIT);
+        assert!(signal == libc::SIGKILL || stopped.success(), "{stopped:?}");
+        let mut server = restart(&env, port, &["--keep-jobs-on-exit"]);
+        let (status, said) = running.end();
+        assert_eq!(status.code(), Some(3), "signal {signal}: {said}");
+        assert_eq!(numbered_lines(&said), lines_up_to(40), "signal {signal}: {said}");
+        assert!(said.contains("reconnected: following job"), "{said}");
+        assert_eq!(std::fs::read_to_string(env.work.join("build/out")).unwrap(), "done\n");
+        let log = std::fs::read_to_string(env.root.path().join("server.log")).unwrap();
+        assert!(log.contains("took on a running job an earlier server left"), "{log}");
+        send_signal(&server, libc::SIGTERM);
+        wait_exit(&mut server, PROCESS_LIMIT);
+    }
+}
+
+// `--detach`, the server restarted while the job runs, then `attach`: the whole output,
+// the status and the results, from the new server.
+#[test]
+fn a_detached_job_is_attached_after_a_server_restart() {
+    let mut env = TestEnv::bare();
+    env.write("source/x", "x");
+    let (mut server, port) = crate::env::spawn_server_binary(&env, &["--keep-jobs-on-exit"]);
+    env.set_addr(([127, 0, 0, 1], port).into());
+    let started = env.root.path().join("started");
+    let command = format!("touch {}; {FORTY_LINES}", started.display());
+    let detached = env.client().args(["--detach", "--CMD", &command]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&detached.stdout);
+    assert!(detached.status.success(), "{stdout}");
+    let id = stdout.lines().find_map(|line| line.split("detached job=").nth(1)).expect("the job id").to_string();
+    wait_until(PROCESS_LIMIT, "the command runs", || started.exists());
+    send_signal(&server, libc::SIGTERM);
+    assert!(wait_exit(&mut server, PROCESS_LIMIT).success());
+    let mut server = restart(&env, port, &[]);
+    let attached = env.client().args(["attach", &id]).output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&attached.stdout), String::from_utf8_lossy(&attached.stderr));
+    assert_eq!(attached.status.code(), Some(3), "{stdout}{stderr}");
+    assert_eq!(numbered_lines(&stdout), lines_up_to(40), "{stdout}");
+    assert_eq!(std::fs::read_to_string(env.work.join("build/out")).unwrap(), "done\n");
+    send_signal(&server, libc::SIGTERM);
+    wait_exit(&mut server, PROCESS_LIMIT);
+}
+
+// A spool edited on disk while the server is down is not trusted: the job is not taken
+// on (its run is stopped, its directory swept), and its client is told it is gone,
+// never given output nobody can vouch for.
+#[test]
+fn an_edited_spool_is_refused_and_its_job_not_taken_on() {
+    let mut env = TestEnv::bare();
+    env.write("source/x", "x");
+    let (mut server, port) = crate::env::spawn_server_binary(&env, &["--keep-jobs-on-exit"]);
+    env.set_addr(([127, 0, 0, 1], port).into());
+    let marker = marker(953);
+    let command = format!("echo line 1; sleep {marker}");
+    let running = Running::start(&env, &["--CMD", &command, "--retries", "5"]);
+    running.wait_for("]:line 1\n");
+    send_signal(&server, libc::SIGTERM);
+    assert!(wait_exit(&mut server, PROCESS_LIMIT).success());
+    let spools = env.jobs.join(lrpymrpc_mock_server::SPOOLS_DIR);
+    let spool = crate::env::names_in(&spools).into_iter().find(|name| name.ends_with(".spool")).expect("a spool");
+    let mut bytes = std::fs::read(spools.join(&spool)).unwrap();
+    let at = bytes.len() - 20;
+    bytes[at] ^= 0x20;
+    std::fs::write(spools.join(&spool), bytes).unwrap();
+    let mut server = restart(&env, port, &[]);
+    let (status, said) = running.end();
+    assert!(!status.success(), "{said}");
+    assert!(said.contains("NOT_FOUND") || said.contains("no job"), "{said}");
+    let log = std::fs::read_to_string(env.root.path().join("server.log")).unwrap();
+    assert!(log.contains("the job's spool is refused") && log.contains("not trusted"), "{log}");
+    assert!(processes_running(&format!("sleep\0{marker}")).is_empty(), "its run was stopped");
+    assert!(env.job_dirs().is_empty(), "{:?}", env.job_dirs());
     send_signal(&server, libc::SIGTERM);
     wait_exit(&mut server, PROCESS_LIMIT);
 }
