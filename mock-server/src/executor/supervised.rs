@@ -2,10 +2,11 @@
 //! run gets a directory under `ROOT/lrpymrpc-runs/` (mode 0700), the supervisor is
 //! spawned into it, and the run is followed from its files: output frames as they are
 //! appended (woken by the supervisor's notify pipe, or every [`POLL`] when that is
-//! gone), its status once written. A stop is a SIGTERM to the supervisor, which stops
-//! the command's group. What a server that died left running is found at start by
-//! [`stop_left_behind`]: the supervisor still holding its `lock` is stopped and waited
-//! for, then the directory removed.
+//! gone), its status once written. A stop is a SIGTERM to the supervisor (through a
+//! pidfd, so never to a process that took its number since), which stops the command's
+//! group. A run a server that is gone left is either taken on ([`Supervised::adopt`])
+//! or, found at start by [`stop_left_behind`], stopped (the supervisor still holding
+//! its `lock`) and waited for, then its directory removed.
 
 use std::fs::DirBuilder;
 use std::io;
@@ -104,10 +105,13 @@ impl Prepared {
                 return Err(error);
             }
         };
-        let pid = supervisor.id().and_then(|id| i32::try_from(id).ok());
+        // Opened before the child can be reaped: it names this process, whatever pid
+        // numbers are reused later.
+        let pid = supervisor.id().and_then(|id| i32::try_from(id).ok()).map(Handle::open);
         let notify = tokio::net::unix::pipe::Receiver::from_owned_fd(notify_read)?;
         let (chunk_tx, chunks) = mpsc::channel(64);
         tokio::spawn(pump_frames(dir.clone(), Some(notify), merged, chunk_tx));
+        let pid = pid.map(Arc::new);
         Ok((Supervised { dir, supervisor: Some(supervisor), pid, status: None, ended: false }, chunks))
     }
 }
@@ -128,7 +132,7 @@ pub struct Supervised {
     dir: PathBuf,
     /// The supervisor, while it is this server's child.
     supervisor: Option<tokio::process::Child>,
-    pid: Option<i32>,
+    pid: Option<Arc<Handle>>,
     status: Option<ExitStatus>,
     /// Its supervisor is gone (its status read, or found missing).
     ended: bool,
@@ -149,7 +153,7 @@ impl Supervised {
             return None;
         }
         let dir = root.join(RUNS_DIR).join(name);
-        let pid = running_supervisor(&dir);
+        let pid = running_supervisor(&dir).map(Arc::new);
         if pid.is_none() && !dir.join("status").exists() {
             return None;
         }
@@ -160,7 +164,7 @@ impl Supervised {
 
     /// How to stop it: a SIGTERM to its supervisor.
     pub fn stop(&self) -> Arc<dyn Stop> {
-        Arc::new(SupervisorStop { pid: self.pid })
+        Arc::new(SupervisorStop { pid: self.pid.clone() })
     }
 
     /// How the command ended, from the status file its supervisor wrote.
@@ -233,18 +237,14 @@ impl Process for Supervised {
 
 /// SIGTERM to a supervisor: it stops its command's group (SIGKILL after the grace).
 struct SupervisorStop {
-    pid: Option<i32>,
+    pid: Option<Arc<Handle>>,
 }
 
 #[tonic::async_trait]
 impl Stop for SupervisorStop {
     async fn stop(&self) {
-        if let Some(pid) = self.pid {
-            // SAFETY: kill with plain integers; the supervisor is this server's child
-            // until it was waited for, so the pid is not reused before that.
-            unsafe {
-                libc::kill(pid, libc::SIGTERM);
-            }
+        if let Some(pid) = &self.pid {
+            pid.signal(libc::SIGTERM);
         }
     }
 
@@ -387,22 +387,16 @@ pub fn stop_left_behind(root: &Path, adopted: impl Fn(&str) -> bool) -> usize {
         if !entry.file_type().is_ok_and(|kind| kind.is_dir()) || adopted(&entry.file_name().to_string_lossy()) {
             continue;
         }
-        if let Some(pid) = running_supervisor(&dir) {
+        if let Some(supervisor) = running_supervisor(&dir) {
             stopped += 1;
-            tracing::warn!(pid, dir = %dir.display(), "a run an earlier server left running is stopped");
-            // SAFETY: kill with plain integers; the pid was checked against the lock.
-            unsafe {
-                libc::kill(pid, libc::SIGTERM);
-            }
+            tracing::warn!(pid = supervisor.pid, dir = %dir.display(), "a run an earlier server left running is stopped");
+            supervisor.signal(libc::SIGTERM);
             let started = Instant::now();
             while lock_held(&dir) && started.elapsed() < STOP_LIMIT {
                 std::thread::sleep(Duration::from_millis(20));
             }
             if lock_held(&dir) {
-                // SAFETY: as above.
-                unsafe {
-                    libc::kill(pid, libc::SIGKILL);
-                }
+                supervisor.signal(libc::SIGKILL);
             }
         }
         let _ = std::fs::remove_dir_all(&dir);
@@ -410,13 +404,49 @@ pub fn stop_left_behind(root: &Path, adopted: impl Fn(&str) -> bool) -> usize {
     stopped
 }
 
-/// The pid of the supervisor of the run in `dir`, when it is alive: it holds the
-/// run's lock, and the pid it wrote still names a process started when it said.
-fn running_supervisor(dir: &Path) -> Option<i32> {
+/// The supervisor of the run in `dir`, when it is alive: it holds the run's lock, and
+/// the pid it wrote names a process started when it said, checked after the handle
+/// was opened (so the handle is that process, never one that took its number since).
+fn running_supervisor(dir: &Path) -> Option<Handle> {
     let stat = std::fs::read_to_string(dir.join("pid")).ok()?;
     let pid: i32 = stat.split_whitespace().next()?.parse().ok()?;
+    let handle = Handle::open(pid);
     let now = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    (start_time(&stat)? == start_time(&now)? && lock_held(dir)).then_some(pid)
+    (start_time(&stat)? == start_time(&now)? && lock_held(dir)).then_some(handle)
+}
+
+/// A process to signal: by a pidfd, which names one process for good, where the kernel
+/// has them (5.3 on); else by its pid.
+#[derive(Debug)]
+struct Handle {
+    pid: i32,
+    pidfd: Option<OwnedFd>,
+}
+
+impl Handle {
+    fn open(pid: i32) -> Handle {
+        // SAFETY: pidfd_open with a pid and no flags; a descriptor it returns is ours.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        let pidfd = (fd >= 0).then(|| {
+            // SAFETY: a fresh descriptor nothing else owns.
+            unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) }
+        });
+        Handle { pid, pidfd }
+    }
+
+    fn signal(&self, signal: i32) {
+        // SAFETY: plain system calls on integers; a process gone yields ESRCH.
+        unsafe {
+            match &self.pidfd {
+                Some(pidfd) => {
+                    libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), signal, std::ptr::null::<u8>(), 0);
+                }
+                None => {
+                    libc::kill(self.pid, signal);
+                }
+            }
+        }
+    }
 }
 
 /// Field 22 of a `/proc/PID/stat` line: when the process started.
