@@ -7,10 +7,11 @@
 //! message or an ending status with its number, and the marker a run leaves when its
 //! command starts (the supervised run to adopt). Each record carries the count of the
 //! command's output messages so far, so an adopted run, replayed from its output file,
-//! skips exactly those already numbered. Each record is framed (length, kind) and
-//! sealed with an HMAC-SHA-256 over the job id and the record, keyed by
-//! `ROOT/lrpymrpc-spools/key` (0600, made once): a record truncated, edited or moved
-//! from another job's file ends what is trusted there, and such a spool is refused.
+//! skips exactly those already numbered. Records are framed (length, kind) and written
+//! in batches, one a write (a burst of output); each batch is sealed with an
+//! HMAC-SHA-256 over the job id, the batch's place in the file and its bytes, keyed by
+//! `ROOT/lrpymrpc-spools/key` (0600, made once): a batch cut short, edited, moved, or
+//! taken from another job's file is refused, and so is the spool.
 
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -27,10 +28,15 @@ use tonic::Status;
 pub const SPOOLS_DIR: &str = "lrpymrpc-spools";
 /// The key file in it.
 const KEY_FILE: &str = "key";
-/// How much of the MAC a record keeps.
+/// How much of the MAC a batch keeps.
 const MAC_BYTES: usize = 16;
-/// The longest record read back (a message is at most a line of 1 MiB and its fields).
-const MAX_RECORD: usize = 4 << 20;
+/// A batch is sealed once it holds this much (a burst of long lines makes several).
+const BATCH_BYTES: usize = 4 << 20;
+/// The longest batch read back: a full batch and one record (a line of at most 1 MiB
+/// and its fields) more.
+const MAX_BATCH: usize = BATCH_BYTES + (2 << 20) + MAC_BYTES;
+/// A record's frame before its payload: length, kind, number, output count.
+const RECORD_HEAD: usize = 4 + 1 + 8 + 8;
 
 const KIND_HEADER: u8 = 1;
 const KIND_MESSAGE: u8 = 2;
@@ -107,10 +113,11 @@ impl SpoolKey {
         Ok(SpoolKey(Arc::new(hmac::Key::new(hmac::HMAC_SHA256, &bytes))))
     }
 
-    fn seal(&self, id: &str, body: &[u8]) -> [u8; MAC_BYTES] {
+    fn seal(&self, id: &str, offset: u64, body: &[u8]) -> [u8; MAC_BYTES] {
         let mut context = hmac::Context::with_key(&self.0);
         context.update(&(id.len() as u32).to_le_bytes());
         context.update(id.as_bytes());
+        context.update(&offset.to_le_bytes());
         context.update(body);
         let tag = context.sign();
         let mut mac = [0u8; MAC_BYTES];
@@ -130,7 +137,12 @@ pub struct SpoolWriter {
     id: String,
     file: File,
     key: SpoolKey,
-    /// Records made since the last write (one write per burst).
+    /// Where the file ends once what is pending is written (the next batch's place,
+    /// in its seal).
+    length: u64,
+    /// Records since the last sealed batch.
+    records: Vec<u8>,
+    /// Sealed batches not written yet (one write per burst).
     pending: Vec<u8>,
 }
 
@@ -139,7 +151,14 @@ impl SpoolWriter {
     pub fn create(root: &Path, key: &SpoolKey, header: &Header) -> io::Result<SpoolWriter> {
         let path = path_of(root, &header.id);
         let file = OpenOptions::new().append(true).create_new(true).mode(0o600).open(path)?;
-        let mut writer = SpoolWriter { id: header.id.clone(), file, key: key.clone(), pending: Vec::new() };
+        let mut writer = SpoolWriter {
+            id: header.id.clone(),
+            file,
+            key: key.clone(),
+            length: 0,
+            records: Vec::new(),
+            pending: Vec::new(),
+        };
         writer.frame(KIND_HEADER, 0, 0, &header.encode_to_vec());
         writer.flush()?;
         Ok(writer)
@@ -148,7 +167,8 @@ impl SpoolWriter {
     /// Goes on writing the spool an earlier server left (its records read and trusted).
     pub fn reopen(root: &Path, key: &SpoolKey, id: &str) -> io::Result<SpoolWriter> {
         let file = OpenOptions::new().append(true).open(path_of(root, id))?;
-        Ok(SpoolWriter { id: id.to_string(), file, key: key.clone(), pending: Vec::new() })
+        let length = file.metadata()?.len();
+        Ok(SpoolWriter { id: id.to_string(), file, key: key.clone(), length, records: Vec::new(), pending: Vec::new() })
     }
 
     /// A numbered record.
@@ -168,8 +188,9 @@ impl SpoolWriter {
         self.frame(KIND_RUN_STARTED, 0, output_count, run.as_bytes());
     }
 
-    /// Writes what was recorded since the last flush, in one write.
+    /// Writes what was recorded since the last flush, sealed, in one write.
     pub fn flush(&mut self) -> io::Result<()> {
+        self.seal_batch();
         if self.pending.is_empty() {
             return Ok(());
         }
@@ -179,15 +200,28 @@ impl SpoolWriter {
     }
 
     fn frame(&mut self, kind: u8, seq: u64, output_count: u64, payload: &[u8]) {
-        let start = self.pending.len();
-        let length = (1 + 8 + 8 + payload.len() + MAC_BYTES) as u32;
-        self.pending.extend_from_slice(&length.to_le_bytes());
-        self.pending.push(kind);
-        self.pending.extend_from_slice(&seq.to_le_bytes());
-        self.pending.extend_from_slice(&output_count.to_le_bytes());
-        self.pending.extend_from_slice(payload);
-        let mac = self.key.seal(&self.id, &self.pending[start + 4..]);
+        let length = (RECORD_HEAD - 4 + payload.len()) as u32;
+        self.records.extend_from_slice(&length.to_le_bytes());
+        self.records.push(kind);
+        self.records.extend_from_slice(&seq.to_le_bytes());
+        self.records.extend_from_slice(&output_count.to_le_bytes());
+        self.records.extend_from_slice(payload);
+        if self.records.len() >= BATCH_BYTES {
+            self.seal_batch();
+        }
+    }
+
+    /// The records so far as one sealed batch: its length, them, their seal.
+    fn seal_batch(&mut self) {
+        if self.records.is_empty() {
+            return;
+        }
+        let mac = self.key.seal(&self.id, self.length, &self.records);
+        let length = self.records.len() + MAC_BYTES;
+        self.pending.extend_from_slice(&(length as u32).to_le_bytes());
+        self.pending.append(&mut self.records);
         self.pending.extend_from_slice(&mac);
+        self.length += 4 + length as u64;
     }
 }
 
@@ -210,48 +244,70 @@ pub fn read(root: &Path, key: &SpoolKey, id: &str) -> Result<(Header, Vec<Entry>
     let damaged = |at: usize, why: &'static str| SpoolError::Damaged { path: path.clone(), at, why };
     let mut header = None;
     let mut entries = Vec::new();
+    let mut last_seq = 0;
     let mut at = 0;
     while at < bytes.len() {
         let length = bytes
             .get(at..at + 4)
             .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
-            .ok_or_else(|| damaged(at, "a record is cut short"))?;
-        if !(1 + 8 + 8 + MAC_BYTES..=MAX_RECORD).contains(&length) {
-            return Err(damaged(at, "a record's length is impossible"));
+            .ok_or_else(|| damaged(at, "a batch is cut short"))?;
+        if !(RECORD_HEAD + MAC_BYTES..=MAX_BATCH).contains(&length) {
+            return Err(damaged(at, "a batch's length is impossible"));
         }
-        let body = bytes.get(at + 4..at + 4 + length).ok_or_else(|| damaged(at, "a record is cut short"))?;
-        let (sealed, mac) = body.split_at(length - MAC_BYTES);
-        if key.seal(id, sealed) != mac {
-            return Err(damaged(at, "a record's seal does not match (edited, or not this job's)"));
+        let body = bytes.get(at + 4..at + 4 + length).ok_or_else(|| damaged(at, "a batch is cut short"))?;
+        let (records, mac) = body.split_at(length - MAC_BYTES);
+        if key.seal(id, at as u64, records) != mac {
+            return Err(damaged(at, "a batch's seal does not match (edited, moved, or not this job's)"));
         }
-        let kind = sealed[0];
-        let seq = u64::from_le_bytes(sealed[1..9].try_into().unwrap_or_default());
-        let output_count = u64::from_le_bytes(sealed[9..17].try_into().unwrap_or_default());
-        let payload = &sealed[17..];
-        match (kind, &header) {
-            (KIND_HEADER, None) => {
-                let read = Header::decode(payload).map_err(|_| damaged(at, "the header does not decode"))?;
-                if read.id != id {
-                    return Err(damaged(at, "the header names another job"));
+        let mut inner = 0;
+        while inner < records.len() {
+            let at = at + 4 + inner;
+            let record_length = records
+                .get(inner..inner + 4)
+                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+                .filter(|length| *length >= RECORD_HEAD - 4)
+                .ok_or_else(|| damaged(at, "a record is cut short"))?;
+            let record = records
+                .get(inner + 4..inner + 4 + record_length)
+                .ok_or_else(|| damaged(at, "a record is cut short"))?;
+            inner += 4 + record_length;
+            let kind = record[0];
+            let seq = u64::from_le_bytes(record[1..9].try_into().unwrap_or_default());
+            let output_count = u64::from_le_bytes(record[9..17].try_into().unwrap_or_default());
+            let payload = &record[17..];
+            if matches!(kind, KIND_MESSAGE | KIND_STATUS) {
+                if seq <= last_seq {
+                    return Err(damaged(at, "a record's number does not follow the one before"));
                 }
-                header = Some(read);
+                last_seq = seq;
             }
-            (_, None) | (KIND_HEADER, Some(_)) => return Err(damaged(at, "the header is not the first record")),
-            (KIND_MESSAGE, Some(_)) => {
-                let message = ExecuteResponse::decode(payload).map_err(|_| damaged(at, "a message does not decode"))?;
-                entries.push(Entry::Numbered { seq, output_count, record: Ok(message) });
+            match (kind, &header) {
+                (KIND_HEADER, None) => {
+                    let read = Header::decode(payload).map_err(|_| damaged(at, "the header does not decode"))?;
+                    if read.id != id {
+                        return Err(damaged(at, "the header names another job"));
+                    }
+                    header = Some(read);
+                }
+                (_, None) | (KIND_HEADER, Some(_)) => return Err(damaged(at, "the header is not the first record")),
+                (KIND_MESSAGE, Some(_)) => {
+                    let message =
+                        ExecuteResponse::decode(payload).map_err(|_| damaged(at, "a message does not decode"))?;
+                    entries.push(Entry::Numbered { seq, output_count, record: Ok(message) });
+                }
+                (KIND_STATUS, Some(_)) => {
+                    let (code, text) =
+                        payload.split_at_checked(4).ok_or_else(|| damaged(at, "a status is cut short"))?;
+                    let code = i32::from_le_bytes(code.try_into().unwrap_or_default());
+                    let status = Status::new(tonic::Code::from_i32(code), String::from_utf8_lossy(text).into_owned());
+                    entries.push(Entry::Numbered { seq, output_count, record: Err(status) });
+                }
+                (KIND_RUN_STARTED, Some(_)) => {
+                    let run = std::str::from_utf8(payload).map_err(|_| damaged(at, "a run's name is not text"))?;
+                    entries.push(Entry::RunStarted(run.to_string()));
+                }
+                _ => return Err(damaged(at, "a record of an unknown kind")),
             }
-            (KIND_STATUS, Some(_)) => {
-                let (code, text) = payload.split_at_checked(4).ok_or_else(|| damaged(at, "a status is cut short"))?;
-                let code = i32::from_le_bytes(code.try_into().unwrap_or_default());
-                let status = Status::new(tonic::Code::from_i32(code), String::from_utf8_lossy(text).into_owned());
-                entries.push(Entry::Numbered { seq, output_count, record: Err(status) });
-            }
-            (KIND_RUN_STARTED, Some(_)) => {
-                let run = std::str::from_utf8(payload).map_err(|_| damaged(at, "a run's name is not text"))?;
-                entries.push(Entry::RunStarted(run.to_string()));
-            }
-            _ => return Err(damaged(at, "a record of an unknown kind")),
         }
         at += 4 + length;
     }
@@ -300,20 +356,29 @@ mod tests {
             matches!(&entries[2], Entry::Numbered { seq: 2, output_count: 1, record: Ok(m) } if m.message == "out")
         );
         assert!(matches!(&entries[3], Entry::Numbered { record: Err(s), .. } if s.code() == tonic::Code::Cancelled));
-        // The same key again (read from its file).
-        assert!(read(root.path(), &SpoolKey::of_root(root.path()).unwrap(), "job1").is_ok());
+        // The same key again (read from its file); a later server writes on after it.
+        let key = SpoolKey::of_root(root.path()).unwrap();
+        let mut reopened = SpoolWriter::reopen(root.path(), &key, "job1").unwrap();
+        reopened.numbered(4, 2, &Ok(ExecuteResponse { message: "on".into(), seq: 4, ..Default::default() }));
+        reopened.flush().unwrap();
+        let (_, entries) = read(root.path(), &key, "job1").unwrap();
+        assert!(matches!(&entries[4], Entry::Numbered { seq: 4, output_count: 2, .. }), "{entries:?}");
 
         let path = path_of(root.path(), "job1");
         let pristine = std::fs::read(&path).unwrap();
-        // One byte changed, the file cut short, another job's file under this name.
         let mut edited = pristine.clone();
         let at = edited.len() - 30;
         edited[at] ^= 1;
-        for (bytes, why) in [(edited, "seal does not match"), (pristine[..pristine.len() - 5].to_vec(), "cut short")] {
+        // One byte changed, the file cut short, its batches twice (moved).
+        let twice = [pristine.clone(), pristine.clone()].concat();
+        for (bytes, why) in
+            [(edited, "seal does not match"), (pristine[..pristine.len() - 5].to_vec(), "cut short"), (twice, "seal")]
+        {
             std::fs::write(&path, bytes).unwrap();
             let error = read(root.path(), &key, "job1").unwrap_err().to_string();
             assert!(error.contains(why) && error.contains("not trusted"), "{error}");
         }
+        // Another job's file under this name.
         std::fs::write(path_of(root.path(), "job2"), &pristine).unwrap();
         let error = read(root.path(), &key, "job2").unwrap_err().to_string();
         assert!(error.contains("seal does not match"), "{error}");

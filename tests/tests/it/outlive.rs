@@ -203,6 +203,13 @@ fn a_detached_job_is_attached_after_a_server_restart() {
     send_signal(&server, libc::SIGTERM);
     assert!(wait_exit(&mut server, PROCESS_LIMIT).success());
     let mut server = restart(&env, port, &[]);
+    // Taken on, the job is still its owner's alone: another certificate is told no such
+    // job exists, as before the restart.
+    let mallory = crate::env::client_dir_for(&env, "mallory");
+    let elsewhere = env.root.path().join("elsewhere");
+    let refused = crate::security::client_as(&env, &mallory, &elsewhere).args(["attach", &id]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && stderr.contains("NOT_FOUND"), "{stderr}");
     let attached = env.client().args(["attach", &id]).output().unwrap();
     let (stdout, stderr) = (String::from_utf8_lossy(&attached.stdout), String::from_utf8_lossy(&attached.stderr));
     assert_eq!(attached.status.code(), Some(3), "{stdout}{stderr}");
@@ -241,6 +248,43 @@ fn an_edited_spool_is_refused_and_its_job_not_taken_on() {
     assert!(log.contains("the job's spool is refused") && log.contains("not trusted"), "{log}");
     assert!(processes_running(&format!("sleep\0{marker}")).is_empty(), "its run was stopped");
     assert!(env.job_dirs().is_empty(), "{:?}", env.job_dirs());
+    send_signal(&server, libc::SIGTERM);
+    wait_exit(&mut server, PROCESS_LIMIT);
+}
+
+// A pid file naming another process (a reused pid, or one planted there) is never
+// signalled: a supervisor is known by the run's lock, which only it holds. Here the
+// supervisor is killed (its command with it) and its pid file made to name a decoy
+// with the decoy's own start time; the next server signals nobody and says the run
+// is gone, never a success.
+#[test]
+fn a_pid_file_naming_another_process_never_gets_it_signalled() {
+    let mut env = TestEnv::bare();
+    env.write("source/x", "x");
+    let (mut server, port) = crate::env::spawn_server_binary(&env, &["--keep-jobs-on-exit"]);
+    env.set_addr(([127, 0, 0, 1], port).into());
+    let running = Running::start(&env, &["--CMD", "echo line 1; sleep 600", "--retries", "8"]);
+    running.wait_for("]:line 1\n");
+    send_signal(&server, libc::SIGTERM);
+    assert!(wait_exit(&mut server, PROCESS_LIMIT).success());
+    let runs = env.jobs.join(lrpymrpc_mock_server::executor::supervised::RUNS_DIR);
+    let run = runs.join(crate::env::names_in(&runs).pop().expect("the run's directory"));
+    let stat = std::fs::read_to_string(run.join("pid")).unwrap();
+    let supervisor: i32 = stat.split_whitespace().next().unwrap().parse().unwrap();
+    let mut decoy = std::process::Command::new("sleep").arg("600").spawn().unwrap();
+    // SAFETY: kill with a pid this test read and a signal number.
+    assert_eq!(unsafe { libc::kill(supervisor, libc::SIGKILL) }, 0);
+    wait_until(PROCESS_LIMIT, "the supervisor is gone", || {
+        !std::fs::read_to_string(format!("/proc/{supervisor}/stat")).is_ok_and(|stat| !stat.contains(") Z "))
+    });
+    let decoy_stat = std::fs::read_to_string(format!("/proc/{}/stat", decoy.id())).unwrap();
+    std::fs::write(run.join("pid"), decoy_stat).unwrap();
+    let mut server = restart(&env, port, &[]);
+    let (status, said) = running.end();
+    assert!(!status.success() && said.contains("ABORTED") && said.contains("how it ended is not known"), "{said}");
+    assert!(decoy.try_wait().unwrap().is_none(), "the decoy was not signalled");
+    decoy.kill().unwrap();
+    let _ = decoy.wait();
     send_signal(&server, libc::SIGTERM);
     wait_exit(&mut server, PROCESS_LIMIT);
 }
