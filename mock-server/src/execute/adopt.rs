@@ -17,9 +17,8 @@ use tracing::{info, warn};
 
 use crate::error::JobError;
 use crate::execute::StepEnd;
-use crate::executor::process_run::{self, Streaming};
-use crate::executor::supervised::Supervised;
-use crate::executor::{JobEvent, ProcessEnd, TimeLimits};
+use crate::executor::supervised::{Adopted, Supervised};
+use crate::executor::{Executor, JobEvent, ProcessEnd, TimeLimits};
 use crate::jobs::CommandEnd;
 use crate::jobs::left_behind::{Found, command_end_of, is_end};
 use crate::jobs::spool_file::{self, Entry};
@@ -73,7 +72,7 @@ async fn adopt(state: Arc<State>, found: Found) {
     }
     let started = std::time::Instant::now();
     let supervised = run.as_deref().and_then(|run| Supervised::adopt(&state.config.root, run, header.merged));
-    let Some((mut supervised, chunks)) = supervised else {
+    let Some((supervised, chunks)) = supervised else {
         let why = match run {
             Some(_) => {
                 "the server restarted and the job's command was not running any more (its supervisor was \
@@ -122,17 +121,18 @@ async fn adopt(state: Arc<State>, found: Found) {
         wall: state.config.job_timeout.saturating_sub(ran_for).max(Duration::from_secs(1)),
         idle: state.config.idle_timeout,
     };
-    let streaming = Streaming { merged: header.merged, progress: header.progress, own_line: None };
-    let stop = supervised.stop();
-    let followed =
-        process_run::follow(&mut supervised, chunks, streaming, &events, limits, state.host.runs(), stop).await;
-    let end = match followed {
-        Ok(ended) => ended.end,
-        Err(error) => ProcessEnd::Lost(
-            crate::executor::supervised::lost(&error)
-                .unwrap_or_else(|| format!("the run taken on could not be followed: {error}")),
-        ),
+    // Followed by the executor that started it (a server now configured otherwise
+    // follows a Slurm step's srun as a local run).
+    let executor: &dyn Executor = match (header.executor.as_str(), &state.slurm) {
+        ("slurm", Some(slurm)) => slurm,
+        _ => &state.host,
     };
+    let adopted =
+        Adopted { job: id.clone(), run: supervised, chunks, merged: header.merged, progress: header.progress };
+    let end = executor
+        .follow_adopted(adopted, &events, limits)
+        .await
+        .unwrap_or_else(|error| ProcessEnd::Lost(format!("the run taken on could not be followed: {error}")));
     let ended = crate::execute::step::command_ended(end, &events).await;
     let step_end = match ended {
         Ok(step_end) => step_end,

@@ -11,7 +11,7 @@ use tokio::process::Command;
 
 use crate::executor::confine::Confinement;
 use crate::executor::process_run::{self, Runs, Streaming};
-use crate::executor::supervised::{self, Prepared};
+use crate::executor::supervised::{self, Adopted, Prepared, Supervised};
 use crate::executor::{Events, Executor, JobEvent, Launch, Limit, ProcessEnd, TimeLimits};
 
 /// Runs launches as local process groups, each under its supervisor.
@@ -28,11 +28,6 @@ pub struct LocalExecutor {
 impl LocalExecutor {
     pub fn new(contain: bool, root: &std::path::Path) -> LocalExecutor {
         LocalExecutor { contain, root: root.to_path_buf(), runs: Arc::default() }
-    }
-
-    /// The runs in progress (adopted ones join them, so a shutdown stops them too).
-    pub fn runs(&self) -> &Runs {
-        &self.runs
     }
 
     fn command(&self, launch: Launch, confinement: &Confinement, supervised: &Prepared) -> Command {
@@ -62,14 +57,7 @@ impl Executor for LocalExecutor {
             // Before any of its output: a spool marks where the command's output begins.
             let _ = events.send(Ok(JobEvent::RunStarted { run: run.name() })).await;
         }
-        let stop = run.stop();
-        let end = match process_run::follow(&mut run, chunks, streaming, events, limits, &self.runs, stop).await {
-            Ok(ended) => ended.end,
-            Err(error) => match supervised::lost(&error) {
-                Some(why) => ProcessEnd::Lost(why),
-                None => return Err(error),
-            },
-        };
+        let end = follow(&mut run, chunks, streaming, events, limits, &self.runs).await?;
         // A process of it killed by the kernel for its memory cgroup, and the run
         // failing: said as the limit it was.
         Ok(match end {
@@ -80,6 +68,12 @@ impl Executor for LocalExecutor {
         })
     }
 
+    async fn follow_adopted(&self, adopted: Adopted, events: &Events, limits: TimeLimits) -> io::Result<ProcessEnd> {
+        let streaming = Streaming { merged: adopted.merged, progress: adopted.progress, own_line: None };
+        let mut run = adopted.run;
+        follow(&mut run, adopted.chunks, streaming, events, limits, &self.runs).await
+    }
+
     /// SIGTERM to every running group now, SIGKILL after the grace.
     fn stop_all(&self) {
         self.runs.stop_all();
@@ -87,5 +81,25 @@ impl Executor for LocalExecutor {
 
     fn running(&self) -> usize {
         self.runs.count()
+    }
+}
+
+/// Follows a supervised run to its end; a run whose supervisor is gone without a
+/// status ends as lost.
+async fn follow(
+    run: &mut Supervised,
+    chunks: tokio::sync::mpsc::Receiver<process_run::Chunk>,
+    streaming: Streaming,
+    events: &Events,
+    limits: TimeLimits,
+    runs: &Runs,
+) -> io::Result<ProcessEnd> {
+    let stop = run.stop();
+    match process_run::follow(run, chunks, streaming, events, limits, runs, stop).await {
+        Ok(ended) => Ok(ended.end),
+        Err(error) => match supervised::lost(&error) {
+            Some(why) => Ok(ProcessEnd::Lost(why)),
+            None => Err(error),
+        },
     }
 }

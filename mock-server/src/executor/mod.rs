@@ -108,6 +108,15 @@ pub trait Executor: Send + Sync + fmt::Debug {
     /// it (and everything it started) when `events` closes or a limit runs out.
     async fn run(&self, launch: Launch, events: &Events, limits: TimeLimits) -> io::Result<ProcessEnd>;
 
+    /// Follows a run a server that is gone started through this executor (taken on
+    /// after a restart, `execute/adopt.rs`) to its end, as `run` would have.
+    async fn follow_adopted(
+        &self,
+        adopted: supervised::Adopted,
+        events: &Events,
+        limits: TimeLimits,
+    ) -> io::Result<ProcessEnd>;
+
     /// Stops every run now (shutdown).
     fn stop_all(&self);
 

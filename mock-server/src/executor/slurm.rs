@@ -31,7 +31,8 @@ use tokio::process::Command;
 use lrpymrpc_units::human_duration;
 
 use crate::executor::confine::Confine;
-use crate::executor::process_run::{self, ProcessGroup, Runs, Stop, Streaming};
+use crate::executor::process_run::{self, Runs, Stop, Streaming};
+use crate::executor::supervised::{self, Adopted, Supervised};
 use crate::executor::{Events, Executor, JobEvent, Launch, Limit, ProcessEnd, TimeLimits};
 use crate::resources::Capacity;
 
@@ -105,6 +106,8 @@ struct Inner {
     time_limit_minutes: u64,
     /// Where steps leave their "started" markers: on the shared job root.
     markers: PathBuf,
+    /// The job root: srun's supervised runs go under it (`supervised.rs`).
+    root: PathBuf,
     /// The server's `SLURM_*` variables (`SLURM_CONF`): srun needs them to find the
     /// cluster, whatever the job's own environment.
     slurm_env: Vec<(OsString, OsString)>,
@@ -136,6 +139,7 @@ impl SlurmExecutor {
                 options,
                 time_limit_minutes: job_timeout.as_secs().div_ceil(60) + 1,
                 markers,
+                root: root.to_path_buf(),
                 slurm_env,
                 runs: Runs::default(),
                 waiting: Mutex::default(),
@@ -323,11 +327,11 @@ fn parse_capacity(nodes: &str, licenses: &str, default_cpus: u32) -> Capacity {
     }
 }
 
-/// Stops one step: scancel by its name, and the local srun's process group.
+/// Stops one step: scancel by its name, and srun through its supervisor.
 struct SlurmStop {
     inner: Weak<Inner>,
     name: String,
-    srun: ProcessGroup,
+    supervisor: Arc<dyn Stop>,
 }
 
 #[tonic::async_trait]
@@ -338,7 +342,7 @@ impl Stop for SlurmStop {
         if let Some(inner) = self.inner.upgrade() {
             inner.cancel(&self.name).await;
         }
-        self.srun.reap();
+        self.supervisor.stop().await;
     }
 
     /// The step ended and srun with it: nothing is left.
@@ -414,39 +418,31 @@ async fn off_runtime<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'stati
     tokio::task::spawn_blocking(work).await.map_err(io::Error::other)
 }
 
-#[tonic::async_trait]
-impl Executor for SlurmExecutor {
-    async fn run(&self, launch: Launch, events: &Events, limits: TimeLimits) -> io::Result<ProcessEnd> {
+impl SlurmExecutor {
+    /// Follows a step's srun, under its supervisor, to its end: srun's own reports kept
+    /// out of the output and read for the end (not started, a signal, over its memory).
+    #[allow(clippy::too_many_arguments)]
+    async fn follow_step(
+        &self,
+        name: &str,
+        mut run: Supervised,
+        chunks: tokio::sync::mpsc::Receiver<process_run::Chunk>,
+        streaming: Streaming,
+        granted_memory: u64,
+        watch: bool,
+        events: &Events,
+        limits: TimeLimits,
+    ) -> io::Result<ProcessEnd> {
         let inner = &self.inner;
-        let id = launch.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let name = format!("{JOB_NAME_PREFIX}{id}");
-        let marker = inner.markers.join(&name);
-        let path = marker.clone();
-        let _ = off_runtime(move || std::fs::remove_file(path)).await;
-        let streaming = Streaming {
-            merged: launch.merged_output,
-            progress: launch.progress_updates,
-            own_line: Some(is_srun_report),
-        };
-        let granted_memory = launch.confine.memory_bytes;
-        let mut command = inner.srun_command(&name, &launch.dir, &launch.confine, Some(limits.wall));
-        // On the node: leave the marker (the step started), then become the launch.
-        command
-            .args(["/bin/sh", "-c", ": > \"$0\" 2>/dev/null; exec \"$@\""])
-            .arg(&marker)
-            .arg(&launch.program)
-            .args(&launch.args)
-            .current_dir(&launch.dir)
-            .env_clear()
-            .envs(launch.env)
-            .envs(inner.slurm_env.iter().cloned());
-        self.watch(&name, events);
-        let stop_name = name.clone();
-        let weak = Arc::downgrade(&self.inner);
+        let marker = inner.markers.join(name);
+        // A step taken on after a restart has started: what the queue says is not news.
+        if watch {
+            self.watch(name, events);
+        }
         let stop =
-            move |id| Arc::new(SlurmStop { inner: weak, name: stop_name, srun: ProcessGroup { id } }) as Arc<dyn Stop>;
-        let ran = process_run::run(command, streaming, events, limits, &inner.runs, stop).await;
-        inner.waiting().remove(&name);
+            Arc::new(SlurmStop { inner: Arc::downgrade(&self.inner), name: name.to_string(), supervisor: run.stop() });
+        let ran = process_run::follow(&mut run, chunks, streaming, events, limits, &inner.runs, stop).await;
+        inner.waiting().remove(name);
         let path = marker.clone();
         let started = off_runtime(move || {
             let started = path.exists();
@@ -455,7 +451,15 @@ impl Executor for SlurmExecutor {
         })
         .await
         .unwrap_or(false);
-        let ended = ran?;
+        let ended = match ran {
+            Ok(ended) => ended,
+            Err(error) => {
+                return match supervised::lost(&error) {
+                    Some(why) => Ok(ProcessEnd::Lost(why)),
+                    None => Err(error),
+                };
+            }
+        };
         for line in &ended.own_lines {
             tracing::info!(job = %name, "{line}");
         }
@@ -478,6 +482,51 @@ impl Executor for SlurmExecutor {
             ProcessEnd::Exited(status) => Ok(ProcessEnd::Exited(status)),
             end => Ok(end),
         }
+    }
+}
+
+#[tonic::async_trait]
+impl Executor for SlurmExecutor {
+    /// srun runs under a supervisor of its own (`supervised.rs`), as a local command
+    /// does: a server that dies leaves srun, and so the step, running for the next one.
+    async fn run(&self, launch: Launch, events: &Events, limits: TimeLimits) -> io::Result<ProcessEnd> {
+        let inner = &self.inner;
+        let id = launch.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = format!("{JOB_NAME_PREFIX}{id}");
+        let marker = inner.markers.join(&name);
+        let path = marker.clone();
+        let _ = off_runtime(move || std::fs::remove_file(path)).await;
+        let streaming = Streaming {
+            merged: launch.merged_output,
+            progress: launch.progress_updates,
+            own_line: Some(is_srun_report),
+        };
+        let granted_memory = launch.confine.memory_bytes;
+        let mut command = inner.srun_command(&name, &launch.dir, &launch.confine, Some(limits.wall));
+        let prepared = supervised::prepare(&inner.root, launch.merged_output)?;
+        prepared.supervise(&mut command);
+        // On the node: leave the marker (the step started), then become the launch.
+        command
+            .args(["/bin/sh", "-c", ": > \"$0\" 2>/dev/null; exec \"$@\""])
+            .arg(&marker)
+            .arg(&launch.program)
+            .args(&launch.args)
+            .current_dir(&launch.dir)
+            .env_clear()
+            .envs(launch.env)
+            .envs(inner.slurm_env.iter().cloned());
+        let (run, chunks) = prepared.spawn(command)?;
+        if launch.adoptable {
+            let _ = events.send(Ok(JobEvent::RunStarted { run: run.name() })).await;
+        }
+        self.follow_step(&name, run, chunks, streaming, granted_memory, true, events, limits).await
+    }
+
+    async fn follow_adopted(&self, adopted: Adopted, events: &Events, limits: TimeLimits) -> io::Result<ProcessEnd> {
+        let name = format!("{JOB_NAME_PREFIX}{}", adopted.job);
+        let streaming =
+            Streaming { merged: adopted.merged, progress: adopted.progress, own_line: Some(is_srun_report) };
+        self.follow_step(&name, adopted.run, adopted.chunks, streaming, 0, false, events, limits).await
     }
 
     fn stop_all(&self) {

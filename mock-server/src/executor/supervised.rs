@@ -116,6 +116,16 @@ impl Prepared {
     }
 }
 
+/// A run taken on after a restart, for its executor to follow (`Executor::follow_adopted`).
+pub struct Adopted {
+    /// The job's id.
+    pub job: String,
+    pub run: Supervised,
+    pub chunks: mpsc::Receiver<Chunk>,
+    pub merged: bool,
+    pub progress: bool,
+}
+
 /// A run whose end cannot be known (its supervisor gone without a status), as the
 /// error following it ends with.
 #[derive(Debug, thiserror::Error)]

@@ -68,6 +68,9 @@ pub struct Header {
     /// When the Execute call came, in milliseconds since the epoch.
     #[prost(uint64, tag = "10")]
     pub started_unix_ms: u64,
+    /// Where its command runs: `local` or `slurm`.
+    #[prost(string, tag = "11")]
+    pub executor: String,
 }
 
 /// A record read back.

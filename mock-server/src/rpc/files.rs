@@ -190,6 +190,7 @@ impl FileService for Service {
             dir: dir.display().to_string(),
             merged,
             progress: progress_updates,
+            executor: self.state.config.executor.name().to_string(),
             started_unix_ms: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX)),

@@ -134,20 +134,20 @@ fn output_that_fills_the_disk_stops_the_run_with_a_clear_reason() {
 }
 
 /// The numbered lines `line N` a client printed, in the order printed.
-fn numbered_lines(said: &str) -> Vec<String> {
+pub fn numbered_lines(said: &str) -> Vec<String> {
     said.lines()
         .filter_map(|line| line.split_once("]:").map(|(_, text)| text.to_string()))
         .filter(|text| text.starts_with("line "))
         .collect()
 }
 
-fn lines_up_to(last: u32) -> Vec<String> {
+pub fn lines_up_to(last: u32) -> Vec<String> {
     (1..=last).map(|n| format!("line {n}")).collect()
 }
 
 /// A command printing `line 1` to `line 40`, a tenth of a second apart, then a result
 /// and exit 3.
-const FORTY_LINES: &str =
+pub const FORTY_LINES: &str =
     "for i in $(seq 1 40); do echo line $i; sleep 0.1; done; mkdir -p build; echo done > build/out; exit 3";
 
 /// The server restarted on the same root and port, with `extra`.

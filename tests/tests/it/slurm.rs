@@ -264,6 +264,8 @@ fn pip_runs_on_the_server_and_the_sandboxed_command_on_the_node() {
     assert!(controller.contains("_job_complete: JobId=2 WEXITSTATUS 0"), "{controller}");
 }
 
+// A Slurm step of a job the next server cannot take on (its spool gone from disk) is
+// cancelled at restart, not left running for nobody.
 #[test]
 fn a_job_an_earlier_killed_server_left_in_slurm_is_cancelled_at_restart() {
     let mut fixture = fixture(&[]);
@@ -276,6 +278,10 @@ fn a_job_an_earlier_killed_server_left_in_slurm_is_cancelled_at_restart() {
     let _ = fixture.server.wait();
     assert_eq!(wait_exit(&mut client, PROCESS_LIMIT).code(), Some(104));
     assert_eq!(our_jobs(&fixture.cluster).len(), 1, "the step outlived its server");
+    let spools = fixture.env.jobs.join(lrpymrpc_mock_server::SPOOLS_DIR);
+    for spool in crate::env::names_in(&spools).into_iter().filter(|name| name.ends_with(".spool")) {
+        std::fs::remove_file(spools.join(spool)).unwrap();
+    }
     let conf = fixture.cluster.conf().as_os_str().to_owned();
     let (restarted, _) =
         spawn_server_binary_with(&fixture.env, &["--executor", "slurm"], None, &[("SLURM_CONF", &conf)]);
@@ -386,4 +392,31 @@ fn a_step_over_its_memory_on_slurm_is_killed_and_told_so() {
     let output = env.client().args(["--mem", "1G", "--CMD", hungry]).output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success() && stdout.contains("]:survived 314572800"), "{stdout}");
+}
+
+// A server restarted mid-step loses no line of a Slurm job: srun runs under a
+// supervisor of its own, so the step outlives the server (killed outright here), and
+// the next server on the same root and port takes it on; the client prints lines 1 to
+// 40 exactly once, the exit status, and gets the results.
+#[test]
+fn a_server_restarted_mid_step_loses_no_line_of_a_slurm_job() {
+    use crate::outlive::{FORTY_LINES, lines_up_to, numbered_lines};
+    let mut fixture = fixture(&[]);
+    let running = crate::env::Running::start(&fixture.env, &["--CMD", FORTY_LINES]);
+    running.wait_for("]:line 10\n");
+    fixture.server.kill().unwrap();
+    let _ = fixture.server.wait();
+    assert_eq!(our_jobs(&fixture.cluster).len(), 1, "the step outlived its server");
+    let conf = fixture.cluster.conf().as_os_str().to_owned();
+    let listen = format!("127.0.0.1:{}", fixture.env.addr.port());
+    let args = ["--executor", "slurm", "--slurm-poll-interval", "200ms"];
+    let (restarted, _) =
+        crate::env::spawn_server_binary_listening(&fixture.env, &listen, &args, None, &[("SLURM_CONF", &conf)]);
+    fixture.server = restarted;
+    let (status, said) = running.end();
+    assert_eq!(status.code(), Some(3), "{said}");
+    assert_eq!(numbered_lines(&said), lines_up_to(40), "{said}");
+    assert_eq!(std::fs::read_to_string(fixture.env.work.join("build/out")).unwrap(), "done\n");
+    assert!(!said.contains("srun:"), "srun's reports stay the server's: {said}");
+    wait_until(Duration::from_secs(5), "the step gone from squeue", || our_jobs(&fixture.cluster).is_empty());
 }
