@@ -183,6 +183,8 @@ async fn drain(
             running = state.running(),
             "shutting down: running jobs are left for the next server (--keep-jobs-on-exit)"
         );
+        // What the next server could not take on is stopped now, not left to nobody.
+        state.stop_those_not_outliving();
         // Connections are closed now, not drained: their clients reconnect to the
         // next server and resume there.
         let _ = stop.send(());

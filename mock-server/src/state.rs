@@ -182,4 +182,13 @@ impl State {
             slurm.stop_all();
         }
     }
+
+    /// Stops the runs the next server cannot take on (a legacy client's; set-up
+    /// steps), leaving durable jobs' commands running (`--keep-jobs-on-exit`).
+    pub fn stop_those_not_outliving(&self) {
+        self.host.stop_those_not_outliving();
+        if let Some(slurm) = &self.slurm {
+            slurm.stop_those_not_outliving();
+        }
+    }
 }

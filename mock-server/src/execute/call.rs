@@ -30,6 +30,8 @@ pub struct Call {
     /// One ordered stream (as the Python server sends), or stdout and stderr apart.
     pub merged: bool,
     pub progress_updates: bool,
+    /// A durable run (our clients): its command may outlive this server.
+    pub durable: bool,
     /// The cores, memory and licenses the command needs (the defaults when the caller
     /// asked for none), checked to fit the server.
     pub needs: Ask,
@@ -172,6 +174,7 @@ fn context<'a>(state: &'a State, call: &'a Call, events: &'a Events) -> execute:
         sandbox_network: config.sandbox_network,
         pip: &config.pip,
         merged_output: call.merged,
+        durable: call.durable,
         progress_updates: call.progress_updates,
         job_env: &config.job_env,
     }

@@ -46,6 +46,8 @@ pub struct Context<'a> {
     pub merged_output: bool,
     /// Report rewritten lines as progress (the client asked for it).
     pub progress_updates: bool,
+    /// A durable run: its command may outlive the server, for the next to take on.
+    pub durable: bool,
     /// The administrator's variables for every command (`--job-env`).
     pub job_env: &'a [(String, String)],
 }
@@ -346,7 +348,7 @@ fn launch_in(
         merged_output: context.merged_output,
         progress_updates: context.progress_updates,
         confine: Default::default(),
-        adoptable: step == Step::Command,
+        adoptable: step == Step::Command && context.durable,
     };
     match context.sandbox {
         Some(sandbox) => sandbox.wrap(launch, reach),

@@ -55,6 +55,7 @@ impl Executor for LocalExecutor {
         let (mut run, chunks) = prepared.spawn(command)?;
         if adoptable {
             // Before any of its output: a spool marks where the command's output begins.
+            run.set_adoptable();
             let _ = events.send(Ok(JobEvent::RunStarted { run: run.name() })).await;
         }
         let end = follow(&mut run, chunks, streaming, events, limits, &self.runs).await?;
@@ -72,6 +73,10 @@ impl Executor for LocalExecutor {
         let streaming = Streaming { merged: adopted.merged, progress: adopted.progress, own_line: None };
         let mut run = adopted.run;
         follow(&mut run, adopted.chunks, streaming, events, limits, &self.runs).await
+    }
+
+    fn stop_those_not_outliving(&self) {
+        self.runs.stop_those_not_outliving();
     }
 
     /// SIGTERM to every running group now, SIGKILL after the grace.

@@ -47,8 +47,9 @@ pub struct Launch {
     pub progress_updates: bool,
     /// The cores and memory the run was granted (`confine.rs`); none for set-up steps.
     pub confine: confine::Confine,
-    /// The job's command (not a set-up step): an executor whose runs outlive the
-    /// server says where it runs ([`JobEvent::RunStarted`]), for adoption.
+    /// A durable job's command (not a set-up step, not a legacy client's): an executor
+    /// whose runs outlive the server says where it runs ([`JobEvent::RunStarted`]), for
+    /// the next server to take it on, and leaves it running at a `--keep-jobs-on-exit`.
     pub adoptable: bool,
 }
 
@@ -119,6 +120,10 @@ pub trait Executor: Send + Sync + fmt::Debug {
 
     /// Stops every run now (shutdown).
     fn stop_all(&self);
+
+    /// Stops every run the next server cannot take on (a server leaving its jobs to the
+    /// next, `--keep-jobs-on-exit`).
+    fn stop_those_not_outliving(&self);
 
     /// Runs in progress.
     fn running(&self) -> usize;

@@ -29,6 +29,11 @@ pub trait Stop: Send + Sync {
     async fn stop(&self);
     /// The run's process exited: ends what it left behind.
     fn reap(&self);
+    /// The next server can take the run on (a durable job's supervised command): a
+    /// server leaving its jobs to the next (`--keep-jobs-on-exit`) leaves it running.
+    fn outlives_server(&self) -> bool {
+        false
+    }
 }
 
 /// The runs in progress, so a shutdown can stop them all.
@@ -54,7 +59,16 @@ impl Runs {
     /// Stops every run now.
     pub fn stop_all(&self) {
         self.stopping.store(true, Ordering::SeqCst);
-        let stops: Vec<Arc<dyn Stop>> = self.running().values().cloned().collect();
+        self.stop_those(|_| true);
+    }
+
+    /// Stops every run the next server cannot take on (`--keep-jobs-on-exit`).
+    pub fn stop_those_not_outliving(&self) {
+        self.stop_those(|stop| !stop.outlives_server());
+    }
+
+    fn stop_those(&self, which: impl Fn(&dyn Stop) -> bool) {
+        let stops: Vec<Arc<dyn Stop>> = self.running().values().filter(|stop| which(stop.as_ref())).cloned().collect();
         for stop in stops {
             tokio::spawn(async move { stop.stop().await });
         }

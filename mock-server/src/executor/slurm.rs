@@ -345,6 +345,10 @@ impl Stop for SlurmStop {
         self.supervisor.stop().await;
     }
 
+    fn outlives_server(&self) -> bool {
+        self.supervisor.outlives_server()
+    }
+
     /// The step ended and srun with it: nothing is left.
     fn reap(&self) {}
 }
@@ -515,8 +519,9 @@ impl Executor for SlurmExecutor {
             .env_clear()
             .envs(launch.env)
             .envs(inner.slurm_env.iter().cloned());
-        let (run, chunks) = prepared.spawn(command)?;
+        let (mut run, chunks) = prepared.spawn(command)?;
         if launch.adoptable {
+            run.set_adoptable();
             let _ = events.send(Ok(JobEvent::RunStarted { run: run.name() })).await;
         }
         self.follow_step(&name, run, chunks, streaming, granted_memory, true, events, limits).await
@@ -531,6 +536,10 @@ impl Executor for SlurmExecutor {
 
     fn stop_all(&self) {
         self.inner.runs.stop_all();
+    }
+
+    fn stop_those_not_outliving(&self) {
+        self.inner.runs.stop_those_not_outliving();
     }
 
     fn running(&self) -> usize {

@@ -112,7 +112,10 @@ impl Prepared {
         let (chunk_tx, chunks) = mpsc::channel(64);
         tokio::spawn(pump_frames(dir.clone(), Some(notify), merged, chunk_tx));
         let pid = pid.map(Arc::new);
-        Ok((Supervised { dir, supervisor: Some(supervisor), pid, status: None, ended: false }, chunks))
+        Ok((
+            Supervised { dir, supervisor: Some(supervisor), pid, status: None, ended: false, adoptable: false },
+            chunks,
+        ))
     }
 }
 
@@ -146,6 +149,8 @@ pub struct Supervised {
     status: Option<ExitStatus>,
     /// Its supervisor is gone (its status read, or found missing).
     ended: bool,
+    /// A durable job's command, which the next server can take on.
+    adoptable: bool,
 }
 
 impl Supervised {
@@ -169,12 +174,18 @@ impl Supervised {
         }
         let (chunk_tx, chunks) = mpsc::channel(64);
         tokio::spawn(pump_frames(dir.clone(), None, merged, chunk_tx));
-        Some((Supervised { dir, supervisor: None, pid, status: None, ended: false }, chunks))
+        Some((Supervised { dir, supervisor: None, pid, status: None, ended: false, adoptable: true }, chunks))
+    }
+
+    /// Marks it as a durable job's command, which the next server can take on: a
+    /// server leaving its jobs to the next does not stop it.
+    pub fn set_adoptable(&mut self) {
+        self.adoptable = true;
     }
 
     /// How to stop it: a SIGTERM to its supervisor.
     pub fn stop(&self) -> Arc<dyn Stop> {
-        Arc::new(SupervisorStop { pid: self.pid.clone() })
+        Arc::new(SupervisorStop { pid: self.pid.clone(), adoptable: self.adoptable })
     }
 
     /// How the command ended, from the status file its supervisor wrote.
@@ -248,6 +259,8 @@ impl Process for Supervised {
 /// SIGTERM to a supervisor: it stops its command's group (SIGKILL after the grace).
 struct SupervisorStop {
     pid: Option<Arc<Handle>>,
+    /// The next server can take the run on.
+    adoptable: bool,
 }
 
 #[tonic::async_trait]
@@ -260,6 +273,10 @@ impl Stop for SupervisorStop {
 
     /// The supervisor ends what the command left behind itself.
     fn reap(&self) {}
+
+    fn outlives_server(&self) -> bool {
+        self.adoptable
+    }
 }
 
 /// A status record: (wait status, errno of a failed output write).

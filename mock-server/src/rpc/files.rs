@@ -205,6 +205,7 @@ impl FileService for Service {
             command: request.command_opt,
             merged,
             progress_updates,
+            durable: durable.is_some(),
             needs,
             ask,
             run,

@@ -288,3 +288,38 @@ fn a_pid_file_naming_another_process_never_gets_it_signalled() {
     send_signal(&server, libc::SIGTERM);
     wait_exit(&mut server, PROCESS_LIMIT);
 }
+
+// With --keep-jobs-on-exit, a run the next server could not take on (a legacy client's:
+// it cannot come back for it) is stopped at the exit, not left running for nobody.
+#[test]
+fn a_legacy_clients_run_is_stopped_at_a_keep_jobs_exit() {
+    let python = crate::compat::grpcio_python();
+    let mut env = TestEnv::bare();
+    env.write("source/x", "x");
+    let (mut server, port) = crate::env::spawn_server_binary(&env, &["--keep-jobs-on-exit"]);
+    env.set_addr(([127, 0, 0, 1], port).into());
+    let marker = marker(954);
+    let started = env.root.path().join("started");
+    let mut client = std::process::Command::new(&python)
+        .current_dir(&env.work)
+        .arg(crate::compat::repo_file("tests/python/grpcio_client.py"))
+        .arg("--proto")
+        .arg(crate::compat::repo_file("proto/file_service.proto"))
+        .args(["--server", &format!("127.0.0.1:{port}"), "--tls-dir"])
+        .arg(&env.tls)
+        .args(["--source", "source", "--result", "build"])
+        .args(["--cmd", &format!("touch {}; sleep {marker}", started.display())])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until(PROCESS_LIMIT, "the legacy client's command runs", || started.exists());
+    assert_eq!(processes_running(&format!("sleep\0{marker}")).len(), 1, "it runs");
+    send_signal(&server, libc::SIGTERM);
+    assert!(wait_exit(&mut server, PROCESS_LIMIT).success());
+    wait_until(Duration::from_secs(5), "its command stopped at the exit", || {
+        processes_running(&format!("sleep\0{marker}")).is_empty()
+    });
+    let _ = client.kill();
+    let _ = client.wait();
+}
