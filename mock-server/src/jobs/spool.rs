@@ -145,9 +145,11 @@ struct Inner {
     end: Option<RunEnd>,
     /// The spool on disk, while it can be written.
     writer: Option<SpoolWriter>,
-    /// The command's supervised run started (`JobEvent::RunStarted`): its output
-    /// messages are counted from there.
-    in_run: bool,
+    /// The command's supervised run, once it started (`JobEvent::RunStarted`): its
+    /// output messages are counted from there.
+    run: Option<String>,
+    /// The spool on disk is written anew with only the kept records past this length.
+    file_limit: u64,
     /// The command's output messages numbered so far.
     output_count: u64,
     ended_at: Option<Instant>,
@@ -212,7 +214,7 @@ impl Spools {
         entries: Vec<Entry>,
         events: mpsc::Receiver<Result<JobEvent, JobError>>,
     ) -> Arc<Spool> {
-        let writer = self.disk.as_ref().and_then(|(root, key)| match SpoolWriter::reopen(root, key, &header.id) {
+        let writer = self.disk.as_ref().and_then(|(root, key)| match SpoolWriter::reopen(root, key, header) {
             Ok(writer) => Some(writer),
             Err(error) => {
                 warn!(job = %header.id, "cannot write the adopted job's spool on (it is kept in memory only): {error}");
@@ -256,7 +258,8 @@ impl Spools {
                 departures: 0,
                 cancel: Some(cancel),
                 writer: None,
-                in_run: false,
+                run: None,
+                file_limit: disk_limit(self.max_bytes),
                 output_count: 0,
             }),
             appended,
@@ -266,9 +269,16 @@ impl Spools {
         {
             // Earlier records go in as they were numbered (not written again).
             let mut inner = spool.inner();
+            if let Some(first) = earlier.iter().find_map(|entry| match entry {
+                Entry::Numbered { seq, .. } => Some(*seq),
+                Entry::RunStarted(_) => None,
+            }) {
+                // A spool compacted on disk starts past 1: followers are told what went.
+                inner.first_kept = first;
+            }
             for entry in earlier {
                 match entry {
-                    Entry::RunStarted(_) => inner.in_run = true,
+                    Entry::RunStarted(run) => inner.run = Some(run),
                     Entry::Numbered { seq, output_count, record } => {
                         inner.next_seq = seq;
                         inner.output_count = output_count;
@@ -443,13 +453,13 @@ async fn pump(
 fn append_events(spool: &Spool, events: impl Iterator<Item = Result<JobEvent, JobError>>, max_bytes: usize) {
     let mut inner = spool.inner();
     for event in events {
-        let output = matches!(event, Ok(JobEvent::Line { .. } | JobEvent::Progress { .. })) && inner.in_run;
-        if let Ok(JobEvent::RunStarted { run }) = &event {
-            inner.in_run = true;
+        let output = matches!(event, Ok(JobEvent::Line { .. } | JobEvent::Progress { .. })) && inner.run.is_some();
+        if let Ok(JobEvent::RunStarted { run }) = event {
             let count = inner.output_count;
             if let Some(writer) = inner.writer.as_mut() {
-                writer.run_started(run, count);
+                writer.run_started(&run, count);
             }
+            inner.run = Some(run);
             continue;
         }
         if let Some(record) = crate::rpc::messages::to_message(event, false) {
@@ -469,13 +479,26 @@ fn append(spool: &Spool, records: impl Iterator<Item = Record>, max_bytes: usize
     flush_and_wake(spool, inner);
 }
 
-/// Writes what was added to disk; wakes the followers.
+/// What a spool's file may grow to before it is written anew with only the records
+/// kept in memory: twice what one spool keeps, and some room for its header.
+fn disk_limit(max_bytes: usize) -> u64 {
+    2 * max_bytes as u64 + (64 << 10)
+}
+
+/// Writes what was added to disk (the file compacted past its limit); wakes the
+/// followers.
 fn flush_and_wake(spool: &Spool, mut inner: MutexGuard<'_, Inner>) {
-    if let Some(writer) = inner.writer.as_mut()
-        && let Err(error) = writer.flush()
-    {
-        warn!(job = %spool.started.id, "cannot write the job's spool to disk any more (kept in memory only): {error}");
-        inner.writer = None;
+    let inner_ref = &mut *inner;
+    if let Some(writer) = inner_ref.writer.as_mut() {
+        let mut written = writer.flush();
+        if written.is_ok() && writer.length() > inner_ref.file_limit {
+            let kept = inner_ref.records.iter().map(|(seq, record)| (*seq, record));
+            written = writer.compact(kept, inner_ref.run.as_deref(), inner_ref.output_count);
+        }
+        if let Err(error) = written {
+            warn!(job = %spool.started.id, "cannot write the job's spool to disk any more (kept in memory only): {error}");
+            inner_ref.writer = None;
+        }
     }
     let next = inner.next_seq;
     drop(inner);
@@ -666,6 +689,41 @@ mod tests {
         drop(kept);
         shared.retain(|_| false);
         assert_eq!(shared.budget.used.load(Ordering::SeqCst), 0, "a spool gone gives its bytes back");
+    }
+
+    // The spool on disk keeps what the spool in memory keeps (the file is written anew
+    // past twice the bound), and a spool taken back from it starts where it was kept:
+    // numbered as before, its follower told what went.
+    #[tokio::test]
+    async fn the_spool_on_disk_is_bounded_as_in_memory_and_read_back_where_it_was_kept() {
+        let root = tempfile::tempdir().unwrap();
+        let key = SpoolKey::of_root(root.path()).unwrap();
+        let spools = Arc::new(Spools::new(Duration::from_secs(60), 4000, 1 << 30).on_disk(root.path(), key.clone()));
+        let header = Header { id: "j".into(), command: "c".into(), ..Header::default() };
+        let (tx, rx) = mpsc::channel(64);
+        let spool = spools.start(started(true), Some(&header), rx);
+        tx.send(Ok(JobEvent::RunStarted { run: "run-1-0".into() })).await.unwrap();
+        for n in 0..5000 {
+            tx.send(line(&format!("line {n:04} with some text"))).await.unwrap();
+        }
+        drop(tx);
+        let got = collect(spools.follow(spool.clone(), 0, false)).await;
+        assert_eq!(got.last().unwrap().1, "line 4999 with some text");
+        let on_disk = std::fs::metadata(spool_file::path_of(root.path(), "j")).unwrap().len();
+        assert!(on_disk <= disk_limit(4000) + 8192, "{on_disk} bytes on disk for 5000 lines");
+        let (read_header, entries) = spool_file::read(root.path(), &key, "j").unwrap();
+        assert_eq!(read_header, header);
+        assert!(matches!(entries.first(), Some(Entry::RunStarted(run)) if run == "run-1-0"));
+        let Some(Entry::Numbered { seq: last, output_count, .. }) = entries.last() else { panic!("{entries:?}") };
+        assert_eq!((*last, *output_count), (5000, 5000));
+        // Taken back: the follower is told what went, then gets the rest as numbered.
+        let again = Arc::new(Spools::new(Duration::from_secs(60), 4000, 1 << 30));
+        let (tx, rx) = mpsc::channel(8);
+        let adopted = again.adopt(&header, entries, rx);
+        drop(tx);
+        let got = collect(again.follow(adopted, 0, false)).await;
+        assert!(got[0].1.contains("earlier messages are no longer kept"), "{:?}", &got[..2]);
+        assert_eq!(got.last().unwrap(), &(5000, "line 4999 with some text".to_string()));
     }
 
     #[tokio::test]

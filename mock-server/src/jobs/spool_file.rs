@@ -138,6 +138,9 @@ pub fn path_of(root: &Path, id: &str) -> PathBuf {
 #[derive(Debug)]
 pub struct SpoolWriter {
     id: String,
+    /// The file, and the header it starts with (written again when it is compacted).
+    path: PathBuf,
+    header: Header,
     file: File,
     key: SpoolKey,
     /// Where the file ends once what is pending is written (the next batch's place,
@@ -153,9 +156,11 @@ impl SpoolWriter {
     /// Creates the spool of a job that starts now, with its header.
     pub fn create(root: &Path, key: &SpoolKey, header: &Header) -> io::Result<SpoolWriter> {
         let path = path_of(root, &header.id);
-        let file = OpenOptions::new().append(true).create_new(true).mode(0o600).open(path)?;
+        let file = OpenOptions::new().append(true).create_new(true).mode(0o600).open(&path)?;
         let mut writer = SpoolWriter {
             id: header.id.clone(),
+            path,
+            header: header.clone(),
             file,
             key: key.clone(),
             length: 0,
@@ -168,10 +173,61 @@ impl SpoolWriter {
     }
 
     /// Goes on writing the spool an earlier server left (its records read and trusted).
-    pub fn reopen(root: &Path, key: &SpoolKey, id: &str) -> io::Result<SpoolWriter> {
-        let file = OpenOptions::new().append(true).open(path_of(root, id))?;
+    pub fn reopen(root: &Path, key: &SpoolKey, header: &Header) -> io::Result<SpoolWriter> {
+        let path = path_of(root, &header.id);
+        let file = OpenOptions::new().append(true).open(&path)?;
         let length = file.metadata()?.len();
-        Ok(SpoolWriter { id: id.to_string(), file, key: key.clone(), length, records: Vec::new(), pending: Vec::new() })
+        Ok(SpoolWriter {
+            id: header.id.clone(),
+            path,
+            header: header.clone(),
+            file,
+            key: key.clone(),
+            length,
+            records: Vec::new(),
+            pending: Vec::new(),
+        })
+    }
+
+    /// How long the file is (what is pending included).
+    pub fn length(&self) -> u64 {
+        self.length
+    }
+
+    /// Writes the file anew with only `kept` (the records a spool still holds, oldest
+    /// first) after its header and the run's marker, and goes on writing that: what a
+    /// spool dropped from memory goes from disk too. The new file replaces the old by a
+    /// rename, so a server killed meanwhile leaves one or the other whole.
+    pub fn compact<'a>(
+        &mut self,
+        kept: impl Iterator<Item = (u64, &'a Result<ExecuteResponse, Status>)>,
+        run: Option<&str>,
+        output_count: u64,
+    ) -> io::Result<()> {
+        let temporary = self.path.with_extension("spool.tmp");
+        let file = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&temporary)?;
+        let mut fresh = SpoolWriter {
+            id: self.id.clone(),
+            path: self.path.clone(),
+            header: self.header.clone(),
+            file,
+            key: self.key.clone(),
+            length: 0,
+            records: Vec::new(),
+            pending: Vec::new(),
+        };
+        fresh.frame(KIND_HEADER, 0, 0, &self.header.encode_to_vec());
+        if let Some(run) = run {
+            fresh.run_started(run, output_count);
+        }
+        for (seq, record) in kept {
+            fresh.numbered(seq, output_count, record);
+        }
+        fresh.flush()?;
+        std::fs::rename(&temporary, &self.path)?;
+        fresh.file = OpenOptions::new().append(true).open(&self.path)?;
+        *self = fresh;
+        Ok(())
     }
 
     /// A numbered record.
@@ -361,7 +417,7 @@ mod tests {
         assert!(matches!(&entries[3], Entry::Numbered { record: Err(s), .. } if s.code() == tonic::Code::Cancelled));
         // The same key again (read from its file); a later server writes on after it.
         let key = SpoolKey::of_root(root.path()).unwrap();
-        let mut reopened = SpoolWriter::reopen(root.path(), &key, "job1").unwrap();
+        let mut reopened = SpoolWriter::reopen(root.path(), &key, &header("job1")).unwrap();
         reopened.numbered(4, 2, &Ok(ExecuteResponse { message: "on".into(), seq: 4, ..Default::default() }));
         reopened.flush().unwrap();
         let (_, entries) = read(root.path(), &key, "job1").unwrap();
