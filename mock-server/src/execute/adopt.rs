@@ -37,6 +37,7 @@ pub fn adopt_all(state: &Arc<State>, found: Vec<Found>) {
 }
 
 async fn adopt(state: Arc<State>, found: Found) {
+    let (start, numbered_before) = found.replay_from();
     let Found { header, entries, run, complete } = found;
     let id = header.id.clone();
     let owner = header.owner.clone();
@@ -54,9 +55,10 @@ async fn adopt(state: Arc<State>, found: Found) {
         .rev()
         .find_map(|entry| match entry {
             Entry::Numbered { output_count, .. } => Some(*output_count),
-            Entry::RunStarted(_) => None,
+            _ => None,
         })
-        .unwrap_or(0);
+        .unwrap_or(0)
+        .saturating_sub(numbered_before);
     let last_end = entries.last().and_then(|entry| match entry {
         Entry::Numbered { record, .. } if is_end(record) => Some(command_end_of(record)),
         _ => None,
@@ -71,7 +73,7 @@ async fn adopt(state: Arc<State>, found: Found) {
         return;
     }
     let started = std::time::Instant::now();
-    let supervised = run.as_deref().and_then(|run| Supervised::adopt(&state.config.root, run, header.merged));
+    let supervised = run.as_deref().and_then(|run| Supervised::adopt(&state.config.root, run, start, header.merged));
     let Some((supervised, chunks)) = supervised else {
         let why = match run {
             Some(_) => {
@@ -103,6 +105,11 @@ async fn adopt(state: Arc<State>, found: Found) {
                     let Some(event) = event else { break };
                     if skip > 0 && matches!(event, Ok(JobEvent::Line { .. } | JobEvent::Progress { .. })) {
                         skip -= 1;
+                        continue;
+                    }
+                    // A checkpoint among what was numbered before would be written down
+                    // with the count of now: only those after it are.
+                    if skip > 0 && matches!(event, Ok(JobEvent::Checkpoint { .. })) {
                         continue;
                     }
                     if tx.send(event).await.is_err() {

@@ -114,6 +114,19 @@ impl Lines {
         }
     }
 
+    /// Whether nothing fed so far can change what later bytes make (no text waits for
+    /// its line break, no rewrite is pending, no progress update was sent within the
+    /// rate limit before `now`): a fresh `Lines` fed what comes next makes the same
+    /// events, so a replay may start here.
+    pub fn at_rest(&self, now: Instant) -> bool {
+        self.pipes.iter().all(|text| {
+            text.segment.is_empty()
+                && text.rewritten.is_none()
+                && !text.ended_early
+                && text.last_progress.is_none_or(|at| now.saturating_duration_since(at) >= PROGRESS_INTERVAL)
+        })
+    }
+
     /// `pipe` closed: what it left unfinished is its last line (what the terminal shows).
     pub fn end(&mut self, pipe: Pipe, out: &mut Vec<JobEvent>) {
         let text = &mut self.pipes[index(pipe)];

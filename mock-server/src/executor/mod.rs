@@ -81,6 +81,10 @@ pub enum JobEvent {
     /// `ROOT/lrpymrpc-runs/`): a spool marks it, so a restarted server can adopt the
     /// run. No message for clients.
     RunStarted { run: String },
+    /// The run's output up to this byte of its output file makes no difference to what
+    /// follows (`Lines::at_rest`): a replay after a restart may start there, and what
+    /// is before it need not be kept. No message for clients.
+    Checkpoint { offset: u64 },
 }
 
 /// Where the events of one Execute go; an error ends the step. The receiver going

@@ -122,7 +122,12 @@ pub struct Chunk {
     pub bytes: Option<Vec<u8>>,
     /// When it was read (the line rules of [`Lines`] depend on it).
     pub at: std::time::Instant,
+    /// Where it ends in the run's output file (a supervised run's), for checkpoints.
+    pub end: Option<u64>,
 }
+
+/// How much output of a supervised run passes between two checkpoints at least.
+const CHECKPOINT_BYTES: u64 = 1 << 20;
 
 /// A started run's process, as [`follow`] waits for it.
 #[tonic::async_trait]
@@ -226,6 +231,7 @@ pub async fn follow(
     let mut ready = Vec::new();
     let mut own_lines = Vec::new();
     let mut exit = None;
+    let mut checkpoint = 0;
     let stopped = async |end, process: &mut dyn Process| {
         process.gone().await;
         Ok(Ended { end, own_lines: Vec::new() })
@@ -250,10 +256,18 @@ pub async fn follow(
             }
             chunk = chunks.recv() => {
                 match chunk {
-                    Some(Chunk { pipe, bytes: Some(bytes), at }) => {
+                    Some(Chunk { pipe, bytes: Some(bytes), at, end }) => {
                         // Any output is a sign of life, a line not finished yet too.
                         idle_deadline = tokio::time::Instant::now() + limits.idle;
                         lines.feed(pipe, &bytes, at, &mut ready);
+                        // Where a replay of the run's output file may start, now and then.
+                        if let Some(end) = end
+                            && end >= checkpoint + CHECKPOINT_BYTES
+                            && lines.at_rest(at)
+                        {
+                            checkpoint = end;
+                            ready.push(JobEvent::Checkpoint { offset: end });
+                        }
                     }
                     Some(Chunk { pipe, bytes: None, .. }) => lines.end(pipe, &mut ready),
                     None => break,
@@ -341,11 +355,11 @@ async fn pump_chunks<R: AsyncRead + Unpin>(mut reader: R, pipe: Pipe, chunks: mp
             Ok(0) | Err(_) => break,
             Ok(_) => {
                 let at = std::time::Instant::now();
-                if chunks.send(Chunk { pipe, bytes: Some(chunk), at }).await.is_err() {
+                if chunks.send(Chunk { pipe, bytes: Some(chunk), at, end: None }).await.is_err() {
                     return;
                 }
             }
         }
     }
-    let _ = chunks.send(Chunk { pipe, bytes: None, at: std::time::Instant::now() }).await;
+    let _ = chunks.send(Chunk { pipe, bytes: None, at: std::time::Instant::now(), end: None }).await;
 }

@@ -110,7 +110,7 @@ impl Prepared {
         let pid = supervisor.id().and_then(|id| i32::try_from(id).ok()).map(Handle::open);
         let notify = tokio::net::unix::pipe::Receiver::from_owned_fd(notify_read)?;
         let (chunk_tx, chunks) = mpsc::channel(64);
-        tokio::spawn(pump_frames(dir.clone(), Some(notify), merged, chunk_tx));
+        tokio::spawn(pump_frames(dir.clone(), 0, Some(notify), merged, chunk_tx));
         let pid = pid.map(Arc::new);
         Ok((
             Supervised { dir, supervisor: Some(supervisor), pid, status: None, ended: false, adoptable: false },
@@ -163,7 +163,8 @@ impl Supervised {
     /// from the start of its output (polled), its supervisor known by the pid it wrote
     /// and checked by its start time and its lock. `None` when there is no such run
     /// (its supervisor gone without a status).
-    pub fn adopt(root: &Path, name: &str, merged: bool) -> Option<(Supervised, mpsc::Receiver<Chunk>)> {
+    /// Its output is read from `start`, a checkpoint (what is before it was numbered).
+    pub fn adopt(root: &Path, name: &str, start: u64, merged: bool) -> Option<(Supervised, mpsc::Receiver<Chunk>)> {
         if name.contains('/') || name.starts_with('.') {
             return None;
         }
@@ -173,7 +174,7 @@ impl Supervised {
             return None;
         }
         let (chunk_tx, chunks) = mpsc::channel(64);
-        tokio::spawn(pump_frames(dir.clone(), None, merged, chunk_tx));
+        tokio::spawn(pump_frames(dir.clone(), start, None, merged, chunk_tx));
         Some((Supervised { dir, supervisor: None, pid, status: None, ended: false, adoptable: true }, chunks))
     }
 
@@ -316,6 +317,7 @@ fn instant_of(ns: u64) -> Instant {
 /// ends the output there (said in the log).
 async fn pump_frames(
     dir: PathBuf,
+    start: u64,
     mut notify: Option<tokio::net::unix::pipe::Receiver>,
     merged: bool,
     chunks: mpsc::Sender<Chunk>,
@@ -323,18 +325,24 @@ async fn pump_frames(
     let pipes: &[Pipe] = if merged { &[Pipe::Merged] } else { &[Pipe::Stdout, Pipe::Stderr] };
     let end = async |chunks: mpsc::Sender<Chunk>| {
         for &pipe in pipes {
-            let _ = chunks.send(Chunk { pipe, bytes: None, at: Instant::now() }).await;
+            let _ = chunks.send(Chunk { pipe, bytes: None, at: Instant::now(), end: None }).await;
         }
     };
     // Read with plain reads: the file is this machine's, and what they return was
     // just written (the page cache).
-    let mut file = match std::fs::File::open(dir.join("output")) {
+    let opened = std::fs::File::open(dir.join("output")).and_then(|mut file| {
+        std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(start))?;
+        Ok(file)
+    });
+    let mut file = match opened {
         Ok(file) => file,
         Err(error) => {
             tracing::warn!(dir = %dir.display(), "cannot read a run's output: {error}");
             return end(chunks).await;
         }
     };
+    // Where `pending` starts in the file.
+    let mut consumed = start;
     let mut pending: Vec<u8> = Vec::new();
     let mut read = vec![0u8; 64 * 1024];
     let mut status_seen = false;
@@ -364,11 +372,13 @@ async fn pump_frames(
                 let ns = u64::from_le_bytes(header[8..16].try_into().unwrap_or_default());
                 let bytes = pending[used + HEADER_BYTES..used + HEADER_BYTES + length].to_vec();
                 used += HEADER_BYTES + length;
-                if chunks.send(Chunk { pipe, bytes: Some(bytes), at: instant_of(ns) }).await.is_err() {
+                let chunk = Chunk { pipe, bytes: Some(bytes), at: instant_of(ns), end: Some(consumed + used as u64) };
+                if chunks.send(chunk).await.is_err() {
                     return;
                 }
             }
             pending.drain(..used);
+            consumed += used as u64;
             continue;
         }
         // At the end of what was written: the status comes after the last frame; a
@@ -488,6 +498,23 @@ fn lock_held(dir: &Path) -> bool {
     let Ok(file) = std::fs::OpenOptions::new().read(true).open(dir.join("lock")) else { return false };
     // SAFETY: flock on a descriptor this function owns; released when it is closed.
     unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) != 0 }
+}
+
+/// Frees the disk the first `offset` bytes of run `name`'s output take (a checkpoint
+/// the job's spool wrote down: a replay starts there), keeping every later offset.
+/// Where the filesystem cannot punch holes, nothing is freed.
+pub fn forget_output_before(root: &Path, name: &str, offset: u64) {
+    if name.contains('/') || name.starts_with('.') {
+        return;
+    }
+    let Ok(file) = std::fs::OpenOptions::new().write(true).open(root.join(RUNS_DIR).join(name).join("output")) else {
+        return;
+    };
+    let Ok(length) = libc::off_t::try_from(offset) else { return };
+    // SAFETY: fallocate on a descriptor this function owns; it changes no memory.
+    unsafe {
+        libc::fallocate(file.as_raw_fd(), libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, 0, length);
+    }
 }
 
 #[cfg(test)]

@@ -22,6 +22,22 @@ pub struct Found {
 }
 
 impl Found {
+    /// Where a replay of the run's output starts (its last checkpoint, else the
+    /// start), and the output messages numbered before it.
+    pub fn replay_from(&self) -> (u64, u64) {
+        let mut from = (0, 0);
+        for entry in &self.entries {
+            match entry {
+                Entry::RunStarted(_) => from = (0, 0),
+                Entry::Checkpoint { offset, output_count } => from = (*offset, *output_count),
+                Entry::Numbered { .. } => {}
+            }
+        }
+        from
+    }
+}
+
+impl Found {
     pub fn id(&self) -> &str {
         &self.header.id
     }
@@ -47,7 +63,7 @@ pub fn find(root: &Path, key: &SpoolKey) -> Vec<Found> {
             Ok((header, entries)) => {
                 let run = entries.iter().rev().find_map(|entry| match entry {
                     Entry::RunStarted(run) => Some(run.clone()),
-                    Entry::Numbered { .. } => None,
+                    _ => None,
                 });
                 let complete = matches!(entries.last(), Some(Entry::Numbered { record, .. }) if is_end(record));
                 if !complete && run.is_none() {

@@ -93,6 +93,8 @@ pub struct Spool {
     budget: Arc<Budget>,
     /// The next sequence number, sent each time a record is added or the run ends.
     appended: watch::Sender<u64>,
+    /// The job root, when the spool is on disk (its run's output is under it).
+    root: Option<std::path::PathBuf>,
 }
 
 /// How a durable run ended: a value for decisions (`RunState` on the wire), shown in
@@ -150,6 +152,11 @@ struct Inner {
     run: Option<String>,
     /// The spool on disk is written anew with only the kept records past this length.
     file_limit: u64,
+    /// The run's last checkpoint (offset in its output file, output messages then).
+    checkpoint: Option<(u64, u64)>,
+    /// A checkpoint written down this burst: the run's output before it may go once
+    /// the spool is on disk.
+    forget_before: Option<u64>,
     /// The command's output messages numbered so far.
     output_count: u64,
     ended_at: Option<Instant>,
@@ -260,10 +267,13 @@ impl Spools {
                 writer: None,
                 run: None,
                 file_limit: disk_limit(self.max_bytes),
+                checkpoint: None,
+                forget_before: None,
                 output_count: 0,
             }),
             appended,
             budget: self.budget.clone(),
+            root: self.disk.as_ref().map(|(root, _)| root.clone()),
         });
         self.budget.spools.fetch_add(1, Ordering::SeqCst);
         {
@@ -271,14 +281,15 @@ impl Spools {
             let mut inner = spool.inner();
             if let Some(first) = earlier.iter().find_map(|entry| match entry {
                 Entry::Numbered { seq, .. } => Some(*seq),
-                Entry::RunStarted(_) => None,
+                _ => None,
             }) {
                 // A spool compacted on disk starts past 1: followers are told what went.
                 inner.first_kept = first;
             }
             for entry in earlier {
                 match entry {
-                    Entry::RunStarted(run) => inner.run = Some(run),
+                    Entry::RunStarted(run) => (inner.run, inner.checkpoint) = (Some(run), None),
+                    Entry::Checkpoint { offset, output_count } => inner.checkpoint = Some((offset, output_count)),
                     Entry::Numbered { seq, output_count, record } => {
                         inner.next_seq = seq;
                         inner.output_count = output_count;
@@ -459,7 +470,16 @@ fn append_events(spool: &Spool, events: impl Iterator<Item = Result<JobEvent, Jo
             if let Some(writer) = inner.writer.as_mut() {
                 writer.run_started(&run, count);
             }
-            inner.run = Some(run);
+            (inner.run, inner.checkpoint) = (Some(run), None);
+            continue;
+        }
+        if let Ok(JobEvent::Checkpoint { offset }) = event {
+            let count = inner.output_count;
+            if let Some(writer) = inner.writer.as_mut() {
+                writer.checkpoint(offset, count);
+                inner.forget_before = Some(offset);
+            }
+            inner.checkpoint = Some((offset, count));
             continue;
         }
         if let Some(record) = crate::rpc::messages::to_message(event, false) {
@@ -493,7 +513,13 @@ fn flush_and_wake(spool: &Spool, mut inner: MutexGuard<'_, Inner>) {
         let mut written = writer.flush();
         if written.is_ok() && writer.length() > inner_ref.file_limit {
             let kept = inner_ref.records.iter().map(|(seq, record)| (*seq, record));
-            written = writer.compact(kept, inner_ref.run.as_deref(), inner_ref.output_count);
+            written = writer.compact(kept, inner_ref.run.as_deref(), inner_ref.checkpoint, inner_ref.output_count);
+        }
+        // Written down: a replay starts at the checkpoint, what is before it may go.
+        if let (Ok(()), Some(offset), Some(run), Some(root)) =
+            (&written, inner_ref.forget_before.take(), &inner_ref.run, &spool.root)
+        {
+            crate::executor::supervised::forget_output_before(root, run, offset);
         }
         if let Err(error) = written {
             warn!(job = %spool.started.id, "cannot write the job's spool to disk any more (kept in memory only): {error}");

@@ -42,6 +42,7 @@ const KIND_HEADER: u8 = 1;
 const KIND_MESSAGE: u8 = 2;
 const KIND_STATUS: u8 = 3;
 const KIND_RUN_STARTED: u8 = 4;
+const KIND_CHECKPOINT: u8 = 5;
 
 /// What a durable job was started with, as its spool keeps it.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -81,6 +82,9 @@ pub enum Entry {
     Numbered { seq: u64, output_count: u64, record: Result<ExecuteResponse, Status> },
     /// The command's supervised run started, in this run directory.
     RunStarted(String),
+    /// Its output file up to `offset` made the command's first `output_count` output
+    /// messages, and a replay may start there.
+    Checkpoint { offset: u64, output_count: u64 },
 }
 
 /// The key every spool of this root is sealed with.
@@ -202,6 +206,7 @@ impl SpoolWriter {
         &mut self,
         kept: impl Iterator<Item = (u64, &'a Result<ExecuteResponse, Status>)>,
         run: Option<&str>,
+        checkpoint: Option<(u64, u64)>,
         output_count: u64,
     ) -> io::Result<()> {
         let temporary = self.path.with_extension("spool.tmp");
@@ -218,7 +223,10 @@ impl SpoolWriter {
         };
         fresh.frame(KIND_HEADER, 0, 0, &self.header.encode_to_vec());
         if let Some(run) = run {
-            fresh.run_started(run, output_count);
+            fresh.run_started(run, 0);
+        }
+        if let Some((offset, count)) = checkpoint {
+            fresh.checkpoint(offset, count);
         }
         for (seq, record) in kept {
             fresh.numbered(seq, output_count, record);
@@ -245,6 +253,11 @@ impl SpoolWriter {
     /// The marker of the command's supervised run.
     pub fn run_started(&mut self, run: &str, output_count: u64) {
         self.frame(KIND_RUN_STARTED, 0, output_count, run.as_bytes());
+    }
+
+    /// A checkpoint of the run's output: `offset` made the first `output_count`.
+    pub fn checkpoint(&mut self, offset: u64, output_count: u64) {
+        self.frame(KIND_CHECKPOINT, 0, output_count, &offset.to_le_bytes());
     }
 
     /// Writes what was recorded since the last flush, sealed, in one write.
@@ -360,6 +373,10 @@ pub fn read(root: &Path, key: &SpoolKey, id: &str) -> Result<(Header, Vec<Entry>
                     let code = i32::from_le_bytes(code.try_into().unwrap_or_default());
                     let status = Status::new(tonic::Code::from_i32(code), String::from_utf8_lossy(text).into_owned());
                     entries.push(Entry::Numbered { seq, output_count, record: Err(status) });
+                }
+                (KIND_CHECKPOINT, Some(_)) => {
+                    let offset = payload.try_into().map_err(|_| damaged(at, "a checkpoint is cut short"))?;
+                    entries.push(Entry::Checkpoint { offset: u64::from_le_bytes(offset), output_count });
                 }
                 (KIND_RUN_STARTED, Some(_)) => {
                     let run = std::str::from_utf8(payload).map_err(|_| damaged(at, "a run's name is not text"))?;

@@ -22,7 +22,7 @@ pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send
 pub fn to_message(event: Result<JobEvent, JobError>, legacy: bool) -> Option<Result<ExecuteResponse, Status>> {
     let message = match event {
         Err(error) => return Some(Err(error.into())),
-        Ok(JobEvent::RunStarted { .. }) => return None,
+        Ok(JobEvent::RunStarted { .. } | JobEvent::Checkpoint { .. }) => return None,
         Ok(JobEvent::Exited { .. } | JobEvent::Progress { .. } | JobEvent::Served { .. }) if legacy => return None,
         Ok(JobEvent::Served { ran_at_unix_seconds, ran_for_ms }) => ExecuteResponse {
             message: format!("[{SERVER_NAME}] served from the action cache: nothing runs"),

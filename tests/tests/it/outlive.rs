@@ -323,3 +323,47 @@ fn a_legacy_clients_run_is_stopped_at_a_keep_jobs_exit() {
     let _ = client.kill();
     let _ = client.wait();
 }
+
+// A run with more output than a checkpoint's worth (1 MiB): the server writes down
+// where a replay may start and frees the disk the run's output file took before it;
+// restarted there, the next server replays from the checkpoint, and the client still
+// prints every line exactly once.
+#[test]
+fn a_long_output_is_replayed_from_its_checkpoint_and_its_head_is_freed() {
+    use std::os::unix::fs::MetadataExt;
+    let mut env = TestEnv::bare();
+    env.write("source/x", "x");
+    let (mut server, port) = crate::env::spawn_server_binary(&env, &["--keep-jobs-on-exit"]);
+    env.set_addr(([127, 0, 0, 1], port).into());
+    let (started, release) = (env.root.path().join("started"), env.root.path().join("release"));
+    let command = format!(
+        "seq -f 'line %g' 1 200000; touch {}; until [ -e {} ]; do sleep 0.05; done; seq -f 'line %g' 200001 200040; \
+         exit 3",
+        started.display(),
+        release.display()
+    );
+    let running = Running::start(&env, &["--CMD", &command]);
+    running.wait_for("]:line 200000\n");
+    wait_until(PROCESS_LIMIT, "the first part printed", || started.exists());
+    let runs = env.jobs.join(lrpymrpc_mock_server::executor::supervised::RUNS_DIR);
+    let output = runs.join(crate::env::names_in(&runs).pop().expect("the run's directory")).join("output");
+    let meta = std::fs::metadata(&output).unwrap();
+    assert!(meta.len() > 2 << 20, "{} bytes of output", meta.len());
+    assert!(
+        meta.blocks() * 512 < meta.len() - (1 << 20),
+        "{} of {} bytes still on disk",
+        meta.blocks() * 512,
+        meta.len()
+    );
+    send_signal(&server, libc::SIGTERM);
+    assert!(wait_exit(&mut server, PROCESS_LIMIT).success());
+    let mut server = restart(&env, port, &[]);
+    std::fs::write(&release, "").unwrap();
+    let (status, said) = running.end();
+    assert_eq!(status.code(), Some(3), "{}", &said[said.len().saturating_sub(2000)..]);
+    let lines = numbered_lines(&said);
+    assert_eq!(lines.len(), 200040, "{:?}", lines.last());
+    assert!(lines == lines_up_to(200040), "every line once, in order");
+    send_signal(&server, libc::SIGTERM);
+    wait_exit(&mut server, PROCESS_LIMIT);
+}
