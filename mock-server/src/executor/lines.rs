@@ -183,6 +183,24 @@ impl Lines {
 mod tests {
     use super::*;
 
+    #[test]
+    fn at_rest_only_where_a_fresh_lines_would_make_the_same_events() {
+        let start = Instant::now();
+        let mut lines = Lines::new(true);
+        let mut out = Vec::new();
+        assert!(lines.at_rest(start));
+        lines.feed(Pipe::Stdout, b"a whole line\nhalf", start, &mut out);
+        assert!(!lines.at_rest(start), "a line waits for its break");
+        lines.feed(Pipe::Stdout, b" a line\n", start, &mut out);
+        assert!(lines.at_rest(start));
+        lines.feed(Pipe::Stderr, b"50%\r", start, &mut out);
+        assert!(!lines.at_rest(start), "a rewrite is pending");
+        lines.feed(Pipe::Stderr, b"\n", start, &mut out);
+        // The rate limit of progress updates still counts from the last one.
+        assert!(!lines.at_rest(start + PROGRESS_INTERVAL / 2));
+        assert!(lines.at_rest(start + PROGRESS_INTERVAL));
+    }
+
     fn out(pipe: Pipe, text: &str) -> JobEvent {
         JobEvent::Line { pipe, text: text.into() }
     }
