@@ -141,6 +141,26 @@ impl Confinement {
         }
     }
 
+    /// A run's memory cgroup a server that is gone made (its path written down in the
+    /// run's directory), taken on: what it says of the run is read here, and it is
+    /// removed once the run ended. `None` for a path not of this server's groups.
+    pub fn adopt(group: &std::path::Path) -> Option<Confinement> {
+        let MemoryControl::CgroupV1(parent) = memory_control() else { return None };
+        let name = group.file_name()?.to_str()?;
+        if group.parent() != Some(parent.as_path()) || !name.starts_with("run-") || !group.is_dir() {
+            return None;
+        }
+        let limit = std::fs::read_to_string(group.join("memory.limit_in_bytes")).ok()?.trim().parse().ok()?;
+        let procs = CString::new(group.join("cgroup.procs").as_os_str().as_bytes()).ok()?;
+        let confine = Confine { memory_bytes: limit, ..Confine::default() };
+        Some(Confinement { confine, group: Some((group.to_path_buf(), procs)) })
+    }
+
+    /// The run's own memory cgroup, if it has one.
+    pub fn group(&self) -> Option<&std::path::Path> {
+        self.group.as_ref().map(|(dir, _)| dir.as_path())
+    }
+
     /// The memory limit, in bytes (0: none).
     pub fn memory_bytes(&self) -> u64 {
         self.confine.memory_bytes

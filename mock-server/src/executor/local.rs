@@ -50,6 +50,9 @@ impl Executor for LocalExecutor {
         let streaming = Streaming { merged: launch.merged_output, progress: launch.progress_updates, own_line: None };
         let confinement = Confinement::new(&launch.confine)?;
         let prepared = supervised::prepare(&self.root, launch.merged_output)?;
+        if let Some(group) = confinement.group() {
+            prepared.record_group(group)?;
+        }
         let adoptable = launch.adoptable;
         let command = self.command(launch, &confinement, &prepared);
         let (mut run, chunks) = prepared.spawn(command)?;
@@ -59,20 +62,15 @@ impl Executor for LocalExecutor {
             let _ = events.send(Ok(JobEvent::RunStarted { run: run.name() })).await;
         }
         let end = follow(&mut run, chunks, streaming, events, limits, &self.runs).await?;
-        // A process of it killed by the kernel for its memory cgroup, and the run
-        // failing: said as the limit it was.
-        Ok(match end {
-            ProcessEnd::Exited(status) if !status.success() && confinement.over_memory() => {
-                ProcessEnd::LimitReached(Limit::Memory(confinement.memory_bytes()))
-            }
-            end => end,
-        })
+        Ok(said_as_memory(end, Some(&confinement)))
     }
 
     async fn follow_adopted(&self, adopted: Adopted, events: &Events, limits: TimeLimits) -> io::Result<ProcessEnd> {
         let streaming = Streaming { merged: adopted.merged, progress: adopted.progress, own_line: None };
         let mut run = adopted.run;
-        follow(&mut run, adopted.chunks, streaming, events, limits, &self.runs).await
+        let confinement = run.recorded_group().and_then(|group| Confinement::adopt(&group));
+        let end = follow(&mut run, adopted.chunks, streaming, events, limits, &self.runs).await?;
+        Ok(said_as_memory(end, confinement.as_ref()))
     }
 
     fn stop_those_not_outliving(&self) {
@@ -106,5 +104,16 @@ async fn follow(
             Some(why) => Ok(ProcessEnd::Lost(why)),
             None => Err(error),
         },
+    }
+}
+
+/// A process of the run killed by the kernel for its memory cgroup, and the run
+/// failing: said as the limit it was.
+fn said_as_memory(end: ProcessEnd, confinement: Option<&Confinement>) -> ProcessEnd {
+    match (end, confinement) {
+        (ProcessEnd::Exited(status), Some(confinement)) if !status.success() && confinement.over_memory() => {
+            ProcessEnd::LimitReached(Limit::Memory(confinement.memory_bytes()))
+        }
+        (end, _) => end,
     }
 }

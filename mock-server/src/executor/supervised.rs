@@ -71,6 +71,12 @@ pub fn prepare(root: &Path, merged: bool) -> io::Result<Prepared> {
 }
 
 impl Prepared {
+    /// Writes down the run's memory cgroup, for a server that takes the run on (it
+    /// reads the group's verdict and removes it) or stops it.
+    pub fn record_group(&self, group: &Path) -> io::Result<()> {
+        std::fs::write(self.dir.join("cgroup"), group.as_os_str().as_encoded_bytes())
+    }
+
     /// Makes `command` start as the run's supervisor, the command its child. Hooks
     /// registered on `command` after this run in the command's process only.
     pub fn supervise(&self, command: &mut tokio::process::Command) {
@@ -182,6 +188,11 @@ impl Supervised {
     /// server leaving its jobs to the next does not stop it.
     pub fn set_adoptable(&mut self) {
         self.adoptable = true;
+    }
+
+    /// The memory cgroup written down for it, if any (checked by whoever uses it).
+    pub fn recorded_group(&self) -> Option<PathBuf> {
+        recorded_group(&self.dir)
     }
 
     /// How to stop it: a SIGTERM to its supervisor.
@@ -436,9 +447,20 @@ pub fn stop_left_behind(root: &Path, adopted: impl Fn(&str) -> bool) -> usize {
                 supervisor.signal(libc::SIGKILL);
             }
         }
+        // Its memory cgroup goes too, empty now (a group still used is not removed).
+        if let Some(group) = recorded_group(&dir).and_then(|group| crate::executor::confine::Confinement::adopt(&group))
+        {
+            drop(group);
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
     stopped
+}
+
+/// The memory cgroup written down in a run's directory.
+fn recorded_group(dir: &Path) -> Option<PathBuf> {
+    let bytes = std::fs::read(dir.join("cgroup")).ok()?;
+    Some(PathBuf::from(<std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(bytes)))
 }
 
 /// The supervisor of the run in `dir`, when it is alive: it holds the run's lock, and

@@ -367,3 +367,44 @@ fn a_long_output_is_replayed_from_its_checkpoint_and_its_head_is_freed() {
     send_signal(&server, libc::SIGTERM);
     wait_exit(&mut server, PROCESS_LIMIT);
 }
+
+// A step over its --mem after a restart is still stopped and said to be: the next
+// server takes its memory cgroup on with the run (reads the kernel's verdict, removes
+// the group after). Where the server makes no memory cgroup, the address-space rlimit
+// the run started with still makes the allocation fail.
+#[test]
+fn a_run_taken_on_is_still_held_to_its_memory_and_told_so() {
+    use lrpymrpc_mock_server::executor::confine::{MemoryControl, memory_control};
+    let mut env = TestEnv::bare();
+    env.write("source/x", "x");
+    let (mut server, port) = crate::env::spawn_server_binary(&env, &["--keep-jobs-on-exit"]);
+    env.set_addr(([127, 0, 0, 1], port).into());
+    let (started, release) = (env.root.path().join("started"), env.root.path().join("release"));
+    let command = format!(
+        "touch {}; until [ -e {} ]; do sleep 0.05; done; echo allocating; \
+         python3 -c 'x = bytearray(400 * 1024 * 1024); print(\"survived\", len(x))'",
+        started.display(),
+        release.display()
+    );
+    let running = Running::start(&env, &["--mem", "64M", "--CMD", &command]);
+    wait_until(PROCESS_LIMIT, "the step runs", || started.exists());
+    // The run's group is named by the server that made it.
+    let made_by = format!("run-{}-", server.id());
+    send_signal(&server, libc::SIGTERM);
+    assert!(wait_exit(&mut server, PROCESS_LIMIT).success());
+    let mut server = restart(&env, port, &[]);
+    running.wait_for("reconnected: following job");
+    std::fs::write(&release, "").unwrap();
+    let (status, said) = running.end();
+    assert!(said.contains("]:allocating") && !status.success() && !said.contains("]:survived"), "{said}");
+    match memory_control() {
+        MemoryControl::CgroupV1(parent) => {
+            assert!(said.contains("it used more than the 64.0 MiB of memory it was granted"), "{said}");
+            let left: Vec<_> = crate::env::names_in(parent).into_iter().filter(|n| n.starts_with(&made_by)).collect();
+            assert!(left.is_empty(), "{left:?}");
+        }
+        MemoryControl::AddressSpace => assert!(said.contains("MemoryError"), "{said}"),
+    }
+    send_signal(&server, libc::SIGTERM);
+    wait_exit(&mut server, PROCESS_LIMIT);
+}
