@@ -184,7 +184,7 @@ async fn drain(
             "shutting down: running jobs are left for the next server (--keep-jobs-on-exit)"
         );
         // What the next server could not take on is stopped now, not left to nobody.
-        state.stop_those_not_outliving();
+        state.stop_those_not_outliving().await;
         // Connections are closed now, not drained: their clients reconnect to the
         // next server and resume there.
         let _ = stop.send(());

@@ -185,10 +185,10 @@ impl State {
 
     /// Stops the runs the next server cannot take on (a legacy client's; set-up
     /// steps), leaving durable jobs' commands running (`--keep-jobs-on-exit`).
-    pub fn stop_those_not_outliving(&self) {
-        self.host.stop_those_not_outliving();
+    pub async fn stop_those_not_outliving(&self) {
+        self.host.stop_those_not_outliving().await;
         if let Some(slurm) = &self.slurm {
-            slurm.stop_those_not_outliving();
+            slurm.stop_those_not_outliving().await;
         }
     }
 }

@@ -73,8 +73,8 @@ impl Executor for LocalExecutor {
         Ok(said_as_memory(end, confinement.as_ref()))
     }
 
-    fn stop_those_not_outliving(&self) {
-        self.runs.stop_those_not_outliving();
+    async fn stop_those_not_outliving(&self) {
+        self.runs.stop_those_not_outliving().await;
     }
 
     /// SIGTERM to every running group now, SIGKILL after the grace.

@@ -126,8 +126,8 @@ pub trait Executor: Send + Sync + fmt::Debug {
     fn stop_all(&self);
 
     /// Stops every run the next server cannot take on (a server leaving its jobs to the
-    /// next, `--keep-jobs-on-exit`).
-    fn stop_those_not_outliving(&self);
+    /// next, `--keep-jobs-on-exit`); returns once the stops are under way.
+    async fn stop_those_not_outliving(&self);
 
     /// Runs in progress.
     fn running(&self) -> usize;

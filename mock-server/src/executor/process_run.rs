@@ -62,9 +62,15 @@ impl Runs {
         self.stop_those(|_| true);
     }
 
-    /// Stops every run the next server cannot take on (`--keep-jobs-on-exit`).
-    pub fn stop_those_not_outliving(&self) {
-        self.stop_those(|stop| !stop.outlives_server());
+    /// Stops every run the next server cannot take on (`--keep-jobs-on-exit`), and
+    /// returns once each stop is under way (the server exits right after: a stop left
+    /// on a task might never run).
+    pub async fn stop_those_not_outliving(&self) {
+        let stops: Vec<Arc<dyn Stop>> =
+            self.running().values().filter(|stop| !stop.outlives_server()).cloned().collect();
+        for stop in stops {
+            stop.stop().await;
+        }
     }
 
     fn stop_those(&self, which: impl Fn(&dyn Stop) -> bool) {

@@ -538,8 +538,8 @@ impl Executor for SlurmExecutor {
         self.inner.runs.stop_all();
     }
 
-    fn stop_those_not_outliving(&self) {
-        self.inner.runs.stop_those_not_outliving();
+    async fn stop_those_not_outliving(&self) {
+        self.inner.runs.stop_those_not_outliving().await;
     }
 
     fn running(&self) -> usize {
