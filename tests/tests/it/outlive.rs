@@ -32,7 +32,7 @@ fn a_job_a_killed_server_left_holds_its_license_again_under_the_next() {
         started.display(),
         release.display()
     );
-    let holder = Running::start(&env, &["--license", "hspice", "--CMD", &command]);
+    let holder = Running::start(&env, &["--license", "hspice", "--CMD", &command, "--retries", "8"]);
     wait_until(PROCESS_LIMIT, "the license holder runs", || started.exists());
     send_signal(&server, libc::SIGKILL);
     wait_exit(&mut server, PROCESS_LIMIT);
@@ -150,7 +150,9 @@ pub fn lines_up_to(last: u32) -> Vec<String> {
 pub const FORTY_LINES: &str =
     "for i in $(seq 1 40); do echo line $i; sleep 0.1; done; mkdir -p build; echo done > build/out; exit 3";
 
-/// The server restarted on the same root and port, with `extra`.
+/// The server restarted on the same root and port, with `extra`. (Clients that follow
+/// a job across it are given `--retries 8`, so a loaded machine's slower restart is
+/// still within their reconnect attempts.)
 fn restart(env: &TestEnv, port: u16, extra: &[&str]) -> std::process::Child {
     crate::env::spawn_server_binary_listening(env, &format!("127.0.0.1:{port}"), extra, None, &[]).0
 }
@@ -167,7 +169,7 @@ fn a_server_restarted_mid_run_loses_no_line_of_a_running_job() {
         env.write("source/x", "x");
         let (mut server, port) = crate::env::spawn_server_binary(&env, &["--keep-jobs-on-exit"]);
         env.set_addr(([127, 0, 0, 1], port).into());
-        let running = Running::start(&env, &["--CMD", FORTY_LINES]);
+        let running = Running::start(&env, &["--CMD", FORTY_LINES, "--retries", "8"]);
         running.wait_for("]:line 10\n");
         send_signal(&server, signal);
         let stopped = wait_exit(&mut server, PROCESS_LIMIT);
@@ -342,7 +344,7 @@ fn a_long_output_is_replayed_from_its_checkpoint_and_its_head_is_freed() {
         started.display(),
         release.display()
     );
-    let running = Running::start(&env, &["--CMD", &command]);
+    let running = Running::start(&env, &["--CMD", &command, "--retries", "8"]);
     running.wait_for("]:line 200000\n");
     wait_until(PROCESS_LIMIT, "the first part printed", || started.exists());
     let runs = env.jobs.join(lrpymrpc_mock_server::executor::supervised::RUNS_DIR);
@@ -386,7 +388,7 @@ fn a_run_taken_on_is_still_held_to_its_memory_and_told_so() {
         started.display(),
         release.display()
     );
-    let running = Running::start(&env, &["--mem", "64M", "--CMD", &command]);
+    let running = Running::start(&env, &["--mem", "64M", "--CMD", &command, "--retries", "8"]);
     wait_until(PROCESS_LIMIT, "the step runs", || started.exists());
     // The run's group is named by the server that made it.
     let made_by = format!("run-{}-", server.id());

@@ -402,7 +402,7 @@ fn a_step_over_its_memory_on_slurm_is_killed_and_told_so() {
 fn a_server_restarted_mid_step_loses_no_line_of_a_slurm_job() {
     use crate::outlive::{FORTY_LINES, lines_up_to, numbered_lines};
     let mut fixture = fixture(&[]);
-    let running = crate::env::Running::start(&fixture.env, &["--CMD", FORTY_LINES]);
+    let running = crate::env::Running::start(&fixture.env, &["--CMD", FORTY_LINES, "--retries", "8"]);
     running.wait_for("]:line 10\n");
     fixture.server.kill().unwrap();
     let _ = fixture.server.wait();
