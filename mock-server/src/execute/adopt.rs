@@ -6,8 +6,8 @@
 //! after the last line it printed. Its command still running is followed from its
 //! supervisor's files (`executor/supervised.rs`), the output messages already numbered
 //! skipped, and holds again what it asked of the server's queue; a run that ended
-//! meanwhile is followed to its status; one whose run is gone, or that had not started
-//! its command, ends with a message that says so, never as a success.
+//! meanwhile is followed to its status; one whose run is gone ends with a message that
+//! says so, never as a success.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -74,14 +74,10 @@ async fn adopt(state: Arc<State>, found: Found) {
     }
     let started = std::time::Instant::now();
     let supervised = run.as_deref().and_then(|run| Supervised::adopt(&state.config.root, run, start, header.merged));
+    // (`left_behind::find` takes on only a job that ended or whose run started.)
     let Some((supervised, chunks)) = supervised else {
-        let why = match run {
-            Some(_) => {
-                "the server restarted and the job's command was not running any more (its supervisor was \
-                        killed): how it ended is not known; run it again"
-            }
-            None => "the server restarted before the job's command started; run it again",
-        };
+        let why = "the server restarted and the job's command was not running any more (its supervisor was \
+                   killed): how it ended is not known; run it again";
         warn!(job = %id, cn = cn.as_str(), "{why}");
         let _ = tx.send(Err(JobError::Lost(why.to_string()))).await;
         command_run.ended(CommandEnd::Failed);

@@ -54,8 +54,9 @@ impl Found {
 pub fn find(root: &Path, key: &SpoolKey) -> Vec<Found> {
     let mut found = Vec::new();
     for id in spool_file::spooled_ids(root) {
-        let job_dir = root.join(&id);
-        if !job_dir.is_dir() {
+        // Decided here, before anything is swept or stopped: a job that could not be
+        // entered again is neither kept nor left running.
+        if !crate::jobs::is_left_job(root, &id) {
             spool_file::remove(root, &id);
             continue;
         }

@@ -11,4 +11,6 @@ pub mod spool;
 pub mod spool_file;
 mod table;
 
-pub use table::{CommandEnd, CommandRun, Done, JobUse, Jobs, Recorded, remove_job_files, sweep_orphans, venv_dir};
+pub use table::{
+    CommandEnd, CommandRun, Done, JobUse, Jobs, Recorded, is_left_job, remove_job_files, sweep_orphans, venv_dir,
+};

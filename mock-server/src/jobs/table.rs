@@ -177,14 +177,10 @@ impl Jobs {
     /// running until the returned run ends. It holds a slot when one is free (a server
     /// restarted with fewer slots still adopts every job it finds).
     pub fn adopt(self: &Arc<Self>, id: &str, owner: Option<&str>) -> Result<(PathBuf, JobUse, CommandRun), JobError> {
-        let parsed = Uuid::try_parse(id).map_err(|_| JobError::BadJobId(id.to_string()))?;
-        if parsed.hyphenated().to_string() != id {
-            return Err(JobError::BadJobId(id.to_string()));
-        }
-        let dir = self.root.join(id);
-        if !marker(&dir).is_file() || !std::fs::symlink_metadata(&dir).is_ok_and(|meta| meta.is_dir()) {
+        if !is_left_job(&self.root, id) {
             return Err(JobError::UnknownJob(id.to_string()));
         }
+        let dir = self.root.join(id);
         let mut table = self.table();
         let slot = self.take_slot(&table, owner).ok();
         let entry = Entry {
@@ -498,6 +494,14 @@ pub fn remove_job_files(dir: &Path) {
         }
     }
     let _ = std::fs::remove_file(marker(dir));
+}
+
+/// Whether `id` names a job an earlier server left under `root`: a canonical UUID, its
+/// marker beside a directory (not a link) of that name. Only such a job is taken on.
+pub fn is_left_job(root: &Path, id: &str) -> bool {
+    let canonical = Uuid::try_parse(id).is_ok_and(|parsed| parsed.hyphenated().to_string() == id);
+    let dir = root.join(id);
+    canonical && marker(&dir).is_file() && std::fs::symlink_metadata(&dir).is_ok_and(|meta| meta.is_dir())
 }
 
 fn marker(dir: &Path) -> PathBuf {

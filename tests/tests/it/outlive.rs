@@ -9,6 +9,22 @@ use std::time::Duration;
 
 use crate::env::{PROCESS_LIMIT, Running, TestEnv, processes_running, send_signal, wait_exit, wait_until};
 
+/// The real server binary on a job root of its own with `extra`, a source file for
+/// jobs; the fixture, the server and its port.
+fn serving(extra: &[&str]) -> (TestEnv, std::process::Child, u16) {
+    let mut env = TestEnv::bare();
+    env.write("source/x", "x");
+    let (server, port) = crate::env::spawn_server_binary(&env, extra);
+    env.set_addr(([127, 0, 0, 1], port).into());
+    (env, server, port)
+}
+
+/// A test's last server, stopped.
+fn stop(mut server: std::process::Child) {
+    send_signal(&server, libc::SIGTERM);
+    wait_exit(&mut server, PROCESS_LIMIT);
+}
+
 /// A marker no other test's processes carry.
 fn marker(tag: u32) -> String {
     format!("{tag}.{}", std::process::id())
@@ -21,12 +37,9 @@ fn marker(tag: u32) -> String {
 // ended: a license is never given out twice across a restart.
 #[test]
 fn a_job_a_killed_server_left_holds_its_license_again_under_the_next() {
-    let mut env = TestEnv::bare();
-    env.write("source/x", "x");
+    let (env, mut server, port) = serving(&["--license", "hspice=1"]);
     let marker = marker(951);
     let (started, release) = (env.root.path().join("started"), env.root.path().join("release"));
-    let (mut server, port) = crate::env::spawn_server_binary(&env, &["--license", "hspice=1"]);
-    env.set_addr(([127, 0, 0, 1], port).into());
     let command = format!(
         "touch {}; until [ -e {} ]; do sleep 0.05; done; echo holder-ran {marker}",
         started.display(),
@@ -38,7 +51,7 @@ fn a_job_a_killed_server_left_holds_its_license_again_under_the_next() {
     wait_exit(&mut server, PROCESS_LIMIT);
     // The run outlived the server that started it.
     assert_eq!(processes_running(&format!("-c\0touch {}", started.display())).len(), 1, "the command runs on");
-    let mut server = restart(&env, port, &["--license", "hspice=1"]);
+    let server = restart(&env, port, &["--license", "hspice=1"]);
     holder.wait_for("reconnected: following job");
     let next = Running::start(&env, &["--license", "hspice", "--CMD", "echo next-ran"]);
     next.wait_for("waiting: license hspice 1/1 in use");
@@ -48,8 +61,7 @@ fn a_job_a_killed_server_left_holds_its_license_again_under_the_next() {
     assert!(status.success() && said.contains(&format!("]:holder-ran {marker}")), "{said}");
     let (status, said) = next.end();
     assert!(status.success() && said.contains("]:next-ran"), "{said}");
-    send_signal(&server, libc::SIGTERM);
-    wait_exit(&mut server, PROCESS_LIMIT);
+    stop(server);
 }
 
 // A supervisor killed with SIGKILL: its command goes with it, and the run is reported
@@ -116,7 +128,7 @@ fn output_that_fills_the_disk_stops_the_run_with_a_clear_reason() {
     let mut env = TestEnv::bare();
     env.write("source/x", "x");
     let _disk = SmallDisk::mount(&env.jobs, "2m");
-    let (mut server, port) = crate::env::spawn_server_binary(&env, &[]);
+    let (server, port) = crate::env::spawn_server_binary(&env, &[]);
     env.set_addr(([127, 0, 0, 1], port).into());
     let command = "echo first; yes 'a line of output' | head -c 8000000; echo never";
     let output = env.client().args(["--CMD", command]).output().unwrap();
@@ -129,8 +141,7 @@ fn output_that_fills_the_disk_stops_the_run_with_a_clear_reason() {
     assert!(crate::env::names_in(&runs).is_empty(), "{:?}", crate::env::names_in(&runs));
     let output = env.client().args(["--CMD", "echo again"]).output().unwrap();
     assert!(output.status.success() && String::from_utf8_lossy(&output.stdout).contains("]:again"));
-    send_signal(&server, libc::SIGTERM);
-    wait_exit(&mut server, PROCESS_LIMIT);
+    stop(server);
 }
 
 /// The numbered lines `line N` a client printed, in the order printed.
@@ -165,10 +176,7 @@ fn restart(env: &TestEnv, port: u16, extra: &[&str]) -> std::process::Child {
 #[test]
 fn a_server_restarted_mid_run_loses_no_line_of_a_running_job() {
     for signal in [libc::SIGTERM, libc::SIGKILL] {
-        let mut env = TestEnv::bare();
-        env.write("source/x", "x");
-        let (mut server, port) = crate::env::spawn_server_binary(&env, &["--keep-jobs-on-exit"]);
-        env.set_addr(([127, 0, 0, 1], port).into());
+        let (env, mut server, port) = serving(&["--keep-jobs-on-exit"]);
         let running = Running::start(&env, &["--CMD", FORTY_LINES, "--retries", "8"]);
         running.wait_for("]:line 10\n");
         send_signal(&server, signal);
@@ -191,10 +199,7 @@ fn a_server_restarted_mid_run_loses_no_line_of_a_running_job() {
 // the status and the results, from the new server.
 #[test]
 fn a_detached_job_is_attached_after_a_server_restart() {
-    let mut env = TestEnv::bare();
-    env.write("source/x", "x");
-    let (mut server, port) = crate::env::spawn_server_binary(&env, &["--keep-jobs-on-exit"]);
-    env.set_addr(([127, 0, 0, 1], port).into());
+    let (env, mut server, port) = serving(&["--keep-jobs-on-exit"]);
     let started = env.root.path().join("started");
     let command = format!("touch {}; {FORTY_LINES}", started.display());
     let detached = env.client().args(["--detach", "--CMD", &command]).output().unwrap();
@@ -204,7 +209,7 @@ fn a_detached_job_is_attached_after_a_server_restart() {
     wait_until(PROCESS_LIMIT, "the command runs", || started.exists());
     send_signal(&server, libc::SIGTERM);
     assert!(wait_exit(&mut server, PROCESS_LIMIT).success());
-    let mut server = restart(&env, port, &[]);
+    let server = restart(&env, port, &[]);
     // Taken on, the job is still its owner's alone: another certificate is told no such
     // job exists, as before the restart.
     let mallory = crate::env::client_dir_for(&env, "mallory");
@@ -217,8 +222,7 @@ fn a_detached_job_is_attached_after_a_server_restart() {
     assert_eq!(attached.status.code(), Some(3), "{stdout}{stderr}");
     assert_eq!(numbered_lines(&stdout), lines_up_to(40), "{stdout}");
     assert_eq!(std::fs::read_to_string(env.work.join("build/out")).unwrap(), "done\n");
-    send_signal(&server, libc::SIGTERM);
-    wait_exit(&mut server, PROCESS_LIMIT);
+    stop(server);
 }
 
 // A spool edited on disk while the server is down is not trusted: the job is not taken
@@ -226,10 +230,7 @@ fn a_detached_job_is_attached_after_a_server_restart() {
 // never given output nobody can vouch for.
 #[test]
 fn an_edited_spool_is_refused_and_its_job_not_taken_on() {
-    let mut env = TestEnv::bare();
-    env.write("source/x", "x");
-    let (mut server, port) = crate::env::spawn_server_binary(&env, &["--keep-jobs-on-exit"]);
-    env.set_addr(([127, 0, 0, 1], port).into());
+    let (env, mut server, port) = serving(&["--keep-jobs-on-exit"]);
     let marker = marker(953);
     let command = format!("echo line 1; sleep {marker}");
     let running = Running::start(&env, &["--CMD", &command, "--retries", "5"]);
@@ -242,7 +243,7 @@ fn an_edited_spool_is_refused_and_its_job_not_taken_on() {
     let at = bytes.len() - 20;
     bytes[at] ^= 0x20;
     std::fs::write(spools.join(&spool), bytes).unwrap();
-    let mut server = restart(&env, port, &[]);
+    let server = restart(&env, port, &[]);
     let (status, said) = running.end();
     assert!(!status.success(), "{said}");
     assert!(said.contains("NOT_FOUND") || said.contains("no job"), "{said}");
@@ -250,8 +251,7 @@ fn an_edited_spool_is_refused_and_its_job_not_taken_on() {
     assert!(log.contains("the job's spool is refused") && log.contains("not trusted"), "{log}");
     assert!(processes_running(&format!("sleep\0{marker}")).is_empty(), "its run was stopped");
     assert!(env.job_dirs().is_empty(), "{:?}", env.job_dirs());
-    send_signal(&server, libc::SIGTERM);
-    wait_exit(&mut server, PROCESS_LIMIT);
+    stop(server);
 }
 
 // A pid file naming another process (a reused pid, or one planted there) is never
@@ -261,10 +261,7 @@ fn an_edited_spool_is_refused_and_its_job_not_taken_on() {
 // is gone, never a success.
 #[test]
 fn a_pid_file_naming_another_process_never_gets_it_signalled() {
-    let mut env = TestEnv::bare();
-    env.write("source/x", "x");
-    let (mut server, port) = crate::env::spawn_server_binary(&env, &["--keep-jobs-on-exit"]);
-    env.set_addr(([127, 0, 0, 1], port).into());
+    let (env, mut server, port) = serving(&["--keep-jobs-on-exit"]);
     let running = Running::start(&env, &["--CMD", "echo line 1; sleep 600", "--retries", "8"]);
     running.wait_for("]:line 1\n");
     send_signal(&server, libc::SIGTERM);
@@ -281,14 +278,13 @@ fn a_pid_file_naming_another_process_never_gets_it_signalled() {
     });
     let decoy_stat = std::fs::read_to_string(format!("/proc/{}/stat", decoy.id())).unwrap();
     std::fs::write(run.join("pid"), decoy_stat).unwrap();
-    let mut server = restart(&env, port, &[]);
+    let server = restart(&env, port, &[]);
     let (status, said) = running.end();
     assert!(!status.success() && said.contains("ABORTED") && said.contains("how it ended is not known"), "{said}");
     assert!(decoy.try_wait().unwrap().is_none(), "the decoy was not signalled");
     decoy.kill().unwrap();
     let _ = decoy.wait();
-    send_signal(&server, libc::SIGTERM);
-    wait_exit(&mut server, PROCESS_LIMIT);
+    stop(server);
 }
 
 // With --keep-jobs-on-exit, a run the next server could not take on (a legacy client's:
@@ -296,10 +292,7 @@ fn a_pid_file_naming_another_process_never_gets_it_signalled() {
 #[test]
 fn a_legacy_clients_run_is_stopped_at_a_keep_jobs_exit() {
     let python = crate::compat::grpcio_python();
-    let mut env = TestEnv::bare();
-    env.write("source/x", "x");
-    let (mut server, port) = crate::env::spawn_server_binary(&env, &["--keep-jobs-on-exit"]);
-    env.set_addr(([127, 0, 0, 1], port).into());
+    let (env, mut server, port) = serving(&["--keep-jobs-on-exit"]);
     let marker = marker(954);
     let started = env.root.path().join("started");
     let mut client = std::process::Command::new(&python)
@@ -333,10 +326,7 @@ fn a_legacy_clients_run_is_stopped_at_a_keep_jobs_exit() {
 #[test]
 fn a_long_output_is_replayed_from_its_checkpoint_and_its_head_is_freed() {
     use std::os::unix::fs::MetadataExt;
-    let mut env = TestEnv::bare();
-    env.write("source/x", "x");
-    let (mut server, port) = crate::env::spawn_server_binary(&env, &["--keep-jobs-on-exit"]);
-    env.set_addr(([127, 0, 0, 1], port).into());
+    let (env, mut server, port) = serving(&["--keep-jobs-on-exit"]);
     let (started, release) = (env.root.path().join("started"), env.root.path().join("release"));
     let command = format!(
         "seq -f 'line %g' 1 200000; touch {}; until [ -e {} ]; do sleep 0.05; done; seq -f 'line %g' 200001 200040; \
@@ -359,15 +349,14 @@ fn a_long_output_is_replayed_from_its_checkpoint_and_its_head_is_freed() {
     );
     send_signal(&server, libc::SIGTERM);
     assert!(wait_exit(&mut server, PROCESS_LIMIT).success());
-    let mut server = restart(&env, port, &[]);
+    let server = restart(&env, port, &[]);
     std::fs::write(&release, "").unwrap();
     let (status, said) = running.end();
     assert_eq!(status.code(), Some(3), "{}", &said[said.len().saturating_sub(2000)..]);
     let lines = numbered_lines(&said);
     assert_eq!(lines.len(), 200040, "{:?}", lines.last());
     assert!(lines == lines_up_to(200040), "every line once, in order");
-    send_signal(&server, libc::SIGTERM);
-    wait_exit(&mut server, PROCESS_LIMIT);
+    stop(server);
 }
 
 // A step over its --mem after a restart is still stopped and said to be: the next
@@ -377,10 +366,7 @@ fn a_long_output_is_replayed_from_its_checkpoint_and_its_head_is_freed() {
 #[test]
 fn a_run_taken_on_is_still_held_to_its_memory_and_told_so() {
     use lrpymrpc_mock_server::executor::confine::{MemoryControl, memory_control};
-    let mut env = TestEnv::bare();
-    env.write("source/x", "x");
-    let (mut server, port) = crate::env::spawn_server_binary(&env, &["--keep-jobs-on-exit"]);
-    env.set_addr(([127, 0, 0, 1], port).into());
+    let (env, mut server, port) = serving(&["--keep-jobs-on-exit"]);
     let (started, release) = (env.root.path().join("started"), env.root.path().join("release"));
     let command = format!(
         "touch {}; until [ -e {} ]; do sleep 0.05; done; echo allocating; \
@@ -394,7 +380,7 @@ fn a_run_taken_on_is_still_held_to_its_memory_and_told_so() {
     let made_by = format!("run-{}-", server.id());
     send_signal(&server, libc::SIGTERM);
     assert!(wait_exit(&mut server, PROCESS_LIMIT).success());
-    let mut server = restart(&env, port, &[]);
+    let server = restart(&env, port, &[]);
     running.wait_for("reconnected: following job");
     std::fs::write(&release, "").unwrap();
     let (status, said) = running.end();
@@ -407,6 +393,5 @@ fn a_run_taken_on_is_still_held_to_its_memory_and_told_so() {
         }
         MemoryControl::AddressSpace => assert!(said.contains("MemoryError"), "{said}"),
     }
-    send_signal(&server, libc::SIGTERM);
-    wait_exit(&mut server, PROCESS_LIMIT);
+    stop(server);
 }
