@@ -174,9 +174,10 @@ struct Args {
     #[arg(long, help_heading = "Lifecycle")]
     keep_jobs_on_exit: bool,
 
-    /// Where commands run: `local` (this machine) or `slurm` (a job step through `srun`
-    /// on whichever node is free; the job root must be on a filesystem every node sees,
-    /// which a probe step checks at start). pip always runs on this machine
+    /// Where commands run: `local` (this machine) or `slurm` (a batch job on whichever
+    /// node is free; the job root must be on a filesystem every node sees and this
+    /// binary at the same path on every node, which a probe step checks at start). pip
+    /// always runs on this machine
     #[arg(long, value_enum, default_value_t = ExecutorKind::Local, help_heading = "Executor")]
     executor: ExecutorKind,
     /// The Slurm partition steps run in (default: the cluster's default partition)
@@ -185,10 +186,16 @@ struct Args {
     /// The Slurm account steps are charged to
     #[arg(long, value_name = "NAME", help_heading = "Executor")]
     slurm_account: Option<String>,
-    /// One more srun option for every step, as it is (repeatable):
+    /// One more sbatch (or srun) option for every step, as it is (repeatable):
     /// `--slurm-arg=--cpus-per-task=4 --slurm-arg=--mem=8G`
     #[arg(long, value_name = "OPTION", allow_hyphen_values = true, help_heading = "Executor")]
     slurm_arg: Vec<String>,
+    /// How a command is given to Slurm: `sbatch` (a batch job, which outlives this
+    /// server and its machine; Slurm starts batch jobs up to its `batch_sched_delay`,
+    /// 3 s by default, late) or `srun` (a job step started at once, under a supervisor
+    /// on this machine: it outlives this server, not this machine)
+    #[arg(long, value_enum, default_value_t = SlurmSubmit::Sbatch, help_heading = "Executor")]
+    slurm_submit: SlurmSubmit,
     /// How often steps waiting in Slurm's queue are looked up, all in one `squeue`
     #[arg(long, value_name = "DURATION", default_value = "1s", help_heading = "Executor")]
     slurm_poll_interval: DurationArg,
@@ -291,6 +298,13 @@ enum ExecutorKind {
     Slurm,
 }
 
+/// `--slurm-submit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum SlurmSubmit {
+    Sbatch,
+    Srun,
+}
+
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum LogFormat {
     Text,
@@ -310,6 +324,19 @@ enum Command {
     CheckConfig {
         /// The TOML file `--config` would read
         file: PathBuf,
+    },
+    /// Internal: what a batch job runs on a scheduler's node (`executor/batch.rs`): the
+    /// command under its supervisor, writing into its run directory on the job root
+    #[command(hide = true)]
+    Supervise {
+        /// The run's directory under `ROOT/lrpymrpc-runs/`
+        dir: PathBuf,
+        /// stdout and stderr as one stream
+        #[arg(long)]
+        merged: bool,
+        /// The command and its arguments, after `--`
+        #[arg(last = true, required = true)]
+        command: Vec<std::ffi::OsString>,
     },
 }
 
@@ -388,6 +415,10 @@ fn dispatch() -> anyhow::Result<()> {
             ca_sign(csr, ca_dir, *days, out.as_deref())
         }
         Some(Command::CheckConfig { file }) => check_config(file),
+        Some(Command::Supervise { dir, merged, command }) => {
+            let error = crate::executor::supervisor::supervise_here(dir, *merged, command);
+            Err(anyhow::Error::new(error).context("cannot supervise the command on this node"))
+        }
         None => serve(args),
     }
 }
@@ -726,6 +757,7 @@ fn config_from(args: Args) -> anyhow::Result<Config> {
                 ("--slurm-partition", args.slurm_partition.is_some()),
                 ("--slurm-account", args.slurm_account.is_some()),
                 ("--slurm-arg", !args.slurm_arg.is_empty()),
+                ("--slurm-submit", args.slurm_submit != SlurmSubmit::Sbatch),
             ];
             if let Some((flag, _)) = slurm_only.iter().find(|(_, given)| *given) {
                 anyhow::bail!("{flag} is for `--executor slurm`; commands run on this machine without it");
@@ -736,6 +768,7 @@ fn config_from(args: Args) -> anyhow::Result<Config> {
             partition: args.slurm_partition.clone(),
             account: args.slurm_account.clone(),
             args: args.slurm_arg.clone(),
+            batch: args.slurm_submit == SlurmSubmit::Sbatch,
             poll_interval: args.slurm_poll_interval.into(),
             probe_timeout: args.slurm_probe_timeout.into(),
         }),

@@ -19,7 +19,8 @@
 //!
 //! - W8: eight 1 s steps with `make -j8` over four servers of two slots each, against
 //!   one server of two slots.
-//! - W11: W1 through Slurm (`--executor slurm`, a one-node cluster started for it)
+//! - W11: W1 through Slurm (`--executor slurm`, a one-node cluster started for it), as
+//!   a batch job and as an srun step
 //!   against the local executor; skipped where Slurm is not installed.
 //! - W10: a 5 s step run again with `--cache` against a server with an action cache.
 //! - W13: what the server's resource queue costs one step (a grant taken and given
@@ -193,7 +194,7 @@ impl Bench {
             match lrpymrpc_mock_server::executor::slurm_cluster::unavailable() {
                 None => {
                     eprintln!("xtask bench: W11, a small job through Slurm against the local executor");
-                    rows.push(self.through_slurm(repeats)?);
+                    rows.extend(self.through_slurm(repeats)?);
                 }
                 Some(why) => eprintln!("xtask bench: W11 skipped: {why}"),
             }
@@ -376,31 +377,43 @@ impl Bench {
         })
     }
 
-    /// W11: W1's small job on a server with `--executor slurm` (a one-node cluster of
-    /// our own on this machine), against the same job on the local executor, one after
-    /// the other in each round: what Slurm adds to a job.
-    fn through_slurm(&self, repeats: usize) -> anyhow::Result<Row> {
+    /// W11: W1's small job on servers with `--executor slurm` (a one-node cluster of
+    /// our own on this machine, `batch_sched_delay=0`), as a batch job (the default) and
+    /// as an srun step, against the same job on the local executor, one after the other
+    /// in each round: what Slurm adds to a job.
+    fn through_slurm(&self, repeats: usize) -> anyhow::Result<Vec<Row>> {
         use lrpymrpc_mock_server::executor::slurm_cluster::OneNodeCluster;
         let cluster = OneNodeCluster::start(&self.scratch.join("w11-slurm"), 2, &[])?;
-        let root = self.scratch.join("w11-jobs");
-        std::fs::create_dir_all(&root)?;
         let vars = [("SLURM_CONF", cluster.conf())];
-        let slurm = MockServer::start_with_env(&self.server, &root, &self.tls, &["--executor", "slurm"], &vars)?;
+        let server = |submit: &str| -> anyhow::Result<MockServer> {
+            let root = self.scratch.join(format!("w11-jobs-{submit}"));
+            std::fs::create_dir_all(&root)?;
+            let args = ["--executor", "slurm", "--slurm-submit", submit];
+            MockServer::start_with_env(&self.server, &root, &self.tls, &args, &vars)
+        };
+        let (sbatch, srun) = (server("sbatch")?, server("srun")?);
         let dir = self.scratch.join("w11");
         generate(&dir.join("source"), 10, 1024, 1, 1)?;
         let command = "mkdir -p build && cp source/d0/e0/f0 build/";
-        let (mut local, mut through) = (Vec::new(), Vec::new());
+        let (mut local, mut batched, mut stepped) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..repeats * 3 {
             local.push(self.job(&dir, &[], command)?.wall);
-            through.push(self.job(&dir, &["--SERVER_PORT", slurm.port()], command)?.wall);
+            batched.push(self.job(&dir, &["--SERVER_PORT", sbatch.port()], command)?.wall);
+            stepped.push(self.job(&dir, &["--SERVER_PORT", srun.port()], command)?.wall);
         }
-        let extra = median(&through).saturating_sub(median(&local));
-        Ok(Row {
-            name: "W11 small job through Slurm".into(),
-            samples: through,
-            reference: Some(("local executor".into(), median(&local))),
-            note: format!("Slurm adds {} a job; target: at most 50 ms", seconds(extra)),
-        })
+        let row = |name: &str, samples: Vec<Duration>, note: &str| {
+            let extra = median(&samples).saturating_sub(median(&local));
+            Row {
+                name: name.into(),
+                samples,
+                reference: Some(("local executor".into(), median(&local))),
+                note: format!("Slurm adds {} a job; {note}", seconds(extra)),
+            }
+        };
+        Ok(vec![
+            row("W11 small job through Slurm, sbatch", batched, "Slurm schedules batch jobs once a second at most"),
+            row("W11 small job through Slurm, --slurm-submit srun", stepped, "target: at most 50 ms"),
+        ])
     }
 
     /// W12: two steps at once of a 2-thread OpenMP program that waits often

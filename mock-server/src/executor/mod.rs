@@ -3,10 +3,11 @@
 //! an [`Executor`] runs it, streams its output as domain events ([`JobEvent`], never
 //! wire messages), stops it when the client goes away or a limit runs out, and says
 //! how it ended ([`ProcessEnd`]). The sandbox wraps a launch for any executor
-//! (`sandbox.rs`); the local executor (`local.rs`) runs it on this machine, the Slurm
-//! executor (`slurm.rs`) as a job step on a node; both stream through
-//! `process_run.rs`.
+//! (`sandbox.rs`); the local executor (`local.rs`) runs it on this machine under a
+//! supervisor (`supervised.rs`), the Slurm executor (`slurm.rs`) as a batch job whose
+//! supervisor runs on a node (`batch.rs`); both stream through `process_run.rs`.
 
+pub mod batch;
 pub mod confine;
 pub mod contain;
 pub mod limits;

@@ -1,23 +1,29 @@
-//! The Slurm executor (`--executor slurm`): each command runs as a Slurm job step
-//! through `srun` on whichever node is free, its output streamed back live by the same
-//! loop as the local executor's (`process_run.rs`); only starting, stopping and waiting
-//! differ. Set-up steps (venv, pip) stay on this machine, where the environment cache
-//! lives: the job root must be on a filesystem every node sees, which [`probe`] checks
-//! at start.
+//! The Slurm executor (`--executor slurm`): each command runs as a Slurm batch job on
+//! whichever node is free, under its supervisor there (`batch.rs`), its output followed
+//! from the run's files on the shared root by the same loop as the local executor's
+//! (`process_run.rs`); only starting, stopping and asking about the job differ.
+//! Set-up steps (venv, pip) stay on this machine, where the environment cache lives:
+//! the job root must be on a filesystem every node sees, and the server binary at the
+//! same path on every node, which [`SlurmExecutor::probe`] checks at start.
 //!
-//! - Start: `srun --quiet --job-name=lrpymrpc-<job id> --chdir=<job dir> --ntasks=1
-//!   --time=<--job-timeout> [--partition] [--account] [--slurm-arg...] sh -c
-//!   '<touch the started marker>; exec "$@"' <launch>`. The launch may already be
+//! - Start: `sbatch --parsable --job-name=lrpymrpc-<job id> --chdir=<job dir>
+//!   --output=<run dir>/node.log --ntasks=1 --nodes=1 --time=<limit> [what the step
+//!   was granted] [--partition] [--account] [--slurm-arg...] <run dir>/job.sh`; the
+//!   job id sbatch prints is kept in the run's directory. The launch may already be
 //!   wrapped in bwrap (`--sandbox`): the sandbox then applies on the node.
-//! - Stop: `scancel --name=<job name>` and SIGTERM to the local `srun` (SIGKILL after
-//!   a grace), so no step is left in `squeue`.
-//! - Wait: `srun` ends when the step ends; its exit status is the command's (128+N for
-//!   a signal, as srun reports it). A step that never started (no marker, srun failed)
-//!   is the scheduler refusing: `UNAVAILABLE` with srun's own words, never a command
-//!   that failed.
-//! - Queued: one batched `squeue` for all waiting steps at a modest rate
-//!   (`--slurm-poll-interval`); a pending step's reason is told to its client as a
-//!   note, and when it starts. A query that fails means "unknown": nothing is said.
+//! - Stop: `scancel --name=<job name>`: Slurm signals the supervisor, which stops the
+//!   command and writes its status; nothing is left in `squeue`.
+//! - Wait: the supervisor's status file: the command's exact exit status or signal.
+//!   A job that left the queue without one never started (`UNAVAILABLE` with what
+//!   Slurm wrote on the node), went over its memory (Slurm's report in `node.log`), or
+//!   is lost (said by name, never a success). sbatch refusing the job is the
+//!   scheduler refusing: `UNAVAILABLE` with sbatch's own words.
+//! - Survives: a server restarted, even on another machine, finds the job by the run
+//!   directory its spool names (`execute/adopt.rs`) and follows it on.
+//! - Queued: one batched `squeue` for every job at a modest rate
+//!   (`--slurm-poll-interval`): a pending job's reason is told to its client as a note,
+//!   and when it starts; a job missing from it twice has left. A query that fails
+//!   means "unknown": nothing is said or concluded.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -30,9 +36,10 @@ use tokio::process::Command;
 
 use lrpymrpc_units::human_duration;
 
+use crate::executor::batch;
 use crate::executor::confine::Confine;
 use crate::executor::process_run::{self, Runs, Stop, Streaming};
-use crate::executor::supervised::{self, Adopted, Supervised};
+use crate::executor::supervised::{self, Adopted, BatchJob, Supervised};
 use crate::executor::{Events, Executor, JobEvent, Launch, Limit, ProcessEnd, TimeLimits};
 use crate::resources::Capacity;
 
@@ -45,6 +52,12 @@ const QUERY_TIMEOUT: Duration = Duration::from_secs(15);
 /// Names per `squeue --name` call: one call for many steps, never an endless argv.
 const NAMES_PER_QUERY: usize = 200;
 
+/// How many queue polls in a row must miss a job before it counts as gone.
+const ABSENT_POLLS: u32 = 2;
+
+/// The name a batch run's scheduler is written down as (`batch.rs`).
+const SCHEDULER: &str = "slurm";
+
 /// What the administrator chose for Slurm.
 #[derive(Debug, Clone)]
 pub struct SlurmOptions {
@@ -52,8 +65,11 @@ pub struct SlurmOptions {
     pub partition: Option<String>,
     /// `--slurm-account`.
     pub account: Option<String>,
-    /// `--slurm-arg`, each passed to srun as it is (`--cpus-per-task=4`, `--mem=8G`).
+    /// `--slurm-arg`, each passed to sbatch or srun as it is (`--cpus-per-task=4`).
     pub args: Vec<String>,
+    /// `--slurm-submit sbatch` (the default): batch jobs, which outlive the server and
+    /// its machine; else job steps through an srun under a local supervisor.
+    pub batch: bool,
     /// How often waiting steps are looked up in Slurm's queue, all in one query.
     pub poll_interval: Duration,
     /// How long the start-up probe step may wait for a node.
@@ -66,6 +82,7 @@ impl Default for SlurmOptions {
             partition: None,
             account: None,
             args: Vec::new(),
+            batch: true,
             poll_interval: Duration::from_secs(1),
             probe_timeout: Duration::from_secs(120),
         }
@@ -79,6 +96,11 @@ pub enum SlurmError {
     Missing(&'static str, #[source] which::Error),
     #[error("--executor slurm: the probe step failed: {0}")]
     Probe(String),
+    #[error(
+        "--executor slurm: the server binary `{binary}` does not run on the node that ran the probe step ({seen}); \
+         hint: install lrpymrpc-server at the same path on every node, or start it from the shared filesystem"
+    )]
+    NoBinary { binary: PathBuf, seen: String },
     #[error(
         "--executor slurm: the job root `{root}` is not the same on the node that ran the probe step ({seen}); \
          hint: put --root on a filesystem every node mounts at the same path (NFS, Lustre, GPFS)"
@@ -99,6 +121,7 @@ pub struct SlurmExecutor {
 #[derive(Debug)]
 struct Inner {
     srun: PathBuf,
+    sbatch: PathBuf,
     scancel: PathBuf,
     squeue: PathBuf,
     options: SlurmOptions,
@@ -106,22 +129,31 @@ struct Inner {
     time_limit_minutes: u64,
     /// Where steps leave their "started" markers: on the shared job root.
     markers: PathBuf,
-    /// The job root: srun's supervised runs go under it (`supervised.rs`).
+    /// The job root: the batch runs' directories go under it (`batch.rs`).
     root: PathBuf,
+    /// The server binary the job scripts run as the supervisor on the node.
+    binary: PathBuf,
     /// The server's `SLURM_*` variables (`SLURM_CONF`): srun needs them to find the
     /// cluster, whatever the job's own environment.
     slurm_env: Vec<(OsString, OsString)>,
     runs: Runs,
-    /// Steps started and not yet seen running, by job name: where to tell their state.
-    waiting: Mutex<HashMap<String, Waiting>>,
+    /// Jobs submitted and not yet ended, by job name: whether the queue still has them,
+    /// and where to tell their state.
+    tracked: Mutex<HashMap<String, Tracked>>,
     poller: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
-#[derive(Debug)]
-struct Waiting {
-    events: Events,
+#[derive(Debug, Default)]
+struct Tracked {
+    /// Where to tell that it waits and where it started; none once it started (or
+    /// taken on after a restart: the queue is not news then).
+    events: Option<Events>,
     /// The pending reason said last, if any.
     said: Option<String>,
+    /// Polls in a row that did not list it.
+    absent: u32,
+    /// Polled at least once since it was submitted.
+    polled: bool,
 }
 
 impl SlurmExecutor {
@@ -134,22 +166,25 @@ impl SlurmExecutor {
         Ok(SlurmExecutor {
             inner: Arc::new(Inner {
                 srun: find("srun")?,
+                sbatch: find("sbatch")?,
                 scancel: find("scancel")?,
                 squeue: find("squeue")?,
                 options,
                 time_limit_minutes: job_timeout.as_secs().div_ceil(60) + 1,
                 markers,
                 root: root.to_path_buf(),
+                binary: batch::this_binary()?,
                 slurm_env,
                 runs: Runs::default(),
-                waiting: Mutex::default(),
+                tracked: Mutex::default(),
                 poller: Mutex::default(),
             }),
         })
     }
 
-    /// Runs a short step that reads a file just written under the job root: the step's
-    /// node must see the root at the same path. Waits at most the probe timeout.
+    /// Runs a short step that reads a file just written under the job root (the step's
+    /// node must see the root at the same path) and runs the server binary there (the
+    /// supervisor of every job). Waits at most the probe timeout.
     pub async fn probe(&self, root: &Path) -> Result<(), SlurmError> {
         let inner = &self.inner;
         let token = format!("lrpymrpc probe {} {:?}", std::process::id(), std::time::SystemTime::now());
@@ -158,7 +193,12 @@ impl SlurmExecutor {
         let (path, text) = (file.clone(), token.clone());
         off_runtime(move || std::fs::write(path, text)).await??;
         let mut command = inner.srun_command(&name, root, &Confine::default(), None);
-        command.arg("cat").arg(&file).stdin(std::process::Stdio::null()).kill_on_drop(true);
+        command
+            .args(["/bin/sh", "-c", "cat \"$0\" && \"$1\" --version >/dev/null"])
+            .arg(&file)
+            .arg(&inner.binary)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
         let outcome = tokio::time::timeout(inner.options.probe_timeout, command.output()).await;
         let path = file.clone();
         let _ = off_runtime(move || std::fs::remove_file(path)).await;
@@ -175,8 +215,10 @@ impl SlurmExecutor {
         let stderr = String::from_utf8_lossy(&output.stderr).trim().to_string();
         let read_back = String::from_utf8_lossy(&output.stdout) == token;
         let not_found = stderr.contains(&file.display().to_string());
+        let no_binary = stderr.contains(&inner.binary.display().to_string());
         match (output.status.success(), read_back) {
             (true, true) => Ok(()),
+            (false, true) if no_binary => Err(SlurmError::NoBinary { binary: inner.binary.clone(), seen: stderr }),
             (true, false) => {
                 Err(SlurmError::NotShared { root: root.to_path_buf(), seen: "it read other bytes".into() })
             }
@@ -206,10 +248,11 @@ impl SlurmExecutor {
         }
     }
 
-    /// Starts the queue poller if it is not running (it ends with the executor).
-    fn watch(&self, name: &str, events: &Events) {
+    /// Follows job `name` in the queue (its state told to `events`, if given), and
+    /// starts the queue poller if it is not running (it ends with the executor).
+    fn watch(&self, name: &str, events: Option<&Events>) {
         let inner = &self.inner;
-        inner.waiting().insert(name.to_string(), Waiting { events: events.clone(), said: None });
+        inner.tracked().insert(name.to_string(), Tracked { events: events.cloned(), ..Tracked::default() });
         let mut poller = inner.poller.lock().unwrap_or_else(|p| p.into_inner());
         if poller.as_ref().is_none_or(|task| task.is_finished()) {
             *poller = Some(tokio::spawn(poll_queue(Arc::downgrade(&self.inner))));
@@ -222,19 +265,31 @@ fn stderr_or(stderr: String, otherwise: &str) -> String {
 }
 
 impl Inner {
-    fn waiting(&self) -> std::sync::MutexGuard<'_, HashMap<String, Waiting>> {
-        self.waiting.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn tracked(&self) -> std::sync::MutexGuard<'_, HashMap<String, Tracked>> {
+        self.tracked.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// `srun` with the administrator's options, a job name and a directory, and what
-    /// the step was granted (`--cpus-per-task`, `--mem`, `--licenses`, and `--time` from
-    /// its wall limit, a minute more: our own limit speaks first); the program and its
-    /// arguments follow.
+    /// `srun` (the probe) or `sbatch` (a job) with the administrator's options, a job
+    /// name and a directory, and what the step was granted (`--cpus-per-task`, `--mem`,
+    /// `--licenses`, and `--time` from its wall limit, a minute more: our own limit
+    /// speaks first); the program or script follows.
     fn srun_command(&self, name: &str, dir: &Path, confine: &Confine, wall: Option<Duration>) -> Command {
-        let mut command = Command::new(&self.srun);
+        self.slurm_command(&self.srun, "--quiet", name, dir, confine, wall)
+    }
+
+    fn slurm_command(
+        &self,
+        program: &Path,
+        first: &str,
+        name: &str,
+        dir: &Path,
+        confine: &Confine,
+        wall: Option<Duration>,
+    ) -> Command {
+        let mut command = Command::new(program);
         let minutes = wall.map_or(self.time_limit_minutes, |wall| wall.as_secs().div_ceil(60) + 1);
         command
-            .arg("--quiet")
+            .arg(first)
             .arg(format!("--job-name={name}"))
             .arg(format!("--chdir={}", dir.display()))
             .args(["--ntasks=1", "--nodes=1"])
@@ -327,7 +382,9 @@ fn parse_capacity(nodes: &str, licenses: &str, default_cpus: u32) -> Capacity {
     }
 }
 
-/// Stops one step: scancel by its name, and srun through its supervisor.
+/// Stops one job: scancel by its name, and its supervisor (a batch run's is the job's:
+/// nothing more; a run taken on from a server of an earlier release is an srun under a
+/// local supervisor).
 struct SlurmStop {
     inner: Weak<Inner>,
     name: String,
@@ -336,7 +393,7 @@ struct SlurmStop {
 
 #[tonic::async_trait]
 impl Stop for SlurmStop {
-    /// scancel first: srun killed before it told the controller leaves the job
+    /// scancel first: an srun killed before it told the controller leaves the job
     /// "completing" in `squeue` for a while.
     async fn stop(&self) {
         if let Some(inner) = self.inner.upgrade() {
@@ -423,81 +480,102 @@ async fn off_runtime<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'stati
 }
 
 impl SlurmExecutor {
-    /// Follows a step's srun, under its supervisor, to its end: srun's own reports kept
-    /// out of the output and read for the end (not started, a signal, over its memory).
-    #[allow(clippy::too_many_arguments)]
+    /// Follows a job to its end: a batch run from its files, or (taken on from a server
+    /// of an earlier release) an srun under a local supervisor, srun's own reports kept
+    /// out of the output. Slurm's words (srun's reports, the node's log) are read for
+    /// the end: not started, a signal, over its memory.
     async fn follow_step(
         &self,
         name: &str,
-        mut run: Supervised,
-        chunks: tokio::sync::mpsc::Receiver<process_run::Chunk>,
+        (mut run, chunks): (Supervised, tokio::sync::mpsc::Receiver<process_run::Chunk>),
         streaming: Streaming,
         granted_memory: u64,
-        watch: bool,
         events: &Events,
         limits: TimeLimits,
     ) -> io::Result<ProcessEnd> {
         let inner = &self.inner;
-        let marker = inner.markers.join(name);
-        // A step taken on after a restart has started: what the queue says is not news.
-        if watch {
-            self.watch(name, events);
-        }
-        let stop =
-            Arc::new(SlurmStop { inner: Arc::downgrade(&self.inner), name: name.to_string(), supervisor: run.stop() });
+        let batch = run.batch_job().is_some();
+        let stop: Arc<dyn Stop> = match batch {
+            true => run.stop(),
+            false => Arc::new(SlurmStop {
+                inner: Arc::downgrade(&self.inner),
+                name: name.to_string(),
+                supervisor: run.stop(),
+            }),
+        };
         let ran = process_run::follow(&mut run, chunks, streaming, events, limits, &inner.runs, stop).await;
-        inner.waiting().remove(name);
-        let path = marker.clone();
-        let started = off_runtime(move || {
-            let started = path.exists();
-            let _ = std::fs::remove_file(&path);
-            started
-        })
-        .await
-        .unwrap_or(false);
+        inner.tracked().remove(name);
+        let mut said = run.node_log();
+        let started = match batch {
+            true => run.started(),
+            // An srun step leaves its marker on the node first thing.
+            false => {
+                let marker = inner.markers.join(name);
+                off_runtime(move || {
+                    let started = marker.exists();
+                    let _ = std::fs::remove_file(&marker);
+                    started
+                })
+                .await
+                .unwrap_or(false)
+            }
+        };
         let ended = match ran {
-            Ok(ended) => ended,
+            Ok(mut ended) => {
+                said.append(&mut ended.own_lines);
+                ended.end
+            }
             Err(error) => {
+                for line in &said {
+                    tracing::info!(job = %name, "{line}");
+                }
+                if let Some(limit) = over_memory(&said, granted_memory) {
+                    return Ok(ProcessEnd::LimitReached(limit));
+                }
+                if let Some(why) = supervised::not_started(&error) {
+                    return Ok(ProcessEnd::NotStarted(format!("Slurm did not start the command: {why}")));
+                }
                 return match supervised::lost(&error) {
                     Some(why) => Ok(ProcessEnd::Lost(why)),
                     None => Err(error),
                 };
             }
         };
-        for line in &ended.own_lines {
+        for line in &said {
             tracing::info!(job = %name, "{line}");
         }
-        match ended.end {
+        match ended {
             ProcessEnd::Exited(status) if !status.success() && !started => {
-                let said: Vec<&str> =
-                    ended.own_lines.iter().map(String::as_str).filter(|l| !l.contains(": task ")).collect();
+                let said: Vec<&str> = said.iter().map(String::as_str).filter(|l| !l.contains(": task ")).collect();
                 let why = match said.is_empty() {
-                    true => format!("srun ended with {}", crate::executor::describe(&status)),
+                    true => format!("it ended with {}", crate::executor::describe(&status)),
                     false => said.join("; "),
                 };
                 Ok(ProcessEnd::NotStarted(format!("Slurm did not start the command: {why}")))
             }
-            ProcessEnd::Exited(status) if !status.success() => {
-                Ok(match over_memory(&ended.own_lines, granted_memory) {
-                    Some(limit) => ProcessEnd::LimitReached(limit),
-                    None => ProcessEnd::Exited(signalled(status, &ended.own_lines)),
-                })
-            }
-            ProcessEnd::Exited(status) => Ok(ProcessEnd::Exited(status)),
+            ProcessEnd::Exited(status) if !status.success() => Ok(match over_memory(&said, granted_memory) {
+                Some(limit) => ProcessEnd::LimitReached(limit),
+                None if batch => ProcessEnd::Exited(status),
+                None => ProcessEnd::Exited(signalled(status, &said)),
+            }),
             end => Ok(end),
         }
     }
 }
 
-#[tonic::async_trait]
-impl Executor for SlurmExecutor {
-    /// srun runs under a supervisor of its own (`supervised.rs`), as a local command
-    /// does: a server that dies leaves srun, and so the step, running for the next one.
-    async fn run(&self, launch: Launch, events: &Events, limits: TimeLimits) -> io::Result<ProcessEnd> {
+impl SlurmExecutor {
+    /// `--slurm-submit srun`: the command as a job step of an srun under a local
+    /// supervisor (`supervised.rs`): started at once, and a server that dies leaves
+    /// srun, and so the step, running for the next one (but not a machine that dies).
+    async fn run_step(
+        &self,
+        name: &str,
+        launch: Launch,
+        events: &Events,
+        limits: TimeLimits,
+    ) -> io::Result<ProcessEnd> {
         let inner = &self.inner;
-        let id = launch.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let name = format!("{JOB_NAME_PREFIX}{id}");
-        let marker = inner.markers.join(&name);
+        let marker = inner.markers.join(name);
         let path = marker.clone();
         let _ = off_runtime(move || std::fs::remove_file(path)).await;
         let streaming = Streaming {
@@ -506,7 +584,7 @@ impl Executor for SlurmExecutor {
             own_line: Some(is_srun_report),
         };
         let granted_memory = launch.confine.memory_bytes;
-        let mut command = inner.srun_command(&name, &launch.dir, &launch.confine, Some(limits.wall));
+        let mut command = inner.srun_command(name, &launch.dir, &launch.confine, Some(limits.wall));
         let prepared = supervised::prepare(&inner.root, launch.merged_output)?;
         prepared.supervise(&mut command);
         // On the node: leave the marker (the step started), then become the launch.
@@ -524,14 +602,110 @@ impl Executor for SlurmExecutor {
             run.set_adoptable();
             let _ = events.send(Ok(JobEvent::RunStarted { run: run.name() })).await;
         }
-        self.follow_step(&name, run, chunks, streaming, granted_memory, true, events, limits).await
+        self.watch(name, Some(events));
+        self.follow_step(name, (run, chunks), streaming, granted_memory, events, limits).await
+    }
+}
+
+/// One batch job as the executor's queue poller sees it.
+struct SlurmJob {
+    inner: Weak<Inner>,
+    name: String,
+}
+
+#[tonic::async_trait]
+impl BatchJob for SlurmJob {
+    fn present(&self) -> Option<bool> {
+        let inner = self.inner.upgrade()?;
+        let tracked = inner.tracked();
+        let job = tracked.get(&self.name)?;
+        job.polled.then_some(job.absent < ABSENT_POLLS)
+    }
+
+    async fn cancel(&self) {
+        if let Some(inner) = self.inner.upgrade() {
+            inner.cancel(&self.name).await;
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Executor for SlurmExecutor {
+    /// The command runs as a batch job under its supervisor on the node (`batch.rs`):
+    /// a server that dies, or whose machine does, leaves the job running for the next.
+    async fn run(&self, launch: Launch, events: &Events, limits: TimeLimits) -> io::Result<ProcessEnd> {
+        let inner = &self.inner;
+        let id = launch.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = format!("{JOB_NAME_PREFIX}{id}");
+        if !inner.options.batch {
+            return self.run_step(&name, launch, events, limits).await;
+        }
+        let streaming = Streaming { merged: launch.merged_output, progress: launch.progress_updates, own_line: None };
+        let granted_memory = launch.confine.memory_bytes;
+        let (root, binary, job_launch) = (inner.root.clone(), inner.binary.clone(), launch.clone());
+        let prepared = off_runtime(move || batch::prepare(&root, &binary, &job_launch)).await??;
+        let mut command =
+            inner.slurm_command(&inner.sbatch, "--parsable", &name, &launch.dir, &launch.confine, Some(limits.wall));
+        command
+            .arg(format!("--output={}", prepared.node_log().display()))
+            .arg(prepared.script())
+            .current_dir(&launch.dir)
+            .env_clear()
+            .envs(launch.env)
+            .envs(inner.slurm_env.iter().cloned())
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        let submitted = match tokio::time::timeout(QUERY_TIMEOUT, command.output()).await {
+            Ok(Ok(output)) if output.status.success() => {
+                let printed = String::from_utf8_lossy(&output.stdout);
+                // `JOBID` or `JOBID;CLUSTER`.
+                let job_id = printed.trim().split(';').next().unwrap_or_default().to_string();
+                match job_id.chars().all(|c| c.is_ascii_digit()) && !job_id.is_empty() {
+                    true => Ok(job_id),
+                    false => Err(format!("sbatch printed `{}`, not a job id", printed.trim())),
+                }
+            }
+            Ok(Ok(output)) => Err(stderr_or(
+                String::from_utf8_lossy(&output.stderr).trim().to_string(),
+                &format!("sbatch ended with {}", crate::executor::describe(&output.status)),
+            )),
+            Ok(Err(error)) => Err(format!("sbatch could not run: {error}")),
+            Err(_) => Err(format!("sbatch did not answer within {}", human_duration(QUERY_TIMEOUT))),
+        };
+        let job_id = match submitted {
+            Ok(job_id) => job_id,
+            Err(why) => {
+                // A submit that timed out may still have reached the controller.
+                inner.cancel(&name).await;
+                prepared.refused();
+                return Ok(ProcessEnd::NotStarted(format!("Slurm did not start the command: {why}")));
+            }
+        };
+        tracing::debug!(job = %name, slurm_job = %job_id, "submitted");
+        self.watch(&name, Some(events));
+        let job = Arc::new(SlurmJob { inner: Arc::downgrade(&self.inner), name: name.clone() });
+        let batch::Submitted { mut run, chunks } = prepared.submitted(SCHEDULER, &job_id, job)?;
+        if launch.adoptable {
+            run.set_adoptable();
+            let _ = events.send(Ok(JobEvent::RunStarted { run: run.name() })).await;
+        }
+        self.follow_step(&name, (run, chunks), streaming, granted_memory, events, limits).await
     }
 
     async fn follow_adopted(&self, adopted: Adopted, events: &Events, limits: TimeLimits) -> io::Result<ProcessEnd> {
         let name = format!("{JOB_NAME_PREFIX}{}", adopted.job);
-        let streaming =
-            Streaming { merged: adopted.merged, progress: adopted.progress, own_line: Some(is_srun_report) };
-        self.follow_step(&name, adopted.run, adopted.chunks, streaming, 0, false, events, limits).await
+        let mut run = adopted.run;
+        let own_line = match run.batch_job() {
+            Some((scheduler, _)) if scheduler == SCHEDULER => {
+                // The queue is watched again (its state is not news: nothing is said).
+                self.watch(&name, None);
+                run.watch_batch(Arc::new(SlurmJob { inner: Arc::downgrade(&self.inner), name: name.clone() }));
+                None
+            }
+            _ => Some(is_srun_report as fn(&str) -> bool),
+        };
+        let streaming = Streaming { merged: adopted.merged, progress: adopted.progress, own_line };
+        self.follow_step(&name, (run, adopted.chunks), streaming, 0, events, limits).await
     }
 
     fn stop_all(&self) {
@@ -547,39 +721,47 @@ impl Executor for SlurmExecutor {
     }
 }
 
-/// Looks up the waiting steps in Slurm's queue, all in one query, every poll
-/// interval; tells each client its step's pending reason when it changes, and when
-/// the step starts. Ends when the executor is gone.
+/// Looks up every tracked job in Slurm's queue, all in one query, every poll interval:
+/// tells each waiting job's client its pending reason when it changes, and where it
+/// started; counts the polls that missed a job (it has left the queue). Ends when the
+/// executor is gone.
 async fn poll_queue(inner: Weak<Inner>) {
     loop {
         let Some(interval) = inner.upgrade().map(|inner| inner.options.poll_interval) else { return };
         tokio::time::sleep(interval).await;
         let Some(inner) = inner.upgrade() else { return };
-        let names: Vec<String> = inner.waiting().keys().cloned().collect();
+        let names: Vec<String> = inner.tracked().keys().cloned().collect();
         for batch in names.chunks(NAMES_PER_QUERY) {
             let Some(states) = query(&inner, batch).await else { continue };
-            let mut waiting = inner.waiting();
-            for QueuedJob { name, state, .. } in states {
+            let mut tracked = inner.tracked();
+            let listed: std::collections::HashSet<&str> = states.iter().map(|job| job.name.as_str()).collect();
+            for name in batch {
+                if let Some(job) = tracked.get_mut(name) {
+                    job.absent = if listed.contains(name.as_str()) { 0 } else { job.absent + 1 };
+                    job.polled = true;
+                }
+            }
+            for QueuedJob { name, state, .. } in &states {
+                let Some(job) = tracked.get_mut(name) else { continue };
+                let Some(events) = job.events.clone() else { continue };
                 let note = match state {
                     QueueState::Pending(reason) => {
-                        let Some(entry) = waiting.get_mut(&name) else { continue };
-                        if entry.said.as_ref() == Some(&reason) {
+                        if job.said.as_ref() == Some(reason) {
                             continue;
                         }
-                        let note = format!("queued by Slurm ({reason}): the command starts when a node is free");
-                        entry.said = Some(reason);
-                        (entry.events.clone(), note)
+                        job.said = Some(reason.clone());
+                        format!("queued by Slurm ({reason}): the command starts when a node is free")
                     }
-                    // Started: no longer watched; told only to a client that was told it waited.
-                    QueueState::Running(node) => match waiting.remove(&name) {
-                        Some(Waiting { events, said: Some(_) }) => {
-                            (events, format!("Slurm started the command on {node}"))
+                    // Started: its state is news no more; told only to a client that was told it waited.
+                    QueueState::Running(node) => {
+                        job.events = None;
+                        match job.said {
+                            Some(_) => format!("Slurm started the command on {node}"),
+                            None => continue,
                         }
-                        _ => continue,
-                    },
+                    }
                     QueueState::Other => continue,
                 };
-                let (events, note) = note;
                 let _ = events.try_send(Ok(JobEvent::Note(note)));
             }
         }

@@ -77,6 +77,7 @@ impl OneNodeCluster {
              SelectTypeParameters=CR_CPU_Memory\n\
              DefMemPerCPU=2048\n\
              SchedulerType=sched/backfill\n\
+             SchedulerParameters=batch_sched_delay=0\n\
              MpiDefault=none\n\
              ReturnToService=2\n\
              KillWait=2\n\

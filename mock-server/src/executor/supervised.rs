@@ -29,6 +29,8 @@ use crate::executor::supervisor::{
 
 /// The directory under the job root that holds one directory per supervised run.
 pub const RUNS_DIR: &str = "lrpymrpc-runs";
+/// A run's output frames, in its directory.
+pub const OUTPUT: &str = "output";
 /// How often a run's files are looked at when no notification comes.
 const POLL: Duration = Duration::from_millis(50);
 /// The longest one frame may say it is (the supervisor reads 16 KiB at a time): a
@@ -51,13 +53,26 @@ pub struct Prepared {
     merged: bool,
 }
 
-/// Makes a fresh run directory under `root` with its output file and notify pipe.
-pub fn prepare(root: &Path, merged: bool) -> io::Result<Prepared> {
+/// Makes a fresh run directory under `ROOT/lrpymrpc-runs/` (0700). A name an earlier
+/// server left (one with this process's pid: a container's server is often pid 1,
+/// and its runs may have been taken on) is skipped, never reused.
+pub fn make_run_dir(root: &Path) -> io::Result<PathBuf> {
     let runs = root.join(RUNS_DIR);
     DirBuilder::new().recursive(true).mode(0o700).create(&runs)?;
-    let name = format!("run-{}-{}", std::process::id(), NEXT_RUN.fetch_add(1, Ordering::Relaxed));
-    let dir = runs.join(name);
-    DirBuilder::new().mode(0o700).create(&dir)?;
+    loop {
+        let name = format!("run-{}-{}", std::process::id(), NEXT_RUN.fetch_add(1, Ordering::Relaxed));
+        let dir = runs.join(name);
+        match DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+/// Makes a fresh run directory under `root` with its output file and notify pipe.
+pub fn prepare(root: &Path, merged: bool) -> io::Result<Prepared> {
+    let dir = make_run_dir(root)?;
     let dir_fd = OwnedFd::from(std::fs::File::open(&dir)?);
     let output = std::fs::OpenOptions::new().append(true).create_new(true).mode(0o600).open(dir.join("output"))?;
     let (notify_read, notify_write) = io::pipe()?;
@@ -86,6 +101,7 @@ impl Prepared {
             output: self.output.as_raw_fd(),
             notify: self.notify_write.as_raw_fd(),
             merged: self.merged,
+            new_session: true,
         };
         command.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null());
         command.stderr(std::process::Stdio::null());
@@ -119,7 +135,15 @@ impl Prepared {
         tokio::spawn(pump_frames(dir.clone(), 0, Some(notify), merged, chunk_tx));
         let pid = pid.map(Arc::new);
         Ok((
-            Supervised { dir, supervisor: Some(supervisor), pid, status: None, ended: false, adoptable: false },
+            Supervised {
+                dir,
+                supervisor: Some(supervisor),
+                pid,
+                batch: None,
+                status: None,
+                ended: false,
+                adoptable: false,
+            },
             chunks,
         ))
     }
@@ -146,12 +170,43 @@ pub fn lost(error: &io::Error) -> Option<String> {
     error.get_ref()?.downcast_ref::<RunLost>().map(|lost| lost.0.clone())
 }
 
+/// A batch job that left its scheduler before its supervisor started (cancelled
+/// while queued, or the node could not run it), as the error following it ends with.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct RunNotStarted(pub String);
+
+/// Why a batch run never started, when `error` (from following it) says so.
+pub fn not_started(error: &io::Error) -> Option<String> {
+    error.get_ref()?.downcast_ref::<RunNotStarted>().map(|never| never.0.clone())
+}
+
+/// A batch scheduler's view of the job a run was submitted as (`batch.rs`): whether
+/// it still holds the job, and how to stop it.
+#[tonic::async_trait]
+pub trait BatchJob: Send + Sync {
+    /// The scheduler still has the job (queued or running): `Some(false)` once it has
+    /// been seen gone, `None` while that is not known (a query failed).
+    fn present(&self) -> Option<bool>;
+    /// Asks the scheduler to stop the job; its supervisor stops the command.
+    async fn cancel(&self);
+}
+
+/// How long a batch run's status may take to appear on this machine after its job
+/// left the scheduler: a shared filesystem shows another node's new files late.
+const STATUS_LAG: Duration = Duration::from_secs(5);
+/// The most of a node's log (`node.log`: the scheduler's own words about the job)
+/// read back.
+const NODE_LOG_BYTES: u64 = 64 * 1024;
+
 /// A supervised run in progress.
 pub struct Supervised {
     dir: PathBuf,
     /// The supervisor, while it is this server's child.
     supervisor: Option<tokio::process::Child>,
     pid: Option<Arc<Handle>>,
+    /// The batch job it runs as on a scheduler's node (its supervisor is there).
+    batch: Option<Arc<dyn BatchJob>>,
     status: Option<ExitStatus>,
     /// Its supervisor is gone (its status read, or found missing).
     ended: bool,
@@ -176,12 +231,56 @@ impl Supervised {
         }
         let dir = root.join(RUNS_DIR).join(name);
         let pid = running_supervisor(&dir).map(Arc::new);
-        if pid.is_none() && !dir.join("status").exists() {
+        // A batch run's supervisor is on a node: whether it runs is the scheduler's to
+        // say, once its executor attaches the job (`Supervised::watch_batch`).
+        if pid.is_none() && !dir.join("status").exists() && batch_record(&dir).is_none() {
             return None;
         }
+        Some(Supervised::following(dir, start, merged, pid, None, true))
+    }
+
+    /// A run whose supervisor this server did not spawn here, followed from its files
+    /// from `start` (polled).
+    pub(super) fn following(
+        dir: PathBuf,
+        start: u64,
+        merged: bool,
+        pid: Option<Arc<Handle>>,
+        batch: Option<Arc<dyn BatchJob>>,
+        adoptable: bool,
+    ) -> (Supervised, mpsc::Receiver<Chunk>) {
         let (chunk_tx, chunks) = mpsc::channel(64);
         tokio::spawn(pump_frames(dir.clone(), start, None, merged, chunk_tx));
-        Some((Supervised { dir, supervisor: None, pid, status: None, ended: false, adoptable: true }, chunks))
+        (Supervised { dir, supervisor: None, pid, batch, status: None, ended: false, adoptable }, chunks)
+    }
+
+    /// The scheduler and job id a batch run was submitted as (its `batch` file).
+    pub fn batch_job(&self) -> Option<(String, String)> {
+        batch_record(&self.dir)
+    }
+
+    /// Follows a batch run taken on after a restart through its scheduler's job.
+    pub fn watch_batch(&mut self, job: Arc<dyn BatchJob>) {
+        self.batch = Some(job);
+    }
+
+    /// The supervisor started (wrote its pid): the command ran, or was about to.
+    pub fn started(&self) -> bool {
+        self.dir.join("pid").exists()
+    }
+
+    /// The lines the scheduler wrote about a batch run on its node (`node.log`: a
+    /// memory or time limit, a node that could not start the supervisor), the last
+    /// [`NODE_LOG_BYTES`] of them.
+    pub fn node_log(&self) -> Vec<String> {
+        let Ok(mut file) = std::fs::File::open(self.dir.join(crate::executor::batch::NODE_LOG)) else {
+            return Vec::new();
+        };
+        let length = file.metadata().map(|meta| meta.len()).unwrap_or(0);
+        let _ = std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(length.saturating_sub(NODE_LOG_BYTES)));
+        let mut bytes = Vec::new();
+        let _ = file.take(NODE_LOG_BYTES).read_to_end(&mut bytes);
+        String::from_utf8_lossy(&bytes).lines().map(str::trim_end).filter(|l| !l.is_empty()).map(String::from).collect()
     }
 
     /// Marks it as a durable job's command, which the next server can take on: a
@@ -195,9 +294,10 @@ impl Supervised {
         recorded_group(&self.dir)
     }
 
-    /// How to stop it: a SIGTERM to its supervisor.
+    /// How to stop it: a SIGTERM to its supervisor (a batch run's: through its
+    /// scheduler).
     pub fn stop(&self) -> Arc<dyn Stop> {
-        Arc::new(SupervisorStop { pid: self.pid.clone(), adoptable: self.adoptable })
+        Arc::new(SupervisorStop { pid: self.pid.clone(), batch: self.batch.clone(), adoptable: self.adoptable })
     }
 
     /// How the command ended, from the status file its supervisor wrote.
@@ -231,6 +331,44 @@ impl Supervised {
     }
 }
 
+impl Supervised {
+    /// Waits until a batch run's status is written, or its job has left the scheduler
+    /// for longer than a status takes to show: then it never started (no pid), or its
+    /// supervisor was killed (a node lost, a limit of the scheduler's).
+    async fn wait_for_batch(&self, batch: &dyn BatchJob) -> io::Result<()> {
+        let mut gone_since: Option<Instant> = None;
+        loop {
+            if self.dir.join("status").exists() {
+                return Ok(());
+            }
+            match batch.present() {
+                Some(false) => {
+                    if gone_since.get_or_insert_with(Instant::now).elapsed() >= STATUS_LAG {
+                        break;
+                    }
+                }
+                _ => gone_since = None,
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        let said = self.node_log();
+        let said = match said.is_empty() {
+            true => String::new(),
+            false => format!(" (its log on the node: {})", said.join("; ")),
+        };
+        match self.started() {
+            false => Err(io::Error::other(RunNotStarted(format!(
+                "the job left the scheduler before its command started{said}"
+            )))),
+            true => Err(io::Error::other(RunLost(format!(
+                "the job left the scheduler without its supervisor saying how the command ended{said}: the \
+                 command's end is not known (run directory `{}`)",
+                self.dir.display()
+            )))),
+        }
+    }
+}
+
 impl Drop for Supervised {
     fn drop(&mut self) {
         // Once its supervisor is gone, the run's files have done their work.
@@ -246,10 +384,12 @@ impl Process for Supervised {
         if let Some(status) = self.status {
             return Ok(status);
         }
-        match self.supervisor.as_mut() {
-            Some(supervisor) => drop(supervisor.wait().await?),
+        match (self.supervisor.as_mut(), self.batch.clone()) {
+            (Some(supervisor), _) => drop(supervisor.wait().await?),
+            // On a node: its status appears, or its job leaves the scheduler without one.
+            (None, Some(batch)) => self.wait_for_batch(batch.as_ref()).await?,
             // Not this server's child: its status appears, or its lock goes without one.
-            None => {
+            (None, None) => {
                 while !self.dir.join("status").exists() && lock_held(&self.dir) {
                     tokio::time::sleep(POLL).await;
                 }
@@ -268,9 +408,11 @@ impl Process for Supervised {
     }
 }
 
-/// SIGTERM to a supervisor: it stops its command's group (SIGKILL after the grace).
+/// SIGTERM to a supervisor: it stops its command's group (SIGKILL after the grace). A
+/// batch run's is asked of its scheduler.
 struct SupervisorStop {
     pid: Option<Arc<Handle>>,
+    batch: Option<Arc<dyn BatchJob>>,
     /// The next server can take the run on.
     adoptable: bool,
 }
@@ -278,7 +420,9 @@ struct SupervisorStop {
 #[tonic::async_trait]
 impl Stop for SupervisorStop {
     async fn stop(&self) {
-        if let Some(pid) = &self.pid {
+        if let Some(batch) = &self.batch {
+            batch.cancel().await;
+        } else if let Some(pid) = &self.pid {
             pid.signal(libc::SIGTERM);
         }
     }
@@ -399,6 +543,13 @@ async fn pump_frames(
         }
         if dir.join("status").exists() || writer_gone {
             status_seen = true;
+            // Opened again: a shared filesystem shows what another node appended to a
+            // file at its next open (close-to-open), not to a reader that kept it open.
+            if let Ok(mut again) = std::fs::File::open(dir.join("output"))
+                && std::io::Seek::seek(&mut again, std::io::SeekFrom::Start(consumed + pending.len() as u64)).is_ok()
+            {
+                file = again;
+            }
             continue;
         }
         match notify.as_mut() {
@@ -463,10 +614,21 @@ fn recorded_group(dir: &Path) -> Option<PathBuf> {
     Some(PathBuf::from(<std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(bytes)))
 }
 
-/// The supervisor of the run in `dir`, when it is alive: it holds the run's lock, and
-/// the pid it wrote names a process started when it said, checked after the handle
-/// was opened (so the handle is that process, never one that took its number since).
+/// The scheduler and job id in a batch run's `batch` file (`batch.rs`).
+fn batch_record(dir: &Path) -> Option<(String, String)> {
+    let text = std::fs::read_to_string(dir.join(crate::executor::batch::BATCH_RECORD)).ok()?;
+    let mut words = text.split_whitespace();
+    Some((words.next()?.to_string(), words.next()?.to_string()))
+}
+
+/// The supervisor of the run in `dir`, when it is alive here: it holds the run's lock,
+/// and the pid it wrote names a process started when it said, checked after the
+/// handle was opened (so the handle is that process, never one that took its number
+/// since). A batch run's supervisor is a node's process: never one of this machine.
 fn running_supervisor(dir: &Path) -> Option<Handle> {
+    if batch_record(dir).is_some() {
+        return None;
+    }
     let stat = std::fs::read_to_string(dir.join("pid")).ok()?;
     let pid: i32 = stat.split_whitespace().next()?.parse().ok()?;
     let handle = Handle::open(pid);
@@ -477,7 +639,7 @@ fn running_supervisor(dir: &Path) -> Option<Handle> {
 /// A process to signal: by a pidfd, which names one process for good, where the kernel
 /// has them (5.3 on); else by its pid.
 #[derive(Debug)]
-struct Handle {
+pub(super) struct Handle {
     pid: i32,
     pidfd: Option<OwnedFd>,
 }

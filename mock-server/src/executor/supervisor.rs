@@ -48,6 +48,10 @@ pub struct Descriptors {
     pub notify: i32,
     /// One pipe for stdout and stderr (in the order written), or two.
     pub merged: bool,
+    /// Leave the spawner's session (a local run: the server's signals and its end are
+    /// not the run's). On a scheduler's node it stays in the job's, so the scheduler's
+    /// stop reaches it.
+    pub new_session: bool,
 }
 
 fn errno() -> i32 {
@@ -74,7 +78,7 @@ fn now_ns() -> i64 {
 pub unsafe fn enter(fds: Descriptors) -> io::Result<()> {
     // SAFETY: async-signal-safe calls on integers and local buffers only.
     unsafe {
-        if libc::setsid() < 0 {
+        if fds.new_session && libc::setsid() < 0 {
             return Err(io::Error::last_os_error());
         }
         let lock = libc::openat(fds.dir, c"lock".as_ptr(), libc::O_RDWR | libc::O_CREAT | libc::O_CLOEXEC, 0o600);
@@ -136,6 +140,9 @@ pub unsafe fn enter(fds: Descriptors) -> io::Result<()> {
             }
             command => {
                 libc::setpgid(command, command);
+                // Whatever the command leaves behind becomes this process's child when its
+                // parent dies, and is reaped here: never a zombie kept for nobody.
+                libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1);
                 for fd in [out[1], err[1]] {
                     if fd >= 0 {
                         libc::close(fd);
@@ -146,6 +153,46 @@ pub unsafe fn enter(fds: Descriptors) -> io::Result<()> {
             }
         }
     }
+}
+
+/// On a batch scheduler's node (`lrpymrpc-server supervise`, `batch.rs`): becomes the
+/// supervisor of `command` in the run directory `dir` on the shared job root, writing
+/// its output and status there for the server to follow; the scheduler's own stop
+/// (SIGTERM) stops the command. Returns only when that could not be set up; a command
+/// that cannot be executed says why in its output and exits 127.
+pub fn supervise_here(dir: &std::path::Path, merged: bool, command: &[std::ffi::OsString]) -> io::Error {
+    use std::os::fd::{AsRawFd, OwnedFd};
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::process::CommandExt;
+    let Some((program, args)) = command.split_first() else {
+        return io::Error::new(io::ErrorKind::InvalidInput, "no command to supervise");
+    };
+    let opened = std::fs::File::open(dir).map(OwnedFd::from).and_then(|dir_fd| {
+        let output = std::fs::OpenOptions::new().append(true).create(true).mode(0o600).open(dir.join("output"))?;
+        Ok((dir_fd, OwnedFd::from(output)))
+    });
+    let (dir_fd, output) = match opened {
+        Ok(opened) => opened,
+        Err(error) => return io::Error::new(error.kind(), format!("run directory `{}`: {error}", dir.display())),
+    };
+    let fds =
+        Descriptors { dir: dir_fd.as_raw_fd(), output: output.as_raw_fd(), notify: -1, merged, new_session: false };
+    let mut run = std::process::Command::new(program);
+    run.args(args);
+    // SAFETY: this process has one thread (the subcommand starts no runtime), and
+    // `enter` makes only async-signal-safe calls; the descriptors are open.
+    unsafe {
+        run.pre_exec(move || enter(fds));
+    }
+    let supervisor = std::process::id();
+    let error = run.exec();
+    // In the command's process (the supervisor never returns from `enter`): its
+    // stderr is the run's output, so the user reads why.
+    if std::process::id() != supervisor {
+        eprintln!("lrpymrpc-server: cannot run `{}`: {error}", program.to_string_lossy());
+        std::process::exit(127);
+    }
+    error
 }
 
 /// `pid`: this process's `/proc/self/stat` line (its pid and start time), for a later
@@ -269,20 +316,37 @@ impl Run {
                             kill_at.get_or_insert(now + KILL_GRACE_NS);
                         }
                     }
+                    // The command, or an orphan of its (this process is their reaper).
                     let mut wait_status = 0;
-                    if status.is_none() && libc::waitpid(self.command, &mut wait_status, libc::WNOHANG) == self.command
-                    {
-                        status = Some(wait_status);
-                        ended_at = now_ns();
-                        // What it left in its group goes with it.
-                        libc::killpg(self.command, libc::SIGTERM);
-                        kill_at.get_or_insert(ended_at + KILL_GRACE_NS);
+                    loop {
+                        let reaped = libc::waitpid(-1, &mut wait_status, libc::WNOHANG);
+                        if reaped <= 0 {
+                            break;
+                        }
+                        if reaped == self.command && status.is_none() {
+                            status = Some(wait_status);
+                            ended_at = now_ns();
+                            // What it left in its group goes with it.
+                            libc::killpg(self.command, libc::SIGTERM);
+                            kill_at.get_or_insert(ended_at + KILL_GRACE_NS);
+                        }
                     }
                 }
             }
             // Its group gone (SIGKILL after the grace), or as long as that may take.
             let deadline = now_ns() + KILL_GRACE_NS + 1_000_000_000;
+            // Orphans are reaped as they die: a zombie nobody reaps (a container's pid 1
+            // may not) would look like a live process to `killpg(.., 0)` until the end.
+            let reap = || {
+                let mut ignored = 0;
+                while libc::waitpid(-1, &mut ignored, libc::WNOHANG) > 0 {}
+            };
+            reap();
             while libc::killpg(self.command, 0) == 0 && now_ns() < deadline {
+                reap();
+                if libc::killpg(self.command, 0) != 0 {
+                    break;
+                }
                 if kill_at.is_some_and(|at| now_ns() >= at) {
                     libc::killpg(self.command, libc::SIGKILL);
                     kill_at = None;

@@ -69,7 +69,7 @@ pub fn find(root: &Path, key: &SpoolKey) -> Vec<Found> {
                 let complete = matches!(entries.last(), Some(Entry::Numbered { record, .. }) if is_end(record));
                 if !complete && run.is_none() {
                     // Its command had not started under a supervisor (pip was running, or
-                    // it runs on Slurm, whose steps die with their server): swept, and its
+                    // it was being submitted to Slurm): swept, and its
                     // Slurm step cancelled, as before.
                     spool_file::remove(root, &id);
                     continue;

@@ -93,16 +93,22 @@ fn a_job_runs_as_a_slurm_step_with_its_results_output_and_stderr_apart() {
 
 #[test]
 fn exit_statuses_and_signals_come_back_as_with_the_local_executor() {
-    let fixture = fixture(&[]);
-    let env = &fixture.env;
-    env.client().args(["--CMD", "exit 3"]).assert().code(3);
-    env.client()
-        .args(["--CMD", "kill -KILL $$"])
-        .assert()
-        .code(137)
-        .stderr(predicate::str::contains("killed by signal 9"));
-    // A command that exits 143 itself is not a signal.
-    env.client().args(["--CMD", "exit 143"]).assert().code(143).stderr(predicate::str::contains("signal").not());
+    // As a batch job (the default) and as an srun step, whose reports are read for it.
+    for submit in ["sbatch", "srun"] {
+        let fixture = fixture(&["--slurm-submit", submit]);
+        let env = &fixture.env;
+        env.client().args(["--CMD", "exit 3"]).assert().code(3);
+        env.client()
+            .args(["--CMD", "kill -KILL $$"])
+            .assert()
+            .code(137)
+            .stderr(predicate::str::contains("killed by signal 9"));
+        // A command that exits 143 itself is not a signal.
+        env.client().args(["--CMD", "exit 143"]).assert().code(143).stderr(predicate::str::contains("signal").not());
+        // Every word as it was, none expanded again on the node.
+        let output = env.client().args(["--CMD", "printf '%s|' \"$0\" 'it'\\''s' '$HOME' 'a  b'"]).output().unwrap();
+        assert!(String::from_utf8_lossy(&output.stdout).contains("]:sh|it's|$HOME|a  b|"), "{output:?}");
+    }
 }
 
 #[test]
@@ -209,19 +215,20 @@ fn slurm_options_without_the_slurm_executor_are_refused() {
 
 #[test]
 fn the_job_timeout_and_a_server_shutdown_remove_the_slurm_job() {
-    let mut fixture = fixture(&["--job-timeout", "2s", "--shutdown-grace", "1s"]);
+    // The limit counts from the submit: a batch job starts about a second late.
+    let mut fixture = fixture(&["--job-timeout", "4s", "--shutdown-grace", "1s"]);
     let (env, cluster) = (&fixture.env, &fixture.cluster);
     env.client()
         .args(["--CMD", "sleep 60"])
         .assert()
         .code(103)
         .stderr(predicate::str::contains("DEADLINE_EXCEEDED"))
-        .stderr(predicate::str::contains("it ran longer than 2.0 s"));
+        .stderr(predicate::str::contains("it ran longer than 4.0 s"));
     wait_until(Duration::from_secs(2), "the timed-out job gone from squeue", || our_jobs(cluster).is_empty());
 
     let mut client = env.client_std();
     let mut client =
-        client.args(["--CMD", "echo started; sleep 1.5; sleep 60"]).stdout(Stdio::piped()).spawn().unwrap();
+        client.args(["--CMD", "echo started; sleep 3.5; sleep 60"]).stdout(Stdio::piped()).spawn().unwrap();
     let stdout = BufReader::new(client.stdout.take().unwrap());
     assert!(stdout.lines().map_while(Result::ok).any(|line| line.ends_with("]:started")));
     send_signal(&fixture.server, libc::SIGTERM);
@@ -394,22 +401,39 @@ fn a_step_over_its_memory_on_slurm_is_killed_and_told_so() {
     assert!(output.status.success() && stdout.contains("]:survived 314572800"), "{stdout}");
 }
 
-// A server restarted mid-step loses no line of a Slurm job: srun runs under a
-// supervisor of its own, so the step outlives the server (killed outright here), and
-// the next server on the same root and port takes it on; the client prints lines 1 to
-// 40 exactly once, the exit status, and gets the results.
+// A server restarted mid-job loses no line of a Slurm job: the command runs under its
+// supervisor in a batch job on the node (`--slurm-submit sbatch`, the default: the
+// supervisor is slurmstepd's, nothing of the server's machine), or in an srun step
+// under a supervisor on the server's machine (`--slurm-submit srun`); either outlives
+// the server (killed outright here), and the next server on the same root and port
+// takes it on; the client prints lines 1 to 40 exactly once, the exit status, and gets
+// the results.
 #[test]
-fn a_server_restarted_mid_step_loses_no_line_of_a_slurm_job() {
+fn a_server_restarted_mid_job_loses_no_line_of_a_slurm_batch_job() {
+    restarted_mid_job_loses_no_line("sbatch");
+}
+
+#[test]
+fn a_server_restarted_mid_step_loses_no_line_of_a_slurm_srun_step() {
+    restarted_mid_job_loses_no_line("srun");
+}
+
+fn restarted_mid_job_loses_no_line(submit: &str) {
     use crate::outlive::{FORTY_LINES, lines_up_to, numbered_lines};
-    let mut fixture = fixture(&[]);
+    let mut fixture = fixture(&["--slurm-submit", submit]);
     let running = crate::env::Running::start(&fixture.env, &["--CMD", FORTY_LINES, "--retries", "8"]);
     running.wait_for("]:line 10\n");
+    let supervisors_parent = supervisors_parent(&fixture.env);
+    match submit {
+        "sbatch" => assert_eq!(supervisors_parent.as_deref(), Some("slurmstepd"), "a batch job's supervisor"),
+        _ => assert_ne!(supervisors_parent.as_deref(), Some("slurmstepd"), "srun's supervisor is the server's"),
+    }
     fixture.server.kill().unwrap();
     let _ = fixture.server.wait();
-    assert_eq!(our_jobs(&fixture.cluster).len(), 1, "the step outlived its server");
+    assert_eq!(our_jobs(&fixture.cluster).len(), 1, "the job outlived its server");
     let conf = fixture.cluster.conf().as_os_str().to_owned();
     let listen = format!("127.0.0.1:{}", fixture.env.addr.port());
-    let args = ["--executor", "slurm", "--slurm-poll-interval", "200ms"];
+    let args = ["--executor", "slurm", "--slurm-poll-interval", "200ms", "--slurm-submit", submit];
     let (restarted, _) =
         crate::env::spawn_server_binary_listening(&fixture.env, &listen, &args, None, &[("SLURM_CONF", &conf)]);
     fixture.server = restarted;
@@ -418,5 +442,16 @@ fn a_server_restarted_mid_step_loses_no_line_of_a_slurm_job() {
     assert_eq!(numbered_lines(&said), lines_up_to(40), "{said}");
     assert_eq!(std::fs::read_to_string(fixture.env.work.join("build/out")).unwrap(), "done\n");
     assert!(!said.contains("srun:"), "srun's reports stay the server's: {said}");
-    wait_until(Duration::from_secs(5), "the step gone from squeue", || our_jobs(&fixture.cluster).is_empty());
+    wait_until(Duration::from_secs(5), "the job gone from squeue", || our_jobs(&fixture.cluster).is_empty());
+}
+
+/// The name of the process whose child the one running supervisor is (from the `pid`
+/// file it wrote in its run directory).
+fn supervisors_parent(env: &TestEnv) -> Option<String> {
+    let runs = env.jobs.join(lrpymrpc_mock_server::executor::supervised::RUNS_DIR);
+    let run = crate::env::names_in(&runs).into_iter().next()?;
+    let stat = std::fs::read_to_string(runs.join(run).join("pid")).ok()?;
+    let field = |stat: &str, n: usize| stat.rsplit_once(')')?.1.split_whitespace().nth(n).map(str::to_string);
+    let parent = field(&stat, 1)?;
+    Some(std::fs::read_to_string(format!("/proc/{parent}/comm")).ok()?.trim().to_string())
 }
