@@ -15,8 +15,10 @@ use lrpymrpc_units::{DurationArg, SizeArg};
 
 use crate::SERVER_NAME;
 use crate::config::{ConfigError, ExecutorChoice, accounts, read_allowed_cns};
+use crate::executor::farm::Farm;
+use crate::executor::gridengine::GridEngineOptions;
 use crate::executor::sandbox::{Sandbox, SandboxPlan};
-use crate::executor::slurm::{SlurmExecutor, SlurmOptions};
+use crate::executor::slurm::SlurmOptions;
 use crate::resources::Capacity;
 use crate::{Config, TlsMaterial};
 use lrpymrpc_archive::Limits;
@@ -174,10 +176,10 @@ struct Args {
     #[arg(long, help_heading = "Lifecycle")]
     keep_jobs_on_exit: bool,
 
-    /// Where commands run: `local` (this machine) or `slurm` (a batch job on whichever
-    /// node is free; the job root must be on a filesystem every node sees and this
-    /// binary at the same path on every node, which a probe step checks at start). pip
-    /// always runs on this machine
+    /// Where commands run: `local` (this machine), `slurm` or `gridengine` (a batch job
+    /// on whichever node is free; the job root must be on a filesystem every node sees
+    /// and this binary at the same path on every node, which a probe job checks at
+    /// start). pip always runs on this machine
     #[arg(long, value_enum, default_value_t = ExecutorKind::Local, help_heading = "Executor")]
     executor: ExecutorKind,
     /// The Slurm partition steps run in (default: the cluster's default partition)
@@ -203,6 +205,27 @@ struct Args {
     /// to start
     #[arg(long, value_name = "DURATION", default_value = "2m", help_heading = "Executor")]
     slurm_probe_timeout: DurationArg,
+    /// The Grid Engine queue jobs run in (`qsub -q`; default: any the scheduler picks)
+    #[arg(long, value_name = "QUEUE", help_heading = "Executor")]
+    sge_queue: Option<String>,
+    /// The Grid Engine project jobs are charged to (`qsub -P`)
+    #[arg(long, value_name = "NAME", help_heading = "Executor")]
+    sge_project: Option<String>,
+    /// One more qsub option for every job, as it is (repeatable; an option and its
+    /// value are two: `--sge-arg=-l --sge-arg=arch=lx-amd64`)
+    #[arg(long, value_name = "OPTION", allow_hyphen_values = true, help_heading = "Executor")]
+    sge_arg: Vec<String>,
+    /// The Grid Engine parallel environment cores are asked in (`qsub -pe PE N`): one
+    /// whose allocation rule is `$pe_slots`, so a job's cores are on one host
+    #[arg(long, value_name = "PE", default_value = "smp", help_heading = "Executor")]
+    sge_pe: String,
+    /// How often Grid Engine jobs are looked up in the queue, all in one `qstat`
+    #[arg(long, value_name = "DURATION", default_value = "1s", help_heading = "Executor")]
+    sge_poll_interval: DurationArg,
+    /// How long the start-up probe job may wait for a slot before the server refuses
+    /// to start
+    #[arg(long, value_name = "DURATION", default_value = "2m", help_heading = "Executor")]
+    sge_probe_timeout: DurationArg,
 
     /// Build a fresh Python environment for every job instead of sharing one per REPO_URL
     #[arg(long, help_heading = "Python environments")]
@@ -288,14 +311,17 @@ fn defaults() -> Config {
     Config::new(PathBuf::new(), None)
 }
 
-/// `--max-jobs` with `--executor slurm` when not given: Slurm bounds what runs.
-const SLURM_MAX_JOBS: u32 = 256;
+/// `--max-jobs` on a farm (`--executor slurm`, `gridengine`) when not given: its scheduler
+/// bounds what runs.
+const FARM_MAX_JOBS: u32 = 256;
 
 /// `--executor`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum ExecutorKind {
     Local,
     Slurm,
+    #[value(name = "gridengine")]
+    GridEngine,
 }
 
 /// `--slurm-submit`.
@@ -475,15 +501,12 @@ fn check_config(file: &Path) -> anyhow::Result<()> {
         format!("config file `{}`: the job root `{}` is not writable", file.display(), config.root.display())
     })?;
     drop(probe);
-    // Slurm: the tools found and the probe step run, as at start.
-    if let ExecutorChoice::Slurm(options) = &config.executor {
+    // A farm: the tools found and the probe job run, as at start.
+    if let Some(farm) = Farm::new(&config.executor, &config.root, config.job_timeout)
+        .with_context(|| format!("config file `{}`", file.display()))?
+    {
         let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-        runtime
-            .block_on(async {
-                let slurm = SlurmExecutor::new(options.clone(), &config.root, config.job_timeout)?;
-                slurm.probe(&config.root).await
-            })
-            .with_context(|| format!("config file `{}`", file.display()))?;
+        runtime.block_on(farm.probe(&config.root)).with_context(|| format!("config file `{}`", file.display()))?;
     }
     println!("config file `{}` is valid", file.display());
     println!("  listen:  {listen}");
@@ -526,8 +549,8 @@ fn check_config(file: &Path) -> anyhow::Result<()> {
             if links.is_empty() { "none".into() } else { links.join(", ") }
         );
     }
-    if let ExecutorChoice::Slurm(_) = &config.executor {
-        println!("  executor: slurm (the probe step saw the job root)");
+    if !matches!(config.executor, ExecutorChoice::Local) {
+        println!("  executor: {} (the probe job saw the job root)", config.executor.name());
     }
     println!("  resources: {}", config.capacity.describe());
     println!("  memory:  {}", crate::executor::confine::memory_control().describe());
@@ -612,15 +635,14 @@ fn serve(args: Args) -> anyhow::Result<()> {
     let config = config_from(args)?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        // Refuse to start, before listening, where Slurm's nodes cannot see the jobs.
+        // Refuse to start, before listening, where a farm's nodes cannot see the jobs.
         let mut config = config;
-        if let ExecutorChoice::Slurm(options) = &config.executor {
-            let slurm = SlurmExecutor::new(options.clone(), &config.root, config.job_timeout)?;
-            slurm.probe(&config.root).await?;
-            tracing::info!("Slurm ran the probe step: the job root is shared with the nodes");
-            // What a step may ask for is what the cluster has; Slurm decides when.
+        if let Some(farm) = Farm::new(&config.executor, &config.root, config.job_timeout)? {
+            farm.probe(&config.root).await?;
+            tracing::info!("{} ran the probe job: the job root is shared with the nodes", farm.title());
+            // What a step may ask for is what the cluster has; its scheduler decides when.
             let per_cn = config.capacity.per_cn.clone();
-            config.capacity = Capacity { per_cn, ..slurm.capacity(config.capacity.default_cpus).await? };
+            config.capacity = Capacity { per_cn, ..farm.capacity(config.capacity.default_cpus).await? };
         }
         // A root another server uses is refused before listening (the server itself
         // holds the lock from its start on).
@@ -751,19 +773,38 @@ fn config_from(args: Args) -> anyhow::Result<Config> {
         ),
         false => None,
     };
+    // A farm's options given for another executor are a mistake, not a no-op.
+    let slurm_only = [
+        ("--slurm-partition", args.slurm_partition.is_some()),
+        ("--slurm-account", args.slurm_account.is_some()),
+        ("--slurm-arg", !args.slurm_arg.is_empty()),
+        ("--slurm-submit", args.slurm_submit != SlurmSubmit::Sbatch),
+    ];
+    let sge_only = [
+        ("--sge-queue", args.sge_queue.is_some()),
+        ("--sge-project", args.sge_project.is_some()),
+        ("--sge-arg", !args.sge_arg.is_empty()),
+        ("--sge-pe", args.sge_pe != "smp"),
+    ];
+    let (foreign, owner): (&[(&str, bool)], &str) = match args.executor {
+        ExecutorKind::Local => (&[&slurm_only[..], &sge_only[..]].concat(), ""),
+        ExecutorKind::Slurm => (&sge_only, "gridengine"),
+        ExecutorKind::GridEngine => (&slurm_only, "slurm"),
+    };
+    if let Some((flag, _)) = foreign.iter().find(|(_, given)| *given) {
+        let owner = match owner {
+            "" if flag.starts_with("--sge") => "gridengine",
+            "" => "slurm",
+            owner => owner,
+        };
+        let here = match args.executor {
+            ExecutorKind::Local => "commands run on this machine without it".to_string(),
+            _ => "this server's executor does not read it".to_string(),
+        };
+        anyhow::bail!("{flag} is for `--executor {owner}`; {here}");
+    }
     let executor = match args.executor {
-        ExecutorKind::Local => {
-            let slurm_only = [
-                ("--slurm-partition", args.slurm_partition.is_some()),
-                ("--slurm-account", args.slurm_account.is_some()),
-                ("--slurm-arg", !args.slurm_arg.is_empty()),
-                ("--slurm-submit", args.slurm_submit != SlurmSubmit::Sbatch),
-            ];
-            if let Some((flag, _)) = slurm_only.iter().find(|(_, given)| *given) {
-                anyhow::bail!("{flag} is for `--executor slurm`; commands run on this machine without it");
-            }
-            ExecutorChoice::Local
-        }
+        ExecutorKind::Local => ExecutorChoice::Local,
         ExecutorKind::Slurm => ExecutorChoice::Slurm(SlurmOptions {
             partition: args.slurm_partition.clone(),
             account: args.slurm_account.clone(),
@@ -771,6 +812,14 @@ fn config_from(args: Args) -> anyhow::Result<Config> {
             batch: args.slurm_submit == SlurmSubmit::Sbatch,
             poll_interval: args.slurm_poll_interval.into(),
             probe_timeout: args.slurm_probe_timeout.into(),
+        }),
+        ExecutorKind::GridEngine => ExecutorChoice::GridEngine(GridEngineOptions {
+            queue: args.sge_queue.clone(),
+            project: args.sge_project.clone(),
+            args: args.sge_arg.clone(),
+            parallel_environment: args.sge_pe.clone(),
+            poll_interval: args.sge_poll_interval.into(),
+            probe_timeout: args.sge_probe_timeout.into(),
         }),
     };
     let capacity =
@@ -780,7 +829,7 @@ fn config_from(args: Args) -> anyhow::Result<Config> {
     let job_env = crate::resources::job_env(&args.job_env).map_err(|why| anyhow::anyhow!("{why}"))?;
     let max_jobs = args.max_jobs.unwrap_or(match executor {
         ExecutorChoice::Local => defaults().max_jobs as u32,
-        ExecutorChoice::Slurm(_) => SLURM_MAX_JOBS,
+        ExecutorChoice::Slurm(_) | ExecutorChoice::GridEngine(_) => FARM_MAX_JOBS,
     });
     Ok(Config {
         tls_dir: args.tls_dir.clone(),

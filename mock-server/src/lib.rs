@@ -79,9 +79,9 @@ pub async fn run(
         info!(jobs = adoptable.len(), "taking on the durable jobs an earlier server left");
     }
     execute::adopt::adopt_all(&state, adoptable);
-    // Their commands may still run in Slurm's queue (the earlier server was killed).
-    if let Some(slurm) = state.slurm.clone() {
-        tokio::spawn(async move { slurm.cancel_left_behind(&swept).await });
+    // Their commands may still run in the farm's queue (the earlier server was killed).
+    if let Some(farm) = state.farm.clone() {
+        tokio::spawn(async move { farm.cancel_left_behind(&swept).await });
     }
     let reaper = tokio::spawn(reap_forever(state.clone()));
     let metrics = match state.config.metrics_listen {

@@ -7,8 +7,8 @@ use std::sync::atomic::AtomicBool;
 use crate::config::{Config, ExecutorChoice};
 use crate::execute::envs::EnvCache;
 use crate::executor::Executor;
+use crate::executor::farm::Farm;
 use crate::executor::local::LocalExecutor;
-use crate::executor::slurm::SlurmExecutor;
 use crate::jobs::{Jobs, sweep_orphans};
 use crate::store::action_cache::ActionCache;
 use crate::store::spares::Spares;
@@ -20,8 +20,8 @@ pub struct State {
     pub jobs: Arc<Jobs>,
     /// Where set-up steps run (venv, pip), and commands too unless Slurm runs them.
     pub host: LocalExecutor,
-    /// Where commands run with `--executor slurm`.
-    pub slurm: Option<SlurmExecutor>,
+    /// Where commands run with `--executor slurm` or `gridengine`.
+    pub farm: Option<Farm>,
     pub env_cache: Option<EnvCache>,
     /// Blobs of content-addressed uploads; `None` when that is off.
     pub store: Option<ContentStore>,
@@ -110,18 +110,13 @@ impl State {
         }
         let metrics = Arc::new(crate::net::metrics::Metrics::new(config.metrics_per_cn));
         let spool_bounds = (config.reattach_grace, config.spool_max_bytes, config.spools_max_bytes);
-        let slurm = match &config.executor {
-            ExecutorChoice::Local => None,
-            ExecutorChoice::Slurm(options) => Some(
-                SlurmExecutor::new(options.clone(), &config.root, config.job_timeout).map_err(std::io::Error::other)?,
-            ),
-        };
+        let farm = Farm::new(&config.executor, &config.root, config.job_timeout).map_err(std::io::Error::other)?;
         let action_cache_tools = Arc::new(crate::store::tools::Tools::new(
             config.action_cache_tools.clone(),
             config.action_cache_paths.clone(),
             config.action_cache_tools_refresh,
         ));
-        // With Slurm, Slurm decides what runs; the server meters only its own machine.
+        // On a farm, its scheduler decides what runs; the server meters only its own machine.
         let metered = matches!(config.executor, ExecutorChoice::Local);
         let resources = Arc::new(crate::resources::Pool::new(
             config.capacity.clone(),
@@ -140,7 +135,7 @@ impl State {
             config,
             jobs,
             host: LocalExecutor::new(contain, &root),
-            slurm,
+            farm,
             env_cache,
             store,
             spares,
@@ -162,24 +157,24 @@ impl State {
 }
 
 impl State {
-    /// Where commands run: Slurm's nodes, or this machine.
+    /// Where commands run: a farm's nodes, or this machine.
     pub fn executor(&self) -> &dyn Executor {
-        match &self.slurm {
-            Some(slurm) => slurm,
+        match &self.farm {
+            Some(farm) => farm.executor(),
             None => &self.host,
         }
     }
 
     /// Processes running now: set-up steps and commands, wherever they run.
     pub fn running(&self) -> usize {
-        self.host.running() + self.slurm.as_ref().map_or(0, Executor::running)
+        self.host.running() + self.farm.as_ref().map_or(0, |farm| farm.executor().running())
     }
 
-    /// Stops every run now (shutdown), here and on Slurm.
+    /// Stops every run now (shutdown), here and on the farm.
     pub fn stop_all(&self) {
         self.host.stop_all();
-        if let Some(slurm) = &self.slurm {
-            slurm.stop_all();
+        if let Some(farm) = &self.farm {
+            farm.executor().stop_all();
         }
     }
 
@@ -187,8 +182,8 @@ impl State {
     /// steps), leaving durable jobs' commands running (`--keep-jobs-on-exit`).
     pub async fn stop_those_not_outliving(&self) {
         self.host.stop_those_not_outliving().await;
-        if let Some(slurm) = &self.slurm {
-            slurm.stop_those_not_outliving().await;
+        if let Some(farm) = &self.farm {
+            farm.executor().stop_those_not_outliving().await;
         }
     }
 }

@@ -32,6 +32,8 @@
 //!   against a grpcio client working as the Python client does, on the same server.
 //! - W14: 300,000 output lines through our client and server (through the run's
 //!   supervisor and its output file, issue 30), against the command into a pipe here.
+//! - W15: W1 through Grid Engine (`--executor gridengine`, a one-node cluster started
+//!   for it), against the local executor (issue 31).
 //!
 //! W1 to W5 send a tar.gz (`--no-cas`), as to the Python server.
 //! References: `python3 -c pass` (the floor of any interpreter-based client),
@@ -197,6 +199,15 @@ impl Bench {
                     rows.extend(self.through_slurm(repeats)?);
                 }
                 Some(why) => eprintln!("xtask bench: W11 skipped: {why}"),
+            }
+        }
+        if options.wants(&["W15"]) {
+            match lrpymrpc_mock_server::executor::gridengine_cluster::unavailable() {
+                None => {
+                    eprintln!("xtask bench: W15, a small job through Grid Engine against the local executor");
+                    rows.push(self.through_grid_engine(repeats)?);
+                }
+                Some(why) => eprintln!("xtask bench: W15 skipped: {why}"),
             }
         }
         if options.wants(&["W10"]) {
@@ -414,6 +425,38 @@ impl Bench {
             row("W11 small job through Slurm, sbatch", batched, "Slurm schedules batch jobs once a second at most"),
             row("W11 small job through Slurm, --slurm-submit srun", stepped, "target: at most 50 ms"),
         ])
+    }
+
+    /// W15: W1's small job on a server with `--executor gridengine` (a one-node cluster
+    /// of our own on this machine, a scheduler pass a second), against the same job on
+    /// the local executor, one after the other in each round: what Grid Engine adds.
+    fn through_grid_engine(&self, repeats: usize) -> anyhow::Result<Row> {
+        use lrpymrpc_mock_server::executor::gridengine_cluster::OneNodeGridEngine;
+        let cluster = OneNodeGridEngine::start(&self.scratch.join("w15-sge"), 2)?;
+        let root = self.scratch.join("w15-jobs");
+        std::fs::create_dir_all(&root)?;
+        let vars: Vec<(&str, &Path)> =
+            cluster.env().iter().map(|(name, value)| (name.as_str(), Path::new(value.as_str()))).collect();
+        let args = ["--executor", "gridengine"];
+        let grid = MockServer::start_with_env(&self.server, &root, &self.tls, &args, &vars)?;
+        let dir = self.scratch.join("w15");
+        generate(&dir.join("source"), 10, 1024, 1, 1)?;
+        let command = "mkdir -p build && cp source/d0/e0/f0 build/";
+        let (mut local, mut through) = (Vec::new(), Vec::new());
+        for _ in 0..repeats * 3 {
+            local.push(self.job(&dir, &[], command)?.wall);
+            through.push(self.job(&dir, &["--SERVER_PORT", grid.port()], command)?.wall);
+        }
+        let extra = median(&through).saturating_sub(median(&local));
+        Ok(Row {
+            name: "W15 small job through Grid Engine".into(),
+            samples: through,
+            reference: Some(("local executor".into(), median(&local))),
+            note: format!(
+                "Grid Engine adds {} a job; the scheduler runs at each submit (flush_submit_sec 1)",
+                seconds(extra)
+            ),
+        })
     }
 
     /// W12: two steps at once of a 2-thread OpenMP program that waits often

@@ -150,8 +150,10 @@ pub enum ExecutorChoice {
     /// On this machine (the default).
     #[default]
     Local,
-    /// As Slurm job steps (`slurm.rs`).
+    /// As Slurm jobs (`slurm.rs`).
     Slurm(crate::executor::slurm::SlurmOptions),
+    /// As Grid Engine jobs (`gridengine.rs`).
+    GridEngine(crate::executor::gridengine::GridEngineOptions),
 }
 
 impl ExecutorChoice {
@@ -160,6 +162,7 @@ impl ExecutorChoice {
         match self {
             ExecutorChoice::Local => "local",
             ExecutorChoice::Slurm(_) => "slurm",
+            ExecutorChoice::GridEngine(_) => "gridengine",
         }
     }
 }

@@ -126,8 +126,8 @@ async fn adopt(state: Arc<State>, found: Found) {
     };
     // Followed by the executor that started it (a server now configured otherwise
     // follows a Slurm step's srun as a local run).
-    let executor: &dyn Executor = match (header.executor.as_str(), &state.slurm) {
-        ("slurm", Some(slurm)) => slurm,
+    let executor: &dyn Executor = match &state.farm {
+        Some(farm) if farm.started(&header.executor) => farm.executor(),
         _ => &state.host,
     };
     let adopted =

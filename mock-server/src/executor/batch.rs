@@ -13,23 +13,21 @@
 //! [`BATCH_RECORD`] (`SCHEDULER JOB_ID`), which a restarted server reads to find the
 //! job again.
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use crate::executor::Launch;
 use crate::executor::process_run::Chunk;
 use crate::executor::supervised::{self, BatchJob, Supervised};
+use crate::executor::{Events, JobEvent, Launch};
 
-/// The file in a batch run's directory that names its scheduler and job id.
-pub const BATCH_RECORD: &str = "batch";
-/// The file the scheduler writes the job's own stdout and stderr to (not the
-/// command's: its supervisor keeps those).
-pub const NODE_LOG: &str = "node.log";
+pub use crate::executor::supervised::{BATCH_RECORD, NODE_LOG};
 /// The job script's name in the run's directory.
 pub const SCRIPT: &str = "job.sh";
 
@@ -133,6 +131,187 @@ pub fn this_binary() -> io::Result<PathBuf> {
         Some(kept) => PathBuf::from(OsStr::from_bytes(kept)),
         None => path,
     })
+}
+
+/// A job's state as its scheduler lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueueState {
+    /// Waiting, for this reason (the scheduler's words).
+    Pending(String),
+    /// Running on these nodes.
+    Running(String),
+    /// The scheduler will never start it as it is (Grid Engine's error state), for
+    /// this reason: it is cancelled, and its client told why.
+    Refused(String),
+    /// Anything else (ending, suspended): nothing to say.
+    Other,
+}
+
+/// One job a scheduler lists, by the name the executor gave it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub name: String,
+    pub state: QueueState,
+}
+
+/// What [`Watch`] needs of a scheduler: its queue, and a way to stop a job.
+#[tonic::async_trait]
+pub trait Scheduler: Send + Sync + 'static {
+    /// How notes name it ("Slurm", "Grid Engine").
+    fn title(&self) -> &'static str;
+    /// The jobs of `names` it holds now, in one query; `None` when the query failed
+    /// (the state is unknown, not "gone").
+    async fn list(&self, names: &[String]) -> Option<Vec<Listed>>;
+    /// Stops job `name` (queued or running).
+    async fn cancel(&self, name: &str);
+}
+
+/// Names per query: one call for many jobs, never an endless argv.
+pub const NAMES_PER_QUERY: usize = 200;
+/// How many polls in a row must miss a job before it counts as gone.
+const ABSENT_POLLS: u32 = 2;
+
+/// The jobs an executor submitted, looked up in the scheduler's queue, all in one
+/// query, every poll interval: a waiting job's client is told the reason when it
+/// changes, and where it started; a job missing from the queue twice has left it
+/// ([`BatchJob::present`]); one the scheduler will never start is cancelled.
+pub struct Watch<S: Scheduler> {
+    scheduler: Arc<S>,
+    interval: Duration,
+    tracked: Mutex<HashMap<String, Tracked>>,
+    poller: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl<S: Scheduler> std::fmt::Debug for Watch<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Watch({} jobs)", self.tracked().len())
+    }
+}
+
+#[derive(Debug, Default)]
+struct Tracked {
+    /// Where to tell that it waits and where it started; none once it started (or
+    /// taken on after a restart: the queue is not news then).
+    events: Option<Events>,
+    /// The pending reason said last, if any.
+    said: Option<String>,
+    /// Polls in a row that did not list it.
+    absent: u32,
+    /// Polled at least once since it was tracked.
+    polled: bool,
+    /// Why the scheduler will never start it, once it said so.
+    refused: Option<String>,
+}
+
+impl<S: Scheduler> Watch<S> {
+    pub fn new(scheduler: Arc<S>, interval: Duration) -> Arc<Watch<S>> {
+        Arc::new(Watch { scheduler, interval, tracked: Mutex::default(), poller: Mutex::default() })
+    }
+
+    fn tracked(&self) -> std::sync::MutexGuard<'_, HashMap<String, Tracked>> {
+        self.tracked.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Follows job `name` in the queue (its state told to `events`, if given), and
+    /// starts the poller if it is not running (it ends with the watch); the job, as
+    /// its run waits for it.
+    pub fn track(self: &Arc<Self>, name: &str, events: Option<&Events>) -> Arc<dyn BatchJob> {
+        self.tracked().insert(name.to_string(), Tracked { events: events.cloned(), ..Tracked::default() });
+        let mut poller = self.poller.lock().unwrap_or_else(|p| p.into_inner());
+        if poller.as_ref().is_none_or(|task| task.is_finished()) {
+            *poller = Some(tokio::spawn(poll(Arc::downgrade(self))));
+        }
+        Arc::new(WatchedJob { watch: Arc::downgrade(self), name: name.to_string() })
+    }
+
+    /// The run ended: its job is no longer looked up.
+    pub fn forget(&self, name: &str) {
+        self.tracked().remove(name);
+    }
+}
+
+/// One tracked job, as its run sees it.
+struct WatchedJob<S: Scheduler> {
+    watch: Weak<Watch<S>>,
+    name: String,
+}
+
+#[tonic::async_trait]
+impl<S: Scheduler> BatchJob for WatchedJob<S> {
+    fn present(&self) -> Option<bool> {
+        let watch = self.watch.upgrade()?;
+        let tracked = watch.tracked();
+        let job = tracked.get(&self.name)?;
+        job.polled.then_some(job.absent < ABSENT_POLLS)
+    }
+
+    fn refused(&self) -> Option<String> {
+        self.watch.upgrade()?.tracked().get(&self.name)?.refused.clone()
+    }
+
+    async fn cancel(&self) {
+        if let Some(watch) = self.watch.upgrade() {
+            watch.scheduler.cancel(&self.name).await;
+        }
+    }
+}
+
+/// The poller of [`Watch`]; ends when the watch is gone.
+async fn poll<S: Scheduler>(watch: Weak<Watch<S>>) {
+    loop {
+        let Some(interval) = watch.upgrade().map(|watch| watch.interval) else { return };
+        tokio::time::sleep(interval).await;
+        let Some(watch) = watch.upgrade() else { return };
+        let names: Vec<String> = watch.tracked().keys().cloned().collect();
+        for batch in names.chunks(NAMES_PER_QUERY) {
+            let Some(listed) = watch.scheduler.list(batch).await else { continue };
+            let title = watch.scheduler.title();
+            let mut refused = Vec::new();
+            {
+                let mut tracked = watch.tracked();
+                for name in batch {
+                    if let Some(job) = tracked.get_mut(name) {
+                        let seen = listed.iter().any(|job| &job.name == name);
+                        job.absent = if seen { 0 } else { job.absent + 1 };
+                        job.polled = true;
+                    }
+                }
+                for Listed { name, state } in &listed {
+                    let Some(job) = tracked.get_mut(name) else { continue };
+                    if let QueueState::Refused(why) = state {
+                        if job.refused.is_none() {
+                            job.refused = Some(why.clone());
+                            refused.push(name.clone());
+                        }
+                        continue;
+                    }
+                    let Some(events) = job.events.clone() else { continue };
+                    let note = match state {
+                        QueueState::Pending(reason) => {
+                            if job.said.as_ref() == Some(reason) {
+                                continue;
+                            }
+                            job.said = Some(reason.clone());
+                            format!("queued by {title} ({reason}): the command starts when a node is free")
+                        }
+                        // Started: news no more; told only to a client that was told it waited.
+                        QueueState::Running(node) => {
+                            job.events = None;
+                            match job.said {
+                                Some(_) => format!("{title} started the command on {node}"),
+                                None => continue,
+                            }
+                        }
+                        _ => continue,
+                    };
+                    let _ = events.try_send(Ok(JobEvent::Note(note)));
+                }
+            }
+            for name in refused {
+                watch.scheduler.cancel(&name).await;
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -4,12 +4,19 @@
 //! wire messages), stops it when the client goes away or a limit runs out, and says
 //! how it ended ([`ProcessEnd`]). The sandbox wraps a launch for any executor
 //! (`sandbox.rs`); the local executor (`local.rs`) runs it on this machine under a
-//! supervisor (`supervised.rs`), the Slurm executor (`slurm.rs`) as a batch job whose
-//! supervisor runs on a node (`batch.rs`); both stream through `process_run.rs`.
+//! supervisor (`supervised.rs`), the Slurm (`slurm.rs`) and Grid Engine
+//! (`gridengine.rs`) executors as batch jobs whose supervisor runs on a node
+//! (`batch.rs`), which one a server uses decided in `farm.rs`; all stream through
+//! `process_run.rs`.
 
 pub mod batch;
 pub mod confine;
 pub mod contain;
+pub mod farm;
+pub mod gridengine;
+/// A throwaway one-node Grid Engine cluster, for tests and benchmarks only.
+#[cfg(feature = "testing")]
+pub mod gridengine_cluster;
 pub mod limits;
 pub mod lines;
 pub mod local;

@@ -25,11 +25,10 @@
 //!   and when it starts; a job missing from it twice has left. A query that fails
 //!   means "unknown": nothing is said or concluded.
 
-use std::collections::HashMap;
 use std::ffi::OsString;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use tokio::process::Command;
@@ -37,9 +36,10 @@ use tokio::process::Command;
 use lrpymrpc_units::human_duration;
 
 use crate::executor::batch;
+use crate::executor::batch::QueueState;
 use crate::executor::confine::Confine;
 use crate::executor::process_run::{self, Runs, Stop, Streaming};
-use crate::executor::supervised::{self, Adopted, BatchJob, Supervised};
+use crate::executor::supervised::{self, Adopted, Supervised};
 use crate::executor::{Events, Executor, JobEvent, Launch, Limit, ProcessEnd, TimeLimits};
 use crate::resources::Capacity;
 
@@ -48,12 +48,6 @@ pub const JOB_NAME_PREFIX: &str = "lrpymrpc-";
 
 /// The longest a `squeue` or `scancel` call may take before it counts as failed.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// Names per `squeue --name` call: one call for many steps, never an endless argv.
-const NAMES_PER_QUERY: usize = 200;
-
-/// How many queue polls in a row must miss a job before it counts as gone.
-const ABSENT_POLLS: u32 = 2;
 
 /// The name a batch run's scheduler is written down as (`batch.rs`).
 const SCHEDULER: &str = "slurm";
@@ -122,8 +116,6 @@ pub struct SlurmExecutor {
 struct Inner {
     srun: PathBuf,
     sbatch: PathBuf,
-    scancel: PathBuf,
-    squeue: PathBuf,
     options: SlurmOptions,
     /// `--time`, from `--job-timeout` (a minute more: our own limit speaks first).
     time_limit_minutes: u64,
@@ -137,23 +129,19 @@ struct Inner {
     /// cluster, whatever the job's own environment.
     slurm_env: Vec<(OsString, OsString)>,
     runs: Runs,
-    /// Jobs submitted and not yet ended, by job name: whether the queue still has them,
-    /// and where to tell their state.
-    tracked: Mutex<HashMap<String, Tracked>>,
-    poller: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// squeue and scancel.
+    queue: Arc<SlurmQueue>,
+    /// The jobs submitted and not yet ended, looked up in the queue.
+    watch: Arc<batch::Watch<SlurmQueue>>,
 }
 
-#[derive(Debug, Default)]
-struct Tracked {
-    /// Where to tell that it waits and where it started; none once it started (or
-    /// taken on after a restart: the queue is not news then).
-    events: Option<Events>,
-    /// The pending reason said last, if any.
-    said: Option<String>,
-    /// Polls in a row that did not list it.
-    absent: u32,
-    /// Polled at least once since it was submitted.
-    polled: bool,
+/// Slurm's queue, as `squeue` lists it and `scancel` empties it.
+#[derive(Debug)]
+struct SlurmQueue {
+    scancel: PathBuf,
+    squeue: PathBuf,
+    /// The server's `SLURM_*` variables.
+    slurm_env: Vec<(OsString, OsString)>,
 }
 
 impl SlurmExecutor {
@@ -162,13 +150,15 @@ impl SlurmExecutor {
         let find = |name: &'static str| which::which(name).map_err(|e| SlurmError::Missing(name, e));
         let markers = root.join("lrpymrpc-slurm");
         std::fs::create_dir_all(&markers)?;
-        let slurm_env = std::env::vars_os().filter(|(name, _)| name.to_string_lossy().starts_with("SLURM_")).collect();
+        let slurm_env: Vec<(OsString, OsString)> =
+            std::env::vars_os().filter(|(name, _)| name.to_string_lossy().starts_with("SLURM_")).collect();
+        let queue =
+            Arc::new(SlurmQueue { scancel: find("scancel")?, squeue: find("squeue")?, slurm_env: slurm_env.clone() });
+        let watch = batch::Watch::new(queue.clone(), options.poll_interval);
         Ok(SlurmExecutor {
             inner: Arc::new(Inner {
                 srun: find("srun")?,
                 sbatch: find("sbatch")?,
-                scancel: find("scancel")?,
-                squeue: find("squeue")?,
                 options,
                 time_limit_minutes: job_timeout.as_secs().div_ceil(60) + 1,
                 markers,
@@ -176,8 +166,8 @@ impl SlurmExecutor {
                 binary: batch::this_binary()?,
                 slurm_env,
                 runs: Runs::default(),
-                tracked: Mutex::default(),
-                poller: Mutex::default(),
+                queue,
+                watch,
             }),
         })
     }
@@ -205,7 +195,7 @@ impl SlurmExecutor {
         let output = match outcome {
             Ok(output) => output?,
             Err(_) => {
-                inner.cancel(&name).await;
+                inner.queue.cancel_named(&name).await;
                 return Err(SlurmError::Probe(format!(
                     "it did not run within {} (no free node?); hint: --slurm-probe-timeout, or check `sinfo`",
                     lrpymrpc_units::human_duration(inner.options.probe_timeout)
@@ -231,13 +221,13 @@ impl SlurmExecutor {
     /// behind, found by their names), with one `squeue` and one `scancel` per batch.
     pub async fn cancel_left_behind(&self, job_ids: &[String]) {
         let names: Vec<String> = job_ids.iter().map(|id| format!("{JOB_NAME_PREFIX}{id}")).collect();
-        for batch in names.chunks(NAMES_PER_QUERY) {
-            let Some(found) = query(&self.inner, batch).await else { continue };
+        for batch in names.chunks(batch::NAMES_PER_QUERY) {
+            let Some(found) = self.inner.queue.query(batch).await else { continue };
             let ids: Vec<String> = found.into_iter().map(|job| job.id).collect();
             if ids.is_empty() {
                 continue;
             }
-            let mut scancel = Command::new(&self.inner.scancel);
+            let mut scancel = Command::new(&self.inner.queue.scancel);
             scancel.arg("--quiet").args(&ids).envs(self.inner.slurm_env.iter().cloned()).kill_on_drop(true);
             match tokio::time::timeout(QUERY_TIMEOUT, scancel.status()).await {
                 Ok(Ok(status)) if status.success() => {
@@ -247,17 +237,6 @@ impl SlurmExecutor {
             }
         }
     }
-
-    /// Follows job `name` in the queue (its state told to `events`, if given), and
-    /// starts the queue poller if it is not running (it ends with the executor).
-    fn watch(&self, name: &str, events: Option<&Events>) {
-        let inner = &self.inner;
-        inner.tracked().insert(name.to_string(), Tracked { events: events.cloned(), ..Tracked::default() });
-        let mut poller = inner.poller.lock().unwrap_or_else(|p| p.into_inner());
-        if poller.as_ref().is_none_or(|task| task.is_finished()) {
-            *poller = Some(tokio::spawn(poll_queue(Arc::downgrade(&self.inner))));
-        }
-    }
 }
 
 fn stderr_or(stderr: String, otherwise: &str) -> String {
@@ -265,10 +244,6 @@ fn stderr_or(stderr: String, otherwise: &str) -> String {
 }
 
 impl Inner {
-    fn tracked(&self) -> std::sync::MutexGuard<'_, HashMap<String, Tracked>> {
-        self.tracked.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
     /// `srun` (the probe) or `sbatch` (a job) with the administrator's options, a job
     /// name and a directory, and what the step was granted (`--cpus-per-task`, `--mem`,
     /// `--licenses`, and `--time` from its wall limit, a minute more: our own limit
@@ -303,18 +278,6 @@ impl Inner {
         }
         command.args(&self.options.args);
         command
-    }
-
-    /// Cancels every job named `name` (one: the name holds the job id), waiting for
-    /// scancel at most [`QUERY_TIMEOUT`].
-    async fn cancel(&self, name: &str) {
-        let mut scancel = Command::new(&self.scancel);
-        scancel.arg("--quiet").arg(format!("--name={name}")).envs(self.slurm_env.iter().cloned());
-        scancel.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).kill_on_drop(true);
-        match tokio::time::timeout(QUERY_TIMEOUT, scancel.status()).await {
-            Ok(Ok(status)) if status.success() => {}
-            outcome => tracing::warn!(job = name, ?outcome, "scancel did not confirm the cancel"),
-        }
     }
 }
 
@@ -397,7 +360,7 @@ impl Stop for SlurmStop {
     /// "completing" in `squeue` for a while.
     async fn stop(&self) {
         if let Some(inner) = self.inner.upgrade() {
-            inner.cancel(&self.name).await;
+            inner.queue.cancel_named(&self.name).await;
         }
         self.supervisor.stop().await;
     }
@@ -504,7 +467,7 @@ impl SlurmExecutor {
             }),
         };
         let ran = process_run::follow(&mut run, chunks, streaming, events, limits, &inner.runs, stop).await;
-        inner.tracked().remove(name);
+        inner.watch.forget(name);
         let mut said = run.node_log();
         let started = match batch {
             true => run.started(),
@@ -602,30 +565,8 @@ impl SlurmExecutor {
             run.set_adoptable();
             let _ = events.send(Ok(JobEvent::RunStarted { run: run.name() })).await;
         }
-        self.watch(name, Some(events));
+        inner.watch.track(name, Some(events));
         self.follow_step(name, (run, chunks), streaming, granted_memory, events, limits).await
-    }
-}
-
-/// One batch job as the executor's queue poller sees it.
-struct SlurmJob {
-    inner: Weak<Inner>,
-    name: String,
-}
-
-#[tonic::async_trait]
-impl BatchJob for SlurmJob {
-    fn present(&self) -> Option<bool> {
-        let inner = self.inner.upgrade()?;
-        let tracked = inner.tracked();
-        let job = tracked.get(&self.name)?;
-        job.polled.then_some(job.absent < ABSENT_POLLS)
-    }
-
-    async fn cancel(&self) {
-        if let Some(inner) = self.inner.upgrade() {
-            inner.cancel(&self.name).await;
-        }
     }
 }
 
@@ -676,14 +617,13 @@ impl Executor for SlurmExecutor {
             Ok(job_id) => job_id,
             Err(why) => {
                 // A submit that timed out may still have reached the controller.
-                inner.cancel(&name).await;
+                inner.queue.cancel_named(&name).await;
                 prepared.refused();
                 return Ok(ProcessEnd::NotStarted(format!("Slurm did not start the command: {why}")));
             }
         };
         tracing::debug!(job = %name, slurm_job = %job_id, "submitted");
-        self.watch(&name, Some(events));
-        let job = Arc::new(SlurmJob { inner: Arc::downgrade(&self.inner), name: name.clone() });
+        let job = inner.watch.track(&name, Some(events));
         let batch::Submitted { mut run, chunks } = prepared.submitted(SCHEDULER, &job_id, job)?;
         if launch.adoptable {
             run.set_adoptable();
@@ -698,8 +638,7 @@ impl Executor for SlurmExecutor {
         let own_line = match run.batch_job() {
             Some((scheduler, _)) if scheduler == SCHEDULER => {
                 // The queue is watched again (its state is not news: nothing is said).
-                self.watch(&name, None);
-                run.watch_batch(Arc::new(SlurmJob { inner: Arc::downgrade(&self.inner), name: name.clone() }));
+                run.watch_batch(self.inner.watch.track(&name, None));
                 None
             }
             _ => Some(is_srun_report as fn(&str) -> bool),
@@ -721,61 +660,6 @@ impl Executor for SlurmExecutor {
     }
 }
 
-/// Looks up every tracked job in Slurm's queue, all in one query, every poll interval:
-/// tells each waiting job's client its pending reason when it changes, and where it
-/// started; counts the polls that missed a job (it has left the queue). Ends when the
-/// executor is gone.
-async fn poll_queue(inner: Weak<Inner>) {
-    loop {
-        let Some(interval) = inner.upgrade().map(|inner| inner.options.poll_interval) else { return };
-        tokio::time::sleep(interval).await;
-        let Some(inner) = inner.upgrade() else { return };
-        let names: Vec<String> = inner.tracked().keys().cloned().collect();
-        for batch in names.chunks(NAMES_PER_QUERY) {
-            let Some(states) = query(&inner, batch).await else { continue };
-            let mut tracked = inner.tracked();
-            let listed: std::collections::HashSet<&str> = states.iter().map(|job| job.name.as_str()).collect();
-            for name in batch {
-                if let Some(job) = tracked.get_mut(name) {
-                    job.absent = if listed.contains(name.as_str()) { 0 } else { job.absent + 1 };
-                    job.polled = true;
-                }
-            }
-            for QueuedJob { name, state, .. } in &states {
-                let Some(job) = tracked.get_mut(name) else { continue };
-                let Some(events) = job.events.clone() else { continue };
-                let note = match state {
-                    QueueState::Pending(reason) => {
-                        if job.said.as_ref() == Some(reason) {
-                            continue;
-                        }
-                        job.said = Some(reason.clone());
-                        format!("queued by Slurm ({reason}): the command starts when a node is free")
-                    }
-                    // Started: its state is news no more; told only to a client that was told it waited.
-                    QueueState::Running(node) => {
-                        job.events = None;
-                        match job.said {
-                            Some(_) => format!("Slurm started the command on {node}"),
-                            None => continue,
-                        }
-                    }
-                    QueueState::Other => continue,
-                };
-                let _ = events.try_send(Ok(JobEvent::Note(note)));
-            }
-        }
-    }
-}
-
-/// A step's state in Slurm's queue.
-#[derive(Debug, PartialEq, Eq)]
-enum QueueState {
-    Pending(String),
-    Running(String),
-    Other,
-}
-
 /// One job as `squeue` lists it.
 #[derive(Debug, PartialEq, Eq)]
 struct QueuedJob {
@@ -784,23 +668,53 @@ struct QueuedJob {
     state: QueueState,
 }
 
-/// One `squeue` for `names`; `None` when it failed (the state is unknown, not failed).
-async fn query(inner: &Inner, names: &[String]) -> Option<Vec<QueuedJob>> {
-    let mut squeue = Command::new(&inner.squeue);
-    squeue
-        .args(["--noheader", "--format=%i|%j|%T|%r|%N"])
-        .arg(format!("--name={}", names.join(",")))
-        .envs(inner.slurm_env.iter().cloned())
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
-    let output = match tokio::time::timeout(QUERY_TIMEOUT, squeue.output()).await {
-        Ok(Ok(output)) if output.status.success() => output,
-        outcome => {
-            tracing::debug!(?outcome, "squeue failed: the queue state is unknown");
-            return None;
+impl SlurmQueue {
+    /// Cancels every job named `name` (one: the name holds the job id), waiting for
+    /// scancel at most [`QUERY_TIMEOUT`].
+    async fn cancel_named(&self, name: &str) {
+        let mut scancel = Command::new(&self.scancel);
+        scancel.arg("--quiet").arg(format!("--name={name}")).envs(self.slurm_env.iter().cloned());
+        scancel.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).kill_on_drop(true);
+        match tokio::time::timeout(QUERY_TIMEOUT, scancel.status()).await {
+            Ok(Ok(status)) if status.success() => {}
+            outcome => tracing::warn!(job = name, ?outcome, "scancel did not confirm the cancel"),
         }
-    };
-    Some(parse_queue(&String::from_utf8_lossy(&output.stdout)))
+    }
+
+    /// One `squeue` for `names`; `None` when it failed (the state is unknown, not failed).
+    async fn query(&self, names: &[String]) -> Option<Vec<QueuedJob>> {
+        let mut squeue = Command::new(&self.squeue);
+        squeue
+            .args(["--noheader", "--format=%i|%j|%T|%r|%N"])
+            .arg(format!("--name={}", names.join(",")))
+            .envs(self.slurm_env.iter().cloned())
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        let output = match tokio::time::timeout(QUERY_TIMEOUT, squeue.output()).await {
+            Ok(Ok(output)) if output.status.success() => output,
+            outcome => {
+                tracing::debug!(?outcome, "squeue failed: the queue state is unknown");
+                return None;
+            }
+        };
+        Some(parse_queue(&String::from_utf8_lossy(&output.stdout)))
+    }
+}
+
+#[tonic::async_trait]
+impl batch::Scheduler for SlurmQueue {
+    fn title(&self) -> &'static str {
+        "Slurm"
+    }
+
+    async fn list(&self, names: &[String]) -> Option<Vec<batch::Listed>> {
+        let jobs = self.query(names).await?;
+        Some(jobs.into_iter().map(|job| batch::Listed { name: job.name, state: job.state }).collect())
+    }
+
+    async fn cancel(&self, name: &str) {
+        self.cancel_named(name).await;
+    }
 }
 
 /// `id|name|STATE|reason|nodes` lines into jobs.

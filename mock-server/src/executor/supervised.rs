@@ -31,6 +31,12 @@ use crate::executor::supervisor::{
 pub const RUNS_DIR: &str = "lrpymrpc-runs";
 /// A run's output frames, in its directory.
 pub const OUTPUT: &str = "output";
+/// The file in a batch run's directory that names its scheduler and job id
+/// (`batch.rs`).
+pub const BATCH_RECORD: &str = "batch";
+/// The file the scheduler writes a batch job's own stdout and stderr to (not the
+/// command's: its supervisor keeps those).
+pub const NODE_LOG: &str = "node.log";
 /// How often a run's files are looked at when no notification comes.
 const POLL: Duration = Duration::from_millis(50);
 /// The longest one frame may say it is (the supervisor reads 16 KiB at a time): a
@@ -188,6 +194,10 @@ pub trait BatchJob: Send + Sync {
     /// The scheduler still has the job (queued or running): `Some(false)` once it has
     /// been seen gone, `None` while that is not known (a query failed).
     fn present(&self) -> Option<bool>;
+    /// Why the scheduler will never start it, if it said so (it is then cancelled).
+    fn refused(&self) -> Option<String> {
+        None
+    }
     /// Asks the scheduler to stop the job; its supervisor stops the command.
     async fn cancel(&self);
 }
@@ -273,7 +283,7 @@ impl Supervised {
     /// memory or time limit, a node that could not start the supervisor), the last
     /// [`NODE_LOG_BYTES`] of them.
     pub fn node_log(&self) -> Vec<String> {
-        let Ok(mut file) = std::fs::File::open(self.dir.join(crate::executor::batch::NODE_LOG)) else {
+        let Ok(mut file) = std::fs::File::open(self.dir.join(NODE_LOG)) else {
             return Vec::new();
         };
         let length = file.metadata().map(|meta| meta.len()).unwrap_or(0);
@@ -343,7 +353,9 @@ impl Supervised {
             }
             match batch.present() {
                 Some(false) => {
-                    if gone_since.get_or_insert_with(Instant::now).elapsed() >= STATUS_LAG {
+                    // A job the scheduler refused never had a supervisor to wait for.
+                    if gone_since.get_or_insert_with(Instant::now).elapsed() >= STATUS_LAG || batch.refused().is_some()
+                    {
                         break;
                     }
                 }
@@ -356,11 +368,12 @@ impl Supervised {
             true => String::new(),
             false => format!(" (its log on the node: {})", said.join("; ")),
         };
-        match self.started() {
-            false => Err(io::Error::other(RunNotStarted(format!(
+        match (self.started(), batch.refused()) {
+            (false, Some(why)) => Err(io::Error::other(RunNotStarted(format!("{why}{said}")))),
+            (false, None) => Err(io::Error::other(RunNotStarted(format!(
                 "the job left the scheduler before its command started{said}"
             )))),
-            true => Err(io::Error::other(RunLost(format!(
+            (true, _) => Err(io::Error::other(RunLost(format!(
                 "the job left the scheduler without its supervisor saying how the command ended{said}: the \
                  command's end is not known (run directory `{}`)",
                 self.dir.display()
@@ -616,7 +629,7 @@ fn recorded_group(dir: &Path) -> Option<PathBuf> {
 
 /// The scheduler and job id in a batch run's `batch` file (`batch.rs`).
 fn batch_record(dir: &Path) -> Option<(String, String)> {
-    let text = std::fs::read_to_string(dir.join(crate::executor::batch::BATCH_RECORD)).ok()?;
+    let text = std::fs::read_to_string(dir.join(BATCH_RECORD)).ok()?;
     let mut words = text.split_whitespace();
     Some((words.next()?.to_string(), words.next()?.to_string()))
 }

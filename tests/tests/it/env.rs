@@ -196,6 +196,8 @@ impl TestEnv {
             lrpymrpc_mock_server::ROOT_LOCK_FILE,
             lrpymrpc_mock_server::executor::supervised::RUNS_DIR,
             lrpymrpc_mock_server::SPOOLS_DIR,
+            "lrpymrpc-slurm",
+            "lrpymrpc-gridengine",
         ];
         names_in(&self.jobs).into_iter().filter(|name| !server_own.contains(&name.as_str())).collect()
     }

@@ -13,6 +13,7 @@ mod durable;
 mod env;
 mod extensions;
 mod faults;
+mod gridengine;
 mod hangs;
 mod hostile;
 mod integration;

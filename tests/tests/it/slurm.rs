@@ -5,7 +5,7 @@
 //! nothing in `squeue`, jobs queueing in Slurm (and the client saying so), Slurm down
 //! answered `UNAVAILABLE`, a job root the node cannot see refused at start, and
 //! resource requests (cores, memory, licenses) passed to srun or refused at once.
-//! One cluster at a time: the tests take a lock, each starts its own.
+//! One cluster at a time (of either scheduler): the tests take a lock, each starts its own.
 
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
@@ -20,7 +20,7 @@ use predicates::prelude::*;
 use crate::env::{PROCESS_LIMIT, TestEnv, send_signal, spawn_server_binary_with, wait_exit, wait_until};
 
 /// One cluster at a time on this machine: the queueing test counts on the node's CPUs.
-static ONE_CLUSTER: Mutex<()> = Mutex::new(());
+pub(crate) static ONE_CLUSTER: Mutex<()> = Mutex::new(());
 
 /// A test's cluster and a server that runs its commands there.
 struct Fixture {
@@ -447,7 +447,7 @@ fn restarted_mid_job_loses_no_line(submit: &str) {
 
 /// The name of the process whose child the one running supervisor is (from the `pid`
 /// file it wrote in its run directory).
-fn supervisors_parent(env: &TestEnv) -> Option<String> {
+pub(crate) fn supervisors_parent(env: &TestEnv) -> Option<String> {
     let runs = env.jobs.join(lrpymrpc_mock_server::executor::supervised::RUNS_DIR);
     let run = crate::env::names_in(&runs).into_iter().next()?;
     let stat = std::fs::read_to_string(runs.join(run).join("pid")).ok()?;
