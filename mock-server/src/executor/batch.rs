@@ -201,6 +201,31 @@ struct Tracked {
     polled: bool,
     /// Why the scheduler will never start it, once it said so.
     refused: Option<String>,
+    /// Its run's directory, where its supervisor names the host it started on
+    /// ([`crate::executor::supervisor::HOST_FILE`]): a job that started and ended between two polls
+    /// is still said to have started, and where.
+    run_dir: Option<PathBuf>,
+}
+
+impl Tracked {
+    /// A client told its job waited hears where it started, once its supervisor wrote
+    /// the host down.
+    fn tell_where_it_started(&mut self, title: &str) {
+        if self.said.is_none() {
+            return;
+        }
+        let host = self
+            .run_dir
+            .as_ref()
+            .and_then(|dir| std::fs::read_to_string(dir.join(crate::executor::supervisor::HOST_FILE)).ok());
+        // (The events are taken only once there is something to tell them.)
+        if let Some(host) = host
+            && let Some(events) = self.events.take()
+        {
+            let note = format!("{title} started the command on {}", host.trim());
+            let _ = events.try_send(Ok(JobEvent::Note(note)));
+        }
+    }
 }
 
 impl<S: Scheduler> Watch<S> {
@@ -215,8 +240,10 @@ impl<S: Scheduler> Watch<S> {
     /// Follows job `name` in the queue (its state told to `events`, if given), and
     /// starts the poller if it is not running (it ends with the watch); the job, as
     /// its run waits for it.
-    pub fn track(self: &Arc<Self>, name: &str, events: Option<&Events>) -> Arc<dyn BatchJob> {
-        self.tracked().insert(name.to_string(), Tracked { events: events.cloned(), ..Tracked::default() });
+    pub fn track(self: &Arc<Self>, name: &str, events: Option<&Events>, run_dir: Option<&Path>) -> Arc<dyn BatchJob> {
+        let tracked =
+            Tracked { events: events.cloned(), run_dir: run_dir.map(Path::to_path_buf), ..Tracked::default() };
+        self.tracked().insert(name.to_string(), tracked);
         let mut poller = self.poller.lock().unwrap_or_else(|p| p.into_inner());
         if poller.as_ref().is_none_or(|task| task.is_finished()) {
             *poller = Some(tokio::spawn(poll(Arc::downgrade(self))));
@@ -224,9 +251,12 @@ impl<S: Scheduler> Watch<S> {
         Arc::new(WatchedJob { watch: Arc::downgrade(self), name: name.to_string() })
     }
 
-    /// The run ended: its job is no longer looked up.
+    /// The run ended: its job is no longer looked up (a client told it waited that no
+    /// poll saw it start hears where it ran now).
     pub fn forget(&self, name: &str) {
-        self.tracked().remove(name);
+        if let Some(mut job) = self.tracked().remove(name) {
+            job.tell_where_it_started(self.scheduler.title());
+        }
     }
 }
 
@@ -274,6 +304,12 @@ async fn poll<S: Scheduler>(watch: Weak<Watch<S>>) {
                         let seen = listed.iter().any(|job| &job.name == name);
                         job.absent = if seen { 0 } else { job.absent + 1 };
                         job.polled = true;
+                        // Told it waited, not seen running, its supervisor started: where.
+                        let running =
+                            listed.iter().any(|j| &j.name == name && matches!(j.state, QueueState::Running(_)));
+                        if !running {
+                            job.tell_where_it_started(title);
+                        }
                     }
                 }
                 for Listed { name, state } in &listed {

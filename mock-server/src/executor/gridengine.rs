@@ -550,7 +550,7 @@ impl Executor for GridEngineExecutor {
             }
         };
         tracing::debug!(job = %name, grid_engine_job = %job_id, "submitted");
-        let job = inner.watch.track(&job_id, Some(events));
+        let job = inner.watch.track(&job_id, Some(events), Some(&prepared.dir));
         let batch::Submitted { mut run, chunks } = prepared.submitted(SCHEDULER, &job_id, job)?;
         if launch.adoptable {
             run.set_adoptable();
@@ -564,7 +564,7 @@ impl Executor for GridEngineExecutor {
         let Some((SCHEDULER, job_id)) = run.batch_job().as_ref().map(|(s, id)| (s.as_str(), id.clone())) else {
             return Ok(ProcessEnd::Lost("the run taken on is not a Grid Engine job".into()));
         };
-        run.watch_batch(self.inner.watch.track(&job_id, None));
+        run.watch_batch(self.inner.watch.track(&job_id, None, None));
         let streaming = Streaming { merged: adopted.merged, progress: adopted.progress, own_line: None };
         self.follow(&job_id, (run, adopted.chunks), streaming, events, limits).await
     }

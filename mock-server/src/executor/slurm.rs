@@ -565,7 +565,7 @@ impl SlurmExecutor {
             run.set_adoptable();
             let _ = events.send(Ok(JobEvent::RunStarted { run: run.name() })).await;
         }
-        inner.watch.track(name, Some(events));
+        inner.watch.track(name, Some(events), None);
         self.follow_step(name, (run, chunks), streaming, granted_memory, events, limits).await
     }
 }
@@ -623,7 +623,7 @@ impl Executor for SlurmExecutor {
             }
         };
         tracing::debug!(job = %name, slurm_job = %job_id, "submitted");
-        let job = inner.watch.track(&name, Some(events));
+        let job = inner.watch.track(&name, Some(events), Some(&prepared.dir));
         let batch::Submitted { mut run, chunks } = prepared.submitted(SCHEDULER, &job_id, job)?;
         if launch.adoptable {
             run.set_adoptable();
@@ -638,7 +638,7 @@ impl Executor for SlurmExecutor {
         let own_line = match run.batch_job() {
             Some((scheduler, _)) if scheduler == SCHEDULER => {
                 // The queue is watched again (its state is not news: nothing is said).
-                run.watch_batch(self.inner.watch.track(&name, None));
+                run.watch_batch(self.inner.watch.track(&name, None, None));
                 None
             }
             _ => Some(is_srun_report as fn(&str) -> bool),
@@ -725,6 +725,8 @@ fn parse_queue(text: &str) -> Vec<QueuedJob> {
             let (id, name, state, reason, nodes) =
                 (fields.next()?, fields.next()?, fields.next()?, fields.next()?, fields.next()?);
             let state = match state {
+                // `None`: Slurm's scheduler has not looked at it yet; nothing to say.
+                "PENDING" if reason == "None" => QueueState::Other,
                 "PENDING" => QueueState::Pending(reason.to_string()),
                 "RUNNING" | "COMPLETING" => QueueState::Running(nodes.to_string()),
                 _ => QueueState::Other,

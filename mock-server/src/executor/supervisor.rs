@@ -19,6 +19,9 @@
 
 use std::io;
 
+/// The file a batch run's supervisor writes first thing on its node (`supervise_here`):
+/// the node's name.
+pub const HOST_FILE: &str = "host";
 /// The output frames' header length.
 pub const HEADER_BYTES: usize = 16;
 /// The first bytes of a status file (its format's version).
@@ -175,6 +178,10 @@ pub fn supervise_here(dir: &std::path::Path, merged: bool, command: &[std::ffi::
         Ok(opened) => opened,
         Err(error) => return io::Error::new(error.kind(), format!("run directory `{}`: {error}", dir.display())),
     };
+    // Where it runs, for the server to tell a client that waited (before the pid, which
+    // says it started).
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let _ = std::fs::write(dir.join(HOST_FILE), host.trim());
     let fds =
         Descriptors { dir: dir_fd.as_raw_fd(), output: output.as_raw_fd(), notify: -1, merged, new_session: false };
     let mut run = std::process::Command::new(program);

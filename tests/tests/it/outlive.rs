@@ -195,6 +195,34 @@ fn a_server_restarted_mid_run_loses_no_line_of_a_running_job() {
     }
 }
 
+// The case as it stands: a job printing a line a second for 60 s, its client
+// behind the fault proxy; at line 20 the network goes quiet (every connection cut, new
+// ones held), the server is stopped (`--keep-jobs-on-exit`) and a new server process
+// started on the same root and port, then the network comes back; the client, never
+// restarted, prints exactly lines 1 to 60 in order, the exit status the command gave,
+// and downloads the results.
+#[test]
+fn sixty_lines_a_second_apart_survive_a_restart_at_line_twenty_behind_the_fault_proxy() {
+    use crate::proxy::{Fault, FaultProxy};
+    let (mut env, mut server, port) = serving(&["--keep-jobs-on-exit"]);
+    let proxy = FaultProxy::start(env.runtime(), ([127, 0, 0, 1], port).into(), Fault::default());
+    env.set_addr(proxy.addr);
+    let sixty = "for i in $(seq 1 60); do echo line $i; sleep 1; done; mkdir -p build; echo done > build/out; exit 3";
+    let running = Running::start(&env, &["--CMD", sixty, "--retries", "8"]);
+    running.wait_for("]:line 20\n");
+    proxy.go_quiet();
+    send_signal(&server, libc::SIGTERM);
+    assert!(wait_exit(&mut server, PROCESS_LIMIT).success());
+    let server = restart(&env, port, &["--keep-jobs-on-exit"]);
+    proxy.release();
+    let (status, said) = running.end();
+    assert_eq!(status.code(), Some(3), "{said}");
+    assert_eq!(numbered_lines(&said), lines_up_to(60), "{said}");
+    assert_eq!(std::fs::read_to_string(env.work.join("build/out")).unwrap(), "done\n");
+    assert!(proxy.connections() >= 2, "the client came back through the proxy");
+    stop(server);
+}
+
 // `--detach`, the server restarted while the job runs, then `attach`: the whole output,
 // the status and the results, from the new server.
 #[test]

@@ -352,29 +352,16 @@ fn resource_requests_reach_slurm_and_what_the_cluster_never_has_is_refused() {
         .unwrap();
     let started = release.with_extension("started");
     wait_until(PROCESS_LIMIT, "the license holder runs", || started.exists());
-    let mut next = env.client_std();
-    let next = next
-        .args(["--license", "hspice", "--CMD", "echo next-ran"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_until(PROCESS_LIMIT, "the next step waits in Slurm's queue", || {
-        let out = std::process::Command::new("squeue")
-            .args(["--noheader", "--format=%j %r"])
-            .env("SLURM_CONF", fixture.cluster.conf())
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).contains("Licenses")
-    });
+    let next = crate::env::Running::start(env, &["--license", "hspice", "--CMD", "echo next-ran"]);
+    // Released once its client has said why it waits (Slurm's reason, not its `None`).
+    next.wait_for("queued by Slurm (Licenses)");
     std::fs::write(&release, "").unwrap();
     let holder = crate::env::child_output_within(holder, PROCESS_LIMIT);
-    let next = crate::env::child_output_within(next, PROCESS_LIMIT);
     let holder_out = String::from_utf8_lossy(&holder.stdout);
-    let next_out = String::from_utf8_lossy(&next.stdout);
+    let (next_status, next_out) = next.end();
     assert!(holder.status.success() && holder_out.contains("]:cpus=2 omp=2"), "{holder_out}");
-    assert!(next.status.success() && next_out.contains("]:next-ran"), "{next_out}");
-    assert!(next_out.contains("queued by Slurm (Licenses)"), "{next_out}");
+    assert!(next_status.success() && next_out.contains("]:next-ran"), "{next_out}");
+    assert!(!next_out.contains("(None)"), "{next_out}");
 }
 
 // A step over its `--mem` on the cluster is killed by Slurm (the tests' cluster enforces
