@@ -432,7 +432,7 @@ impl Bench {
     /// the local executor, one after the other in each round: what Grid Engine adds.
     fn through_grid_engine(&self, repeats: usize) -> anyhow::Result<Row> {
         use lrpymrpc_mock_server::executor::gridengine_cluster::OneNodeGridEngine;
-        let cluster = OneNodeGridEngine::start(&self.scratch.join("w15-sge"), 2)?;
+        let cluster = OneNodeGridEngine::start(&self.scratch.join("w15-sge"), 2, &[])?;
         let root = self.scratch.join("w15-jobs");
         std::fs::create_dir_all(&root)?;
         let vars: Vec<(&str, &Path)> =

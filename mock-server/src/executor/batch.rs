@@ -217,12 +217,21 @@ impl Tracked {
         let host = self
             .run_dir
             .as_ref()
-            .and_then(|dir| std::fs::read_to_string(dir.join(crate::executor::supervisor::HOST_FILE)).ok());
+            .and_then(|dir| supervised::read_small(&dir.join(crate::executor::supervisor::HOST_FILE)))
+            // A host name: told as one, never as whatever else the file holds.
+            .map(|host| {
+                host.trim()
+                    .chars()
+                    .filter(|c| c.is_ascii_alphanumeric() || ".-_".contains(*c))
+                    .take(253)
+                    .collect::<String>()
+            })
+            .filter(|host| !host.is_empty());
         // (The events are taken only once there is something to tell them.)
         if let Some(host) = host
             && let Some(events) = self.events.take()
         {
-            let note = format!("{title} started the command on {}", host.trim());
+            let note = format!("{title} started the command on {host}");
             let _ = events.try_send(Ok(JobEvent::Note(note)));
         }
     }
@@ -353,6 +362,30 @@ async fn poll<S: Scheduler>(watch: Weak<Watch<S>>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn where_a_job_started_is_told_once_as_a_host_name_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let (events, mut received) = mpsc::channel(4);
+        let mut job = Tracked { events: Some(events), run_dir: Some(dir.path().to_path_buf()), ..Tracked::default() };
+        // Not told it waited: nothing to say; told, but no host yet: the sender is kept.
+        std::fs::write(dir.path().join(crate::executor::supervisor::HOST_FILE), "node7").unwrap();
+        job.tell_where_it_started("Grid Engine");
+        assert!(received.try_recv().is_err() && job.events.is_some());
+        job.said = Some("qw".into());
+        std::fs::remove_file(dir.path().join(crate::executor::supervisor::HOST_FILE)).unwrap();
+        job.tell_where_it_started("Grid Engine");
+        assert!(received.try_recv().is_err() && job.events.is_some());
+        // A file a command rewrote says a host name and nothing else, bounded.
+        let hostile = format!("n1\u{1b}[2J<script>{}", "x".repeat(100_000));
+        std::fs::write(dir.path().join(crate::executor::supervisor::HOST_FILE), hostile).unwrap();
+        job.tell_where_it_started("Grid Engine");
+        let Ok(Ok(JobEvent::Note(note))) = received.try_recv() else { panic!("a note") };
+        assert!(note.starts_with("Grid Engine started the command on n12Jscriptxxx"), "{note}");
+        assert!(note.len() < 300 && !note.contains('\u{1b}') && !note.contains('<'), "{note}");
+        job.tell_where_it_started("Grid Engine");
+        assert!(received.try_recv().is_err(), "told once");
+    }
 
     #[test]
     fn every_word_of_a_job_script_reaches_the_command_as_it_was() {

@@ -224,6 +224,10 @@ impl GridEngineExecutor {
             if failed.is_some() || started.elapsed() > inner.options.probe_timeout {
                 inner.queue.delete(&job).await;
                 cleanup();
+                // The host could not even enter the probe's directory on the root.
+                if let Some(why) = failed.as_ref().filter(|why| why.contains(&dir.display().to_string())) {
+                    return Err(GridEngineError::NotShared { root: root.to_path_buf(), seen: why.clone() });
+                }
                 return Err(GridEngineError::Probe(failed.unwrap_or_else(|| {
                     format!(
                         "it did not run within {} (no free slot?); hint: --sge-probe-timeout, or check `qstat -f`",

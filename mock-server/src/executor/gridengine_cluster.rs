@@ -52,8 +52,10 @@ pub fn unavailable() -> Option<String> {
 
 impl OneNodeGridEngine {
     /// Makes the cluster in `dir` with `slots` slots and starts it; returns once the
-    /// execution host reports.
-    pub fn start(dir: &Path, slots: u32) -> io::Result<OneNodeGridEngine> {
+    /// execution host reports. `node_prefix`, when given, runs the execution daemon
+    /// behind that command (`unshare ...`: a host that does not see this machine's
+    /// files).
+    pub fn start(dir: &Path, slots: u32, node_prefix: &[&str]) -> io::Result<OneNodeGridEngine> {
         let root = dir.join("root");
         let common = root.join("default/common");
         let (qmaster_spool, execd_spool) = (dir.join("spool/qmaster"), dir.join("spool/execd"));
@@ -141,7 +143,15 @@ impl OneNodeGridEngine {
         cluster.qconf_file("-Me", "global")?;
         write(dir, "queue", &QUEUE.replace("HOST", &host).replace("SLOTS", &slots.to_string()))?;
         cluster.qconf_file("-Aq", "queue")?;
-        cluster.run(&format!("{BINARIES}/sge_execd"), &[])?;
+        let execd = format!("{BINARIES}/sge_execd");
+        match node_prefix.split_first() {
+            Some((program, args)) => {
+                let mut args = args.to_vec();
+                args.push(&execd);
+                cluster.run(program, &args)?;
+            }
+            None => cluster.run(&execd, &[])?,
+        }
         cluster.wait_for("the execution host to report", || cluster.node_reports())?;
         Ok(cluster)
     }

@@ -627,9 +627,17 @@ fn recorded_group(dir: &Path) -> Option<PathBuf> {
     Some(PathBuf::from(<std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(bytes)))
 }
 
+/// A small file of a run's directory (a pid, a job id, a host name), at most 4 KiB of
+/// it: what a run's files say is read within bounds, whoever wrote them.
+pub fn read_small(path: &Path) -> Option<String> {
+    let mut text = String::new();
+    std::fs::File::open(path).ok()?.take(4096).read_to_string(&mut text).ok()?;
+    Some(text)
+}
+
 /// The scheduler and job id in a batch run's `batch` file (`batch.rs`).
 fn batch_record(dir: &Path) -> Option<(String, String)> {
-    let text = std::fs::read_to_string(dir.join(BATCH_RECORD)).ok()?;
+    let text = read_small(&dir.join(BATCH_RECORD))?;
     let mut words = text.split_whitespace();
     Some((words.next()?.to_string(), words.next()?.to_string()))
 }
@@ -642,7 +650,7 @@ fn running_supervisor(dir: &Path) -> Option<Handle> {
     if batch_record(dir).is_some() {
         return None;
     }
-    let stat = std::fs::read_to_string(dir.join("pid")).ok()?;
+    let stat = read_small(&dir.join("pid"))?;
     let pid: i32 = stat.split_whitespace().next()?.parse().ok()?;
     let handle = Handle::open(pid);
     let now = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

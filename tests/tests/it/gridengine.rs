@@ -1,7 +1,8 @@
 //! The server's Grid Engine executor (issue 31) against a real one-node Grid Engine
 //! cluster from Debian's packages (`lrpymrpc_mock_server::executor::gridengine_cluster`),
 //! the real server binary with `--executor gridengine` and the real client over mutual
-//! TLS: results and output as with the local executor, stdout and stderr apart, exact
+//! TLS: a host without the job root or the server binary refused at start, results and
+//! output as with the local executor, stdout and stderr apart, exact
 //! exit statuses and signals, every word of a command as it was, Ctrl-C leaving
 //! nothing in `qstat`, jobs queueing for a license (and the client saying so), a job
 //! Grid Engine will never start (`Eqw`) and the qmaster down answered `UNAVAILABLE`,
@@ -45,7 +46,7 @@ fn fixture(extra: &[&str]) -> Fixture {
     require_grid_engine();
     let lock = crate::slurm::ONE_CLUSTER.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let mut env = TestEnv::bare();
-    let cluster = OneNodeGridEngine::start(&env.root.path().join("sge"), 2).unwrap();
+    let cluster = OneNodeGridEngine::start(&env.root.path().join("sge"), 2, &[]).unwrap();
     let mut args = ARGS.to_vec();
     args.extend_from_slice(extra);
     let server = start_server(&env, &cluster, "127.0.0.1:0", &args);
@@ -83,6 +84,38 @@ fn our_jobs(cluster: &OneNodeGridEngine) -> Vec<(String, String, String)> {
 
 fn server_log(env: &TestEnv) -> String {
     std::fs::read_to_string(env.root.path().join("server.log")).unwrap_or_default()
+}
+
+// The execution host runs in a mount namespace of its own where a directory is an empty
+// tmpfs: the job root (a host that does not mount the server's filesystem), then the
+// server binary's directory (a host without the binary): the server refuses to start
+// and says which, never listening.
+#[test]
+fn a_host_without_the_job_root_or_the_server_binary_is_refused_at_start() {
+    require_grid_engine();
+    crate::env::tool("unshare", "util-linux");
+    let binary = std::path::PathBuf::from(env!("CARGO_BIN_EXE_lrpymrpc-e2e-mock-server"));
+    let env = TestEnv::bare();
+    let jobs = env.jobs.display().to_string();
+    let binaries = binary.parent().unwrap().display().to_string();
+    for (hidden, said) in [
+        (&jobs, format!("the job root `{jobs}` is not the same on the host that ran the probe job")),
+        (&binaries, format!("the server binary `{}` does not run on the host", binary.display())),
+    ] {
+        let _lock = crate::slurm::ONE_CLUSTER.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let hide = format!("mount -t tmpfs lrpymrpc-hidden '{hidden}' && exec \"$@\"");
+        let prefix = ["unshare", "--mount", "--propagation", "private", "sh", "-c", &hide, "sh"];
+        let sge = env.root.path().join(format!("sge-{}", said.len()));
+        let cluster = OneNodeGridEngine::start(&sge, 2, &prefix).unwrap();
+        let mut command = std::process::Command::new(&binary);
+        command.args(["--listen", "127.0.0.1:0", "--executor", "gridengine", "--root"]).arg(&env.jobs);
+        command.arg("--tls-dir").arg(&env.tls).envs(cluster.env().iter().map(|(k, v)| (k, v)));
+        let output = crate::env::output_within(&mut command, PROCESS_LIMIT);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{stderr}");
+        assert!(String::from_utf8_lossy(&output.stdout).is_empty(), "it never listened");
+        assert!(stderr.contains(&said) && stderr.contains("hint: "), "{stderr}");
+    }
 }
 
 #[test]

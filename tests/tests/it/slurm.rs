@@ -175,30 +175,46 @@ fn with_slurm_down_the_client_gets_unavailable_and_nothing_runs() {
 }
 
 #[test]
-fn a_job_root_the_nodes_cannot_see_is_refused_at_start() {
+fn a_job_root_or_a_server_binary_the_nodes_cannot_see_is_refused_at_start() {
     require_slurm();
     crate::env::tool("unshare", "util-linux");
-    let _lock = ONE_CLUSTER.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let binary = std::path::PathBuf::from(env!("CARGO_BIN_EXE_lrpymrpc-e2e-mock-server"));
     let env = TestEnv::bare();
-    // The node runs in a mount namespace of its own where the job root is an empty tmpfs,
-    // as on a node that does not mount the server's filesystem.
     let jobs = env.jobs.display().to_string();
-    let hide = format!("mount -t tmpfs lrpymrpc-hidden '{jobs}' && exec \"$@\"");
-    let prefix = ["unshare", "--mount", "--propagation", "private", "sh", "-c", &hide, "sh"];
-    let cluster = OneNodeCluster::start(&env.root.path().join("slurm"), 2, &prefix).unwrap();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_lrpymrpc-e2e-mock-server"))
-        .args(["--listen", "127.0.0.1:0", "--executor", "slurm", "--root"])
-        .arg(&env.jobs)
-        .arg("--tls-dir")
-        .arg(&env.tls)
-        .env("SLURM_CONF", cluster.conf())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "{stderr}");
-    assert!(String::from_utf8_lossy(&output.stdout).is_empty(), "it never listened");
-    assert!(stderr.contains(&format!("the job root `{jobs}` is not the same on the node")), "{stderr}");
-    assert!(stderr.contains("hint: put --root on a filesystem every node mounts"), "{stderr}");
+    let binaries = binary.parent().unwrap().display().to_string();
+    // The node runs in a mount namespace of its own where a directory is an empty tmpfs:
+    // the job root (a node that does not mount the server's filesystem), then the server
+    // binary's directory (a node without the binary the batch jobs run).
+    for (hidden, said, hint) in [
+        (
+            &jobs,
+            format!("the job root `{jobs}` is not the same on the node"),
+            "hint: put --root on a filesystem every node mounts",
+        ),
+        (
+            &binaries,
+            format!("the server binary `{}` does not run on the node", binary.display()),
+            "hint: install lrpymrpc-server at the same path",
+        ),
+    ] {
+        let _lock = ONE_CLUSTER.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let hide = format!("mount -t tmpfs lrpymrpc-hidden '{hidden}' && exec \"$@\"");
+        let prefix = ["unshare", "--mount", "--propagation", "private", "sh", "-c", &hide, "sh"];
+        let cluster =
+            OneNodeCluster::start(&env.root.path().join(format!("slurm-{}", said.len())), 2, &prefix).unwrap();
+        let output = std::process::Command::new(&binary)
+            .args(["--listen", "127.0.0.1:0", "--executor", "slurm", "--root"])
+            .arg(&env.jobs)
+            .arg("--tls-dir")
+            .arg(&env.tls)
+            .env("SLURM_CONF", cluster.conf())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{stderr}");
+        assert!(String::from_utf8_lossy(&output.stdout).is_empty(), "it never listened");
+        assert!(stderr.contains(&said) && stderr.contains(hint), "{stderr}");
+    }
 }
 
 #[test]
