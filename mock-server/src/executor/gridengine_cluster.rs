@@ -183,6 +183,12 @@ impl OneNodeGridEngine {
         self.wait_for("the qmaster to stop answering", || self.qconf(&["-sh"]).is_err())
     }
 
+    /// Deletes job `id` as an administrator would (`qdel`): Grid Engine kills its
+    /// processes, the supervisor among them.
+    pub fn qdel(&self, id: &str) -> io::Result<()> {
+        self.run("qdel", &[id])
+    }
+
     /// Runs `qmod` (`-d all.q` to disable the queue: jobs wait; `-e all.q` to enable it).
     pub fn qmod(&self, args: &[&str]) -> io::Result<()> {
         self.run("qmod", args)

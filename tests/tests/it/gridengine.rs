@@ -247,6 +247,24 @@ fn a_job_grid_engine_will_never_start_fails_as_unavailable_with_its_reason() {
     wait_until(Duration::from_secs(5), "the refused job gone from qstat", || our_jobs(cluster).is_empty());
 }
 
+// `qdel` by someone else (an administrator, a user's script) kills the job's processes,
+// its supervisor among them, before it could write the command's status: the job is
+// lost, said so by name, never passed off as a success (what `qsub -sync y` says is 0).
+#[test]
+fn a_job_deleted_behind_the_servers_back_is_lost_never_a_success() {
+    let fixture = fixture(&[]);
+    let (env, cluster) = (&fixture.env, &fixture.cluster);
+    let running = crate::env::Running::start(env, &["--CMD", "echo started; sleep 60; echo after"]);
+    running.wait_for("]:started\n");
+    let jobs = our_jobs(cluster);
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    cluster.qdel(&jobs[0].0).unwrap();
+    let (status, said) = running.end();
+    assert!(!status.success() && !said.contains("]:after"), "{said}");
+    assert!(said.contains("ABORTED") && said.contains("the job left the scheduler without its supervisor"), "{said}");
+    wait_until(Duration::from_secs(5), "the job gone from qstat", || our_jobs(cluster).is_empty());
+}
+
 #[test]
 fn with_the_qmaster_down_the_client_gets_unavailable_and_nothing_runs() {
     let fixture = fixture(&[]);
