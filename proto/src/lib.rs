@@ -122,6 +122,26 @@ mod tests {
     }
 
     #[test]
+    fn a_status_job_encodes_with_its_documented_field_numbers() {
+        // docs/protocol.md: cn = 1, own = 2, waiting = 3, position = 4, reason = 5, ...,
+        // unique_id = 9, command = 10, run_name = 11; Features.status = 10.
+        let job = crate::v1::StatusJob {
+            cn: "c".into(),
+            own: true,
+            waiting: true,
+            position: 1,
+            reason: "r".into(),
+            unique_id: "u".into(),
+            command: "x".into(),
+            run_name: "n".into(),
+            ..Default::default()
+        };
+        assert_eq!(job.encode_to_vec(), b"\x0a\x01c\x10\x01\x18\x01\x20\x01\x2a\x01r\x4a\x01u\x52\x01x\x5a\x01n");
+        let features = crate::v1::Features { status: true, ..Default::default() };
+        assert_eq!(features.encode_to_vec(), b"\x50\x01");
+    }
+
+    #[test]
     fn service_path_has_no_package_prefix() {
         assert_eq!(<file_service_server::FileServiceServer<()> as tonic::server::NamedService>::NAME, "FileService");
     }

@@ -352,6 +352,15 @@ pub enum Command {
     },
     /// List your jobs on the server(s): id, state, started, duration, command
     Jobs,
+    /// What each configured server's compute is doing: reachable or why not, version,
+    /// executor, cores, memory and licenses free, the queue with its reasons and what
+    /// runs (your own jobs whole; another's as CN, state, resources and times). Exits
+    /// non-zero when a server did not answer
+    Status {
+        /// One JSON document (schema `lrpymrpc-status/1`, docs/protocol.md) for scripts
+        #[arg(long)]
+        json: bool,
+    },
     /// Stop one of your jobs (its whole process tree)
     Cancel {
         /// The job id

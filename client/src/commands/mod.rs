@@ -9,6 +9,7 @@ pub mod job;
 pub mod slots;
 pub mod snippet;
 pub mod snippets;
+pub mod status;
 pub mod tls;
 
 /// The async runtime a command runs on (two worker threads: the client is light).

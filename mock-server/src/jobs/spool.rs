@@ -317,6 +317,14 @@ impl Spools {
         spools
     }
 
+    /// Every CN's durable runs, oldest first (for `Status`, which shows another CN's
+    /// only as CN, state, resources and times).
+    pub fn all(&self) -> Vec<Arc<Spool>> {
+        let mut spools: Vec<Arc<Spool>> = self.spools().values().cloned().collect();
+        spools.sort_by_key(|spool| spool.started_at.1);
+        spools
+    }
+
     /// Forgets the spools of jobs that are gone (`exists` says which still are), on
     /// disk too.
     pub fn retain(&self, exists: impl Fn(&str) -> bool) {

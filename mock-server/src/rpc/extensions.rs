@@ -16,8 +16,8 @@ use lrpymrpc_cas::{DIGEST_FUNCTION, Plan, TreeError, directory_digest, materiali
 use lrpymrpc_proto::v1::extensions_server::Extensions;
 use lrpymrpc_proto::v1::{
     BlobChunk, Caller, CancelRequest, CancelResponse, CapabilitiesRequest, CapabilitiesResponse, CreateJobResponse,
-    Digest, Features, FollowRequest, JobSummary, Limits, ListJobsRequest, ListJobsResponse, Load, RunState, TreePart,
-    UploadBlobsResponse,
+    Digest, Features, FollowRequest, JobSummary, Limits, ListJobsRequest, ListJobsResponse, Load, RunState, StatusJob,
+    StatusRequest, StatusResponse, TreePart, UploadBlobsResponse,
 };
 use prost::Message;
 use tonic::{Request, Response, Status, Streaming};
@@ -100,6 +100,56 @@ impl Extensions for ExtensionService {
         Ok(Response::new(ListJobsResponse { jobs }))
     }
 
+    async fn status(&self, request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        let caller = self.authorized(&request, "status")?;
+        let state = &self.state;
+        let now = std::time::SystemTime::now();
+        let (mut waiting, mut running) = (Vec::new(), Vec::new());
+        for spool in state.spools.all() {
+            let (end, started, _) = spool.summary();
+            if end.is_some() {
+                continue;
+            }
+            let started_unix_seconds = started.duration_since(std::time::UNIX_EPOCH).map_or(0, |since| since.as_secs());
+            let own = spool.started.owner == caller.cn;
+            let reason = state.jobs.waiting_for(&spool.started.id);
+            let mut job = StatusJob {
+                cn: spool.started.owner.clone().unwrap_or_default(),
+                own,
+                waiting: reason.is_some(),
+                reason: reason.unwrap_or_default(),
+                resources: spool.started.needs.clone(),
+                started_unix_seconds: i64::try_from(started_unix_seconds).unwrap_or(i64::MAX),
+                duration_ms: now
+                    .duration_since(started)
+                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                ..Default::default()
+            };
+            // Another CN's job is its CN, state, resources and times: never its id,
+            // command, run name or anything it printed.
+            if own {
+                job.unique_id = spool.started.id.clone();
+                job.command = spool.started.command.clone();
+                job.run_name = spool.started.attach.as_ref().map(|attach| attach.run_name.clone()).unwrap_or_default();
+            }
+            match job.waiting {
+                true => waiting.push(job),
+                false => running.push(job),
+            }
+        }
+        for (place, job) in waiting.iter_mut().enumerate() {
+            job.position = u32::try_from(place + 1).unwrap_or(u32::MAX);
+        }
+        let free_slots = state.jobs.free_slots_for(caller.cn.as_deref());
+        Ok(Response::new(StatusResponse {
+            server: format!("{} {}", crate::SERVER_NAME, env!("CARGO_PKG_VERSION")),
+            executor: state.config.executor.name().into(),
+            capacity: Some(capacity_now(state)),
+            load: Some(load_now(state, state.running(), free_slots)),
+            jobs: waiting.into_iter().chain(running).collect(),
+        }))
+    }
+
     async fn capabilities(
         &self,
         request: Request<CapabilitiesRequest>,
@@ -141,18 +191,14 @@ impl Extensions for ExtensionService {
                 executor: config.executor.name().into(),
                 known_trees: self.state.store.is_some(),
                 resources: true,
+                status: true,
             }),
             limits: Some(Limits {
                 max_message_bytes: MAX_MESSAGE_BYTES,
                 max_upload_bytes: config.upload_limits.max_bytes,
                 max_batch_blobs: MAX_MISSING_LISTED as u32,
             }),
-            load: Some(Load {
-                max_jobs: u32::try_from(config.max_jobs).unwrap_or(u32::MAX),
-                running_jobs: u32::try_from(running).unwrap_or(u32::MAX),
-                free_slots: u32::try_from(free_slots).unwrap_or(u32::MAX),
-                draining: self.state.draining.load(Ordering::SeqCst),
-            }),
+            load: Some(load_now(&self.state, running, free_slots)),
             caller: Some(caller),
             capacity: Some(capacity_now(&self.state)),
         };
@@ -470,5 +516,15 @@ fn capacity_now(state: &crate::state::State) -> lrpymrpc_proto::v1::Capacity {
         default_cpus: capacity.default_cpus,
         waiting: now.waiting,
         max_walltime_seconds: state.config.job_timeout.as_secs(),
+    }
+}
+
+/// The server's load now, for the caller (`free_slots` counts its per-CN limit).
+fn load_now(state: &State, running: usize, free_slots: usize) -> Load {
+    Load {
+        max_jobs: u32::try_from(state.config.max_jobs).unwrap_or(u32::MAX),
+        running_jobs: u32::try_from(running).unwrap_or(u32::MAX),
+        free_slots: u32::try_from(free_slots).unwrap_or(u32::MAX),
+        draining: state.draining.load(Ordering::SeqCst),
     }
 }

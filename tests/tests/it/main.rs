@@ -28,5 +28,6 @@ mod security;
 mod server;
 mod servers;
 mod slurm;
+mod status;
 mod tls;
 mod trust;

@@ -4,7 +4,7 @@
 //! reconnecting is the steps' (`steps/follow.rs`); `attach`, `jobs` and `cancel` are
 //! subcommands (`commands/durable_jobs.rs`).
 
-use lrpymrpc_proto::v1::{CancelRequest, FollowRequest, JobSummary, ListJobsRequest};
+use lrpymrpc_proto::v1::{CancelRequest, FollowRequest, JobSummary, ListJobsRequest, StatusRequest, StatusResponse};
 
 use super::{Reported, Session};
 use crate::exit::{ClientError, Step};
@@ -64,6 +64,21 @@ impl Session {
             .map_err(|_| self.stalled(Step::Connect))?
             .map_err(|status| self.failed(Step::Connect, status))?;
         Ok(answer.into_inner().jobs)
+    }
+
+    /// Whether the server answers `Status` (`Features.status`).
+    pub fn has_status(&self) -> bool {
+        self.capabilities().and_then(|c| c.features.as_ref()).is_some_and(|f| f.status)
+    }
+
+    /// What the server's compute is doing now (`Status`).
+    pub async fn status(&self) -> Result<StatusResponse, ClientError> {
+        let mut extensions = self.extensions.clone();
+        let answer = tokio::time::timeout(self.stall, extensions.status(StatusRequest {}))
+            .await
+            .map_err(|_| self.stalled(Step::Connect))?
+            .map_err(|status| self.failed(Step::Connect, status))?;
+        Ok(answer.into_inner())
     }
 
     /// NOT_FOUND for a job the caller followed: said as what it means.
