@@ -53,9 +53,9 @@ pub fn main_impl() -> ExitCode {
             commands::durable_jobs::attach(args, &id, from_end, &fetch)
         }
         Some(cli::Command::Jobs) => commands::durable_jobs::jobs(args),
-        Some(cli::Command::Status { json }) => {
-            let json = *json;
-            commands::status::run(args, json)
+        Some(cli::Command::Status { json, watch }) => {
+            let (json, watch) = (*json, *watch);
+            commands::status::run(args, json, watch)
         }
         Some(cli::Command::Slots) => commands::slots::run(args),
         Some(cli::Command::Cancel { id }) => {

@@ -358,8 +358,12 @@ pub enum Command {
     /// non-zero when a server did not answer
     Status {
         /// One JSON document (schema `lrpymrpc-status/1`, docs/protocol.md) for scripts
-        #[arg(long)]
+        #[arg(long, conflicts_with = "watch")]
         json: bool,
+        /// Ask again every 2 s until Ctrl-C, redrawn in place on a terminal (as `top`
+        /// does); into a pipe, each report after a blank line
+        #[arg(long)]
+        watch: bool,
     },
     /// Stop one of your jobs (its whole process tree)
     Cancel {

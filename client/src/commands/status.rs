@@ -4,8 +4,10 @@
 //! steps waiting for resources in queue order with the reason and how long, and what
 //! runs. The caller's own jobs are marked and shown whole (job id, command, run name);
 //! another CN's show only CN, state, resources and times (the server sends no more).
-//! `--json` prints one document (schema `lrpymrpc-status/1`) for scripts. A legacy
-//! server shows as such. Exits 0 only when every server answered.
+//! `--json` prints one document (schema `lrpymrpc-status/1`) for scripts; `--watch`
+//! asks again every 2 s, redrawn in place on a terminal, until Ctrl-C. A legacy
+//! server shows as such. Exits 0 only when every server answered (or, watching, when
+//! Ctrl-C ended it).
 
 use std::fmt::Write as _;
 use std::process::ExitCode;
@@ -29,20 +31,35 @@ enum Answer {
     Unreachable(String),
 }
 
-pub fn run(args: Args, json: bool) -> ExitCode {
+/// How often `--watch` asks again.
+const WATCH_EVERY: Duration = Duration::from_secs(2);
+
+pub fn run(args: Args, json: bool, watch: bool) -> ExitCode {
     super::durable_jobs::with_job(args, |job, out| async move {
-        let mut answers = Vec::new();
-        for peer in super::durable_jobs::peers(&job) {
-            let answer = match super::durable_jobs::connect(&job, &out, &peer).await {
-                Err(error) => Answer::Unreachable(error.to_string()),
-                Ok(session) if !session.has_status() => Answer::Legacy,
-                Ok(session) => match session.status().await {
-                    Ok(status) => Answer::Status(Box::new(status)),
-                    Err(error) => Answer::Unreachable(error.to_string()),
-                },
-            };
-            answers.push((peer.to_string(), answer));
+        if watch {
+            use std::io::{IsTerminal, Write};
+            let terminal = std::io::stdout().is_terminal();
+            let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+                .map_err(|error| ClientError::local(format!("cannot handle Ctrl-C: {error}")))?;
+            // Watching until Ctrl-C is what was asked: stopping it is no failure.
+            loop {
+                let answers = ask_all(&job, &out).await;
+                let report = as_text(&answers);
+                let mut stdout = std::io::stdout().lock();
+                let _ = match terminal {
+                    // Home and clear, then the report: redrawn in place.
+                    true => write!(stdout, "\x1b[H\x1b[2J{report}"),
+                    false => write!(stdout, "\n{report}"),
+                };
+                let _ = stdout.flush();
+                drop(stdout);
+                tokio::select! {
+                    () = tokio::time::sleep(WATCH_EVERY) => {}
+                    _ = interrupt.recv() => return Ok(()),
+                }
+            }
         }
+        let answers = ask_all(&job, &out).await;
         let unanswered = answers.iter().filter(|(_, answer)| matches!(answer, Answer::Unreachable(_))).count();
         match json {
             true => println!("{}", as_json(&answers)),
@@ -53,6 +70,23 @@ pub fn run(args: Args, json: bool) -> ExitCode {
             n => Err(ClientError::local(format!("{n} of {} server(s) did not answer", answers.len()))),
         }
     })
+}
+
+/// Every configured server's answer, in the order configured.
+async fn ask_all(job: &crate::job::Job, out: &crate::output::Output) -> Vec<(String, Answer)> {
+    let mut answers = Vec::new();
+    for peer in super::durable_jobs::peers(job) {
+        let answer = match super::durable_jobs::connect(job, out, &peer).await {
+            Err(error) => Answer::Unreachable(error.to_string()),
+            Ok(session) if !session.has_status() => Answer::Legacy,
+            Ok(session) => match session.status().await {
+                Ok(status) => Answer::Status(Box::new(status)),
+                Err(error) => Answer::Unreachable(error.to_string()),
+            },
+        };
+        answers.push((peer.to_string(), answer));
+    }
+    answers
 }
 
 /// The text report: a block per server.

@@ -519,6 +519,11 @@ impl Running {
         wait_until(PROCESS_LIMIT, &format!("the client says `{text}`"), || self.said().contains(text));
     }
 
+    /// Sends the client `signal` (Ctrl-C is SIGINT).
+    pub fn signal(&self, signal: i32) {
+        send_signal(&self.child, signal);
+    }
+
     /// Waits for the client to end; its exit status and all it said.
     pub fn end(mut self) -> (std::process::ExitStatus, String) {
         let status = wait_exit(&mut self.child, PROCESS_LIMIT);

@@ -97,3 +97,25 @@ fn status_shows_the_queue_with_reasons_and_another_cns_jobs_without_their_comman
     assert!(text.contains("nothing waits or runs"), "the answering server: {text}");
     assert!(text.contains(&format!("127.0.0.1:{closed}: not reachable")), "{text}");
 }
+
+// `--watch` asks again until Ctrl-C: it shows an empty server, then (without being
+// restarted) a job that started meanwhile; Ctrl-C ends it with exit 0 (watching until
+// stopped is what was asked). Into a pipe, reports follow each other; on a terminal
+// each is drawn after clearing the screen.
+#[test]
+fn status_watch_shows_a_job_that_starts_later_and_ends_at_ctrl_c() {
+    let env = TestEnv::new();
+    env.write("source/x", "x");
+    let watching = Running::start(&env, &["status", "--watch"]);
+    watching.wait_for("nothing waits or runs");
+    let root = env.root.path().display().to_string();
+    let held = format!("until [ -e {root}/release ]; do sleep 0.02; done");
+    let job = Running::start(&env, &["--RUN_NAME", "watched", "--CMD", &held]);
+    watching.wait_for("run watched");
+    watching.signal(libc::SIGINT);
+    let (status, said) = watching.end();
+    assert!(status.success(), "{said}");
+    assert!(!said.contains("\u{1b}[2J"), "no screen control into a pipe: {said}");
+    std::fs::write(env.root.path().join("release"), "").unwrap();
+    assert!(job.end().0.success());
+}
