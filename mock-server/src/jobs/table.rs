@@ -37,6 +37,10 @@ const UNUSED_SLOT_LIMIT: Duration = Duration::from_secs(120);
 /// job whose pip failed, a client that went away), so a shutdown waits for no more.
 const FETCH_WINDOW: Duration = Duration::from_secs(10);
 
+/// How long Check and Download wait for a command whose end is being recorded
+/// ([`Jobs::open_ended_soon`]) before they answer that it still runs.
+const END_LAG: Duration = Duration::from_secs(2);
+
 /// Every job of this server.
 #[derive(Debug)]
 pub struct Jobs {
@@ -265,6 +269,26 @@ impl Jobs {
         match self.table().get(&job_use.id).map(|entry| entry.phase) {
             Some(Phase::Running) => Err(JobError::InUse { why: "its command is still running" }),
             _ => Ok((dir, job_use)),
+        }
+    }
+
+    /// [`Jobs::open_ended`] for Check and Download, waiting up to [`END_LAG`] for a
+    /// command whose end is being recorded: its exit status reaches the client (through
+    /// the spool) a moment before the table hears the command ended, and a client
+    /// checks its results at once.
+    pub async fn open_ended_soon(
+        self: &Arc<Self>,
+        id: &str,
+        owner: Option<&str>,
+    ) -> Result<(PathBuf, JobUse), JobError> {
+        let deadline = std::time::Instant::now() + END_LAG;
+        loop {
+            match self.open_ended(id, owner) {
+                Err(JobError::InUse { .. }) if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                opened => return opened,
+            }
         }
     }
 
