@@ -273,18 +273,19 @@ impl Jobs {
     }
 
     /// [`Jobs::open_ended`] for Check and Download, waiting up to [`END_LAG`] for a
-    /// command whose end is being recorded: its exit status reaches the client (through
-    /// the spool) a moment before the table hears the command ended, and a client
-    /// checks its results at once.
+    /// command whose end is being recorded (`ending`: its spool has its exit status):
+    /// that reaches the client a moment before the table hears the command ended, and
+    /// a client checks its results at once. A command still running is refused at once.
     pub async fn open_ended_soon(
         self: &Arc<Self>,
         id: &str,
         owner: Option<&str>,
+        ending: impl Fn() -> bool,
     ) -> Result<(PathBuf, JobUse), JobError> {
         let deadline = std::time::Instant::now() + END_LAG;
         loop {
             match self.open_ended(id, owner) {
-                Err(JobError::InUse { .. }) if std::time::Instant::now() < deadline => {
+                Err(JobError::InUse { .. }) if std::time::Instant::now() < deadline && ending() => {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 opened => return opened,
