@@ -225,16 +225,7 @@ impl FileService for Service {
     async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
         let caller = self.caller(&request, "check")?;
         let request = request.into_inner();
-        let (dir, job_use) = self
-            .state
-            .jobs
-            .open_ended_soon(&request.unique_id, caller.cn.as_deref(), || {
-                self.state
-                    .spools
-                    .get(&request.unique_id, caller.cn.as_deref())
-                    .is_some_and(|spool| spool.summary().0.is_some())
-            })
-            .await?;
+        let (dir, job_use) = self.open_results(&request.unique_id, caller.cn.as_deref()).await?;
         let names = result_names(&request.result_dir)?;
         let (result_bytes, found) = match self.state.jobs.recorded(job_use.id()) {
             Some(recorded) => {
@@ -266,16 +257,7 @@ impl FileService for Service {
     async fn download(&self, request: Request<DownloadRequest>) -> Result<Response<Self::DownloadStream>, Status> {
         let caller = self.caller(&request, "download")?;
         let request = request.into_inner();
-        let (dir, job_use) = self
-            .state
-            .jobs
-            .open_ended_soon(&request.unique_id, caller.cn.as_deref(), || {
-                self.state
-                    .spools
-                    .get(&request.unique_id, caller.cn.as_deref())
-                    .is_some_and(|spool| spool.summary().0.is_some())
-            })
-            .await?;
+        let (dir, job_use) = self.open_results(&request.unique_id, caller.cn.as_deref()).await?;
         let names = result_names(&request.result_dir)?;
         // A legacy server speaks gzip only, whatever is asked.
         let encoding = match (self.state.config.legacy_protocol, Encoding::from_name(&request.encoding)) {
@@ -408,4 +390,17 @@ async fn stream_results(
     };
     let _ = tx.send(Err(status)).await;
     None
+}
+
+impl Service {
+    /// The caller's job `id` whose results Check and Download may read: its command has
+    /// ended, or its end is being recorded (its spool holds the exit status).
+    async fn open_results(
+        &self,
+        id: &str,
+        owner: Option<&str>,
+    ) -> Result<(std::path::PathBuf, crate::jobs::JobUse), JobError> {
+        let ending = || self.state.spools.get(id, owner).is_some_and(|spool| spool.summary().0.is_some());
+        self.state.jobs.open_ended_soon(id, owner, ending).await
+    }
 }
