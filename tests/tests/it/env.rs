@@ -105,9 +105,16 @@ impl TestEnv {
         let listener = old.unwrap_or_else(|| runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap());
         self.addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        runtime.spawn(lrpymrpc_mock_server::run(listener, config, async {
+        let serving = lrpymrpc_mock_server::run(listener, config, async {
             let _ = stopped.await;
-        }));
+        });
+        // A server that could not start (or stopped on an error) says why in the test's
+        // output, not only as a refused connection later.
+        runtime.spawn(async move {
+            if let Err(error) = serving.await {
+                eprintln!("the in-process server stopped: {error}");
+            }
+        });
         self.runtime = Some(runtime);
         self.stop = Some(stop);
         self
