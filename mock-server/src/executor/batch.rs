@@ -205,6 +205,8 @@ struct Tracked {
     /// ([`crate::executor::supervisor::HOST_FILE`]): a job that started and ended between two polls
     /// is still said to have started, and where.
     run_dir: Option<PathBuf>,
+    /// Its run ended: this directory goes once the scheduler no longer lists the job.
+    remove_when_gone: Option<PathBuf>,
 }
 
 impl Tracked {
@@ -260,12 +262,36 @@ impl<S: Scheduler> Watch<S> {
         Arc::new(WatchedJob { watch: Arc::downgrade(self), name: name.to_string() })
     }
 
-    /// The run ended: its job is no longer looked up (a client told it waited that no
-    /// poll saw it start hears where it ran now).
-    pub fn forget(&self, name: &str) {
-        if let Some(mut job) = self.tracked().remove(name) {
-            job.tell_where_it_started(self.scheduler.title());
+    /// The run ended (a client told it waited that no poll saw it start hears where it
+    /// ran now). Its directory, when given, is removed once the scheduler no longer
+    /// lists the job: until then the scheduler may still write into it, and a job whose
+    /// output file went fails on its way out (Grid Engine leaves it in `Eqw` for good).
+    pub fn retire(&self, name: &str, dir: Option<PathBuf>) {
+        let mut tracked = self.tracked();
+        let Some(job) = tracked.get_mut(name) else {
+            drop(tracked);
+            if let Some(dir) = dir {
+                remove_run_dir(dir);
+            }
+            return;
+        };
+        job.tell_where_it_started(self.scheduler.title());
+        match dir {
+            Some(dir) => {
+                job.events = None;
+                job.remove_when_gone = Some(dir);
+            }
+            None => drop(tracked.remove(name)),
         }
+    }
+}
+
+/// Removes a run's directory off the async threads (a shared filesystem may be slow).
+fn remove_run_dir(dir: PathBuf) {
+    let remove = move || drop(std::fs::remove_dir_all(dir));
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => drop(runtime.spawn_blocking(remove)),
+        Err(_) => remove(),
     }
 }
 
@@ -352,6 +378,21 @@ async fn poll<S: Scheduler>(watch: Weak<Watch<S>>) {
                     let _ = events.try_send(Ok(JobEvent::Note(note)));
                 }
             }
+            // Runs that ended, whose jobs have left the queue: their directories go.
+            let gone: Vec<PathBuf> = {
+                let mut tracked = watch.tracked();
+                let names: Vec<String> = batch
+                    .iter()
+                    .filter(|name| {
+                        tracked
+                            .get(*name)
+                            .is_some_and(|job| job.remove_when_gone.is_some() && job.absent >= ABSENT_POLLS)
+                    })
+                    .cloned()
+                    .collect();
+                names.iter().filter_map(|name| tracked.remove(name)?.remove_when_gone).collect()
+            };
+            gone.into_iter().for_each(remove_run_dir);
             for name in refused {
                 watch.scheduler.cancel(&name).await;
             }
@@ -385,6 +426,88 @@ mod tests {
         assert!(note.len() < 300 && !note.contains('\u{1b}') && !note.contains('<'), "{note}");
         job.tell_where_it_started("Grid Engine");
         assert!(received.try_recv().is_err(), "told once");
+    }
+
+    /// A scheduler whose queue the test sets; `cancel` takes a job out of it.
+    #[derive(Default)]
+    struct FakeQueue {
+        listed: Mutex<Vec<Listed>>,
+        polls: std::sync::atomic::AtomicU32,
+    }
+
+    #[tonic::async_trait]
+    impl Scheduler for FakeQueue {
+        fn title(&self) -> &'static str {
+            "Fake"
+        }
+        async fn list(&self, names: &[String]) -> Option<Vec<Listed>> {
+            self.polls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let listed = self.listed.lock().unwrap();
+            Some(listed.iter().filter(|job| names.contains(&job.name)).cloned().collect())
+        }
+        async fn cancel(&self, name: &str) {
+            self.listed.lock().unwrap().retain(|job| job.name != name);
+        }
+    }
+
+    impl FakeQueue {
+        fn set(&self, jobs: &[(&str, QueueState)]) {
+            *self.listed.lock().unwrap() =
+                jobs.iter().map(|(name, state)| Listed { name: name.to_string(), state: state.clone() }).collect();
+        }
+
+        /// Returns once the watch has asked `count` more times.
+        async fn polled(&self, count: u32) {
+            let until = self.polls.load(std::sync::atomic::Ordering::SeqCst) + count;
+            while self.polls.load(std::sync::atomic::Ordering::SeqCst) < until {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    }
+
+    async fn gone(dir: &Path) {
+        let limit = std::time::Instant::now() + Duration::from_secs(10);
+        while dir.exists() {
+            assert!(std::time::Instant::now() < limit, "`{}` removed", dir.display());
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    // A run's directory outlives the run while its scheduler still has the job (Grid
+    // Engine's shepherd writes a parallel environment's stop script's output into it
+    // after the command ended: removed earlier, the job fails into `Eqw` for good).
+    #[tokio::test]
+    async fn an_ended_runs_directory_goes_only_once_its_job_left_the_queue() {
+        let root = tempfile::tempdir().unwrap();
+        let queue = Arc::new(FakeQueue::default());
+        let watch = Watch::new(queue.clone(), Duration::from_millis(2));
+        let (ending, failing) = (root.path().join("run-1"), root.path().join("run-2"));
+        for dir in [&ending, &failing] {
+            std::fs::create_dir(dir).unwrap();
+            std::fs::write(dir.join(NODE_LOG), "").unwrap();
+        }
+        let _jobs = (watch.track("1", None, Some(&ending)), watch.track("2", None, Some(&failing)));
+        queue.set(&[("1", QueueState::Other), ("2", QueueState::Other)]);
+        watch.retire("1", Some(ending.clone()));
+        watch.retire("2", Some(failing.clone()));
+        queue.polled(5).await;
+        assert!(ending.join(NODE_LOG).exists() && failing.join(NODE_LOG).exists(), "kept while the jobs are listed");
+        // One leaves the queue; the other goes into an error state on its way out,
+        // and is deleted as any refused job is.
+        queue.set(&[("1", QueueState::Other), ("2", QueueState::Refused("can't open output file".into()))]);
+        gone(&failing).await;
+        assert!(ending.exists() && queue.listed.lock().unwrap().len() == 1, "the one still listed is kept");
+        queue.set(&[]);
+        gone(&ending).await;
+        assert!(watch.tracked().is_empty(), "nothing is looked up any more");
+        // A run that did not end keeps its directory (whoever looks into why, reads it).
+        let lost = root.path().join("run-3");
+        std::fs::create_dir(&lost).unwrap();
+        let _job = watch.track("3", None, Some(&lost));
+        queue.set(&[("3", QueueState::Other)]);
+        queue.polled(2).await;
+        watch.retire("3", None);
+        assert!(lost.exists() && watch.tracked().is_empty(), "kept, and no longer looked up");
     }
 
     #[test]

@@ -509,10 +509,10 @@ impl GridEngineExecutor {
         let stop = run.stop();
         let ran =
             crate::executor::process_run::follow(&mut run, chunks, streaming, events, limits, &inner.runs, stop).await;
-        inner.watch.forget(job_id);
         for line in run.node_log() {
             tracing::info!(grid_engine_job = job_id, "{line}");
         }
+        inner.watch.retire(job_id, run.hand_over_dir());
         match ran {
             Ok(ended) => Ok(ended.end),
             Err(error) => {

@@ -176,6 +176,12 @@ impl OneNodeGridEngine {
             .collect())
     }
 
+    /// What Grid Engine says of job `id` (`qstat -j`), for a test that failed to tell
+    /// why a job stayed.
+    pub fn describe(&self, id: &str) -> String {
+        self.output("qstat", &["-j", id]).unwrap_or_else(|error| error.to_string())
+    }
+
     /// Stops the qmaster (the scheduler down) and returns once it no longer answers;
     /// the execution daemon stays.
     pub fn stop_qmaster(&self) -> io::Result<()> {

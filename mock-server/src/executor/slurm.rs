@@ -467,7 +467,6 @@ impl SlurmExecutor {
             }),
         };
         let ran = process_run::follow(&mut run, chunks, streaming, events, limits, &inner.runs, stop).await;
-        inner.watch.forget(name);
         let mut said = run.node_log();
         let started = match batch {
             true => run.started(),
@@ -483,6 +482,7 @@ impl SlurmExecutor {
                 .unwrap_or(false)
             }
         };
+        inner.watch.retire(name, run.hand_over_dir());
         let ended = match ran {
             Ok(mut ended) => {
                 said.append(&mut ended.own_lines);

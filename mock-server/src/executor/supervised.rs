@@ -269,6 +269,15 @@ impl Supervised {
         batch_record(&self.dir)
     }
 
+    /// The directory of a run that ended, no longer removed when this run is dropped:
+    /// a batch job's scheduler may still write into it (a parallel environment's stop
+    /// script's output goes to `node.log`), so it goes once the job has left the queue
+    /// ([`crate::executor::batch::Watch::retire`]). `None` for a run that did not end
+    /// (its files stay for whoever looks into it).
+    pub fn hand_over_dir(&mut self) -> Option<PathBuf> {
+        std::mem::take(&mut self.ended).then(|| self.dir.clone())
+    }
+
     /// Follows a batch run taken on after a restart through its scheduler's job.
     pub fn watch_batch(&mut self, job: Arc<dyn BatchJob>) {
         self.batch = Some(job);

@@ -58,7 +58,7 @@ fn fixture(extra: &[&str]) -> Fixture {
     env.set_addr(format!("127.0.0.1:{}", server.1).parse().unwrap());
     env.write("source/input.txt", "some input\n");
     // The probe job is gone before a test counts jobs.
-    wait_until(SETTLE, "the probe job gone from qstat", || our_jobs(&cluster).is_empty());
+    wait_until_no_job_is_left(&cluster, &env, "the probe job gone from qstat");
     Fixture { cluster, env, server: server.0, _lock: lock }
 }
 
@@ -85,6 +85,33 @@ fn require_grid_engine() {
 /// Our jobs in the cluster's queue now.
 fn our_jobs(cluster: &OneNodeGridEngine) -> Vec<(String, String, String)> {
     cluster.jobs().unwrap_or_default().into_iter().filter(|(_, name, _)| name.starts_with("lrpymrpc-")).collect()
+}
+
+/// Returns once no job of ours is in `qstat`; else fails after [`SETTLE`] with what
+/// stayed: each job's state and what Grid Engine says of it, the node's processes and
+/// the server's log.
+fn wait_until_no_job_is_left(cluster: &OneNodeGridEngine, env: &TestEnv, what: &str) {
+    let start = Instant::now();
+    while start.elapsed() < SETTLE {
+        if our_jobs(cluster).is_empty() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let left: Vec<String> = our_jobs(cluster)
+        .into_iter()
+        .map(|(id, name, state)| format!("job {id} `{name}` in state {state}:\n{}", cluster.describe(&id)))
+        .collect();
+    let processes = std::process::Command::new("ps")
+        .args(["-eo", "pid,ppid,pgid,stat,etime,args"])
+        .output()
+        .map(|output| String::from_utf8_lossy(&output.stdout).into_owned())
+        .unwrap_or_default();
+    panic!(
+        "{what} within {SETTLE:?}, but these stayed:\n{}\nprocesses:\n{processes}\nserver log:\n{}",
+        left.join("\n"),
+        server_log(env)
+    );
 }
 
 fn server_log(env: &TestEnv) -> String {
@@ -136,7 +163,7 @@ fn a_job_runs_as_a_grid_engine_job_with_its_results_output_and_stderr_apart() {
     assert!(stderr.contains("]:to-stderr") && !stdout.contains("]:to-stderr"), "stderr apart: {stdout} / {stderr}");
     assert_eq!(env.read("build/copy.txt"), b"some input\n");
     assert_eq!(env.read("build/random.bin").len(), 100_000);
-    wait_until(SETTLE, "nothing left in qstat", || our_jobs(&fixture.cluster).is_empty());
+    wait_until_no_job_is_left(&fixture.cluster, &fixture.env, "nothing left in qstat");
 }
 
 #[test]
@@ -384,5 +411,5 @@ fn a_server_restarted_mid_job_loses_no_line_of_a_grid_engine_job() {
     assert_eq!(status.code(), Some(3), "{said}");
     assert_eq!(numbered_lines(&said), lines_up_to(40), "{said}");
     assert_eq!(std::fs::read_to_string(fixture.env.work.join("build/out")).unwrap(), "done\n");
-    wait_until(SETTLE, "the job gone from qstat", || our_jobs(&fixture.cluster).is_empty());
+    wait_until_no_job_is_left(&fixture.cluster, &fixture.env, "the job gone from qstat");
 }
