@@ -291,6 +291,15 @@ struct Args {
     /// Also count finished jobs per client certificate CN (one series per CN)
     #[arg(long, help_heading = "Monitoring")]
     metrics_per_cn: bool,
+    /// Serve the status page on this address, say 0.0.0.0:8443: capacity and use,
+    /// the queue with its reasons, what runs, and the last 24 hours, live in a
+    /// browser. HTTPS with the server's own certificate; no job's command, path or
+    /// output is shown there
+    #[arg(long, value_name = "ADDR", help_heading = "Monitoring")]
+    status_listen: Option<std::net::SocketAddr>,
+    /// How often the status page's history samples the server's use (for tests)
+    #[arg(long, value_name = "DURATION", default_value = "1m", hide = true)]
+    status_sample_every: DurationArg,
     /// Answer the standard gRPC health check (`grpc.health.v1.Health`) to clients
     /// without a certificate, as load balancers and scripts call it; every other call
     /// still needs one. It reveals only whether the server serves
@@ -535,6 +544,10 @@ fn check_config(file: &Path) -> anyhow::Result<()> {
     }
     if let Some(metrics) = config.metrics_listen {
         println!("  metrics: http://{metrics}/metrics");
+    }
+    if let Some(page) = config.status_listen {
+        let scheme = if config.tls.is_some() { "https" } else { "http" };
+        println!("  status page: {scheme}://{page}/");
     }
     let pip = &config.pip;
     if !pip.find_links.is_empty() || pip.index_url.is_some() || pip.no_index {
@@ -870,6 +883,8 @@ fn config_from(args: Args) -> anyhow::Result<Config> {
         share_action_cache: args.share_action_cache,
         metrics_listen: args.metrics_listen,
         metrics_per_cn: args.metrics_per_cn,
+        status_listen: args.status_listen,
+        status_sample_every: args.status_sample_every.0,
         health_without_auth: args.health_without_auth,
         share_env_cache: args.share_env_cache,
         keep_jobs_on_exit: args.keep_jobs_on_exit,

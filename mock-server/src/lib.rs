@@ -30,6 +30,7 @@ pub mod resources;
 mod rpc;
 mod state;
 mod store;
+pub mod web;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -55,8 +56,22 @@ pub enum ServeError {
     Tls(String),
     #[error("--metrics-listen {address}: cannot listen there: {source}")]
     Metrics { address: std::net::SocketAddr, source: std::io::Error },
+    #[error("--status-listen {address}: cannot listen there: {source}")]
+    StatusPage { address: std::net::SocketAddr, source: std::io::Error },
     #[error(transparent)]
     Transport(#[from] tonic::transport::Error),
+}
+
+/// Samples the server's use for the status page's history, now and every
+/// `--status-sample-every` (the file written off the async threads).
+async fn sample_forever(state: Arc<state::State>, history: Arc<web::history::History>) {
+    let mut ticks = tokio::time::interval(state.config.status_sample_every.max(std::time::Duration::from_millis(100)));
+    loop {
+        ticks.tick().await;
+        let sample = web::history::Sample::now(state.resources.capacity(), &state.resources.snapshot());
+        let history = history.clone();
+        let _ = tokio::task::spawn_blocking(move || history.record(sample)).await;
+    }
 }
 
 /// Serves jobs on `listener` until `shutdown` completes; then takes no new jobs, lets
@@ -95,6 +110,18 @@ pub async fn run(
         }
         None => None,
     };
+    let status_page = match state.config.status_listen {
+        Some(address) => {
+            let listener =
+                web::serve::bind(address).await.map_err(|source| ServeError::StatusPage { address, source })?;
+            web::serve::announce(listener.local_addr().unwrap_or(address), state.config.tls.is_some());
+            let history = Arc::new(web::history::History::open(Some(&state.config.root)));
+            let sampler = tokio::spawn(sample_forever(state.clone(), history.clone()));
+            let page = tokio::spawn(web::serve::serve(listener, state.clone(), history));
+            Some((sampler, page))
+        }
+        None => None,
+    };
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<FileServiceServer<rpc::files::Service>>().await;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -109,6 +136,10 @@ pub async fn run(
     reaper.abort();
     if let Some(metrics) = metrics {
         metrics.abort();
+    }
+    if let Some((sampler, page)) = status_page {
+        sampler.abort();
+        page.abort();
     }
     outcome.map_err(ServeError::from)
 }

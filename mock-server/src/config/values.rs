@@ -115,6 +115,12 @@ pub struct Config {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// Count finished jobs per client certificate CN too.
     pub metrics_per_cn: bool,
+    /// Where the status page is served (`web/`), over HTTPS with the server's
+    /// certificate; `None`: not served.
+    pub status_listen: Option<std::net::SocketAddr>,
+    /// How often the status page's history samples the server's use (a minute: 1,440
+    /// samples a day).
+    pub status_sample_every: Duration,
     /// Answer `grpc.health.v1.Health` without a client certificate (the TLS handshake
     /// then accepts clients without one; every other call still requires it).
     pub health_without_auth: bool,
@@ -218,6 +224,8 @@ impl Config {
             share_action_cache: false,
             metrics_listen: None,
             metrics_per_cn: false,
+            status_listen: None,
+            status_sample_every: Duration::from_secs(60),
             health_without_auth: false,
             share_env_cache: false,
             sandbox_network: false,

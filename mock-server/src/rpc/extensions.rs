@@ -102,52 +102,7 @@ impl Extensions for ExtensionService {
 
     async fn status(&self, request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
         let caller = self.authorized(&request, "status")?;
-        let state = &self.state;
-        let now = std::time::SystemTime::now();
-        let (mut waiting, mut running) = (Vec::new(), Vec::new());
-        for spool in state.spools.all() {
-            let (end, started, _) = spool.summary();
-            if end.is_some() {
-                continue;
-            }
-            let started_unix_seconds = started.duration_since(std::time::UNIX_EPOCH).map_or(0, |since| since.as_secs());
-            let own = spool.started.owner == caller.cn;
-            let reason = state.jobs.waiting_for(&spool.started.id);
-            let mut job = StatusJob {
-                cn: spool.started.owner.clone().unwrap_or_default(),
-                own,
-                waiting: reason.is_some(),
-                reason: reason.unwrap_or_default(),
-                resources: spool.started.needs.clone(),
-                started_unix_seconds: i64::try_from(started_unix_seconds).unwrap_or(i64::MAX),
-                duration_ms: now
-                    .duration_since(started)
-                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-                ..Default::default()
-            };
-            // Another CN's job is its CN, state, resources and times: never its id,
-            // command, run name or anything it printed.
-            if own {
-                job.unique_id = spool.started.id.clone();
-                job.command = spool.started.command.clone();
-                job.run_name = spool.started.attach.as_ref().map(|attach| attach.run_name.clone()).unwrap_or_default();
-            }
-            match job.waiting {
-                true => waiting.push(job),
-                false => running.push(job),
-            }
-        }
-        for (place, job) in waiting.iter_mut().enumerate() {
-            job.position = u32::try_from(place + 1).unwrap_or(u32::MAX);
-        }
-        let free_slots = state.jobs.free_slots_for(caller.cn.as_deref());
-        Ok(Response::new(StatusResponse {
-            server: format!("{} {}", crate::SERVER_NAME, env!("CARGO_PKG_VERSION")),
-            executor: state.config.executor.name().into(),
-            capacity: Some(capacity_now(state)),
-            load: Some(load_now(state, state.running(), free_slots)),
-            jobs: waiting.into_iter().chain(running).collect(),
-        }))
+        Ok(Response::new(status_now(&self.state, Viewer::Caller(caller.cn.as_deref()))))
     }
 
     async fn capabilities(
@@ -516,6 +471,69 @@ fn capacity_now(state: &crate::state::State) -> lrpymrpc_proto::v1::Capacity {
         default_cpus: capacity.default_cpus,
         waiting: now.waiting,
         max_walltime_seconds: state.config.job_timeout.as_secs(),
+    }
+}
+
+/// Who looks at the server's status: what they are shown of each job is decided here
+/// and nowhere else.
+#[derive(Debug, Clone, Copy)]
+pub enum Viewer<'a> {
+    /// A certificate holder (`Status`): its own jobs whole (id, command, run name).
+    Caller(Option<&'a str>),
+    /// The status page's overview, whoever opens it: no job is anyone's own there.
+    Public,
+}
+
+/// What the server runs and what waits, and why, as `viewer` may see it: waiting jobs
+/// first in queue order, then running ones. Another CN's job is its CN, state,
+/// resources, reason and times: never its id, command, run name or anything it printed.
+pub fn status_now(state: &State, viewer: Viewer<'_>) -> StatusResponse {
+    let now = std::time::SystemTime::now();
+    let (mut waiting, mut running) = (Vec::new(), Vec::new());
+    for spool in state.spools.all() {
+        let (end, started, _) = spool.summary();
+        if end.is_some() {
+            continue;
+        }
+        let started_unix_seconds = started.duration_since(std::time::UNIX_EPOCH).map_or(0, |since| since.as_secs());
+        let own = match viewer {
+            Viewer::Caller(cn) => spool.started.owner.as_deref() == cn,
+            Viewer::Public => false,
+        };
+        let reason = state.jobs.waiting_for(&spool.started.id);
+        let mut job = StatusJob {
+            cn: spool.started.owner.clone().unwrap_or_default(),
+            own,
+            waiting: reason.is_some(),
+            reason: reason.unwrap_or_default(),
+            resources: spool.started.needs.clone(),
+            started_unix_seconds: i64::try_from(started_unix_seconds).unwrap_or(i64::MAX),
+            duration_ms: now.duration_since(started).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            ..Default::default()
+        };
+        if own {
+            job.unique_id = spool.started.id.clone();
+            job.command = spool.started.command.clone();
+            job.run_name = spool.started.attach.as_ref().map(|attach| attach.run_name.clone()).unwrap_or_default();
+        }
+        match job.waiting {
+            true => waiting.push(job),
+            false => running.push(job),
+        }
+    }
+    for (place, job) in waiting.iter_mut().enumerate() {
+        job.position = u32::try_from(place + 1).unwrap_or(u32::MAX);
+    }
+    let free_slots = match viewer {
+        Viewer::Caller(cn) => state.jobs.free_slots_for(cn),
+        Viewer::Public => state.config.max_jobs.saturating_sub(state.running()),
+    };
+    StatusResponse {
+        server: format!("{} {}", crate::SERVER_NAME, env!("CARGO_PKG_VERSION")),
+        executor: state.config.executor.name().into(),
+        capacity: Some(capacity_now(state)),
+        load: Some(load_now(state, state.running(), free_slots)),
+        jobs: waiting.into_iter().chain(running).collect(),
     }
 }
 

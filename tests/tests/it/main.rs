@@ -29,5 +29,6 @@ mod server;
 mod servers;
 mod slurm;
 mod status;
+mod status_page;
 mod tls;
 mod trust;

@@ -1,0 +1,233 @@
+//! The status page's listener (`--status-listen ADDR`): HTTPS with the server's own
+//! certificate (no client certificate asked: a browser has none), one request per
+//! connection through axum on hyper, and every response with a Content-Security-Policy
+//! that allows scripts and styles from this server only (no inline script, no other
+//! origin), `nosniff` and no referrer. Bounded as the metrics endpoint is: at most
+//! [`MAX_CONNECTIONS`] connections at once (a newer one pushes out the oldest that has
+//! not finished its request head, so idle connections cannot starve a reader), a time
+//! limit on the handshake and on the request head, and at most [`MAX_EVENT_STREAMS`]
+//! live event streams, each ending after [`EVENT_STREAM_LIFETIME`] (a browser
+//! reconnects).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State as Shared;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::{info, warn};
+
+use super::history::History;
+use super::pages;
+use crate::config::TlsMaterial;
+use crate::rpc::extensions::{Viewer, status_now};
+use crate::state::State;
+
+/// Connections open at once.
+pub const MAX_CONNECTIONS: usize = 64;
+/// Live event streams at once (each is a connection too).
+pub const MAX_EVENT_STREAMS: usize = 32;
+/// How long one event stream lasts before the browser is asked to reconnect.
+pub const EVENT_STREAM_LIFETIME: Duration = Duration::from_secs(3600);
+/// How often an event stream sends the overview anew.
+pub const PUSH_EVERY: Duration = Duration::from_secs(2);
+/// The TLS handshake's and the request head's time limit.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+                   connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+const LIVE_JS: &str = include_str!("assets/live.js");
+const STYLE_CSS: &str = include_str!("assets/style.css");
+
+/// What the handlers share.
+#[derive(Clone)]
+struct Page {
+    state: Arc<State>,
+    history: Arc<History>,
+    streams: Arc<Semaphore>,
+}
+
+/// Binds `--status-listen`.
+pub async fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(address).await
+}
+
+/// Serves the status page on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, state: Arc<State>, history: Arc<History>) {
+    let tls = match state.config.tls.as_ref().map(acceptor) {
+        Some(Ok(acceptor)) => Some(acceptor),
+        Some(Err(error)) => {
+            warn!(%error, "the status page is not served: its TLS could not be set up");
+            return;
+        }
+        None => None,
+    };
+    let page = Page { state, history, streams: Arc::new(Semaphore::new(MAX_EVENT_STREAMS)) };
+    let router = Router::new()
+        .route("/", get(overview))
+        .route("/events", get(events))
+        .route("/live.js", get(|| async { asset(LIVE_JS, "text/javascript; charset=utf-8") }))
+        .route("/style.css", get(|| async { asset(STYLE_CSS, "text/css; charset=utf-8") }))
+        .fallback(not_found)
+        .with_state(page)
+        .layer(axum::middleware::map_response(secure_headers));
+    let open = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let waiting: Arc<Waiting> = Arc::default();
+    let mut next_id = 0u64;
+    loop {
+        let Ok((stream, peer)) = listener.accept().await else { continue };
+        // Full: the oldest connection still reading its request makes room.
+        let permit = match open.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                let oldest = {
+                    let mut waiting = lock(&waiting);
+                    (!waiting.is_empty()).then(|| waiting.remove(0))
+                };
+                let Some((_, close)) = oldest else { continue };
+                let _ = close.send(());
+                match tokio::time::timeout(Duration::from_millis(200), open.clone().acquire_owned()).await {
+                    Ok(Ok(permit)) => permit,
+                    _ => continue,
+                }
+            }
+        };
+        next_id += 1;
+        let id = next_id;
+        let (close, closed) = tokio::sync::oneshot::channel();
+        lock(&waiting).push((id, close));
+        let (router, tls, waiting) = (router.clone(), tls.clone(), waiting.clone());
+        tokio::spawn(async move {
+            let held = permit;
+            let served = async {
+                match tls {
+                    Some(tls) => match tokio::time::timeout(REQUEST_TIMEOUT, tls.accept(stream)).await {
+                        Ok(Ok(stream)) => serve_connection(stream, router, waiting.clone(), id).await,
+                        _ => warn!(peer = %peer, "status page handshake failed or too slow"),
+                    },
+                    None => serve_connection(stream, router, waiting.clone(), id).await,
+                }
+            };
+            tokio::select! {
+                () = served => {}
+                // (Its sender dropped once the request head was read: not a push.)
+                Ok(()) = closed => warn!(peer = %peer, "status page connection pushed out by a newer one before its request"),
+            }
+            lock(&waiting).retain(|(waiting, _)| *waiting != id);
+            drop(held);
+        });
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+type Waiting = Mutex<Vec<(u64, tokio::sync::oneshot::Sender<()>)>>;
+
+/// One request on `stream`; the connection counts as waiting until its head is read.
+async fn serve_connection<S>(stream: S, router: Router, waiting: Arc<Waiting>, id: u64)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let router = hyper_util::service::TowerToHyperService::new(router);
+    let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+        // The head is read: this connection is no longer one to push out.
+        lock(&waiting).retain(|(waiting, _)| *waiting != id);
+        hyper::service::Service::call(&router, request)
+    });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .keep_alive(false)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(REQUEST_TIMEOUT)
+        .max_buf_size(16 * 1024)
+        .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+    let _ = connection.await;
+}
+
+fn acceptor(material: &TlsMaterial) -> Result<tokio_rustls::TlsAcceptor, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(material.cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("cannot read the server certificate: {e}"))?;
+    let key = PrivateKeyDer::from_pem_slice(material.key_pem.as_bytes())
+        .map_err(|e| format!("cannot read the server key: {e}"))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(lrpymrpc_certs::provider::crypto_provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("the server certificate and key do not fit: {e}"))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+async fn secure_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+fn asset(body: &'static str, kind: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, kind)], body).into_response()
+}
+
+fn html(markup: maud::Markup) -> Response {
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], markup.into_string()).into_response()
+}
+
+/// The one answer for anything that is not a page: the same for a page that never
+/// existed and one the asker may not see.
+async fn not_found() -> Response {
+    (StatusCode::NOT_FOUND, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], "not found\n").into_response()
+}
+
+fn overview_markup(page: &Page) -> maud::Markup {
+    let status = status_now(&page.state, Viewer::Public);
+    pages::overview(&status, &page.history.samples())
+}
+
+async fn overview(Shared(page): Shared<Page>) -> Response {
+    let body = maud::html! { div id="live" { (overview_markup(&page)) } };
+    html(pages::page(&format!("{} status", crate::SERVER_NAME), body))
+}
+
+/// The overview anew every [`PUSH_EVERY`], as server-sent events (`event: overview`,
+/// the fragment's HTML as data).
+async fn events(Shared(page): Shared<Page>) -> Response {
+    let Ok(permit) = page.streams.clone().try_acquire_owned() else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "too many live views open; reload later\n").into_response();
+    };
+    let stream = futures_stream(page, permit);
+    Sse::new(stream).into_response()
+}
+
+fn futures_stream(
+    page: Page,
+    permit: OwnedSemaphorePermit,
+) -> impl tokio_stream::Stream<Item = Result<Event, Infallible>> + Send {
+    let ends = tokio::time::Instant::now() + EVENT_STREAM_LIFETIME;
+    let ticks = tokio_stream::wrappers::IntervalStream::new(tokio::time::interval(PUSH_EVERY));
+    tokio_stream::StreamExt::map_while(ticks, move |tick| {
+        let _held = &permit;
+        (tick < ends).then(|| Ok(Event::default().event("overview").data(overview_markup(&page).into_string())))
+    })
+}
+
+/// Logs where the page is served.
+pub fn announce(address: SocketAddr, tls: bool) {
+    let scheme = if tls { "https" } else { "http" };
+    info!(address = %address, "serving the status page at {scheme}://{address}/");
+}

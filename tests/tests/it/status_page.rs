@@ -1,0 +1,189 @@
+//! The status page (issue 33, the browser half), read over real HTTPS as a browser
+//! would: the server's own certificate checked against the lab's CA, the overview
+//! with its bars, queue and plots, the live event stream showing a job that waits for
+//! the one license with its reason, then runs and ends, all without a reload; a CN
+//! that is markup reaches every view as text; another CN's command never appears; a
+//! wrong path is a 404; idle connections cannot starve a reader.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use lrpymrpc_certs::layout;
+use lrpymrpc_mock_server::resources::Capacity;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+
+use crate::env::{PROCESS_LIMIT, Running, TestEnv, client_dir_for, wait_until};
+use crate::monitoring::free_address;
+
+/// A CN that is markup: a certificate may say anything.
+const HOSTILE_CN: &str = "<img src=x onerror=alert(1)>";
+
+fn page_env() -> (TestEnv, SocketAddr) {
+    let page = free_address();
+    let env = TestEnv::configured(|config| {
+        config.capacity = Capacity {
+            cpus: 2,
+            memory_bytes: 4 << 30,
+            licenses: BTreeMap::from([("spectre".to_string(), 1)]),
+            default_cpus: 1,
+            per_cn: Default::default(),
+        };
+        config.status_listen = Some(page);
+        config.status_sample_every = Duration::from_millis(200);
+    });
+    env.write("source/x", "x");
+    (env, page)
+}
+
+/// A TLS connection to the page that trusts only the test CA and checks the name.
+fn connect(env: &TestEnv, page: SocketAddr) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(layout::ca_cert(&env.tls)).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(lrpymrpc_certs::provider::crypto_provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let mut tcp = None;
+    wait_until(Duration::from_secs(10), "the status page to listen", || {
+        tcp = TcpStream::connect(page).ok();
+        tcp.is_some()
+    });
+    let tcp = tcp.unwrap();
+    tcp.set_read_timeout(Some(PROCESS_LIMIT)).unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    rustls::StreamOwned::new(rustls::ClientConnection::new(Arc::new(config), name).unwrap(), tcp)
+}
+
+/// `GET path`: the status line, the headers (names lowercased) and the body.
+fn get(env: &TestEnv, page: SocketAddr, path: &str) -> (String, String, String) {
+    let mut stream = connect(env, page);
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let (status, headers) = head.split_once("\r\n").unwrap_or((head, ""));
+    (status.to_string(), headers.to_lowercase(), body.to_string())
+}
+
+/// The live view's events as a browser's EventSource gets them: each `overview`
+/// event's data, in order, on a channel.
+fn events(env: &TestEnv, page: SocketAddr) -> mpsc::Receiver<String> {
+    let mut stream = connect(env, page);
+    write!(stream, "GET /events HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\n").unwrap();
+    let (sent, received) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut data = String::new();
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { return };
+            if let Some(more) = line.strip_prefix("data: ").or_else(|| line.strip_prefix("data:")) {
+                data.push_str(more);
+            } else if line.is_empty() && !data.is_empty() && sent.send(std::mem::take(&mut data)).is_err() {
+                return;
+            }
+        }
+    });
+    received
+}
+
+/// The first event `wanted` accepts; fails with the last one seen.
+fn wait_for_event(events: &mpsc::Receiver<String>, what: &str, wanted: impl Fn(&str) -> bool) -> String {
+    let deadline = std::time::Instant::now() + PROCESS_LIMIT;
+    let mut last = String::new();
+    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+        match events.recv_timeout(left) {
+            Ok(event) if wanted(&event) => return event,
+            Ok(event) => last = event,
+            Err(_) => break,
+        }
+    }
+    panic!("no live update showed {what}; the last one:\n{last}");
+}
+
+#[test]
+fn the_page_shows_a_job_wait_for_a_license_run_and_end_live_with_user_text_escaped() {
+    let (env, page) = page_env();
+    let (status, headers, body) = get(&env, page, "/");
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    for header in [
+        "content-security-policy: default-src 'none'; script-src 'self'",
+        "x-content-type-options: nosniff",
+        "referrer-policy: no-referrer",
+        "content-type: text/html; charset=utf-8",
+    ] {
+        assert!(headers.contains(header), "{header} in {headers}");
+    }
+    assert!(body.contains("license spectre") && body.contains("0/1 in use") && body.contains("<meter"), "{body}");
+    assert!(body.contains("Nothing waits.") && body.contains("Nothing runs."), "{body}");
+    assert!(body.contains("<script src=\"/live.js\" defer></script>"), "{body}");
+    assert!(!body.contains("<script>"), "no inline script: {body}");
+
+    let live = events(&env, page);
+    wait_for_event(&live, "the empty overview", |event| event.contains("Nothing waits."));
+    let root = env.root.path().display().to_string();
+    let held = format!("touch {root}/held; until [ -e {root}/release ]; do sleep 0.02; done; echo holder-ran");
+    let holder = Running::start(&env, &["--license", "spectre", "--CMD", &held]);
+    wait_until(PROCESS_LIMIT, "the license holder runs", || env.root.path().join("held").exists());
+    let hostile = client_dir_for(&env, HOSTILE_CN);
+    let secret = "echo SECRET-COMMAND-of-a-waiting-step";
+    let waiter = Running::start_as(&env, Some(&hostile), &["--license", "spectre", "--CMD", secret]);
+    waiter.wait_for("waiting: license spectre 1/1 in use");
+
+    let escaped = "&lt;img src=x onerror=alert(1)&gt;";
+    let waiting = wait_for_event(&live, "the step waiting for the license, with its reason", |event| {
+        event.contains("Waiting (1)") && event.contains(escaped)
+    });
+    assert!(waiting.contains("waiting: license spectre 1/1 in use") && waiting.contains("1/1 in use"), "{waiting}");
+    assert!(waiting.contains("<td class=\"cn\">e2e-user</td>"), "the holder runs: {waiting}");
+    assert!(!waiting.contains("<img") && !waiting.contains("SECRET-COMMAND"), "{waiting}");
+    let (_, _, body) = get(&env, page, "/");
+    assert!(body.contains(escaped) && !body.contains("<img") && !body.contains("SECRET-COMMAND"), "{body}");
+    assert!(!body.contains("holder-ran"), "no command of anyone's: {body}");
+
+    std::fs::write(env.root.path().join("release"), "").unwrap();
+    let (status, said) = holder.end();
+    assert!(status.success(), "{said}");
+    let (status, said) = waiter.end();
+    assert!(status.success() && said.contains("SECRET-COMMAND-of-a-waiting-step"), "{said}");
+    let ended = wait_for_event(&live, "both jobs ended", |event| {
+        event.contains("Nothing waits.") && event.contains("Nothing runs.")
+    });
+    // The plots drew the license held, from samples the server took itself.
+    assert!(ended.contains("license spectre in use (of 1)") && ended.matches("<polyline").count() >= 4, "{ended}");
+    assert!(env.jobs.join("lrpymrpc-status-history").exists(), "the history is kept on disk");
+
+    for path in ["/nope", "/job/123/abc", "/../etc/passwd", "/events/x"] {
+        let (status, _, body) = get(&env, page, path);
+        assert!(status.starts_with("HTTP/1.1 404") && body == "not found\n", "{path}: {status} {body}");
+    }
+    let (status, headers, script) = get(&env, page, "/live.js");
+    assert!(status.contains("200") && headers.contains("content-type: text/javascript"), "{headers}");
+    assert!(script.contains("new EventSource(\"/events\")"), "{script}");
+}
+
+// Idle connections (no handshake, no request) cannot starve a reader: the newest
+// pushes out the oldest that has not sent its request; live views are capped.
+#[test]
+fn idle_connections_and_many_live_views_do_not_starve_the_page() {
+    let (env, page) = page_env();
+    assert!(get(&env, page, "/").0.contains("200"));
+    let idle: Vec<TcpStream> = (0..100).map(|_| TcpStream::connect(page).unwrap()).collect();
+    let (status, _, body) = get(&env, page, "/");
+    assert!(status.contains("200") && body.contains("spectre"), "{status}");
+    drop(idle);
+    let views: Vec<_> = (0..lrpymrpc_mock_server::web::serve::MAX_EVENT_STREAMS).map(|_| events(&env, page)).collect();
+    for view in &views {
+        wait_for_event(view, "a live view's first update", |event| event.contains("Nothing waits."));
+    }
+    let (status, _, body) = get(&env, page, "/events");
+    assert!(status.contains("503") && body.contains("too many live views open"), "{status} {body}");
+    assert!(get(&env, page, "/").0.contains("200"), "the page itself is still served");
+}
