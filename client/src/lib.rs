@@ -52,7 +52,10 @@ pub fn main_impl() -> ExitCode {
             let (id, from_end, fetch) = (id.clone(), *from_end, fetch.clone());
             commands::durable_jobs::attach(args, &id, from_end, &fetch)
         }
-        Some(cli::Command::Jobs) => commands::durable_jobs::jobs(args),
+        Some(cli::Command::Jobs { web }) => {
+            let web = *web;
+            commands::durable_jobs::jobs(args, web)
+        }
         Some(cli::Command::Status { json, watch }) => {
             let (json, watch) = (*json, *watch);
             commands::status::run(args, json, watch)

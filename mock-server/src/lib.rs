@@ -114,7 +114,9 @@ pub async fn run(
         Some(address) => {
             let listener =
                 web::serve::bind(address).await.map_err(|source| ServeError::StatusPage { address, source })?;
-            web::serve::announce(listener.local_addr().unwrap_or(address), state.config.tls.is_some());
+            let bound = listener.local_addr().unwrap_or(address);
+            web::serve::announce(bound, state.config.tls.is_some());
+            let _ = state.status_page.set(bound);
             let history = Arc::new(web::history::History::open(Some(&state.config.root)));
             let sampler = tokio::spawn(sample_forever(state.clone(), history.clone()));
             let page = tokio::spawn(web::serve::serve(listener, state.clone(), history));

@@ -49,6 +49,10 @@ pub struct State {
     pub tree_plans: crate::rpc::per_cn::Turns,
     /// The jobs found at start that are taken on once serving begins (`lib.rs`).
     pub adoptable: std::sync::Mutex<Vec<crate::jobs::left_behind::Found>>,
+    /// The secrets of jobs' status page links.
+    pub job_links: crate::jobs::links::JobLinks,
+    /// Where the status page listens, once it does (`--status-listen`).
+    pub status_page: std::sync::OnceLock<std::net::SocketAddr>,
 }
 
 impl State {
@@ -61,6 +65,7 @@ impl State {
         // licenses this server is about to give out again).
         let spool_key = crate::jobs::spool_file::SpoolKey::of_root(&config.root)?;
         let adoptable = crate::jobs::left_behind::find(&config.root, &spool_key);
+        let job_links = crate::jobs::links::JobLinks::new(&spool_key);
         let live_runs: std::collections::HashSet<String> =
             adoptable.iter().filter_map(|found| found.live_run().map(str::to_string)).collect();
         let left_running = crate::executor::supervised::stop_left_behind(&config.root, |run| live_runs.contains(run));
@@ -148,6 +153,8 @@ impl State {
                     .on_disk(&root, spool_key),
             ),
             adoptable: std::sync::Mutex::new(adoptable),
+            job_links,
+            status_page: std::sync::OnceLock::new(),
             draining: AtomicBool::new(false),
             blob_streams: Arc::default(),
             tree_plans: crate::rpc::per_cn::Turns::new(crate::rpc::per_cn::PLANS_PER_CN),

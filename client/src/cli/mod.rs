@@ -351,7 +351,12 @@ pub enum Command {
         fetch: Vec<String>,
     },
     /// List your jobs on the server(s): id, state, started, duration, command
-    Jobs,
+    Jobs {
+        /// Print each job's own status page link instead (its command, where it stands
+        /// and its output, live in a browser): a secret link, yours alone to share
+        #[arg(long)]
+        web: bool,
+    },
     /// What each configured server's compute is doing: reachable or why not, version,
     /// executor, cores, memory and licenses free, the queue with its reasons and what
     /// runs (your own jobs whole; another's as CN, state, resources and times). Exits

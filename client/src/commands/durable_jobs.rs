@@ -52,8 +52,9 @@ pub fn attach(args: Args, id: &str, from_end: bool, fetch: &[String]) -> ExitCod
     })
 }
 
-/// Lists the caller's jobs on every configured server.
-pub fn jobs(args: Args) -> ExitCode {
+/// Lists the caller's jobs on every configured server (with `web`, each job's status
+/// page link).
+pub fn jobs(args: Args, web: bool) -> ExitCode {
     with_job(args, |job, out| async move {
         let mut listed = 0;
         for peer in peers(&job) {
@@ -62,7 +63,21 @@ pub fn jobs(args: Args) -> ExitCode {
                 out.note(&format!("{} keeps no jobs to list (a legacy server)", peer));
                 continue;
             }
-            for summary in session.list_jobs().await? {
+            let (summaries, page_port) = session.list_jobs_with_page().await?;
+            if web {
+                if page_port == 0 && !summaries.is_empty() {
+                    out.note(&format!(
+                        "{peer} serves no status page\nhint: its administrator turns one on with --status-listen"
+                    ));
+                    continue;
+                }
+                for summary in summaries.iter().filter(|summary| !summary.page_path.is_empty()) {
+                    listed += 1;
+                    println!("{}  {}", summary.unique_id, page_url(&peer, page_port, &summary.page_path));
+                }
+                continue;
+            }
+            for summary in summaries {
                 if listed == 0 {
                     println!(
                         "{:<36}  {:<STATE_WIDTH$}  {:<20}  {:>9}  {:<NEEDS_WIDTH$}  {:<21}  COMMAND",
@@ -78,6 +93,17 @@ pub fn jobs(args: Args) -> ExitCode {
         }
         Ok(())
     })
+}
+
+/// `https://HOST:PORT/job/ID/SECRET`: the status page at the host this client dials
+/// (plain `http` for a server without TLS, which serves its page so too).
+pub(super) fn page_url(peer: &Peer, port: u32, path: &str) -> String {
+    let host = match peer.host.contains(':') {
+        true => format!("[{}]", peer.host),
+        false => peer.host.clone(),
+    };
+    let scheme = if peer.tls.is_some() { "https" } else { "http" };
+    format!("{scheme}://{host}:{port}{path}")
 }
 
 /// Stops the caller's job `id`.

@@ -2,9 +2,11 @@
 //! that is gone left for the next (`left_behind`), where results
 //! are found in a job (`results`), durable runs' spools (`spool`, on disk
 //! `spool_file`), and the lock that
-//! keeps a second server off the root (`root_lock`).
+//! keeps a second server off the root (`root_lock`); the secret links to a job's
+//! status page (`links`).
 
 pub mod left_behind;
+pub mod links;
 pub mod results;
 pub mod root_lock;
 pub mod spool;

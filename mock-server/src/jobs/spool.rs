@@ -360,6 +360,15 @@ impl Spools {
         rx
     }
 
+    /// The run's records from after `after_seq`, then live ones until its end, for a
+    /// viewer of its status page: not a follower (a page left open neither keeps a
+    /// run its client left from being cancelled nor counts as that client).
+    pub fn watch(&self, spool: Arc<Spool>, after_seq: u64) -> mpsc::Receiver<Record> {
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(async move { feed(&spool, after_seq.saturating_add(1), &tx).await });
+        rx
+    }
+
     /// A run nobody follows yet (adopted after a restart): as if its last follower had
     /// just left, it is cancelled if none comes within the grace (unless detached).
     pub fn await_follower(self: &Arc<Self>, spool: &Arc<Spool>) {
@@ -413,6 +422,14 @@ impl Spool {
             Some(cancel) => cancel.send(why).is_ok(),
             None => false,
         }
+    }
+
+    /// The last `max` records kept, and the number of the last of them (0: none).
+    pub fn last_records(&self, max: usize) -> (Vec<Record>, u64) {
+        let inner = self.inner();
+        let skip = inner.records.len().saturating_sub(max);
+        let records = inner.records.iter().skip(skip).map(|(_, record)| record.clone()).collect();
+        (records, inner.next_seq.saturating_sub(1))
     }
 
     /// How it ended (`None`: it runs); when it started; how long it ran (so far).

@@ -120,6 +120,13 @@ impl SpoolKey {
         Ok(SpoolKey(Arc::new(hmac::Key::new(hmac::HMAC_SHA256, &bytes))))
     }
 
+    /// A key of its own for another purpose, made from this one (HMAC of `purpose`):
+    /// the root's one random secret serves several uses without one's tags being
+    /// another's.
+    pub fn derive(&self, purpose: &[u8]) -> hmac::Key {
+        hmac::Key::new(hmac::HMAC_SHA256, hmac::sign(&self.0, purpose).as_ref())
+    }
+
     fn seal(&self, id: &str, offset: u64, body: &[u8]) -> [u8; MAC_BYTES] {
         let mut context = hmac::Context::with_key(&self.0);
         context.update(&(id.len() as u32).to_le_bytes());

@@ -94,10 +94,11 @@ impl Extensions for ExtensionService {
                     detached: spool.started.detached,
                     resources: spool.started.needs.clone(),
                     waiting: self.state.jobs.waiting_for(&spool.started.id).unwrap_or_default(),
+                    page_path: page_path(&self.state, &spool.started.id),
                 }
             })
             .collect();
-        Ok(Response::new(ListJobsResponse { jobs }))
+        Ok(Response::new(ListJobsResponse { jobs, page_port: page_port(&self.state) }))
     }
 
     async fn status(&self, request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
@@ -515,6 +516,7 @@ pub fn status_now(state: &State, viewer: Viewer<'_>) -> StatusResponse {
             job.unique_id = spool.started.id.clone();
             job.command = spool.started.command.clone();
             job.run_name = spool.started.attach.as_ref().map(|attach| attach.run_name.clone()).unwrap_or_default();
+            job.page_path = page_path(state, &spool.started.id);
         }
         match job.waiting {
             true => waiting.push(job),
@@ -534,6 +536,20 @@ pub fn status_now(state: &State, viewer: Viewer<'_>) -> StatusResponse {
         capacity: Some(capacity_now(state)),
         load: Some(load_now(state, state.running(), free_slots)),
         jobs: waiting.into_iter().chain(running).collect(),
+        page_port: page_port(state),
+    }
+}
+
+/// The status page's port, 0 when none is served.
+fn page_port(state: &State) -> u32 {
+    state.status_page.get().map_or(0, |address| u32::from(address.port()))
+}
+
+/// Job `id`'s page link (its owner's alone to have), when a status page is served.
+fn page_path(state: &State, id: &str) -> String {
+    match state.status_page.get() {
+        Some(_) => state.job_links.path(id),
+        None => String::new(),
     }
 }
 

@@ -112,6 +112,36 @@ pub fn overview(status: &StatusResponse, samples: &[Sample]) -> Markup {
     }
 }
 
+/// What a job's own page shows (its owner's link only leads here).
+pub struct JobView<'a> {
+    pub cn: &'a str,
+    pub run_name: &'a str,
+    pub command: &'a str,
+    /// Where it stands, in words.
+    pub state: &'a str,
+    /// Its output so far (the newest lines kept).
+    pub lines: &'a [String],
+    /// Where its live output is read from.
+    pub events: &'a str,
+}
+
+/// A job's own page: its command, where it stands and its output, which `live.js`
+/// extends line by line (as text) from `events`.
+pub fn job(job: &JobView<'_>) -> Markup {
+    html! {
+        table class="job" {
+            tr { th { "CN" } td class="cn" { (job.cn) } }
+            @if !job.run_name.is_empty() { tr { th { "run" } td { (job.run_name) } } }
+            tr { th { "command" } td { code { (job.command) } } }
+            tr { th { "state" } td id="state" { (job.state) } }
+        }
+        h2 { "Output" }
+        pre id="output" data-events=(job.events) {
+            @for line in job.lines { (line) "\n" }
+        }
+    }
+}
+
 fn meter_row(what: &str, used: u64, total: u64, show: &dyn Fn(u64) -> String) -> Markup {
     html! {
         tr {
@@ -208,6 +238,7 @@ mod tests {
                 },
                 StatusJob { cn: hostile.into(), ..Default::default() },
             ],
+            page_port: 0,
         };
         let sample = Sample {
             unix_seconds: unix_seconds(std::time::SystemTime::now()),

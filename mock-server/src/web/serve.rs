@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::State as Shared;
+use axum::extract::{Path, State as Shared};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
@@ -73,6 +73,8 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, history: Arc<Histor
     let router = Router::new()
         .route("/", get(overview))
         .route("/events", get(events))
+        .route("/job/{id}/{secret}", get(job_page))
+        .route("/job/{id}/{secret}/events", get(job_events))
         .route("/live.js", get(|| async { asset(LIVE_JS, "text/javascript; charset=utf-8") }))
         .route("/style.css", get(|| async { asset(STYLE_CSS, "text/css; charset=utf-8") }))
         .fallback(not_found)
@@ -230,4 +232,79 @@ fn futures_stream(
 pub fn announce(address: SocketAddr, tls: bool) {
     let scheme = if tls { "https" } else { "http" };
     info!(address = %address, "serving the status page at {scheme}://{address}/");
+}
+
+/// The most output records a job's page shows when opened (the newest).
+const PAGE_RECORDS: usize = 2000;
+
+/// Job `id`'s spool when `secret` is its page's: anything else is the one 404.
+fn job_spool(page: &Page, id: &str, secret: &str) -> Option<Arc<crate::jobs::spool::Spool>> {
+    if !page.state.job_links.check(id, secret) {
+        return None;
+    }
+    page.state.spools.all().into_iter().find(|spool| spool.started.id == id)
+}
+
+/// What the job's page says of where it stands.
+fn job_state(page: &Page, spool: &crate::jobs::spool::Spool) -> String {
+    let (end, _, ran) = spool.summary();
+    match (end, page.state.jobs.waiting_for(&spool.started.id)) {
+        (Some(end), _) => format!("ended: {end} after {}", lrpymrpc_units::human_duration(ran)),
+        (None, Some(reason)) => reason,
+        (None, None) => format!("running for {}", lrpymrpc_units::human_duration(ran)),
+    }
+}
+
+/// A job's own page: its command, where it stands and its output so far, then live.
+async fn job_page(Shared(page): Shared<Page>, Path((id, secret)): Path<(String, String)>) -> Response {
+    let Some(spool) = job_spool(&page, &id, &secret) else { return not_found().await };
+    let (records, last) = spool.last_records(PAGE_RECORDS);
+    let lines: Vec<String> = records.into_iter().filter_map(Result::ok).map(|record| record.message).collect();
+    let started = &spool.started;
+    let run_name = started.attach.as_ref().map(|attach| attach.run_name.clone()).unwrap_or_default();
+    let events = format!("/job/{id}/{secret}/events?after={last}");
+    let body = pages::job(&pages::JobView {
+        cn: started.owner.as_deref().unwrap_or(""),
+        run_name: &run_name,
+        command: &started.command,
+        state: &job_state(&page, &spool),
+        lines: &lines,
+        events: &events,
+    });
+    html(pages::page("lrpymrpc job", body))
+}
+
+/// A job's output after `?after=N` as server-sent events (`line`, each line's text;
+/// `end`, how it ended), until it ends.
+async fn job_events(
+    Shared(page): Shared<Page>,
+    Path((id, secret)): Path<(String, String)>,
+    uri: axum::http::Uri,
+) -> Response {
+    let Some(spool) = job_spool(&page, &id, &secret) else { return not_found().await };
+    let Ok(permit) = page.streams.clone().try_acquire_owned() else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "too many live views open; reload later\n").into_response();
+    };
+    let after = uri
+        .query()
+        .and_then(|query| query.split('&').find_map(|pair| pair.strip_prefix("after=")))
+        .and_then(|after| after.parse::<u64>().ok())
+        .unwrap_or(0);
+    let mut records = page.state.spools.watch(spool.clone(), after);
+    let (events, sent) = tokio::sync::mpsc::channel::<Result<Event, Infallible>>(64);
+    tokio::spawn(async move {
+        let _held = permit;
+        let forward = async {
+            while let Some(record) = records.recv().await {
+                let Ok(record) = record else { continue };
+                if events.send(Ok(Event::default().event("line").data(record.message))).await.is_err() {
+                    return;
+                }
+            }
+            let end = Event::default().event("end").data(job_state(&page, &spool));
+            let _ = events.send(Ok(end)).await;
+        };
+        let _ = tokio::time::timeout(EVENT_STREAM_LIFETIME, forward).await;
+    });
+    Sse::new(tokio_stream::wrappers::ReceiverStream::new(sent)).into_response()
 }

@@ -187,3 +187,107 @@ fn idle_connections_and_many_live_views_do_not_starve_the_page() {
     assert!(status.contains("503") && body.contains("too many live views open"), "{status} {body}");
     assert!(get(&env, page, "/").0.contains("200"), "the page itself is still served");
 }
+
+/// The events of a job's page (`line`: one output line's text; `end`: how it ended)
+/// from `path`, as `(event, data)` on a channel.
+fn job_events(env: &TestEnv, page: SocketAddr, path: &str) -> mpsc::Receiver<(String, String)> {
+    let mut stream = connect(env, page);
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\n").unwrap();
+    let (sent, received) = mpsc::channel();
+    std::thread::spawn(move || {
+        let (mut event, mut data) = (String::new(), String::new());
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { return };
+            if let Some(name) = line.strip_prefix("event: ").or_else(|| line.strip_prefix("event:")) {
+                event = name.to_string();
+            } else if let Some(more) = line.strip_prefix("data: ").or_else(|| line.strip_prefix("data:")) {
+                data.push_str(more);
+            } else if line.is_empty()
+                && !event.is_empty()
+                && sent.send((std::mem::take(&mut event), std::mem::take(&mut data))).is_err()
+            {
+                return;
+            }
+        }
+    });
+    received
+}
+
+fn next_event(events: &mpsc::Receiver<(String, String)>, what: &str) -> (String, String) {
+    events.recv_timeout(PROCESS_LIMIT).unwrap_or_else(|_| panic!("no event: {what}"))
+}
+
+// The owner's link (`jobs --web`) opens the job's own page: its command and output as
+// text, lines arriving live, its end told; a wrong secret, another job's id or a
+// secret of another length gets the same 404 as a job that never existed, and nothing
+// of the job is on the overview.
+#[test]
+fn a_jobs_own_page_shows_its_output_live_to_the_link_holder_alone() {
+    let (env, page) = page_env();
+    let root = env.root.path().display().to_string();
+    let command = format!(
+        "echo '<script>alert(\"line\")</script>'; echo first-line; until [ -e {root}/more ]; do sleep 0.02; done; \
+         echo second-line; until [ -e {root}/end ]; do sleep 0.02; done; exit 3"
+    );
+    let detached =
+        env.client().args(["--detach", "--RUN_NAME", "<b onclick=x>run", "--CMD", &command]).output().unwrap();
+    assert!(detached.status.success(), "{}", String::from_utf8_lossy(&detached.stderr));
+    let listed = env.client().args(["jobs", "--web"]).output().unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    let (id, url) = listed.trim().split_once("  ").unwrap_or_else(|| panic!("one job and its link: {listed}"));
+    let prefix = format!("https://127.0.0.1:{}/job/{id}/", page.port());
+    let secret = url.strip_prefix(&prefix).unwrap_or_else(|| panic!("{url} starts with {prefix}"));
+    assert_eq!(secret.len(), 64, "{url}");
+    let path = format!("/job/{id}/{secret}");
+
+    let live = job_events(&env, page, &format!("{path}/events?after=0"));
+    let mut lines = Vec::new();
+    while !lines.iter().any(|line: &String| line == "first-line") {
+        let (event, data) = next_event(&live, "the first lines");
+        assert_eq!(event, "line");
+        lines.push(data);
+    }
+    assert!(lines.contains(&"<script>alert(\"line\")</script>".to_string()), "the line as text: {lines:?}");
+    let (status, headers, body) = get(&env, page, &path);
+    assert!(status.contains("200") && headers.contains("referrer-policy: no-referrer"), "{status}{headers}");
+    assert!(body.contains("&lt;script&gt;alert(&quot;line&quot;)&lt;/script&gt;\nfirst-line"), "{body}");
+    assert!(body.contains("<td>&lt;b onclick=x&gt;run</td>") && body.contains("running for"), "{body}");
+    assert!(!body.contains("<script>alert") && !body.contains("<b onclick"), "{body}");
+
+    std::fs::write(env.root.path().join("more"), "").unwrap();
+    let mut after = Vec::new();
+    while !after.iter().any(|line: &String| line == "second-line") {
+        after.push(next_event(&live, "the line printed after the page opened").1);
+    }
+    std::fs::write(env.root.path().join("end"), "").unwrap();
+    loop {
+        let (event, data) = next_event(&live, "the end");
+        if event == "end" {
+            assert!(data.contains("ended: exited 3"), "{data}");
+            break;
+        }
+    }
+    let script = get(&env, page, "/live.js").2;
+    assert!(script.contains("createTextNode(event.data") && script.contains("state.textContent"), "{script}");
+
+    let mut wrong = secret.to_string().into_bytes();
+    wrong[10] = if wrong[10] == b'a' { b'b' } else { b'a' };
+    let wrong = String::from_utf8(wrong).unwrap();
+    let never = "00000000-0000-0000-0000-000000000000";
+    for denied in [
+        format!("/job/{id}/{wrong}"),
+        format!("/job/{id}/{wrong}/events"),
+        format!("/job/{never}/{secret}"),
+        format!("/job/{id}/{}", &secret[..32]),
+        format!("/job/{id}/{secret}0"),
+        format!("/job/{id}"),
+    ] {
+        let (status, _, body) = get(&env, page, &denied);
+        assert!(status.starts_with("HTTP/1.1 404") && body == "not found\n", "{denied}: {status} {body}");
+    }
+    let overview = get(&env, page, "/").2;
+    assert!(
+        !overview.contains(secret) && !overview.contains("first-line") && !overview.contains("alert"),
+        "{overview}"
+    );
+}

@@ -58,12 +58,18 @@ impl Session {
 
     /// The caller's durable jobs on this server, oldest first.
     pub async fn list_jobs(&self) -> Result<Vec<JobSummary>, ClientError> {
+        Ok(self.list_jobs_with_page().await?.0)
+    }
+
+    /// [`Session::list_jobs`], and the server's status page port (0: none).
+    pub async fn list_jobs_with_page(&self) -> Result<(Vec<JobSummary>, u32), ClientError> {
         let mut extensions = self.extensions.clone();
         let answer = tokio::time::timeout(self.stall, extensions.list_jobs(ListJobsRequest {}))
             .await
             .map_err(|_| self.stalled(Step::Connect))?
-            .map_err(|status| self.failed(Step::Connect, status))?;
-        Ok(answer.into_inner().jobs)
+            .map_err(|status| self.failed(Step::Connect, status))?
+            .into_inner();
+        Ok((answer.jobs, answer.page_port))
     }
 
     /// Whether the server answers `Status` (`Features.status`).

@@ -12,3 +12,21 @@
     document.body.setAttribute("data-updated", String(Date.now()));
   });
 })();
+
+// A job's own page: its output grows line by line, as text (never markup), and its
+// state is told when it ends.
+(function () {
+  if (!window.EventSource) return;
+  var output = document.getElementById("output");
+  if (!output || !output.dataset.events) return;
+  var events = new EventSource(output.dataset.events);
+  events.addEventListener("line", function (event) {
+    output.appendChild(document.createTextNode(event.data + "\n"));
+    document.body.setAttribute("data-updated", String(Date.now()));
+  });
+  events.addEventListener("end", function (event) {
+    var state = document.getElementById("state");
+    if (state) state.textContent = event.data;
+    events.close();
+  });
+})();
