@@ -192,16 +192,27 @@ fn plot(
             format!("{x:.1},{y:.1}")
         })
         .collect();
+    // The area under the line, down to the axis from its first to its last point.
+    let area = match (points.first(), points.last()) {
+        (Some(first), Some(last)) => {
+            let x = |point: &String| point.split(',').next().unwrap_or("0").to_string();
+            format!("{},{HEIGHT} {} {},{HEIGHT}", x(first), points.join(" "), x(last))
+        }
+        _ => String::new(),
+    };
     let last = samples.last().map(value);
     html! {
         figure class="plot" {
             svg viewBox=(format!("0 0 {WIDTH} {HEIGHT}")) role="img" aria-label=(title) {
                 title { (title) }
                 rect class="frame" x="0" y="0" width=(WIDTH) height=(HEIGHT) {}
-                @if !points.is_empty() { polyline class="line" points=(points.join(" ")) {} }
+                @if !points.is_empty() {
+                    polygon class="area" points=(area) {}
+                    polyline class="line" points=(points.join(" ")) {}
+                }
             }
             figcaption {
-                (title) " (of " (show(top)) ")"
+                (title) " (of " (show(top)) "), 24 h ago to now"
                 @if let Some(last) = last { ": " (show(last)) " now" } @else { ": no samples yet" }
             }
         }

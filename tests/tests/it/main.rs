@@ -4,6 +4,7 @@
 mod action_cache;
 mod admin;
 mod attacks;
+mod browser;
 mod cancel;
 mod cas;
 mod certs;

@@ -24,8 +24,16 @@ use crate::monitoring::free_address;
 const HOSTILE_CN: &str = "<img src=x onerror=alert(1)>";
 
 fn page_env() -> (TestEnv, SocketAddr) {
+    page_env_with_history("")
+}
+
+/// [`page_env`] on a root where an earlier server left `history` (the status page's
+/// samples, `SECONDS CORES MEMORY WAITING POOL=N` a line).
+fn page_env_with_history(history: &str) -> (TestEnv, SocketAddr) {
     let page = free_address();
-    let env = TestEnv::configured(|config| {
+    let env = TestEnv::bare();
+    std::fs::write(env.jobs.join("lrpymrpc-status-history"), history).unwrap();
+    let env = env.serve_configured(|config| {
         config.capacity = Capacity {
             cpus: 2,
             memory_bytes: 4 << 30,
@@ -290,4 +298,92 @@ fn a_jobs_own_page_shows_its_output_live_to_the_link_holder_alone() {
         !overview.contains(secret) && !overview.contains("first-line") && !overview.contains("alert"),
         "{overview}"
     );
+}
+
+// As a person would: the real Chromium opens the overview over HTTPS (the test CA in
+// its certificate store), and without a reload sees a job appear, another CN's step
+// wait for the license with its reason (its CN, markup, shown as text: no image made,
+// no alert), both run and end; then the owner's link shows the job's output arriving
+// line by line and its end, and a wrong link is "not found". A screenshot is saved
+// (to `LRPYMRPC_SCREENSHOT` when set: the README's picture).
+#[test]
+fn chromium_sees_the_queue_and_a_jobs_output_live_without_a_reload() {
+    // A working day an earlier server sampled, a minute apart: cores busy by day, the
+    // license taken in the afternoon, a queue while it was.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let day: String = (1..1440u64)
+        .map(|minute| {
+            let hour = (minute / 60) as f64;
+            let cores = if (8.0..20.0).contains(&hour) { 1 + (minute / 7) % 2 } else { minute / 180 % 2 };
+            let spectre = u64::from((13.0..18.0).contains(&hour));
+            let waiting = if (14.0..16.0).contains(&hour) { 1 + minute % 3 } else { 0 };
+            let memory = cores * (1 << 30) + (minute % 11) * (64 << 20);
+            format!("{} {cores} {memory} {waiting} spectre={spectre}\n", now - (1440 - minute) * 60)
+        })
+        .collect();
+    let (env, page) = page_env_with_history(&day);
+    let browser_dir = env.root.path().join("browser");
+    std::fs::create_dir_all(&browser_dir).unwrap();
+    let browser = crate::browser::Browser::start(&layout::ca_cert(&env.tls), &browser_dir);
+    let base = format!("https://localhost:{}", page.port());
+    browser.goto(&format!("{base}/"));
+    browser.wait_for_text("#queue", "the empty queue", |text| text.contains("Nothing waits."));
+    // A reload would forget this.
+    browser.eval("window.lrpymrpcNoReload = 1; return 1;");
+    // The day the earlier server sampled is drawn (the history outlived its server).
+    let drawn =
+        browser.eval("return document.querySelector('figure.plot polyline').getAttribute('points').split(' ').length;");
+    assert!(drawn.as_u64().unwrap_or(0) >= 1439, "the day's samples drawn: {drawn}");
+
+    let root = env.root.path().display().to_string();
+    let held = format!(
+        "touch {root}/held; echo '<script>alert(1)</script>'; echo first-line; until [ -e {root}/more ]; \
+         do sleep 0.02; done; echo second-line; until [ -e {root}/release ]; do sleep 0.02; done; exit 3"
+    );
+    let holder = Running::start(&env, &["--license", "spectre", "--RUN_NAME", "nand2", "--CMD", &held]);
+    wait_until(PROCESS_LIMIT, "the license holder runs", || env.root.path().join("held").exists());
+    browser.wait_for_text("#running", "the holder running", |text| text.contains("e2e-user"));
+    let hostile = client_dir_for(&env, HOSTILE_CN);
+    let waiter = Running::start_as(&env, Some(&hostile), &["--license", "spectre", "--CMD", "echo waited"]);
+    waiter.wait_for("waiting: license spectre 1/1 in use");
+    let queue = browser.wait_for_text("#queue", "the step waiting with its reason", |text| {
+        text.contains(HOSTILE_CN) && text.contains("waiting: license spectre 1/1 in use")
+    });
+    assert!(queue.contains("Waiting (1)"), "{queue}");
+    assert!(browser.text("#server").contains("1/1 in use"), "the license bar: {}", browser.text("#server"));
+    assert_eq!(browser.eval("return document.querySelectorAll('img').length;"), 0, "the CN made no element");
+    assert!(!browser.alert_open(), "no script of a CN ran");
+    let shot = browser.screenshot(&browser_dir.join("status-page.png"));
+    if let Some(wanted) = std::env::var_os("LRPYMRPC_SCREENSHOT") {
+        std::fs::copy(&shot, wanted).unwrap();
+    }
+
+    // The owner's link: the job's own page, live.
+    let listed = env.client().args(["jobs", "--web"]).output().unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    let url = listed.lines().find_map(|line| line.split_once("  ").map(|(_, url)| url.to_string()));
+    let url = url.unwrap_or_else(|| panic!("a link: {listed}")).replace("127.0.0.1", "localhost");
+    browser.goto(&url);
+    browser.wait_for_text("#output", "the output so far", |text| text.contains("first-line"));
+    assert!(browser.text("#output").contains("<script>alert(1)</script>"), "a line of markup is text");
+    browser.eval("window.lrpymrpcNoReload = 2; return 1;");
+    std::fs::write(env.root.path().join("more"), "").unwrap();
+    browser.wait_for_text("#output", "a line printed after the page opened", |text| text.contains("second-line"));
+    std::fs::write(env.root.path().join("release"), "").unwrap();
+    browser.wait_for_text("#state", "the job's end", |text| text.contains("ended: exited 3"));
+    assert_eq!(browser.eval("return window.lrpymrpcNoReload;"), 2, "updated without a reload");
+    assert!(!browser.alert_open());
+    let (status, said) = holder.end();
+    assert_eq!(status.code(), Some(3), "{said}");
+    let (status, said) = waiter.end();
+    assert!(status.success(), "{said}");
+
+    browser.goto(&format!("{base}/"));
+    browser.eval("window.lrpymrpcNoReload = 3; return 1;");
+    browser
+        .wait_for_text("#live", "both ended", |text| text.contains("Nothing waits.") && text.contains("Nothing runs."));
+    assert_eq!(browser.eval("return window.lrpymrpcNoReload;"), 3, "updated without a reload");
+    let wrong = format!("{}0", &url[..url.len() - 1]).replace("/job/", "/job/x");
+    browser.goto(&wrong);
+    assert_eq!(browser.text("body").trim(), "not found");
 }
