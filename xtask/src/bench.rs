@@ -34,6 +34,9 @@
 //!   supervisor and its output file, issue 30), against the command into a pipe here.
 //! - W15: W1 through Grid Engine (`--executor gridengine`, a one-node cluster started
 //!   for it), against the local executor (issue 31).
+//! - W16: the status page's overview of a server with 1,000 waiting steps, 100
+//!   running and a day of samples, rendered (what each page load and each live update
+//!   costs), against the 10 ms issue 33 allows.
 //!
 //! W1 to W5 send a tar.gz (`--no-cas`), as to the Python server.
 //! References: `python3 -c pass` (the floor of any interpreter-based client),
@@ -95,6 +98,36 @@ fn scheduling_cost() -> anyhow::Result<Row> {
             per_step.as_secs_f64() * 1e6
         ),
     })
+}
+
+/// W16: the status page's overview of a busy server (1,000 waiting, 100 running, a
+/// day of samples) rendered 200 times; the median.
+fn status_page_render() -> Row {
+    use lrpymrpc_mock_server::web::pages;
+    let (status, samples) = pages::busy_example(1000, 100, 1440);
+    const RENDERS: usize = 200;
+    let mut bytes = 0;
+    let mut times: Vec<Duration> = (0..RENDERS)
+        .map(|_| {
+            let start = Instant::now();
+            let html = pages::overview(&status, &samples).into_string();
+            let took = start.elapsed();
+            bytes = std::hint::black_box(html).len();
+            took
+        })
+        .collect();
+    times.sort();
+    let median = times[RENDERS / 2];
+    Row {
+        name: "W16 status page, 1,000 waiting".into(),
+        samples: vec![median],
+        reference: Some(("the 10 ms issue 33 allows".into(), Duration::from_millis(10))),
+        note: format!(
+            "median of {RENDERS} renders, slowest {:.2} ms; {} of HTML (200 of each list shown, the rest counted), 4 plots of 1,440 samples",
+            times[RENDERS - 1].as_secs_f64() * 1e3,
+            lrpymrpc_units::human_bytes(bytes as u64)
+        ),
+    }
 }
 
 /// What one run of the client cost.
@@ -225,6 +258,10 @@ impl Bench {
         if options.wants(&["W13"]) {
             eprintln!("xtask bench: W13, what the resource queue costs a step");
             rows.push(scheduling_cost()?);
+        }
+        if options.wants(&["W16"]) {
+            eprintln!("xtask bench: W16, the status page's overview of 1,000 waiting steps");
+            rows.push(status_page_render());
         }
         if options.wants(&["W5"]) {
             eprintln!("xtask bench: W5, REPO_URL with a local wheel");

@@ -219,6 +219,54 @@ fn plot(
     }
 }
 
+/// A busy server's status and a day of its samples (for the benchmark and tests):
+/// `waiting` steps in the queue, `running` running, `samples` a minute apart, each job
+/// asking for cores, memory and a license.
+#[cfg(any(test, feature = "testing"))]
+pub fn busy_example(waiting: usize, running: usize, samples: usize) -> (StatusResponse, Vec<Sample>) {
+    use lrpymrpc_proto::v1::{Capacity, LicensePool};
+    let job = |n: usize, waiting: bool| StatusJob {
+        cn: format!("designer-{}", n % 40),
+        waiting,
+        position: if waiting { u32::try_from(n + 1).unwrap_or(u32::MAX) } else { 0 },
+        reason: if waiting { "waiting: license spectre 3/3 in use, 2 ahead of you".into() } else { String::new() },
+        resources: Some(lrpymrpc_proto::Resources {
+            cpus: 2,
+            memory_bytes: 4 << 30,
+            licenses: vec![lrpymrpc_proto::License { name: "spectre".into(), count: 1 }],
+            walltime_seconds: 0,
+        }),
+        duration_ms: 1000 * n as u64,
+        ..Default::default()
+    };
+    let status = StatusResponse {
+        server: "lrpymrpc-server 0.1.0".into(),
+        executor: "local".into(),
+        capacity: Some(Capacity {
+            cpus: 64,
+            free_cpus: 2,
+            memory_bytes: 256 << 30,
+            free_memory_bytes: 20 << 30,
+            licenses: vec![LicensePool { name: "spectre".into(), total: 3, free: 0 }],
+            ..Default::default()
+        }),
+        load: None,
+        jobs: (0..waiting).map(|n| job(n, true)).chain((0..running).map(|n| job(n, false))).collect(),
+        page_port: 0,
+    };
+    let now = unix_seconds(std::time::SystemTime::now());
+    let samples = (0..samples as u64)
+        .map(|minute| Sample {
+            unix_seconds: now.saturating_sub((samples as u64 - minute) * 60),
+            cores: u32::try_from(minute % 64).unwrap_or(0),
+            memory_bytes: (minute % 200) << 30,
+            waiting: u32::try_from(minute % 1000).unwrap_or(0),
+            licenses: [("spectre".to_string(), u32::try_from(minute % 4).unwrap_or(0))].into(),
+        })
+        .collect();
+    (status, samples)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -266,11 +314,10 @@ mod tests {
 
     #[test]
     fn a_thousand_waiting_jobs_list_a_bounded_page() {
-        let job =
-            StatusJob { cn: "alice".into(), waiting: true, reason: "waiting for 2 cores".into(), ..Default::default() };
-        let status = StatusResponse { jobs: vec![job; 1000], ..Default::default() };
-        let html = overview(&status, &[]).into_string();
+        let (status, samples) = busy_example(1000, 100, 1440);
+        let html = overview(&status, &samples).into_string();
         assert_eq!(html.matches("<tr class=\"waiting\">").count(), MAX_LISTED);
         assert!(html.contains("Waiting (1000)") && html.contains("and 800 more"), "{html}");
+        assert_eq!(html.matches("<tr class=\"running\">").count(), 100);
     }
 }
