@@ -234,7 +234,7 @@ impl Tracked {
             && let Some(events) = self.events.take()
         {
             let note = format!("{title} started the command on {host}");
-            let _ = events.try_send(Ok(JobEvent::Note(note)));
+            let _ = events.try_send(Ok(JobEvent::Dispatched(note)));
         }
     }
 }
@@ -357,25 +357,27 @@ async fn poll<S: Scheduler>(watch: Weak<Watch<S>>) {
                         continue;
                     }
                     let Some(events) = job.events.clone() else { continue };
-                    let note = match state {
+                    let event = match state {
                         QueueState::Pending(reason) => {
                             if job.said.as_ref() == Some(reason) {
                                 continue;
                             }
                             job.said = Some(reason.clone());
-                            format!("queued by {title} ({reason}): the command starts when a node is free")
+                            JobEvent::Queued(format!(
+                                "queued by {title} ({reason}): the command starts when a node is free"
+                            ))
                         }
                         // Started: news no more; told only to a client that was told it waited.
                         QueueState::Running(node) => {
                             job.events = None;
                             match job.said {
-                                Some(_) => format!("{title} started the command on {node}"),
+                                Some(_) => JobEvent::Dispatched(format!("{title} started the command on {node}")),
                                 None => continue,
                             }
                         }
                         _ => continue,
                     };
-                    let _ = events.try_send(Ok(JobEvent::Note(note)));
+                    let _ = events.try_send(Ok(event));
                 }
             }
             // Runs that ended, whose jobs have left the queue: their directories go.
@@ -421,7 +423,7 @@ mod tests {
         let hostile = format!("n1\u{1b}[2J<script>{}", "x".repeat(100_000));
         std::fs::write(dir.path().join(crate::executor::supervisor::HOST_FILE), hostile).unwrap();
         job.tell_where_it_started("Grid Engine");
-        let Ok(Ok(JobEvent::Note(note))) = received.try_recv() else { panic!("a note") };
+        let Ok(Ok(JobEvent::Dispatched(note))) = received.try_recv() else { panic!("a note") };
         assert!(note.starts_with("Grid Engine started the command on n12Jscriptxxx"), "{note}");
         assert!(note.len() < 300 && !note.contains('\u{1b}') && !note.contains('<'), "{note}");
         job.tell_where_it_started("Grid Engine");

@@ -80,6 +80,12 @@ pub enum JobEvent {
     Progress { pipe: Pipe, text: String },
     /// A note from the server itself (a cached environment reused, a wait).
     Note(String),
+    /// A farm's scheduler holds the command in its queue: a note saying so and why
+    /// (the scheduler's words), which `Status` and the status page show as the
+    /// job's reason to wait until [`JobEvent::Dispatched`] or its first output.
+    Queued(String),
+    /// The farm's scheduler started the command (a note saying where).
+    Dispatched(String),
     /// The command ended with this status: the last event of a run.
     Exited { code: i32, signal: i32 },
     /// Nothing runs: the action cache answers from the run recorded then, which took

@@ -163,6 +163,8 @@ struct Inner {
     followers: usize,
     /// Counts the times the last follower left; a grace timer acts only on its own.
     departures: u64,
+    /// Why a farm's scheduler holds the command, while it does (`JobEvent::Queued`).
+    farm_queued: Option<String>,
     /// Stops the run: dropping the receiver of its events.
     cancel: Option<oneshot::Sender<&'static str>>,
 }
@@ -263,6 +265,7 @@ impl Spools {
                 ended_at: None,
                 followers: 0,
                 departures: 0,
+                farm_queued: None,
                 cancel: Some(cancel),
                 writer: None,
                 run: None,
@@ -424,6 +427,12 @@ impl Spool {
         }
     }
 
+    /// Why a farm's scheduler holds the command, while it does.
+    pub fn farm_queued(&self) -> Option<String> {
+        let inner = self.inner();
+        inner.farm_queued.clone().filter(|_| inner.end.is_none())
+    }
+
     /// The last `max` records kept, and the number of the last of them (0: none).
     pub fn last_records(&self, max: usize) -> (Vec<Record>, u64) {
         let inner = self.inner();
@@ -489,6 +498,13 @@ async fn pump(
 fn append_events(spool: &Spool, events: impl Iterator<Item = Result<JobEvent, JobError>>, max_bytes: usize) {
     let mut inner = spool.inner();
     for event in events {
+        match &event {
+            Ok(JobEvent::Queued(why)) => inner.farm_queued = Some(why.clone()),
+            Ok(
+                JobEvent::Dispatched(_) | JobEvent::Line { .. } | JobEvent::Progress { .. } | JobEvent::Exited { .. },
+            ) => inner.farm_queued = None,
+            _ => {}
+        }
         let output = matches!(event, Ok(JobEvent::Line { .. } | JobEvent::Progress { .. })) && inner.run.is_some();
         if let Ok(JobEvent::RunStarted { run }) = event {
             let count = inner.output_count;

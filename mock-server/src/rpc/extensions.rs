@@ -93,7 +93,12 @@ impl Extensions for ExtensionService {
                     attach_info: spool.started.attach.clone(),
                     detached: spool.started.detached,
                     resources: spool.started.needs.clone(),
-                    waiting: self.state.jobs.waiting_for(&spool.started.id).unwrap_or_default(),
+                    waiting: self
+                        .state
+                        .jobs
+                        .waiting_for(&spool.started.id)
+                        .or_else(|| spool.farm_queued())
+                        .unwrap_or_default(),
                     page_path: page_path(&self.state, &spool.started.id),
                 }
             })
@@ -501,7 +506,8 @@ pub fn status_now(state: &State, viewer: Viewer<'_>) -> StatusResponse {
             Viewer::Caller(cn) => spool.started.owner.as_deref() == cn,
             Viewer::Public => false,
         };
-        let reason = state.jobs.waiting_for(&spool.started.id);
+        // Waiting for this server's resources, or in a farm's queue.
+        let reason = state.jobs.waiting_for(&spool.started.id).or_else(|| spool.farm_queued());
         let mut job = StatusJob {
             cn: spool.started.owner.clone().unwrap_or_default(),
             own,

@@ -36,7 +36,7 @@ pub fn to_message(event: Result<JobEvent, JobError>, legacy: bool) -> Option<Res
         Ok(JobEvent::Progress { pipe, text }) => {
             ExecuteResponse { message: text, stream: stream_of(pipe) as i32, progress: true, ..Default::default() }
         }
-        Ok(JobEvent::Note(text)) => {
+        Ok(JobEvent::Note(text) | JobEvent::Queued(text) | JobEvent::Dispatched(text)) => {
             ExecuteResponse { message: format!("[{SERVER_NAME}] {text}"), ..Default::default() }
         }
         Ok(JobEvent::Exited { code, signal }) => {

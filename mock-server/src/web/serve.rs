@@ -248,7 +248,7 @@ fn job_spool(page: &Page, id: &str, secret: &str) -> Option<Arc<crate::jobs::spo
 /// What the job's page says of where it stands.
 fn job_state(page: &Page, spool: &crate::jobs::spool::Spool) -> String {
     let (end, _, ran) = spool.summary();
-    match (end, page.state.jobs.waiting_for(&spool.started.id)) {
+    match (end, page.state.jobs.waiting_for(&spool.started.id).or_else(|| spool.farm_queued())) {
         (Some(end), _) => format!("ended: {end} after {}", lrpymrpc_units::human_duration(ran)),
         (None, Some(reason)) => reason,
         (None, None) => format!("running for {}", lrpymrpc_units::human_duration(ran)),

@@ -458,3 +458,38 @@ pub(crate) fn supervisors_parent(env: &TestEnv) -> Option<String> {
     let parent = field(&stat, 1)?;
     Some(std::fs::read_to_string(format!("/proc/{parent}/comm")).ok()?.trim().to_string())
 }
+
+// On the one-node cluster as on the local executor, `lrpymrpc status` and the status
+// page say what waits and why: a step Slurm holds for the `hspice` license another
+// step has shows as waiting with Slurm's reason, the holder as running; once the
+// license is given back, both end and nothing waits.
+#[test]
+fn status_and_the_status_page_say_what_slurm_holds_and_why() {
+    let page = crate::monitoring::free_address();
+    let fixture = fixture(&["--status-listen", &page.to_string()]);
+    let env = &fixture.env;
+    let release = env.root.path().join("release");
+    let held = format!("touch {0}.started; until [ -e {0} ]; do sleep 0.1; done", release.display());
+    let holder = crate::env::Running::start(env, &["--license", "hspice", "--CMD", &held]);
+    wait_until(PROCESS_LIMIT, "the license holder runs", || release.with_extension("started").exists());
+    let next = crate::env::Running::start(env, &["--license", "hspice", "--CMD", "echo next-ran"]);
+    next.wait_for("queued by Slurm (Licenses)");
+
+    let output = env.client().arg("status").output().unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success() && text.contains("executor slurm"), "{text}");
+    let waiting = text.lines().find(|line| line.contains("WAITING #1")).unwrap_or_default();
+    assert!(waiting.contains("queued by Slurm (Licenses)") && waiting.contains("hspice:1"), "{text}");
+    assert!(text.lines().any(|line| line.contains("RUNNING") && line.contains("hspice:1")), "{text}");
+    let (status, _, body) = crate::status_page::get(env, page, "/");
+    assert!(status.contains("200") && body.contains("Waiting (1)"), "{body}");
+    assert!(body.contains("queued by Slurm (Licenses)") && body.contains("Running (1)"), "{body}");
+
+    std::fs::write(&release, "").unwrap();
+    let (status, said) = holder.end();
+    assert!(status.success(), "{said}");
+    let (status, said) = next.end();
+    assert!(status.success() && said.contains("]:next-ran"), "{said}");
+    let (_, _, body) = crate::status_page::get(env, page, "/");
+    assert!(body.contains("Nothing waits.") && body.contains("Nothing runs."), "{body}");
+}

@@ -71,7 +71,7 @@ fn connect(env: &TestEnv, page: SocketAddr) -> rustls::StreamOwned<rustls::Clien
 }
 
 /// `GET path`: the status line, the headers (names lowercased) and the body.
-fn get(env: &TestEnv, page: SocketAddr, path: &str) -> (String, String, String) {
+pub(crate) fn get(env: &TestEnv, page: SocketAddr, path: &str) -> (String, String, String) {
     let mut stream = connect(env, page);
     write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
     let mut response = Vec::new();
