@@ -102,18 +102,18 @@ pub async fn run(
     let metrics = match state.config.metrics_listen {
         Some(address) => {
             let listener =
-                net::metrics::bind(address).await.map_err(|source| ServeError::Metrics { address, source })?;
+                web::metrics::bind(address).await.map_err(|source| ServeError::Metrics { address, source })?;
             info!(address = %listener.local_addr().unwrap_or(address), "serving metrics at /metrics");
             let refresh_state = state.clone();
             let refresh = Arc::new(move || refresh_gauges(&refresh_state));
-            Some(tokio::spawn(net::metrics::serve(listener, state.metrics.clone(), refresh)))
+            Some(tokio::spawn(web::metrics::serve(listener, state.metrics.clone(), refresh)))
         }
         None => None,
     };
     let status_page = match state.config.status_listen {
         Some(address) => {
             let listener =
-                web::serve::bind(address).await.map_err(|source| ServeError::StatusPage { address, source })?;
+                web::http::bind(address).await.map_err(|source| ServeError::StatusPage { address, source })?;
             let bound = listener.local_addr().unwrap_or(address);
             web::serve::announce(bound, state.config.tls.is_some());
             let _ = state.status_page.set(bound);

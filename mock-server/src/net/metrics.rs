@@ -3,12 +3,9 @@
 //! environment cache, the content store, the action cache, and the cores, memory and
 //! licenses commands hold. Labels only ever hold
 //! values from small fixed sets (never a job id, a CMD or a path); the CN only with
-//! `--metrics-per-cn`. The exposition format is prometheus-client's; the endpoint is a
-//! minimal HTTP/1.1 responder for `GET /metrics` (it reads at most one small request
-//! per connection, within a time limit, and answers nothing else).
+//! `--metrics-per-cn`. The exposition format is prometheus-client's; the endpoint is
+//! served through the server's one HTTP stack (`web::metrics`).
 
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -17,8 +14,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 use tracing::warn;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -237,132 +232,6 @@ impl Metrics {
     }
 }
 
-/// The most bytes of a request the endpoint reads.
-const MAX_REQUEST_BYTES: usize = 8 * 1024;
-
-/// Metrics connections open at once; more are closed as they come.
-const MAX_CONNECTIONS: usize = 16;
-
-/// How long a scraper has to send its request.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Connections still sending their request, oldest first: the ones a new connection
-/// may push out when every place is taken.
-#[derive(Default)]
-struct Reading {
-    next_id: u64,
-    waiting: std::collections::VecDeque<(u64, tokio::sync::oneshot::Sender<()>)>,
-}
-
-impl Reading {
-    fn lock(reading: &std::sync::Mutex<Reading>) -> std::sync::MutexGuard<'_, Reading> {
-        reading.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
-
-/// Serves `GET /metrics` on `listener` until the task is dropped; `refresh` sets the
-/// gauges read at scrape time before each answer.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, refresh: Arc<dyn Fn() + Send + Sync>) {
-    // A scraper needs one connection; a flood of them cannot take the server's
-    // descriptors (at most MAX_CONNECTIONS), and connections that trickle their request
-    // cannot keep a scraper out: when every place is taken, the connection that has
-    // been sending its request longest is closed to make room (a scraper sends its
-    // request at once).
-    let open = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    let reading = Arc::new(std::sync::Mutex::new(Reading::default()));
-    loop {
-        let Ok((mut stream, peer)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        };
-        let permit = match open.clone().try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => {
-                let oldest = Reading::lock(&reading).waiting.pop_front();
-                let Some((_, close)) = oldest else { continue };
-                let _ = close.send(());
-                match tokio::time::timeout(Duration::from_millis(200), open.clone().acquire_owned()).await {
-                    Ok(Ok(permit)) => permit,
-                    _ => continue,
-                }
-            }
-        };
-        let (closed_tx, closed) = tokio::sync::oneshot::channel();
-        let id = {
-            let mut reading = Reading::lock(&reading);
-            reading.next_id += 1;
-            let id = reading.next_id;
-            reading.waiting.push_back((id, closed_tx));
-            id
-        };
-        let (metrics, refresh, reading) = (metrics.clone(), refresh.clone(), reading.clone());
-        tokio::spawn(async move {
-            let _permit = permit;
-            let request = tokio::select! {
-                request = tokio::time::timeout(REQUEST_TIMEOUT, read_head(&mut stream)) => request.ok().flatten(),
-                _ = closed => None,
-            };
-            Reading::lock(&reading).waiting.retain(|(waiting, _)| *waiting != id);
-            let response = match request {
-                Some(head) if is_metrics_get(&head) => {
-                    refresh();
-                    let body = metrics.encode();
-                    format!(
-                        "HTTP/1.1 200 OK\r\nContent-Type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\n\
-                         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                        body.len()
-                    )
-                }
-                Some(_) => not_found(),
-                None => {
-                    warn!(peer = %peer, "metrics request not read (too slow, too large, or pushed out by a newer one)");
-                    return;
-                }
-            };
-            let _ = tokio::time::timeout(REQUEST_TIMEOUT, async {
-                let _ = stream.write_all(response.as_bytes()).await;
-                let _ = stream.shutdown().await;
-            })
-            .await;
-        });
-    }
-}
-
-fn not_found() -> String {
-    let body = "only GET /metrics is served here\n";
-    format!(
-        "HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-}
-
-/// `GET /metrics` (with or without a query), any HTTP/1.x version.
-fn is_metrics_get(head: &str) -> bool {
-    let mut words = head.split_whitespace();
-    let (method, target) = (words.next(), words.next().unwrap_or_default());
-    method == Some("GET") && (target == "/metrics" || target.starts_with("/metrics?"))
-}
-
-/// The request's head (up to the blank line), or `None` when it is too large or the
-/// peer closes first.
-async fn read_head(stream: &mut tokio::net::TcpStream) -> Option<String> {
-    let mut head = Vec::new();
-    let mut buffer = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
-        let n = stream.read(&mut buffer).await.ok()?;
-        if n == 0 || head.len() + n > MAX_REQUEST_BYTES {
-            return None;
-        }
-        head.extend_from_slice(&buffer[..n]);
-    }
-    Some(String::from_utf8_lossy(&head).into_owned())
-}
-
-/// Binds the metrics address (`--metrics-listen`).
-pub async fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(address).await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -385,7 +254,5 @@ mod tests {
         assert!(per_cn.encode().contains("cn=\"alice\""));
         per_cn.finished("q\",outcome=\"x\\\n", "success");
         assert!(per_cn.encode().contains(r#"cn="q\",outcome=\"x\\\n",outcome="success""#), "{}", per_cn.encode());
-        assert!(is_metrics_get("GET /metrics HTTP/1.1\r\n") && !is_metrics_get("POST /metrics HTTP/1.1"));
-        assert!(!is_metrics_get("GET /metrics/../x HTTP/1.1"));
     }
 }

@@ -11,7 +11,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -54,11 +54,6 @@ struct Page {
     streams: Arc<Semaphore>,
 }
 
-/// Binds `--status-listen`.
-pub async fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(address).await
-}
-
 /// Serves the status page on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, state: Arc<State>, history: Arc<History>) {
     let tls = match state.config.tls.as_ref().map(acceptor) {
@@ -80,78 +75,13 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, history: Arc<Histor
         .fallback(not_found)
         .with_state(page)
         .layer(axum::middleware::map_response(secure_headers));
-    let open = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let waiting: Arc<Waiting> = Arc::default();
-    let mut next_id = 0u64;
-    loop {
-        let Ok((stream, peer)) = listener.accept().await else { continue };
-        // Full: the oldest connection still reading its request makes room.
-        let permit = match open.clone().try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => {
-                let oldest = {
-                    let mut waiting = lock(&waiting);
-                    (!waiting.is_empty()).then(|| waiting.remove(0))
-                };
-                let Some((_, close)) = oldest else { continue };
-                let _ = close.send(());
-                match tokio::time::timeout(Duration::from_millis(200), open.clone().acquire_owned()).await {
-                    Ok(Ok(permit)) => permit,
-                    _ => continue,
-                }
-            }
-        };
-        next_id += 1;
-        let id = next_id;
-        let (close, closed) = tokio::sync::oneshot::channel();
-        lock(&waiting).push((id, close));
-        let (router, tls, waiting) = (router.clone(), tls.clone(), waiting.clone());
-        tokio::spawn(async move {
-            let held = permit;
-            let served = async {
-                match tls {
-                    Some(tls) => match tokio::time::timeout(REQUEST_TIMEOUT, tls.accept(stream)).await {
-                        Ok(Ok(stream)) => serve_connection(stream, router, waiting.clone(), id).await,
-                        _ => warn!(peer = %peer, "status page handshake failed or too slow"),
-                    },
-                    None => serve_connection(stream, router, waiting.clone(), id).await,
-                }
-            };
-            tokio::select! {
-                () = served => {}
-                // (Its sender dropped once the request head was read: not a push.)
-                Ok(()) = closed => warn!(peer = %peer, "status page connection pushed out by a newer one before its request"),
-            }
-            lock(&waiting).retain(|(waiting, _)| *waiting != id);
-            drop(held);
-        });
-    }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-type Waiting = Mutex<Vec<(u64, tokio::sync::oneshot::Sender<()>)>>;
-
-/// One request on `stream`; the connection counts as waiting until its head is read.
-async fn serve_connection<S>(stream: S, router: Router, waiting: Arc<Waiting>, id: u64)
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let router = hyper_util::service::TowerToHyperService::new(router);
-    let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-        // The head is read: this connection is no longer one to push out.
-        lock(&waiting).retain(|(waiting, _)| *waiting != id);
-        hyper::service::Service::call(&router, request)
-    });
-    let connection = hyper::server::conn::http1::Builder::new()
-        .keep_alive(false)
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(REQUEST_TIMEOUT)
-        .max_buf_size(16 * 1024)
-        .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-    let _ = connection.await;
+    let limits = super::http::Limits {
+        what: "status page",
+        connections: MAX_CONNECTIONS,
+        request_timeout: REQUEST_TIMEOUT,
+        max_head_bytes: 16 * 1024,
+    };
+    super::http::serve(listener, router, tls, limits).await;
 }
 
 fn acceptor(material: &TlsMaterial) -> Result<tokio_rustls::TlsAcceptor, String> {
