@@ -119,3 +119,48 @@ fn status_watch_shows_a_job_that_starts_later_and_ends_at_ctrl_c() {
     std::fs::write(env.root.path().join("release"), "").unwrap();
     assert!(job.end().0.success());
 }
+
+// On a terminal, `--watch` redraws in place as `top` does: each report after the
+// cursor is sent home and the screen cleared; Ctrl-C ends it with status 0.
+#[test]
+fn status_watch_redraws_in_place_on_a_terminal() {
+    let env = TestEnv::new();
+    let script = crate::env::tool("script", "bsdutils");
+    let client = env!("CARGO_BIN_EXE_lrpymrpc-e2e-client");
+    let pid_file = env.root.path().join("watch.pid");
+    // The shell becomes the client (exec), in the terminal's foreground, where Ctrl-C
+    // reaches it as a user's would.
+    let line = format!(
+        "sh -c 'echo $$ > \"{}\"; exec \"{client}\" --SERVER_IP 127.0.0.1 --SERVER_PORT {} --TLS_CONFIG_DIR \"{}\" \
+         status --watch'",
+        pid_file.display(),
+        env.addr.port(),
+        env.tls.display()
+    );
+    let typescript = env.root.path().join("typescript");
+    let mut terminal = std::process::Command::new(script)
+        .current_dir(&env.work)
+        .env("LRPYMRPC_CONFIG", "")
+        .arg("-qfec")
+        .arg(&line)
+        .arg(&typescript)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let screen = || String::from_utf8_lossy(&std::fs::read(&typescript).unwrap_or_default()).into_owned();
+    const HOME_AND_CLEAR: &str = "\u{1b}[H\u{1b}[2J";
+    wait_until(PROCESS_LIMIT, "two reports drawn on the terminal", || screen().matches(HOME_AND_CLEAR).count() >= 2);
+    let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    // SAFETY: kill with a pid this test's child wrote (the client it runs).
+    unsafe { libc::kill(pid, libc::SIGINT) };
+    let status = crate::env::wait_exit(&mut terminal, PROCESS_LIMIT);
+    let drawn = screen();
+    assert!(status.success(), "Ctrl-C ends --watch with status 0: {drawn}");
+    let reports: Vec<&str> = drawn.split(HOME_AND_CLEAR).skip(1).collect();
+    assert!(reports.len() >= 2, "{drawn:?}");
+    for report in &reports[..2] {
+        assert!(report.contains("nothing waits or runs"), "each redraw is a whole report: {report:?}");
+    }
+}
