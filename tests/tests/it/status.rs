@@ -11,16 +11,22 @@ use lrpymrpc_mock_server::resources::Capacity;
 
 use crate::env::{PROCESS_LIMIT, Running, TestEnv, client_dir_for, wait_until};
 
+/// A server of 2 cores, 4 GiB and the one `spectre` license, for which a second step
+/// waits while a first holds it.
+pub(crate) fn two_cores_and_one_spectre() -> Capacity {
+    Capacity {
+        cpus: 2,
+        memory_bytes: 4 << 30,
+        licenses: BTreeMap::from([("spectre".to_string(), 1)]),
+        default_cpus: 1,
+        per_cn: Default::default(),
+    }
+}
+
 #[test]
 fn status_shows_the_queue_with_reasons_and_another_cns_jobs_without_their_commands() {
     let env = TestEnv::configured(|config| {
-        config.capacity = Capacity {
-            cpus: 2,
-            memory_bytes: 4 << 30,
-            licenses: BTreeMap::from([("spectre".to_string(), 1)]),
-            default_cpus: 1,
-            per_cn: Default::default(),
-        };
+        config.capacity = two_cores_and_one_spectre();
     });
     env.write("source/x", "x");
     let root = env.root.path().display().to_string();

@@ -5,7 +5,6 @@
 //! that is markup reaches every view as text; another CN's command never appears; a
 //! wrong path is a 404; idle connections cannot starve a reader.
 
-use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
@@ -13,7 +12,6 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use lrpymrpc_certs::layout;
-use lrpymrpc_mock_server::resources::Capacity;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 
@@ -34,13 +32,7 @@ fn page_env_with_history(history: &str) -> (TestEnv, SocketAddr) {
     let env = TestEnv::bare();
     std::fs::write(env.jobs.join("lrpymrpc-status-history"), history).unwrap();
     let env = env.serve_configured(|config| {
-        config.capacity = Capacity {
-            cpus: 2,
-            memory_bytes: 4 << 30,
-            licenses: BTreeMap::from([("spectre".to_string(), 1)]),
-            default_cpus: 1,
-            per_cn: Default::default(),
-        };
+        config.capacity = crate::status::two_cores_and_one_spectre();
         config.status_listen = Some(page);
         config.status_sample_every = Duration::from_millis(200);
     });
