@@ -80,7 +80,17 @@ async fn ask_all(job: &crate::job::Job, out: &crate::output::Output) -> Vec<(Str
             Err(error) => Answer::Unreachable(error.to_string()),
             Ok(session) if !session.has_status() => Answer::Legacy,
             Ok(session) => match session.status().await {
-                Ok(status) => Answer::Status(Box::new(status)),
+                Ok(mut status) => {
+                    // Own jobs' page links as whole URLs, at the host this client dials
+                    // (a path only a page-serving server gives, and only to the owner).
+                    for job in status.jobs.iter_mut().filter(|job| job.own && !job.page_path.is_empty()) {
+                        job.page_path = match status.page_port {
+                            0 => String::new(),
+                            port => super::durable_jobs::page_url(&peer, port, &job.page_path),
+                        };
+                    }
+                    Answer::Status(Box::new(status))
+                }
                 Err(error) => Answer::Unreachable(error.to_string()),
             },
         };
@@ -158,6 +168,9 @@ fn job_line(job: &StatusJob) -> String {
             let _ = write!(line, " run {}", clean_text(&job.run_name));
         }
         let _ = write!(line, "  `{}`", clean_text(&job.command));
+        if !job.page_path.is_empty() {
+            let _ = write!(line, "  page {}", clean_text(&job.page_path));
+        }
     }
     line
 }
@@ -224,7 +237,8 @@ fn job_json(job: &StatusJob) -> String {
         .collect();
     format!(
         "{{\"cn\":{},\"own\":{},\"state\":{},\"position\":{},\"reason\":{},\"cpus\":{},\"memory_bytes\":{},\
-         \"licenses\":[{}],\"started_unix_seconds\":{},\"duration_ms\":{},\"job_id\":{},\"command\":{},\"run_name\":{}}}",
+         \"licenses\":[{}],\"started_unix_seconds\":{},\"duration_ms\":{},\"job_id\":{},\"command\":{},\"run_name\":{},\
+         \"page_url\":{}}}",
         string(&job.cn),
         job.own,
         string(if job.waiting { "waiting" } else { "running" }),
@@ -237,7 +251,8 @@ fn job_json(job: &StatusJob) -> String {
         job.duration_ms,
         string(&job.unique_id),
         string(&job.command),
-        string(&job.run_name)
+        string(&job.run_name),
+        string(&job.page_path)
     )
 }
 

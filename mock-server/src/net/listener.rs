@@ -264,20 +264,28 @@ impl Drop for AddressSlot {
     }
 }
 
-/// Connections closed at a cap, logged at most once a second.
+/// Connections closed at a cap, logged at most once a second (a flood is one line a
+/// second with its count, not a line a connection): the gRPC listener's and the HTTP
+/// listeners' (`web/http.rs`).
 #[derive(Default)]
-struct ClosedAtCap {
+pub(crate) struct ClosedAtCap {
     since_last_log: u64,
     last_log: Option<Instant>,
 }
 
 impl ClosedAtCap {
-    fn note(&mut self, peer: SocketAddr, reason: &str) {
+    /// One more connection closed, before its TLS handshake, for `reason`.
+    pub(crate) fn note(&mut self, peer: SocketAddr, reason: &str) {
+        self.note_as(peer, reason, "connection closed before its TLS handshake");
+    }
+
+    /// One more connection closed, for `reason`; `what` says what it had not done.
+    pub(crate) fn note_as(&mut self, peer: SocketAddr, reason: &str, what: &str) {
         self.since_last_log += 1;
         if self.last_log.is_some_and(|at| at.elapsed() < Duration::from_secs(1)) {
             return;
         }
-        warn!(peer = %peer, reason, closed = self.since_last_log, "connection closed before its TLS handshake");
+        warn!(peer = %peer, reason, closed = self.since_last_log, "{what}");
         self.since_last_log = 0;
         self.last_log = Some(Instant::now());
     }

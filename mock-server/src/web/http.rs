@@ -3,8 +3,9 @@
 //! when given. Bounded the same way for each listener: at most `connections` open at
 //! once, and when every place is taken the connection that has been waiting longest
 //! for its request head (a slowloris, or an idle socket) is closed to make room, so
-//! idle connections cannot keep a reader out; a time limit on the TLS handshake and on
-//! the request head; a request head larger than `max_head_bytes` is refused (431).
+//! idle connections cannot keep a reader out (logged at most once a second, with the
+//! count); a time limit on the TLS handshake and on the request head; a request head
+//! larger than `max_head_bytes` is refused (431).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -14,6 +15,8 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::warn;
+
+use crate::net::listener::ClosedAtCap;
 
 /// One listener's bounds.
 #[derive(Debug, Clone, Copy)]
@@ -39,6 +42,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub async fn serve(listener: TcpListener, router: Router, tls: Option<tokio_rustls::TlsAcceptor>, limits: Limits) {
     let open = Arc::new(Semaphore::new(limits.connections.max(1)));
     let waiting: Arc<Waiting> = Arc::default();
+    let pushed_out: Arc<Mutex<ClosedAtCap>> = Arc::default();
     let mut next_id = 0u64;
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -70,7 +74,7 @@ pub async fn serve(listener: TcpListener, router: Router, tls: Option<tokio_rust
         let id = next_id;
         let (close, closed) = tokio::sync::oneshot::channel();
         lock(&waiting).push((id, close));
-        let (router, tls, waiting) = (router.clone(), tls.clone(), waiting.clone());
+        let (router, tls, waiting, pushed_out) = (router.clone(), tls.clone(), waiting.clone(), pushed_out.clone());
         tokio::spawn(async move {
             let _permit = permit;
             let served = async {
@@ -85,7 +89,10 @@ pub async fn serve(listener: TcpListener, router: Router, tls: Option<tokio_rust
             tokio::select! {
                 () = served => {}
                 // (Its sender is dropped once the request head is read: not a push.)
-                Ok(()) = closed => warn!(peer = %peer, "{} connection pushed out by a newer one before its request", limits.what),
+                Ok(()) = closed => {
+                    let reason = format!("{} full: pushed out by a newer connection", limits.what);
+                    lock(&pushed_out).note_as(peer, &reason, "connection closed before its request");
+                }
             }
             lock(&waiting).retain(|(waiting, _)| *waiting != id);
         });

@@ -239,6 +239,12 @@ fn a_jobs_own_page_shows_its_output_live_to_the_link_holder_alone() {
     let secret = url.strip_prefix(&prefix).unwrap_or_else(|| panic!("{url} starts with {prefix}"));
     assert_eq!(secret.len(), 64, "{url}");
     let path = format!("/job/{id}/{secret}");
+    // `status` gives the owner the same link beside the job, in text and JSON.
+    let status = env.client().arg("status").output().unwrap();
+    let status = String::from_utf8_lossy(&status.stdout).into_owned();
+    assert!(status.lines().any(|line| line.contains("(you)") && line.ends_with(&format!("  page {url}"))), "{status}");
+    let json = env.client().args(["status", "--json"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&json.stdout).contains(&format!("\"page_url\":\"{url}\"")), "{json:?}");
 
     let live = job_events(&env, page, &format!("{path}/events?after=0"));
     let mut lines = Vec::new();
