@@ -57,6 +57,8 @@ pub fn attach(args: Args, id: &str, from_end: bool, fetch: &[String]) -> ExitCod
 pub fn jobs(args: Args, web: bool) -> ExitCode {
     with_job(args, |job, out| async move {
         let mut listed = 0;
+        // With `--web`: servers that have jobs of the caller but serve no page.
+        let mut without_page = Vec::new();
         for peer in peers(&job) {
             let session = connect(&job, &out, &peer).await?;
             if !session.has_durable_jobs() {
@@ -66,9 +68,7 @@ pub fn jobs(args: Args, web: bool) -> ExitCode {
             let (summaries, page_port) = session.list_jobs_with_page().await?;
             if web {
                 if page_port == 0 && !summaries.is_empty() {
-                    out.note(&format!(
-                        "{peer} serves no status page\nhint: its administrator turns one on with --status-listen"
-                    ));
+                    without_page.push(peer.to_string());
                     continue;
                 }
                 for summary in summaries.iter().filter(|summary| !summary.page_path.is_empty()) {
@@ -87,6 +87,18 @@ pub fn jobs(args: Args, web: bool) -> ExitCode {
                 listed += 1;
                 println!("{}", row(&summary, &peer.to_string()));
             }
+        }
+        // The links asked for, and some are not there: not a success.
+        if !without_page.is_empty() {
+            return Err(ClientError::Local {
+                message: format!(
+                    "--web: {} serve(s) no status page, so your jobs there have no page link",
+                    without_page.join(", ")
+                ),
+                hint: Some(
+                    "its administrator turns one on with --status-listen (or `status-listen` in its config)".into(),
+                ),
+            });
         }
         if listed == 0 {
             out.note("no jobs of yours on the configured server(s)");

@@ -119,10 +119,7 @@ pub struct HandshakeLimits {
 /// too; every call but the health check then refuses it (`auth.rs`).
 pub fn tls_acceptor(material: &TlsMaterial, health_without_auth: bool) -> Result<TlsAcceptor, String> {
     let pem_error = |what: &str, error: rustls::pki_types::pem::Error| format!("cannot read the {what}: {error}");
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(material.cert_pem.as_bytes())
-        .collect::<Result<_, _>>()
-        .map_err(|e| pem_error("server certificate", e))?;
-    let key = PrivateKeyDer::from_pem_slice(material.key_pem.as_bytes()).map_err(|e| pem_error("server key", e))?;
+    let (certs, key) = server_identity(material)?;
     let mut roots = rustls::RootCertStore::empty();
     for ca in CertificateDer::pem_slice_iter(material.client_ca_pem.as_bytes()) {
         let ca = ca.map_err(|e| pem_error("client CA", e))?;
@@ -143,6 +140,19 @@ pub fn tls_acceptor(material: &TlsMaterial, health_without_auth: bool) -> Result
         .map_err(|e| format!("the server certificate and key do not fit: {e}"))?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// The server's certificate chain and key, read from `material`: what every TLS
+/// listener of the server (gRPC, the status page) presents.
+pub fn server_identity(
+    material: &TlsMaterial,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
+    let pem_error = |what: &str, error: rustls::pki_types::pem::Error| format!("cannot read the {what}: {error}");
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(material.cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| pem_error("server certificate", e))?;
+    let key = PrivateKeyDer::from_pem_slice(material.key_pem.as_bytes()).map_err(|e| pem_error("server key", e))?;
+    Ok((certs, key))
 }
 
 /// The authenticated connections arriving on `listener`, handshakes bounded by `limits`.

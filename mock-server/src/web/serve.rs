@@ -1,13 +1,10 @@
-//! The status page's listener (`--status-listen ADDR`): HTTPS with the server's own
-//! certificate (no client certificate asked: a browser has none), one request per
-//! connection through axum on hyper, and every response with a Content-Security-Policy
-//! that allows scripts and styles from this server only (no inline script, no other
-//! origin), `nosniff` and no referrer. Bounded as the metrics endpoint is: at most
-//! [`MAX_CONNECTIONS`] connections at once (a newer one pushes out the oldest that has
-//! not finished its request head, so idle connections cannot starve a reader), a time
-//! limit on the handshake and on the request head, and at most [`MAX_EVENT_STREAMS`]
-//! live event streams, each ending after [`EVENT_STREAM_LIFETIME`] (a browser
-//! reconnects).
+//! The status page's routes (`--status-listen ADDR`), served through `http.rs` (its
+//! bounds: [`MAX_CONNECTIONS`] connections, the time limits) over HTTPS with the
+//! server's own certificate (no client certificate asked: a browser has none). Every
+//! response carries a Content-Security-Policy that allows scripts and styles from this
+//! server only (no inline script, no other origin), `nosniff` and no referrer. At most
+//! [`MAX_EVENT_STREAMS`] live event streams at once, each ending after
+//! [`EVENT_STREAM_LIFETIME`] (a browser reconnects) or as soon as its viewer leaves.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -84,14 +81,9 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, history: Arc<Histor
     super::http::serve(listener, router, tls, limits).await;
 }
 
+/// HTTPS with the server's own certificate; no client certificate asked.
 fn acceptor(material: &TlsMaterial) -> Result<tokio_rustls::TlsAcceptor, String> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(material.cert_pem.as_bytes())
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("cannot read the server certificate: {e}"))?;
-    let key = PrivateKeyDer::from_pem_slice(material.key_pem.as_bytes())
-        .map_err(|e| format!("cannot read the server key: {e}"))?;
+    let (certs, key) = crate::net::listener::server_identity(material)?;
     let mut config = rustls::ServerConfig::builder_with_provider(lrpymrpc_certs::provider::crypto_provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
@@ -142,11 +134,11 @@ async fn events(Shared(page): Shared<Page>) -> Response {
     let Ok(permit) = page.streams.clone().try_acquire_owned() else {
         return (StatusCode::SERVICE_UNAVAILABLE, "too many live views open; reload later\n").into_response();
     };
-    let stream = futures_stream(page, permit);
+    let stream = overview_stream(page, permit);
     Sse::new(stream).into_response()
 }
 
-fn futures_stream(
+fn overview_stream(
     page: Page,
     permit: OwnedSemaphorePermit,
 ) -> impl tokio_stream::Stream<Item = Result<Event, Infallible>> + Send {
@@ -234,7 +226,11 @@ async fn job_events(
             let end = Event::default().event("end").data(job_state(&page, &spool));
             let _ = events.send(Ok(end)).await;
         };
-        let _ = tokio::time::timeout(EVENT_STREAM_LIFETIME, forward).await;
+        // A viewer that left frees its place at once, even while the job prints nothing.
+        tokio::select! {
+            _ = tokio::time::timeout(EVENT_STREAM_LIFETIME, forward) => {}
+            () = events.closed() => {}
+        }
     });
     Sse::new(tokio_stream::wrappers::ReceiverStream::new(sent)).into_response()
 }

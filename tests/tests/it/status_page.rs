@@ -385,3 +385,59 @@ fn chromium_sees_the_queue_and_a_jobs_output_live_without_a_reload() {
     browser.goto(&wrong);
     assert_eq!(browser.text("body").trim(), "not found");
 }
+
+// A live view of a job that prints nothing holds a place only while its viewer is
+// there: the places all taken (the next one refused), the viewers leave, and a new
+// view is let in at once, not after the streams' hour.
+#[test]
+fn a_live_job_view_left_by_its_viewer_frees_its_place_while_the_job_is_silent() {
+    let (env, page) = page_env();
+    let root = env.root.path().display().to_string();
+    let silent = format!("until [ -e {root}/end ]; do sleep 0.02; done");
+    let detached = env.client().args(["--detach", "--CMD", &silent]).output().unwrap();
+    assert!(detached.status.success(), "{}", String::from_utf8_lossy(&detached.stderr));
+    let listed = env.client().args(["jobs", "--web"]).output().unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    let url = listed.trim().split_once("  ").map(|(_, url)| url.to_string()).unwrap_or_else(|| panic!("{listed}"));
+    let path = url.split_once("/job/").map(|(_, rest)| format!("/job/{rest}/events?after=0")).unwrap();
+    let views: Vec<_> = (0..lrpymrpc_mock_server::web::serve::MAX_EVENT_STREAMS)
+        .map(|_| {
+            let mut stream = connect(&env, page);
+            write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+            let mut head = [0u8; 12];
+            stream.read_exact(&mut head).unwrap();
+            assert_eq!(&head, b"HTTP/1.1 200", "a live view is let in");
+            stream
+        })
+        .collect();
+    let (status, _, _) = get(&env, page, &path);
+    assert!(status.contains("503"), "every place taken: {status}");
+    drop(views);
+    wait_until(PROCESS_LIMIT, "a new live view let in once the others left", || {
+        let mut stream = connect(&env, page);
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).is_ok() && &head == b"HTTP/1.1 200"
+    });
+    std::fs::write(env.root.path().join("end"), "").unwrap();
+}
+
+// `jobs --web` against a server without a status page: the job is there (plain `jobs`
+// lists it), but no link can be given, and the client says so and fails.
+#[test]
+fn jobs_web_fails_naming_a_server_that_serves_no_page() {
+    let env = TestEnv::new();
+    env.write("source/x", "x");
+    let root = env.root.path().display().to_string();
+    let held = format!("until [ -e {root}/end ]; do sleep 0.02; done");
+    let detached = env.client().args(["--detach", "--CMD", &held]).output().unwrap();
+    assert!(detached.status.success(), "{}", String::from_utf8_lossy(&detached.stderr));
+    let listed = env.client().arg("jobs").output().unwrap();
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("running"), "the job is listed: {listed:?}");
+    let web = env.client().args(["jobs", "--web"]).output().unwrap();
+    let said = String::from_utf8_lossy(&web.stderr);
+    assert!(!web.status.success() && web.stdout.is_empty(), "{said}");
+    assert!(said.contains(&format!("--web: 127.0.0.1:{} serve(s) no status page", env.addr.port())), "{said}");
+    assert!(said.contains("hint: its administrator turns one on with --status-listen"), "{said}");
+    std::fs::write(env.root.path().join("end"), "").unwrap();
+}
