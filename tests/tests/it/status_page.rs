@@ -398,7 +398,7 @@ fn a_live_job_view_left_by_its_viewer_frees_its_place_while_the_job_is_silent() 
     assert!(detached.status.success(), "{}", String::from_utf8_lossy(&detached.stderr));
     let listed = env.client().args(["jobs", "--web"]).output().unwrap();
     let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
-    let url = listed.trim().split_once("  ").map(|(_, url)| url.to_string()).unwrap_or_else(|| panic!("{listed}"));
+    let (id, url) = listed.trim().split_once("  ").unwrap_or_else(|| panic!("{listed}"));
     let path = url.split_once("/job/").map(|(_, rest)| format!("/job/{rest}/events?after=0")).unwrap();
     let views: Vec<_> = (0..lrpymrpc_mock_server::web::serve::MAX_EVENT_STREAMS)
         .map(|_| {
@@ -419,7 +419,8 @@ fn a_live_job_view_left_by_its_viewer_frees_its_place_while_the_job_is_silent() 
         let mut head = [0u8; 12];
         stream.read_exact(&mut head).is_ok() && &head == b"HTTP/1.1 200"
     });
-    std::fs::write(env.root.path().join("end"), "").unwrap();
+    // Nothing of the test left running.
+    env.client().args(["cancel", id]).assert().success();
 }
 
 // `jobs --web` against a server without a status page: the job is there (plain `jobs`
@@ -433,11 +434,14 @@ fn jobs_web_fails_naming_a_server_that_serves_no_page() {
     let detached = env.client().args(["--detach", "--CMD", &held]).output().unwrap();
     assert!(detached.status.success(), "{}", String::from_utf8_lossy(&detached.stderr));
     let listed = env.client().arg("jobs").output().unwrap();
-    assert!(String::from_utf8_lossy(&listed.stdout).contains("running"), "the job is listed: {listed:?}");
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    let row =
+        listed.lines().find(|line| line.contains("running")).unwrap_or_else(|| panic!("the job is listed: {listed}"));
+    let id = row.split_whitespace().next().unwrap().to_string();
     let web = env.client().args(["jobs", "--web"]).output().unwrap();
     let said = String::from_utf8_lossy(&web.stderr);
     assert!(!web.status.success() && web.stdout.is_empty(), "{said}");
     assert!(said.contains(&format!("--web: 127.0.0.1:{} serve(s) no status page", env.addr.port())), "{said}");
     assert!(said.contains("hint: its administrator turns one on with --status-listen"), "{said}");
-    std::fs::write(env.root.path().join("end"), "").unwrap();
+    env.client().args(["cancel", &id]).assert().success();
 }
