@@ -62,7 +62,9 @@ impl Executor for LocalExecutor {
             let _ = events.send(Ok(JobEvent::RunStarted { run: run.name() })).await;
         }
         let end = follow(&mut run, chunks, streaming, events, limits, &self.runs).await?;
-        Ok(said_as_memory(end, Some(&confinement)))
+        let end = said_as_memory(end, Some(&confinement));
+        ended(confinement).await;
+        Ok(end)
     }
 
     async fn follow_adopted(&self, adopted: Adopted, events: &Events, limits: TimeLimits) -> io::Result<ProcessEnd> {
@@ -70,7 +72,11 @@ impl Executor for LocalExecutor {
         let mut run = adopted.run;
         let confinement = run.recorded_group().and_then(|group| Confinement::adopt(&group));
         let end = follow(&mut run, adopted.chunks, streaming, events, limits, &self.runs).await?;
-        Ok(said_as_memory(end, confinement.as_ref()))
+        let end = said_as_memory(end, confinement.as_ref());
+        if let Some(confinement) = confinement {
+            ended(confinement).await;
+        }
+        Ok(end)
     }
 
     async fn stop_those_not_outliving(&self) {
@@ -105,6 +111,12 @@ async fn follow(
             None => Err(error),
         },
     }
+}
+
+/// The run ended: what is left of it in its cgroup is killed and the group removed
+/// (off the runtime's threads: it may wait for the kernel, 2 s at most).
+async fn ended(confinement: Confinement) {
+    let _ = tokio::task::spawn_blocking(move || confinement.end_leftovers()).await;
 }
 
 /// A process of the run killed by the kernel for its memory cgroup, and the run

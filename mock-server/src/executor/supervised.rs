@@ -620,10 +620,10 @@ pub fn stop_left_behind(root: &Path, adopted: impl Fn(&str) -> bool) -> usize {
                 supervisor.signal(libc::SIGKILL);
             }
         }
-        // Its memory cgroup goes too, empty now (a group still used is not removed).
+        // Its memory cgroup goes too, with anything of the run still in it.
         if let Some(group) = recorded_group(&dir).and_then(|group| crate::executor::confine::Confinement::adopt(&group))
         {
-            drop(group);
+            group.end_leftovers();
         }
         let _ = std::fs::remove_dir_all(&dir);
     }

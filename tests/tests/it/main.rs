@@ -8,6 +8,7 @@ mod browser;
 mod cancel;
 mod cas;
 mod certs;
+mod cgroup_v2;
 mod client;
 mod compat;
 mod durable;

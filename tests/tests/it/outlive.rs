@@ -414,7 +414,7 @@ fn a_run_taken_on_is_still_held_to_its_memory_and_told_so() {
     let (status, said) = running.end();
     assert!(said.contains("]:allocating") && !status.success() && !said.contains("]:survived"), "{said}");
     match memory_control() {
-        MemoryControl::CgroupV1(parent) => {
+        MemoryControl::CgroupV1(parent) | MemoryControl::CgroupV2(parent) => {
             assert!(said.contains("it used more than the 64.0 MiB of memory it was granted"), "{said}");
             let left: Vec<_> = crate::env::names_in(parent).into_iter().filter(|n| n.starts_with(&made_by)).collect();
             assert!(left.is_empty(), "{left:?}");

@@ -133,7 +133,7 @@ fn a_step_sees_the_cores_it_was_granted_and_the_administrators_job_environment()
 }
 
 // A step over its `--mem` is stopped. With a memory cgroup (cgroup v1 the server may
-// write, as on this project's machines) the kernel kills it and the user is told it was
+// write, as on this project's machines; v2 is tested in `cgroup_v2.rs`) the kernel kills it and the user is told it was
 // the memory limit; where there is none, the server said at start that it falls back
 // to an address-space rlimit, under which the allocation itself fails.
 #[test]
@@ -147,7 +147,7 @@ fn a_step_over_its_memory_is_stopped_and_told_so() {
     assert!(stdout.contains("]:allocating"), "the command ran: {stdout}{stderr}");
     assert!(!output.status.success() && !stdout.contains("]:survived"), "{stdout}{stderr}");
     match memory_control() {
-        MemoryControl::CgroupV1(parent) => {
+        MemoryControl::CgroupV1(parent) | MemoryControl::CgroupV2(parent) => {
             assert!(stderr.contains("it used more than the 64.0 MiB of memory it was granted"), "{stderr}");
             // The run's own group is gone with it.
             let ours = format!("run-{}-", std::process::id());
