@@ -567,6 +567,7 @@ fn check_config(file: &Path) -> anyhow::Result<()> {
     }
     println!("  resources: {}", config.capacity.describe());
     println!("  memory:  {}", crate::executor::confine::memory_control().describe());
+    println!("  cores:   {}", crate::executor::confine::cpuset_control().describe());
     for (name, value) in &config.job_env {
         println!("  job-env: {name}={value}");
     }

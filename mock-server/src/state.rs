@@ -131,6 +131,7 @@ impl State {
         tracing::info!(
             capacity = config.capacity.describe().as_str(),
             memory = crate::executor::confine::memory_control().describe().as_str(),
+            cores = crate::executor::confine::cpuset_control().describe().as_str(),
             "resources for commands"
         );
         let root = config.root.clone();

@@ -164,6 +164,42 @@ fn a_step_over_its_memory_is_stopped_and_told_so() {
     assert!(String::from_utf8_lossy(&output.stdout).contains("]:survived 419430400"));
 }
 
+// A step cannot take more cores than it was granted by widening its own affinity: its
+// `taskset` over every core of the machine succeeds, yet it and what it starts stay on
+// its one core, held there by the cpuset the server gave it (cgroup v1 here; v2 where
+// that is what the machine offers). Where the server has no cpuset, it said so at
+// start, and the test shows what that means: the step does widen.
+#[test]
+fn a_step_cannot_widen_its_cores_past_its_cpuset() {
+    use lrpymrpc_mock_server::executor::confine::{CpusetControl, cpuset_control};
+    let all = lrpymrpc_mock_server::resources::machine::cpu_ids();
+    if all.len() < 2 {
+        crate::env::needed("two cores", "run the suite on a machine with two or more, as CI does");
+    }
+    let env = TestEnv::new();
+    env.write("source/x", "x");
+    let every = all.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
+    let widen = format!("taskset -pc {every} $$ >/dev/null && echo widened; grep Cpus_allowed_list /proc/self/status");
+    let output = env.client().args(["--cpus", "1", "--CMD", &widen]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("]:widened"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let allowed = stdout.lines().find_map(|line| line.split_once("Cpus_allowed_list:")).map(|(_, cpus)| cpus.trim());
+    match cpuset_control() {
+        CpusetControl::CgroupV1(_) | CpusetControl::CgroupV2 => {
+            let one = allowed.and_then(|cpus| cpus.parse::<usize>().ok());
+            assert!(one.is_some_and(|cpu| all.contains(&cpu)), "still on one core: {stdout}");
+        }
+        CpusetControl::AffinityOnly => {
+            eprintln!("no cpuset the server may make here: the affinity fallback was tested");
+            assert_ne!(allowed, all.first().map(usize::to_string).as_deref(), "{stdout}");
+        }
+    }
+}
+
 // First come, first served across certificates: with one core, steps of two CNs that
 // arrive alternately run in the order they arrived, not grouped by whoever asks more.
 #[test]
