@@ -158,6 +158,25 @@ impl Browser {
         }
     }
 
+    /// Marks the page as it stands: a page loaded anew (a reload) forgets the mark.
+    pub fn mark(&self, mark: u64) {
+        self.eval(&format!("window.lrpymrpcNoReload = {mark}; return 1;"));
+    }
+
+    /// Fails unless the page still holds `mark`, saying how the page there came to be
+    /// (its navigation's type and start, its address) when it does not.
+    pub fn assert_still_marked(&self, mark: u64) {
+        let held = self.eval("return window.lrpymrpcNoReload;");
+        if held != mark {
+            let how = self.eval(
+                "var n = performance.getEntriesByType('navigation')[0]; \
+                 return [n ? n.type : 'no navigation entry', 'started at ' + performance.timeOrigin, \
+                 'now ' + Date.now(), location.href].join(', ');",
+            );
+            panic!("the page was loaded anew instead of updated (mark {held}, not {mark}): {how}");
+        }
+    }
+
     /// Whether a JavaScript dialog (an `alert`) is open.
     pub fn alert_open(&self) -> bool {
         self.session_call("GET", "/alert/text", None).pointer("/value/error").is_none()

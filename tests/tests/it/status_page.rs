@@ -327,7 +327,7 @@ fn chromium_sees_the_queue_and_a_jobs_output_live_without_a_reload() {
     browser.goto(&format!("{base}/"));
     browser.wait_for_text("#queue", "the empty queue", |text| text.contains("Nothing waits."));
     // A reload would forget this.
-    browser.eval("window.lrpymrpcNoReload = 1; return 1;");
+    browser.mark(1);
     // The day the earlier server sampled is drawn (the history outlived its server).
     let drawn =
         browser.eval("return document.querySelector('figure.plot polyline').getAttribute('points').split(' ').length;");
@@ -351,6 +351,7 @@ fn chromium_sees_the_queue_and_a_jobs_output_live_without_a_reload() {
     assert!(browser.text("#server").contains("1/1 in use"), "the license bar: {}", browser.text("#server"));
     assert_eq!(browser.eval("return document.querySelectorAll('img').length;"), 0, "the CN made no element");
     assert!(!browser.alert_open(), "no script of a CN ran");
+    browser.assert_still_marked(1);
     let shot = browser.screenshot(&browser_dir.join("status-page.png"));
     if let Some(wanted) = std::env::var_os("LRPYMRPC_SCREENSHOT") {
         std::fs::copy(&shot, wanted).unwrap();
@@ -364,12 +365,12 @@ fn chromium_sees_the_queue_and_a_jobs_output_live_without_a_reload() {
     browser.goto(&url);
     browser.wait_for_text("#output", "the output so far", |text| text.contains("first-line"));
     assert!(browser.text("#output").contains("<script>alert(1)</script>"), "a line of markup is text");
-    browser.eval("window.lrpymrpcNoReload = 2; return 1;");
+    browser.mark(2);
     std::fs::write(env.root.path().join("more"), "").unwrap();
     browser.wait_for_text("#output", "a line printed after the page opened", |text| text.contains("second-line"));
     std::fs::write(env.root.path().join("release"), "").unwrap();
     browser.wait_for_text("#state", "the job's end", |text| text.contains("ended: exited 3"));
-    assert_eq!(browser.eval("return window.lrpymrpcNoReload;"), 2, "updated without a reload");
+    browser.assert_still_marked(2);
     assert!(!browser.alert_open());
     let (status, said) = holder.end();
     assert_eq!(status.code(), Some(3), "{said}");
@@ -377,10 +378,10 @@ fn chromium_sees_the_queue_and_a_jobs_output_live_without_a_reload() {
     assert!(status.success(), "{said}");
 
     browser.goto(&format!("{base}/"));
-    browser.eval("window.lrpymrpcNoReload = 3; return 1;");
+    browser.mark(3);
     browser
         .wait_for_text("#live", "both ended", |text| text.contains("Nothing waits.") && text.contains("Nothing runs."));
-    assert_eq!(browser.eval("return window.lrpymrpcNoReload;"), 3, "updated without a reload");
+    browser.assert_still_marked(3);
     let wrong = format!("{}0", &url[..url.len() - 1]).replace("/job/", "/job/x");
     browser.goto(&wrong);
     assert_eq!(browser.text("body").trim(), "not found");
