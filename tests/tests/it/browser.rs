@@ -22,6 +22,8 @@ pub struct Browser {
     driver: Child,
     address: SocketAddr,
     session: String,
+    /// chromedriver's log, with every DevTools message (`--verbose`).
+    log: PathBuf,
 }
 
 impl Browser {
@@ -43,6 +45,7 @@ impl Browser {
         let log = std::fs::File::create(dir.join("chromedriver.log")).unwrap();
         let driver = Command::new(chromedriver)
             .arg(format!("--port={port}"))
+            .arg("--verbose")
             .env("HOME", &home)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -50,7 +53,7 @@ impl Browser {
             .spawn()
             .unwrap();
         let address: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let mut browser = Browser { driver, address, session: String::new() };
+        let mut browser = Browser { driver, address, session: String::new(), log: dir.join("chromedriver.log") };
         let start = Instant::now();
         while browser.call("GET", "/status", None).pointer("/value/ready") != Some(&Value::Bool(true)) {
             assert!(start.elapsed() < CALL_LIMIT, "chromedriver did not become ready: {}", browser.log(dir));
@@ -171,9 +174,20 @@ impl Browser {
             let how = self.eval(
                 "var n = performance.getEntriesByType('navigation')[0]; \
                  return [n ? n.type : 'no navigation entry', 'started at ' + performance.timeOrigin, \
-                 'now ' + Date.now(), location.href].join(', ');",
+                 'now ' + Date.now(), 'history ' + history.length, location.href].join(', ');",
             );
-            panic!("the page was loaded anew instead of updated (mark {held}, not {mark}): {how}");
+            // What the browser said of frames and navigations, last first.
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let said: Vec<&str> = log
+                .lines()
+                .filter(|line| {
+                    ["Navigat", "navigat", "Crash", "crash", "Page.frame", "reload"].iter().any(|w| line.contains(w))
+                })
+                .map(|line| line.get(..400).unwrap_or(line))
+                .collect();
+            let said = said[said.len().saturating_sub(40)..].join("\n");
+            let _ = std::fs::copy(&self.log, std::env::temp_dir().join("lrpymrpc-chromedriver-mark-lost.log"));
+            panic!("the page was loaded anew instead of updated (mark {held}, not {mark}): {how}\n{said}");
         }
     }
 
