@@ -166,29 +166,33 @@ impl Browser {
         self.eval(&format!("window.lrpymrpcNoReload = {mark}; return 1;"));
     }
 
-    /// Fails unless the page still holds `mark`, saying how the page there came to be
-    /// (its navigation's type and start, its address) when it does not.
+    /// Whether the page still holds `mark` (no page was loaded anew since).
+    pub fn still_marked(&self, mark: u64) -> bool {
+        self.eval("return window.lrpymrpcNoReload;") == mark
+    }
+
+    /// Fails unless the page still holds `mark`, saying how the page there came to be.
     pub fn assert_still_marked(&self, mark: u64) {
-        let held = self.eval("return window.lrpymrpcNoReload;");
-        if held != mark {
-            let how = self.eval(
-                "var n = performance.getEntriesByType('navigation')[0]; \
-                 return [n ? n.type : 'no navigation entry', 'started at ' + performance.timeOrigin, \
-                 'now ' + Date.now(), 'history ' + history.length, location.href].join(', ');",
-            );
-            // What the browser said of frames and navigations, last first.
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            let said: Vec<&str> = log
-                .lines()
-                .filter(|line| {
-                    ["Navigat", "navigat", "Crash", "crash", "Page.frame", "reload"].iter().any(|w| line.contains(w))
-                })
-                .map(|line| line.get(..400).unwrap_or(line))
-                .collect();
-            let said = said[said.len().saturating_sub(40)..].join("\n");
-            let _ = std::fs::copy(&self.log, std::env::temp_dir().join("lrpymrpc-chromedriver-mark-lost.log"));
-            panic!("the page was loaded anew instead of updated (mark {held}, not {mark}): {how}\n{said}");
-        }
+        assert!(self.still_marked(mark), "the page was loaded anew instead of updated: {}", self.how_loaded());
+    }
+
+    /// How the page there came to be: its navigation's type and start, the history's
+    /// length, its address, and the last navigation lines of chromedriver's log.
+    pub fn how_loaded(&self) -> String {
+        let how = self.eval(
+            "var n = performance.getEntriesByType('navigation')[0]; \
+             return [n ? n.type : 'no navigation entry', 'started at ' + performance.timeOrigin, \
+             'now ' + Date.now(), 'history ' + history.length, location.href].join(', ');",
+        );
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let said: Vec<&str> = log
+            .lines()
+            .filter(|line| {
+                ["Navigat", "navigat", "Crash", "crash", "Page.frame", "reload"].iter().any(|w| line.contains(w))
+            })
+            .map(|line| line.get(..400).unwrap_or(line))
+            .collect();
+        format!("{how}\n{}", said[said.len().saturating_sub(40)..].join("\n"))
     }
 
     /// Whether a JavaScript dialog (an `alert`) is open.
