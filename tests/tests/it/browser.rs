@@ -18,6 +18,12 @@ use crate::env::tool;
 /// How long one WebDriver call may take.
 const CALL_LIMIT: Duration = Duration::from_secs(60);
 
+/// Says `what` on the test binary's own standard error, which the test harness does
+/// not capture: what the browser did that a passing test tolerates stays in CI's log.
+pub fn say(what: &str) {
+    let _ = writeln!(std::io::stderr(), "{what}");
+}
+
 pub struct Browser {
     driver: Child,
     address: SocketAddr,

@@ -376,7 +376,10 @@ fn chromium_sees_the_queue_and_a_jobs_output_live_without_a_reload() {
         browser.wait_for_text("#output", "a line printed after the page opened", |text| text.contains(&line));
         let kept = browser.still_marked(10 + n);
         if !kept {
-            eprintln!("Chromium loaded the job's page anew while line {n} arrived: {}", browser.how_loaded());
+            crate::browser::say(&format!(
+                "Chromium loaded the job's page anew while line {n} arrived: {}",
+                browser.how_loaded()
+            ));
         }
         kept
     });
@@ -385,7 +388,7 @@ fn chromium_sees_the_queue_and_a_jobs_output_live_without_a_reload() {
     std::fs::write(env.root.path().join("release"), "").unwrap();
     browser.wait_for_text("#state", "the job's end", |text| text.contains("ended: exited 3"));
     if !browser.still_marked(20) {
-        eprintln!("Chromium loaded the job's page anew as the job ended: {}", browser.how_loaded());
+        crate::browser::say(&format!("Chromium loaded the job's page anew as the job ended: {}", browser.how_loaded()));
     }
     assert!(!browser.alert_open());
     let (status, said) = holder.end();
