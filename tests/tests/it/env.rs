@@ -218,6 +218,11 @@ impl Drop for TestEnv {
         if let Some(runtime) = self.runtime.take() {
             runtime.shutdown_background();
         }
+        // A run still going (a detached job whose cancel was still on its way, a test
+        // that failed midway) is a process of its own, under its supervisor: stopped
+        // here as a server stops what an earlier one left, so no test leaves a command
+        // looping on files of a temporary directory that is gone.
+        lrpymrpc_mock_server::executor::supervised::stop_left_behind(&self.jobs, |_| false);
     }
 }
 

@@ -200,6 +200,48 @@ fn a_step_cannot_widen_its_cores_past_its_cpuset() {
     }
 }
 
+// The cgroups of runs that ended after their server (killed, or gone before they
+// ended) do not pile up: a server removes at start the empty groups whose maker is no
+// longer running, and leaves those of a live process alone.
+#[test]
+fn a_starting_server_removes_the_empty_groups_of_servers_that_are_gone() {
+    use lrpymrpc_mock_server::executor::confine::{CpusetControl, cpuset_control, memory_control};
+    let mut dirs: Vec<std::path::PathBuf> =
+        memory_control().runs_dir().map(std::path::Path::to_path_buf).into_iter().collect();
+    if let CpusetControl::CgroupV1(dir) = cpuset_control() {
+        dirs.push(dir.clone());
+    }
+    if dirs.is_empty() {
+        crate::env::needed("a cgroup the server may make groups in", "run the suite as root, as CI does");
+    }
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let gone_pid = gone.id();
+    gone.wait().unwrap();
+    let mut made = Vec::new();
+    for dir in &dirs {
+        let stale = dir.join(format!("run-{gone_pid}-7"));
+        let live = dir.join(format!("run-{}-999999", std::process::id()));
+        std::fs::create_dir(&stale).unwrap();
+        std::fs::create_dir(&live).unwrap();
+        made.push((stale, live));
+    }
+    let env = TestEnv::bare();
+    let (mut server, _) = crate::env::spawn_server_binary(&env, &[]);
+    let log = env.root.path().join("server.log");
+    wait_until(PROCESS_LIMIT, "the server says what it holds runs to", || {
+        std::fs::read_to_string(&log).is_ok_and(|log| log.contains("resources for commands"))
+    });
+    crate::env::send_signal(&server, libc::SIGTERM);
+    crate::env::wait_exit(&mut server, PROCESS_LIMIT);
+    for (stale, live) in made {
+        let (stale_left, live_left) = (stale.exists(), live.exists());
+        let _ = std::fs::remove_dir(&live);
+        let _ = std::fs::remove_dir(&stale);
+        assert!(!stale_left, "{} is left", stale.display());
+        assert!(live_left, "{} of a live process was removed", live.display());
+    }
+}
+
 // First come, first served across certificates: with one core, steps of two CNs that
 // arrive alternately run in the order they arrived, not grouped by whoever asks more.
 #[test]

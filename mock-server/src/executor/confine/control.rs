@@ -101,12 +101,16 @@ pub fn memory_control() -> &'static MemoryControl {
     static FOUND: OnceLock<MemoryControl> = OnceLock::new();
     FOUND.get_or_init(|| {
         if let Some((runs, _)) = cgroup_v2() {
+            sweep(runs);
             return MemoryControl::CgroupV2(runs.clone());
         }
         let parent = PathBuf::from(CGROUP_V1_MEMORY).join("lrpymrpc");
         let usable = std::fs::create_dir_all(&parent).is_ok() && probe(&parent, "memory.limit_in_bytes", "67108864");
         match usable {
-            true => MemoryControl::CgroupV1(parent),
+            true => {
+                sweep(&parent);
+                MemoryControl::CgroupV1(parent)
+            }
             false => MemoryControl::AddressSpace,
         }
     })
@@ -142,7 +146,29 @@ fn cgroup_v1_cpuset() -> Option<PathBuf> {
     }
     std::fs::write(parent.join("cgroup.clone_children"), "1").ok()?;
     let first = read(&parent, "cpuset.cpus")?.split([',', '-']).next()?.to_string();
-    probe(&parent, "cpuset.cpus", &first).then_some(parent)
+    let usable = probe(&parent, "cpuset.cpus", &first);
+    if usable {
+        sweep(&parent);
+    }
+    usable.then_some(parent)
+}
+
+/// Removes the empty groups in `parent` that a server no longer running made (its pid
+/// is in their name: `run-PID-N`): the groups of runs that ended after their server.
+/// A group still in use is not removed (the kernel refuses), nor one of a live process.
+fn sweep(parent: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let maker = name.to_str().and_then(|name| name.strip_prefix("run-")?.split('-').next()?.parse::<i32>().ok());
+        // SAFETY: kill with signal 0 only asks whether the process exists.
+        if let Some(pid) = maker.filter(|pid| *pid > 0)
+            && unsafe { libc::kill(pid, 0) } != 0
+            && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+        {
+            let _ = std::fs::remove_dir(entry.path());
+        }
+    }
 }
 
 /// Whether a group made in `parent` takes `value` in its `file`.

@@ -43,7 +43,14 @@ impl Group {
     /// behind when one is refused.
     fn make(parent: &Path, name: &str, settings: &[(&str, String)]) -> io::Result<Group> {
         let dir = parent.join(name);
-        std::fs::create_dir(&dir)?;
+        if let Err(error) = std::fs::create_dir(&dir) {
+            // An empty group of the same name a process that had this pid left: it goes
+            // (a group in use is not removed, and the name stays refused).
+            if error.kind() != io::ErrorKind::AlreadyExists || std::fs::remove_dir(&dir).is_err() {
+                return Err(error);
+            }
+            std::fs::create_dir(&dir)?;
+        }
         let group = Group::at(dir)?;
         for (file, value) in settings {
             std::fs::write(group.dir.join(file), value)?;
@@ -55,6 +62,17 @@ impl Group {
     fn at(dir: PathBuf) -> io::Result<Group> {
         let procs = CString::new(dir.join("cgroup.procs").as_os_str().as_bytes()).map_err(io::Error::other)?;
         Ok(Group { dir, procs })
+    }
+
+    /// Whether a process is still in the group (v2 says so in `cgroup.events`, which
+    /// counts exiting processes too; v1 lists them in `cgroup.procs`).
+    fn populated(&self) -> bool {
+        match std::fs::read_to_string(self.dir.join("cgroup.events")) {
+            Ok(events) => events.lines().any(|line| line == "populated 1"),
+            Err(_) => {
+                std::fs::read_to_string(self.dir.join("cgroup.procs")).is_ok_and(|procs| !procs.trim().is_empty())
+            }
+        }
     }
 }
 
@@ -211,20 +229,17 @@ impl Confinement {
 
     /// The run ended: kills whatever of it is still in its cgroup v2 group (a process
     /// that left the run's process group with `setsid` where no PID namespace caught
-    /// it) and waits, 2 s at most, until the group is empty so it can go. The kernel's
-    /// `cgroup.kill` takes the group as a whole, forks in flight too. Never called for
-    /// a run that outlives the server: the next one takes it on.
+    /// it; the kernel's `cgroup.kill` takes the group as a whole, forks in flight too),
+    /// and waits, 2 s at most, until its groups are empty, so they can go. Never called
+    /// for a run that outlives the server: the next one takes it on.
     pub fn end_leftovers(&self) {
-        let Some(group) = &self.group else { return };
-        let populated = || {
-            std::fs::read_to_string(group.dir.join("cgroup.events"))
-                .is_ok_and(|events| events.lines().any(|line| line == "populated 1"))
-        };
-        if !populated() || std::fs::write(group.dir.join("cgroup.kill"), "1").is_err() {
-            return;
+        if let Some(group) = self.group.as_ref().filter(|group| group.populated()) {
+            // v1 has no cgroup.kill: its leftovers are the PID namespace's to end.
+            let _ = std::fs::write(group.dir.join("cgroup.kill"), "1");
         }
         let started = Instant::now();
-        while populated() && started.elapsed() < Duration::from_secs(2) {
+        while self.group.iter().chain(&self.cpuset).any(Group::populated) && started.elapsed() < Duration::from_secs(2)
+        {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
