@@ -193,8 +193,12 @@ impl Browser {
         let log = std::fs::read_to_string(&self.log).unwrap_or_default();
         let said: Vec<&str> = log
             .lines()
+            // DevTools' own words for a frame's navigations and a renderer's crash, not
+            // chromedriver's wait before each command.
             .filter(|line| {
-                ["Navigat", "navigat", "Crash", "crash", "Page.frame", "reload"].iter().any(|w| line.contains(w))
+                ["Page.frame", "Page.navigat", "Inspector.targetCrashed", "Target.targetCrashed", "\"reason\""]
+                    .iter()
+                    .any(|w| line.contains(w))
             })
             .map(|line| line.get(..400).unwrap_or(line))
             .collect();
