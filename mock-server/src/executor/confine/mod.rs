@@ -155,9 +155,11 @@ impl Confinement {
                         return Err(io::Error::last_os_error());
                     }
                     let written = libc::write(fd, b"0\n".as_ptr().cast(), 2);
+                    // The write's error, before close may set errno again.
+                    let refused = (written != 2).then(io::Error::last_os_error);
                     libc::close(fd);
-                    if written != 2 {
-                        return Err(io::Error::last_os_error());
+                    if let Some(error) = refused {
+                        return Err(error);
                     }
                 }
                 if let Some(limit) = address_space {
