@@ -88,7 +88,9 @@ fn a_job_runs_as_a_slurm_step_with_its_results_output_and_stderr_apart() {
     assert!(!stdout.contains("srun") && !stderr.contains("srun:"), "{stdout}{stderr}");
     assert_eq!(env.read("build/copy.txt"), b"some input\n");
     assert_eq!(env.read("build/random.bin").len(), 100_000);
-    assert!(our_jobs(&fixture.cluster).is_empty(), "nothing left in squeue");
+    // The answer comes as the command's status is read; Slurm lists the job as it
+    // completes a moment longer.
+    wait_until(Duration::from_secs(2), "nothing left in squeue", || our_jobs(&fixture.cluster).is_empty());
 }
 
 #[test]
